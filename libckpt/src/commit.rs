@@ -1,0 +1,274 @@
+//! Writing one epoch: every rank writes its file durably, votes, and rank 0 publishes the
+//! manifest only if every vote is yes (two-phase commit), then old epochs are pruned.
+//!
+//! Every rank reaches the vote even when its own write failed, so a failure on one rank
+//! becomes a clean "epoch not committed" on all of them instead of a hang.
+
+use std::fs;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::events::{self, Event};
+use crate::fault::{maybe_die, Phase};
+use crate::format::{FileIdentity, RankFileWriter, RegionKind};
+use crate::manifest::{self, Level, Manifest, RankRecord};
+use crate::region::{Protect, Regions, Site};
+use crate::storage::{durable, local};
+use crate::transport;
+use crate::Ctx;
+
+/// Name of the library's own section in every rank file.
+pub(crate) const LIB_REGION: &str = "@ckpt/lib";
+
+/// The library's per-rank state saved with each epoch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct LibState {
+    /// Polls made before this checkpoint.
+    pub polls: u64,
+    /// Epoch of this checkpoint.
+    pub epoch: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Vote {
+    result: std::result::Result<RankRecord, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Decision {
+    committed: bool,
+    keep_from: u64,
+    failures: Vec<(i32, String)>,
+}
+
+/// What a committed epoch cost, as seen by this rank.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochStats {
+    /// The epoch.
+    pub epoch: u64,
+    /// Bytes this rank wrote (payload).
+    pub bytes: u64,
+    /// Seconds this rank spent writing and syncing its file.
+    pub write_secs: f64,
+    /// Seconds from the start of the checkpoint to the commit decision.
+    pub total_secs: f64,
+}
+
+/// Writes epoch `epoch` on every rank and commits it. Collective.
+pub(crate) fn checkpoint<P: Protect + ?Sized>(
+    ctx: &Ctx,
+    epoch: u64,
+    lib: &LibState,
+    state: &mut P,
+) -> Result<EpochStats> {
+    let t0 = Instant::now();
+    let fault = ctx.cfg.fault.as_ref().filter(|_| ctx.cfg.restart_count == 0);
+    maybe_die(fault, ctx.rank, Phase::BeforeWrite, epoch);
+    let local = write_rank_file(ctx, epoch, lib, state, t0);
+    if local.is_ok() {
+        maybe_die(fault, ctx.rank, Phase::AfterWrite, epoch);
+    }
+    let vote = Vote {
+        result: local.as_ref().map(|r| r.clone()).map_err(|e| e.to_string()),
+    };
+    let vote_bytes = postcard::to_stdvec(&vote).unwrap_or_default();
+    let votes = transport::gather_bytes(&ctx.lib, 0, &vote_bytes);
+
+    let decision = match votes {
+        Some(votes) => decide_and_publish(ctx, epoch, lib, votes, t0, fault),
+        None => Vec::new(),
+    };
+    let decision = transport::bcast_bytes(&ctx.lib, 0, decision);
+    let decision: Decision = postcard::from_bytes(&decision).map_err(|e| Error::Usage {
+        rank: ctx.rank,
+        what: format!("corrupt commit decision from rank 0: {e}"),
+    })?;
+    maybe_die(fault, ctx.rank, Phase::AfterCommit, epoch);
+    if !decision.committed {
+        return Err(Error::CommitFailed {
+            epoch,
+            failed: decision.failures,
+        });
+    }
+    let record = local?;
+    if let Err(e) = local::prune(&ctx.cfg.local_dir, &ctx.cfg.job_id, ctx.rank, decision.keep_from) {
+        eprintln!(
+            "[ckpt rank {}] warning: cannot prune epochs before {} in {}: {e}",
+            ctx.rank,
+            decision.keep_from,
+            ctx.cfg.local_dir.display()
+        );
+    }
+    Ok(EpochStats {
+        epoch,
+        bytes: record.payload,
+        write_secs: record.write_secs,
+        total_secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes this rank's file: temp name, regions, table, header, fsync, rename, fsync dirs.
+fn write_rank_file<P: Protect + ?Sized>(
+    ctx: &Ctx,
+    epoch: u64,
+    lib: &LibState,
+    state: &mut P,
+    t0: Instant,
+) -> Result<RankRecord> {
+    let rel = local::rank_file_rel(&ctx.cfg.job_id, epoch, ctx.rank);
+    let path = ctx.cfg.local_dir.join(&rel);
+    let tmp = durable::tmp_path(&path);
+    let io = |op, p: &std::path::Path| {
+        let p = p.to_owned();
+        move |source| Error::Io {
+            rank: ctx.rank,
+            op,
+            path: p,
+            source,
+        }
+    };
+    let epoch_dir = path.parent().unwrap_or(&ctx.cfg.local_dir).to_owned();
+    fs::create_dir_all(&epoch_dir).map_err(io("create directory", &epoch_dir))?;
+    let id = FileIdentity {
+        job: ctx.cfg.job_id.clone(),
+        epoch,
+        rank: ctx.rank as u32,
+        nranks: ctx.nranks as u32,
+    };
+    let mut out = RankFileWriter::create(&tmp, id, &ctx.cfg.node).map_err(io("create", &tmp))?;
+    let fault = ctx.cfg.fault.filter(|_| ctx.cfg.restart_count == 0);
+    let rank = ctx.rank;
+    let mut mid_write = |w: &mut RankFileWriter| {
+        if fault.is_some_and(|f| f.matches(rank, Phase::MidWrite, epoch)) {
+            // Make the half-written file real before dying, as a crash mid-write would leave it.
+            let _ = w.flush();
+            maybe_die(fault.as_ref(), rank, Phase::MidWrite, epoch);
+        }
+    };
+    let site = Site {
+        rank: ctx.rank,
+        epoch,
+        path: &tmp,
+    };
+    let saved = {
+        let mut regions = Regions::saving(&mut out, site, Some(&mut mid_write));
+        state.protect(&mut regions);
+        let mut lib_bytes = postcard::to_stdvec(lib).unwrap_or_default();
+        regions.internal(LIB_REGION, RegionKind::LibState, &mut lib_bytes);
+        regions.finish()
+    };
+    let result = saved.and_then(|_| out.finish().map_err(io("write and sync", &tmp)));
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    durable::rename_durable(&tmp, &path).map_err(io("rename", &tmp))?;
+    if let Some(job_local) = epoch_dir.parent() {
+        durable::fsync_dir(job_local).map_err(io("fsync directory", job_local))?;
+    }
+    Ok(RankRecord {
+        node: ctx.cfg.node.clone(),
+        file: rel.to_string_lossy().into_owned(),
+        len: summary.len,
+        table_crc: summary.table_crc,
+        payload: summary.payload,
+        write_secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Rank 0: counts the votes; if all are yes, publishes the manifest and prunes old manifests.
+/// Returns the encoded decision to broadcast.
+fn decide_and_publish(
+    ctx: &Ctx,
+    epoch: u64,
+    lib: &LibState,
+    votes: Vec<Vec<u8>>,
+    t0: Instant,
+    fault: Option<&crate::fault::Fault>,
+) -> Vec<u8> {
+    let mut records = Vec::with_capacity(votes.len());
+    let mut failures = Vec::new();
+    for (rank, bytes) in votes.iter().enumerate() {
+        match postcard::from_bytes::<Vote>(bytes) {
+            Ok(Vote { result: Ok(r) }) => records.push(r),
+            Ok(Vote { result: Err(e) }) => failures.push((rank as i32, e)),
+            Err(e) => failures.push((rank as i32, format!("unreadable vote: {e}"))),
+        }
+    }
+    let mut keep_from = 0;
+    if failures.is_empty() {
+        maybe_die(fault, ctx.rank, Phase::BeforeManifest, epoch);
+        let write_secs = records.iter().map(|r| r.write_secs).fold(0.0, f64::max);
+        let mut m = Manifest {
+            job: ctx.cfg.job_id.clone(),
+            epoch,
+            nranks: ctx.nranks as u32,
+            created_unix_ms: crate::util::unix_ms(),
+            poll: lib.polls,
+            launch: ctx.cfg.restart_count,
+            levels: vec![Level::Local],
+            ranks: records,
+            total_secs: 0.0,
+        };
+        m.total_secs = t0.elapsed().as_secs_f64();
+        match manifest::publish(&ctx.cfg.job_dir, &m) {
+            Ok(_) => {
+                let _ = events::append(
+                    &ctx.cfg.job_dir,
+                    &Event::Committed {
+                        epoch,
+                        poll: lib.polls,
+                        bytes: m.payload_bytes(),
+                        write_secs,
+                        total_secs: t0.elapsed().as_secs_f64(),
+                    },
+                );
+                keep_from = prune_manifests(ctx);
+            }
+            Err(e) => failures.push((
+                0,
+                format!(
+                    "cannot publish manifest {}: {e}",
+                    manifest::path(&ctx.cfg.job_dir, epoch).display()
+                ),
+            )),
+        }
+    }
+    if !failures.is_empty() {
+        let _ = events::append(
+            &ctx.cfg.job_dir,
+            &Event::CommitFailed {
+                epoch,
+                reasons: failures.iter().map(|(r, e)| format!("rank {r}: {e}")).collect(),
+            },
+        );
+    }
+    let d = Decision {
+        committed: failures.is_empty(),
+        keep_from,
+        failures,
+    };
+    postcard::to_stdvec(&d).unwrap_or_default()
+}
+
+/// Removes manifests beyond the retention count; returns the oldest epoch kept (0 = keep all).
+fn prune_manifests(ctx: &Ctx) -> u64 {
+    let committed = match manifest::committed(&ctx.cfg.job_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("[ckpt rank 0] warning: cannot list manifests for pruning: {e}");
+            return 0;
+        }
+    };
+    let keep_from = manifest::keep_from(&committed, ctx.cfg.keep);
+    if let Err(e) = manifest::prune(&ctx.cfg.job_dir, keep_from) {
+        eprintln!("[ckpt rank 0] warning: cannot prune manifests before epoch {keep_from}: {e}");
+        return 0;
+    }
+    keep_from
+}

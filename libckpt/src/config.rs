@@ -1,0 +1,227 @@
+//! Run-time configuration of a [`crate::Checkpointer`]: where files go and when to checkpoint.
+//!
+//! Built from the environment the launcher sets ([`Config::from_env`]) or by hand in tests and
+//! applications that run without the launcher. Parsing and validation live here; the names of
+//! the variables live in [`crate::env`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::env;
+use crate::error::{Error, Result};
+use crate::fault::Fault;
+
+/// When a checkpoint is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    /// Never on its own (only forced checkpoints).
+    Off,
+    /// Every N calls to `poll`. All ranks poll equally often, so no communication is needed.
+    Polls(u64),
+    /// Every so much wall-clock time, agreed between ranks at `poll`.
+    Time(Duration),
+}
+
+impl Interval {
+    /// Parses `N`, `Ns`, `Nms`, `Nm`, `Nh` or `off`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") || s == "0" {
+            return Ok(Interval::Off);
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        if unit.is_empty() {
+            let n: u64 = num
+                .parse()
+                .map_err(|_| format!("{s:?} is not a whole number of polls"))?;
+            return Ok(Interval::Polls(n));
+        }
+        let x: f64 = num
+            .parse()
+            .map_err(|_| format!("{s:?}: {num:?} is not a number"))?;
+        let secs = match unit {
+            "ms" => x / 1000.0,
+            "s" => x,
+            "m" | "min" => x * 60.0,
+            "h" => x * 3600.0,
+            _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+        };
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(format!("{s:?} is not a positive duration"));
+        }
+        Ok(Interval::Time(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl std::fmt::Display for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interval::Off => write!(f, "off"),
+            Interval::Polls(n) => write!(f, "{n}"),
+            Interval::Time(d) => write!(f, "{}s", d.as_secs_f64()),
+        }
+    }
+}
+
+/// Configuration of one rank's checkpointer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Shared job directory (manifests, events).
+    pub job_dir: PathBuf,
+    /// Job identifier written into every file.
+    pub job_id: String,
+    /// Base of node-local storage; files go to `<local_dir>/<job_id>/epoch-N/`.
+    pub local_dir: PathBuf,
+    /// This rank's node name.
+    pub node: String,
+    /// When checkpoints are due.
+    pub every: Interval,
+    /// Committed epochs kept on storage (at least 1).
+    pub keep: usize,
+    /// Launcher restarts so far (0 on the first launch).
+    pub restart_count: u32,
+    /// Fault to inject, if any (testing and drills).
+    pub fault: Option<Fault>,
+    /// Polls between agreement rounds for time-based triggers.
+    pub agree_stride: u64,
+}
+
+impl Config {
+    /// A configuration for `job_dir` with defaults: node-local data under `<job_dir>/local/<node>`,
+    /// no automatic checkpoints, keep 2 epochs.
+    pub fn new(job_dir: impl Into<PathBuf>) -> Self {
+        let job_dir = job_dir.into();
+        let node = default_node();
+        let job_id = job_id_of(&job_dir);
+        let local_dir = job_dir.join("local").join(&node);
+        Config {
+            job_dir,
+            job_id,
+            local_dir,
+            node,
+            every: Interval::Off,
+            keep: 2,
+            restart_count: 0,
+            fault: None,
+            agree_stride: 1,
+        }
+    }
+
+    /// Reads the configuration the launcher passes in `CKPT_*` variables (see [`crate::env`]).
+    pub fn from_env() -> Result<Self> {
+        let job_dir = env::get(env::JOB_DIR).ok_or_else(|| Error::Config {
+            var: env::JOB_DIR,
+            value: String::new(),
+            reason: "not set; run the program under `ckpt run` or set it to a job directory"
+                .into(),
+        })?;
+        let mut cfg = Config::new(job_dir);
+        if let Some(node) = env::get(env::NODE) {
+            cfg.node = node;
+            cfg.local_dir = cfg.job_dir.join("local").join(&cfg.node);
+        }
+        if let Some(id) = env::get(env::JOB_ID) {
+            cfg.job_id = id;
+        }
+        if let Some(dir) = env::get(env::LOCAL_DIR).or_else(|| env::get(env::NODE_LOCAL_DIR)) {
+            cfg.local_dir = dir.into();
+        }
+        if let Some(v) = env::get(env::EVERY) {
+            cfg.every = Interval::parse(&v).map_err(|reason| Error::Config {
+                var: env::EVERY,
+                value: v.clone(),
+                reason,
+            })?;
+        }
+        cfg.keep = parse_num(env::KEEP, 1)?.unwrap_or(2) as usize;
+        cfg.restart_count = parse_num(env::RESTART_COUNT, 0)?.unwrap_or(0) as u32;
+        cfg.agree_stride = parse_num(env::AGREE_STRIDE, 1)?.unwrap_or(1);
+        if let Some(v) = env::get(env::FAULT) {
+            let fault = Fault::parse(&v).map_err(|reason| Error::Config {
+                var: env::FAULT,
+                value: v.clone(),
+                reason,
+            })?;
+            cfg.fault = Some(fault);
+        }
+        Ok(cfg)
+    }
+
+    /// Sets the checkpoint interval.
+    pub fn every(mut self, every: Interval) -> Self {
+        self.every = every;
+        self
+    }
+
+    /// Sets how many committed epochs are kept.
+    pub fn keep(mut self, keep: usize) -> Self {
+        self.keep = keep.max(1);
+        self
+    }
+}
+
+fn parse_num(var: &'static str, min: u64) -> Result<Option<u64>> {
+    let Some(v) = env::get(var) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if n >= min => Ok(Some(n)),
+        _ => Err(Error::Config {
+            var,
+            value: v,
+            reason: format!("expected a whole number >= {min}"),
+        }),
+    }
+}
+
+/// This process's node name: `$CKPT_NODE`, `$SLURMD_NODENAME`, else the hostname.
+pub fn default_node() -> String {
+    env::get(env::NODE)
+        .or_else(|| env::get(env::SLURMD_NODENAME))
+        .unwrap_or_else(hostname)
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is a valid writable buffer of the length we pass; gethostname writes at most
+    // that many bytes and we only read up to the first NUL (or the whole buffer).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn job_id_of(job_dir: &std::path::Path) -> String {
+    job_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "job".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: std::result::Result<Interval, ()>) {
+        assert_eq!(Interval::parse(input).map_err(|_| ()), expected, "{input}");
+    }
+
+    #[test]
+    fn intervals() {
+        check("100", Ok(Interval::Polls(100)));
+        check("off", Ok(Interval::Off));
+        check("0", Ok(Interval::Off));
+        check("2s", Ok(Interval::Time(Duration::from_secs(2))));
+        check("1.5s", Ok(Interval::Time(Duration::from_millis(1500))));
+        check("250ms", Ok(Interval::Time(Duration::from_millis(250))));
+        check("3m", Ok(Interval::Time(Duration::from_secs(180))));
+        check("1h", Ok(Interval::Time(Duration::from_secs(3600))));
+        check("5x", Err(()));
+        check("s", Err(()));
+        check("-1", Err(()));
+        check("1.5", Err(()));
+    }
+}

@@ -1,0 +1,45 @@
+//! The launcher <-> rank contract: every `CKPT_*` environment variable, in one place.
+//!
+//! The launcher sets these for each rank; [`crate::Config::from_env`] reads them. Nothing else in
+//! the project spells a variable name: the launcher imports the constants from here.
+
+/// Shared job directory: manifests, events, control requests. Required.
+pub const JOB_DIR: &str = "CKPT_JOB_DIR";
+/// Job identifier used in file headers and node-local paths (default: job directory's name).
+pub const JOB_ID: &str = "CKPT_JOB_ID";
+/// Base of node-local (L1) storage. Default: `$NODE_LOCAL_DIR`, else `<job dir>/local/<node>`.
+pub const LOCAL_DIR: &str = "CKPT_LOCAL_DIR";
+/// Node-local directory set by the site or the lab scripts (not ours; read as a fallback).
+pub const NODE_LOCAL_DIR: &str = "NODE_LOCAL_DIR";
+/// This rank's node name. Default: `$SLURMD_NODENAME`, else the hostname.
+pub const NODE: &str = "CKPT_NODE";
+/// Slurm's node name for the task (not ours; read as a fallback for [`NODE`]).
+pub const SLURMD_NODENAME: &str = "SLURMD_NODENAME";
+/// Checkpoint interval: `N` (every N polls), `Ns`/`Nm`/`Nh` (seconds, minutes, hours) or `off`.
+pub const EVERY: &str = "CKPT_EVERY";
+/// Number of committed epochs kept (older ones are pruned). Default 2.
+pub const KEEP: &str = "CKPT_KEEP";
+/// How many times the launcher has restarted this job (0 on the first launch).
+pub const RESTART_COUNT: &str = "CKPT_RESTART_COUNT";
+/// Fault injection, `RANK:PHASE[:EPOCH]`; see [`crate::fault`]. Honoured on the first launch only.
+pub const FAULT: &str = "CKPT_FAULT";
+/// Polls between two agreement rounds (time-based triggers). Default 1.
+pub const AGREE_STRIDE: &str = "CKPT_AGREE_STRIDE";
+
+/// Every variable above, for `ckpt` to print and forward (`mpirun -x`).
+pub const ALL: &[&str] = &[
+    JOB_DIR,
+    JOB_ID,
+    LOCAL_DIR,
+    NODE,
+    EVERY,
+    KEEP,
+    RESTART_COUNT,
+    FAULT,
+    AGREE_STRIDE,
+];
+
+/// Reads a variable, treating an empty value as unset.
+pub fn get(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}

@@ -1,0 +1,160 @@
+//! The library's error type. Every variant carries what a user needs to act on it: the rank,
+//! the epoch, the file and the cause. Formatting for people happens in `Display`; exit codes
+//! are the launcher's business.
+
+use std::path::PathBuf;
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a checkpoint file or manifest cannot be used. Carries no context: the caller wraps it in
+/// an [`Error`] that names the rank, epoch and file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Corruption {
+    /// The file does not start with the expected magic bytes.
+    #[error("not a ckpt {what} (bad magic {found:02x?})")]
+    BadMagic {
+        /// Which kind of file was expected.
+        what: &'static str,
+        /// The first bytes found.
+        found: Vec<u8>,
+    },
+    /// The file was written by a format version this build cannot read.
+    #[error("format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// Version in the file.
+        found: u32,
+        /// Version this build reads.
+        supported: u32,
+    },
+    /// The file is shorter (or longer) than its header says.
+    #[error("truncated: header says {expected} bytes, file has {actual}")]
+    Truncated {
+        /// Length recorded in the header.
+        expected: u64,
+        /// Length on storage.
+        actual: u64,
+    },
+    /// A checksum does not match the data.
+    #[error("checksum mismatch in {what}: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum {
+        /// The part of the file (header, region table, region `u`, ...).
+        what: String,
+        /// Checksum recorded in the file.
+        stored: u32,
+        /// Checksum of the bytes read.
+        computed: u32,
+    },
+    /// A structurally invalid field (decoding failed, offsets out of range, ...).
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// The part of the file.
+        what: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The file belongs to another job, epoch or rank than the one asked for.
+    #[error("belongs to {field} {found}, expected {expected}")]
+    Foreign {
+        /// `job`, `epoch`, `rank` or `ranks`.
+        field: &'static str,
+        /// Value in the file.
+        found: String,
+        /// Value expected.
+        expected: String,
+    },
+}
+
+/// Errors of the checkpoint library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is missing or invalid.
+    #[error("configuration: {var}={value:?}: {reason}")]
+    Config {
+        /// Environment variable or setting.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An IO operation failed.
+    #[error("rank {rank}: cannot {op} {path}: {source}")]
+    Io {
+        /// Rank that hit the error.
+        rank: i32,
+        /// What was attempted (`create`, `write`, `fsync`, `rename`, `read`, ...).
+        op: &'static str,
+        /// File or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A rank's checkpoint file is unusable.
+    #[error("rank {rank}, epoch {epoch}: checkpoint file {path}: {cause}")]
+    Corrupt {
+        /// Rank the file belongs to.
+        rank: i32,
+        /// Epoch of the file.
+        epoch: u64,
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        cause: Corruption,
+    },
+    /// The application's regions do not match those in the checkpoint file.
+    #[error("rank {rank}, epoch {epoch}: checkpoint file {path}: region {region:?}: {cause}")]
+    Region {
+        /// Rank restoring.
+        rank: i32,
+        /// Epoch being restored.
+        epoch: u64,
+        /// The file.
+        path: PathBuf,
+        /// Region name.
+        region: String,
+        /// What does not match.
+        cause: String,
+    },
+    /// The application described its regions inconsistently (e.g. one name used twice).
+    #[error("rank {rank}: region {region:?}: {cause}")]
+    Protect {
+        /// Rank.
+        rank: i32,
+        /// Region name.
+        region: String,
+        /// What is wrong.
+        cause: String,
+    },
+    /// An epoch manifest is unusable.
+    #[error("manifest {path}: {cause}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        cause: Corruption,
+    },
+    /// Some ranks failed to write their part of an epoch; the epoch was not committed.
+    #[error("epoch {epoch} not committed: {}", failed.iter().map(|(r, e)| format!("rank {r}: {e}")).collect::<Vec<_>>().join("; "))]
+    CommitFailed {
+        /// The epoch.
+        epoch: u64,
+        /// Failing ranks and their errors.
+        failed: Vec<(i32, String)>,
+    },
+    /// Restart found committed epochs but none could be restored.
+    #[error("no usable checkpoint: {}", tried.iter().map(|(e, why)| format!("epoch {e}: {why}")).collect::<Vec<_>>().join("; "))]
+    NoUsableEpoch {
+        /// Epochs tried, newest first, with the reason each was rejected.
+        tried: Vec<(u64, String)>,
+    },
+    /// The API was used out of order (e.g. `restore` without a checkpoint to restore).
+    #[error("rank {rank}: {what}")]
+    Usage {
+        /// Rank.
+        rank: i32,
+        /// What was wrong.
+        what: String,
+    },
+}

@@ -1,0 +1,132 @@
+//! The job's event log: one JSON object per line in `<job_dir>/events.jsonl`, appended by rank 0.
+//!
+//! This is how the launcher learns what happened inside the job (epochs committed, restores,
+//! fallbacks) and prints it with timings; `ckpt list` and drills read it too. Appends are
+//! single `write` calls on an `O_APPEND` file, so lines never interleave.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Something that happened in a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The job's ranks started (`launch` 0 is the first start).
+    Started {
+        /// Ranks in the job.
+        nranks: u32,
+        /// Launch number (restart count).
+        launch: u32,
+    },
+    /// An epoch was committed.
+    Committed {
+        /// Epoch.
+        epoch: u64,
+        /// Poll count at the checkpoint.
+        poll: u64,
+        /// Payload bytes over all ranks.
+        bytes: u64,
+        /// Slowest rank's write + fsync time.
+        write_secs: f64,
+        /// Whole checkpoint time on rank 0, including the commit.
+        total_secs: f64,
+    },
+    /// An epoch could not be committed.
+    CommitFailed {
+        /// Epoch.
+        epoch: u64,
+        /// Why, per failing rank.
+        reasons: Vec<String>,
+    },
+    /// A committed epoch could not be restored; the restore falls back to an older one.
+    EpochUnusable {
+        /// Epoch.
+        epoch: u64,
+        /// Why, per failing rank.
+        reasons: Vec<String>,
+    },
+    /// The job's state was restored.
+    Restored {
+        /// Epoch restored.
+        epoch: u64,
+        /// Payload bytes over all ranks.
+        bytes: u64,
+        /// Slowest rank's read time.
+        read_secs: f64,
+    },
+}
+
+/// Path of a job's event log.
+pub fn path(job_dir: &Path) -> PathBuf {
+    job_dir.join("events.jsonl")
+}
+
+/// Appends one event to the job's log.
+pub fn append(job_dir: &Path, event: &Event) -> io::Result<()> {
+    let mut line = serde_json::to_string(event).map_err(io::Error::other)?;
+    line.push('\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path(job_dir))?;
+    f.write_all(line.as_bytes())
+}
+
+/// Reads events from `offset` on; returns them and the offset after the last complete line.
+/// Lines that do not parse (from a newer version, or torn by a crash) are skipped.
+pub fn read_from(job_dir: &Path, offset: u64) -> io::Result<(Vec<Event>, u64)> {
+    let mut f = match std::fs::File::open(path(job_dir)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
+        Err(e) => return Err(e),
+    };
+    io::Seek::seek(&mut f, io::SeekFrom::Start(offset))?;
+    let mut reader = io::BufReader::new(f);
+    let mut events = Vec::new();
+    let mut pos = offset;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        pos += n as u64;
+        if let Ok(e) = serde_json::from_str(line.trim_end()) {
+            events.push(e);
+        }
+    }
+    Ok((events, pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_and_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Event::Started { nranks: 4, launch: 0 };
+        let b = Event::Restored {
+            epoch: 3,
+            bytes: 10,
+            read_secs: 0.5,
+        };
+        append(dir.path(), &a).unwrap();
+        let (ev, off) = read_from(dir.path(), 0).unwrap();
+        assert_eq!(ev, vec![a]);
+        append(dir.path(), &b).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path(dir.path()))
+            .unwrap()
+            .write_all(b"{\"event\":\"star")
+            .unwrap();
+        let (ev, off2) = read_from(dir.path(), off).unwrap();
+        assert_eq!(ev, vec![b]);
+        assert_eq!(read_from(dir.path(), off2).unwrap().0, vec![]);
+    }
+}

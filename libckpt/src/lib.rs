@@ -1,0 +1,71 @@
+//! # ckpt: coordinated checkpoint/restart for MPI jobs
+//!
+//! An application describes its state once with [`Protect`], creates a [`Checkpointer`] on
+//! every rank, restores if [`Checkpointer::restarting`], and calls [`Checkpointer::poll`] once
+//! per iteration:
+//!
+//! ```ignore
+//! let mut ck = ckpt::Checkpointer::new(&world, ckpt::Config::from_env()?)?;
+//! if ck.restarting() { ck.restore(&mut state)?; }
+//! while !state.done() {
+//!     state.step(ck.comm());
+//!     if ck.poll(&mut state)?.should_exit() { break; }
+//! }
+//! ```
+//!
+//! See `ARCHITECTURE.md` for the protocol, the on-disk format and the invariants.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod events;
+pub mod fault;
+pub mod format;
+pub mod manifest;
+pub mod protocol;
+pub mod storage;
+pub mod util;
+
+#[cfg(feature = "mpi")]
+mod checkpointer;
+#[cfg(feature = "mpi")]
+mod comm;
+#[cfg(feature = "mpi")]
+mod commit;
+#[cfg(feature = "mpi")]
+mod region;
+#[cfg(feature = "mpi")]
+mod restore;
+#[cfg(feature = "mpi")]
+mod transport;
+
+#[cfg(feature = "mpi")]
+pub use checkpointer::{Checkpointer, Poll};
+#[cfg(feature = "mpi")]
+pub use comm::{Comm, Counts, Reduce};
+#[cfg(feature = "mpi")]
+pub use commit::EpochStats;
+#[cfg(feature = "mpi")]
+pub use region::{Protect, Regions};
+#[cfg(feature = "mpi")]
+pub use restore::Restored;
+pub use config::{Config, Interval};
+pub use error::{Corruption, Error, Result};
+pub use manifest::{Level, Manifest};
+
+/// Re-exported so applications can derive `Pod` for their bulk element types.
+pub use bytemuck;
+#[cfg(feature = "mpi")]
+/// Re-exported so applications use the same MPI bindings as the library.
+pub use mpi;
+
+/// What the protocol modules share about this rank.
+#[cfg(feature = "mpi")]
+pub(crate) struct Ctx {
+    pub lib: mpi::topology::SimpleCommunicator,
+    pub rank: i32,
+    pub nranks: i32,
+    pub cfg: Config,
+}

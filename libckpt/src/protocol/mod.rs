@@ -1,0 +1,4 @@
+//! The checkpoint protocol's decision logic, free of IO and of MPI so it can be tested
+//! exhaustively and simulated. The MPI side lives in `transport`, `commit` and `restore`.
+
+pub mod agree;

@@ -1,0 +1,135 @@
+//! The few collective operations the protocol needs, over the library's private communicator.
+//!
+//! Kept to plain functions of bytes and integers so that the protocol modules do not spell out
+//! MPI buffer types, and so a simulated transport can stand in for them later.
+
+use mpi::collective::SystemOperation;
+use mpi::datatype::PartitionMut;
+use mpi::request::{Request, StaticScope};
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::*;
+use mpi::Count;
+
+use crate::protocol::agree::FlagReduce;
+
+/// True on every rank iff `ok` is true on every rank.
+pub fn all_ok(comm: &SimpleCommunicator, ok: bool) -> bool {
+    let mine = u8::from(ok);
+    let mut all = 0u8;
+    comm.all_reduce_into(&mine, &mut all, SystemOperation::min());
+    all == 1
+}
+
+/// Maximum of `x` over all ranks.
+pub fn max_u64(comm: &SimpleCommunicator, x: u64) -> u64 {
+    let mut out = 0u64;
+    comm.all_reduce_into(&x, &mut out, SystemOperation::max());
+    out
+}
+
+/// Gathers every rank's bytes at `root`; `Some(per-rank bytes)` on the root, `None` elsewhere.
+pub fn gather_bytes(comm: &SimpleCommunicator, root: i32, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let proc = comm.process_at_rank(root);
+    let len = bytes.len() as Count;
+    if comm.rank() == root {
+        let n = comm.size() as usize;
+        let mut counts = vec![0 as Count; n];
+        proc.gather_into_root(&len, &mut counts[..]);
+        let displs: Vec<Count> = counts
+            .iter()
+            .scan(0, |acc, &c| {
+                let d = *acc;
+                *acc += c;
+                Some(d)
+            })
+            .collect();
+        let total: Count = counts.iter().sum();
+        let mut buf = vec![0u8; total as usize];
+        {
+            let mut part = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
+            proc.gather_varcount_into_root(bytes, &mut part);
+        }
+        Some(
+            counts
+                .iter()
+                .zip(&displs)
+                .map(|(&c, &d)| buf[d as usize..(d + c) as usize].to_vec())
+                .collect(),
+        )
+    } else {
+        proc.gather_into(&len);
+        proc.gather_varcount_into(bytes);
+        None
+    }
+}
+
+/// Broadcasts `bytes` from `root` (ignored elsewhere) and returns them on every rank.
+pub fn bcast_bytes(comm: &SimpleCommunicator, root: i32, bytes: Vec<u8>) -> Vec<u8> {
+    let proc = comm.process_at_rank(root);
+    let mut len = bytes.len() as u64;
+    proc.broadcast_into(&mut len);
+    let mut buf = if comm.rank() == root {
+        bytes
+    } else {
+        vec![0u8; len as usize]
+    };
+    proc.broadcast_into(&mut buf[..]);
+    buf
+}
+
+/// A non-blocking logical-or allreduce of one flag, one round in flight at a time: started at
+/// one agreement poll, completed at the next. Its buffers are allocated once and leaked, so the
+/// request may outlive any borrow (MPI writes into them asynchronously).
+pub struct MpiFlagReduce {
+    comm: SimpleCommunicator,
+    send: &'static mut u32,
+    recv: &'static mut u32,
+    pending: Option<Request<'static, u32, StaticScope>>,
+}
+
+impl MpiFlagReduce {
+    /// A reducer over its own duplicate of `comm`, so its rounds never match other collectives.
+    pub fn new(comm: &SimpleCommunicator) -> Self {
+        MpiFlagReduce {
+            comm: comm.duplicate(),
+            send: Box::leak(Box::new(0)),
+            recv: Box::leak(Box::new(0)),
+            pending: None,
+        }
+    }
+}
+
+impl FlagReduce for MpiFlagReduce {
+    fn start(&mut self, flag: bool) {
+        debug_assert!(self.pending.is_none());
+        *self.send = u32::from(flag);
+        // SAFETY: both buffers are leaked boxes ('static) that nothing else reads or writes
+        // while the request is pending: `finish` waits before reading `recv`, and `start` is
+        // only called with no request pending, so `send` is not rewritten under MPI.
+        let send: &'static u32 = unsafe { &*(self.send as *const u32) };
+        let recv: &'static mut u32 = unsafe { &mut *(self.recv as *mut u32) };
+        self.pending = Some(self.comm.immediate_all_reduce_into(
+            StaticScope,
+            send,
+            recv,
+            SystemOperation::logical_or(),
+        ));
+    }
+
+    fn finish(&mut self) -> Option<bool> {
+        let req = self.pending.take()?;
+        req.wait_without_status();
+        Some(*self.recv != 0)
+    }
+}
+
+impl Drop for MpiFlagReduce {
+    fn drop(&mut self) {
+        if let Some(req) = self.pending.take() {
+            // A round may still be in flight if the application stops polling early. Waiting
+            // could hang (other ranks may never reach their next poll), so we release the
+            // request to MPI instead. SAFETY: its buffers are leaked and live forever.
+            let _ = unsafe { req.into_raw() };
+        }
+    }
+}
