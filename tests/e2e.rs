@@ -1,1 +1,256 @@
-//! placeholder
+//! End-to-end behaviour users rely on, with real `mpirun`, the real launcher and real files:
+//! a job killed at any moment and restarted ends bit-identical to an uninterrupted run; a crash
+//! during commit falls back to the previous epoch; damaged files are detected, named, skipped.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ckpt_tests::*;
+
+/// heat2d arguments: small enough for a 2-core CI machine, large enough for several epochs.
+const HEAT: &[&str] = &["--nx", "192", "--ny", "160", "--steps", "240"];
+const RANKS: u32 = 4;
+
+fn heat2d() -> std::path::PathBuf {
+    bin("heat2d")
+}
+
+/// Checksum of an uninterrupted run without checkpoints (computed once per test process).
+fn reference() -> &'static str {
+    static REF: OnceLock<String> = OnceLock::new();
+    REF.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Run::new(
+            &dir.path().join("ref"),
+            RANKS,
+            &["--every", "off"],
+            &heat2d(),
+            HEAT,
+        )
+        .output();
+        assert!(out.status.success(), "reference run failed\n{}", out.dump());
+        out.checksum()
+            .unwrap_or_else(|| panic!("no checksum\n{}", out.dump()))
+    })
+}
+
+fn assert_same_result(out: &Output) {
+    assert!(out.status.success(), "job failed\n{}", out.dump());
+    assert_eq!(
+        out.checksum().as_deref(),
+        Some(reference()),
+        "final field differs from the uninterrupted run\n{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn checkpointing_does_not_change_the_result() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let out = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert_eq!(committed_epochs(&job), vec![1, 2, 3, 4, 5, 6]);
+    assert!(restored_epochs(&job).is_empty());
+    // Retention: the default keeps the last two epochs.
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![6, 5]);
+    assert!(!rank_file_path_exists(&job, 4));
+}
+
+fn rank_file_path_exists(job: &Path, epoch: u64) -> bool {
+    job.join("local")
+        .read_dir()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|node| {
+            node.path()
+                .join(job.file_name().unwrap())
+                .join(format!("epoch-{epoch:08}"))
+                .exists()
+        })
+}
+
+/// Injected crashes at protocol points: (fault, epoch the restart must restore).
+#[test]
+fn injected_crashes_restart_to_the_same_result() {
+    let Some(_mpi) = mpi() else { return };
+    let check = |fault: &str, restored: &[u64]| {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let flags = ["--every", "40", "--max-restarts", "2", "--fault", fault];
+        let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+        assert_same_result(&out);
+        assert_eq!(
+            restored_epochs(&job),
+            restored,
+            "fault {fault}\n{}",
+            out.dump()
+        );
+        let rank = fault.split(':').next().unwrap();
+        assert!(
+            out.stderr.contains(&format!("rank {rank}")),
+            "launcher did not name the failed rank {rank}\n{}",
+            out.dump()
+        );
+    };
+    // Between checkpoints: poll 130 is after epoch 3 (poll 120).
+    check("2:poll:130", &[3]);
+    // During a checkpoint write: rank 1 dies with epoch 3 half written.
+    check("1:mid-write:3", &[2]);
+    // After its file is durable but before the manifest: epoch 3 never commits.
+    check("3:after-write:3", &[2]);
+    // Rank 0 dies after the vote, before publishing the manifest.
+    check("0:before-manifest:3", &[2]);
+    // After the manifest is published: epoch 3 is committed and is used.
+    check("1:after-commit:3", &[3]);
+    // Before the first checkpoint: the restart begins from scratch.
+    check("3:poll:20", &[]);
+}
+
+/// SIGKILL from outside at seeded random moments (`CKPT_SEEDS=a,b,c` to replay).
+#[test]
+fn killed_at_random_moments_restarts_to_the_same_result() {
+    let Some(_mpi) = mpi() else { return };
+    let seeds: Vec<u64> = std::env::var("CKPT_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 3]);
+    for seed in seeds {
+        let mut rng = Rng(seed);
+        let rank = rng.range(0, RANKS as u64) as u32;
+        let delay = Duration::from_millis(rng.range(0, 400));
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let mut args = HEAT.to_vec();
+        args.extend(["--step-ms", "4"]);
+        let running = Run::new(
+            &job,
+            RANKS,
+            &["--every", "30", "--max-restarts", "2"],
+            &heat2d(),
+            &args,
+        )
+        .spawn();
+        let started = wait_for(Duration::from_secs(60), || {
+            !committed_epochs(&job).is_empty()
+        });
+        std::thread::sleep(delay);
+        let pid = rank_pid(&job, rank);
+        if let Some(pid) = pid {
+            kill9(pid);
+        }
+        let out = running.wait();
+        let ctx = format!(
+            "seed {seed}: killed rank {rank} (pid {pid:?}) {delay:?} after the first commit"
+        );
+        assert!(started, "{ctx}: no epoch committed\n{}", out.dump());
+        assert!(pid.is_some(), "{ctx}: rank not found");
+        assert!(out.status.success(), "{ctx}\n{}", out.dump());
+        assert_eq!(
+            out.checksum().as_deref(),
+            Some(reference()),
+            "{ctx}\n{}",
+            out.dump()
+        );
+        assert_eq!(
+            restored_epochs(&job).len(),
+            1,
+            "{ctx}: expected one restore\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// A damaged newest epoch is detected, named, and the restart falls back to the previous one.
+#[test]
+fn damaged_files_are_named_and_the_previous_epoch_is_used() {
+    let Some(_mpi) = mpi() else { return };
+    let check = |damage: &str, expect_cause: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let flags = ["--every", "40", "--keep", "3"];
+        let first = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+        assert_same_result(&first);
+        let file = rank_file(&job, 6, 1);
+        damage_file(&file, damage);
+        // Resuming the job directory restarts from its newest usable epoch.
+        let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+        assert_same_result(&out);
+        assert_eq!(restored_epochs(&job), vec![5], "{damage}\n{}", out.dump());
+        for needle in [
+            &file.display().to_string(),
+            expect_cause,
+            "falling back to epoch 5",
+            "rank 1",
+        ] {
+            assert!(
+                out.stderr.contains(needle),
+                "{damage}: stderr lacks {needle:?}\n{}",
+                out.dump()
+            );
+        }
+    };
+    check("bitflip", "checksum mismatch in region \"u\"");
+    check("truncate", "truncated");
+    check("version", "format version 2 is not supported");
+    check("delete", "No such file");
+}
+
+#[test]
+fn no_usable_epoch_is_an_error_naming_every_file() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = ["--every", "60", "--max-restarts", "0"];
+    assert_same_result(&Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output());
+    let files = [rank_file(&job, 4, 2), rank_file(&job, 3, 0)];
+    for f in &files {
+        damage_file(f, "bitflip");
+    }
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert!(
+        !out.status.success(),
+        "restart from damaged epochs must fail\n{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("no usable checkpoint"),
+        "{}",
+        out.dump()
+    );
+    for f in &files {
+        assert!(
+            out.stderr.contains(&f.display().to_string()),
+            "{} not named\n{}",
+            f.display(),
+            out.dump()
+        );
+    }
+}
+
+/// Damages a checkpoint file in one of several ways.
+fn damage_file(path: &Path, how: &str) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    match how {
+        // One bit in the middle of the first bulk region's payload (it starts at 4096).
+        "bitflip" => {
+            let at = 4096 + 1000;
+            let mut b = [0u8];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+        }
+        "truncate" => f.set_len(len / 2).unwrap(),
+        "version" => f.write_all_at(&2u32.to_le_bytes(), 8).unwrap(),
+        "delete" => std::fs::remove_file(path).unwrap(),
+        other => panic!("unknown damage {other}"),
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use mpi::topology::{Communicator, SimpleCommunicator};
 
-use crate::commit::{self, EpochStats, LibState};
 use crate::comm::Comm;
+use crate::commit::{self, EpochStats, LibState};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
@@ -71,9 +71,10 @@ impl Checkpointer {
         } else {
             Ok(Vec::new())
         };
-        let listing = transport::bcast_bytes(&lib, 0, postcard::to_stdvec(&listing).unwrap_or_default());
-        let listing: std::result::Result<Vec<u64>, String> =
-            postcard::from_bytes(&listing).map_err(|e| Error::Usage {
+        let listing =
+            transport::bcast_bytes(&lib, 0, postcard::to_stdvec(&listing).unwrap_or_default());
+        let listing: std::result::Result<Vec<u64>, String> = postcard::from_bytes(&listing)
+            .map_err(|e| Error::Usage {
                 rank,
                 what: format!("corrupt epoch list from rank 0: {e}"),
             })?;
@@ -157,7 +158,12 @@ impl Checkpointer {
     /// Call once per iteration on every rank. Checkpoints `state` when one is due (all ranks
     /// agree on the same poll); otherwise returns at once.
     pub fn poll<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<Poll> {
-        let fault = self.ctx.cfg.fault.as_ref().filter(|_| self.ctx.cfg.restart_count == 0);
+        let fault = self
+            .ctx
+            .cfg
+            .fault
+            .as_ref()
+            .filter(|_| self.ctx.cfg.restart_count == 0);
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
         let go = self.agree.on_poll(Instant::now(), false, &mut self.reduce);
         if !go {

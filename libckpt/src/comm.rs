@@ -85,7 +85,10 @@ impl Comm {
 
     /// Blocking receive from `src` with `tag` into `buf`.
     pub fn recv_into<T: Equivalence>(&self, src: i32, tag: Tag, buf: &mut [T]) -> Status {
-        let st = self.raw.process_at_rank(src).receive_into_with_tag(buf, tag);
+        let st = self
+            .raw
+            .process_at_rank(src)
+            .receive_into_with_tag(buf, tag);
         self.counts.borrow_mut().received[st.source_rank() as usize] += 1;
         st
     }
@@ -124,7 +127,11 @@ impl Comm {
 
     /// Gathers every rank's `data` (all of the same length) at `root`, concatenated in rank
     /// order; `Some` on the root, `None` elsewhere.
-    pub fn gather<T: Equivalence + Clone + Default>(&self, root: i32, data: &[T]) -> Option<Vec<T>> {
+    pub fn gather<T: Equivalence + Clone + Default>(
+        &self,
+        root: i32,
+        data: &[T],
+    ) -> Option<Vec<T>> {
         let proc = self.raw.process_at_rank(root);
         if self.rank() == root {
             let mut out = vec![T::default(); data.len() * self.size() as usize];

@@ -64,7 +64,11 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     state: &mut P,
 ) -> Result<EpochStats> {
     let t0 = Instant::now();
-    let fault = ctx.cfg.fault.as_ref().filter(|_| ctx.cfg.restart_count == 0);
+    let fault = ctx
+        .cfg
+        .fault
+        .as_ref()
+        .filter(|_| ctx.cfg.restart_count == 0);
     maybe_die(fault, ctx.rank, Phase::BeforeWrite, epoch);
     let local = write_rank_file(ctx, epoch, lib, state, t0);
     if local.is_ok() {
@@ -93,7 +97,12 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
         });
     }
     let record = local?;
-    if let Err(e) = local::prune(&ctx.cfg.local_dir, &ctx.cfg.job_id, ctx.rank, decision.keep_from) {
+    if let Err(e) = local::prune(
+        &ctx.cfg.local_dir,
+        &ctx.cfg.job_id,
+        ctx.rank,
+        decision.keep_from,
+    ) {
         eprintln!(
             "[ckpt rank {}] warning: cannot prune epochs before {} in {}: {e}",
             ctx.rank,
@@ -244,7 +253,10 @@ fn decide_and_publish(
             &ctx.cfg.job_dir,
             &Event::CommitFailed {
                 epoch,
-                reasons: failures.iter().map(|(r, e)| format!("rank {r}: {e}")).collect(),
+                reasons: failures
+                    .iter()
+                    .map(|(r, e)| format!("rank {r}: {e}"))
+                    .collect(),
             },
         );
     }

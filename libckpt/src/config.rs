@@ -29,7 +29,9 @@ impl Interval {
         if s.eq_ignore_ascii_case("off") || s == "0" {
             return Ok(Interval::Off);
         }
-        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
         if unit.is_empty() {
             let n: u64 = num
@@ -113,8 +115,7 @@ impl Config {
         let job_dir = env::get(env::JOB_DIR).ok_or_else(|| Error::Config {
             var: env::JOB_DIR,
             value: String::new(),
-            reason: "not set; run the program under `ckpt run` or set it to a job directory"
-                .into(),
+            reason: "not set; run the program under `ckpt run` or set it to a job directory".into(),
         })?;
         let mut cfg = Config::new(job_dir);
         if let Some(node) = env::get(env::NODE) {

@@ -109,7 +109,10 @@ mod tests {
     #[test]
     fn append_and_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Event::Started { nranks: 4, launch: 0 };
+        let a = Event::Started {
+            nranks: 4,
+            launch: 0,
+        };
         let b = Event::Restored {
             epoch: 3,
             bytes: 10,

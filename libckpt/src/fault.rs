@@ -61,7 +61,10 @@ impl Fault {
         let phase_s = parts.next().unwrap_or("");
         let phase = Phase::parse(phase_s).ok_or_else(|| {
             let names: Vec<_> = Phase::NAMES.iter().map(|(n, _)| *n).collect();
-            format!("{s:?}: unknown phase {phase_s:?} (one of {})", names.join(", "))
+            format!(
+                "{s:?}: unknown phase {phase_s:?} (one of {})",
+                names.join(", ")
+            )
         })?;
         let at = match parts.next() {
             None => None,
@@ -83,6 +86,7 @@ impl Fault {
 }
 
 /// Kills the calling process with SIGKILL if `fault` matches; never returns in that case.
+#[cfg(feature = "mpi")]
 pub(crate) fn maybe_die(fault: Option<&Fault>, rank: i32, phase: Phase, n: u64) {
     if let Some(f) = fault {
         if f.matches(rank, phase, n) {
@@ -124,6 +128,8 @@ mod tests {
         assert!(f.matches(1, Phase::AfterWrite, 2));
         assert!(!f.matches(1, Phase::AfterWrite, 3));
         assert!(!f.matches(0, Phase::AfterWrite, 2));
-        assert!(Fault::parse("1:after-write").unwrap().matches(1, Phase::AfterWrite, 9));
+        assert!(Fault::parse("1:after-write")
+            .unwrap()
+            .matches(1, Phase::AfterWrite, 9));
     }
 }

@@ -47,13 +47,13 @@ pub use checkpointer::{Checkpointer, Poll};
 pub use comm::{Comm, Counts, Reduce};
 #[cfg(feature = "mpi")]
 pub use commit::EpochStats;
+pub use config::{Config, Interval};
+pub use error::{Corruption, Error, Result};
+pub use manifest::{Level, Manifest};
 #[cfg(feature = "mpi")]
 pub use region::{Protect, Regions};
 #[cfg(feature = "mpi")]
 pub use restore::Restored;
-pub use config::{Config, Interval};
-pub use error::{Corruption, Error, Result};
-pub use manifest::{Level, Manifest};
 
 /// Re-exported so applications can derive `Pod` for their bulk element types.
 pub use bytemuck;

@@ -122,7 +122,8 @@ impl Manifest {
                 actual: bytes.len() as u64,
             });
         }
-        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let version = u32_at(8);
         if version != VERSION {
             return Err(Corruption::UnsupportedVersion {
@@ -306,7 +307,10 @@ mod tests {
         publish(dir.path(), &sample(2, 1)).unwrap();
         fs::rename(path(dir.path(), 2), path(dir.path(), 9)).unwrap();
         let err = load(dir.path(), 9).unwrap_err().to_string();
-        assert!(err.contains("epoch-00000009.manifest") && err.contains("epoch 2"), "{err}");
+        assert!(
+            err.contains("epoch-00000009.manifest") && err.contains("epoch 2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -103,7 +103,11 @@ impl<'a> Regions<'a> {
             return;
         }
         match &mut self.mode {
-            Mode::Save { .. } => self.save(name, RegionKind::Bulk { elem_size }, bytemuck::cast_slice(data)),
+            Mode::Save { .. } => self.save(
+                name,
+                RegionKind::Bulk { elem_size },
+                bytemuck::cast_slice(data),
+            ),
             Mode::Restore { .. } => {
                 let Some(idx) = self.lookup(name, RegionKind::Bulk { elem_size }) else {
                     return;
@@ -139,7 +143,12 @@ impl<'a> Regions<'a> {
             if let Some(idx) = self.peek(name) {
                 let len = self.entry_len(idx);
                 if elem_size > 0 && len % elem_size as u64 == 0 {
-                    data.resize((len / elem_size as u64) as usize, T::zeroed());
+                    let n = (len / elem_size as u64) as usize;
+                    if data.len() != n {
+                        // A fresh zeroed allocation (calloc) instead of resizing: the kernel
+                        // hands out zero pages lazily, so the read is the first touch.
+                        *data = bytemuck::zeroed_vec(n);
+                    }
                 }
             }
         }
@@ -164,8 +173,18 @@ impl<'a> Regions<'a> {
                 if !self.read(idx, &mut buf) {
                     return;
                 }
-                match postcard::from_bytes(&buf) {
-                    Ok(x) => *v = x,
+                // Every byte must be consumed: a value saved as another type must not be
+                // decoded from a prefix of itself.
+                match postcard::take_from_bytes(&buf) {
+                    Ok((x, [])) => *v = x,
+                    Ok((_, rest)) => self.region_error(
+                        name,
+                        format!(
+                            "checkpointed value is not a {} ({} bytes left over)",
+                            std::any::type_name::<T>(),
+                            rest.len()
+                        ),
+                    ),
                     Err(e) => self.region_error(
                         name,
                         format!("cannot decode value as {}: {e}", std::any::type_name::<T>()),
@@ -217,7 +236,8 @@ impl<'a> Regions<'a> {
                     epoch: self.site.epoch,
                     path: self.site.path.to_owned(),
                     region: missing.join(", "),
-                    cause: "in the checkpoint but not visited by the application's protect()".into(),
+                    cause: "in the checkpoint but not visited by the application's protect()"
+                        .into(),
                 });
             }
         }
@@ -230,7 +250,10 @@ impl<'a> Regions<'a> {
             return false;
         }
         if self.names.iter().any(|n| n == name) {
-            self.protect_error(name, "visited twice in one protect() call; names must be unique".into());
+            self.protect_error(
+                name,
+                "visited twice in one protect() call; names must be unique".into(),
+            );
             return false;
         }
         self.names.push(name.to_owned());
@@ -278,11 +301,17 @@ impl<'a> Regions<'a> {
         let found = file.find(name).map(|(i, e)| (i, e.kind));
         match found {
             None => {
-                self.region_error(name, "visited by protect() but not in the checkpoint".into());
+                self.region_error(
+                    name,
+                    "visited by protect() but not in the checkpoint".into(),
+                );
                 None
             }
             Some((_, k)) if k != kind => {
-                self.region_error(name, format!("checkpoint holds {k:?}, the application asks for {kind:?}"));
+                self.region_error(
+                    name,
+                    format!("checkpoint holds {k:?}, the application asks for {kind:?}"),
+                );
                 None
             }
             Some((i, _)) => {
@@ -342,5 +371,362 @@ pub(crate) fn file_error(e: FileError, site: Site<'_>, op: &'static str) -> Erro
             path: site.path.to_owned(),
             cause,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Corruption;
+    use crate::format::FileIdentity;
+    use std::os::unix::fs::FileExt;
+
+    const RANK: i32 = 3;
+    const EPOCH: u64 = 5;
+
+    fn id() -> FileIdentity {
+        FileIdentity {
+            job: "job-r".into(),
+            epoch: EPOCH,
+            rank: RANK as u32,
+            nranks: 4,
+        }
+    }
+
+    fn site(path: &Path) -> Site<'_> {
+        Site {
+            rank: RANK,
+            epoch: EPOCH,
+            path,
+        }
+    }
+
+    #[derive(Debug, Default, PartialEq)]
+    struct State {
+        u: Vec<f64>,
+        fixed: [u32; 4],
+        step: (u64, String),
+        lib: Vec<u8>,
+        restored: bool,
+    }
+
+    impl Protect for State {
+        fn protect(&mut self, r: &mut Regions<'_>) {
+            r.vec("u", &mut self.u);
+            r.slice("fixed", &mut self.fixed);
+            r.value("step", &mut self.step);
+            r.internal("lib", RegionKind::LibState, &mut self.lib);
+            self.restored = r.is_restoring();
+        }
+    }
+
+    fn sample() -> State {
+        State {
+            u: (0..1000).map(|i| i as f64 * 0.25 - 3.0).collect(),
+            fixed: [1, 2, 3, u32::MAX],
+            step: (42, "restart here".into()),
+            lib: vec![9, 8, 7],
+            restored: false,
+        }
+    }
+
+    /// A `Protect` made of a closure, for applications that describe their regions oddly.
+    struct With<F>(F);
+
+    impl<F: FnMut(&mut Regions<'_>)> Protect for With<F> {
+        fn protect(&mut self, r: &mut Regions<'_>) {
+            (self.0)(r)
+        }
+    }
+
+    fn save(path: &Path, state: &mut impl Protect) -> Result<u64, Error> {
+        let mut w = RankFileWriter::create(path, id(), "node-a").unwrap();
+        let mut r = Regions::saving(&mut w, site(path), None);
+        state.protect(&mut r);
+        let n = r.finish()?;
+        w.finish().unwrap();
+        Ok(n)
+    }
+
+    fn restore(path: &Path, state: &mut impl Protect) -> Result<u64, Error> {
+        let file = RankFileReader::open(path, &id()).unwrap();
+        let mut r = Regions::restoring(&file, site(path));
+        state.protect(&mut r);
+        r.finish()
+    }
+
+    /// A file holding `sample()`.
+    fn saved() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rank-000003.ckpt");
+        save(&path, &mut sample()).unwrap();
+        (dir, path)
+    }
+
+    /// Asserts `e` is a region error about `region`, with this site, whose cause contains `cause`.
+    fn assert_region_error(e: Error, path: &Path, region: &str, cause: &str) {
+        match e {
+            Error::Region {
+                rank,
+                epoch,
+                path: p,
+                region: r,
+                cause: c,
+            } => {
+                assert_eq!((rank, epoch, p.as_path()), (RANK, EPOCH, path));
+                assert_eq!(r, region);
+                assert!(c.contains(cause), "cause {c:?} lacks {cause:?}");
+            }
+            other => panic!("expected a region error about {region:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn save_then_restore_gives_back_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rank-000003.ckpt");
+        let mut original = sample();
+        let saved = save(&path, &mut original).unwrap();
+        let encoded_step = postcard::to_stdvec(&original.step).unwrap().len() as u64;
+        assert_eq!(saved, 8 * 1000 + 4 * 4 + encoded_step + 3);
+        assert!(!original.restored);
+
+        let mut back = State::default();
+        assert_eq!(restore(&path, &mut back).unwrap(), saved);
+        assert!(back.restored);
+        back.restored = false;
+        assert_eq!(back, original);
+
+        // A longer vector is shrunk to the checkpointed length.
+        let mut longer = State {
+            u: vec![1.0; 5000],
+            lib: vec![0; 100],
+            ..State::default()
+        };
+        restore(&path, &mut longer).unwrap();
+        longer.restored = false;
+        assert_eq!(longer, original);
+    }
+
+    #[test]
+    fn slice_of_another_length_is_refused() {
+        let (_dir, path) = saved();
+        let mut s = sample();
+        let mut fixed = [0u32; 5];
+        let err = restore(
+            &path,
+            &mut With(|r: &mut Regions<'_>| {
+                r.vec("u", &mut s.u);
+                r.slice("fixed", &mut fixed);
+                r.value("step", &mut s.step);
+                r.internal("lib", RegionKind::LibState, &mut s.lib);
+            }),
+        )
+        .unwrap_err();
+        assert_region_error(err, &path, "fixed", "holds 4 elements");
+        assert_eq!(fixed, [0; 5], "nothing read into a mismatched slice");
+    }
+
+    #[test]
+    fn first_error_is_kept_and_later_regions_are_left_alone() {
+        let (_dir, path) = saved();
+        let mut s = State::default();
+        let mut fixed = [0u32; 3];
+        let err = restore(
+            &path,
+            &mut With(|r: &mut Regions<'_>| {
+                r.vec("u", &mut s.u);
+                r.slice("fixed", &mut fixed);
+                r.value("step", &mut s.step);
+                r.value("absent", &mut 0u8);
+            }),
+        )
+        .unwrap_err();
+        assert_region_error(err, &path, "fixed", "holds 4 elements");
+        assert_eq!(s.u, sample().u, "regions before the error are restored");
+        assert_eq!(
+            s.step,
+            <(u64, String)>::default(),
+            "regions after it are not"
+        );
+    }
+
+    #[test]
+    fn region_missing_from_the_file_is_named() {
+        let (_dir, path) = saved();
+        let mut s = State::default();
+        let mut extra = 0u64;
+        let err = restore(
+            &path,
+            &mut With(|r: &mut Regions<'_>| {
+                s.protect(r);
+                r.value("extra", &mut extra);
+            }),
+        )
+        .unwrap_err();
+        assert_region_error(err, &path, "extra", "not in the checkpoint");
+
+        // Also for a vector (which looks the region up before resizing).
+        let mut v: Vec<f64> = vec![1.0];
+        let err = restore(
+            &path,
+            &mut With(|r: &mut Regions<'_>| {
+                s.protect(r);
+                r.vec("extra vec", &mut v);
+            }),
+        )
+        .unwrap_err();
+        assert_region_error(err, &path, "extra vec", "not in the checkpoint");
+        assert_eq!(v, [1.0]);
+    }
+
+    #[test]
+    fn regions_not_visited_are_named() {
+        let (_dir, path) = saved();
+        let mut s = State::default();
+        let err = restore(
+            &path,
+            &mut With(|r: &mut Regions<'_>| {
+                r.vec("u", &mut s.u);
+                r.value("step", &mut s.step);
+            }),
+        )
+        .unwrap_err();
+        assert_region_error(err, &path, "fixed, lib", "not visited");
+    }
+
+    #[test]
+    fn name_visited_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("twice.ckpt");
+        let (mut a, mut b) = (vec![1.0f64; 3], vec![2.0f64; 3]);
+        let err = save(
+            &path,
+            &mut With(|r: &mut Regions<'_>| {
+                r.vec("u", &mut a);
+                r.vec("u", &mut b);
+            }),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Protect { rank: RANK, region, cause } if region == "u" && cause.contains("twice")),
+            "{err:?}"
+        );
+
+        let (_dir, path) = saved();
+        for twice in ["u", "step"] {
+            let mut s = State::default();
+            let err = restore(
+                &path,
+                &mut With(|r: &mut Regions<'_>| {
+                    s.protect(r);
+                    match twice {
+                        "u" => r.vec("u", &mut s.u),
+                        _ => r.value("step", &mut s.step),
+                    }
+                }),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(&err, Error::Protect { rank: RANK, region, cause } if region == twice && cause.contains("twice")),
+                "{twice}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn region_of_another_kind_is_refused() {
+        let (_dir, path) = saved();
+        let mut s = State::default();
+        // "u" holds f64s; asking for f32s is a different element size.
+        let mut f32s: Vec<f32> = Vec::new();
+        let err = restore(
+            &path,
+            &mut With(|r: &mut Regions<'_>| r.vec("u", &mut f32s)),
+        )
+        .unwrap_err();
+        assert_region_error(err, &path, "u", "elem_size: 8");
+        // A value where the file holds bulk data.
+        let err = restore(
+            &path,
+            &mut With(|r: &mut Regions<'_>| r.value("fixed", &mut s.fixed)),
+        )
+        .unwrap_err();
+        assert_region_error(err, &path, "fixed", "Bulk");
+    }
+
+    #[test]
+    fn damaged_payload_is_reported_with_rank_epoch_and_file() {
+        let (_dir, path) = saved();
+        let file = RankFileReader::open(&path, &id()).unwrap();
+        let (_, u) = file.find("u").unwrap();
+        let at = u.offset + 17;
+        drop(file);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+        match restore(&path, &mut State::default()).unwrap_err() {
+            Error::Corrupt {
+                rank,
+                epoch,
+                path: p,
+                cause: Corruption::Checksum { what, .. },
+            } => {
+                assert_eq!((rank, epoch, p), (RANK, EPOCH, path));
+                assert_eq!(what, "region \"u\"");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod value_type_tests {
+    use super::*;
+    use crate::format::FileIdentity;
+
+    struct One<T>(T);
+
+    impl<T: Serialize + DeserializeOwned> Protect for One<T> {
+        fn protect(&mut self, r: &mut Regions<'_>) {
+            r.value("v", &mut self.0);
+        }
+    }
+
+    #[test]
+    fn value_saved_as_another_type_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let id = FileIdentity {
+            job: "j".into(),
+            epoch: 1,
+            rank: 0,
+            nranks: 1,
+        };
+        let site = Site {
+            rank: 0,
+            epoch: 1,
+            path: &path,
+        };
+        let mut w = RankFileWriter::create(&path, id.clone(), "n").unwrap();
+        let mut r = Regions::saving(&mut w, site, None);
+        One((42u64, String::from("tail"))).protect(&mut r);
+        r.finish().unwrap();
+        w.finish().unwrap();
+        let file = RankFileReader::open(&path, &id).unwrap();
+        let mut r = Regions::restoring(&file, site);
+        let mut narrow = One(0u64);
+        narrow.protect(&mut r);
+        let err = r.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("region \"v\"") && err.contains("left over"),
+            "{err}"
+        );
+        assert_eq!(narrow.0, 0, "the value must not be overwritten");
     }
 }

@@ -87,7 +87,10 @@ pub(crate) fn restore<P: Protect + ?Sized>(
                     Some(e) => format!("falling back to epoch {e}"),
                     None => "no older epoch left".into(),
                 };
-                eprintln!("[ckpt] epoch {epoch} is unusable, {then}: {}", list.join("; "));
+                eprintln!(
+                    "[ckpt] epoch {epoch} is unusable, {then}: {}",
+                    list.join("; ")
+                );
                 list.join("; ").into_bytes()
             }
             None => Vec::new(),

@@ -130,7 +130,12 @@ mod tests {
         let t = Instant::now();
         let mut a = Agreement::new(Interval::Polls(3), 1, false, t);
         let shared = Rc::new(RefCell::new(Rounds::default()));
-        let mut net = SimReduce { me: 0, round: 0, in_flight: false, shared: shared.clone() };
+        let mut net = SimReduce {
+            me: 0,
+            round: 0,
+            in_flight: false,
+            shared: shared.clone(),
+        };
         let hits: Vec<bool> = (0..7).map(|_| a.on_poll(t, false, &mut net)).collect();
         assert_eq!(hits, [false, false, true, false, false, true, false]);
         assert!(shared.borrow().started.is_empty());
@@ -145,7 +150,12 @@ mod tests {
             .map(|me| {
                 (
                     Agreement::new(Interval::Time(Duration::from_secs(10)), 2, false, t0),
-                    SimReduce { me, round: 0, in_flight: false, shared: shared.clone() },
+                    SimReduce {
+                        me,
+                        round: 0,
+                        in_flight: false,
+                        shared: shared.clone(),
+                    },
                 )
             })
             .collect();
@@ -174,7 +184,12 @@ mod tests {
         let t = Instant::now();
         let shared = Rc::new(RefCell::new(Rounds::default()));
         let mut a = Agreement::new(Interval::Off, 1, true, t);
-        let mut net = SimReduce { me: 0, round: 0, in_flight: false, shared };
+        let mut net = SimReduce {
+            me: 0,
+            round: 0,
+            in_flight: false,
+            shared,
+        };
         assert!(!a.on_poll(t, false, &mut net));
         assert!(!a.on_poll(t, true, &mut net));
         assert!(a.on_poll(t, false, &mut net));

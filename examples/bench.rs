@@ -1,0 +1,249 @@
+//! `ckpt-bench`: measures ckpt against the limits of the same machine in the same run.
+//!
+//! Run under the launcher, e.g. `ckpt run -n 2 --every off -- ckpt-bench --mib 256 --reps 5`.
+//! Each rank holds `--mib` MiB of state; each figure is the median of `--reps` runs. Reported, as aggregate GB/s over all ranks:
+//! - plain `write` + `fsync` of the same bytes to the same node-local directory (the limit),
+//!   then a checkpoint (write, fsync, rename, vote, manifest);
+//! - plain `read` of a file of the same size, then a restore (read + CRC check into memory),
+//!   both after dropping the files from the page cache (`posix_fadvise(DONTNEED)`), so both
+//!   read from the device when the device is the bottleneck;
+//! - the cost of `poll` when nothing is due, with a poll-count interval (no communication) and
+//!   with a time interval (pipelined non-blocking agreement), next to one `MPI_Allreduce`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use ckpt::mpi;
+use ckpt::mpi::collective::SystemOperation;
+use ckpt::mpi::topology::SimpleCommunicator;
+use ckpt::mpi::traits::*;
+use ckpt::{Checkpointer, Config, Interval, Protect, Regions};
+
+struct State {
+    data: Vec<u8>,
+}
+
+impl Protect for State {
+    fn protect(&mut self, r: &mut Regions<'_>) {
+        r.vec("data", &mut self.data);
+    }
+}
+
+struct Opts {
+    mib: usize,
+    polls: u64,
+    reps: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn parse() -> Result<Opts, String> {
+    let mut o = Opts {
+        mib: 256,
+        polls: 1_000_000,
+        reps: 3,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let v = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let n: u64 = v.parse().map_err(|_| format!("{flag} {v}: not a number"))?;
+        match flag.as_str() {
+            "--mib" => o.mib = n as usize,
+            "--polls" => o.polls = n.max(1),
+            "--reps" => o.reps = n.max(1) as usize,
+            _ => {
+                return Err(format!(
+                    "unknown option {flag} (use --mib, --polls, --reps)"
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Slowest rank's time for `f`, started together after a barrier.
+fn timed(world: &SimpleCommunicator, f: impl FnOnce()) -> f64 {
+    world.barrier();
+    let t0 = Instant::now();
+    f();
+    let mine = t0.elapsed().as_secs_f64();
+    let mut max = 0.0f64;
+    world.all_reduce_into(&mine, &mut max, SystemOperation::max());
+    max
+}
+
+fn drop_cache(path: &Path) {
+    if let Ok(f) = File::open(path) {
+        // SAFETY: posix_fadvise only takes an open descriptor and a range; it touches no memory
+        // of ours. DONTNEED on clean (fsync'd) pages evicts them from the page cache.
+        unsafe {
+            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+}
+
+fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
+    let cfg = Config::from_env()?.every(Interval::Off);
+    let (rank, size) = (world.rank(), world.size());
+    let bytes = o.mib << 20;
+    let total = (bytes * size as usize) as f64;
+    let gbs = |secs: f64| total / secs / 1e9;
+    let mut state = State {
+        data: (0..bytes)
+            .map(|i| (i as u64).wrapping_mul(0x9E37_79B9) as u8 ^ rank as u8)
+            .collect(),
+    };
+    std::fs::create_dir_all(&cfg.local_dir).map_err(|source| ckpt::Error::Io {
+        rank,
+        op: "create",
+        path: cfg.local_dir.clone(),
+        source,
+    })?;
+    let plain = cfg.local_dir.join(format!("bench-plain-{rank}"));
+    let io = |op: &'static str| {
+        let path = plain.clone();
+        move |source| ckpt::Error::Io {
+            rank,
+            op,
+            path,
+            source,
+        }
+    };
+
+    // Each repetition: plain write + fsync, a checkpoint of the same bytes, then a cold plain
+    // read and a cold restore. Medians are reported.
+    let (mut w_plain, mut w_ckpt, mut r_plain, mut r_ckpt) = (vec![], vec![], vec![], vec![]);
+    let mut ck = Checkpointer::new(world, cfg.clone())?;
+    for _ in 0..o.reps {
+        let mut result = Ok(());
+        w_plain.push(timed(world, || {
+            result = File::create(&plain)
+                .and_then(|mut f| f.write_all(&state.data).and_then(|_| f.sync_all()))
+                .map_err(io("write"));
+        }));
+        result?;
+        let mut epoch = Ok(0);
+        w_ckpt.push(timed(world, || {
+            epoch = ck.checkpoint(&mut state).map(|s| s.epoch)
+        }));
+        let m = ckpt::manifest::load(&cfg.job_dir, epoch?)?;
+        drop_cache(&plain);
+        drop_cache(&cfg.local_dir.join(&m.ranks[rank as usize].file));
+        let mut buf = vec![0u8; bytes];
+        let mut result = Ok(());
+        r_plain.push(timed(world, || {
+            result = File::open(&plain)
+                .and_then(|mut f| f.read_exact(&mut buf))
+                .map_err(io("read"));
+        }));
+        result?;
+        drop(buf);
+        let mut fresh = State { data: Vec::new() };
+        let mut restarted = Checkpointer::new(world, cfg.clone())?;
+        let mut restored = Ok(());
+        r_ckpt.push(timed(world, || {
+            restored = restarted.restore(&mut fresh).map(|_| ())
+        }));
+        restored?;
+        assert!(fresh.data == state.data, "restored state differs");
+    }
+    let _ = std::fs::remove_file(&plain);
+    let (t_plain_w, t_ckpt, t_plain_r, t_restore) = (
+        median(w_plain),
+        median(w_ckpt),
+        median(r_plain),
+        median(r_ckpt),
+    );
+
+    // Poll cost with nothing due.
+    let poll_ns = |ck: &mut Checkpointer, state: &mut State| -> Result<f64, ckpt::Error> {
+        world.barrier();
+        let t0 = Instant::now();
+        for _ in 0..o.polls {
+            let _ = ck.poll(state)?;
+        }
+        let mine = t0.elapsed().as_secs_f64() * 1e9 / o.polls as f64;
+        let mut max = 0.0f64;
+        world.all_reduce_into(&mine, &mut max, SystemOperation::max());
+        Ok(max)
+    };
+    let mut ck_polls = Checkpointer::new(world, cfg.clone().every(Interval::Polls(u64::MAX)))?;
+    let p_count = poll_ns(&mut ck_polls, &mut state)?;
+    let mut ck_time = Checkpointer::new(
+        world,
+        cfg.clone().every(Interval::Time(Duration::from_secs(3600))),
+    )?;
+    let p_time = poll_ns(&mut ck_time, &mut state)?;
+    let n_ar = 10_000u32;
+    let t_ar = timed(world, || {
+        let mut x = 0u32;
+        for i in 0..n_ar {
+            world.all_reduce_into(&i, &mut x, SystemOperation::max());
+        }
+    }) * 1e9
+        / n_ar as f64;
+
+    if rank == 0 {
+        println!(
+            "ckpt-bench: {size} ranks x {} MiB, median of {} runs, local dir {}",
+            o.mib,
+            o.reps,
+            cfg.local_dir.display()
+        );
+        println!(
+            "  write+fsync (plain)        {:7.3} s  {:6.2} GB/s",
+            t_plain_w,
+            gbs(t_plain_w)
+        );
+        println!(
+            "  checkpoint (L1 + commit)   {:7.3} s  {:6.2} GB/s  = {:.0}% of plain",
+            t_ckpt,
+            gbs(t_ckpt),
+            100.0 * t_plain_w / t_ckpt
+        );
+        println!(
+            "  read (plain, cold)         {:7.3} s  {:6.2} GB/s",
+            t_plain_r,
+            gbs(t_plain_r)
+        );
+        println!(
+            "  restore (read + CRC)       {:7.3} s  {:6.2} GB/s  = {:.0}% of plain",
+            t_restore,
+            gbs(t_restore),
+            100.0 * t_plain_r / t_restore
+        );
+        println!("  poll, nothing due, --every N       {p_count:8.1} ns");
+        println!("  poll, nothing due, --every <time>  {p_time:8.1} ns");
+        println!("  MPI_Allreduce (1 x u32)            {t_ar:8.1} ns");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let o = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("ckpt-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(universe) = mpi::initialize() else {
+        eprintln!("ckpt-bench: MPI already initialised");
+        return ExitCode::FAILURE;
+    };
+    let world = universe.world();
+    match run(&world, &o) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ckpt-bench rank {}: {e}", world.rank());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# test.sh -- the whole test suite: set-up, formatting, lints, unit, property and end-to-end tests
+# (real mpirun, real files). `.ci/run` runs exactly this with CKPT_REQUIRE_MPI=1, which turns a
+# missing mpirun into a failure instead of a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The end-to-end tests run the launcher and the examples as separate processes.
+cargo build --workspace --bins
+cargo test --workspace
+echo "test.sh: done in $(( $(date +%s) - t0 )) s"
