@@ -40,10 +40,8 @@ pub(crate) fn restore<P: Protect + ?Sized>(
     let mut skipped = Vec::new();
     for &epoch in candidates {
         let t0 = Instant::now();
+        // A failing rank's error reaches rank 0, which reports every reason in one line.
         let local = restore_epoch(ctx, epoch, state);
-        if let Err(e) = &local {
-            eprintln!("[ckpt rank {}] cannot restore epoch {epoch}: {e}", ctx.rank);
-        }
         if transport::all_ok(&ctx.lib, local.is_ok()) {
             let (lib, bytes, m) = local?;
             let read_secs = t0.elapsed().as_secs_f64();

@@ -27,8 +27,20 @@ pub fn max_u64(comm: &SimpleCommunicator, x: u64) -> u64 {
     out
 }
 
+/// A zero-length slice with a real address. An empty `&[u8]` points at address 1, which
+/// Open MPI takes for `MPI_IN_PLACE` (observed: `MPI_ERR_ARG` in `MPI_Gatherv`).
+fn nonnull(bytes: &[u8]) -> &[u8] {
+    static ANCHOR: [u8; 1] = [0];
+    if bytes.is_empty() {
+        &ANCHOR[..0]
+    } else {
+        bytes
+    }
+}
+
 /// Gathers every rank's bytes at `root`; `Some(per-rank bytes)` on the root, `None` elsewhere.
 pub fn gather_bytes(comm: &SimpleCommunicator, root: i32, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let bytes = nonnull(bytes);
     let proc = comm.process_at_rank(root);
     let len = bytes.len() as Count;
     if comm.rank() == root {
@@ -44,7 +56,8 @@ pub fn gather_bytes(comm: &SimpleCommunicator, root: i32, bytes: &[u8]) -> Optio
             })
             .collect();
         let total: Count = counts.iter().sum();
-        let mut buf = vec![0u8; total as usize];
+        // One spare byte so the receive buffer never has the dangling empty-slice address.
+        let mut buf = vec![0u8; total as usize + 1];
         {
             let mut part = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
             proc.gather_varcount_into_root(bytes, &mut part);
@@ -68,6 +81,9 @@ pub fn bcast_bytes(comm: &SimpleCommunicator, root: i32, bytes: Vec<u8>) -> Vec<
     let proc = comm.process_at_rank(root);
     let mut len = bytes.len() as u64;
     proc.broadcast_into(&mut len);
+    if len == 0 {
+        return Vec::new();
+    }
     let mut buf = if comm.rank() == root {
         bytes
     } else {

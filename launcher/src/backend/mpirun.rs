@@ -1,0 +1,404 @@
+//! Open MPI's `mpirun`: the command line for one launch, and the parsing of the messages
+//! mpirun prints on stderr when it aborts a job because a rank died.
+//!
+//! Everything here is pure: [`Launch::command`] builds a [`Command`] but never spawns it,
+//! and [`Scanner`] is fed lines by whoever reads the pipe.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::process::{Command, Stdio};
+
+use crate::plan::RunPlan;
+
+/// Environment variable with extra mpirun arguments, split on whitespace. The user's knob for
+/// the launcher (e.g. site-wide `--mca` settings), not part of the rank contract.
+pub const ARGS_VAR: &str = "CKPT_MPIRUN_ARGS";
+
+/// One launch: the full mpirun command line and the variables set for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// `mpirun ... PROG ARGS`, mpirun first (never empty).
+    argv: Vec<OsString>,
+    /// Variables set on the mpirun process (and forwarded to the ranks with `-x`).
+    env: Vec<(&'static str, String)>,
+}
+
+impl Launch {
+    /// The launch of `plan` with this restart count. `as_root` adds `--allow-run-as-root`,
+    /// without which Open MPI refuses to start as root.
+    pub fn new(plan: &RunPlan, restart_count: u32, as_root: bool) -> Launch {
+        let env = plan.rank_env(restart_count);
+        let mut argv: Vec<OsString> = vec![plan.mpirun.clone().into()];
+        if as_root {
+            argv.push("--allow-run-as-root".into());
+        }
+        argv.push("--oversubscribe".into());
+        argv.push("-n".into());
+        argv.push(plan.ranks.to_string().into());
+        let extra = plan.mpirun_env_args.iter().chain(&plan.mpirun_args);
+        argv.extend(extra.map(OsString::from));
+        let forwarded = env
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(plan.inherited.iter().copied());
+        for name in forwarded {
+            argv.push("-x".into());
+            argv.push(name.into());
+        }
+        argv.push(plan.program.clone().into());
+        argv.extend(plan.args.iter().map(OsString::from));
+        Launch { argv, env }
+    }
+
+    /// `mpirun ... PROG ARGS`, mpirun first.
+    pub fn argv(&self) -> &[OsString] {
+        &self.argv
+    }
+
+    /// The variables set for the launch, in the order of their `-x` flags.
+    pub fn env(&self) -> &[(&'static str, String)] {
+        &self.env
+    }
+
+    /// The command to spawn: program output on our stdout, mpirun's stderr piped for the
+    /// supervisor to forward and scan.
+    pub fn command(&self) -> Command {
+        // `new` always puts mpirun first: an empty argv is a broken invariant.
+        let (mpirun, args) = self.argv.split_first().expect("argv starts with mpirun");
+        let mut cmd = Command::new(mpirun);
+        cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped());
+        cmd
+    }
+}
+
+/// Whether the launcher runs as root (`geteuid() == 0`).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Why a rank ended the job, as mpirun reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// Killed by a signal: number and mpirun's name for it.
+    Signal(i32, String),
+    /// Exited with a non-zero status.
+    Exit(i32),
+    /// Called `MPI_Abort`, with the error code if it was printed.
+    Abort(Option<i32>),
+    /// Exited (even with status 0) after `MPI_Init` without calling `MPI_Finalize`.
+    NoFinalize,
+}
+
+/// The rank that ended the job and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Rank in `MPI_COMM_WORLD`.
+    pub rank: u32,
+    /// What happened to it.
+    pub cause: Cause,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rank {} ", self.rank)?;
+        match &self.cause {
+            Cause::Signal(n, name) => write!(f, "exited on signal {n} ({name})"),
+            Cause::Exit(code) => write!(f, "exited with code {code}"),
+            Cause::Abort(Some(code)) => write!(f, "called MPI_Abort with error code {code}"),
+            Cause::Abort(None) => write!(f, "called MPI_Abort"),
+            Cause::NoFinalize => write!(f, "exited without calling MPI_Finalize"),
+        }
+    }
+}
+
+/// Reads mpirun's stderr line by line and keeps the first failure it reports. Messages span
+/// several lines (`Process name:` then `Exit code:`), hence the state.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    /// Rank of a `Process name:` line waiting for its `Exit code:` line.
+    pending_exit: Option<u32>,
+    found: Option<Failure>,
+}
+
+impl Scanner {
+    /// Feeds one line (with or without its newline).
+    pub fn feed(&mut self, line: &str) {
+        let line = line.trim();
+        match &mut self.found {
+            // `MPI_ABORT was invoked on rank R ...` is followed by `with errorcode E.`
+            Some(Failure {
+                cause: Cause::Abort(code @ None),
+                ..
+            }) => {
+                if let Some(e) = after(line, "with errorcode ").and_then(leading_int) {
+                    *code = Some(e as i32);
+                }
+                return;
+            }
+            Some(_) => return,
+            None => {}
+        }
+        if let Some(rank) = self.pending_exit {
+            if let Some(code) = after(line, "Exit code:").and_then(|s| leading_int(s.trim())) {
+                self.found = Some(Failure {
+                    rank,
+                    cause: Cause::Exit(code as i32),
+                });
+                return;
+            }
+        }
+        if let Some(rank) = process_name_rank(line) {
+            self.pending_exit = Some(rank);
+        } else if let Some(f) = parse_line(line) {
+            self.found = Some(f);
+        }
+    }
+
+    /// The first failure reported, if any.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.found.as_ref()
+    }
+}
+
+/// Parses the one-line failure messages of Open MPI 4:
+///
+/// - `mpirun noticed that process rank 2 with PID 0 on node vm exited on signal 9 (Killed).`
+/// - `MPI_ABORT was invoked on rank 2 in communicator MPI_COMM_WORLD` (error code unknown
+///   until the next line)
+/// - `mpirun has exited due to process rank 1 with PID 0 on` (no `MPI_Finalize`)
+pub fn parse_line(line: &str) -> Option<Failure> {
+    if let Some(rest) = after(line, "mpirun noticed that process rank ") {
+        let rank = leading_int(rest)? as u32;
+        let sig = after(rest, " exited on signal ")?;
+        let n = leading_int(sig)? as i32;
+        let name = sig
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .map_or_else(|| format!("signal {n}"), |(name, _)| name.to_owned());
+        return Some(Failure {
+            rank,
+            cause: Cause::Signal(n, name),
+        });
+    }
+    if let Some(rest) = after(line, "MPI_ABORT was invoked on rank ") {
+        return Some(Failure {
+            rank: leading_int(rest)? as u32,
+            cause: Cause::Abort(None),
+        });
+    }
+    if let Some(rest) = after(line, "mpirun has exited due to process rank ") {
+        return Some(Failure {
+            rank: leading_int(rest)? as u32,
+            cause: Cause::NoFinalize,
+        });
+    }
+    None
+}
+
+/// The rank in `Process name: [[29290,1],2]` (the process's vpid, which is its rank).
+fn process_name_rank(line: &str) -> Option<u32> {
+    let name = after(line, "Process name:")?.trim();
+    let inner = name.strip_prefix("[[")?.strip_suffix(']')?;
+    let (_, vpid) = inner.rsplit_once(',')?;
+    vpid.trim().parse().ok()
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|i| &line[i + marker.len()..])
+}
+
+fn leading_int(s: &str) -> Option<i64> {
+    let end = s
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+        .map_or(s.len(), |(i, _)| i);
+    s[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{self, Command as Cmd};
+    use crate::plan::{Context, RunPlan};
+    use ckpt::env;
+
+    /// Real stderr of Open MPI 4.1.4 for a rank killed by SIGKILL (`raise(SIGKILL)`).
+    const SIGKILL: &str = "\
+--------------------------------------------------------------------------
+Primary job  terminated normally, but 1 process returned
+a non-zero exit code. Per user-direction, the job has been aborted.
+--------------------------------------------------------------------------
+--------------------------------------------------------------------------
+mpirun noticed that process rank 2 with PID 0 on node vm exited on signal 9 (Killed).
+--------------------------------------------------------------------------
+";
+
+    /// A segfault: the rank's own backtrace first, then mpirun's notice.
+    const SEGV: &str = "\
+[vm:07800] *** Process received signal ***
+[vm:07800] Signal: Segmentation fault (11)
+[vm:07800] Signal code: Address not mapped (1)
+[vm:07800] Failing at address: (nil)
+[vm:07800] [ 0] /lib/x86_64-linux-gnu/libc.so.6(+0x3c050)[0x7f88f25a9050]
+[vm:07800] *** End of error message ***
+--------------------------------------------------------------------------
+Primary job  terminated normally, but 1 process returned
+a non-zero exit code. Per user-direction, the job has been aborted.
+--------------------------------------------------------------------------
+--------------------------------------------------------------------------
+mpirun noticed that process rank 3 with PID 0 on node vm exited on signal 11 (Segmentation fault).
+--------------------------------------------------------------------------
+";
+
+    /// `exit(3)` on rank 2.
+    const EXIT3: &str = "\
+--------------------------------------------------------------------------
+Primary job  terminated normally, but 1 process returned
+a non-zero exit code. Per user-direction, the job has been aborted.
+--------------------------------------------------------------------------
+--------------------------------------------------------------------------
+mpirun detected that one or more processes exited with non-zero status, thus causing
+the job to be terminated. The first process to do so was:
+
+  Process name: [[29290,1],2]
+  Exit code:    3
+--------------------------------------------------------------------------
+";
+
+    /// `MPI_Abort(MPI_COMM_WORLD, 7)` on rank 2.
+    const ABORT: &str = "\
+--------------------------------------------------------------------------
+MPI_ABORT was invoked on rank 2 in communicator MPI_COMM_WORLD
+with errorcode 7.
+
+NOTE: invoking MPI_ABORT causes Open MPI to kill all MPI processes.
+You may or may not see output from other processes, depending on
+exactly when Open MPI kills them.
+--------------------------------------------------------------------------
+";
+
+    /// `exit(0)` on rank 1 between `MPI_Init` and `MPI_Finalize`.
+    const NO_FINALIZE: &str = "\
+--------------------------------------------------------------------------
+mpirun has exited due to process rank 1 with PID 0 on
+node vm exiting improperly. There are three reasons this could occur:
+
+1. this process did not call \"init\" before exiting, but others in
+the job did. This can cause a job to hang indefinitely while it waits
+--------------------------------------------------------------------------
+";
+
+    fn check(stderr: &str, expected: Option<&str>) {
+        let mut s = Scanner::default();
+        stderr.lines().for_each(|l| s.feed(l));
+        assert_eq!(
+            s.failure().map(|f| f.to_string()).as_deref(),
+            expected,
+            "{stderr}"
+        );
+    }
+
+    #[test]
+    fn failures_from_real_messages() {
+        check(SIGKILL, Some("rank 2 exited on signal 9 (Killed)"));
+        check(
+            SEGV,
+            Some("rank 3 exited on signal 11 (Segmentation fault)"),
+        );
+        check(EXIT3, Some("rank 2 exited with code 3"));
+        check(ABORT, Some("rank 2 called MPI_Abort with error code 7"));
+        check(
+            NO_FINALIZE,
+            Some("rank 1 exited without calling MPI_Finalize"),
+        );
+        check("", None);
+        check(
+            "hello from rank 2\nPrimary job  terminated normally, but 1 process\n",
+            None,
+        );
+        // The first failure wins; a truncated abort message still names the rank.
+        check(
+            &format!("{EXIT3}{SIGKILL}"),
+            Some("rank 2 exited with code 3"),
+        );
+        check(
+            "MPI_ABORT was invoked on rank 5 in communicator MPI_COMM_WORLD\n",
+            Some("rank 5 called MPI_Abort"),
+        );
+        // Unknown signal names fall back to the number; garbage ranks are ignored.
+        check(
+            "mpirun noticed that process rank 0 with PID 9 on node a exited on signal 64.",
+            Some("rank 0 exited on signal 64 (signal 64)"),
+        );
+        check("mpirun noticed that process rank x with PID 9", None);
+        check("  Process name: [[1,1],x]\n  Exit code: 3\n", None);
+    }
+
+    fn launch(argv: &str, ctx: &Context, restart_count: u32, as_root: bool) -> String {
+        let full = format!("ckpt run {argv}");
+        let Cmd::Run(args) = cli::parse(full.split_whitespace().map(OsString::from))
+            .unwrap()
+            .command
+        else {
+            panic!("not a run command")
+        };
+        let plan = RunPlan::new(args, ctx).unwrap();
+        let l = Launch::new(&plan, restart_count, as_root);
+        // Every variable on the command line is also set on the mpirun process.
+        let cmd = l.command();
+        let mut set: Vec<_> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+        let mut expected: Vec<_> = l.env.iter().map(|(k, _)| OsString::from(k)).collect();
+        set.sort();
+        expected.sort();
+        assert_eq!(set, expected);
+        let text: Vec<String> = l.argv.iter().map(|a| a.to_string_lossy().into()).collect();
+        text.join(" ")
+            .replace(&ctx.cwd.display().to_string(), "D")
+            .replace("CKPT_", "")
+    }
+
+    #[test]
+    fn command_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mpirun = dir.path().join("mpirun");
+        std::fs::write(&mpirun, "").unwrap();
+        std::fs::set_permissions(&mpirun, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut ctx = Context {
+            cwd: dir.path().to_path_buf(),
+            path: Some(dir.path().into()),
+            mpirun_args: None,
+            inherited: vec![],
+            now_unix_s: 0,
+            pid: 1,
+        };
+        let check = |ctx: &Context, argv: &str, count: u32, root: bool, expected: &str| {
+            assert_eq!(launch(argv, ctx, count, root), expected, "{argv}");
+        };
+        check(
+            &ctx,
+            "-n 4 --job-dir j -- /bin/echo hi",
+            0,
+            false,
+            "D/mpirun --oversubscribe -n 4 -x JOB_DIR -x JOB_ID -x KEEP -x RESTART_COUNT \
+             /bin/echo hi",
+        );
+        ctx.mpirun_args = Some("--mca btl self,vader".into());
+        ctx.inherited = vec![env::NODE];
+        check(
+            &ctx,
+            "-n 2 --job-dir j --every 10 --local-dir /l --fault 1:poll \
+             --mpirun-arg --tag-output -- /bin/echo -n hi",
+            2,
+            true,
+            "D/mpirun --allow-run-as-root --oversubscribe -n 2 --mca btl self,vader \
+             --tag-output -x JOB_DIR -x JOB_ID -x KEEP -x RESTART_COUNT -x EVERY -x LOCAL_DIR \
+             -x FAULT -x NODE /bin/echo -n hi",
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! The command line as typed: clap definitions and nothing else. Values stay raw strings
+//! here; [`crate::plan`] validates them and names the flag in every error.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::backend::mpirun;
+
+/// Run, watch, restart and inspect checkpointed MPI jobs.
+#[derive(Debug, Parser)]
+#[command(name = "ckpt", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an MPI program under mpirun, restarting it from its last checkpoint when a rank dies.
+    #[command(override_usage = "ckpt run [OPTIONS] -n <N> [--] <PROG> [ARGS]...")]
+    Run(RunArgs),
+    /// List a job's committed epochs, newest first.
+    List(ListArgs),
+}
+
+/// `ckpt run` flags, unvalidated.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Number of ranks.
+    #[arg(short = 'n', long = "np", value_name = "N")]
+    pub ranks: u32,
+    /// Checkpoint interval: N polls, or a time such as 30s, 500ms, 5m, 1h; "off" for none
+    /// [default: the application's own setting].
+    #[arg(long, value_name = "SPEC")]
+    pub every: Option<String>,
+    /// Committed epochs to keep on storage.
+    #[arg(long, value_name = "K", default_value_t = 2)]
+    pub keep: u32,
+    /// Relaunches allowed after failures.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    pub max_restarts: u32,
+    /// Job directory (manifests, events, job.json). If it holds committed epochs, the first
+    /// launch restarts from them [default: ./ckpt-jobs/<prog>-<UTC time>-<pid>].
+    #[arg(long, value_name = "DIR")]
+    pub job_dir: Option<PathBuf>,
+    /// Base of node-local (L1) checkpoint storage [default: <job dir>/local/<node>].
+    #[arg(long, value_name = "DIR")]
+    pub local_dir: Option<PathBuf>,
+    /// Inject a fault on the first launch: rank RANK kills itself at PHASE (poll, before-write,
+    /// mid-write, after-write, before-manifest, after-commit), optionally at epoch/poll N.
+    #[arg(long, value_name = "RANK:PHASE[:N]")]
+    pub fault: Option<String>,
+    /// mpirun to use.
+    #[arg(long, value_name = "PATH", default_value = "mpirun")]
+    pub mpirun: PathBuf,
+    /// Extra argument for mpirun, placed before the program (repeatable, kept in order).
+    #[arg(long = "mpirun-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub mpirun_args: Vec<String>,
+    /// The program and its arguments.
+    #[arg(
+        value_name = "PROG",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+/// `ckpt list` flags.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The job directory.
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses the command line. Help and version requests come back as `Err` too (clap's
+/// convention); the caller prints them and uses their exit code.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
+    let mut matches = Cli::command()
+        .mut_subcommand("run", |run| run.after_help(run_after_help()))
+        .try_get_matches_from(args)?;
+    Cli::from_arg_matches_mut(&mut matches)
+}
+
+/// The environment section of `ckpt run --help`, built from the constants so the names
+/// cannot drift from the rank contract.
+fn run_after_help() -> String {
+    use ckpt::env;
+    format!(
+        "Usage example:\n  ckpt run -n 4 --every 50 -- heat2d --steps 400\n\n\
+         Environment:\n  {args}  extra mpirun arguments, split on whitespace, placed before \
+         the --mpirun-arg values\n\n\
+         Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
+         when given, {every}, {local}, {fault}. Each is forwarded with `mpirun -x`, as is any \
+         other CKPT_* variable already set ({node}, {stride}).\n\n\
+         To resume a job after the launcher itself died, run again with --job-dir DIR: the \
+         first launch restarts from the newest committed epoch in DIR.\n\n\
+         Exit status: 0 the job finished; 1 it failed and no restarts remained, or a launcher \
+         error; 2 invalid usage; 130/143 interrupted by SIGINT/SIGTERM (forwarded to mpirun, \
+         no restart).",
+        args = mpirun::ARGS_VAR,
+        dir = env::JOB_DIR,
+        id = env::JOB_ID,
+        keep = env::KEEP,
+        count = env::RESTART_COUNT,
+        every = env::EVERY,
+        local = env::LOCAL_DIR,
+        fault = env::FAULT,
+        node = env::NODE,
+        stride = env::AGREE_STRIDE,
+    )
+}

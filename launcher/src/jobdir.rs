@@ -1,0 +1,203 @@
+//! The job directory from the launcher's side: creating it, writing `job.json`, and reading
+//! what an earlier run left there (committed epochs to resume from, launches already made,
+//! the end of the event log). The ranks own `manifests/`, `events.jsonl` and `local/`; the
+//! launcher only reads them.
+//!
+//! `job.json` (written atomically on every `ckpt run`) records how the job was started, for
+//! people and for `ckpt list`-style tools; nothing reads it back to make decisions except
+//! for keeping `created_unix_ms` across resumes.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use ckpt::events::{self, Event};
+use ckpt::manifest::{self, Manifest};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::RunPlan;
+use crate::{clock, UsageError};
+
+/// Name of the launcher's record of the job, inside the job directory.
+pub const JOB_FILE: &str = "job.json";
+
+/// What the launcher found in (and wrote to) the job directory before the first launch.
+#[derive(Debug, Clone)]
+pub struct JobDir {
+    /// The newest committed epoch whose manifest loads, if any: the first launch restarts from
+    /// it (or from an older one, if the ranks find it unusable).
+    pub resume_from: Option<Manifest>,
+    /// All committed epochs found, newest first.
+    pub committed: Vec<u64>,
+    /// Restart count of the first launch: 0 for a new job, one past the last launch an
+    /// earlier run made for a resumed one (so faults do not fire again and manifests'
+    /// `launch` numbers keep increasing).
+    pub first_restart_count: u32,
+    /// End of `events.jsonl`: events before it belong to earlier runs and are not reported.
+    pub events_offset: u64,
+}
+
+/// The contents of `job.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct JobFile {
+    version: u32,
+    job_id: String,
+    command: Vec<String>,
+    ranks: u32,
+    every: Option<String>,
+    keep: u32,
+    max_restarts: u32,
+    local_dir: Option<String>,
+    fault: Option<String>,
+    mpirun: String,
+    mpirun_args: Vec<String>,
+    created_unix_ms: u64,
+    created_utc: String,
+    last_run_unix_ms: u64,
+}
+
+/// Creates the job directory, inspects it and writes `job.json`. A directory whose newest
+/// epoch was written by a different number of ranks is a [`UsageError`].
+pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
+    let dir = &plan.job_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create job directory {}", dir.display()))?;
+    let committed = manifest::committed(dir)
+        .with_context(|| format!("cannot list manifests in {}", dir.display()))?;
+    let resume_from = newest_loadable(dir, &committed);
+    if let Some(m) = &resume_from {
+        if m.nranks != plan.ranks {
+            return Err(UsageError(format!(
+                "--job-dir {}: epoch {} was written by {} ranks; resume it with -n {}",
+                dir.display(),
+                m.epoch,
+                m.nranks,
+                m.nranks
+            ))
+            .into());
+        }
+    }
+    let (past, events_offset) = events::read_from(dir, 0)
+        .with_context(|| format!("cannot read {}", events::path(dir).display()))?;
+    let first_restart_count = if committed.is_empty() {
+        0
+    } else {
+        let started = past.iter().filter_map(|e| match e {
+            Event::Started { launch, .. } => Some(*launch),
+            _ => None,
+        });
+        started
+            .chain(resume_from.iter().map(|m| m.launch))
+            .max()
+            .map_or(1, |l| l + 1)
+    };
+    write_job_file(plan, now_ms)?;
+    Ok(JobDir {
+        resume_from,
+        committed,
+        first_restart_count,
+        events_offset,
+    })
+}
+
+/// The newest of `committed` (newest first) whose manifest loads.
+pub fn newest_loadable(job_dir: &Path, committed: &[u64]) -> Option<Manifest> {
+    committed
+        .iter()
+        .find_map(|&e| manifest::load(job_dir, e).ok())
+}
+
+fn write_job_file(plan: &RunPlan, now_ms: u64) -> anyhow::Result<()> {
+    let path = plan.job_dir.join(JOB_FILE);
+    // A resumed job keeps its creation time; an unreadable old file is simply replaced.
+    let created_unix_ms = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<JobFile>(&b).ok())
+        .map_or(now_ms, |old| old.created_unix_ms);
+    let lossy = |p: &Path| p.to_string_lossy().into_owned();
+    let job = JobFile {
+        version: 1,
+        job_id: plan.job_id.clone(),
+        command: std::iter::once(lossy(&plan.program))
+            .chain(plan.args.iter().cloned())
+            .collect(),
+        ranks: plan.ranks,
+        every: plan.every.map(|e| e.to_string()),
+        keep: plan.keep,
+        max_restarts: plan.max_restarts,
+        local_dir: plan.local_dir.as_deref().map(lossy),
+        fault: plan.fault.clone(),
+        mpirun: lossy(&plan.mpirun),
+        mpirun_args: [plan.mpirun_env_args.as_slice(), &plan.mpirun_args].concat(),
+        created_unix_ms,
+        created_utc: clock::utc(created_unix_ms),
+        last_run_unix_ms: now_ms,
+    };
+    let mut text = serde_json::to_string_pretty(&job).context("cannot encode job.json")?;
+    text.push('\n');
+    ckpt::storage::durable::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil;
+
+    /// Prepares `dir` for a `ranks`-rank plan and summarises what was found, or the error.
+    fn check(dir: &Path, ranks: u32, expected: &str) {
+        let got = match prepare(&testutil::plan(dir, ranks), 1_000) {
+            Ok(j) => format!(
+                "resume_from={:?} committed={:?} first={} offset={}",
+                j.resume_from.map(|m| m.epoch),
+                j.committed,
+                j.first_restart_count,
+                j.events_offset
+            ),
+            Err(e) => {
+                let tmp = dir.parent().unwrap().display().to_string();
+                format!("error: {e:#}").replace(&tmp, "D")
+            }
+        };
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn new_and_resumed_jobs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("job");
+        check(&dir, 4, "resume_from=None committed=[] first=0 offset=0");
+        let job: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(JOB_FILE)).unwrap()).unwrap();
+        assert_eq!(job["command"], serde_json::json!(["/bin/true", "a b"]));
+        assert_eq!(job["ranks"], 4);
+        assert_eq!(job["created_unix_ms"], 1_000);
+
+        // Launches 0 and 1 ran; epoch 2 (written by launch 1) is committed, epoch 3's
+        // manifest is damaged: the resume restarts from 2 with restart count 2.
+        for launch in [0, 1] {
+            events::append(&dir, &Event::Started { nranks: 4, launch }).unwrap();
+        }
+        manifest::publish(&dir, &testutil::manifest(2, 4)).unwrap();
+        manifest::publish(&dir, &testutil::manifest(3, 4)).unwrap();
+        std::fs::write(manifest::path(&dir, 3), b"garbage").unwrap();
+        let offset = std::fs::metadata(events::path(&dir)).unwrap().len();
+        check(
+            &dir,
+            4,
+            &format!("resume_from=Some(2) committed=[3, 2] first=2 offset={offset}"),
+        );
+        check(
+            &dir,
+            8,
+            "error: --job-dir D/job: epoch 2 was written by 4 ranks; resume it with -n 4",
+        );
+        // A regular file where a parent directory should be.
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        check(
+            &file.join("job"),
+            1,
+            "error: cannot create job directory D/job: Not a directory (os error 20)",
+        );
+    }
+}

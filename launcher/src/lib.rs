@@ -1,0 +1,104 @@
+//! # launcher: the `ckpt` command
+//!
+//! `ckpt run` starts an MPI job under `mpirun` with the `CKPT_*` environment the ranks read,
+//! watches it (mpirun's stderr for the rank that died, the job's `events.jsonl` for
+//! checkpoints), and relaunches it from the newest committed epoch when it fails. `ckpt list`
+//! shows a job's committed epochs.
+//!
+//! ## Code map
+//!
+//! - [`cli`]: raw flags (clap). [`plan`]: validates them into a [`plan::RunPlan`] that the
+//!   rest of the program trusts; the only module that reads the launcher's own environment.
+//! - [`jobdir`]: creates the job directory, writes `job.json`, detects a job to resume.
+//! - [`backend::mpirun`]: the mpirun command line and the parsing of mpirun's failure
+//!   messages. Pure functions; it spawns nothing.
+//! - [`supervise`]: the launch / watch / restart loop; all process handling lives here.
+//! - [`signals`]: SIGINT/SIGTERM handlers that only record the signal.
+//! - [`report`]: the `[ckpt] ...` lines people read. Pure formatting, no IO.
+//! - [`list`]: `ckpt list`. [`clock`]: UTC date formatting without a date library.
+//!
+//! **Invariants.** No module spells a `CKPT_*` variable of the rank contract: the names come
+//! from [`ckpt::env`]. Exit codes and the formatting of errors are decided in one place,
+//! [`run`], from [`Outcome`] and [`UsageError`].
+
+pub mod backend;
+pub mod cli;
+pub mod clock;
+pub mod jobdir;
+pub mod list;
+pub mod plan;
+pub mod report;
+pub mod signals;
+pub mod supervise;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+/// A usage or validation error: the command line (or the job directory it names) cannot work.
+/// Exits with status 2; its message names the flag and the value.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// How a command ended when it did not fail with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (the job finished, the listing was printed).
+    Success,
+    /// The job failed and no restarts remained.
+    JobFailed,
+    /// The launcher was interrupted by this signal, forwarded to the job.
+    Interrupted(i32),
+}
+
+/// Entry point of the `ckpt` binary.
+pub fn main() -> ExitCode {
+    run(std::env::args_os())
+}
+
+/// Runs `ckpt` with `args` (including the program name) and returns its exit status:
+/// 0 success, 1 job failure or runtime error, 2 usage or validation error, 128+N when
+/// interrupted by signal N.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match cli::parse(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout with status 0, errors to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    match dispatch(cli) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::JobFailed) => ExitCode::from(1),
+        Ok(Outcome::Interrupted(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        cli::Command::Run(args) => {
+            let plan = plan::RunPlan::new(args, &plan::Context::current()?)?;
+            supervise::run(&plan)
+        }
+        cli::Command::List(args) => list::run(&args.job_dir, args.json),
+    }
+}
+
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,397 @@
+//! Validation of `ckpt run` flags into a [`RunPlan`] the rest of the launcher trusts: numbers
+//! in range, interval and fault specs parsed by libckpt, the program and mpirun resolved to
+//! executable files, the job directory made absolute. Every error names the flag and value.
+//!
+//! This is the only module that reads the launcher's own environment (through [`Context`]),
+//! so validation is a pure function of the flags and a context that tests build by hand.
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::Context as _;
+use ckpt::fault::Fault;
+use ckpt::{env, Interval};
+
+use crate::backend::mpirun;
+use crate::cli::RunArgs;
+use crate::clock;
+use crate::UsageError;
+
+/// What validation needs from the outside world.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Working directory; relative paths are taken from here.
+    pub cwd: PathBuf,
+    /// `$PATH`, to resolve the program and mpirun.
+    pub path: Option<OsString>,
+    /// The value of [`mpirun::ARGS_VAR`], if set.
+    pub mpirun_args: Option<String>,
+    /// Rank-contract variables ([`ckpt::env::ALL`]) set in the launcher's environment.
+    pub inherited: Vec<&'static str>,
+    /// Current time, seconds since the Unix epoch (names the default job directory).
+    pub now_unix_s: u64,
+    /// The launcher's process id (names the default job directory).
+    pub pid: u32,
+}
+
+impl Context {
+    /// The context of this process.
+    pub fn current() -> anyhow::Result<Self> {
+        Ok(Context {
+            cwd: std::env::current_dir().context("cannot determine the current directory")?,
+            path: std::env::var_os("PATH"),
+            mpirun_args: env::get(mpirun::ARGS_VAR),
+            inherited: env::ALL
+                .iter()
+                .copied()
+                .filter(|name| env::get(name).is_some())
+                .collect(),
+            now_unix_s: ckpt::util::unix_ms() / 1000,
+            pid: std::process::id(),
+        })
+    }
+}
+
+/// A validated `ckpt run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPlan {
+    /// Ranks (at least 1).
+    pub ranks: u32,
+    /// Checkpoint interval; `None` leaves it to the application (or an inherited variable).
+    pub every: Option<Interval>,
+    /// Committed epochs to keep (at least 1).
+    pub keep: u32,
+    /// Relaunches allowed after failures.
+    pub max_restarts: u32,
+    /// Absolute job directory.
+    pub job_dir: PathBuf,
+    /// Job identifier: the job directory's name.
+    pub job_id: String,
+    /// Absolute base of node-local storage, if given.
+    pub local_dir: Option<PathBuf>,
+    /// Fault spec, checked by [`Fault::parse`] and against the rank count.
+    pub fault: Option<String>,
+    /// mpirun, resolved to an executable file.
+    pub mpirun: PathBuf,
+    /// Extra mpirun arguments from [`mpirun::ARGS_VAR`], split on whitespace.
+    pub mpirun_env_args: Vec<String>,
+    /// Extra mpirun arguments from `--mpirun-arg`, in order (after the former).
+    pub mpirun_args: Vec<String>,
+    /// The program, resolved to an absolute executable file.
+    pub program: PathBuf,
+    /// The program's arguments.
+    pub args: Vec<String>,
+    /// Rank-contract variables inherited from the launcher's environment that the launcher
+    /// does not set itself; forwarded to remote ranks unchanged.
+    pub inherited: Vec<&'static str>,
+}
+
+impl RunPlan {
+    /// Validates `args` in `ctx`.
+    pub fn new(args: RunArgs, ctx: &Context) -> Result<RunPlan, UsageError> {
+        if args.ranks == 0 {
+            return Err(UsageError("-n 0: a job needs at least one rank".into()));
+        }
+        let every = args
+            .every
+            .as_deref()
+            .map(|s| Interval::parse(s).map_err(|e| UsageError(format!("--every {s}: {e}"))))
+            .transpose()?;
+        if args.keep == 0 {
+            return Err(UsageError(
+                "--keep 0: at least one committed epoch must be kept".into(),
+            ));
+        }
+        if let Some(spec) = &args.fault {
+            let fault =
+                Fault::parse(spec).map_err(|e| UsageError(format!("--fault {spec}: {e}")))?;
+            if fault.rank as u32 >= args.ranks {
+                return Err(UsageError(format!(
+                    "--fault {spec}: rank {} does not exist in a {}-rank job (ranks 0..{})",
+                    fault.rank,
+                    args.ranks,
+                    args.ranks - 1
+                )));
+            }
+        }
+        let (prog, prog_args) = args.command.split_first().ok_or_else(|| {
+            UsageError("no program given (ckpt run -n N -- PROG [ARGS...])".into())
+        })?;
+        let program = resolve("PROG", Path::new(prog), ctx)?;
+        let mpirun = resolve("--mpirun", &args.mpirun, ctx)?;
+        let local_dir = args.local_dir.as_deref().map(|d| absolute(&ctx.cwd, d));
+
+        let job_dir = match &args.job_dir {
+            Some(dir) => absolute(&ctx.cwd, dir),
+            None => {
+                let base = program.file_name().unwrap_or_default().to_string_lossy();
+                let stamp = clock::stamp(ctx.now_unix_s);
+                ctx.cwd
+                    .join("ckpt-jobs")
+                    .join(format!("{base}-{stamp}-{}", ctx.pid))
+            }
+        };
+        if job_dir.exists() && !job_dir.is_dir() {
+            return Err(UsageError(format!(
+                "--job-dir {}: exists and is not a directory",
+                job_dir.display()
+            )));
+        }
+        let job_id = job_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "--job-dir {}: needs a final component to name the job",
+                    job_dir.display()
+                ))
+            })?;
+
+        let mpirun_env_args = ctx
+            .mpirun_args
+            .iter()
+            .flat_map(|s| s.split_whitespace().map(str::to_owned))
+            .collect();
+        let mut plan = RunPlan {
+            ranks: args.ranks,
+            every,
+            keep: args.keep,
+            max_restarts: args.max_restarts,
+            job_dir,
+            job_id,
+            local_dir,
+            fault: args.fault,
+            mpirun,
+            mpirun_env_args,
+            mpirun_args: args.mpirun_args,
+            program,
+            args: prog_args.to_vec(),
+            inherited: Vec::new(),
+        };
+        let ours: Vec<&str> = plan.rank_env(0).iter().map(|(k, _)| *k).collect();
+        plan.inherited = ctx
+            .inherited
+            .iter()
+            .copied()
+            .filter(|name| !ours.contains(name))
+            .collect();
+        Ok(plan)
+    }
+
+    /// The variables the launcher sets for the ranks of the launch with this restart count.
+    pub fn rank_env(&self, restart_count: u32) -> Vec<(&'static str, String)> {
+        let mut vars = vec![
+            (env::JOB_DIR, self.job_dir.to_string_lossy().into_owned()),
+            (env::JOB_ID, self.job_id.clone()),
+            (env::KEEP, self.keep.to_string()),
+            (env::RESTART_COUNT, restart_count.to_string()),
+        ];
+        if let Some(every) = self.every {
+            vars.push((env::EVERY, every.to_string()));
+        }
+        if let Some(dir) = &self.local_dir {
+            vars.push((env::LOCAL_DIR, dir.to_string_lossy().into_owned()));
+        }
+        if let Some(fault) = &self.fault {
+            vars.push((env::FAULT, fault.clone()));
+        }
+        vars
+    }
+}
+
+/// `cwd/p` without `.` components (the directory may not exist yet, so no canonicalisation).
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    cwd.join(p)
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+/// Resolves a program like a shell does: a name with a slash is a path, others are looked up
+/// in `$PATH`. The result is absolute and an executable file.
+fn resolve(flag: &str, name: &Path, ctx: &Context) -> Result<PathBuf, UsageError> {
+    let shown = name.display();
+    if name.as_os_str().is_empty() {
+        return Err(UsageError(format!("{flag}: empty program name")));
+    }
+    if name.components().count() > 1 || name.is_absolute() {
+        let p = absolute(&ctx.cwd, name);
+        return match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(p),
+            Ok(m) if m.is_file() => Err(UsageError(format!(
+                "{flag} {shown}: {} is not executable",
+                p.display()
+            ))),
+            Ok(_) => Err(UsageError(format!(
+                "{flag} {shown}: {} is not a file",
+                p.display()
+            ))),
+            Err(e) => Err(UsageError(format!("{flag} {shown}: {}: {e}", p.display()))),
+        };
+    }
+    let dirs = ctx.path.as_deref().map(std::env::split_paths);
+    dirs.into_iter()
+        .flatten()
+        .map(|dir| absolute(&ctx.cwd, &dir.join(name)))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .ok_or_else(|| UsageError(format!("{flag} {shown}: not found in PATH")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{self, Command};
+
+    /// A directory holding executables `prog` and `mpirun` and a non-executable `data`, used
+    /// as both the working directory and `$PATH`.
+    fn fixture() -> (tempfile::TempDir, Context) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mode) in [("prog", 0o755), ("mpirun", 0o755), ("data", 0o644)] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let ctx = Context {
+            cwd: dir.path().to_path_buf(),
+            path: Some(dir.path().into()),
+            mpirun_args: Some(" --bind-to  none ".into()),
+            inherited: vec![env::NODE, env::KEEP],
+            now_unix_s: 1_776_693_792, // 2026-04-20 14:03:12 UTC
+            pid: 42,
+        };
+        (dir, ctx)
+    }
+
+    /// Validates `ckpt run <argv>` and compares a one-line summary of the plan (with the
+    /// fixture directory written as `D`) or the error message.
+    fn check(argv: &str, expected: &str) {
+        let (dir, ctx) = fixture();
+        let full = format!("ckpt run {argv}");
+        let cli = cli::parse(full.split_whitespace().map(OsString::from)).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not a run command")
+        };
+        let got = match RunPlan::new(args, &ctx) {
+            Ok(p) => format!(
+                "n={} every={} keep={} restarts={} fault={} job={} id={} local={} mpirun={} \
+                 margs={} prog={} args={}",
+                p.ranks,
+                p.every.map_or("-".into(), |e| e.to_string()),
+                p.keep,
+                p.max_restarts,
+                p.fault.as_deref().unwrap_or("-"),
+                p.job_dir.display(),
+                p.job_id,
+                p.local_dir.map_or("-".into(), |d| d.display().to_string()),
+                p.mpirun.display(),
+                [p.mpirun_env_args, p.mpirun_args].concat().join(","),
+                p.program.display(),
+                p.args.join(","),
+            ),
+            Err(e) => format!("error: {e}"),
+        };
+        let got = got.replace(&dir.path().display().to_string(), "D");
+        assert_eq!(got, expected, "ckpt run {argv}");
+    }
+
+    #[test]
+    fn valid_plans() {
+        check(
+            "-n 4 -- prog",
+            "n=4 every=- keep=2 restarts=3 fault=- job=D/ckpt-jobs/prog-20260420-140312-42 \
+             id=prog-20260420-140312-42 local=- mpirun=D/mpirun margs=--bind-to,none \
+             prog=D/prog args=",
+        );
+        check(
+            "-n 2 --every 30s --keep 3 --max-restarts 0 --job-dir ./jobs/a --local-dir /l \
+             --fault 1:mid-write:2 --mpirun ./mpirun --mpirun-arg --tag-output \
+             --mpirun-arg -v ./prog -x --y",
+            "n=2 every=30s keep=3 restarts=0 fault=1:mid-write:2 job=D/jobs/a id=a local=/l \
+             mpirun=D/mpirun margs=--bind-to,none,--tag-output,-v prog=D/prog args=-x,--y",
+        );
+        check(
+            "-n 1 --every 100 -- /bin/sh -c true",
+            "n=1 every=100 keep=2 restarts=3 fault=- job=D/ckpt-jobs/sh-20260420-140312-42 \
+             id=sh-20260420-140312-42 local=- mpirun=D/mpirun margs=--bind-to,none \
+             prog=/bin/sh args=-c,true",
+        );
+    }
+
+    #[test]
+    fn invalid_plans() {
+        check("-n 0 -- prog", "error: -n 0: a job needs at least one rank");
+        check(
+            "-n 2 --every 5x -- prog",
+            "error: --every 5x: \"5x\": unknown unit \"x\" (use ms, s, m or h)",
+        );
+        check(
+            "-n 2 --keep 0 -- prog",
+            "error: --keep 0: at least one committed epoch must be kept",
+        );
+        check(
+            "-n 4 --fault 4:poll -- prog",
+            "error: --fault 4:poll: rank 4 does not exist in a 4-rank job (ranks 0..3)",
+        );
+        check(
+            "-n 4 --fault 1:explode -- prog",
+            "error: --fault 1:explode: \"1:explode\": unknown phase \"explode\" (one of poll, \
+             before-write, mid-write, after-write, before-manifest, after-commit)",
+        );
+        check("-n 4 -- nosuch", "error: PROG nosuch: not found in PATH");
+        check("-n 4 -- data", "error: PROG data: not found in PATH");
+        check(
+            "-n 4 -- ./data",
+            "error: PROG ./data: D/data is not executable",
+        );
+        check(
+            "-n 4 -- ./nosuch",
+            "error: PROG ./nosuch: D/nosuch: No such file or directory (os error 2)",
+        );
+        check("-n 4 -- /", "error: PROG /: / is not a file");
+        check(
+            "-n 4 --mpirun nompi -- prog",
+            "error: --mpirun nompi: not found in PATH",
+        );
+        check(
+            "-n 4 --job-dir data -- prog",
+            "error: --job-dir D/data: exists and is not a directory",
+        );
+        check(
+            "-n 4 --job-dir / -- prog",
+            "error: --job-dir /: needs a final component to name the job",
+        );
+    }
+
+    #[test]
+    fn rank_env() {
+        let (_dir, ctx) = fixture();
+        let argv = "ckpt run -n 2 --every 250ms --fault 0:poll --job-dir /j/x -- prog";
+        let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+            .unwrap()
+            .command
+        else {
+            panic!("not a run command")
+        };
+        let plan = RunPlan::new(args, &ctx).unwrap();
+        // CKPT_KEEP is inherited but set by the launcher, so only CKPT_NODE passes through.
+        assert_eq!(plan.inherited, [env::NODE]);
+        let got: Vec<String> = plan
+            .rank_env(3)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let expected = [
+            (env::JOB_DIR, "/j/x"),
+            (env::JOB_ID, "x"),
+            (env::KEEP, "2"),
+            (env::RESTART_COUNT, "3"),
+            (env::EVERY, "0.25s"),
+            (env::FAULT, "0:poll"),
+        ];
+        let expected: Vec<String> = expected.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(got, expected);
+    }
+}

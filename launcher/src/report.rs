@@ -1,0 +1,346 @@
+//! The lines people read: `[ckpt] ...` messages about events, launches, failures and the end
+//! of a job, and the small renderings they share with `ckpt list`. Pure formatting; the one
+//! printing function is [`say`].
+
+use std::ffi::OsString;
+use std::fmt::Display;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use ckpt::events::Event;
+use ckpt::util::human_bytes;
+use ckpt::{Interval, Level, Manifest};
+
+use crate::backend::mpirun::Failure;
+use crate::clock;
+use crate::plan::RunPlan;
+
+/// Prints `[ckpt] <msg>` to stderr (one write, so it does not interleave with forwarded
+/// mpirun lines).
+pub fn say(msg: impl Display) {
+    eprintln!("[ckpt] {msg}");
+}
+
+/// The first line of `ckpt run`: where the job lives and how it is run.
+pub fn header(plan: &RunPlan) -> String {
+    let every = match plan.every {
+        None => "checkpoint interval left to the application".to_owned(),
+        Some(Interval::Off) => "no automatic checkpoints".to_owned(),
+        Some(Interval::Polls(n)) => format!("checkpoint every {}", count(n, "poll", "polls")),
+        Some(every) => format!("checkpoint every {every}"),
+    };
+    format!(
+        "job dir {}: {} ranks, {every}, keep {}, {}",
+        plan.job_dir.display(),
+        plan.ranks,
+        plan.keep,
+        match plan.max_restarts {
+            0 => "no restarts".to_owned(),
+            n => format!("up to {}", count(n as u64, "restart", "restarts")),
+        }
+    )
+}
+
+/// The job directory already holds committed epochs: the first launch is a restart.
+pub fn resuming(committed: &[u64], from: Option<&Manifest>) -> String {
+    let from = from.map_or_else(|| "none of their manifests loads".to_owned(), epoch_brief);
+    let mut sorted = committed.to_vec();
+    sorted.sort_unstable();
+    format!(
+        "resuming: committed epochs {} found; the first launch restarts from {from}",
+        epochs(&sorted)
+    )
+}
+
+/// The launcher was interrupted (followed by [`resume_hint`]).
+pub fn interrupted(signal: &str) -> String {
+    format!("interrupted by {signal}; not restarting")
+}
+
+/// `to resume: ckpt run ... --job-dir DIR -- PROG ARGS`, with the flags a resume needs
+/// (mpirun arguments from the environment are left to the environment).
+pub fn resume_hint(plan: &RunPlan) -> String {
+    let mut argv: Vec<OsString> = vec!["ckpt".into(), "run".into(), "-n".into()];
+    argv.push(plan.ranks.to_string().into());
+    if let Some(every) = plan.every {
+        argv.extend(["--every".into(), every.to_string().into()]);
+    }
+    argv.extend(["--keep".into(), plan.keep.to_string().into()]);
+    argv.extend(["--job-dir".into(), plan.job_dir.clone().into()]);
+    if let Some(dir) = &plan.local_dir {
+        argv.extend(["--local-dir".into(), dir.clone().into()]);
+    }
+    for a in &plan.mpirun_args {
+        argv.push(format!("--mpirun-arg={a}").into());
+    }
+    argv.push("--".into());
+    argv.push(plan.program.clone().into());
+    argv.extend(plan.args.iter().map(OsString::from));
+    format!("to resume: {}", shell_words(&argv))
+}
+
+/// One event from the job's log.
+pub fn event(e: &Event) -> String {
+    match e {
+        Event::Started { nranks, launch } => {
+            format!("{nranks} ranks started (restart count {launch})")
+        }
+        Event::Committed {
+            epoch,
+            poll,
+            bytes,
+            write_secs,
+            total_secs,
+        } => format!(
+            "epoch {epoch} committed at poll {poll}: {}, write {write_secs:.2} s, total \
+             {total_secs:.2} s",
+            human_bytes(*bytes)
+        ),
+        Event::CommitFailed { epoch, reasons } => {
+            format!("epoch {epoch} not committed: {}", reasons.join("; "))
+        }
+        Event::EpochUnusable { epoch, reasons } => {
+            format!("epoch {epoch} unusable: {}", reasons.join("; "))
+        }
+        Event::Restored {
+            epoch,
+            bytes,
+            read_secs,
+        } => format!(
+            "restored epoch {epoch} ({} in {read_secs:.2} s)",
+            human_bytes(*bytes)
+        ),
+    }
+}
+
+/// `launch 1/4 (CKPT_RESTART_COUNT=0): mpirun ...`.
+pub fn launch(n: u32, total: u32, restart_count: u32, argv: &[OsString]) -> String {
+    format!(
+        "launch {n}/{total} ({}={restart_count}): {}",
+        ckpt::env::RESTART_COUNT,
+        shell_words(argv)
+    )
+}
+
+/// `launch 2 failed after 3.1 s: rank 2 exited on signal 9 (Killed) (mpirun exited with status 137)`.
+pub fn failed(n: u32, secs: f64, failure: Option<&Failure>, status: ExitStatus) -> String {
+    let who = failure.map_or_else(|| "unknown rank".to_owned(), |f| f.to_string());
+    format!(
+        "launch {n} failed after {secs:.1} s: {who} ({})",
+        exit_status(status)
+    )
+}
+
+/// `mpirun exited with status 137` or `mpirun was killed by signal 9`.
+pub fn exit_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("mpirun exited with status {code}"),
+        (None, Some(sig)) => format!("mpirun was killed by signal {sig}"),
+        (None, None) => format!("mpirun ended with {status}"),
+    }
+}
+
+/// `epoch 4 (committed 2026-04-20 14:03:12Z, 64.0 MiB, poll 120)`.
+pub fn epoch_brief(m: &Manifest) -> String {
+    format!(
+        "epoch {} (committed {}, {}, poll {})",
+        m.epoch,
+        clock::utc(m.created_unix_ms),
+        human_bytes(m.payload_bytes()),
+        m.poll
+    )
+}
+
+/// `restarting (1/3) from epoch 4 (...)` or `... from the beginning (no committed epoch)`.
+pub fn restarting(k: u32, max: u32, from: Option<&Manifest>) -> String {
+    let from = from.map_or_else(
+        || "the beginning (no committed epoch)".to_owned(),
+        epoch_brief,
+    );
+    format!("restarting ({k}/{max}) from {from}")
+}
+
+/// The last line of a job that finished.
+pub fn finished(launches: u32, committed: &[u64], secs: f64) -> String {
+    format!(
+        "job finished after {}, {}; epochs committed: {}; wall time {secs:.1} s",
+        count(launches as u64, "launch", "launches"),
+        count(launches.saturating_sub(1) as u64, "restart", "restarts"),
+        epochs(committed)
+    )
+}
+
+/// The last line of a job that failed with no restarts left.
+pub fn gave_up(max_restarts: u32, committed: &[u64], secs: f64) -> String {
+    format!(
+        "giving up: no restarts left (--max-restarts {max_restarts}); epochs committed: {}; \
+         wall time {secs:.1} s",
+        epochs(committed)
+    )
+}
+
+/// `1 launch`, `2 launches`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Epoch numbers as ranges, in the order given: `1-4, 6`; `none` when empty.
+pub fn epochs(list: &[u64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < list.len() {
+        let mut j = i;
+        while j + 1 < list.len() && list[j + 1] == list[j] + 1 {
+            j += 1;
+        }
+        parts.push(match j - i {
+            0 => list[i].to_string(),
+            1 => format!("{}, {}", list[i], list[j]),
+            _ => format!("{}-{}", list[i], list[j]),
+        });
+        i = j + 1;
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `L1`, `L2`, `L3`, `L4`.
+pub fn level(l: Level) -> &'static str {
+    match l {
+        Level::Local => "L1",
+        Level::Partner => "L2",
+        Level::Xor => "L3",
+        Level::Pfs => "L4",
+    }
+}
+
+/// Seconds with two decimals: `0.21 s`.
+pub fn secs(s: f64) -> String {
+    format!("{s:.2} s")
+}
+
+/// A command line a shell would accept: words quoted only when they need it.
+pub fn shell_words(argv: &[OsString]) -> String {
+    let quote = |a: &OsString| {
+        let s = a.to_string_lossy();
+        let plain = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c));
+        if plain {
+            s.into_owned()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    };
+    argv.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::mpirun::Cause;
+
+    fn check(got: String, expected: &str) {
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn event_lines() {
+        check(
+            event(&Event::Committed {
+                epoch: 3,
+                poll: 120,
+                bytes: 64 << 20,
+                write_secs: 0.181,
+                total_secs: 0.2149,
+            }),
+            "epoch 3 committed at poll 120: 64.0 MiB, write 0.18 s, total 0.21 s",
+        );
+        check(
+            event(&Event::EpochUnusable {
+                epoch: 5,
+                reasons: vec!["rank 1: bad".into(), "rank 2: worse".into()],
+            }),
+            "epoch 5 unusable: rank 1: bad; rank 2: worse",
+        );
+        check(
+            event(&Event::CommitFailed {
+                epoch: 6,
+                reasons: vec!["rank 0: ENOSPC".into()],
+            }),
+            "epoch 6 not committed: rank 0: ENOSPC",
+        );
+        check(
+            event(&Event::Restored {
+                epoch: 4,
+                bytes: 64 << 20,
+                read_secs: 0.05,
+            }),
+            "restored epoch 4 (64.0 MiB in 0.05 s)",
+        );
+        check(
+            event(&Event::Started {
+                nranks: 4,
+                launch: 1,
+            }),
+            "4 ranks started (restart count 1)",
+        );
+    }
+
+    #[test]
+    fn job_lines() {
+        let kill = Failure {
+            rank: 2,
+            cause: Cause::Signal(9, "Killed".into()),
+        };
+        check(
+            failed(1, 3.12, Some(&kill), ExitStatus::from_raw(137 << 8)),
+            "launch 1 failed after 3.1 s: rank 2 exited on signal 9 (Killed) (mpirun exited \
+             with status 137)",
+        );
+        check(
+            failed(2, 0.5, None, ExitStatus::from_raw(libc::SIGKILL)),
+            "launch 2 failed after 0.5 s: unknown rank (mpirun was killed by signal 9)",
+        );
+        check(
+            restarting(2, 3, Some(&crate::testutil::manifest(4, 2))),
+            "restarting (2/3) from epoch 4 (committed 2026-04-20 14:03:12Z, 2.0 MiB, poll 40)",
+        );
+        check(
+            resuming(&[5, 4, 2], Some(&crate::testutil::manifest(5, 2))),
+            "resuming: committed epochs 2, 4, 5 found; the first launch restarts from epoch 5 \
+             (committed 2026-04-20 14:03:12Z, 2.0 MiB, poll 50)",
+        );
+        check(
+            resume_hint(&crate::testutil::plan(std::path::Path::new("/j/my job"), 4)),
+            "to resume: ckpt run -n 4 --every 10 --keep 2 --job-dir '/j/my job' \
+             --mpirun-arg=--bind-to --mpirun-arg=none -- /bin/true 'a b'",
+        );
+        check(
+            restarting(1, 3, None),
+            "restarting (1/3) from the beginning (no committed epoch)",
+        );
+        check(
+            finished(1, &[], 2.04),
+            "job finished after 1 launch, 0 restarts; epochs committed: none; wall time 2.0 s",
+        );
+        check(
+            finished(3, &[1, 2, 3, 4, 6, 7, 9], 10.0),
+            "job finished after 3 launches, 2 restarts; epochs committed: 1-4, 6, 7, 9; wall \
+             time 10.0 s",
+        );
+        check(
+            shell_words(&[
+                "mpirun".into(),
+                "-x".into(),
+                "a b".into(),
+                "it's".into(),
+                "".into(),
+            ]),
+            r"mpirun -x 'a b' 'it'\''s' ''",
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! The launch / watch / restart loop of `ckpt run`, and all process handling: spawning
+//! mpirun, forwarding its stderr (scanning it for the rank that died), tailing the job's
+//! event log, forwarding SIGINT/SIGTERM, and deciding whether to relaunch.
+//!
+//! Decisions are simple on purpose: a launch that exits 0 ends the job; any other exit is a
+//! failure and is relaunched (the ranks restore the newest committed epoch themselves) while
+//! restarts remain; a signal to the launcher is forwarded and never leads to a restart.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{ChildStderr, ExitStatus};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ckpt::events::{self, Event};
+use ckpt::manifest;
+
+use crate::backend::mpirun::{self, Failure, Launch, Scanner};
+use crate::plan::RunPlan;
+use crate::report::{self, say};
+use crate::{jobdir, signals, Outcome};
+
+/// How often the supervisor checks mpirun, signals and the event log.
+const POLL: Duration = Duration::from_millis(200);
+/// Pause between a failed launch and the next one.
+const PAUSE: Duration = Duration::from_millis(200);
+/// How long mpirun may take to exit after a forwarded signal before it is killed.
+const GRACE: Duration = Duration::from_secs(10);
+/// How long to wait, once mpirun exited, for the rest of its stderr.
+const STDERR_DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs the job of `plan` to completion, failure or interruption.
+pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
+    let job = jobdir::prepare(plan, ckpt::util::unix_ms())?;
+    signals::install().context("cannot install SIGINT/SIGTERM handlers")?;
+    let mut watch = signals::Watch::new();
+    let mut tail = Tail::new(&plan.job_dir, job.events_offset);
+    let as_root = mpirun::running_as_root();
+    let total = plan.max_restarts + 1;
+    let start = Instant::now();
+
+    say(report::header(plan));
+    if !job.committed.is_empty() {
+        say(report::resuming(&job.committed, job.resume_from.as_ref()));
+    }
+    let mut n = 1;
+    loop {
+        let restart_count = job.first_restart_count + n - 1;
+        let launch = Launch::new(plan, restart_count, as_root);
+        say(report::launch(n, total, restart_count, launch.argv()));
+        let t0 = Instant::now();
+        let ended = run_once(&launch, &mut watch, &mut tail)?;
+        // Events written just before mpirun exited are reported before its outcome.
+        tail.drain();
+        let (status, failure) = match ended {
+            Ended::Interrupted(sig) => {
+                say(report::interrupted(&signals::name(sig)));
+                say(report::resume_hint(plan));
+                return Ok(Outcome::Interrupted(sig));
+            }
+            Ended::Exited(status, _) if status.success() => {
+                say(report::finished(n, &tail.committed, secs(start)));
+                return Ok(Outcome::Success);
+            }
+            Ended::Exited(status, failure) => (status, failure),
+        };
+        say(report::failed(n, secs(t0), failure.as_ref(), status));
+        if n == total {
+            say(report::gave_up(
+                plan.max_restarts,
+                &tail.committed,
+                secs(start),
+            ));
+            say(report::resume_hint(plan));
+            return Ok(Outcome::JobFailed);
+        }
+        thread::sleep(PAUSE);
+        if let Some(sig) = watch.take() {
+            say(report::interrupted(&signals::name(sig)));
+            say(report::resume_hint(plan));
+            return Ok(Outcome::Interrupted(sig));
+        }
+        let committed = manifest::committed(&plan.job_dir).unwrap_or_default();
+        let from = jobdir::newest_loadable(&plan.job_dir, &committed);
+        say(report::restarting(n, plan.max_restarts, from.as_ref()));
+        n += 1;
+    }
+}
+
+fn secs(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64()
+}
+
+/// How one launch ended.
+enum Ended {
+    /// mpirun exited on its own, with the failure its stderr reported (if any).
+    Exited(ExitStatus, Option<Failure>),
+    /// The launcher received this signal and forwarded it; mpirun has exited since.
+    Interrupted(i32),
+}
+
+/// Spawns mpirun for `launch` and watches it until it exits.
+fn run_once(launch: &Launch, watch: &mut signals::Watch, tail: &mut Tail) -> anyhow::Result<Ended> {
+    let mut cmd = launch.command();
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", launch.argv()[0].to_string_lossy()))?;
+    let scanner = Arc::new(Mutex::new(Scanner::default()));
+    let reader = match child.stderr.take() {
+        Some(stderr) => {
+            let scanner = Arc::clone(&scanner);
+            Some(thread::spawn(move || forward_stderr(stderr, &scanner)))
+        }
+        None => None,
+    };
+    let mut signalled: Option<(i32, Instant)> = None;
+    let mut killed = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot wait for mpirun")? {
+            break status;
+        }
+        if let Some(sig) = watch.take() {
+            say(format!(
+                "received {}: forwarding it to mpirun (pid {}); no restart will follow",
+                signals::name(sig),
+                child.id()
+            ));
+            if let Err(e) = signals::send(child.id(), sig) {
+                say(format!("warning: cannot signal mpirun: {e}"));
+            }
+            signalled.get_or_insert((sig, Instant::now()));
+        }
+        if let Some((_, at)) = signalled {
+            if !killed && at.elapsed() > GRACE {
+                say(format!(
+                    "mpirun still running {} s after the signal: killing it",
+                    GRACE.as_secs()
+                ));
+                let _ = child.kill();
+                killed = true;
+            }
+        }
+        tail.drain();
+        thread::sleep(POLL);
+    };
+    // Ranks orphaned by a dying mpirun may hold the pipe open: wait for the reader only so long.
+    if let Some(reader) = reader {
+        let t0 = Instant::now();
+        while !reader.is_finished() && t0.elapsed() < STDERR_DRAIN {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let failure = scanner.lock().ok().and_then(|s| s.failure().cloned());
+    Ok(match signalled {
+        Some((sig, _)) => Ended::Interrupted(sig),
+        None => Ended::Exited(status, failure),
+    })
+}
+
+/// Makes the kernel send SIGTERM to mpirun if the launcher dies (even by SIGKILL), so a job
+/// never runs on unsupervised, and a resumed run never shares its job directory with it.
+fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes the prctl and getppid system calls and
+    // builds an `io::Error` from an errno, none of which allocates or takes locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The launcher may have died before prctl took effect.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Copies mpirun's stderr to ours line by line, unchanged, feeding each line to `scanner`.
+fn forward_stderr(stderr: ChildStderr, scanner: &Mutex<Scanner>) {
+    let mut input = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                // Our own stderr going away is no reason to stop draining mpirun's.
+                let _ = io::stderr().lock().write_all(&line);
+                if let Ok(mut s) = scanner.lock() {
+                    s.feed(&String::from_utf8_lossy(&line));
+                }
+            }
+        }
+    }
+}
+
+/// Follows `events.jsonl` from an offset and reports each new event.
+struct Tail<'a> {
+    dir: &'a Path,
+    offset: u64,
+    /// Epochs committed since the launcher started, in order.
+    committed: Vec<u64>,
+    warned: bool,
+}
+
+impl<'a> Tail<'a> {
+    fn new(dir: &'a Path, offset: u64) -> Self {
+        Tail {
+            dir,
+            offset,
+            committed: Vec::new(),
+            warned: false,
+        }
+    }
+
+    /// Reports events appended since the last call. A read error is reported once; the
+    /// job goes on without event reports rather than failing.
+    fn drain(&mut self) {
+        match events::read_from(self.dir, self.offset) {
+            Ok((new, offset)) => {
+                self.offset = offset;
+                for e in new {
+                    match e {
+                        Event::Committed { epoch, .. } => self.committed.push(epoch),
+                        // Rank 0 prints this itself, with the fallback it takes; repeating it
+                        // here would only double the line.
+                        Event::EpochUnusable { .. } => continue,
+                        _ => {}
+                    }
+                    say(report::event(&e));
+                }
+            }
+            Err(e) if !self.warned => {
+                self.warned = true;
+                say(format!(
+                    "warning: cannot read {}: {e}",
+                    events::path(self.dir).display()
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+}

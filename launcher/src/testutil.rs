@@ -1,0 +1,48 @@
+//! Fixtures shared by unit tests: manifests as rank 0 would publish them.
+
+use ckpt::manifest::RankRecord;
+use ckpt::{Level, Manifest};
+
+/// A manifest of `epoch` for `nranks` ranks of 1 MiB each, committed at 2026-04-20 14:03:12Z.
+pub fn manifest(epoch: u64, nranks: u32) -> Manifest {
+    Manifest {
+        job: "job".into(),
+        epoch,
+        nranks,
+        created_unix_ms: 1_776_693_792_000,
+        poll: epoch * 10,
+        launch: 1,
+        levels: vec![Level::Local],
+        ranks: (0..nranks)
+            .map(|r| RankRecord {
+                node: "n0".into(),
+                file: format!("job/epoch-{epoch:08}/rank-{r:06}.ckpt"),
+                len: (1 << 20) + 100,
+                table_crc: r,
+                payload: 1 << 20,
+                write_secs: 0.1,
+            })
+            .collect(),
+        total_secs: 0.25,
+    }
+}
+
+/// A plan for `ranks` ranks of `/bin/true` in `job_dir`, with defaults elsewhere.
+pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
+    crate::plan::RunPlan {
+        ranks,
+        every: Some(ckpt::Interval::Polls(10)),
+        keep: 2,
+        max_restarts: 3,
+        job_dir: job_dir.to_path_buf(),
+        job_id: "job".into(),
+        local_dir: None,
+        fault: None,
+        mpirun: "/usr/bin/mpirun".into(),
+        mpirun_env_args: vec!["--mca".into(), "btl".into(), "self".into()],
+        mpirun_args: vec!["--bind-to".into(), "none".into()],
+        program: "/bin/true".into(),
+        args: vec!["a b".into()],
+        inherited: vec![],
+    }
+}
