@@ -2,6 +2,8 @@
 //! a job killed at any moment and restarted ends bit-identical to an uninterrupted run; a crash
 //! during commit falls back to the previous epoch; damaged files are detected, named, skipped.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
