@@ -33,8 +33,8 @@ for _ in $(seq 600); do
 done
 pid=""
 for env in /proc/[0-9]*/environ; do
-    if tr '\0' '\n' < "$env" 2>/dev/null | grep -qx "CKPT_JOB_DIR=$JOB" &&
-       tr '\0' '\n' < "$env" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$KILL_RANK"; then
+    if tr '\0' '\n' 2>/dev/null < "$env" | grep -qx "CKPT_JOB_DIR=$JOB" &&
+       tr '\0' '\n' 2>/dev/null < "$env" | grep -qx "OMPI_COMM_WORLD_RANK=$KILL_RANK"; then
         pid=${env#/proc/}; pid=${pid%/environ}; break
     fi
 done
