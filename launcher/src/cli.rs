@@ -25,6 +25,22 @@ pub enum Command {
     Run(RunArgs),
     /// List a job's committed epochs, newest first.
     List(ListArgs),
+    /// Ask a running job to checkpoint now (and optionally stop), and wait for the epoch.
+    Checkpoint(CheckpointArgs),
+}
+
+/// `ckpt checkpoint` flags.
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// The job directory of the running job.
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// Stop the ranks after the checkpoint (resume later with `ckpt run --job-dir`).
+    #[arg(long)]
+    pub then_exit: bool,
+    /// Seconds to wait for the epoch to commit; 0 returns as soon as the request is made.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub wait: u64,
 }
 
 /// `ckpt run` flags, unvalidated.

@@ -15,6 +15,7 @@
 //! - [`supervise`]: the launch / watch / restart loop; all process handling lives here.
 //! - [`signals`]: SIGINT/SIGTERM handlers that only record the signal.
 //! - [`report`]: the `[ckpt] ...` lines people read. Pure formatting, no IO.
+//! - [`request`]: `ckpt checkpoint`, a request to the running job through its control file.
 //! - [`list`]: `ckpt list`. [`clock`]: UTC date formatting without a date library.
 //!
 //! **Invariants.** No module spells a `CKPT_*` variable of the rank contract: the names come
@@ -28,6 +29,7 @@ pub mod jobdir;
 pub mod list;
 pub mod plan;
 pub mod report;
+pub mod request;
 pub mod signals;
 pub mod supervise;
 
@@ -97,6 +99,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
             supervise::run(&plan)
         }
         cli::Command::List(args) => list::run(&args.job_dir, args.json),
+        cli::Command::Checkpoint(args) => request::run(&args),
     }
 }
 

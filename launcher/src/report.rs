@@ -99,6 +99,9 @@ pub fn event(e: &Event) -> String {
         Event::CommitFailed { epoch, reasons } => {
             format!("epoch {epoch} not committed: {}", reasons.join("; "))
         }
+        Event::Stopping { epoch } => {
+            format!("ranks stop after epoch {epoch}, as requested")
+        }
         Event::EpochUnusable { epoch, reasons } => {
             format!("epoch {epoch} unusable: {}", reasons.join("; "))
         }
@@ -168,6 +171,11 @@ pub fn finished(launches: u32, committed: &[u64], secs: f64) -> String {
         count(launches.saturating_sub(1) as u64, "restart", "restarts"),
         epochs(committed)
     )
+}
+
+/// The last line of a job whose ranks stopped on request after a checkpoint.
+pub fn stopped(epoch: u64, secs: f64) -> String {
+    format!("job stopped on request after epoch {epoch}; wall time {secs:.1} s")
 }
 
 /// The last line of a job that failed with no restarts left.

@@ -61,7 +61,12 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 return Ok(Outcome::Interrupted(sig));
             }
             Ended::Exited(status, _) if status.success() => {
-                say(report::finished(n, &tail.committed, secs(start)));
+                if let Some(epoch) = tail.stopped {
+                    say(report::stopped(epoch, secs(start)));
+                    say(report::resume_hint(plan));
+                } else {
+                    say(report::finished(n, &tail.committed, secs(start)));
+                }
                 return Ok(Outcome::Success);
             }
             Ended::Exited(status, failure) => (status, failure),
@@ -207,6 +212,8 @@ struct Tail<'a> {
     offset: u64,
     /// Epochs committed since the launcher started, in order.
     committed: Vec<u64>,
+    /// Epoch after which the ranks stopped on request, if they did.
+    stopped: Option<u64>,
     warned: bool,
 }
 
@@ -216,6 +223,7 @@ impl<'a> Tail<'a> {
             dir,
             offset,
             committed: Vec::new(),
+            stopped: None,
             warned: false,
         }
     }
@@ -229,6 +237,7 @@ impl<'a> Tail<'a> {
                 for e in new {
                     match e {
                         Event::Committed { epoch, .. } => self.committed.push(epoch),
+                        Event::Stopping { epoch } => self.stopped = Some(epoch),
                         // Rank 0 prints this itself, with the fallback it takes; repeating it
                         // here would only double the line.
                         Event::EpochUnusable { .. } => continue,

@@ -18,6 +18,7 @@ use crate::protocol::agree::Agreement;
 use crate::region::Protect;
 use crate::restore::{self, Restored};
 use crate::transport::{self, MpiFlagReduce};
+use crate::trigger::Triggers;
 use crate::Ctx;
 
 /// What one call to [`Checkpointer::poll`] did.
@@ -47,6 +48,7 @@ pub struct Checkpointer {
     comm: Comm,
     agree: Agreement,
     reduce: MpiFlagReduce,
+    triggers: Triggers,
     /// Committed epochs found at start-up, newest first (same on every rank).
     committed_at_start: Vec<u64>,
     next_epoch: u64,
@@ -93,7 +95,15 @@ impl Checkpointer {
                 },
             );
         }
-        let agree = Agreement::new(cfg.every, cfg.agree_stride, false, Instant::now());
+        let triggers =
+            Triggers::new(cfg.signal, rank == 0, &cfg.job_dir).map_err(|source| Error::Io {
+                rank,
+                op: "install the checkpoint signal handler for",
+                path: cfg.job_dir.clone(),
+                source,
+            })?;
+        // Agreement rounds always run: a signal or a launcher request can come at any time.
+        let agree = Agreement::new(cfg.every, cfg.agree_stride, true, Instant::now());
         let reduce = MpiFlagReduce::new(&lib);
         Ok(Checkpointer {
             next_epoch: committed.first().map_or(1, |e| e + 1),
@@ -107,6 +117,7 @@ impl Checkpointer {
             comm: app,
             agree,
             reduce,
+            triggers,
             restored: None,
         })
     }
@@ -165,17 +176,26 @@ impl Checkpointer {
             .as_ref()
             .filter(|_| self.ctx.cfg.restart_count == 0);
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
-        let go = self.agree.on_poll(Instant::now(), false, &mut self.reduce);
-        if !go {
+        let triggers = &mut self.triggers;
+        let decision = self
+            .agree
+            .on_poll(Instant::now, || triggers.take(), &mut self.reduce);
+        if !decision.checkpoint {
             return Ok(Poll {
                 checkpoint: None,
                 exit: false,
             });
         }
         let stats = self.checkpoint(state)?;
+        if decision.exit && self.ctx.rank == 0 {
+            let _ = events::append(
+                &self.ctx.cfg.job_dir,
+                &Event::Stopping { epoch: stats.epoch },
+            );
+        }
         Ok(Poll {
             checkpoint: Some(stats),
-            exit: false,
+            exit: decision.exit,
         })
     }
 

@@ -85,8 +85,12 @@ pub struct Config {
     pub restart_count: u32,
     /// Fault to inject, if any (testing and drills).
     pub fault: Option<Fault>,
-    /// Polls between agreement rounds for time-based triggers.
+    /// Polls between agreement rounds (time, signal and launcher triggers).
     pub agree_stride: u64,
+    /// Signal that requests a checkpoint, if any.
+    pub signal: Option<i32>,
+    /// How long a rank waits for the others inside a checkpoint before giving up loudly.
+    pub timeout: Duration,
 }
 
 impl Config {
@@ -106,7 +110,9 @@ impl Config {
             keep: 2,
             restart_count: 0,
             fault: None,
-            agree_stride: 1,
+            agree_stride: 8,
+            signal: Some(libc::SIGUSR1),
+            timeout: Duration::from_secs(120),
         }
     }
 
@@ -137,7 +143,15 @@ impl Config {
         }
         cfg.keep = parse_num(env::KEEP, 1)?.unwrap_or(2) as usize;
         cfg.restart_count = parse_num(env::RESTART_COUNT, 0)?.unwrap_or(0) as u32;
-        cfg.agree_stride = parse_num(env::AGREE_STRIDE, 1)?.unwrap_or(1);
+        cfg.agree_stride = parse_num(env::AGREE_STRIDE, 1)?.unwrap_or(8);
+        cfg.timeout = Duration::from_secs(parse_num(env::TIMEOUT, 1)?.unwrap_or(120));
+        if let Some(v) = env::get(env::SIGNAL) {
+            cfg.signal = crate::trigger::parse_signal(&v).map_err(|reason| Error::Config {
+                var: env::SIGNAL,
+                value: v.clone(),
+                reason,
+            })?;
+        }
         if let Some(v) = env::get(env::FAULT) {
             let fault = Fault::parse(&v).map_err(|reason| Error::Config {
                 var: env::FAULT,

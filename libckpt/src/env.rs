@@ -23,8 +23,13 @@ pub const KEEP: &str = "CKPT_KEEP";
 pub const RESTART_COUNT: &str = "CKPT_RESTART_COUNT";
 /// Fault injection, `RANK:PHASE[:EPOCH]`; see [`crate::fault`]. Honoured on the first launch only.
 pub const FAULT: &str = "CKPT_FAULT";
-/// Polls between two agreement rounds (time-based triggers). Default 1.
+/// Polls between two agreement rounds (time, signal and launcher triggers). Default 8.
 pub const AGREE_STRIDE: &str = "CKPT_AGREE_STRIDE";
+/// Signal that requests a checkpoint (`USR1`, `USR2`, ..., or `off`). Default `USR1`.
+pub const SIGNAL: &str = "CKPT_SIGNAL";
+/// Seconds a rank waits for the others inside a checkpoint before reporting the ranks that
+/// did not arrive and aborting the job. Default 120.
+pub const TIMEOUT: &str = "CKPT_TIMEOUT";
 
 /// Every variable above, for `ckpt` to print and forward (`mpirun -x`).
 pub const ALL: &[&str] = &[
@@ -37,6 +42,8 @@ pub const ALL: &[&str] = &[
     RESTART_COUNT,
     FAULT,
     AGREE_STRIDE,
+    SIGNAL,
+    TIMEOUT,
 ];
 
 /// Reads a variable, treating an empty value as unset.

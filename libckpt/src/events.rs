@@ -48,6 +48,11 @@ pub enum Event {
         /// Why, per failing rank.
         reasons: Vec<String>,
     },
+    /// The ranks were asked to stop after a checkpoint (`ckpt checkpoint --then-exit`).
+    Stopping {
+        /// The epoch they stop after.
+        epoch: u64,
+    },
     /// The job's state was restored.
     Restored {
         /// Epoch restored.

@@ -26,6 +26,7 @@ pub mod format;
 pub mod manifest;
 pub mod protocol;
 pub mod storage;
+pub mod trigger;
 pub mod util;
 
 #[cfg(feature = "mpi")]

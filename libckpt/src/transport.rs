@@ -93,11 +93,12 @@ pub fn bcast_bytes(comm: &SimpleCommunicator, root: i32, bytes: Vec<u8>) -> Vec<
     buf
 }
 
-/// A non-blocking logical-or allreduce of one flag, one round in flight at a time: started at
+/// A non-blocking bitwise-or allreduce of request bits, one round in flight at a time: started at
 /// one agreement poll, completed at the next. Its buffers are allocated once and leaked, so the
 /// request may outlive any borrow (MPI writes into them asynchronously).
 pub struct MpiFlagReduce {
-    comm: SimpleCommunicator,
+    /// Dropped only once no round is pending (see `Drop`).
+    comm: std::mem::ManuallyDrop<SimpleCommunicator>,
     send: &'static mut u32,
     recv: &'static mut u32,
     pending: Option<Request<'static, u32, StaticScope>>,
@@ -107,7 +108,7 @@ impl MpiFlagReduce {
     /// A reducer over its own duplicate of `comm`, so its rounds never match other collectives.
     pub fn new(comm: &SimpleCommunicator) -> Self {
         MpiFlagReduce {
-            comm: comm.duplicate(),
+            comm: std::mem::ManuallyDrop::new(comm.duplicate()),
             send: Box::leak(Box::new(0)),
             recv: Box::leak(Box::new(0)),
             pending: None,
@@ -116,9 +117,9 @@ impl MpiFlagReduce {
 }
 
 impl FlagReduce for MpiFlagReduce {
-    fn start(&mut self, flag: bool) {
+    fn start(&mut self, bits: u32) {
         debug_assert!(self.pending.is_none());
-        *self.send = u32::from(flag);
+        *self.send = bits;
         // SAFETY: both buffers are leaked boxes ('static) that nothing else reads or writes
         // while the request is pending: `finish` waits before reading `recv`, and `start` is
         // only called with no request pending, so `send` is not rewritten under MPI.
@@ -128,24 +129,42 @@ impl FlagReduce for MpiFlagReduce {
             StaticScope,
             send,
             recv,
-            SystemOperation::logical_or(),
+            SystemOperation::bitwise_or(),
         ));
     }
 
-    fn finish(&mut self) -> Option<bool> {
+    fn finish(&mut self) -> Option<u32> {
         let req = self.pending.take()?;
         req.wait_without_status();
-        Some(*self.recv != 0)
+        Some(*self.recv)
     }
 }
 
 impl Drop for MpiFlagReduce {
     fn drop(&mut self) {
-        if let Some(req) = self.pending.take() {
-            // A round may still be in flight if the application stops polling early. Waiting
-            // could hang (other ranks may never reach their next poll), so we release the
-            // request to MPI instead. SAFETY: its buffers are leaked and live forever.
-            let _ = unsafe { req.into_raw() };
+        if let Some(mut req) = self.pending.take() {
+            // Every rank started this round at the same poll count, so when the application
+            // ends normally it completes at once. Freeing the communicator under a pending
+            // round crashes MPI_Finalize (observed: SIGSEGV), so we wait for it, briefly.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match req.test() {
+                    Ok(_) => break,
+                    Err(r) if std::time::Instant::now() < deadline => {
+                        req = r;
+                        std::thread::yield_now();
+                    }
+                    Err(r) => {
+                        // Some rank stopped polling early (it is failing anyway). Waiting
+                        // could hang, so the round and its communicator are left to MPI.
+                        // SAFETY: the round's buffers are leaked and live forever.
+                        let _ = unsafe { r.into_raw() };
+                        return;
+                    }
+                }
+            }
         }
+        // SAFETY: no round is pending on the communicator and it is not used after this.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.comm) };
     }
 }

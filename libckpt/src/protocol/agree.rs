@@ -11,12 +11,26 @@ use std::time::{Duration, Instant};
 
 use crate::config::Interval;
 
-/// A logical-or reduction of one flag over all ranks, at most one round in flight.
+/// Request bit: take a checkpoint.
+pub const CHECKPOINT: u32 = 1;
+/// Request bit: stop the application after the checkpoint.
+pub const EXIT: u32 = 2;
+
+/// A bitwise-or reduction of request bits over all ranks, at most one round in flight.
 pub trait FlagReduce {
-    /// Starts a round with this rank's flag.
-    fn start(&mut self, flag: bool);
-    /// Completes the round in flight, if any, and returns its result.
-    fn finish(&mut self) -> Option<bool>;
+    /// Starts a round with this rank's bits.
+    fn start(&mut self, bits: u32);
+    /// Completes the round in flight, if any, and returns the or of all ranks' bits.
+    fn finish(&mut self) -> Option<u32>;
+}
+
+/// What all ranks decided at one poll.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Checkpoint now.
+    pub checkpoint: bool,
+    /// Stop the application after this checkpoint.
+    pub exit: bool,
 }
 
 /// The per-rank agreement state machine.
@@ -53,19 +67,44 @@ impl Agreement {
         self.polls = polls;
     }
 
-    /// One poll: returns whether all ranks checkpoint now. `request` is this rank's wish for a
-    /// checkpoint from outside the interval (signal, launcher); it is agreed like a due time.
-    pub fn on_poll(&mut self, now: Instant, request: bool, net: &mut impl FlagReduce) -> bool {
+    /// Whether this poll number runs an agreement round.
+    fn agreement_poll(&self) -> bool {
+        self.pipelined && self.polls % self.stride == 0
+    }
+
+    /// One poll: what all ranks do now. `request` yields this rank's request bits
+    /// ([`CHECKPOINT`], [`EXIT`]) and `now` the time; both are asked for only at agreement
+    /// polls, so a poll between rounds costs a counter increment and a comparison.
+    pub fn on_poll(
+        &mut self,
+        now: impl FnOnce() -> Instant,
+        request: impl FnOnce() -> u32,
+        net: &mut impl FlagReduce,
+    ) -> Decision {
         self.polls += 1;
         let scheduled = matches!(self.every, Interval::Polls(n) if n > 0 && self.polls % n == 0);
-        if !self.pipelined || self.polls % self.stride != 0 {
-            return scheduled;
+        if !self.agreement_poll() {
+            return Decision {
+                checkpoint: scheduled,
+                exit: false,
+            };
         }
-        let agreed = net.finish().unwrap_or(false);
-        let go = agreed || scheduled;
-        // The next round starts now; after a checkpoint at this poll its flag is false.
-        net.start(!go && (self.due(now) || request));
-        go
+        let agreed = net.finish().unwrap_or(0);
+        let d = Decision {
+            checkpoint: scheduled || agreed & CHECKPOINT != 0,
+            exit: agreed & EXIT != 0,
+        };
+        // The next round starts now. A plain request is satisfied by a checkpoint at this
+        // poll; a request to exit is not (the others do not know of it yet), so it goes on.
+        let mut bits = request();
+        if self.due(now()) {
+            bits |= CHECKPOINT;
+        }
+        if d.checkpoint && bits & EXIT == 0 {
+            bits = 0;
+        }
+        net.start(bits);
+        d
     }
 
     /// Records that a checkpoint was taken at `now`.
@@ -96,7 +135,7 @@ mod tests {
     /// the flags all ranks started in round k.
     #[derive(Default)]
     struct Rounds {
-        started: Vec<Vec<bool>>, // per round, flags in start order
+        started: Vec<Vec<u32>>, // per round, bits in start order
     }
     struct SimReduce {
         me: usize,
@@ -105,7 +144,7 @@ mod tests {
         shared: Rc<RefCell<Rounds>>,
     }
     impl FlagReduce for SimReduce {
-        fn start(&mut self, flag: bool) {
+        fn start(&mut self, flag: u32) {
             let mut s = self.shared.borrow_mut();
             if s.started.len() <= self.round {
                 s.started.push(Vec::new());
@@ -114,12 +153,14 @@ mod tests {
             let _ = self.me;
             self.in_flight = true;
         }
-        fn finish(&mut self) -> Option<bool> {
+        fn finish(&mut self) -> Option<u32> {
             if !self.in_flight {
                 return None;
             }
             self.in_flight = false;
-            let r = self.shared.borrow().started[self.round].iter().any(|f| *f);
+            let r = self.shared.borrow().started[self.round]
+                .iter()
+                .fold(0, |a, b| a | b);
             self.round += 1;
             Some(r)
         }
@@ -136,7 +177,9 @@ mod tests {
             in_flight: false,
             shared: shared.clone(),
         };
-        let hits: Vec<bool> = (0..7).map(|_| a.on_poll(t, false, &mut net)).collect();
+        let hits: Vec<bool> = (0..7)
+            .map(|_| a.on_poll(|| t, || 0, &mut net).checkpoint)
+            .collect();
         assert_eq!(hits, [false, false, true, false, false, true, false]);
         assert!(shared.borrow().started.is_empty());
     }
@@ -164,7 +207,7 @@ mod tests {
             for (me, (a, net)) in ranks.iter_mut().enumerate() {
                 let skew = if me == 1 { 6 } else { 0 };
                 let now = t0 + Duration::from_secs(poll + skew);
-                let go = a.on_poll(now, false, net);
+                let go = a.on_poll(|| now, || 0, net).checkpoint;
                 if go {
                     a.checkpointed(now);
                 }
@@ -190,8 +233,47 @@ mod tests {
             in_flight: false,
             shared,
         };
-        assert!(!a.on_poll(t, false, &mut net));
-        assert!(!a.on_poll(t, true, &mut net));
-        assert!(a.on_poll(t, false, &mut net));
+        let mut poll = |a: &mut Agreement, bits: u32| a.on_poll(|| t, || bits, &mut net);
+        assert_eq!(poll(&mut a, 0), Decision::default());
+        assert_eq!(poll(&mut a, CHECKPOINT), Decision::default());
+        assert_eq!(
+            poll(&mut a, 0),
+            Decision {
+                checkpoint: true,
+                exit: false
+            }
+        );
+        assert_eq!(poll(&mut a, 0), Decision::default());
+    }
+
+    #[test]
+    fn an_exit_request_survives_a_scheduled_checkpoint() {
+        // Polls(2) checkpoints at poll 2; the exit request made at poll 2 must still be
+        // agreed (at poll 3), not swallowed by the scheduled checkpoint.
+        let t = Instant::now();
+        let shared = Rc::new(RefCell::new(Rounds::default()));
+        let mut a = Agreement::new(Interval::Polls(2), 1, true, t);
+        let mut net = SimReduce {
+            me: 0,
+            round: 0,
+            in_flight: false,
+            shared,
+        };
+        let mut poll = |a: &mut Agreement, bits: u32| a.on_poll(|| t, || bits, &mut net);
+        assert_eq!(poll(&mut a, 0), Decision::default());
+        assert_eq!(
+            poll(&mut a, CHECKPOINT | EXIT),
+            Decision {
+                checkpoint: true,
+                exit: false
+            }
+        );
+        assert_eq!(
+            poll(&mut a, 0),
+            Decision {
+                checkpoint: true,
+                exit: true
+            }
+        );
     }
 }
