@@ -256,3 +256,90 @@ fn damage_file(path: &Path, how: &str) {
         other => panic!("unknown damage {other}"),
     }
 }
+
+/// Every rank's `step` region of `epoch` is the same: all ranks checkpointed at one poll.
+fn assert_one_poll(job: &Path, epoch: u64) {
+    let steps: Vec<Vec<u8>> = (0..RANKS as usize)
+        .map(|r| region_bytes(job, epoch, r, "step"))
+        .collect();
+    assert!(
+        steps.windows(2).all(|w| w[0] == w[1]),
+        "epoch {epoch}: ranks checkpointed at different steps: {steps:?}"
+    );
+}
+
+#[test]
+fn launcher_and_signal_requests_are_agreed_by_all_ranks() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    let mut args = HEAT.to_vec();
+    args.extend(["--step-ms", "10"]);
+    let running = Run::new(&job, RANKS, &["--every", "off"], &heat2d(), &args).spawn();
+    // Ranks handle SIGUSR1 once the checkpointer is set up, which the Started event marks.
+    let started = || {
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. }))
+    };
+    assert!(wait_for(Duration::from_secs(60), started));
+
+    // `ckpt checkpoint` waits for the epoch and names it.
+    let out = ckpt(&["checkpoint", job_s]);
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(out.stderr.contains("epoch 1 committed"), "{}", out.dump());
+    assert_one_poll(&job, 1);
+
+    // SIGUSR1 to one rank only: the agreement makes all of them checkpoint at one poll.
+    signal(rank_pid(&job, 2).expect("rank 2 running"), "USR1");
+    assert!(
+        wait_for(Duration::from_secs(30), || committed_epochs(&job)
+            .contains(&2)),
+        "no checkpoint after SIGUSR1 to rank 2"
+    );
+    assert_one_poll(&job, 2);
+
+    // --then-exit: the job checkpoints and stops cleanly; the launcher says so.
+    let out = ckpt(&["checkpoint", job_s, "--then-exit"]);
+    assert!(out.status.success(), "{}", out.dump());
+    let stopped = running.wait();
+    assert!(stopped.status.success(), "{}", stopped.dump());
+    assert!(
+        stopped.stderr.contains("stopped on request after epoch 3"),
+        "{}",
+        stopped.dump()
+    );
+    assert_eq!(
+        stopped.checksum(),
+        None,
+        "the job must stop before the end\n{}",
+        stopped.dump()
+    );
+    assert_one_poll(&job, 3);
+
+    // Resuming the stopped job finishes it with the uninterrupted result.
+    let out = Run::new(&job, RANKS, &["--every", "off"], &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![3]);
+}
+
+#[test]
+fn a_time_interval_is_agreed_by_all_ranks() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut args = HEAT.to_vec();
+    args.extend(["--step-ms", "5"]);
+    let flags = ["--every", "300ms", "--keep", "100"];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), &args).output();
+    assert_same_result(&out);
+    let epochs = committed_epochs(&job);
+    assert!(
+        epochs.len() >= 2,
+        "expected several time-triggered epochs, got {epochs:?}"
+    );
+    for e in epochs {
+        assert_one_poll(&job, e);
+    }
+}

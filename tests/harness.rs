@@ -305,3 +305,37 @@ impl Rng {
         lo + self.next_u64() % (hi - lo).max(1)
     }
 }
+
+/// Raw bytes of region `name` in rank `rank`'s file of `epoch` (checksum verified).
+pub fn region_bytes(job_dir: &Path, epoch: u64, rank: usize, name: &str) -> Vec<u8> {
+    use ckpt::format::{FileIdentity, RankFileReader};
+    let m = ckpt::manifest::load(job_dir, epoch).expect("manifest of a committed epoch");
+    let path = rank_file(job_dir, epoch, rank);
+    let id = FileIdentity {
+        job: m.job.clone(),
+        epoch,
+        rank: rank as u32,
+        nranks: m.nranks,
+    };
+    let file = RankFileReader::open(&path, &id)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let (idx, _) = file
+        .find(name)
+        .unwrap_or_else(|| panic!("no region {name:?} in {}", path.display()));
+    file.read_vec(idx)
+        .unwrap_or_else(|e| panic!("cannot read {name:?} in {}: {e}", path.display()))
+}
+
+/// Sends `signal` (e.g. "USR1") to `pid`.
+pub fn signal(pid: i32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status();
+}
+
+/// Runs `ckpt <args>` to completion (for the short subcommands: list, checkpoint).
+pub fn ckpt(args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin("ckpt"));
+    cmd.args(args);
+    Running::spawn(cmd, Duration::from_secs(90)).wait()
+}

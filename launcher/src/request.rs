@@ -17,11 +17,12 @@ const POLL: Duration = Duration::from_millis(100);
 /// Runs `ckpt checkpoint`.
 pub fn run(args: &CheckpointArgs) -> anyhow::Result<Outcome> {
     let dir = &args.job_dir;
-    if !events::path(dir).exists() {
+    let marker = dir.join(crate::jobdir::JOB_FILE);
+    if !marker.exists() {
         return Err(UsageError(format!(
             "{}: not a job directory (no {}); is this the --job-dir of a running `ckpt run`?",
             dir.display(),
-            events::path(dir).display()
+            marker.display()
         ))
         .into());
     }

@@ -7,8 +7,9 @@
 //! is read by rank 0 alone, at most every [`CONTROL_EVERY`], so a poll costs no system call.
 //!
 //! Control file: `<job_dir>/control/request`, one line `SEQ EXIT` (e.g. `3 1`), replaced
-//! atomically by the launcher. A request is new when its sequence number is higher than the
-//! one seen when the job started, so a request is never replayed after a restart.
+//! atomically by the launcher. Rank 0 records the last request it acted on in
+//! `<job_dir>/control/handled`; a request is new when its sequence number is higher. So a
+//! request made while the job starts (or restarts) is taken, and none is ever taken twice.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,9 +63,16 @@ pub fn control_path(job_dir: &Path) -> PathBuf {
     job_dir.join("control").join("request")
 }
 
+fn handled_path(job_dir: &Path) -> PathBuf {
+    job_dir.join("control").join("handled")
+}
+
 /// Reads a control request: `(seq, exit)`; `None` if absent or unreadable.
 pub fn read_control(job_dir: &Path) -> Option<(u64, bool)> {
-    let text = std::fs::read_to_string(control_path(job_dir)).ok()?;
+    parse_request(&std::fs::read_to_string(control_path(job_dir)).ok()?)
+}
+
+fn parse_request(text: &str) -> Option<(u64, bool)> {
     let mut words = text.split_whitespace();
     let seq = words.next()?.parse().ok()?;
     let exit = words.next().is_some_and(|w| w == "1");
@@ -113,7 +121,10 @@ impl Triggers {
         }
         let control = rank0.then(|| Control {
             job_dir: job_dir.to_owned(),
-            seen: read_control(job_dir).map_or(0, |(s, _)| s),
+            seen: std::fs::read_to_string(handled_path(job_dir))
+                .ok()
+                .and_then(|t| parse_request(&t))
+                .map_or(0, |(s, _)| s),
             last_check: Instant::now(),
         });
         Ok(Triggers {
@@ -134,6 +145,13 @@ impl Triggers {
                 if let Some((seq, exit)) = read_control(&c.job_dir) {
                     if seq > c.seen {
                         c.seen = seq;
+                        let line = format!("{seq} {}\n", u8::from(exit));
+                        if let Err(e) = crate::storage::durable::write_atomic(
+                            &handled_path(&c.job_dir),
+                            line.as_bytes(),
+                        ) {
+                            eprintln!("[ckpt rank 0] warning: cannot record request {seq} as handled: {e}");
+                        }
                         bits |= CHECKPOINT | if exit { EXIT } else { 0 };
                     }
                 }
@@ -160,8 +178,11 @@ mod tests {
     #[test]
     fn control_requests_are_seen_once() {
         let dir = tempfile::tempdir().unwrap();
+        // A request made while the job starts is taken once, and not again after a restart.
         assert_eq!(write_control(dir.path(), false).unwrap(), 1);
-        // A request made before the job started is not replayed.
+        let mut t = Triggers::new(None, true, dir.path()).unwrap();
+        std::thread::sleep(CONTROL_EVERY);
+        assert_eq!(t.take(), CHECKPOINT);
         let mut t = Triggers::new(None, true, dir.path()).unwrap();
         std::thread::sleep(CONTROL_EVERY);
         assert_eq!(t.take(), 0);
