@@ -99,6 +99,11 @@ pub fn event(e: &Event) -> String {
         Event::CommitFailed { epoch, reasons } => {
             format!("epoch {epoch} not committed: {}", reasons.join("; "))
         }
+        Event::Stalled {
+            what,
+            missing,
+            waited,
+        } => format!("ranks {missing:?} did not reach {what} within {waited:.0} s; job aborted"),
         Event::Stopping { epoch } => {
             format!("ranks stop after epoch {epoch}, as requested")
         }

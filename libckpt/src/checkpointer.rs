@@ -17,6 +17,7 @@ use crate::manifest;
 use crate::protocol::agree::Agreement;
 use crate::region::Protect;
 use crate::restore::{self, Restored};
+use crate::stall::Watch;
 use crate::transport::{self, MpiFlagReduce};
 use crate::trigger::Triggers;
 use crate::Ctx;
@@ -104,7 +105,12 @@ impl Checkpointer {
             })?;
         // Agreement rounds always run: a signal or a launcher request can come at any time.
         let agree = Agreement::new(cfg.every, cfg.agree_stride, true, Instant::now());
-        let reduce = MpiFlagReduce::new(&lib);
+        let watch = Watch {
+            job_dir: cfg.job_dir.clone(),
+            timeout: cfg.timeout,
+            launch: cfg.restart_count,
+        };
+        let reduce = MpiFlagReduce::new(&lib, watch);
         Ok(Checkpointer {
             next_epoch: committed.first().map_or(1, |e| e + 1),
             committed_at_start: committed,

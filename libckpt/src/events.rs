@@ -53,6 +53,15 @@ pub enum Event {
         /// The epoch they stop after.
         epoch: u64,
     },
+    /// Ranks waited for others inside the protocol past the timeout; the job is aborted.
+    Stalled {
+        /// Where they waited (e.g. `checkpoint epoch 4`).
+        what: String,
+        /// Ranks that did not arrive.
+        missing: Vec<i32>,
+        /// Seconds waited.
+        waited: f64,
+    },
     /// The job's state was restored.
     Restored {
         /// Epoch restored.

@@ -40,6 +40,8 @@ mod region;
 #[cfg(feature = "mpi")]
 mod restore;
 #[cfg(feature = "mpi")]
+mod stall;
+#[cfg(feature = "mpi")]
 mod transport;
 
 #[cfg(feature = "mpi")]

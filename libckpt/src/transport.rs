@@ -11,6 +11,7 @@ use mpi::traits::*;
 use mpi::Count;
 
 use crate::protocol::agree::FlagReduce;
+use crate::stall::{self, Watch};
 
 /// True on every rank iff `ok` is true on every rank.
 pub fn all_ok(comm: &SimpleCommunicator, ok: bool) -> bool {
@@ -99,6 +100,8 @@ pub fn bcast_bytes(comm: &SimpleCommunicator, root: i32, bytes: Vec<u8>) -> Vec<
 pub struct MpiFlagReduce {
     /// Dropped only once no round is pending (see `Drop`).
     comm: std::mem::ManuallyDrop<SimpleCommunicator>,
+    watch: Watch,
+    rounds: u64,
     send: &'static mut u32,
     recv: &'static mut u32,
     pending: Option<Request<'static, u32, StaticScope>>,
@@ -106,9 +109,11 @@ pub struct MpiFlagReduce {
 
 impl MpiFlagReduce {
     /// A reducer over its own duplicate of `comm`, so its rounds never match other collectives.
-    pub fn new(comm: &SimpleCommunicator) -> Self {
+    pub(crate) fn new(comm: &SimpleCommunicator, watch: Watch) -> Self {
         MpiFlagReduce {
             comm: std::mem::ManuallyDrop::new(comm.duplicate()),
+            watch,
+            rounds: 0,
             send: Box::leak(Box::new(0)),
             recv: Box::leak(Box::new(0)),
             pending: None,
@@ -134,8 +139,25 @@ impl FlagReduce for MpiFlagReduce {
     }
 
     fn finish(&mut self) -> Option<u32> {
-        let req = self.pending.take()?;
-        req.wait_without_status();
+        let mut req = Some(self.pending.take()?);
+        self.rounds += 1;
+        let round = self.rounds;
+        let label = || {
+            (
+                format!("agreement-{round}"),
+                format!("the agreement round of poll() (round {round})"),
+            )
+        };
+        stall::wait_or_abort(&self.comm, &self.watch, label, || match req.take() {
+            Some(r) => match r.test() {
+                Ok(_) => true,
+                Err(r) => {
+                    req = Some(r);
+                    false
+                }
+            },
+            None => true,
+        });
         Some(*self.recv)
     }
 }

@@ -1,0 +1,100 @@
+//! Waiting for the other ranks with a deadline, and naming the ranks that did not come.
+//!
+//! A rank that stops calling `poll` (or polls less often than the others) would leave the rest
+//! blocked in a collective for ever. Instead, every wait of the protocol on other ranks is a
+//! non-blocking MPI operation tested until a deadline (`CKPT_TIMEOUT`). When it passes, each
+//! waiting rank leaves a marker file `<job_dir>/stall/<what>/rank-R` on the shared job
+//! directory; after a grace period the lowest waiting rank lists the ranks without a marker,
+//! prints them, records a `stalled` event, and aborts the job (a hang cannot be recovered in
+//! process; the launcher's restart takes over).
+
+use std::time::{Duration, Instant};
+
+use mpi::traits::*;
+
+use crate::events::{self, Event};
+
+/// Grace period for the other waiting ranks to leave their markers.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Where a wait happens: the job directory for markers, the timeout, and names.
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    /// Shared job directory.
+    pub job_dir: std::path::PathBuf,
+    /// How long to wait.
+    pub timeout: Duration,
+    /// Launch number, so markers of an earlier launch never count.
+    pub launch: u32,
+}
+
+/// Spins on `test` (which returns true once the operation completed) until it completes or
+/// the timeout passes; in the second case reports the missing ranks and aborts the job.
+/// `label` gives a key naming the wait identically on every rank (a directory name) and a
+/// description for people; it is called only on a timeout, so the fast path allocates nothing.
+pub(crate) fn wait_or_abort(
+    comm: &mpi::topology::SimpleCommunicator,
+    watch: &Watch,
+    label: impl Fn() -> (String, String),
+    mut test: impl FnMut() -> bool,
+) {
+    let timeout = watch.timeout;
+    let t0 = Instant::now();
+    let mut spins = 0u32;
+    while !test() {
+        if t0.elapsed() >= timeout {
+            let (key, what) = label();
+            report_and_abort(comm, watch, &key, &what);
+        }
+        spins += 1;
+        if spins > 1000 {
+            // Past the fast path, leave the core to ranks that share it (oversubscription).
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+fn report_and_abort(
+    comm: &mpi::topology::SimpleCommunicator,
+    watch: &Watch,
+    key: &str,
+    what: &str,
+) -> ! {
+    let (job_dir, timeout) = (watch.job_dir.as_path(), watch.timeout);
+    let rank = comm.rank();
+    let size = comm.size();
+    let dir = job_dir
+        .join("stall")
+        .join(format!("launch-{}", watch.launch))
+        .join(key);
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("rank-{rank}")), b"");
+    std::thread::sleep(GRACE);
+    let waiting: Vec<i32> = (0..size)
+        .filter(|r| dir.join(format!("rank-{r}")).exists())
+        .collect();
+    let missing: Vec<i32> = (0..size).filter(|r| !waiting.contains(r)).collect();
+    if waiting.first() == Some(&rank) {
+        let msg = format!(
+            "ranks {missing:?} did not reach {what} within {} s (ranks {waiting:?} waited); \
+             every rank must call poll() equally often and must not wait in poll() for a \
+             message that another rank sends only after its own poll()",
+            timeout.as_secs()
+        );
+        eprintln!("[ckpt rank {rank}] error: {msg}");
+        let _ = events::append(
+            job_dir,
+            &Event::Stalled {
+                what: what.to_owned(),
+                missing,
+                waited: timeout.as_secs_f64(),
+            },
+        );
+    } else {
+        eprintln!(
+            "[ckpt rank {rank}] error: timed out after {} s waiting in {what}",
+            timeout.as_secs()
+        );
+    }
+    comm.abort(3)
+}
