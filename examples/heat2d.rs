@@ -8,13 +8,17 @@
 //! ```
 //!
 //! Options: `--nx N` `--ny N` (grid, default 1024 x 1024), `--steps N` (default 400),
-//! `--step-ms MS` (sleep per step, to slow the run down for kill drills; default 0).
+//! `--step-ms MS` (sleep per step, to slow the run down for kill drills; default 0),
+//! `--stall RANK:STEP` (that rank stops polling after that step: a misuse drill).
+//!
+//! Each rank sends its boundary rows for the next step *before* `poll`, so checkpoints happen
+//! with halo messages in flight; the library drains them into the snapshot.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ckpt::mpi;
-use ckpt::{Checkpointer, Comm, Config, Protect, Regions};
+use ckpt::{Checkpointer, Comm, Config, Protect, Regions, Source, TagSel};
 
 /// Diffusion coefficient times dt/dx^2; below 0.25 for stability.
 const ALPHA: f64 = 0.2;
@@ -27,6 +31,8 @@ struct Opts {
     ny: usize,
     steps: u64,
     step_ms: u64,
+    /// `(rank, step)`: that rank stops polling after that step (misuse drill).
+    stall: Option<(u64, u64)>,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -35,6 +41,7 @@ fn parse_opts() -> Result<Opts, String> {
         ny: 1024,
         steps: 400,
         step_ms: 0,
+        stall: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -108,25 +115,52 @@ impl Heat {
         h
     }
 
-    /// Swaps halo rows with the neighbours above and below.
-    fn exchange(&mut self, comm: &Comm) {
+    fn neighbours(comm: &Comm) -> (Option<i32>, Option<i32>) {
         let (rank, size) = (comm.rank(), comm.size());
-        let up = (rank > 0).then(|| rank - 1);
-        let down = (rank + 1 < size).then(|| rank + 1);
-        let nx = self.nx;
-        let rows = self.rows;
-        // First interior row goes up; the halo below is filled from the rank below.
-        let (top_part, rest) = self.u.split_at_mut((rows + 1) * nx);
-        let first_row = top_part[nx..2 * nx].to_vec();
-        comm.sendrecv(&first_row, up, &mut rest[..nx], down, TAG_UP);
-        // Last interior row goes down; the halo above is filled from the rank above.
-        let last_row = self.u[rows * nx..(rows + 1) * nx].to_vec();
-        comm.sendrecv(&last_row, down, &mut self.u[..nx], up, TAG_DOWN);
+        (
+            (rank > 0).then(|| rank - 1),
+            (rank + 1 < size).then(|| rank + 1),
+        )
     }
 
-    /// One explicit step on the interior; the global boundary stays fixed.
-    fn step(&mut self, comm: &Comm) {
-        self.exchange(comm);
+    /// Sends this strip's first interior row up and its last one down, for the next step.
+    /// Called before `poll`, so at a checkpoint these messages are in flight: the library
+    /// drains them into the receivers' snapshots.
+    fn send_halos(&self, comm: &Comm) -> Result<(), ckpt::Error> {
+        let (up, down) = Self::neighbours(comm);
+        let nx = self.nx;
+        if let Some(up) = up {
+            comm.send(up, TAG_UP, &self.u[nx..2 * nx])?;
+        }
+        if let Some(down) = down {
+            comm.send(
+                down,
+                TAG_DOWN,
+                &self.u[self.rows * nx..(self.rows + 1) * nx],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Receives the halo rows sent by the neighbours at the end of their previous step.
+    fn recv_halos(&mut self, comm: &Comm) -> Result<(), ckpt::Error> {
+        let (up, down) = Self::neighbours(comm);
+        let nx = self.nx;
+        let rows = self.rows;
+        if let Some(down) = down {
+            let halo = &mut self.u[(rows + 1) * nx..(rows + 2) * nx];
+            comm.recv_into(Source::Rank(down), TagSel::Tag(TAG_UP), halo)?;
+        }
+        if let Some(up) = up {
+            comm.recv_into(Source::Rank(up), TagSel::Tag(TAG_DOWN), &mut self.u[..nx])?;
+        }
+        Ok(())
+    }
+
+    /// One explicit step on the interior; the global boundary stays fixed. The halos were
+    /// sent by the neighbours after their previous step.
+    fn step(&mut self, comm: &Comm) -> Result<(), ckpt::Error> {
+        self.recv_halos(comm)?;
         let nx = self.nx;
         self.next.copy_from_slice(&self.u);
         for i in 1..=self.rows {
@@ -143,6 +177,7 @@ impl Heat {
         }
         std::mem::swap(&mut self.u, &mut self.next);
         self.step += 1;
+        Ok(())
     }
 
     /// CRC-32C of this rank's interior rows (the bits, not a rounded value) and their sum.
@@ -161,15 +196,28 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
     let mut heat = Heat::new(&o, rank as usize, size as usize);
     let t0 = Instant::now();
     if ck.restarting() {
+        // The halos for the next step were in flight at the checkpoint; they come back from
+        // the snapshot's message log, so they are not sent again.
         let r = ck.restore(&mut heat)?;
         if rank == 0 {
             println!("heat2d: restored epoch {} at step {}", r.epoch, heat.step);
         }
+    } else if heat.step < o.steps {
+        heat.send_halos(ck.comm())?;
     }
     while heat.step < o.steps {
-        heat.step(ck.comm());
+        heat.step(ck.comm())?;
+        if heat.step < o.steps {
+            heat.send_halos(ck.comm())?;
+        }
         if o.step_ms > 0 {
             std::thread::sleep(Duration::from_millis(o.step_ms));
+        }
+        if o.stall
+            .is_some_and(|(r, at)| r == rank as u64 && at == heat.step)
+        {
+            // Misbehave on purpose (for the stall test): stop polling for a long time.
+            std::thread::sleep(Duration::from_secs(3600));
         }
         if ck.poll(&mut heat)?.should_exit() {
             return Ok(());

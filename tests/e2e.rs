@@ -56,6 +56,15 @@ fn checkpointing_does_not_change_the_result() {
     assert_same_result(&out);
     assert_eq!(committed_epochs(&job), vec![1, 2, 3, 4, 5, 6]);
     assert!(restored_epochs(&job).is_empty());
+    // heat2d sends its next halos before poll: each of the 3 inner boundaries has 2 halo
+    // messages in flight at every checkpoint, drained into the snapshot; after the last step
+    // (epoch 6) nothing is sent.
+    for e in events(&job) {
+        if let Event::Committed { epoch, logged, .. } = e {
+            let expected = if epoch == 6 { 0 } else { 6 };
+            assert_eq!(logged, expected, "epoch {epoch}: in-flight halos drained");
+        }
+    }
     // Retention: the default keeps the last two epochs.
     assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![6, 5]);
     assert!(!rank_file_path_exists(&job, 4));

@@ -89,12 +89,14 @@ pub fn event(e: &Event) -> String {
             epoch,
             poll,
             bytes,
+            logged,
             write_secs,
             total_secs,
         } => format!(
-            "epoch {epoch} committed at poll {poll}: {}, write {write_secs:.2} s, total \
-             {total_secs:.2} s",
-            human_bytes(*bytes)
+            "epoch {epoch} committed at poll {poll}: {}, {} drained, write {write_secs:.2} s, \
+             total {total_secs:.2} s",
+            human_bytes(*bytes),
+            count(*logged, "message", "messages")
         ),
         Event::CommitFailed { epoch, reasons } => {
             format!("epoch {epoch} not committed: {}", reasons.join("; "))
@@ -267,10 +269,12 @@ mod tests {
                 epoch: 3,
                 poll: 120,
                 bytes: 64 << 20,
+                logged: 6,
                 write_secs: 0.181,
                 total_secs: 0.2149,
             }),
-            "epoch 3 committed at poll 120: 64.0 MiB, write 0.18 s, total 0.21 s",
+            "epoch 3 committed at poll 120: 64.0 MiB, 6 messages drained, write 0.18 s, total \
+             0.21 s",
         );
         check(
             event(&Event::EpochUnusable {

@@ -20,6 +20,7 @@ pub fn manifest(epoch: u64, nranks: u32) -> Manifest {
                 len: (1 << 20) + 100,
                 table_crc: r,
                 payload: 1 << 20,
+                logged: 0,
                 write_secs: 0.1,
             })
             .collect(),

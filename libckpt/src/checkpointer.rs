@@ -6,18 +6,20 @@ use std::fs;
 use std::time::Instant;
 
 use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::*;
 
 use crate::comm::Comm;
-use crate::commit::{self, EpochStats, LibState};
+use crate::commit::{self, EpochStats, LibState, LogSection};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::manifest;
 use crate::protocol::agree::Agreement;
+use crate::protocol::quiesce;
 use crate::region::Protect;
 use crate::restore::{self, Restored};
-use crate::stall::Watch;
+use crate::stall::{self, Watch};
 use crate::transport::{self, MpiFlagReduce};
 use crate::trigger::Triggers;
 use crate::Ctx;
@@ -105,12 +107,7 @@ impl Checkpointer {
             })?;
         // Agreement rounds always run: a signal or a launcher request can come at any time.
         let agree = Agreement::new(cfg.every, cfg.agree_stride, true, Instant::now());
-        let watch = Watch {
-            job_dir: cfg.job_dir.clone(),
-            timeout: cfg.timeout,
-            launch: cfg.restart_count,
-        };
-        let reduce = MpiFlagReduce::new(&lib, watch);
+        let reduce = MpiFlagReduce::new(&lib, Watch::of(&cfg));
         Ok(Checkpointer {
             next_epoch: committed.first().map_or(1, |e| e + 1),
             committed_at_start: committed,
@@ -165,7 +162,8 @@ impl Checkpointer {
                 ),
             });
         }
-        let r = restore::restore(&self.ctx, &self.committed_at_start, state)?;
+        let mut r = restore::restore(&self.ctx, &self.committed_at_start, state)?;
+        self.comm.restore_log(std::mem::take(&mut r.log));
         self.agree.resume_at(r.lib.polls);
         self.agree.checkpointed(Instant::now());
         self.restored = Some(r.epoch);
@@ -206,15 +204,101 @@ impl Checkpointer {
     }
 
     /// Checkpoints `state` now (collective: every rank must call it at the same point).
+    /// Messages in flight on [`Checkpointer::comm`] are drained into the snapshot first.
     pub fn checkpoint<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<EpochStats> {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        self.quiesce(epoch)?;
         let lib = LibState {
             polls: self.agree.polls(),
             epoch,
         };
-        let stats = commit::checkpoint(&self.ctx, epoch, &lib, state)?;
+        let log = LogSection {
+            bytes: self.comm.encode_log(),
+            messages: self.comm.logged() as u64,
+        };
+        let stats = commit::checkpoint(&self.ctx, epoch, &lib, &log, state)?;
         self.agree.checkpointed(Instant::now());
         Ok(stats)
+    }
+
+    /// Brings communication to a consistent cut for epoch `epoch`: waits (with the timeout)
+    /// for every rank, refuses to go on if any rank has a receive pending, exchanges per-peer
+    /// sent counts, and drains what was sent to this rank but has not arrived into the log.
+    fn quiesce(&mut self, epoch: u64) -> Result<quiesce::DrainReport> {
+        let ctx = &self.ctx;
+        let polls = self.agree.polls();
+        let mut barrier = Some(ctx.lib.immediate_barrier());
+        let label = || {
+            (
+                format!("checkpoint-{epoch}"),
+                format!("the checkpoint of epoch {epoch} at poll {polls}"),
+            )
+        };
+        stall::wait_or_abort(&ctx.lib, &Watch::of(&ctx.cfg), label, || {
+            match barrier.take() {
+                Some(r) => match r.test() {
+                    Ok(_) => true,
+                    Err(r) => {
+                        barrier = Some(r);
+                        false
+                    }
+                },
+                None => true,
+            }
+        });
+
+        let pending = self.comm.pending_requests();
+        if !transport::all_ok(&ctx.lib, pending.is_empty()) {
+            let mine = if pending.is_empty() {
+                String::new()
+            } else {
+                format!("rank {}: {}", ctx.rank, pending.join(", "))
+            };
+            let all = self.agree_on_reasons(&mine);
+            return Err(Error::Usage {
+                rank: ctx.rank,
+                what: format!(
+                    "receives still pending at poll {polls} (checkpoint of epoch {epoch}): {all}; \
+                     complete every irecv with Comm::wait or Comm::test before poll()"
+                ),
+            });
+        }
+
+        let sent = self.comm.sent_counts();
+        let mut to_me = vec![0u64; ctx.nranks as usize];
+        ctx.lib.all_to_all_into(&sent[..], &mut to_me[..]);
+        let plan = quiesce::drain_plan(&to_me, &self.comm.arrived_counts());
+        if !transport::all_ok(&ctx.lib, plan.is_ok()) {
+            let mine = match &plan {
+                Err(e) => format!("rank {}: {e}", ctx.rank),
+                Ok(_) => String::new(),
+            };
+            let all = self.agree_on_reasons(&mine);
+            return Err(Error::Usage {
+                rank: ctx.rank,
+                what: format!(
+                    "message counts inconsistent at the checkpoint of epoch {epoch}: {all}"
+                ),
+            });
+        }
+        let plan = plan.unwrap_or_default();
+        Ok(self.comm.drain(&plan))
+    }
+
+    /// Gathers the non-empty `mine` of every rank at rank 0 and gives the joined text to all.
+    fn agree_on_reasons(&self, mine: &str) -> String {
+        let ctx = &self.ctx;
+        let joined = transport::gather_bytes(&ctx.lib, 0, mine.as_bytes())
+            .map(|all| {
+                all.iter()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+                    .into_bytes()
+            })
+            .unwrap_or_default();
+        String::from_utf8_lossy(&transport::bcast_bytes(&ctx.lib, 0, joined)).into_owned()
     }
 }

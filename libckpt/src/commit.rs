@@ -19,8 +19,10 @@ use crate::storage::{durable, local};
 use crate::transport;
 use crate::Ctx;
 
-/// Name of the library's own section in every rank file.
+/// Name of the library's own state section in every rank file.
 pub(crate) const LIB_REGION: &str = "@ckpt/lib";
+/// Name of the message log section (messages drained at quiescence, not yet received).
+pub(crate) const LOG_REGION: &str = "@ckpt/msglog";
 
 /// The library's per-rank state saved with each epoch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -29,6 +31,14 @@ pub(crate) struct LibState {
     pub polls: u64,
     /// Epoch of this checkpoint.
     pub epoch: u64,
+}
+
+/// The message log as it goes into the snapshot.
+pub(crate) struct LogSection {
+    /// Encoded log.
+    pub bytes: Vec<u8>,
+    /// Messages in it.
+    pub messages: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -61,6 +71,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     ctx: &Ctx,
     epoch: u64,
     lib: &LibState,
+    msglog: &LogSection,
     state: &mut P,
 ) -> Result<EpochStats> {
     let t0 = Instant::now();
@@ -70,7 +81,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
         .as_ref()
         .filter(|_| ctx.cfg.restart_count == 0);
     maybe_die(fault, ctx.rank, Phase::BeforeWrite, epoch);
-    let local = write_rank_file(ctx, epoch, lib, state, t0);
+    let local = write_rank_file(ctx, epoch, lib, msglog, state, t0);
     if local.is_ok() {
         maybe_die(fault, ctx.rank, Phase::AfterWrite, epoch);
     }
@@ -123,6 +134,7 @@ fn write_rank_file<P: Protect + ?Sized>(
     ctx: &Ctx,
     epoch: u64,
     lib: &LibState,
+    msglog: &LogSection,
     state: &mut P,
     t0: Instant,
 ) -> Result<RankRecord> {
@@ -166,6 +178,8 @@ fn write_rank_file<P: Protect + ?Sized>(
         state.protect(&mut regions);
         let mut lib_bytes = postcard::to_stdvec(lib).unwrap_or_default();
         regions.internal(LIB_REGION, RegionKind::LibState, &mut lib_bytes);
+        let mut log_bytes = msglog.bytes.clone();
+        regions.internal(LOG_REGION, RegionKind::MessageLog, &mut log_bytes);
         regions.finish()
     };
     let result = saved.and_then(|_| out.finish().map_err(io("write and sync", &tmp)));
@@ -186,6 +200,7 @@ fn write_rank_file<P: Protect + ?Sized>(
         len: summary.len,
         table_crc: summary.table_crc,
         payload: summary.payload,
+        logged: msglog.messages,
         write_secs: t0.elapsed().as_secs_f64(),
     })
 }
@@ -233,6 +248,7 @@ fn decide_and_publish(
                         epoch,
                         poll: lib.polls,
                         bytes: m.payload_bytes(),
+                        logged: m.ranks.iter().map(|r| r.logged).sum(),
                         write_secs,
                         total_secs: t0.elapsed().as_secs_f64(),
                     },

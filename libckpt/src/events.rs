@@ -29,6 +29,9 @@ pub enum Event {
         poll: u64,
         /// Payload bytes over all ranks.
         bytes: u64,
+        /// Messages that were in flight and went into the ranks' message logs.
+        #[serde(default)]
+        logged: u64,
         /// Slowest rank's write + fsync time.
         write_secs: f64,
         /// Whole checkpoint time on rank 0, including the commit.

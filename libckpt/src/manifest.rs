@@ -57,6 +57,8 @@ pub struct RankRecord {
     pub table_crc: u32,
     /// Payload bytes in the file.
     pub payload: u64,
+    /// Messages in flight to this rank at the checkpoint, kept in its message log.
+    pub logged: u64,
     /// Seconds this rank spent writing and syncing its file.
     pub write_secs: f64,
 }
@@ -272,6 +274,7 @@ mod tests {
                     len: 8192 + r as u64,
                     table_crc: 0xdead_0000 + r,
                     payload: 4000,
+                    logged: r as u64,
                     write_secs: 0.25,
                 })
                 .collect(),

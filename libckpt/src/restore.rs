@@ -8,11 +8,12 @@
 
 use std::time::Instant;
 
-use crate::commit::{LibState, LIB_REGION};
+use crate::commit::{LibState, LIB_REGION, LOG_REGION};
 use crate::error::{Corruption, Error, Result};
 use crate::events::{self, Event};
 use crate::format::{FileIdentity, RankFileReader, RegionKind};
 use crate::manifest::{self, Manifest};
+use crate::protocol::quiesce::MessageLog;
 use crate::region::{file_error, Protect, Regions, Site};
 use crate::transport;
 use crate::Ctx;
@@ -29,6 +30,7 @@ pub struct Restored {
     /// Seconds this rank spent restoring.
     pub read_secs: f64,
     pub(crate) lib: LibState,
+    pub(crate) log: MessageLog,
 }
 
 /// Restores the newest usable epoch among `candidates` (newest first). Collective.
@@ -43,7 +45,7 @@ pub(crate) fn restore<P: Protect + ?Sized>(
         // A failing rank's error reaches rank 0, which reports every reason in one line.
         let local = restore_epoch(ctx, epoch, state);
         if transport::all_ok(&ctx.lib, local.is_ok()) {
-            let (lib, bytes, m) = local?;
+            let (lib, log, bytes, m) = local?;
             let read_secs = t0.elapsed().as_secs_f64();
             let slowest = transport::max_u64(&ctx.lib, (read_secs * 1e6) as u64) as f64 / 1e6;
             if ctx.rank == 0 {
@@ -62,6 +64,7 @@ pub(crate) fn restore<P: Protect + ?Sized>(
                 bytes,
                 read_secs,
                 lib,
+                log,
             });
         }
         let reason = local.err().map(|e| e.to_string()).unwrap_or_default();
@@ -104,7 +107,7 @@ fn restore_epoch<P: Protect + ?Sized>(
     ctx: &Ctx,
     epoch: u64,
     state: &mut P,
-) -> Result<(LibState, u64, Manifest)> {
+) -> Result<(LibState, MessageLog, u64, Manifest)> {
     let m = manifest::load(&ctx.cfg.job_dir, epoch)?;
     if m.nranks != ctx.nranks as u32 || m.ranks.len() != m.nranks as usize {
         return Err(Error::Usage {
@@ -163,10 +166,12 @@ fn restore_epoch<P: Protect + ?Sized>(
         });
     }
     let mut lib_bytes = Vec::new();
+    let mut log_bytes = Vec::new();
     let bytes = {
         let mut regions = Regions::restoring(&reader, site);
         state.protect(&mut regions);
         regions.internal(LIB_REGION, RegionKind::LibState, &mut lib_bytes);
+        regions.internal(LOG_REGION, RegionKind::MessageLog, &mut log_bytes);
         regions.finish()?
     };
     let lib: LibState = postcard::from_bytes(&lib_bytes).map_err(|e| Error::Corrupt {
@@ -178,5 +183,14 @@ fn restore_epoch<P: Protect + ?Sized>(
             detail: e.to_string(),
         },
     })?;
-    Ok((lib, bytes, m))
+    let log = MessageLog::decode(&log_bytes).map_err(|e| Error::Corrupt {
+        rank: ctx.rank,
+        epoch,
+        path: path.clone(),
+        cause: Corruption::Malformed {
+            what: "message log",
+            detail: e.to_string(),
+        },
+    })?;
+    Ok((lib, log, bytes, m))
 }

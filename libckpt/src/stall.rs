@@ -28,6 +28,17 @@ pub(crate) struct Watch {
     pub launch: u32,
 }
 
+impl Watch {
+    /// The watch for a rank with configuration `cfg`.
+    pub fn of(cfg: &crate::Config) -> Watch {
+        Watch {
+            job_dir: cfg.job_dir.clone(),
+            timeout: cfg.timeout,
+            launch: cfg.restart_count,
+        }
+    }
+}
+
 /// Spins on `test` (which returns true once the operation completed) until it completes or
 /// the timeout passes; in the second case reports the missing ranks and aborts the job.
 /// `label` gives a key naming the wait identically on every rank (a directory name) and a

@@ -1,4 +1,5 @@
 //! The checkpoint protocol's decision logic, free of IO and of MPI so it can be tested
-//! exhaustively and simulated. The MPI side lives in `transport`, `commit` and `restore`.
+//! exhaustively and simulated. The MPI side lives in `transport`, `comm`, `commit`, `restore`.
 
 pub mod agree;
+pub mod quiesce;
