@@ -242,8 +242,9 @@ fn main() -> ExitCode {
     match run(&world, &o) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ckpt-bench rank {}: {e}", world.rank());
-            ExitCode::FAILURE
+            // Abort rather than return: MPI_Finalize would wait for the other ranks.
+            eprintln!("ckpt-bench: {e}");
+            world.abort(1)
         }
     }
 }

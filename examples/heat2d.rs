@@ -46,6 +46,14 @@ fn parse_opts() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        if flag == "--stall" {
+            let (r, at) = value
+                .split_once(':')
+                .and_then(|(r, a)| Some((r.parse().ok()?, a.parse().ok()?)))
+                .ok_or_else(|| format!("--stall {value}: expected RANK:STEP"))?;
+            o.stall = Some((r, at));
+            continue;
+        }
         let n: u64 = value
             .parse()
             .map_err(|_| format!("{flag} {value}: not a whole number"))?;
@@ -56,7 +64,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--step-ms" => o.step_ms = n,
             _ => {
                 return Err(format!(
-                    "unknown option {flag} (use --nx --ny --steps --step-ms)"
+                    "unknown option {flag} (use --nx --ny --steps --step-ms --stall)"
                 ))
             }
         }
@@ -262,9 +270,11 @@ fn main() -> ExitCode {
     match run(&world, o) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // The error names the rank. Abort rather than return: MPI_Finalize waits for every
+            // rank, and the others may be blocked waiting for this one.
+            eprintln!("heat2d: {e}");
             use ckpt::mpi::traits::Communicator;
-            eprintln!("heat2d rank {}: {e}", world.rank());
-            ExitCode::FAILURE
+            world.abort(1)
         }
     }
 }

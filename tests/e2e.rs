@@ -352,3 +352,169 @@ fn a_time_interval_is_agreed_by_all_ranks() {
         assert_one_poll(&job, e);
     }
 }
+
+/// ring arguments: 3 iterations of messages always in flight, some past the eager limit.
+const RING: &[&str] = &["--iters", "150", "--lag", "3"];
+
+/// What ring prints about each rank's received messages, and the overall checksum.
+fn ring_digests(out: &Output) -> Vec<String> {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("ring: rank") || l.starts_with("checksum: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// ring's digests in an uninterrupted run without checkpoints (once per test process).
+fn ring_reference() -> &'static [String] {
+    static REF: OnceLock<Vec<String>> = OnceLock::new();
+    REF.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Run::new(
+            &dir.path().join("ref"),
+            RANKS,
+            &["--every", "off"],
+            &bin("ring"),
+            RING,
+        )
+        .output();
+        assert!(
+            out.status.success(),
+            "ring reference run failed\n{}",
+            out.dump()
+        );
+        let d = ring_digests(&out);
+        assert_eq!(d.len(), RANKS as usize + 1, "{}", out.dump());
+        d
+    })
+}
+
+fn assert_same_messages(out: &Output, ctx: &str) {
+    assert!(out.status.success(), "{ctx}: job failed\n{}", out.dump());
+    let got = ring_digests(out);
+    let n = RANKS as usize + 1;
+    // After restarts stdout holds only the last launch's digests (earlier launches died).
+    let last = &got[got.len().saturating_sub(n)..];
+    assert_eq!(
+        last,
+        ring_reference(),
+        "{ctx}: received messages differ\n{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn messages_in_flight_survive_crashes_at_any_moment() {
+    let Some(_mpi) = mpi() else { return };
+    // Checkpoints every 10 iterations; at each, 3 iterations of messages are in flight.
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("plain");
+    let out = Run::new(&job, RANKS, &["--every", "10"], &bin("ring"), RING).output();
+    assert_same_messages(&out, "checkpointed, not killed");
+    for e in events(&job) {
+        if let Event::Committed { epoch, logged, .. } = e {
+            // 4 ranks x 2 directions x 3 iterations of lag.
+            assert_eq!(logged, 24, "epoch {epoch}: messages drained");
+        }
+    }
+    // Injected crashes at each phase of the protocol.
+    for fault in [
+        "1:mid-write:4",
+        "2:after-write:6",
+        "0:before-manifest:3",
+        "3:after-commit:5",
+        "0:poll:77",
+    ] {
+        let job = dir.path().join(fault.replace(':', "-"));
+        let flags = ["--every", "10", "--max-restarts", "2", "--fault", fault];
+        let out = Run::new(&job, RANKS, &flags, &bin("ring"), RING).output();
+        assert_same_messages(&out, fault);
+        assert_eq!(
+            restored_epochs(&job).len(),
+            1,
+            "{fault}: one restore\n{}",
+            out.dump()
+        );
+    }
+    // SIGKILL from outside at seeded random moments (`CKPT_SEEDS=a,b` to replay).
+    let seeds: Vec<u64> = std::env::var("CKPT_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![11, 12, 13]);
+    for seed in seeds {
+        let mut rng = Rng(seed);
+        let rank = rng.range(0, RANKS as u64) as u32;
+        let delay = Duration::from_millis(rng.range(0, 300));
+        let job = dir.path().join(format!("seed-{seed}"));
+        let mut args = RING.to_vec();
+        args.extend(["--step-ms", "4"]);
+        let flags = ["--every", "10", "--max-restarts", "2"];
+        let running = Run::new(&job, RANKS, &flags, &bin("ring"), &args).spawn();
+        let started = wait_for(Duration::from_secs(60), || {
+            !committed_epochs(&job).is_empty()
+        });
+        std::thread::sleep(delay);
+        let pid = rank_pid(&job, rank);
+        if let Some(pid) = pid {
+            kill9(pid);
+        }
+        let out = running.wait();
+        let ctx = format!(
+            "seed {seed}: SIGKILL to rank {rank} (pid {pid:?}) {delay:?} after the first commit"
+        );
+        assert!(
+            started && pid.is_some(),
+            "{ctx}: job not caught running\n{}",
+            out.dump()
+        );
+        assert_same_messages(&out, &ctx);
+        assert_eq!(
+            restored_epochs(&job).len(),
+            1,
+            "{ctx}: one restore\n{}",
+            out.dump()
+        );
+    }
+}
+
+#[test]
+fn a_receive_left_pending_at_poll_is_named() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut args = RING.to_vec();
+    args.extend(["--leak-irecv", "1:40"]);
+    let flags = ["--every", "10", "--max-restarts", "0"];
+    let out = Run::new(&job, RANKS, &flags, &bin("ring"), &args).output();
+    assert!(!out.status.success(), "{}", out.dump());
+    for needle in [
+        "rank 1: receives still pending at poll 41: irecv #",
+        "rank 1 called MPI_Abort",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            out.dump()
+        );
+    }
+}
+
+#[test]
+fn a_rank_that_stops_polling_is_named_not_waited_for() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut args = HEAT.to_vec();
+    args.extend(["--stall", "2:50"]);
+    let flags = ["--every", "10", "--max-restarts", "0"];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), &args)
+        .env(ckpt::env::TIMEOUT, "3")
+        .output();
+    assert!(!out.status.success(), "{}", out.dump());
+    let needle = "ranks [2] did not reach the checkpoint of epoch 5 at poll 50 within 3 s";
+    assert!(
+        out.stderr.contains(needle),
+        "stderr lacks {needle:?}\n{}",
+        out.dump()
+    );
+}

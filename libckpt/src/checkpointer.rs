@@ -180,6 +180,17 @@ impl Checkpointer {
             .as_ref()
             .filter(|_| self.ctx.cfg.restart_count == 0);
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
+        if self.comm.has_pending() {
+            return Err(Error::Usage {
+                rank: self.ctx.rank,
+                what: format!(
+                    "receives still pending at poll {}: {}; complete every irecv with \
+                     Comm::wait or Comm::test before poll()",
+                    self.agree.polls() + 1,
+                    self.comm.pending_requests().join(", ")
+                ),
+            });
+        }
         let triggers = &mut self.triggers;
         let decision = self
             .agree

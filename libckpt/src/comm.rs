@@ -450,6 +450,11 @@ impl Comm {
         }
     }
 
+    /// Whether the application has a receive posted and not completed.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.books.borrow().pending.is_empty()
+    }
+
     /// Descriptions of the application's receives still pending (for the misuse report).
     pub(crate) fn pending_requests(&self) -> Vec<String> {
         self.books
@@ -458,11 +463,16 @@ impl Comm {
             .iter()
             .map(|(id, p)| match p {
                 Pending::Ready(m) => format!(
-                    "irecv #{id} (matched a logged message from rank {} tag {}, not waited for)",
+                    "irecv #{id} (its message from rank {} with tag {} has arrived, but it was \
+                     never waited for)",
                     m.src, m.tag
                 ),
                 Pending::Posted { src, tag, .. } => {
-                    format!("irecv #{id} from {src:?} with {tag:?}")
+                    format!(
+                        "irecv #{id} from {} with {}",
+                        describe_src(*src),
+                        describe_tag(*tag)
+                    )
                 }
             })
             .collect()
@@ -553,6 +563,20 @@ fn reap(outgoing: &mut Vec<Outgoing>) {
         }
     }
     *outgoing = kept;
+}
+
+fn describe_src(s: Source) -> String {
+    match s {
+        Source::Any => "any rank".into(),
+        Source::Rank(r) => format!("rank {r}"),
+    }
+}
+
+fn describe_tag(t: TagSel) -> String {
+    match t {
+        TagSel::Any => "any tag".into(),
+        TagSel::Tag(t) => format!("tag {t}"),
+    }
 }
 
 fn to_vec<T: Pod>(m: Logged, rank: i32) -> Result<(Vec<T>, Status)> {
