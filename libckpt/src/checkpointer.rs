@@ -106,7 +106,7 @@ impl Checkpointer {
                 source,
             })?;
         // Agreement rounds always run: a signal or a launcher request can come at any time.
-        let agree = Agreement::new(cfg.every, cfg.agree_stride, true, Instant::now());
+        let agree = Agreement::new(cfg.every, cfg.agree, true, Instant::now());
         let reduce = MpiFlagReduce::new(&lib, Watch::of(&cfg));
         Ok(Checkpointer {
             next_epoch: committed.first().map_or(1, |e| e + 1),
@@ -219,7 +219,9 @@ impl Checkpointer {
     pub fn checkpoint<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<EpochStats> {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        let t0 = Instant::now();
         self.quiesce(epoch)?;
+        let quiesce_secs = t0.elapsed().as_secs_f64();
         let lib = LibState {
             polls: self.agree.polls(),
             epoch,
@@ -228,7 +230,8 @@ impl Checkpointer {
             bytes: self.comm.encode_log(),
             messages: self.comm.logged() as u64,
         };
-        let stats = commit::checkpoint(&self.ctx, epoch, &lib, &log, state)?;
+        let mut stats = commit::checkpoint(&self.ctx, epoch, &lib, &log, state)?;
+        stats.quiesce_secs = quiesce_secs;
         self.agree.checkpointed(Instant::now());
         Ok(stats)
     }

@@ -62,7 +62,10 @@ pub struct EpochStats {
     pub bytes: u64,
     /// Seconds this rank spent writing and syncing its file.
     pub write_secs: f64,
-    /// Seconds from the start of the checkpoint to the commit decision.
+    /// Seconds this rank spent in quiescence (waiting for all ranks, exchanging counts,
+    /// draining in-flight messages) before writing.
+    pub quiesce_secs: f64,
+    /// Seconds from the start of the checkpoint (after quiescence) to the commit decision.
     pub total_secs: f64,
 }
 
@@ -125,6 +128,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
         epoch,
         bytes: record.payload,
         write_secs: record.write_secs,
+        quiesce_secs: 0.0,
         total_secs: t0.elapsed().as_secs_f64(),
     })
 }

@@ -10,6 +10,10 @@ use std::time::Duration;
 use crate::env;
 use crate::error::{Error, Result};
 use crate::fault::Fault;
+use crate::protocol::agree::Stride;
+
+/// Default wall time between agreement rounds.
+pub const AGREE_TARGET: Duration = Duration::from_millis(1);
 
 /// When a checkpoint is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +89,8 @@ pub struct Config {
     pub restart_count: u32,
     /// Fault to inject, if any (testing and drills).
     pub fault: Option<Fault>,
-    /// Polls between agreement rounds (time, signal and launcher triggers).
-    pub agree_stride: u64,
+    /// Spacing of agreement rounds (time, signal and launcher triggers).
+    pub agree: Stride,
     /// Signal that requests a checkpoint, if any.
     pub signal: Option<i32>,
     /// How long a rank waits for the others inside a checkpoint before giving up loudly.
@@ -110,7 +114,7 @@ impl Config {
             keep: 2,
             restart_count: 0,
             fault: None,
-            agree_stride: 8,
+            agree: Stride::Adaptive(AGREE_TARGET),
             signal: Some(libc::SIGUSR1),
             timeout: Duration::from_secs(120),
         }
@@ -143,7 +147,9 @@ impl Config {
         }
         cfg.keep = parse_num(env::KEEP, 1)?.unwrap_or(2) as usize;
         cfg.restart_count = parse_num(env::RESTART_COUNT, 0)?.unwrap_or(0) as u32;
-        cfg.agree_stride = parse_num(env::AGREE_STRIDE, 1)?.unwrap_or(8);
+        if let Some(n) = parse_num(env::AGREE_STRIDE, 1)? {
+            cfg.agree = Stride::Fixed(n.min(u32::MAX as u64) as u32);
+        }
         cfg.timeout = Duration::from_secs(parse_num(env::TIMEOUT, 1)?.unwrap_or(120));
         if let Some(v) = env::get(env::SIGNAL) {
             cfg.signal = crate::trigger::parse_signal(&v).map_err(|reason| Error::Config {

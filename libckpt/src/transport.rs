@@ -10,7 +10,7 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::Count;
 
-use crate::protocol::agree::FlagReduce;
+use crate::protocol::agree::{Vote, VoteReduce};
 use crate::stall::{self, Watch};
 
 /// True on every rank iff `ok` is true on every rank.
@@ -94,7 +94,8 @@ pub fn bcast_bytes(comm: &SimpleCommunicator, root: i32, bytes: Vec<u8>) -> Vec<
     buf
 }
 
-/// A non-blocking bitwise-or allreduce of request bits, one round in flight at a time: started at
+/// A non-blocking allreduce of agreement votes (`MPI_MAX` over their encoding), one round in
+/// flight at a time: started at
 /// one agreement poll, completed at the next. Its buffers are allocated once and leaked, so the
 /// request may outlive any borrow (MPI writes into them asynchronously).
 pub struct MpiFlagReduce {
@@ -102,9 +103,9 @@ pub struct MpiFlagReduce {
     comm: std::mem::ManuallyDrop<SimpleCommunicator>,
     watch: Watch,
     rounds: u64,
-    send: &'static mut u32,
-    recv: &'static mut u32,
-    pending: Option<Request<'static, u32, StaticScope>>,
+    send: &'static mut [u32; 3],
+    recv: &'static mut [u32; 3],
+    pending: Option<Request<'static, [u32], StaticScope>>,
 }
 
 impl MpiFlagReduce {
@@ -114,31 +115,31 @@ impl MpiFlagReduce {
             comm: std::mem::ManuallyDrop::new(comm.duplicate()),
             watch,
             rounds: 0,
-            send: Box::leak(Box::new(0)),
-            recv: Box::leak(Box::new(0)),
+            send: Box::leak(Box::new([0; 3])),
+            recv: Box::leak(Box::new([0; 3])),
             pending: None,
         }
     }
 }
 
-impl FlagReduce for MpiFlagReduce {
-    fn start(&mut self, bits: u32) {
+impl VoteReduce for MpiFlagReduce {
+    fn start(&mut self, vote: Vote) {
         debug_assert!(self.pending.is_none());
-        *self.send = bits;
+        *self.send = vote.to_words();
         // SAFETY: both buffers are leaked boxes ('static) that nothing else reads or writes
         // while the request is pending: `finish` waits before reading `recv`, and `start` is
         // only called with no request pending, so `send` is not rewritten under MPI.
-        let send: &'static u32 = unsafe { &*(self.send as *const u32) };
-        let recv: &'static mut u32 = unsafe { &mut *(self.recv as *mut u32) };
+        let send: &'static [u32; 3] = unsafe { &*(self.send as *const [u32; 3]) };
+        let recv: &'static mut [u32; 3] = unsafe { &mut *(self.recv as *mut [u32; 3]) };
         self.pending = Some(self.comm.immediate_all_reduce_into(
             StaticScope,
-            send,
-            recv,
-            SystemOperation::bitwise_or(),
+            &send[..],
+            &mut recv[..],
+            SystemOperation::max(),
         ));
     }
 
-    fn finish(&mut self) -> Option<u32> {
+    fn finish(&mut self) -> Option<Vote> {
         let mut req = Some(self.pending.take()?);
         self.rounds += 1;
         let round = self.rounds;
@@ -158,7 +159,7 @@ impl FlagReduce for MpiFlagReduce {
             },
             None => true,
         });
-        Some(*self.recv)
+        Some(Vote::from_words(*self.recv))
     }
 }
 

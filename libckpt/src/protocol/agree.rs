@@ -1,11 +1,18 @@
 //! When to checkpoint: every rank must decide the same at the same poll.
 //!
 //! A poll-count interval needs no communication (all ranks poll equally often). Anything that
-//! differs between ranks (wall-clock time now; signals and launcher requests later) goes through
-//! a pipelined agreement: every `stride` polls each rank completes the flag reduction it started
-//! at the previous agreement poll, then starts the next one. The reduction has had a whole
-//! iteration to finish, so completing it costs next to nothing, and since every rank completes
-//! round k at the same poll count, all of them checkpoint at the same poll.
+//! differs between ranks (wall-clock time, signals, launcher requests) goes through a pipelined
+//! agreement: at an agreement poll each rank completes the round it started at the previous
+//! agreement poll, then starts the next one. Every rank completes round k at the same poll
+//! count, so all of them act on it at the same poll.
+//!
+//! Rounds are not free: without an MPI progress thread a non-blocking reduction only advances
+//! inside MPI calls, so completing one costs a few round trips (microseconds). Agreement polls
+//! are therefore spaced by a *stride* chosen so that rounds happen about every `target` of
+//! wall time: each rank votes the stride its own poll rate calls for, and the round's result
+//! (the smallest vote) is the next stride, identical on every rank. A loop polling every
+//! microsecond pays a round every thousand polls; a loop polling every 10 ms pays one per
+//! poll, a negligible share of its iteration. A request is acted on within about two rounds.
 
 use std::time::{Duration, Instant};
 
@@ -15,13 +22,61 @@ use crate::config::Interval;
 pub const CHECKPOINT: u32 = 1;
 /// Request bit: stop the application after the checkpoint.
 pub const EXIT: u32 = 2;
+/// Largest stride the adaptive mode chooses.
+pub const MAX_STRIDE: u32 = 4096;
 
-/// A bitwise-or reduction of request bits over all ranks, at most one round in flight.
-pub trait FlagReduce {
-    /// Starts a round with this rank's bits.
-    fn start(&mut self, bits: u32);
-    /// Completes the round in flight, if any, and returns the or of all ranks' bits.
-    fn finish(&mut self) -> Option<u32>;
+/// One rank's contribution to a round, and (merged) the round's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vote {
+    /// Request bits ([`CHECKPOINT`], [`EXIT`]); merged by union.
+    pub bits: u32,
+    /// Polls until the next agreement poll; merged by minimum.
+    pub stride: u32,
+}
+
+impl Vote {
+    /// Merges two votes: union of the request bits, smallest stride.
+    pub fn merge(self, other: Vote) -> Vote {
+        Vote {
+            bits: self.bits | other.bits,
+            stride: self.stride.min(other.stride),
+        }
+    }
+
+    /// Encoding for an element-wise `MPI_MAX` reduction: `[checkpoint, exit, !stride]`
+    /// (max of 0/1 flags is their union; max of the complement is the minimum).
+    pub fn to_words(self) -> [u32; 3] {
+        [
+            u32::from(self.bits & CHECKPOINT != 0),
+            u32::from(self.bits & EXIT != 0),
+            !self.stride,
+        ]
+    }
+
+    /// Decodes [`Vote::to_words`].
+    pub fn from_words(w: [u32; 3]) -> Vote {
+        Vote {
+            bits: if w[0] != 0 { CHECKPOINT } else { 0 } | if w[1] != 0 { EXIT } else { 0 },
+            stride: !w[2],
+        }
+    }
+}
+
+/// A reduction of [`Vote`]s over all ranks, at most one round in flight.
+pub trait VoteReduce {
+    /// Starts a round with this rank's vote.
+    fn start(&mut self, vote: Vote);
+    /// Completes the round in flight, if any, and returns the merged vote of all ranks.
+    fn finish(&mut self) -> Option<Vote>;
+}
+
+/// How agreement polls are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stride {
+    /// Every N polls.
+    Fixed(u32),
+    /// About every `target` of wall time, from the ranks' poll rates.
+    Adaptive(Duration),
 }
 
 /// What all ranks decided at one poll.
@@ -37,22 +92,32 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct Agreement {
     every: Interval,
-    stride: u64,
+    mode: Stride,
     pipelined: bool,
     polls: u64,
+    stride: u32,
+    next_round: u64,
+    last_round: Option<(u64, Instant)>,
     last_checkpoint: Instant,
 }
 
 impl Agreement {
-    /// A schedule for `every`, with agreement rounds every `stride` polls. Rounds run when the
+    /// A schedule for `every` with agreement polls spaced by `mode`. Rounds run when the
     /// interval is time-based or when `requests` says that checkpoint requests (signals, the
     /// launcher) can arrive; this must be the same on every rank, since rounds are collective.
-    pub fn new(every: Interval, stride: u64, requests: bool, now: Instant) -> Self {
+    pub fn new(every: Interval, mode: Stride, requests: bool, now: Instant) -> Self {
+        let stride = match mode {
+            Stride::Fixed(n) => n.max(1),
+            Stride::Adaptive(_) => 1,
+        };
         Agreement {
             every,
-            stride: stride.max(1),
+            mode,
             pipelined: requests || matches!(every, Interval::Time(_)),
             polls: 0,
+            stride,
+            next_round: stride as u64,
+            last_round: None,
             last_checkpoint: now,
         }
     }
@@ -62,49 +127,76 @@ impl Agreement {
         self.polls
     }
 
-    /// Continues counting from `polls` (after a restore).
+    /// The current stride between agreement polls.
+    pub fn stride(&self) -> u32 {
+        self.stride
+    }
+
+    /// Continues counting from `polls` (after a restore; every rank restores the same count).
     pub fn resume_at(&mut self, polls: u64) {
         self.polls = polls;
+        self.next_round = polls + self.stride as u64;
+        self.last_round = None;
     }
 
-    /// Whether this poll number runs an agreement round.
-    fn agreement_poll(&self) -> bool {
-        self.pipelined && self.polls % self.stride == 0
-    }
-
-    /// One poll: what all ranks do now. `request` yields this rank's request bits
-    /// ([`CHECKPOINT`], [`EXIT`]) and `now` the time; both are asked for only at agreement
-    /// polls, so a poll between rounds costs a counter increment and a comparison.
+    /// One poll: what all ranks do now. `request` yields this rank's request bits and `now`
+    /// the time; both are asked for only at agreement polls, so any other poll costs a
+    /// counter increment and two comparisons.
     pub fn on_poll(
         &mut self,
         now: impl FnOnce() -> Instant,
         request: impl FnOnce() -> u32,
-        net: &mut impl FlagReduce,
+        net: &mut impl VoteReduce,
     ) -> Decision {
         self.polls += 1;
         let scheduled = matches!(self.every, Interval::Polls(n) if n > 0 && self.polls % n == 0);
-        if !self.agreement_poll() {
+        if !self.pipelined || self.polls < self.next_round {
             return Decision {
                 checkpoint: scheduled,
                 exit: false,
             };
         }
-        let agreed = net.finish().unwrap_or(0);
+        let now = now();
+        let agreed = net.finish();
+        if let Some(v) = agreed {
+            self.stride = v.stride.clamp(1, MAX_STRIDE);
+        }
+        let bits = agreed.map_or(0, |v| v.bits);
         let d = Decision {
-            checkpoint: scheduled || agreed & CHECKPOINT != 0,
-            exit: agreed & EXIT != 0,
+            checkpoint: scheduled || bits & CHECKPOINT != 0,
+            exit: bits & EXIT != 0,
         };
         // The next round starts now. A plain request is satisfied by a checkpoint at this
         // poll; a request to exit is not (the others do not know of it yet), so it goes on.
-        let mut bits = request();
-        if self.due(now()) {
-            bits |= CHECKPOINT;
+        let mut mine = request();
+        if self.due(now) {
+            mine |= CHECKPOINT;
         }
-        if d.checkpoint && bits & EXIT == 0 {
-            bits = 0;
+        if d.checkpoint && mine & EXIT == 0 {
+            mine = 0;
         }
-        net.start(bits);
+        net.start(Vote {
+            bits: mine,
+            stride: self.desired_stride(now),
+        });
+        self.last_round = Some((self.polls, now));
+        self.next_round = self.polls + self.stride as u64;
         d
+    }
+
+    /// The stride this rank's poll rate calls for.
+    fn desired_stride(&self, now: Instant) -> u32 {
+        match self.mode {
+            Stride::Fixed(n) => n.max(1),
+            Stride::Adaptive(target) => match self.last_round {
+                None => 1,
+                Some((polls, at)) => {
+                    let secs = now.duration_since(at).as_secs_f64();
+                    let rate = (self.polls - polls) as f64 / secs.max(1e-9);
+                    (target.as_secs_f64() * rate).clamp(1.0, MAX_STRIDE as f64) as u32
+                }
+            },
+        }
     }
 
     /// Records that a checkpoint was taken at `now`.
@@ -131,52 +223,71 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    /// An in-process reduction for `n` ranks polled in lockstep: round k's result is the or of
-    /// the flags all ranks started in round k.
+    /// An in-process reduction for ranks polled in lockstep: round k's result merges the votes
+    /// all ranks started in round k.
     #[derive(Default)]
     struct Rounds {
-        started: Vec<Vec<u32>>, // per round, bits in start order
+        started: Vec<Vec<Vote>>,
     }
     struct SimReduce {
-        me: usize,
         round: usize,
         in_flight: bool,
         shared: Rc<RefCell<Rounds>>,
     }
-    impl FlagReduce for SimReduce {
-        fn start(&mut self, flag: u32) {
+    impl SimReduce {
+        fn new(shared: &Rc<RefCell<Rounds>>) -> Self {
+            SimReduce {
+                round: 0,
+                in_flight: false,
+                shared: shared.clone(),
+            }
+        }
+    }
+    impl VoteReduce for SimReduce {
+        fn start(&mut self, v: Vote) {
             let mut s = self.shared.borrow_mut();
             if s.started.len() <= self.round {
                 s.started.push(Vec::new());
             }
-            s.started[self.round].push(flag);
-            let _ = self.me;
+            s.started[self.round].push(v);
             self.in_flight = true;
         }
-        fn finish(&mut self) -> Option<u32> {
+        fn finish(&mut self) -> Option<Vote> {
             if !self.in_flight {
                 return None;
             }
             self.in_flight = false;
-            let r = self.shared.borrow().started[self.round]
-                .iter()
-                .fold(0, |a, b| a | b);
+            let s = self.shared.borrow();
+            let r = s.started[self.round].iter().copied().reduce(Vote::merge);
             self.round += 1;
-            Some(r)
+            r
         }
     }
 
     #[test]
-    fn poll_interval_needs_no_rounds() {
+    fn vote_encoding_reduces_with_max() {
+        let votes = [
+            Vote { bits: CHECKPOINT, stride: 40 },
+            Vote { bits: 0, stride: 7 },
+            Vote { bits: EXIT | CHECKPOINT, stride: 4096 },
+        ];
+        let mut max = [0u32; 3];
+        for v in votes {
+            for (m, w) in max.iter_mut().zip(v.to_words()) {
+                *m = (*m).max(w);
+            }
+        }
+        let merged = votes.into_iter().reduce(Vote::merge).unwrap();
+        assert_eq!(Vote::from_words(max), merged);
+        assert_eq!(merged, Vote { bits: CHECKPOINT | EXIT, stride: 7 });
+    }
+
+    #[test]
+    fn poll_interval_without_requests_needs_no_rounds() {
         let t = Instant::now();
-        let mut a = Agreement::new(Interval::Polls(3), 1, false, t);
         let shared = Rc::new(RefCell::new(Rounds::default()));
-        let mut net = SimReduce {
-            me: 0,
-            round: 0,
-            in_flight: false,
-            shared: shared.clone(),
-        };
+        let mut a = Agreement::new(Interval::Polls(3), Stride::Fixed(1), false, t);
+        let mut net = SimReduce::new(&shared);
         let hits: Vec<bool> = (0..7)
             .map(|_| a.on_poll(|| t, || 0, &mut net).checkpoint)
             .collect();
@@ -184,96 +295,106 @@ mod tests {
         assert!(shared.borrow().started.is_empty());
     }
 
-    #[test]
-    fn ranks_with_skewed_clocks_checkpoint_at_the_same_poll() {
-        // Rank 1's time runs ahead: it alone finds the interval elapsed at poll 4.
+    /// Runs `n` ranks in lockstep for `polls` polls; rank `r`'s clock at poll `p` is
+    /// `t0 + p * tick(r)` and it raises the requests `request(r, p)` says, which stay pending
+    /// until an agreement poll takes them. Returns each rank's decisions.
+    fn lockstep(
+        n: usize,
+        polls: u64,
+        every: Interval,
+        mode: Stride,
+        tick: impl Fn(usize) -> Duration,
+        request: impl Fn(usize, u64) -> u32,
+    ) -> Vec<Vec<Decision>> {
         let t0 = Instant::now();
         let shared = Rc::new(RefCell::new(Rounds::default()));
-        let mut ranks: Vec<(Agreement, SimReduce)> = (0..3)
-            .map(|me| {
-                (
-                    Agreement::new(Interval::Time(Duration::from_secs(10)), 2, false, t0),
-                    SimReduce {
-                        me,
-                        round: 0,
-                        in_flight: false,
-                        shared: shared.clone(),
-                    },
-                )
-            })
+        let mut ranks: Vec<(Agreement, SimReduce)> = (0..n)
+            .map(|_| (Agreement::new(every, mode, true, t0), SimReduce::new(&shared)))
             .collect();
-        let mut decisions = vec![Vec::new(); 3];
-        for poll in 1..=12u64 {
-            for (me, (a, net)) in ranks.iter_mut().enumerate() {
-                let skew = if me == 1 { 6 } else { 0 };
-                let now = t0 + Duration::from_secs(poll + skew);
-                let go = a.on_poll(|| now, || 0, net).checkpoint;
-                if go {
+        let mut out = vec![Vec::new(); n];
+        // Requests stay pending until an agreement poll takes them, as with a signal flag.
+        let mut pending = vec![0u32; n];
+        for p in 1..=polls {
+            for (r, (a, net)) in ranks.iter_mut().enumerate() {
+                let now = t0 + tick(r) * p as u32;
+                pending[r] |= request(r, p);
+                let d = a.on_poll(|| now, || std::mem::take(&mut pending[r]), net);
+                if d.checkpoint {
                     a.checkpointed(now);
                 }
-                decisions[me].push(go);
+                out[r].push(d);
             }
         }
-        assert_eq!(decisions[0], decisions[1]);
-        assert_eq!(decisions[1], decisions[2]);
-        let first = decisions[0].iter().position(|d| *d).map(|i| i + 1);
-        // Rank 1 sees 10 s elapsed at poll 4 (an agreement poll with stride 2): the round
-        // started there completes at poll 6, where everyone checkpoints.
-        assert_eq!(first, Some(6));
+        out
+    }
+
+    #[test]
+    fn ranks_with_skewed_clocks_checkpoint_at_the_same_poll() {
+        // Rank 1's clock runs ahead; it alone finds 10 s elapsed first.
+        let d = lockstep(
+            3,
+            12,
+            Interval::Time(Duration::from_secs(10)),
+            Stride::Fixed(2),
+            |r| Duration::from_secs(if r == 1 { 2 } else { 1 }),
+            |_, _| 0,
+        );
+        assert!(d.windows(2).all(|w| w[0] == w[1]));
+        let first = d[0].iter().position(|x| x.checkpoint).map(|i| i + 1);
+        // Rank 1 sees 10 s at poll 6 (an agreement poll with stride 2); the round started
+        // there completes at poll 8, where everyone checkpoints.
+        assert_eq!(first, Some(8));
+    }
+
+    #[test]
+    fn adaptive_stride_follows_the_slowest_rank_and_stays_in_step() {
+        // Rank 0 polls every 10 us, rank 1 every 100 us (in lockstep the clocks just differ):
+        // with a 1 ms target, rank 1 asks for 10 and rank 0 for 100; the stride becomes 10.
+        let polls = 400;
+        let d = lockstep(
+            2,
+            polls,
+            Interval::Off,
+            Stride::Adaptive(Duration::from_millis(1)),
+            |r| Duration::from_micros(if r == 0 { 10 } else { 100 }),
+            |r, p| if r == 1 && p == 300 { CHECKPOINT } else { 0 },
+        );
+        assert_eq!(d[0], d[1]);
+        let at: Vec<usize> = d[0]
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.checkpoint)
+            .map(|(i, _)| i + 1)
+            .collect();
+        assert_eq!(at.len(), 1, "one checkpoint for one request: {at:?}");
+        // Requested at poll 300, acted on within two strides of 10 polls.
+        assert!((301..=321).contains(&at[0]), "acted on at {at:?}");
     }
 
     #[test]
     fn a_request_is_agreed_even_with_interval_off() {
-        let t = Instant::now();
-        let shared = Rc::new(RefCell::new(Rounds::default()));
-        let mut a = Agreement::new(Interval::Off, 1, true, t);
-        let mut net = SimReduce {
-            me: 0,
-            round: 0,
-            in_flight: false,
-            shared,
-        };
-        let mut poll = |a: &mut Agreement, bits: u32| a.on_poll(|| t, || bits, &mut net);
-        assert_eq!(poll(&mut a, 0), Decision::default());
-        assert_eq!(poll(&mut a, CHECKPOINT), Decision::default());
-        assert_eq!(
-            poll(&mut a, 0),
-            Decision {
-                checkpoint: true,
-                exit: false
-            }
-        );
-        assert_eq!(poll(&mut a, 0), Decision::default());
+        let d = lockstep(2, 4, Interval::Off, Stride::Fixed(1), |_| Duration::ZERO, |r, p| {
+            if r == 1 && p == 2 { CHECKPOINT } else { 0 }
+        });
+        let ck: Vec<bool> = d[0].iter().map(|x| x.checkpoint).collect();
+        assert_eq!(ck, [false, false, true, false]);
+        assert_eq!(d[0], d[1]);
     }
 
     #[test]
     fn an_exit_request_survives_a_scheduled_checkpoint() {
         // Polls(2) checkpoints at poll 2; the exit request made at poll 2 must still be
         // agreed (at poll 3), not swallowed by the scheduled checkpoint.
-        let t = Instant::now();
-        let shared = Rc::new(RefCell::new(Rounds::default()));
-        let mut a = Agreement::new(Interval::Polls(2), 1, true, t);
-        let mut net = SimReduce {
-            me: 0,
-            round: 0,
-            in_flight: false,
-            shared,
-        };
-        let mut poll = |a: &mut Agreement, bits: u32| a.on_poll(|| t, || bits, &mut net);
-        assert_eq!(poll(&mut a, 0), Decision::default());
+        let d = lockstep(1, 3, Interval::Polls(2), Stride::Fixed(1), |_| Duration::ZERO, |_, p| {
+            if p == 2 { CHECKPOINT | EXIT } else { 0 }
+        });
         assert_eq!(
-            poll(&mut a, CHECKPOINT | EXIT),
-            Decision {
-                checkpoint: true,
-                exit: false
-            }
-        );
-        assert_eq!(
-            poll(&mut a, 0),
-            Decision {
-                checkpoint: true,
-                exit: true
-            }
+            d[0],
+            [
+                Decision::default(),
+                Decision { checkpoint: true, exit: false },
+                Decision { checkpoint: true, exit: true }
+            ]
         );
     }
 }
