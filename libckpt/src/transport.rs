@@ -139,14 +139,14 @@ impl VoteReduce for MpiFlagReduce {
         ));
     }
 
-    fn finish(&mut self) -> Option<Vote> {
+    fn finish(&mut self, poll: u64) -> Option<Vote> {
         let mut req = Some(self.pending.take()?);
         self.rounds += 1;
         let round = self.rounds;
         let label = || {
             (
                 format!("agreement-{round}"),
-                format!("the agreement round of poll() (round {round})"),
+                format!("poll {poll} (agreement round {round})"),
             )
         };
         stall::wait_or_abort(&self.comm, &self.watch, label, || match req.take() {

@@ -67,7 +67,8 @@ pub trait VoteReduce {
     /// Starts a round with this rank's vote.
     fn start(&mut self, vote: Vote);
     /// Completes the round in flight, if any, and returns the merged vote of all ranks.
-    fn finish(&mut self) -> Option<Vote>;
+    /// `poll` is the poll at which this happens, for diagnostics.
+    fn finish(&mut self, poll: u64) -> Option<Vote>;
 }
 
 /// How agreement polls are spaced.
@@ -157,7 +158,7 @@ impl Agreement {
             };
         }
         let now = now();
-        let agreed = net.finish();
+        let agreed = net.finish(self.polls);
         if let Some(v) = agreed {
             self.stride = v.stride.clamp(1, MAX_STRIDE);
         }
@@ -252,7 +253,7 @@ mod tests {
             s.started[self.round].push(v);
             self.in_flight = true;
         }
-        fn finish(&mut self) -> Option<Vote> {
+        fn finish(&mut self, _poll: u64) -> Option<Vote> {
             if !self.in_flight {
                 return None;
             }
@@ -267,9 +268,15 @@ mod tests {
     #[test]
     fn vote_encoding_reduces_with_max() {
         let votes = [
-            Vote { bits: CHECKPOINT, stride: 40 },
+            Vote {
+                bits: CHECKPOINT,
+                stride: 40,
+            },
             Vote { bits: 0, stride: 7 },
-            Vote { bits: EXIT | CHECKPOINT, stride: 4096 },
+            Vote {
+                bits: EXIT | CHECKPOINT,
+                stride: 4096,
+            },
         ];
         let mut max = [0u32; 3];
         for v in votes {
@@ -279,7 +286,13 @@ mod tests {
         }
         let merged = votes.into_iter().reduce(Vote::merge).unwrap();
         assert_eq!(Vote::from_words(max), merged);
-        assert_eq!(merged, Vote { bits: CHECKPOINT | EXIT, stride: 7 });
+        assert_eq!(
+            merged,
+            Vote {
+                bits: CHECKPOINT | EXIT,
+                stride: 7
+            }
+        );
     }
 
     #[test]
@@ -309,7 +322,12 @@ mod tests {
         let t0 = Instant::now();
         let shared = Rc::new(RefCell::new(Rounds::default()));
         let mut ranks: Vec<(Agreement, SimReduce)> = (0..n)
-            .map(|_| (Agreement::new(every, mode, true, t0), SimReduce::new(&shared)))
+            .map(|_| {
+                (
+                    Agreement::new(every, mode, true, t0),
+                    SimReduce::new(&shared),
+                )
+            })
             .collect();
         let mut out = vec![Vec::new(); n];
         // Requests stay pending until an agreement poll takes them, as with a signal flag.
@@ -373,9 +391,20 @@ mod tests {
 
     #[test]
     fn a_request_is_agreed_even_with_interval_off() {
-        let d = lockstep(2, 4, Interval::Off, Stride::Fixed(1), |_| Duration::ZERO, |r, p| {
-            if r == 1 && p == 2 { CHECKPOINT } else { 0 }
-        });
+        let d = lockstep(
+            2,
+            4,
+            Interval::Off,
+            Stride::Fixed(1),
+            |_| Duration::ZERO,
+            |r, p| {
+                if r == 1 && p == 2 {
+                    CHECKPOINT
+                } else {
+                    0
+                }
+            },
+        );
         let ck: Vec<bool> = d[0].iter().map(|x| x.checkpoint).collect();
         assert_eq!(ck, [false, false, true, false]);
         assert_eq!(d[0], d[1]);
@@ -385,15 +414,32 @@ mod tests {
     fn an_exit_request_survives_a_scheduled_checkpoint() {
         // Polls(2) checkpoints at poll 2; the exit request made at poll 2 must still be
         // agreed (at poll 3), not swallowed by the scheduled checkpoint.
-        let d = lockstep(1, 3, Interval::Polls(2), Stride::Fixed(1), |_| Duration::ZERO, |_, p| {
-            if p == 2 { CHECKPOINT | EXIT } else { 0 }
-        });
+        let d = lockstep(
+            1,
+            3,
+            Interval::Polls(2),
+            Stride::Fixed(1),
+            |_| Duration::ZERO,
+            |_, p| {
+                if p == 2 {
+                    CHECKPOINT | EXIT
+                } else {
+                    0
+                }
+            },
+        );
         assert_eq!(
             d[0],
             [
                 Decision::default(),
-                Decision { checkpoint: true, exit: false },
-                Decision { checkpoint: true, exit: true }
+                Decision {
+                    checkpoint: true,
+                    exit: false
+                },
+                Decision {
+                    checkpoint: true,
+                    exit: true
+                }
             ]
         );
     }
