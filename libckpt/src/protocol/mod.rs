@@ -3,3 +3,5 @@
 
 pub mod agree;
 pub mod quiesce;
+#[cfg(test)]
+mod sim;
