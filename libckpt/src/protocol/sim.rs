@@ -284,6 +284,9 @@ fn decode_id(b: &[u8]) -> usize {
     u64::from_le_bytes(x) as usize
 }
 
+/// One rank's part of a snapshot: program counter, ids received, encoded message log.
+type Snapshot = (usize, Vec<usize>, Vec<u8>);
+
 /// What one seed exercised, so the test can show it did real work.
 #[derive(Debug, Default, Clone, Copy)]
 struct Stats {
@@ -300,7 +303,7 @@ fn run(seed: u64) -> Result<Stats, String> {
     let n = 2 + rng.below(4) as usize;
     let prog = generate(&mut rng, n);
     let mut world = World::new(&prog, n);
-    let mut snapshot: Option<Vec<(usize, Vec<usize>, Vec<u8>)>> = None;
+    let mut snapshot: Option<Vec<Snapshot>> = None;
     let mut crashes = 0;
     let mut stats = Stats {
         messages: prog.msgs.len(),
