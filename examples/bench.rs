@@ -81,6 +81,13 @@ fn timed(world: &SimpleCommunicator, f: impl FnOnce()) -> f64 {
     max
 }
 
+/// Plain `write` + `fsync` of `bytes` to `path`: the limit a checkpoint is compared with.
+fn write_fsync(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// Writes `bytes` durably the way a checkpoint must: temp file, fsync, rename, fsync dir.
 fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -132,19 +139,26 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
     // Each repetition: plain write + fsync, a checkpoint of the same bytes, then a cold plain
     // read and a cold restore. Medians are reported.
     let (mut w_plain, mut w_ckpt, mut r_plain, mut r_ckpt) = (vec![], vec![], vec![], vec![]);
+    let mut w_new = vec![];
     let mut ck = Checkpointer::new(world, cfg.clone())?;
-    for _ in 0..o.reps {
-        let mut result = Ok(());
-        w_plain.push(timed(world, || {
-            result = File::create(&plain)
-                .and_then(|mut f| f.write_all(&state.data).and_then(|_| f.sync_all()))
-                .map_err(io("write"));
-        }));
-        result?;
+    for rep in 0..o.reps {
+        // Two plain baselines: a new file each time (what writing a fresh checkpoint file
+        // costs the file system) and rewriting one file (blocks already allocated). The order
+        // of the three writes rotates, so none always follows the same one.
+        let fresh = cfg.local_dir.join(format!("bench-new-{rank}-{rep}"));
         let mut epoch = Ok(0);
-        w_ckpt.push(timed(world, || {
-            epoch = ck.checkpoint(&mut state).map(|s| s.epoch)
-        }));
+        for which in 0..3 {
+            let mut result = Ok(());
+            match (rep + which) % 3 {
+                0 => w_new.push(timed(world, || result = write_fsync(&fresh, &state.data))),
+                1 => w_plain.push(timed(world, || result = write_fsync(&plain, &state.data))),
+                _ => w_ckpt.push(timed(world, || {
+                    epoch = ck.checkpoint(&mut state).map(|s| s.epoch)
+                })),
+            }
+            result.map_err(io("write"))?;
+        }
+        let _ = std::fs::remove_file(&fresh);
         let m = ckpt::manifest::load(&cfg.job_dir, epoch?)?;
         drop_cache(&plain);
         drop_cache(&cfg.local_dir.join(&m.ranks[rank as usize].file));
@@ -167,6 +181,16 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
         assert!(fresh.data == state.data, "restored state differs");
     }
     let _ = std::fs::remove_file(&plain);
+    if rank == 0 && std::env::var_os("CKPT_BENCH_SAMPLES").is_some() {
+        println!(
+            "  samples (s): new file    {w_new:.3?}\n               rewrite     {w_plain:.3?}"
+        );
+        println!("               checkpoint  {w_ckpt:.3?}");
+        println!(
+            "               read        {r_plain:.3?}\n               restore     {r_ckpt:.3?}"
+        );
+    }
+    let t_new = median(w_new);
     let (t_plain_w, t_ckpt, t_plain_r, t_restore) = (
         median(w_plain),
         median(w_ckpt),
@@ -258,23 +282,29 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
             cfg.local_dir.display()
         );
         println!(
-            "  write+fsync (plain)        {:7.3} s  {:6.2} GB/s",
+            "  write+fsync, plain, new file     {:7.3} s  {:6.2} GB/s",
+            t_new,
+            gbs(t_new)
+        );
+        println!(
+            "  write+fsync, plain, rewrite      {:7.3} s  {:6.2} GB/s",
             t_plain_w,
             gbs(t_plain_w)
         );
         println!(
-            "  checkpoint (L1 + commit)   {:7.3} s  {:6.2} GB/s  = {:.0}% of plain",
+            "  checkpoint (L1 + commit)         {:7.3} s  {:6.2} GB/s  = {:.0}% of new file, {:.0}% of rewrite",
             t_ckpt,
             gbs(t_ckpt),
+            100.0 * t_new / t_ckpt,
             100.0 * t_plain_w / t_ckpt
         );
         println!(
-            "  read (plain, cold)         {:7.3} s  {:6.2} GB/s",
+            "  read, plain, cold                {:7.3} s  {:6.2} GB/s",
             t_plain_r,
             gbs(t_plain_r)
         );
         println!(
-            "  restore (read + CRC)       {:7.3} s  {:6.2} GB/s  = {:.0}% of plain",
+            "  restore (read + CRC), cold       {:7.3} s  {:6.2} GB/s  = {:.0}% of plain",
             t_restore,
             gbs(t_restore),
             100.0 * t_plain_r / t_restore

@@ -27,6 +27,32 @@ pub enum Command {
     List(ListArgs),
     /// Ask a running job to checkpoint now (and optionally stop), and wait for the epoch.
     Checkpoint(CheckpointArgs),
+    /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
+    /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
+    Bench(BenchArgs),
+}
+
+/// `ckpt bench` flags.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Number of ranks (use no more than the cores for timing).
+    #[arg(short = 'n', long = "np", value_name = "N", default_value_t = 2)]
+    pub ranks: u32,
+    /// State per rank, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub mib: u64,
+    /// Repetitions; each figure is the median.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub reps: u64,
+    /// Polls timed for the poll cost.
+    #[arg(long, value_name = "N", default_value_t = 2_000_000)]
+    pub polls: u64,
+    /// Storage to measure (the node-local checkpoint directory) [default: <job dir>/local/<node>].
+    #[arg(long, value_name = "DIR")]
+    pub local_dir: Option<PathBuf>,
+    /// Job directory for the benchmark run [default: ./ckpt-jobs/bench-<time>-<pid>].
+    #[arg(long, value_name = "DIR")]
+    pub job_dir: Option<PathBuf>,
 }
 
 /// `ckpt checkpoint` flags.

@@ -15,6 +15,7 @@
 //! - [`supervise`]: the launch / watch / restart loop; all process handling lives here.
 //! - [`signals`]: SIGINT/SIGTERM handlers that only record the signal.
 //! - [`report`]: the `[ckpt] ...` lines people read. Pure formatting, no IO.
+//! - [`bench`]: `ckpt bench`, which runs the `ckpt-bench` rank program under `ckpt run`.
 //! - [`request`]: `ckpt checkpoint`, a request to the running job through its control file.
 //! - [`list`]: `ckpt list`. [`clock`]: UTC date formatting without a date library.
 //!
@@ -23,6 +24,7 @@
 //! [`run`], from [`Outcome`] and [`UsageError`].
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod jobdir;
@@ -100,6 +102,10 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
         }
         cli::Command::List(args) => list::run(&args.job_dir, args.json),
         cli::Command::Checkpoint(args) => request::run(&args),
+        cli::Command::Bench(args) => {
+            let plan = plan::RunPlan::new(bench::run_args(&args)?, &plan::Context::current()?)?;
+            supervise::run(&plan)
+        }
     }
 }
 

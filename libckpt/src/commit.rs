@@ -162,7 +162,13 @@ fn write_rank_file<P: Protect + ?Sized>(
         rank: ctx.rank as u32,
         nranks: ctx.nranks as u32,
     };
-    let mut out = RankFileWriter::create(&tmp, id, &ctx.cfg.node).map_err(io("create", &tmp))?;
+    let recycled = local::take_spare(&ctx.cfg.local_dir, &ctx.cfg.job_id, ctx.rank, &tmp);
+    let mut out = if recycled {
+        RankFileWriter::overwrite(&tmp, id, &ctx.cfg.node)
+    } else {
+        RankFileWriter::create(&tmp, id, &ctx.cfg.node)
+    }
+    .map_err(io("create", &tmp))?;
     let fault = ctx.cfg.fault.filter(|_| ctx.cfg.restart_count == 0);
     let rank = ctx.rank;
     let mut mid_write = |w: &mut RankFileWriter| {

@@ -218,6 +218,8 @@ pub enum FileError {
 /// Streams regions into a new rank file. Call [`RankFileWriter::finish`] to make it complete.
 pub struct RankFileWriter {
     out: BufWriter<File>,
+    /// The file was recycled: bytes past the new end must be cut off.
+    reused: bool,
     pos: u64,
     id: FileIdentity,
     node: String,
@@ -227,11 +229,26 @@ pub struct RankFileWriter {
 impl RankFileWriter {
     /// Creates (truncating) `path` for the file `id`, written on `node`.
     pub fn create(path: &Path, id: FileIdentity, node: &str) -> io::Result<Self> {
-        let file = File::create(path)?;
+        Self::open(path, id, node, false)
+    }
+
+    /// Opens `path`, an existing recycled file, and overwrites it in place (its blocks are
+    /// already allocated); `finish` cuts whatever lies past the new end.
+    pub fn overwrite(path: &Path, id: FileIdentity, node: &str) -> io::Result<Self> {
+        Self::open(path, id, node, true)
+    }
+
+    fn open(path: &Path, id: FileIdentity, node: &str, reused: bool) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(!reused)
+            .open(path)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; HEADER_LEN as usize])?;
         Ok(RankFileWriter {
             out,
+            reused,
             pos: HEADER_LEN,
             id,
             node: node.to_owned(),
@@ -307,6 +324,9 @@ impl RankFileWriter {
             table_crc: crc32c::crc32c(&table_bytes),
         };
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        if self.reused {
+            file.set_len(self.pos)?;
+        }
         file.write_all_at(&header.encode(), 0)?;
         file.sync_all()?;
         Ok(FileSummary {
@@ -821,6 +841,41 @@ mod tests {
         assert_eq!(back, value);
 
         assert_eq!(r.verify_all().unwrap(), payload);
+    }
+
+    #[test]
+    fn overwrite_cuts_a_recycled_longer_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("recycled");
+        // A previous epoch's larger file, then this epoch written over it in place.
+        let old = FileIdentity {
+            job: "j".into(),
+            epoch: 1,
+            rank: 0,
+            nranks: 1,
+        };
+        let mut w = RankFileWriter::create(&path, old, "n").unwrap();
+        w.region(
+            "big",
+            RegionKind::Bulk { elem_size: 1 },
+            &vec![0xAB; 3 << 20],
+        )
+        .unwrap();
+        w.finish().unwrap();
+        let id = FileIdentity {
+            job: "j".into(),
+            epoch: 2,
+            rank: 0,
+            nranks: 1,
+        };
+        let mut w = RankFileWriter::overwrite(&path, id.clone(), "n").unwrap();
+        w.region("small", RegionKind::Bulk { elem_size: 1 }, &[7u8; 5000])
+            .unwrap();
+        let summary = w.finish().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), summary.len);
+        let r = RankFileReader::open(&path, &id).unwrap();
+        assert_eq!(r.table().regions.len(), 1);
+        assert_eq!(r.read_vec(0).unwrap(), vec![7u8; 5000]);
     }
 
     #[test]
