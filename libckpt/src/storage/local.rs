@@ -8,7 +8,7 @@
 //! Pruned files are recycled: the first one a prune releases becomes the rank's *spare*
 //! (`<local_dir>/<job_id>/spare/rank-<R:06>.ckpt`), which the next checkpoint renames to its
 //! temporary name and overwrites in place. Overwriting blocks a file already owns avoids the
-//! allocation cost of a new file: measured 4.5x faster on this project's virtual disks (see
+//! allocation cost of a new file: about 5x faster on this project's virtual disks (table 4 of
 //! BENCHMARKS.md). A spare is never named by a manifest: its epoch's manifest was pruned first.
 
 use std::fs;
