@@ -125,40 +125,14 @@ fn injected_crashes_restart_to_the_same_result() {
 #[test]
 fn killed_at_random_moments_restarts_to_the_same_result() {
     let Some(_mpi) = mpi() else { return };
-    let seeds: Vec<u64> = std::env::var("CKPT_SEEDS")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 2, 3]);
-    for seed in seeds {
-        let mut rng = Rng(seed);
-        let rank = rng.range(0, RANKS as u64) as u32;
-        let delay = Duration::from_millis(rng.range(0, 400));
+    for seed in seeds(&[1, 2, 3]) {
         let dir = tempfile::tempdir().unwrap();
         let job = dir.path().join("job");
         let mut args = HEAT.to_vec();
         args.extend(["--step-ms", "4"]);
-        let running = Run::new(
-            &job,
-            RANKS,
-            &["--every", "30", "--max-restarts", "2"],
-            &heat2d(),
-            &args,
-        )
-        .spawn();
-        let started = wait_for(Duration::from_secs(60), || {
-            !committed_epochs(&job).is_empty()
-        });
-        std::thread::sleep(delay);
-        let pid = rank_pid(&job, rank);
-        if let Some(pid) = pid {
-            kill9(pid);
-        }
-        let out = running.wait();
-        let ctx = format!(
-            "seed {seed}: killed rank {rank} (pid {pid:?}) {delay:?} after the first commit"
-        );
-        assert!(started, "{ctx}: no epoch committed\n{}", out.dump());
-        assert!(pid.is_some(), "{ctx}: rank not found");
+        let flags = ["--every", "30", "--max-restarts", "2"];
+        let run = Run::new(&job, RANKS, &flags, &heat2d(), &args);
+        let (out, ctx) = kill_at_random(run, &job, RANKS, seed, Duration::from_millis(400));
         assert!(out.status.success(), "{ctx}\n{}", out.dump());
         assert_eq!(
             out.checksum().as_deref(),
@@ -437,36 +411,13 @@ fn messages_in_flight_survive_crashes_at_any_moment() {
         );
     }
     // SIGKILL from outside at seeded random moments (`CKPT_SEEDS=a,b` to replay).
-    let seeds: Vec<u64> = std::env::var("CKPT_SEEDS")
-        .ok()
-        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![11, 12, 13]);
-    for seed in seeds {
-        let mut rng = Rng(seed);
-        let rank = rng.range(0, RANKS as u64) as u32;
-        let delay = Duration::from_millis(rng.range(0, 300));
+    for seed in seeds(&[11, 12, 13]) {
         let job = dir.path().join(format!("seed-{seed}"));
         let mut args = RING.to_vec();
         args.extend(["--step-ms", "4"]);
         let flags = ["--every", "10", "--max-restarts", "2"];
-        let running = Run::new(&job, RANKS, &flags, &bin("ring"), &args).spawn();
-        let started = wait_for(Duration::from_secs(60), || {
-            !committed_epochs(&job).is_empty()
-        });
-        std::thread::sleep(delay);
-        let pid = rank_pid(&job, rank);
-        if let Some(pid) = pid {
-            kill9(pid);
-        }
-        let out = running.wait();
-        let ctx = format!(
-            "seed {seed}: SIGKILL to rank {rank} (pid {pid:?}) {delay:?} after the first commit"
-        );
-        assert!(
-            started && pid.is_some(),
-            "{ctx}: job not caught running\n{}",
-            out.dump()
-        );
+        let run = Run::new(&job, RANKS, &flags, &bin("ring"), &args);
+        let (out, ctx) = kill_at_random(run, &job, RANKS, seed, Duration::from_millis(300));
         assert_same_messages(&out, &ctx);
         assert_eq!(
             restored_epochs(&job).len(),
@@ -487,16 +438,14 @@ fn a_receive_left_pending_at_poll_is_named() {
     let flags = ["--every", "10", "--max-restarts", "0"];
     let out = Run::new(&job, RANKS, &flags, &bin("ring"), &args).output();
     assert!(!out.status.success(), "{}", out.dump());
-    for needle in [
-        "rank 1: receives still pending at poll 41: irecv #",
-        "rank 1 called MPI_Abort",
-    ] {
-        assert!(
-            out.stderr.contains(needle),
-            "stderr lacks {needle:?}\n{}",
-            out.dump()
-        );
-    }
+    // (mpirun's own "called MPI_Abort" message is not checked: Open MPI 4.1 sometimes fails
+    // to print it, logging an ORTE_ERROR_LOG line instead.)
+    let needle = "rank 1: receives still pending at poll 41: irecv #";
+    assert!(
+        out.stderr.contains(needle),
+        "stderr lacks {needle:?}\n{}",
+        out.dump()
+    );
 }
 
 #[test]

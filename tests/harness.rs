@@ -339,3 +339,45 @@ pub fn ckpt(args: &[&str]) -> Output {
     cmd.args(args);
     Running::spawn(cmd, Duration::from_secs(90)).wait()
 }
+
+/// Seeds for the random-kill tests: `CKPT_SEEDS=a,b,c` replays chosen ones.
+pub fn seeds(default: &[u64]) -> Vec<u64> {
+    std::env::var("CKPT_SEEDS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// Starts `run`, waits for its first committed epoch, waits a seeded random delay (under
+/// `max_delay`), SIGKILLs a seeded random rank, and waits for the job to end (the launcher
+/// restarts it). Returns the output and a description of the kill for assertion messages.
+pub fn kill_at_random(
+    run: Run,
+    job_dir: &Path,
+    ranks: u32,
+    seed: u64,
+    max_delay: Duration,
+) -> (Output, String) {
+    let mut rng = Rng(seed);
+    let rank = rng.range(0, ranks as u64) as u32;
+    let delay = Duration::from_millis(rng.range(0, max_delay.as_millis() as u64));
+    let running = run.spawn();
+    let started = wait_for(Duration::from_secs(60), || {
+        !committed_epochs(job_dir).is_empty()
+    });
+    std::thread::sleep(delay);
+    let pid = rank_pid(job_dir, rank);
+    if let Some(pid) = pid {
+        kill9(pid);
+    }
+    let out = running.wait();
+    let ctx = format!(
+        "seed {seed}: SIGKILL to rank {rank} (pid {pid:?}) {delay:?} after the first commit"
+    );
+    assert!(
+        started && pid.is_some(),
+        "{ctx}: the job was not caught running\n{}",
+        out.dump()
+    );
+    (out, ctx)
+}

@@ -253,26 +253,16 @@ impl Checkpointer {
             .collect();
         let mut recv = vec![0u64; send.len()];
         mpi::request::scope(|scope| {
-            let mut req = Some(
-                ctx.lib
-                    .immediate_all_to_all_into(scope, &send[..], &mut recv[..]),
-            );
+            let req = ctx
+                .lib
+                .immediate_all_to_all_into(scope, &send[..], &mut recv[..]);
             let label = || {
                 (
                     format!("checkpoint-{epoch}"),
                     format!("the checkpoint of epoch {epoch} at poll {polls}"),
                 )
             };
-            stall::wait_or_abort(&ctx.lib, &Watch::of(&ctx.cfg), label, || match req.take() {
-                Some(r) => match r.test() {
-                    Ok(_) => true,
-                    Err(r) => {
-                        req = Some(r);
-                        false
-                    }
-                },
-                None => true,
-            });
+            stall::wait_request(&ctx.lib, &Watch::of(&ctx.cfg), label, req);
         });
         let offenders: Vec<usize> = recv
             .chunks(2)

@@ -420,31 +420,24 @@ impl Comm {
 
     /// Receives a probed message into a new buffer and counts it.
     fn receive_matched(&self, msg: Message, st: MpiStatus) -> Logged {
-        let n = st.count(u8::equivalent_datatype()) as usize;
-        let mut data = vec![0u8; n];
+        let mut data = vec![0u8; st.count(u8::equivalent_datatype()) as usize];
         msg.matched_receive_into(&mut data[..]);
-        self.books
-            .borrow_mut()
-            .counters
-            .on_arrive(st.source_rank() as usize);
-        Logged {
-            src: st.source_rank(),
-            tag: st.tag(),
-            data,
-        }
+        self.book(&st, data)
     }
 
     /// Books a completed MPI receive and takes its bytes.
     fn arrived(&self, st: MpiStatus, buf: Owned) -> Logged {
-        let n = st.count(u8::equivalent_datatype()) as usize;
         let mut data = buf.into_box().into_vec();
-        data.truncate(n);
-        self.books
-            .borrow_mut()
-            .counters
-            .on_arrive(st.source_rank() as usize);
+        data.truncate(st.count(u8::equivalent_datatype()) as usize);
+        self.book(&st, data)
+    }
+
+    /// Counts a message taken out of MPI.
+    fn book(&self, st: &MpiStatus, data: Vec<u8>) -> Logged {
+        let src = st.source_rank();
+        self.books.borrow_mut().counters.on_arrive(src as usize);
         Logged {
-            src: st.source_rank(),
+            src,
             tag: st.tag(),
             data,
         }

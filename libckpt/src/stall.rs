@@ -109,3 +109,23 @@ fn report_and_abort(
     }
     comm.abort(3)
 }
+
+/// Waits for `req` with [`wait_or_abort`].
+pub(crate) fn wait_request<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
+    comm: &mpi::topology::SimpleCommunicator,
+    watch: &Watch,
+    label: impl Fn() -> (String, String),
+    req: mpi::request::Request<'a, D, S>,
+) {
+    let mut req = Some(req);
+    wait_or_abort(comm, watch, label, || match req.take() {
+        Some(r) => match r.test() {
+            Ok(_) => true,
+            Err(r) => {
+                req = Some(r);
+                false
+            }
+        },
+        None => true,
+    });
+}

@@ -140,7 +140,7 @@ impl VoteReduce for MpiFlagReduce {
     }
 
     fn finish(&mut self, poll: u64) -> Option<Vote> {
-        let mut req = Some(self.pending.take()?);
+        let req = self.pending.take()?;
         self.rounds += 1;
         let round = self.rounds;
         let label = || {
@@ -149,16 +149,7 @@ impl VoteReduce for MpiFlagReduce {
                 format!("poll {poll} (agreement round {round})"),
             )
         };
-        stall::wait_or_abort(&self.comm, &self.watch, label, || match req.take() {
-            Some(r) => match r.test() {
-                Ok(_) => true,
-                Err(r) => {
-                    req = Some(r);
-                    false
-                }
-            },
-            None => true,
-        });
+        stall::wait_request(&self.comm, &self.watch, label, req);
         Some(Vote::from_words(*self.recv))
     }
 }
