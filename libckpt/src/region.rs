@@ -32,6 +32,9 @@ pub trait Protect {
     fn protect(&mut self, r: &mut Regions<'_>);
 }
 
+/// Prefix of the library's own region names (`@ckpt/lib`, `@ckpt/msglog`).
+pub(crate) const RESERVED: &str = "@ckpt/";
+
 /// Where a save or restore is happening, for error messages.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Site<'p> {
@@ -196,7 +199,7 @@ impl<'a> Regions<'a> {
 
     /// Saves or restores one of the library's own sections (message log, library state).
     pub(crate) fn internal(&mut self, name: &str, kind: RegionKind, bytes: &mut Vec<u8>) {
-        if !self.begin(name) {
+        if !self.begin_internal(name) {
             return;
         }
         match &mut self.mode {
@@ -246,6 +249,17 @@ impl<'a> Regions<'a> {
 
     /// Registers `name`; false if an error is latched or the name was already used.
     fn begin(&mut self, name: &str) -> bool {
+        if self.error.is_none() && name.starts_with(RESERVED) {
+            self.protect_error(
+                name,
+                format!("names starting with {RESERVED:?} are reserved for the library"),
+            );
+        }
+        self.begin_internal(name)
+    }
+
+    /// [`Regions::begin`] without the reserved-prefix check, for the library's own sections.
+    fn begin_internal(&mut self, name: &str) -> bool {
         if self.error.is_some() {
             return false;
         }
@@ -728,5 +742,34 @@ mod value_type_tests {
             "{err}"
         );
         assert_eq!(narrow.0, 0, "the value must not be overwritten");
+    }
+}
+
+#[cfg(test)]
+mod reserved_name_tests {
+    use super::*;
+    use crate::format::FileIdentity;
+
+    #[test]
+    fn library_names_are_refused_to_the_application() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let id = FileIdentity {
+            job: "j".into(),
+            epoch: 1,
+            rank: 0,
+            nranks: 1,
+        };
+        let site = Site {
+            rank: 0,
+            epoch: 1,
+            path: &path,
+        };
+        let mut w = RankFileWriter::create(&path, id, "n").unwrap();
+        let mut r = Regions::saving(&mut w, site, None);
+        let mut x = 1u64;
+        r.value("@ckpt/lib", &mut x);
+        let err = r.finish().unwrap_err().to_string();
+        assert!(err.contains("reserved for the library"), "{err}");
     }
 }
