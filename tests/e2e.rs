@@ -473,3 +473,51 @@ fn a_rank_that_stops_polling_is_named_not_waited_for() {
     );
     assert!(out.stderr.contains("within 3 s"), "{}", out.dump());
 }
+
+#[test]
+fn verify_reads_every_epoch_and_names_damaged_files() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    let out = Run::new(
+        &job,
+        RANKS,
+        &["--every", "40", "--keep", "3"],
+        &heat2d(),
+        HEAT,
+    )
+    .output();
+    assert_same_result(&out);
+    let clean = ckpt(&["verify", job_s]);
+    assert!(clean.status.success(), "{}", clean.dump());
+    for epoch in [4, 5, 6] {
+        assert!(
+            clean
+                .stdout
+                .contains(&format!("epoch {epoch}: ok (4 ranks")),
+            "{}",
+            clean.dump()
+        );
+    }
+    let file = rank_file(&job, 5, 2);
+    damage_file(&file, "bitflip");
+    let out = ckpt(&["verify", job_s]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    assert!(
+        out.stdout.contains("epoch 5: DAMAGED (1 of 4 rank files)"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains(&file.display().to_string()),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains("checksum mismatch in region \"u\""),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stdout.contains("epoch 6: ok"), "{}", out.dump());
+}

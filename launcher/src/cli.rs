@@ -27,6 +27,8 @@ pub enum Command {
     List(ListArgs),
     /// Ask a running job to checkpoint now (and optionally stop), and wait for the epoch.
     Checkpoint(CheckpointArgs),
+    /// Read and check every committed epoch: manifests, rank files, every region's checksum.
+    Verify(VerifyArgs),
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
     /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
     Bench(BenchArgs),
@@ -53,6 +55,18 @@ pub struct BenchArgs {
     /// Job directory for the benchmark run [default: ./ckpt-jobs/bench-<time>-<pid>].
     #[arg(long, value_name = "DIR")]
     pub job_dir: Option<PathBuf>,
+}
+
+/// `ckpt verify` flags.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The job directory.
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// Base of node-local storage, if the job ran with --local-dir
+    /// [default: <job dir>/local/<node>].
+    #[arg(long, value_name = "DIR")]
+    pub local_dir: Option<PathBuf>,
 }
 
 /// `ckpt checkpoint` flags.

@@ -17,7 +17,7 @@
 //! - [`report`]: the `[ckpt] ...` lines people read. Pure formatting, no IO.
 //! - [`bench`]: `ckpt bench`, which runs the `ckpt-bench` rank program under `ckpt run`.
 //! - [`request`]: `ckpt checkpoint`, a request to the running job through its control file.
-//! - [`list`]: `ckpt list`. [`clock`]: UTC date formatting without a date library.
+//! - [`list`]: `ckpt list`. [`verify`]: `ckpt verify`, every byte of every committed epoch. [`clock`]: UTC date formatting without a date library.
 //!
 //! **Invariants.** No module spells a `CKPT_*` variable of the rank contract: the names come
 //! from [`ckpt::env`]. Exit codes and the formatting of errors are decided in one place,
@@ -34,6 +34,7 @@ pub mod report;
 pub mod request;
 pub mod signals;
 pub mod supervise;
+pub mod verify;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -102,6 +103,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
         }
         cli::Command::List(args) => list::run(&args.job_dir, args.json),
         cli::Command::Checkpoint(args) => request::run(&args),
+        cli::Command::Verify(args) => verify::run(&args.job_dir, args.local_dir.as_deref()),
         cli::Command::Bench(args) => {
             let plan = plan::RunPlan::new(bench::run_args(&args)?, &plan::Context::current()?)?;
             supervise::run(&plan)

@@ -89,6 +89,30 @@ impl Checkpointer {
             path: cfg.job_dir.clone(),
             source: std::io::Error::other(e),
         })?;
+        // Every rank handles the checkpoint signal before rank 0 says the job has started
+        // (until then the signal's default action would kill a rank); an install failure on
+        // any rank fails `new` on all of them.
+        let triggers = Triggers::new(cfg.signal, rank == 0, &cfg.job_dir);
+        if !transport::all_ok(&lib, triggers.is_ok()) {
+            return Err(match triggers {
+                Err(source) => Error::Io {
+                    rank,
+                    op: "install the checkpoint signal handler for",
+                    path: cfg.job_dir.clone(),
+                    source,
+                },
+                Ok(_) => Error::Usage {
+                    rank,
+                    what: "another rank could not install the checkpoint signal handler".into(),
+                },
+            });
+        }
+        let triggers = triggers.map_err(|source| Error::Io {
+            rank,
+            op: "install the checkpoint signal handler for",
+            path: cfg.job_dir.clone(),
+            source,
+        })?;
         if rank == 0 {
             let _ = events::append(
                 &cfg.job_dir,
@@ -98,13 +122,6 @@ impl Checkpointer {
                 },
             );
         }
-        let triggers =
-            Triggers::new(cfg.signal, rank == 0, &cfg.job_dir).map_err(|source| Error::Io {
-                rank,
-                op: "install the checkpoint signal handler for",
-                path: cfg.job_dir.clone(),
-                source,
-            })?;
         // Agreement rounds always run: a signal or a launcher request can come at any time.
         let agree = Agreement::new(cfg.every, cfg.agree, true, Instant::now());
         let reduce = MpiFlagReduce::new(&lib, Watch::of(&cfg));
