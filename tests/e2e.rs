@@ -258,7 +258,8 @@ fn launcher_and_signal_requests_are_agreed_by_all_ranks() {
     let job = dir.path().join("job");
     let job_s = job.to_str().unwrap();
     let mut args = HEAT.to_vec();
-    args.extend(["--step-ms", "10"]);
+    // Slow enough (240 steps x 50 ms) that the requests below land long before the end.
+    args.extend(["--step-ms", "50"]);
     let running = Run::new(&job, RANKS, &["--every", "off"], &heat2d(), &args).spawn();
     // Ranks handle SIGUSR1 once the checkpointer is set up, which the Started event marks.
     let started = || {
