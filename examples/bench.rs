@@ -242,9 +242,7 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
             ck_small.comm().send(right, k, &[k as u8; 1024])?;
         }
         let mut stats = Ok(None);
-        let t = timed(world, || {
-            stats = ck_small.checkpoint(&mut tiny).map(Some)
-        });
+        let t = timed(world, || stats = ck_small.checkpoint(&mut tiny).map(Some));
         let quiesce = stats?.map_or(0.0, |s| s.quiesce_secs);
         let mut max = 0.0f64;
         world.all_reduce_into(&quiesce, &mut max, SystemOperation::max());
