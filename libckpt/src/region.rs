@@ -697,79 +697,42 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
-}
-
-#[cfg(test)]
-mod value_type_tests {
-    use super::*;
-    use crate::format::FileIdentity;
-
-    struct One<T>(T);
-
-    impl<T: Serialize + DeserializeOwned> Protect for One<T> {
-        fn protect(&mut self, r: &mut Regions<'_>) {
-            r.value("v", &mut self.0);
-        }
-    }
 
     #[test]
     fn value_saved_as_another_type_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let id = FileIdentity {
-            job: "j".into(),
-            epoch: 1,
-            rank: 0,
-            nranks: 1,
-        };
-        let site = Site {
-            rank: 0,
-            epoch: 1,
-            path: &path,
-        };
-        let mut w = RankFileWriter::create(&path, id.clone(), "n").unwrap();
-        let mut r = Regions::saving(&mut w, site, None);
-        One((42u64, String::from("tail"))).protect(&mut r);
-        r.finish().unwrap();
-        w.finish().unwrap();
-        let file = RankFileReader::open(&path, &id).unwrap();
-        let mut r = Regions::restoring(&file, site);
-        let mut narrow = One(0u64);
-        narrow.protect(&mut r);
-        let err = r.finish().unwrap_err().to_string();
+        let mut wide = (42u64, String::from("tail"));
+        save(
+            &path,
+            &mut With(|r: &mut Regions<'_>| r.value("v", &mut wide)),
+        )
+        .unwrap();
+        let mut narrow = 0u64;
+        let err = restore(
+            &path,
+            &mut With(|r: &mut Regions<'_>| r.value("v", &mut narrow)),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("region \"v\"") && err.contains("left over"),
             "{err}"
         );
-        assert_eq!(narrow.0, 0, "the value must not be overwritten");
+        assert_eq!(narrow, 0, "the value must not be overwritten");
     }
-}
-
-#[cfg(test)]
-mod reserved_name_tests {
-    use super::*;
-    use crate::format::FileIdentity;
 
     #[test]
     fn library_names_are_refused_to_the_application() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let id = FileIdentity {
-            job: "j".into(),
-            epoch: 1,
-            rank: 0,
-            nranks: 1,
-        };
-        let site = Site {
-            rank: 0,
-            epoch: 1,
-            path: &path,
-        };
-        let mut w = RankFileWriter::create(&path, id, "n").unwrap();
-        let mut r = Regions::saving(&mut w, site, None);
         let mut x = 1u64;
-        r.value("@ckpt/lib", &mut x);
-        let err = r.finish().unwrap_err().to_string();
+        let err = save(
+            &path,
+            &mut With(|r: &mut Regions<'_>| r.value("@ckpt/lib", &mut x)),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("reserved for the library"), "{err}");
     }
 }
