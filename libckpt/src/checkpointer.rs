@@ -190,12 +190,7 @@ impl Checkpointer {
     /// Call once per iteration on every rank. Checkpoints `state` when one is due (all ranks
     /// agree on the same poll); otherwise returns at once.
     pub fn poll<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<Poll> {
-        let fault = self
-            .ctx
-            .cfg
-            .fault
-            .as_ref()
-            .filter(|_| self.ctx.cfg.restart_count == 0);
+        let fault = self.ctx.cfg.active_fault();
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
         if self.comm.has_pending() {
             return Err(Error::Usage {

@@ -78,11 +78,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     state: &mut P,
 ) -> Result<EpochStats> {
     let t0 = Instant::now();
-    let fault = ctx
-        .cfg
-        .fault
-        .as_ref()
-        .filter(|_| ctx.cfg.restart_count == 0);
+    let fault = ctx.cfg.active_fault();
     maybe_die(fault, ctx.rank, Phase::BeforeWrite, epoch);
     let local = write_rank_file(ctx, epoch, lib, msglog, state, t0);
     if local.is_ok() {
@@ -169,7 +165,7 @@ fn write_rank_file<P: Protect + ?Sized>(
         RankFileWriter::create(&tmp, id, &ctx.cfg.node)
     }
     .map_err(io("create", &tmp))?;
-    let fault = ctx.cfg.fault.filter(|_| ctx.cfg.restart_count == 0);
+    let fault = ctx.cfg.active_fault().copied();
     let rank = ctx.rank;
     let mut mid_write = |w: &mut RankFileWriter| {
         if fault.is_some_and(|f| f.matches(rank, Phase::MidWrite, epoch)) {

@@ -169,6 +169,12 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The fault to inject now: faults fire on the first launch only, so that the restarted
+    /// job can finish.
+    pub fn active_fault(&self) -> Option<&Fault> {
+        self.fault.as_ref().filter(|_| self.restart_count == 0)
+    }
+
     /// Sets the checkpoint interval.
     pub fn every(mut self, every: Interval) -> Self {
         self.every = every;
