@@ -80,7 +80,7 @@ pub enum LogError {
         /// Version found.
         version: u32,
     },
-    /// The bytes end early or a length is impossible.
+    /// The bytes end early, a length is impossible, or a source or tag is negative.
     #[error("message {index}: {detail}")]
     Truncated {
         /// Index of the message being decoded.
@@ -152,7 +152,8 @@ impl MessageLog {
     }
 
     /// Decodes a log; empty input is an empty log (a snapshot taken with nothing in flight
-    /// may store nothing). Never allocates more than the input's length.
+    /// may store nothing). Never allocates more than the input's length; a negative source or
+    /// tag is an error.
     pub fn decode(bytes: &[u8]) -> Result<MessageLog, LogError> {
         if bytes.is_empty() {
             return Ok(MessageLog::default());
@@ -175,6 +176,14 @@ impl MessageLog {
             };
             let src = r.u32().ok_or_else(|| short("source"))? as i32;
             let tag = r.u32().ok_or_else(|| short("tag"))? as i32;
+            // A negative rank or tag never comes from MPI (they are its wildcards); handing
+            // one to the application as a status would be silently wrong data.
+            if src < 0 || tag < 0 {
+                return Err(LogError::Truncated {
+                    index,
+                    detail: format!("negative source {src} or tag {tag}"),
+                });
+            }
             let len = r.u64().ok_or_else(|| short("length"))?;
             let remaining = (bytes.len() - r.pos) as u64;
             if len > remaining {
@@ -404,6 +413,20 @@ mod tests {
             MessageLog::decode(&bytes),
             Err(LogError::Truncated { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn negative_source_or_tag_is_refused() {
+        for (src, tag) in [(-1, 0), (0, -1)] {
+            let mut l = MessageLog::default();
+            l.push(Logged {
+                src,
+                tag,
+                data: vec![1],
+            });
+            let err = MessageLog::decode(&l.encode()).unwrap_err();
+            assert!(err.to_string().contains("message 0: negative"), "{err}");
+        }
     }
 
     #[test]
