@@ -8,7 +8,7 @@ use std::time::Instant;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::comm::Comm;
+use crate::comm::{Comm, DrainReport};
 use crate::commit::{self, EpochStats, LibState, LogSection};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -16,7 +16,6 @@ use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::manifest;
 use crate::protocol::agree::Agreement;
-use crate::protocol::quiesce;
 use crate::region::Protect;
 use crate::restore::{self, Restored};
 use crate::stall::{self, Watch};
@@ -56,6 +55,10 @@ pub struct Checkpointer {
     committed_at_start: Vec<u64>,
     next_epoch: u64,
     restored: Option<u64>,
+    /// Set once `poll` told the application to stop: why further calls are refused.
+    stopped: Option<String>,
+    /// Checkpoints attempted in this process.
+    checkpoints: u64,
 }
 
 impl Checkpointer {
@@ -139,6 +142,8 @@ impl Checkpointer {
             reduce,
             triggers,
             restored: None,
+            stopped: None,
+            checkpoints: 0,
         })
     }
 
@@ -169,18 +174,32 @@ impl Checkpointer {
 
     /// Restores `state` from the newest usable committed epoch (collective). Falls back to
     /// older epochs when a file is missing or corrupt, and reports each fallback on stderr.
+    ///
+    /// Call it at most once, before the first `poll` or `checkpoint`. Messages sent on
+    /// [`Checkpointer::comm`] before it are fine: `restore` first makes a cut (as a checkpoint
+    /// does), and those not yet received are delivered after it, before any message restored
+    /// from the snapshot. Every `irecv` must be completed before it.
     pub fn restore<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<Restored> {
+        let rank = self.ctx.rank;
         if self.committed_at_start.is_empty() {
             return Err(Error::Usage {
-                rank: self.ctx.rank,
+                rank,
                 what: format!(
                     "restore() called but {} holds no committed epoch (check restarting() first)",
                     self.ctx.cfg.job_dir.display()
                 ),
             });
         }
+        if self.restored.is_some() || self.agree.polls() > 0 || self.checkpoints > 0 {
+            return Err(Error::Usage {
+                rank,
+                what: "restore() must be called once, before the first poll() or checkpoint()"
+                    .into(),
+            });
+        }
+        self.cut("restore", "the cut before restore()")?;
         let mut r = restore::restore(&self.ctx, &self.committed_at_start, state)?;
-        self.comm.restore_log(std::mem::take(&mut r.log));
+        self.comm.restore_state(std::mem::take(&mut r.log));
         self.agree.resume_at(r.lib.polls);
         self.agree.checkpointed(Instant::now());
         self.restored = Some(r.epoch);
@@ -189,7 +208,16 @@ impl Checkpointer {
 
     /// Call once per iteration on every rank. Checkpoints `state` when one is due (all ranks
     /// agree on the same poll); otherwise returns at once.
+    ///
+    /// Once it returned [`Poll::should_exit`], the job is stopping: later polls, checkpoints,
+    /// sends and receives fail with an error saying so.
     pub fn poll<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<Poll> {
+        if let Some(why) = &self.stopped {
+            return Err(Error::Usage {
+                rank: self.ctx.rank,
+                what: why.clone(),
+            });
+        }
         let fault = self.ctx.cfg.active_fault();
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
         if self.comm.has_pending() {
@@ -214,11 +242,20 @@ impl Checkpointer {
             });
         }
         let stats = self.checkpoint(state)?;
-        if decision.exit && self.ctx.rank == 0 {
-            let _ = events::append(
-                &self.ctx.cfg.job_dir,
-                &Event::Stopping { epoch: stats.epoch },
+        if decision.exit {
+            if self.ctx.rank == 0 {
+                let _ = events::append(
+                    &self.ctx.cfg.job_dir,
+                    &Event::Stopping { epoch: stats.epoch },
+                );
+            }
+            let why = format!(
+                "the job is stopping: poll() returned should_exit() after the checkpoint of \
+                 epoch {}; leave the loop without further sends, receives or polls",
+                stats.epoch
             );
+            self.comm.stop(why.clone());
+            self.stopped = Some(why);
         }
         Ok(Poll {
             checkpoint: Some(stats),
@@ -231,50 +268,57 @@ impl Checkpointer {
     pub fn checkpoint<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<EpochStats> {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        if let Some(why) = &self.stopped {
+            return Err(Error::Usage {
+                rank: self.ctx.rank,
+                what: why.clone(),
+            });
+        }
         let t0 = Instant::now();
-        self.quiesce(epoch)?;
+        let polls = self.agree.polls();
+        self.cut(
+            &format!("checkpoint-{epoch}"),
+            &format!("the checkpoint of epoch {epoch} at poll {polls}"),
+        )?;
         let quiesce_secs = t0.elapsed().as_secs_f64();
         let lib = LibState {
             polls: self.agree.polls(),
             epoch,
         };
         let log = LogSection {
-            bytes: self.comm.encode_log(),
+            bytes: self.comm.encode_state(),
             messages: self.comm.logged() as u64,
         };
+        self.checkpoints += 1;
         let mut stats = commit::checkpoint(&self.ctx, epoch, &lib, &log, state)?;
         stats.quiesce_secs = quiesce_secs;
         self.agree.checkpointed(Instant::now());
         Ok(stats)
     }
 
-    /// Brings communication to a consistent cut for epoch `epoch`: one non-blocking
-    /// all-to-all (waited for with the timeout, so a rank that does not come is named)
-    /// carries each rank's per-peer sent count (the bookmark) and whether it has a receive
-    /// pending; then each rank drains what was sent to it but has not arrived into its log.
-    fn quiesce(&mut self, epoch: u64) -> Result<quiesce::DrainReport> {
+    /// Brings communication to a consistent cut (`what` names it for people, `key` for the
+    /// stall markers): one non-blocking all-to-all (waited for with the timeout, so a rank
+    /// that does not come is named) carries each rank's bookmark for each peer (the next
+    /// sequence number it would send) and whether it has a receive pending; then each rank
+    /// takes every message numbered below its sender's bookmark out of MPI into its log.
+    fn cut(&mut self, key: &str, what: &str) -> Result<DrainReport> {
         let ctx = &self.ctx;
-        let polls = self.agree.polls();
         let pending = self.comm.pending_requests();
         let flag = u64::from(!pending.is_empty());
         let send: Vec<u64> = self
             .comm
-            .sent_counts()
+            .bookmark()
             .iter()
             .flat_map(|&s| [s, flag])
             .collect();
         let mut recv = vec![0u64; send.len()];
+        let watch = Watch::of(&ctx.cfg);
         mpi::request::scope(|scope| {
             let req = ctx
                 .lib
                 .immediate_all_to_all_into(scope, &send[..], &mut recv[..]);
-            let label = || {
-                (
-                    format!("checkpoint-{epoch}"),
-                    format!("the checkpoint of epoch {epoch} at poll {polls}"),
-                )
-            };
-            stall::wait_request(&ctx.lib, &Watch::of(&ctx.cfg), label, req);
+            let label = || (key.to_owned(), what.to_owned());
+            stall::wait_request(&ctx.lib, &watch, label, req);
         });
         let offenders: Vec<usize> = recv
             .chunks(2)
@@ -291,24 +335,12 @@ impl Checkpointer {
             return Err(Error::Usage {
                 rank: ctx.rank,
                 what: format!(
-                    "receives still pending at poll {polls} (checkpoint of epoch {epoch}) on \
-                     ranks {offenders:?}{mine}; complete every irecv with Comm::wait or \
-                     Comm::test before poll()"
+                    "receives still pending at {what} on ranks {offenders:?}{mine}; complete \
+                     every irecv with Comm::wait or Comm::test before poll() and restore()"
                 ),
             });
         }
         let to_me: Vec<u64> = recv.chunks(2).map(|c| c[0]).collect();
-        match quiesce::drain_plan(&to_me, &self.comm.arrived_counts()) {
-            Ok(plan) => Ok(self.comm.drain(&plan)),
-            Err(e) => {
-                // A message counted twice is a bug in the wrapper, not something to recover
-                // from: a snapshot taken now would be inconsistent.
-                eprintln!(
-                    "[ckpt rank {}] internal error at the checkpoint of epoch {epoch}: {e}",
-                    ctx.rank
-                );
-                ctx.lib.abort(4)
-            }
-        }
+        Ok(self.comm.drain(&to_me, &watch, what))
     }
 }

@@ -1,20 +1,35 @@
-//! The application's communicator: a duplicate of the one the application passed in (so its
-//! messages never match the library's), which counts messages per peer, keeps the message log
-//! of the last quiescence, and serves receives from that log before MPI.
+//! The application's communicator: a thin MPI adapter over the exactly-once accounting of
+//! [`crate::protocol::accounting`], on a duplicate of the communicator the application passed
+//! in (so its messages never match the library's).
 //!
-//! Sends are buffered: the bytes are copied into a library-owned buffer and sent with
-//! `MPI_Isend`, so `send` returns at once whatever the size, and a message can be in flight
-//! when its sender reaches `poll` (the quiescence drains it at the receiver). Non-blocking
-//! receives use library-owned buffers too, so no MPI request ever points into application
-//! memory; an application receive still pending at `poll` is an error, reported on every rank.
+//! Sends are buffered: the envelope and the payload are copied into a library-owned buffer
+//! and sent with `MPI_Isend`, so `send` returns at once whatever the size, and a message can
+//! be in flight when its sender reaches `poll` (the quiescence drains it at the receiver).
+//! Receives take messages out of MPI with matched probes (`MPI_Improbe`/`MPI_Mprobe` and
+//! `MPI_Mrecv`) into library-owned buffers: no MPI request ever points into application
+//! memory, a message is checked against the receive before the application sees it, and a
+//! refused one stays queued.
+//!
+//! # Rules
+//! - Every call either works with exactly-once delivery or fails at that call with
+//!   [`Error::Usage`] naming the rule; no message is lost or reordered by a failed call.
+//! - A receive too small for its message, or whose element size does not divide it, fails;
+//!   the message stays first in line for the next matching receive.
+//! - Tags are 0 or more; `TagSel::Any` is the wildcard.
+//! - Every `irecv` is completed (`wait`, or `test` until `Done`) before `poll`.
+//! - Traffic before `Checkpointer::restore` is allowed: `restore` makes a cut; messages sent
+//!   before it and not yet received are delivered after it, before any restored message.
+//! - Once `poll` returned `should_exit()`, sends and receives fail: the job is stopping and
+//!   its last epoch is already written. Collectives still work (they cannot cross a snapshot).
+//! - A `Comm` lives inside its `Checkpointer`: it cannot outlive it (the borrow checker
+//!   refuses it), and a request from another `Comm` is refused.
 //!
 //! All payloads are plain-old-data slices moved as bytes (the cluster is homogeneous).
-//! The matching rules (log first, then MPI; per source and tag in order) are in
-//! [`crate::protocol::quiesce`]; this module only moves bytes and keeps the books.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytemuck::Pod;
 use mpi::collective::SystemOperation;
@@ -25,8 +40,10 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 use crate::error::{Error, Result};
-use crate::protocol::quiesce::{self, Counters, Logged, MessageLog};
-pub use crate::protocol::quiesce::{Source, TagSel};
+use crate::protocol::accounting::{Completion, Endpoint, Fatal, Fit, Misuse, Network, Raw};
+use crate::protocol::msglog::{CommState, Entry};
+pub use crate::protocol::msglog::{Source, TagSel};
+use crate::stall::{self, Watch};
 
 /// A reduction operation for [`Comm::all_reduce`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,58 +78,56 @@ pub struct Status {
 }
 
 /// A non-blocking receive posted with [`Comm::irecv`]; complete it with [`Comm::wait`] or
-/// [`Comm::test`] before the next `poll`.
+/// [`Comm::test`] before the next `poll`. Both take it by value, so a completed request
+/// cannot be completed again.
 #[must_use = "a posted receive must be completed with Comm::wait or Comm::test before poll"]
 #[derive(Debug)]
 pub struct RecvRequest<T> {
     id: u64,
+    comm: u64,
     _t: PhantomData<T>,
 }
 
-/// A library-owned byte buffer handed to MPI for the duration of one request. Leaked while
-/// MPI may write or read it, reclaimed once the request completed.
+/// The outcome of [`Comm::test`].
+#[derive(Debug)]
+pub enum Test<T> {
+    /// The message, its status; the request is finished.
+    Done(Vec<T>, Status),
+    /// Not yet: the request, to test or wait for again.
+    Pending(RecvRequest<T>),
+}
+
+/// A library-owned byte buffer handed to MPI for the duration of one send. Leaked while MPI
+/// may read it, reclaimed once the request completed.
 struct Owned(*mut [u8]);
 
 impl Owned {
-    fn new(bytes: Box<[u8]>) -> (Owned, &'static mut [u8]) {
+    fn new(bytes: Box<[u8]>) -> (Owned, &'static [u8]) {
         let ptr = Box::into_raw(bytes);
         // SAFETY: `ptr` comes from Box::into_raw, so it is valid and uniquely owned; the
         // 'static reference is handed to MPI and the `Owned` is kept until the request
-        // completed, and only then is the box rebuilt (see `into_box`).
-        (Owned(ptr), unsafe { &mut *ptr })
+        // completed, and only then is the box rebuilt (see `free`).
+        (Owned(ptr), unsafe { &*ptr })
     }
 
-    /// Reclaims the buffer. Call only after the request using it completed.
-    fn into_box(self) -> Box<[u8]> {
+    /// Frees the buffer. Call only after the request using it completed.
+    fn free(self) {
         // SAFETY: the pointer came from Box::into_raw and the request that used it completed,
         // so nothing else refers to it any more.
-        unsafe { Box::from_raw(self.0) }
+        drop(unsafe { Box::from_raw(self.0) });
     }
 }
 
 struct Outgoing {
     req: Request<'static, [u8], StaticScope>,
     buf: Owned,
-}
-
-enum Pending {
-    /// Served from the message log when it was posted.
-    Ready(Logged),
-    /// Posted to MPI.
-    Posted {
-        req: Request<'static, [u8], StaticScope>,
-        buf: Owned,
-        src: Source,
-        tag: TagSel,
-    },
+    dest: i32,
+    bytes: usize,
 }
 
 struct Books {
-    counters: Counters,
-    log: MessageLog,
+    ep: Endpoint,
     outgoing: Vec<Outgoing>,
-    pending: BTreeMap<u64, Pending>,
-    next_id: u64,
 }
 
 /// The wrapped communicator handed to the application by [`crate::Checkpointer::comm`].
@@ -120,6 +135,7 @@ pub struct Comm {
     raw: SimpleCommunicator,
     rank: i32,
     size: i32,
+    id: u64,
     books: RefCell<Books>,
 }
 
@@ -129,6 +145,55 @@ fn any_tag() -> i32 {
     unsafe { mpi::ffi::RSMPI_ANY_TAG }
 }
 
+fn mpi_tag(t: TagSel) -> i32 {
+    match t {
+        TagSel::Tag(t) => t,
+        TagSel::Any => any_tag(),
+    }
+}
+
+/// Receives a matched message into a new buffer.
+fn receive(msg: Message, st: MpiStatus) -> Raw {
+    let mut frame = vec![0u8; st.count(u8::equivalent_datatype()).max(0) as usize];
+    let st2 = msg.matched_receive_into(&mut frame[..]);
+    Raw {
+        src: st2.source_rank(),
+        tag: st2.tag(),
+        frame,
+    }
+}
+
+/// MPI as the accounting's network: matched, non-blocking probes.
+struct Mpi<'a>(&'a SimpleCommunicator);
+
+impl Network for Mpi<'_> {
+    fn take(&mut self, src: Source, tag: TagSel) -> Option<Raw> {
+        let t = mpi_tag(tag);
+        let (msg, st) = match src {
+            Source::Rank(r) => self
+                .0
+                .process_at_rank(r)
+                .immediate_matched_probe_with_tag(t)?,
+            Source::Any => self.0.any_process().immediate_matched_probe_with_tag(t)?,
+        };
+        Some(receive(msg, st))
+    }
+}
+
+/// Spins politely: after the first thousand tries, leave the core to ranks that share it.
+struct Backoff(u32);
+
+impl Backoff {
+    fn pause(&mut self) {
+        self.0 += 1;
+        if self.0 > 1000 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+static NEXT_COMM: AtomicU64 = AtomicU64::new(1);
+
 impl Comm {
     pub(crate) fn new(raw: SimpleCommunicator) -> Self {
         let (rank, size) = (raw.rank(), raw.size());
@@ -136,12 +201,10 @@ impl Comm {
             raw,
             rank,
             size,
+            id: NEXT_COMM.fetch_add(1, Ordering::Relaxed),
             books: RefCell::new(Books {
-                counters: Counters::new(size as usize),
-                log: MessageLog::default(),
+                ep: Endpoint::new(rank, size as usize),
                 outgoing: Vec::new(),
-                pending: BTreeMap::new(),
-                next_id: 0,
             }),
         }
     }
@@ -156,85 +219,72 @@ impl Comm {
         self.size
     }
 
-    /// Messages sent to / arrived from each peer since the last checkpoint.
-    pub fn counters(&self) -> Counters {
-        self.books.borrow().counters.clone()
-    }
-
-    /// Messages waiting in the log (drained at the last checkpoint, not yet received).
+    /// Messages waiting in the library (drained at a checkpoint, or refused by a receive),
+    /// not yet received.
     pub fn logged(&self) -> usize {
-        self.books.borrow().log.len()
+        self.books.borrow().ep.logged()
     }
 
-    fn check_peer(&self, peer: i32, what: &str) -> Result<()> {
-        if (0..self.size).contains(&peer) {
-            Ok(())
-        } else {
-            Err(Error::Usage {
-                rank: self.rank,
-                what: format!(
-                    "{what}: rank {peer} does not exist (ranks 0..{})",
-                    self.size - 1
-                ),
-            })
+    fn usage(&self, m: Misuse) -> Error {
+        Error::Usage {
+            rank: self.rank,
+            what: m.0,
         }
+    }
+
+    /// A broken accounting invariant: going on could lose or double a message.
+    fn fatal(&self, e: Fatal) -> ! {
+        eprintln!(
+            "[ckpt rank {}] internal error in message accounting: {e}; aborting the job rather \
+             than risking a lost or doubled message",
+            self.rank
+        );
+        self.raw.abort(4)
     }
 
     /// Sends `data` to `dest` with `tag` (a tag >= 0). Buffered: returns at once.
     pub fn send<T: Pod>(&self, dest: i32, tag: i32, data: &[T]) -> Result<()> {
-        self.check_peer(dest, "send")?;
-        if tag < 0 {
-            return Err(Error::Usage {
-                rank: self.rank,
-                what: format!("send to rank {dest}: tag {tag} is negative"),
-            });
-        }
-        let bytes: Box<[u8]> = bytemuck::cast_slice::<T, u8>(data).into();
-        let (buf, view) = Owned::new(bytes);
+        let payload: &[u8] = bytemuck::cast_slice(data);
+        let mut b = self.books.borrow_mut();
+        let env = b.ep.send(dest, tag).map_err(|m| self.usage(m))?;
+        let mut frame = Vec::with_capacity(env.len() + payload.len());
+        frame.extend_from_slice(&env);
+        frame.extend_from_slice(payload);
+        let bytes = frame.len();
+        let (buf, view) = Owned::new(frame.into_boxed_slice());
         let req = self
             .raw
             .process_at_rank(dest)
-            .immediate_send_with_tag(StaticScope, &*view, tag);
-        let mut b = self.books.borrow_mut();
-        b.counters.on_send(dest as usize);
-        b.outgoing.push(Outgoing { req, buf });
+            .immediate_send_with_tag(StaticScope, view, tag);
+        b.outgoing.push(Outgoing {
+            req,
+            buf,
+            dest,
+            bytes,
+        });
         reap(&mut b.outgoing);
         Ok(())
     }
 
     /// Blocking receive into `buf`; the message may be shorter than `buf`, never longer.
     pub fn recv_into<T: Pod>(&self, src: Source, tag: TagSel, buf: &mut [T]) -> Result<Status> {
-        let m = self.next_message(src, tag)?;
+        let size = std::mem::size_of::<T>();
+        let fit = Fit {
+            max_bytes: Some(std::mem::size_of_val(buf)),
+            elem: size,
+        };
+        let e = self.wait_for(self.post(src, tag, fit)?)?;
         let dest: &mut [u8] = bytemuck::cast_slice_mut(buf);
-        if m.data.len() > dest.len() || m.data.len() % std::mem::size_of::<T>().max(1) != 0 {
-            let what = format!(
-                "receive from {src:?} with {tag:?}: the message from rank {} (tag {}) has {} \
-                 bytes, which is not a whole number of elements or does not fit in a buffer \
-                 of {} bytes",
-                m.src,
-                m.tag,
-                m.data.len(),
-                dest.len()
-            );
-            // Keep it for a later, larger receive rather than losing it.
-            self.books.borrow_mut().log.push(m);
-            return Err(Error::Usage {
-                rank: self.rank,
-                what,
-            });
-        }
-        dest[..m.data.len()].copy_from_slice(&m.data);
-        Ok(Status {
-            source: m.src,
-            tag: m.tag,
-            bytes: m.data.len(),
-        })
+        let p = e.payload();
+        dest[..p.len()].copy_from_slice(p);
+        Ok(status(&e))
     }
 
     /// Blocking receive of a message of any length.
     pub fn recv_vec<T: Pod>(&self, src: Source, tag: TagSel) -> Result<(Vec<T>, Status)> {
-        let m = self.next_message(src, tag)?;
-        to_vec(m, self.rank)
+        let fit = Fit::any(std::mem::size_of::<T>());
+        let e = self.wait_for(self.post(src, tag, fit)?)?;
+        Ok(to_vec(&e))
     }
 
     /// Sends `send` to `dest` and receives into `recv` from `src`, both with `tag`. `None`
@@ -256,107 +306,88 @@ impl Comm {
         Ok(())
     }
 
-    /// Posts a non-blocking receive of at most `max` elements.
+    /// Posts a non-blocking receive of at most `max` elements. Receives are matched in the
+    /// order they are posted, blocking ones included.
     pub fn irecv<T: Pod>(&self, src: Source, tag: TagSel, max: usize) -> Result<RecvRequest<T>> {
-        if let Source::Rank(r) = src {
-            self.check_peer(r, "irecv")?;
-        }
-        let mut b = self.books.borrow_mut();
-        let id = b.next_id;
-        b.next_id += 1;
-        let pending = match b.log.take_match(src, tag) {
-            Some(m) => Pending::Ready(m),
-            None => {
-                let bytes = vec![0u8; max * std::mem::size_of::<T>()].into_boxed_slice();
-                let (buf, view) = Owned::new(bytes);
-                let t = match tag {
-                    TagSel::Tag(t) => t,
-                    TagSel::Any => any_tag(),
-                };
-                let req = match src {
-                    Source::Rank(r) => self.raw.process_at_rank(r).immediate_receive_into_with_tag(
-                        StaticScope,
-                        view,
-                        t,
-                    ),
-                    Source::Any => {
-                        self.raw
-                            .any_process()
-                            .immediate_receive_into_with_tag(StaticScope, view, t)
-                    }
-                };
-                Pending::Posted { req, buf, src, tag }
-            }
+        let size = std::mem::size_of::<T>();
+        let fit = Fit {
+            max_bytes: Some(max.saturating_mul(size)),
+            elem: size,
         };
-        b.pending.insert(id, pending);
         Ok(RecvRequest {
-            id,
+            id: self.post(src, tag, fit)?,
+            comm: self.id,
             _t: PhantomData,
         })
     }
 
     /// Completes a non-blocking receive.
     pub fn wait<T: Pod>(&self, req: RecvRequest<T>) -> Result<(Vec<T>, Status)> {
-        let p = self.books.borrow_mut().pending.remove(&req.id);
-        let m = match p {
-            None => {
-                return Err(Error::Usage {
-                    rank: self.rank,
-                    what: format!(
-                        "receive request #{} is unknown or already completed",
-                        req.id
-                    ),
-                })
-            }
-            Some(Pending::Ready(m)) => m,
-            Some(Pending::Posted { req, buf, .. }) => {
-                let st = req.wait();
-                self.arrived(st, buf)
-            }
-        };
-        to_vec(m, self.rank)
+        self.check_mine(req.comm, req.id)?;
+        Ok(to_vec(&self.wait_for(req.id)?))
     }
 
-    /// Completes a non-blocking receive if its message is there (`Some`); once it returned
-    /// `Some`, the request is finished and must not be waited for again.
-    pub fn test<T: Pod>(&self, req: &RecvRequest<T>) -> Result<Option<(Vec<T>, Status)>> {
+    /// Completes a non-blocking receive if its message is there.
+    pub fn test<T: Pod>(&self, req: RecvRequest<T>) -> Result<Test<T>> {
+        self.check_mine(req.comm, req.id)?;
         let mut b = self.books.borrow_mut();
-        let Some(p) = b.pending.remove(&req.id) else {
-            return Err(Error::Usage {
-                rank: self.rank,
-                what: format!(
-                    "receive request #{} is unknown or already completed",
-                    req.id
-                ),
-            });
-        };
-        let m = match p {
-            Pending::Ready(m) => m,
-            Pending::Posted {
-                req: r,
-                buf,
-                src,
-                tag,
-            } => match r.test() {
-                Ok(st) => {
-                    drop(b);
-                    self.arrived(st, buf)
+        if let Err(f) = b.ep.progress(&mut Mpi(&self.raw)) {
+            self.fatal(f)
+        }
+        match b.ep.complete(req.id) {
+            Completion::Pending => Ok(Test::Pending(req)),
+            Completion::Done(e) => {
+                let (v, st) = to_vec(&e);
+                Ok(Test::Done(v, st))
+            }
+            Completion::Failed(m) => Err(self.usage(m)),
+        }
+    }
+
+    fn check_mine(&self, comm: u64, id: u64) -> Result<()> {
+        if comm == self.id {
+            Ok(())
+        } else {
+            Err(self.usage(Misuse(format!(
+                "receive request #{id} belongs to another communicator"
+            ))))
+        }
+    }
+
+    fn post(&self, src: Source, tag: TagSel, fit: Fit) -> Result<u64> {
+        let mut b = self.books.borrow_mut();
+        b.ep.post(src, tag, fit).map_err(|m| self.usage(m))
+    }
+
+    /// Waits for receive `id`: blocks in MPI when it is the only receive waiting and nothing
+    /// queued can serve it, otherwise advances every posted receive in order.
+    fn wait_for(&self, id: u64) -> Result<Entry> {
+        let mut backoff = Backoff(0);
+        loop {
+            let mut b = self.books.borrow_mut();
+            let ep = &mut b.ep;
+            let step = match ep.blocking_selector(id) {
+                Some((src, tag)) => {
+                    let t = mpi_tag(tag);
+                    let (msg, st) = match src {
+                        Source::Rank(r) => self.raw.process_at_rank(r).matched_probe_with_tag(t),
+                        Source::Any => self.raw.any_process().matched_probe_with_tag(t),
+                    };
+                    ep.accept(receive(msg, st), (src, tag))
                 }
-                Err(r) => {
-                    b.pending.insert(
-                        req.id,
-                        Pending::Posted {
-                            req: r,
-                            buf,
-                            src,
-                            tag,
-                        },
-                    );
-                    return Ok(None);
-                }
-            },
-        };
-        to_vec(m, self.rank).map(Some)
+                None => ep.progress(&mut Mpi(&self.raw)),
+            };
+            if let Err(f) = step {
+                self.fatal(f)
+            }
+            match ep.complete(id) {
+                Completion::Done(e) => return Ok(e),
+                Completion::Failed(m) => return Err(self.usage(m)),
+                Completion::Pending => {}
+            }
+            drop(b);
+            backoff.pause();
+        }
     }
 
     /// Reduces `send` over all ranks into `recv` on every rank.
@@ -399,125 +430,113 @@ impl Comm {
         self.raw.barrier();
     }
 
-    /// The next message for (`src`, `tag`): from the log if one matches, else from MPI.
-    fn next_message(&self, src: Source, tag: TagSel) -> Result<Logged> {
-        if let Source::Rank(r) = src {
-            self.check_peer(r, "receive")?;
-        }
-        if let Some(m) = self.books.borrow_mut().log.take_match(src, tag) {
-            return Ok(m);
-        }
-        let t = match tag {
-            TagSel::Tag(t) => t,
-            TagSel::Any => any_tag(),
-        };
-        let (msg, st) = match src {
-            Source::Rank(r) => self.raw.process_at_rank(r).matched_probe_with_tag(t),
-            Source::Any => self.raw.any_process().matched_probe_with_tag(t),
-        };
-        Ok(self.receive_matched(msg, st))
-    }
-
-    /// Receives a probed message into a new buffer and counts it.
-    fn receive_matched(&self, msg: Message, st: MpiStatus) -> Logged {
-        let mut data = vec![0u8; st.count(u8::equivalent_datatype()) as usize];
-        msg.matched_receive_into(&mut data[..]);
-        self.book(&st, data)
-    }
-
-    /// Books a completed MPI receive and takes its bytes.
-    fn arrived(&self, st: MpiStatus, buf: Owned) -> Logged {
-        let mut data = buf.into_box().into_vec();
-        data.truncate(st.count(u8::equivalent_datatype()) as usize);
-        self.book(&st, data)
-    }
-
-    /// Counts a message taken out of MPI.
-    fn book(&self, st: &MpiStatus, data: Vec<u8>) -> Logged {
-        let src = st.source_rank();
-        self.books.borrow_mut().counters.on_arrive(src as usize);
-        Logged {
-            src,
-            tag: st.tag(),
-            data,
-        }
-    }
-
     /// Whether the application has a receive posted and not completed.
     pub(crate) fn has_pending(&self) -> bool {
-        !self.books.borrow().pending.is_empty()
+        self.books.borrow().ep.has_posted()
     }
 
     /// Descriptions of the application's receives still pending (for the misuse report).
     pub(crate) fn pending_requests(&self) -> Vec<String> {
-        self.books
-            .borrow()
-            .pending
-            .iter()
-            .map(|(id, p)| match p {
-                Pending::Ready(m) => format!(
-                    "irecv #{id} (its message from rank {} with tag {} has arrived, but it was \
-                     never waited for)",
-                    m.src, m.tag
-                ),
-                Pending::Posted { src, tag, .. } => {
-                    format!(
-                        "irecv #{id} from {} with {}",
-                        describe_src(*src),
-                        describe_tag(*tag)
-                    )
+        self.books.borrow().ep.posted_descriptions()
+    }
+
+    /// This rank's bookmarks: the next sequence number it would send to each rank.
+    pub(crate) fn bookmark(&self) -> Vec<u64> {
+        self.books.borrow().ep.bookmark().to_vec()
+    }
+
+    /// Refuses sends and receives from now on, with `why`.
+    pub(crate) fn stop(&self, why: String) {
+        self.books.borrow_mut().ep.stop(why);
+    }
+
+    /// The drain of a cut: takes every message numbered below its sender's bookmark
+    /// (`sent_to_me`) out of MPI into the log, then completes this rank's own buffered sends
+    /// (they complete: every receiver drains what was sent to it). Each wait has the deadline
+    /// of `watch` and names the rank it waits for. `what` names the cut for people.
+    pub(crate) fn drain(&self, sent_to_me: &[u64], watch: &Watch, what: &str) -> DrainReport {
+        let mut report = DrainReport::default();
+        let mut b = self.books.borrow_mut();
+        let before = (b.ep.logged(), b.ep.logged_bytes());
+        for (peer, &bookmark) in sent_to_me.iter().enumerate() {
+            loop {
+                let missing = match b.ep.missing(peer, bookmark) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(f) => self.fatal(f),
+                };
+                let mut got = None;
+                stall::wait_on_rank(
+                    &self.raw,
+                    watch,
+                    peer as i32,
+                    || {
+                        format!(
+                            "{what}: {missing} messages sent by rank {peer} before its \
+                             bookmark have not arrived"
+                        )
+                    },
+                    || {
+                        got = Mpi(&self.raw).take(Source::Rank(peer as i32), TagSel::Any);
+                        got.is_some()
+                    },
+                );
+                if let Some(raw) = got {
+                    if let Err(f) = b.ep.drained(raw, bookmark) {
+                        self.fatal(f)
+                    }
                 }
-            })
-            .collect()
-    }
-
-    /// Messages sent to each peer since the last quiescence (the bookmark this rank sends).
-    pub(crate) fn sent_counts(&self) -> Vec<u64> {
-        self.books.borrow().counters.sent.clone()
-    }
-
-    /// Drains in-flight messages: pulls `plan[p]` messages from each peer `p` into the log,
-    /// then completes this rank's own buffered sends and resets the counters. The plan comes
-    /// from the bookmark exchange, so every message pulled here was sent before its sender's
-    /// checkpoint; the sends complete because every receiver drains what was sent to it.
-    pub(crate) fn drain(&self, plan: &[u64]) -> quiesce::DrainReport {
-        let mut report = quiesce::DrainReport::default();
-        for (peer, &k) in plan.iter().enumerate() {
-            for _ in 0..k {
-                let (msg, st) = self
-                    .raw
-                    .process_at_rank(peer as i32)
-                    .matched_probe_with_tag(any_tag());
-                let m = self.receive_matched(msg, st);
-                report.record(&m);
-                self.books.borrow_mut().log.push(m);
             }
         }
-        let outgoing = std::mem::take(&mut self.books.borrow_mut().outgoing);
-        for o in outgoing {
-            o.req.wait();
-            drop(o.buf.into_box());
+        if let Err(f) = b.ep.end_cut(sent_to_me) {
+            self.fatal(f)
         }
-        self.books.borrow_mut().counters.reset();
+        report.messages = (b.ep.logged() - before.0) as u64;
+        report.bytes = b.ep.logged_bytes() - before.1;
+        for o in std::mem::take(&mut b.outgoing) {
+            let mut req = Some(o.req);
+            stall::wait_on_rank(
+                &self.raw,
+                watch,
+                o.dest,
+                || {
+                    format!(
+                        "{what}: a {}-byte message sent to rank {} was not taken",
+                        o.bytes, o.dest
+                    )
+                },
+                || match req.take().map(|r| r.test()) {
+                    Some(Ok(_)) | None => true,
+                    Some(Err(r)) => {
+                        req = Some(r);
+                        false
+                    }
+                },
+            );
+            o.buf.free();
+        }
         report
     }
 
-    /// This rank's arrived counts (for the drain plan).
-    pub(crate) fn arrived_counts(&self) -> Vec<u64> {
-        self.books.borrow().counters.arrived.clone()
+    /// Messages in the log after the drain, encoded for the snapshot with the sequence
+    /// numbers of every pair.
+    pub(crate) fn encode_state(&self) -> Vec<u8> {
+        self.books.borrow().ep.encode_state()
     }
 
-    /// The message log, encoded for the snapshot.
-    pub(crate) fn encode_log(&self) -> Vec<u8> {
-        self.books.borrow().log.encode()
+    /// Takes over the state restored from a snapshot (after the restore cut).
+    pub(crate) fn restore_state(&self, state: CommState) {
+        self.books.borrow_mut().ep.restore(state);
     }
+}
 
-    /// Replaces the message log with one restored from a snapshot.
-    pub(crate) fn restore_log(&self, log: MessageLog) {
-        let mut b = self.books.borrow_mut();
-        b.log = log;
-        b.counters.reset();
-    }
+/// What a drain pulled, for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DrainReport {
+    /// Messages drained.
+    pub messages: u64,
+    /// Payload bytes drained.
+    pub bytes: u64,
 }
 
 impl Drop for Comm {
@@ -527,23 +546,17 @@ impl Drop for Comm {
         let b = self.books.get_mut();
         for o in b.outgoing.drain(..) {
             match o.req.test() {
-                Ok(_) => drop(o.buf.into_box()),
+                Ok(_) => o.buf.free(),
                 // SAFETY: the buffer stays leaked, so MPI may still read it.
                 Err(r) => {
                     let _ = unsafe { r.into_raw() };
                 }
             }
         }
-        for (_, p) in std::mem::take(&mut b.pending) {
-            if let Pending::Posted { req, .. } = p {
-                // SAFETY: as above, the receive buffer stays leaked.
-                let _ = unsafe { req.into_raw() };
-            }
-        }
     }
 }
 
-/// Frees the buffers of completed sends at the front (sends mostly complete in order).
+/// Frees the buffers of completed sends (sends mostly complete in order).
 fn reap(outgoing: &mut Vec<Outgoing>) {
     if outgoing.len() < 16 {
         return;
@@ -551,44 +564,22 @@ fn reap(outgoing: &mut Vec<Outgoing>) {
     let mut kept = Vec::with_capacity(outgoing.len());
     for o in outgoing.drain(..) {
         match o.req.test() {
-            Ok(_) => drop(o.buf.into_box()),
-            Err(req) => kept.push(Outgoing { req, buf: o.buf }),
+            Ok(_) => o.buf.free(),
+            Err(req) => kept.push(Outgoing { req, ..o }),
         }
     }
     *outgoing = kept;
 }
 
-fn describe_src(s: Source) -> String {
-    match s {
-        Source::Any => "any rank".into(),
-        Source::Rank(r) => format!("rank {r}"),
+fn status(e: &Entry) -> Status {
+    Status {
+        source: e.src,
+        tag: e.tag,
+        bytes: e.payload().len(),
     }
 }
 
-fn describe_tag(t: TagSel) -> String {
-    match t {
-        TagSel::Any => "any tag".into(),
-        TagSel::Tag(t) => format!("tag {t}"),
-    }
-}
-
-fn to_vec<T: Pod>(m: Logged, rank: i32) -> Result<(Vec<T>, Status)> {
-    let size = std::mem::size_of::<T>().max(1);
-    if m.data.len() % size != 0 {
-        return Err(Error::Usage {
-            rank,
-            what: format!(
-                "message from rank {} (tag {}) has {} bytes, not a whole number of {size}-byte elements",
-                m.src,
-                m.tag,
-                m.data.len()
-            ),
-        });
-    }
-    let st = Status {
-        source: m.src,
-        tag: m.tag,
-        bytes: m.data.len(),
-    };
-    Ok((bytemuck::pod_collect_to_vec(&m.data), st))
+/// The payload as elements (the accounting checked that the size divides it).
+fn to_vec<T: Pod>(e: &Entry) -> (Vec<T>, Status) {
+    (bytemuck::pod_collect_to_vec(e.payload()), status(e))
 }

@@ -13,7 +13,7 @@ use crate::error::{Corruption, Error, Result};
 use crate::events::{self, Event};
 use crate::format::{FileIdentity, RankFileReader, RegionKind};
 use crate::manifest::{self, Manifest};
-use crate::protocol::quiesce::MessageLog;
+use crate::protocol::msglog::CommState;
 use crate::region::{file_error, Protect, Regions, Site};
 use crate::transport;
 use crate::Ctx;
@@ -30,7 +30,7 @@ pub struct Restored {
     /// Seconds this rank spent restoring.
     pub read_secs: f64,
     pub(crate) lib: LibState,
-    pub(crate) log: MessageLog,
+    pub(crate) log: CommState,
 }
 
 /// Restores the newest usable epoch among `candidates` (newest first). Collective.
@@ -107,7 +107,7 @@ fn restore_epoch<P: Protect + ?Sized>(
     ctx: &Ctx,
     epoch: u64,
     state: &mut P,
-) -> Result<(LibState, MessageLog, u64, Manifest)> {
+) -> Result<(LibState, CommState, u64, Manifest)> {
     let m = manifest::load(&ctx.cfg.job_dir, epoch)?;
     if m.nranks != ctx.nranks as u32 || m.ranks.len() != m.nranks as usize {
         return Err(Error::Usage {
@@ -183,7 +183,7 @@ fn restore_epoch<P: Protect + ?Sized>(
             detail: e.to_string(),
         },
     })?;
-    let log = MessageLog::decode(&log_bytes).map_err(|e| Error::Corrupt {
+    let log = CommState::decode(&log_bytes, ctx.nranks as usize).map_err(|e| Error::Corrupt {
         rank: ctx.rank,
         epoch,
         path: path.clone(),

@@ -129,3 +129,40 @@ pub(crate) fn wait_request<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
         None => true,
     });
 }
+
+/// Spins on `test` until it returns true or the timeout passes; in the second case `late` is
+/// the rank this one waited for (known here, unlike in a collective): it is named with
+/// `describe()`, a `stalled` event is recorded, and the job is aborted.
+pub(crate) fn wait_on_rank(
+    comm: &mpi::topology::SimpleCommunicator,
+    watch: &Watch,
+    late: i32,
+    describe: impl Fn() -> String,
+    mut test: impl FnMut() -> bool,
+) {
+    let t0 = Instant::now();
+    let mut spins = 0u32;
+    while !test() {
+        if t0.elapsed() >= watch.timeout {
+            let what = describe();
+            let rank = comm.rank();
+            eprintln!(
+                "[ckpt rank {rank}] error: waited {} s for rank {late}: {what}",
+                watch.timeout.as_secs()
+            );
+            let _ = events::append(
+                &watch.job_dir,
+                &Event::Stalled {
+                    what: format!("rank {rank}: {what}"),
+                    missing: vec![late],
+                    waited: watch.timeout.as_secs_f64(),
+                },
+            );
+            comm.abort(3)
+        }
+        spins += 1;
+        if spins > 1000 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}

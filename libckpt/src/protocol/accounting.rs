@@ -1,0 +1,611 @@
+//! Exactly-once accounting of one rank's application messages, free of MPI: envelopes, posted
+//! receives, the message log and the cuts (checkpoint quiescence, restore).
+//!
+//! [`crate::Comm`] is a thin MPI adapter over an [`Endpoint`]; `protocol/sim.rs` drives the
+//! same `Endpoint` over a simulated network with random delays and crashes.
+//!
+//! # How a message is accounted
+//! Every message carries an [`Envelope`] with its number in the sender's stream to this
+//! receiver. The receiver keeps, per sender, a [`Window`]: every number below `below` has been
+//! taken out of the network, and `above` holds the numbers taken beyond it (messages with
+//! different tags may be received out of order). A number taken twice is a duplicate and stops
+//! the job; "how many messages of sender p are still in the network before its bookmark b" is
+//! `b - below - |above ∩ [below, b)|`, computed from the messages themselves.
+//!
+//! # Matching order
+//! Receives are matched in the order they were posted (MPI's rule for posted receives): a
+//! message taken out of the network goes to the earliest waiting receive it matches. A receive
+//! takes from the log first, then from the network. Per sender, a message never overtakes an
+//! earlier one that matches the same receive (MPI's non-overtaking rule): a logged message
+//! numbered `s` is not handed out while a message of its sender numbered below `s` is still in
+//! the network (it might match too); that gap is filled first, from the network, in order.
+//!
+//! # Size errors keep the message
+//! A receive whose buffer is too small, or whose element size does not divide the message,
+//! fails with [`Misuse`]; the message stays at its place for the next matching receive.
+//!
+//! # Cuts
+//! At a checkpoint every rank sends each peer its bookmark (the next number it would send to
+//! it); each rank takes every message numbered below the bookmark out of the network into its
+//! log ([`Endpoint::missing`], [`Endpoint::drained`], [`Endpoint::end_cut`]). The same cut is
+//! made at `restore()` for the traffic sent before it: those messages stay in the log, ahead of
+//! the restored ones (they belong to this run's set-up, which comes before the restored
+//! iterations), and the restored sequence numbers take over, in a new era.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::envelope::{Envelope, EnvelopeError, ENVELOPE_LEN};
+use super::msglog::{matches, At, CommState, Entry, MessageLog, Source, TagSel};
+
+/// A message as the network hands it over: sender, tag, and its frame (envelope, payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Raw {
+    /// Sender.
+    pub src: i32,
+    /// Tag.
+    pub tag: i32,
+    /// Envelope and payload.
+    pub frame: Vec<u8>,
+}
+
+/// The point-to-point network under the accounting: MPI in `comm.rs`, simulated in `sim.rs`.
+pub trait Network {
+    /// Takes the first message that matches (`src`, `tag`) out of the network if one has
+    /// arrived, in MPI's order (per sender, the earliest sent that matches). Never blocks.
+    fn take(&mut self, src: Source, tag: TagSel) -> Option<Raw>;
+}
+
+/// What a receive accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fit {
+    /// At most this many payload bytes (`None`: any length).
+    pub max_bytes: Option<usize>,
+    /// The payload must be a whole number of elements of this size.
+    pub elem: usize,
+}
+
+impl Fit {
+    /// Any length, whole elements of `elem` bytes.
+    pub fn any(elem: usize) -> Fit {
+        Fit {
+            max_bytes: None,
+            elem,
+        }
+    }
+
+    fn refuses(&self, len: usize) -> Option<String> {
+        let elem = self.elem.max(1);
+        if let Some(max) = self.max_bytes.filter(|&m| len > m) {
+            Some(format!("more than the {max} bytes this receive accepts"))
+        } else if len % elem != 0 {
+            Some(format!("not a whole number of {elem}-byte elements"))
+        } else {
+            None
+        }
+    }
+}
+
+/// A call against one of the communicator's rules. The call fails; no message is lost.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Misuse(pub String);
+
+/// A broken invariant of the accounting (a bug, or bytes that did not come from the library):
+/// the job cannot go on without risking a lost or doubled message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    /// The frame has no valid envelope.
+    #[error("message from rank {src} (tag {tag}): {err}")]
+    Envelope {
+        /// Sender.
+        src: i32,
+        /// Tag.
+        tag: i32,
+        /// What is wrong.
+        err: EnvelopeError,
+    },
+    /// The sender is not a rank of the job.
+    #[error("message from rank {0}, which is not in the job")]
+    Source(i32),
+    /// Sent in another era than the receiver's (across a `restore()` cut).
+    #[error("message {seq} from rank {src} was sent in era {found}, this rank is in era {era}")]
+    Era {
+        /// Sender.
+        src: i32,
+        /// Its number.
+        seq: u64,
+        /// Era in the envelope.
+        found: u32,
+        /// This rank's era.
+        era: u32,
+    },
+    /// A number taken twice.
+    #[error("message {seq} from rank {src} was taken out of the network twice")]
+    Duplicate {
+        /// Sender.
+        src: i32,
+        /// Its number.
+        seq: u64,
+    },
+    /// A message numbered at or beyond its sender's bookmark was taken before or during a cut.
+    #[error(
+        "message {seq} from rank {src} was taken, but rank {src} sent only {bookmark} \
+         messages here before the cut"
+    )]
+    BeyondBookmark {
+        /// Sender.
+        src: i32,
+        /// Its number.
+        seq: u64,
+        /// The sender's bookmark.
+        bookmark: u64,
+    },
+    /// A cut ended with messages of a sender still missing.
+    #[error("cut ended with {missing} messages from rank {src} still in the network")]
+    Incomplete {
+        /// Sender.
+        src: i32,
+        /// How many.
+        missing: u64,
+    },
+}
+
+/// How a posted receive stands.
+#[derive(Debug)]
+pub enum Completion {
+    /// No message yet.
+    Pending,
+    /// Its message (the request is finished).
+    Done(Entry),
+    /// It failed (the request is finished; its message, if any, stays queued).
+    Failed(Misuse),
+}
+
+/// Numbers taken from one sender: all below `below`, and those in `above`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Window {
+    below: u64,
+    above: BTreeSet<u64>,
+}
+
+impl Window {
+    fn at(below: u64) -> Window {
+        Window {
+            below,
+            above: BTreeSet::new(),
+        }
+    }
+
+    /// Records `seq`; false if it was already taken.
+    fn insert(&mut self, seq: u64) -> bool {
+        if seq < self.below || !self.above.insert(seq) {
+            return false;
+        }
+        while self.above.remove(&self.below) {
+            self.below += 1;
+        }
+        true
+    }
+
+    /// Numbers below `bound` not taken yet.
+    fn missing_below(&self, bound: u64) -> u64 {
+        if bound <= self.below {
+            return 0;
+        }
+        (bound - self.below) - self.above.range(self.below..bound).count() as u64
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Waiting,
+    Matched(Entry),
+    Failed(Misuse),
+}
+
+#[derive(Debug)]
+struct Posted {
+    src: Source,
+    tag: TagSel,
+    fit: Fit,
+    state: State,
+}
+
+impl Posted {
+    fn waiting(&self) -> bool {
+        matches!(self.state, State::Waiting)
+    }
+}
+
+/// One rank's accounting (see the module documentation).
+#[derive(Debug)]
+pub struct Endpoint {
+    rank: i32,
+    nranks: usize,
+    era: u32,
+    next_send: Vec<u64>,
+    windows: Vec<Window>,
+    log: MessageLog,
+    posted: BTreeMap<u64, Posted>,
+    next_id: u64,
+    stopped: Option<String>,
+}
+
+/// Whether every message that (`inner_src`, `inner_tag`) accepts is also accepted by
+/// (`outer_src`, `outer_tag`).
+fn covers(outer: (Source, TagSel), inner: (Source, TagSel)) -> bool {
+    let src = match (outer.0, inner.0) {
+        (Source::Any, _) => true,
+        (Source::Rank(a), Source::Rank(b)) => a == b,
+        (Source::Rank(_), Source::Any) => false,
+    };
+    let tag = match (outer.1, inner.1) {
+        (TagSel::Any, _) => true,
+        (TagSel::Tag(a), TagSel::Tag(b)) => a == b,
+        (TagSel::Tag(_), TagSel::Any) => false,
+    };
+    src && tag
+}
+
+impl Endpoint {
+    /// The accounting of rank `rank` in a job of `nranks`, before any message.
+    pub fn new(rank: i32, nranks: usize) -> Endpoint {
+        Endpoint {
+            rank,
+            nranks,
+            era: 0,
+            next_send: vec![0; nranks],
+            windows: vec![Window::default(); nranks],
+            log: MessageLog::default(),
+            posted: BTreeMap::new(),
+            next_id: 0,
+            stopped: None,
+        }
+    }
+
+    /// Refuses every later send and receive with `why` (after `poll` said the job stops).
+    pub fn stop(&mut self, why: String) {
+        self.stopped = Some(why);
+    }
+
+    fn check_open(&self) -> Result<(), Misuse> {
+        match &self.stopped {
+            Some(why) => Err(Misuse(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn check_rank(&self, r: i32, what: &str) -> Result<usize, Misuse> {
+        if (0..self.nranks as i64).contains(&i64::from(r)) {
+            Ok(r as usize)
+        } else {
+            Err(Misuse(format!(
+                "{what}: rank {r} does not exist (ranks 0..{})",
+                self.nranks - 1
+            )))
+        }
+    }
+
+    /// Accounts a message to `dst` with `tag` and returns the envelope to put before its
+    /// payload. Fails (and accounts nothing) on a bad rank, a negative tag, or after `stop`.
+    pub fn send(&mut self, dst: i32, tag: i32) -> Result<[u8; ENVELOPE_LEN], Misuse> {
+        self.check_open()?;
+        let d = self.check_rank(dst, "send")?;
+        if tag < 0 {
+            return Err(Misuse(format!(
+                "send to rank {dst}: tag {tag} is negative (tags are 0 or more)"
+            )));
+        }
+        let seq = self.next_send[d];
+        self.next_send[d] += 1;
+        Ok(Envelope { era: self.era, seq }.encode())
+    }
+
+    /// Posts a receive; returns its id. Fails on a bad rank, a negative tag, or after `stop`.
+    pub fn post(&mut self, src: Source, tag: TagSel, fit: Fit) -> Result<u64, Misuse> {
+        self.check_open()?;
+        if let Source::Rank(r) = src {
+            self.check_rank(r, "receive")?;
+        }
+        if let TagSel::Tag(t) = tag {
+            if t < 0 {
+                return Err(Misuse(format!(
+                    "receive with tag {t}: tags are 0 or more (use TagSel::Any for any tag)"
+                )));
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.posted.insert(
+            id,
+            Posted {
+                src,
+                tag,
+                fit,
+                state: State::Waiting,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Takes the outcome of receive `id` if it has one.
+    pub fn complete(&mut self, id: u64) -> Completion {
+        match self.posted.get(&id).map(|p| p.waiting()) {
+            None => Completion::Failed(Misuse(format!(
+                "receive request #{id} is unknown or already completed"
+            ))),
+            Some(true) => Completion::Pending,
+            Some(false) => match self.posted.remove(&id).map(|p| p.state) {
+                Some(State::Matched(e)) => Completion::Done(e),
+                Some(State::Failed(m)) => Completion::Failed(m),
+                _ => Completion::Pending,
+            },
+        }
+    }
+
+    /// If receive `id` is the only one waiting and nothing in the log could serve it, the
+    /// selector to block on in the network (the adapter may then wait in MPI and hand the
+    /// message to [`Endpoint::accept`]).
+    pub fn blocking_selector(&self, id: u64) -> Option<(Source, TagSel)> {
+        let p = self.posted.get(&id).filter(|p| p.waiting())?;
+        let alone = self.posted.values().filter(|q| q.waiting()).count() == 1;
+        (alone && self.log.candidates(p.src, p.tag).is_empty()).then_some((p.src, p.tag))
+    }
+
+    /// Advances every waiting receive, in the order they were posted, from the log and then
+    /// the network.
+    pub fn progress(&mut self, net: &mut impl Network) -> Result<(), Fatal> {
+        let ids: Vec<u64> = self
+            .posted
+            .iter()
+            .filter(|(_, p)| p.waiting())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.advance(id, net)?;
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, id: u64, net: &mut impl Network) -> Result<(), Fatal> {
+        loop {
+            let Some(p) = self.posted.get(&id).filter(|p| p.waiting()) else {
+                return Ok(());
+            };
+            let (src, tag) = (p.src, p.tag);
+            // The first logged candidate with nothing of its sender still in the network
+            // below it; otherwise fill the first blocking gap, or take from the network.
+            let mut blocked = None;
+            let mut ready = None;
+            for (at, e) in self.log.candidates(src, tag) {
+                match e.seq {
+                    Some(s) if self.windows[e.src as usize].missing_below(s) > 0 => {
+                        blocked.get_or_insert(e.src);
+                    }
+                    _ => {
+                        ready = Some(at);
+                        break;
+                    }
+                }
+            }
+            if let Some(at) = ready {
+                self.give(id, at);
+                return Ok(());
+            }
+            let sel = match blocked {
+                Some(p) => (Source::Rank(p), TagSel::Any),
+                None => (src, tag),
+            };
+            match net.take(sel.0, sel.1) {
+                Some(raw) => self.accept(raw, sel)?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Hands the logged entry at `at` to receive `id`, or fails the receive if the entry does
+    /// not fit (the entry stays).
+    fn give(&mut self, id: u64, at: At) {
+        let Some(p) = self.posted.get_mut(&id) else {
+            return;
+        };
+        let Some((len, tag)) = self.log.get(at).map(|e| (e.payload().len(), e.tag)) else {
+            return;
+        };
+        if let Some(why) = p.fit.refuses(len) {
+            p.state = State::Failed(refused(at.src, tag, len, &why));
+        } else if let Some(e) = self.log.remove(at) {
+            p.state = State::Matched(e);
+        }
+    }
+
+    /// Accounts a message taken out of the network with selector `taken_with` and hands it to
+    /// the earliest waiting receive it matches, or keeps it in the log.
+    pub fn accept(&mut self, raw: Raw, taken_with: (Source, TagSel)) -> Result<(), Fatal> {
+        let e = self.account(raw)?;
+        let seq = e.seq.unwrap_or(0);
+        let gap = self.windows[e.src as usize].missing_below(seq) > 0;
+        let len = e.payload().len();
+        for p in self.posted.values_mut() {
+            if !p.waiting() || !matches(p.src, p.tag, e.src, e.tag) {
+                continue;
+            }
+            // An earlier message of the same sender may match this receive: it must go first.
+            let earlier_logged = self.log.has_earlier(e.src, p.tag, seq);
+            let earlier_unseen = gap && !covers(taken_with, (p.src, p.tag));
+            if earlier_logged || earlier_unseen {
+                break;
+            }
+            if let Some(why) = p.fit.refuses(len) {
+                p.state = State::Failed(refused(e.src, e.tag, len, &why));
+                continue;
+            }
+            p.state = State::Matched(e);
+            return Ok(());
+        }
+        self.log.insert(e);
+        Ok(())
+    }
+
+    /// Checks a message's envelope and records its number.
+    fn account(&mut self, raw: Raw) -> Result<Entry, Fatal> {
+        if raw.src < 0 || raw.src as usize >= self.nranks {
+            return Err(Fatal::Source(raw.src));
+        }
+        let env = Envelope::decode(&raw.frame).map_err(|err| Fatal::Envelope {
+            src: raw.src,
+            tag: raw.tag,
+            err,
+        })?;
+        if env.era != self.era {
+            return Err(Fatal::Era {
+                src: raw.src,
+                seq: env.seq,
+                found: env.era,
+                era: self.era,
+            });
+        }
+        if !self.windows[raw.src as usize].insert(env.seq) {
+            return Err(Fatal::Duplicate {
+                src: raw.src,
+                seq: env.seq,
+            });
+        }
+        Ok(Entry::from_frame(raw.src, raw.tag, env.seq, raw.frame))
+    }
+
+    /// This rank's bookmarks: the next number it would send to each rank.
+    pub fn bookmark(&self) -> &[u64] {
+        &self.next_send
+    }
+
+    /// Messages from `peer` numbered below its `bookmark` still in the network. Fails if a
+    /// message numbered at or beyond the bookmark was already taken.
+    pub fn missing(&self, peer: usize, bookmark: u64) -> Result<u64, Fatal> {
+        let w = &self.windows[peer];
+        let beyond = w
+            .above
+            .last()
+            .copied()
+            .filter(|&s| s >= bookmark)
+            .or((w.below > bookmark).then(|| w.below - 1));
+        if let Some(seq) = beyond {
+            return Err(Fatal::BeyondBookmark {
+                src: peer as i32,
+                seq,
+                bookmark,
+            });
+        }
+        Ok(w.missing_below(bookmark))
+    }
+
+    /// Keeps a message drained from `peer` during a cut (taken with any tag from `peer`).
+    pub fn drained(&mut self, raw: Raw, bookmark: u64) -> Result<(), Fatal> {
+        let e = self.account(raw)?;
+        let seq = e.seq.unwrap_or(0);
+        if seq >= bookmark {
+            return Err(Fatal::BeyondBookmark {
+                src: e.src,
+                seq,
+                bookmark,
+            });
+        }
+        self.log.insert(e);
+        Ok(())
+    }
+
+    /// Ends a cut: every message below every sender's bookmark (`sent_to_me`) was taken.
+    pub fn end_cut(&self, sent_to_me: &[u64]) -> Result<(), Fatal> {
+        for (peer, &b) in sent_to_me.iter().enumerate() {
+            let missing = self.missing(peer, b)?;
+            if missing > 0 {
+                return Err(Fatal::Incomplete {
+                    src: peer as i32,
+                    missing,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The state a snapshot holds (after a cut: every window is complete).
+    pub fn encode_state(&self) -> Vec<u8> {
+        let below: Vec<u64> = self.windows.iter().map(|w| w.below).collect();
+        CommState::encode_parts(&self.next_send, &below, &self.log)
+    }
+
+    /// Takes over a restored state after the restore cut: what is left in the log from before
+    /// comes first, then the restored messages; a new era starts.
+    pub fn restore(&mut self, state: CommState) {
+        self.log.forget_seqs();
+        for e in state.log.iter() {
+            self.log.insert(e.clone());
+        }
+        self.next_send = state.next_send;
+        self.windows = state.recv_below.into_iter().map(Window::at).collect();
+        self.era += 1;
+    }
+
+    /// Messages in the log.
+    pub fn logged(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Payload bytes in the log.
+    pub fn logged_bytes(&self) -> u64 {
+        self.log.bytes()
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> i32 {
+        self.rank
+    }
+
+    /// Whether a receive is posted and not completed.
+    pub fn has_posted(&self) -> bool {
+        !self.posted.is_empty()
+    }
+
+    /// Descriptions of the receives posted and not completed.
+    pub fn posted_descriptions(&self) -> Vec<String> {
+        self.posted
+            .iter()
+            .map(|(id, p)| match &p.state {
+                State::Matched(e) => format!(
+                    "irecv #{id} (its message from rank {} with tag {} has arrived, but it \
+                     was never waited for)",
+                    e.src, e.tag
+                ),
+                State::Failed(_) => format!("irecv #{id} (failed, never waited for)"),
+                State::Waiting => format!(
+                    "irecv #{id} from {} with {}",
+                    describe_src(p.src),
+                    describe_tag(p.tag)
+                ),
+            })
+            .collect()
+    }
+}
+
+fn refused(src: i32, tag: i32, len: usize, why: &str) -> Misuse {
+    Misuse(format!(
+        "the message from rank {src} (tag {tag}) has {len} bytes, {why}; it stays queued for \
+         the next matching receive"
+    ))
+}
+
+/// "rank 3" or "any rank".
+pub fn describe_src(s: Source) -> String {
+    match s {
+        Source::Any => "any rank".into(),
+        Source::Rank(r) => format!("rank {r}"),
+    }
+}
+
+/// "tag 5" or "any tag".
+pub fn describe_tag(t: TagSel) -> String {
+    match t {
+        TagSel::Any => "any tag".into(),
+        TagSel::Tag(t) => format!("tag {t}"),
+    }
+}

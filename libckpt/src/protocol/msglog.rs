@@ -1,0 +1,561 @@
+//! The message log: messages taken out of the network that the application has not received
+//! yet, kept in MPI's matching order, and its encoding in the snapshot.
+//!
+//! Messages enter the log when the quiescence drains them, when a receive refuses one (too
+//! large, or not a whole number of elements: it stays for the next matching receive), or when
+//! one arrives that an earlier-posted receive cannot take yet. Per sender the log keeps stream
+//! order: entries restored from a snapshot (no sequence number) first, then entries in
+//! sequence-number order. Across senders, a wildcard receive takes the entry that arrived
+//! first.
+//!
+//! # Snapshot section `@ckpt/msglog`, version 2 (little-endian)
+//!
+//! ```text
+//! 0   4  magic "CKML"
+//! 4   4  version (2)
+//! 8   4  ranks n
+//! 12  8n next sequence number to send to each rank
+//! ..  8n next sequence number expected from each rank (all below it were taken)
+//! ..  8  number of messages
+//! then per message, in the order receives match them:
+//!     4  source rank (i32)
+//!     4  tag (i32)
+//!     8  payload length
+//!     ..  payload
+//! ```
+//! Version 1 (no sequence numbers: counters restarted from zero at every checkpoint) is still
+//! read: its messages, with every sequence number zero.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::envelope::ENVELOPE_LEN;
+
+/// Which senders a receive accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Any rank (`MPI_ANY_SOURCE`).
+    Any,
+    /// This rank only.
+    Rank(i32),
+}
+
+/// Which tags a receive accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagSel {
+    /// Any tag (`MPI_ANY_TAG`).
+    Any,
+    /// This tag only (a tag is never negative).
+    Tag(i32),
+}
+
+/// Whether a message from `src` with `tag` matches the receive (`want_src`, `want_tag`).
+pub fn matches(want_src: Source, want_tag: TagSel, src: i32, tag: i32) -> bool {
+    (match want_src {
+        Source::Any => true,
+        Source::Rank(r) => r == src,
+    }) && (match want_tag {
+        TagSel::Any => true,
+        TagSel::Tag(t) => t == tag,
+    })
+}
+
+/// A message held by the library until the application receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Sender.
+    pub src: i32,
+    /// Tag.
+    pub tag: i32,
+    /// Sequence number in the sender's stream, for messages taken from the network in this
+    /// era; `None` for messages restored from a snapshot or left from before `restore()`.
+    pub seq: Option<u64>,
+    /// The frame as received: envelope (when `off` is [`ENVELOPE_LEN`]) then payload.
+    frame: Vec<u8>,
+    off: usize,
+    /// Arrival order, for wildcard receives across senders.
+    stamp: u64,
+}
+
+impl Entry {
+    /// A message taken from the network: `frame` starts with its envelope.
+    pub fn from_frame(src: i32, tag: i32, seq: u64, frame: Vec<u8>) -> Entry {
+        Entry {
+            src,
+            tag,
+            seq: Some(seq),
+            frame,
+            off: ENVELOPE_LEN,
+            stamp: 0,
+        }
+    }
+
+    /// A message restored from a snapshot.
+    pub fn restored(src: i32, tag: i32, payload: Vec<u8>) -> Entry {
+        Entry {
+            src,
+            tag,
+            seq: None,
+            frame: payload,
+            off: 0,
+            stamp: 0,
+        }
+    }
+
+    /// The application's bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.off..]
+    }
+}
+
+/// The per-rank message log (see the module documentation for its order).
+#[derive(Debug, Clone, Default)]
+pub struct MessageLog {
+    by_src: BTreeMap<i32, VecDeque<Entry>>,
+    next_stamp: u64,
+    len: usize,
+}
+
+/// Where a matching entry is: its sender and its index in that sender's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    /// Sender.
+    pub src: i32,
+    /// Index in the sender's queue.
+    pub index: usize,
+}
+
+impl MessageLog {
+    /// Adds `e` at its place in its sender's stream.
+    pub fn insert(&mut self, mut e: Entry) {
+        e.stamp = self.next_stamp;
+        self.next_stamp += 1;
+        self.len += 1;
+        let q = self.by_src.entry(e.src).or_default();
+        let at = match e.seq {
+            // After every restored entry and every entry with a smaller number.
+            Some(s) => q.partition_point(|x| x.seq.is_none_or(|xs| xs < s)),
+            None => q.partition_point(|x| x.seq.is_none()),
+        };
+        q.insert(at, e);
+    }
+
+    /// The first entry of each sender's stream that matches, as candidates for a receive:
+    /// for `Source::Rank(p)` at most one; for `Source::Any` one per sender, oldest arrival
+    /// first.
+    pub fn candidates(&self, src: Source, tag: TagSel) -> Vec<(At, &Entry)> {
+        fn first(tag: TagSel, s: i32, q: &VecDeque<Entry>) -> Option<(At, &Entry)> {
+            q.iter()
+                .position(|e| matches(Source::Any, tag, e.src, e.tag))
+                .map(|index| (At { src: s, index }, &q[index]))
+        }
+        let mut out: Vec<(At, &Entry)> = match src {
+            Source::Rank(p) => self
+                .by_src
+                .get(&p)
+                .and_then(|q| first(tag, p, q))
+                .into_iter()
+                .collect(),
+            Source::Any => self
+                .by_src
+                .iter()
+                .filter_map(|(&s, q)| first(tag, s, q))
+                .collect(),
+        };
+        out.sort_by_key(|(_, e)| e.stamp);
+        out
+    }
+
+    /// The entry at `at`.
+    pub fn get(&self, at: At) -> Option<&Entry> {
+        self.by_src.get(&at.src)?.get(at.index)
+    }
+
+    /// Removes the entry at `at` (from [`MessageLog::candidates`]).
+    pub fn remove(&mut self, at: At) -> Option<Entry> {
+        let q = self.by_src.get_mut(&at.src)?;
+        let e = q.remove(at.index)?;
+        if q.is_empty() {
+            self.by_src.remove(&at.src);
+        }
+        self.len -= 1;
+        Some(e)
+    }
+
+    /// Whether an entry from `src` that matches `tag` comes before sequence number `seq` in
+    /// that sender's stream (so a message numbered `seq` must not overtake it).
+    pub fn has_earlier(&self, src: i32, tag: TagSel, seq: u64) -> bool {
+        self.by_src.get(&src).is_some_and(|q| {
+            q.iter()
+                .take_while(|e| e.seq.is_none_or(|s| s < seq))
+                .any(|e| matches(Source::Any, tag, e.src, e.tag))
+        })
+    }
+
+    /// Forgets sequence numbers (at a restore: they belonged to the previous era).
+    pub fn forget_seqs(&mut self) {
+        for q in self.by_src.values_mut() {
+            for e in q.iter_mut() {
+                e.seq = None;
+            }
+        }
+    }
+
+    /// Messages in the log.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Payload bytes in the log.
+    pub fn bytes(&self) -> u64 {
+        self.iter().map(|e| e.payload().len() as u64).sum()
+    }
+
+    /// Every entry in the order receives would match them: each sender's stream in order,
+    /// senders interleaved by arrival.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        let mut heads: Vec<std::iter::Peekable<std::collections::vec_deque::Iter<'_, Entry>>> =
+            self.by_src.values().map(|q| q.iter().peekable()).collect();
+        std::iter::from_fn(move || {
+            let best = heads
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, h)| h.peek().map(|e| (e.stamp, i)))
+                .min()?;
+            heads[best.1].next()
+        })
+    }
+}
+
+/// What the snapshot holds of one rank's communication: the sequence numbers on every pair
+/// and the message log.
+#[derive(Debug, Clone, Default)]
+pub struct CommState {
+    /// Next sequence number to send to each rank.
+    pub next_send: Vec<u64>,
+    /// Next sequence number expected from each rank.
+    pub recv_below: Vec<u64>,
+    /// Messages not yet received by the application, in matching order.
+    pub log: MessageLog,
+}
+
+/// Why an encoded message log cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// Wrong magic or version.
+    #[error("not a message log of version 1 or 2 (found magic {magic:02x?}, version {version})")]
+    Header {
+        /// Magic found.
+        magic: Vec<u8>,
+        /// Version found.
+        version: u32,
+    },
+    /// The bytes end early, a length is impossible, or a source or tag is negative.
+    #[error("message {index}: {detail}")]
+    Truncated {
+        /// Index of the message being decoded.
+        index: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The sequence numbers are for another number of ranks, or cut short.
+    #[error("sequence numbers: {0}")]
+    Seqs(String),
+    /// Bytes after the last message.
+    #[error("{0} bytes after the last message")]
+    Trailing(usize),
+}
+
+const LOG_MAGIC: [u8; 4] = *b"CKML";
+const LOG_VERSION: u32 = 2;
+
+impl CommState {
+    /// Encodes the state (see the module documentation).
+    pub fn encode(&self) -> Vec<u8> {
+        Self::encode_parts(&self.next_send, &self.recv_below, &self.log)
+    }
+
+    /// Encodes a state from its parts (`next_send` and `recv_below` of equal length).
+    pub fn encode_parts(next_send: &[u64], recv_below: &[u64], log: &MessageLog) -> Vec<u8> {
+        let n = next_send.len();
+        let mut out = Vec::with_capacity(24 + 16 * n + 16 * log.len() + log.bytes() as usize);
+        out.extend_from_slice(&LOG_MAGIC);
+        out.extend_from_slice(&LOG_VERSION.to_le_bytes());
+        out.extend_from_slice(&(n as u32).to_le_bytes());
+        for x in next_send.iter().chain(recv_below) {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out.extend_from_slice(&(log.len() as u64).to_le_bytes());
+        for e in log.iter() {
+            out.extend_from_slice(&e.src.to_le_bytes());
+            out.extend_from_slice(&e.tag.to_le_bytes());
+            out.extend_from_slice(&(e.payload().len() as u64).to_le_bytes());
+            out.extend_from_slice(e.payload());
+        }
+        out
+    }
+
+    /// Decodes a state for a job of `nranks` ranks; empty input is an empty state (a
+    /// snapshot may store nothing). Never allocates more than the input's length; a negative
+    /// source or tag, or a source outside the job, is an error.
+    pub fn decode(bytes: &[u8], nranks: usize) -> Result<CommState, LogError> {
+        let zeros = CommState {
+            next_send: vec![0; nranks],
+            recv_below: vec![0; nranks],
+            log: MessageLog::default(),
+        };
+        if bytes.is_empty() {
+            return Ok(zeros);
+        }
+        let mut r = Reader { bytes, pos: 0 };
+        let magic = r.take(4).unwrap_or_default().to_vec();
+        let version = r.u32().unwrap_or(0);
+        if magic != LOG_MAGIC || !(1..=LOG_VERSION).contains(&version) {
+            return Err(LogError::Header { magic, version });
+        }
+        let mut state = zeros;
+        if version >= 2 {
+            let n = r
+                .u32()
+                .ok_or_else(|| LogError::Seqs("no rank count".into()))?;
+            if n as usize != nranks {
+                return Err(LogError::Seqs(format!(
+                    "written for {n} ranks, this job has {nranks}"
+                )));
+            }
+            for i in 0..2 * nranks {
+                let x = r
+                    .u64()
+                    .ok_or_else(|| LogError::Seqs(format!("input ends at number {i}")))?;
+                if i < nranks {
+                    state.next_send[i] = x;
+                } else {
+                    state.recv_below[i - nranks] = x;
+                }
+            }
+        }
+        let count = r.u64().ok_or(LogError::Truncated {
+            index: 0,
+            detail: "no message count".into(),
+        })?;
+        for index in 0..count {
+            let short = |what: &str| LogError::Truncated {
+                index,
+                detail: format!("input ends in its {what}"),
+            };
+            let src = r.u32().ok_or_else(|| short("source"))? as i32;
+            let tag = r.u32().ok_or_else(|| short("tag"))? as i32;
+            // A negative rank or tag never comes from MPI (they are its wildcards); handing
+            // one to the application as a status would be silently wrong data.
+            if src < 0 || tag < 0 || src as usize >= nranks {
+                return Err(LogError::Truncated {
+                    index,
+                    detail: format!(
+                        "source {src} or tag {tag} impossible in a job of {nranks} ranks"
+                    ),
+                });
+            }
+            let len = r.u64().ok_or_else(|| short("length"))?;
+            let remaining = (bytes.len() - r.pos) as u64;
+            if len > remaining {
+                return Err(LogError::Truncated {
+                    index,
+                    detail: format!("payload of {len} bytes, only {remaining} left"),
+                });
+            }
+            let data = r
+                .take(len as usize)
+                .ok_or_else(|| short("payload"))?
+                .to_vec();
+            state.log.insert(Entry::restored(src, tag, data));
+        }
+        if r.pos != bytes.len() {
+            return Err(LogError::Trailing(bytes.len() - r.pos));
+        }
+        Ok(state)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let b = self.take(8)?;
+        let mut x = [0u8; 8];
+        x.copy_from_slice(b);
+        Some(u64::from_le_bytes(x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restored(src: i32, tag: i32, id: u8) -> Entry {
+        Entry::restored(src, tag, vec![id])
+    }
+
+    fn take(l: &mut MessageLog, src: Source, tag: TagSel) -> Option<u8> {
+        let at = l.candidates(src, tag).first().map(|(at, _)| *at)?;
+        l.remove(at).map(|e| e.payload()[0])
+    }
+
+    fn log_of(entries: &[Entry]) -> MessageLog {
+        let mut l = MessageLog::default();
+        for e in entries {
+            l.insert(e.clone());
+        }
+        l
+    }
+
+    #[test]
+    fn matching_order() {
+        let log = [
+            restored(1, 5, 1),
+            restored(2, 5, 2),
+            restored(1, 7, 3),
+            restored(1, 5, 4),
+        ];
+        let cases = [
+            (Source::Rank(1), TagSel::Tag(5), Some(1)),
+            (Source::Rank(1), TagSel::Tag(7), Some(3)),
+            (Source::Rank(2), TagSel::Any, Some(2)),
+            (Source::Any, TagSel::Tag(7), Some(3)),
+            (Source::Any, TagSel::Any, Some(1)),
+            (Source::Rank(3), TagSel::Any, None),
+            (Source::Rank(2), TagSel::Tag(7), None),
+        ];
+        for (src, tag, want) in cases {
+            assert_eq!(take(&mut log_of(&log), src, tag), want, "{src:?} {tag:?}");
+        }
+        assert_eq!(
+            take(&mut MessageLog::default(), Source::Any, TagSel::Any),
+            None
+        );
+    }
+
+    #[test]
+    fn per_sender_order_follows_sequence_numbers_not_arrival() {
+        // Sequence 7 arrived first (a receive refused it), then the gap below it was filled.
+        let frame = |id: u8| {
+            let mut f = vec![0u8; ENVELOPE_LEN];
+            f.push(id);
+            f
+        };
+        let mut l = MessageLog::default();
+        l.insert(restored(1, 5, 0));
+        l.insert(Entry::from_frame(1, 5, 7, frame(7)));
+        l.insert(Entry::from_frame(1, 5, 3, frame(3)));
+        l.insert(Entry::from_frame(1, 5, 5, frame(5)));
+        let got: Vec<u8> = (0..4)
+            .map(|_| take(&mut l, Source::Rank(1), TagSel::Tag(5)).unwrap())
+            .collect();
+        assert_eq!(got, vec![0, 3, 5, 7]);
+        assert!(l.is_empty());
+        let l = log_of(&[Entry::from_frame(1, 5, 7, frame(7))]);
+        assert!(l.has_earlier(1, TagSel::Any, 8));
+        assert!(!l.has_earlier(1, TagSel::Any, 7));
+        assert!(!l.has_earlier(1, TagSel::Tag(4), 8));
+    }
+
+    #[test]
+    fn encoding_round_trips_in_matching_order_and_every_truncation_fails() {
+        let mut l = MessageLog::default();
+        l.insert(restored(0, 1, 9));
+        l.insert(Entry::restored(3, i32::MAX, vec![]));
+        l.insert(Entry::restored(2, 0, (0..300).map(|i| i as u8).collect()));
+        l.insert(restored(0, 1, 10));
+        let s = CommState {
+            next_send: vec![1, 2, 3, u64::MAX],
+            recv_below: vec![5, 6, 7, 8],
+            log: l,
+        };
+        let bytes = s.encode();
+        let back = CommState::decode(&bytes, 4).unwrap();
+        assert_eq!(back.next_send, s.next_send);
+        assert_eq!(back.recv_below, s.recv_below);
+        let order = |l: &MessageLog| {
+            l.iter()
+                .map(|e| (e.src, e.tag, e.payload().to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(&back.log), order(&s.log));
+        assert_eq!(back.encode(), bytes);
+        assert!(CommState::decode(&[], 4).unwrap().log.is_empty());
+        for cut in 1..bytes.len() {
+            assert!(CommState::decode(&bytes[..cut], 4).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            CommState::decode(&longer, 4),
+            Err(LogError::Trailing(1))
+        ));
+        assert!(matches!(
+            CommState::decode(&bytes, 3),
+            Err(LogError::Seqs(_))
+        ));
+    }
+
+    #[test]
+    fn version_1_is_read_with_zero_sequence_numbers() {
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"CKML");
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&1u64.to_le_bytes());
+        v1.extend_from_slice(&1i32.to_le_bytes());
+        v1.extend_from_slice(&4i32.to_le_bytes());
+        v1.extend_from_slice(&2u64.to_le_bytes());
+        v1.extend_from_slice(b"hi");
+        let s = CommState::decode(&v1, 2).unwrap();
+        assert_eq!(s.next_send, vec![0, 0]);
+        assert_eq!(s.recv_below, vec![0, 0]);
+        let e: Vec<_> = s.log.iter().collect();
+        assert_eq!((e[0].src, e[0].tag, e[0].payload()), (1, 4, &b"hi"[..]));
+    }
+
+    #[test]
+    fn hostile_lengths_do_not_allocate() {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"CKML");
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        bytes.extend_from_slice(&0i32.to_le_bytes());
+        bytes.extend_from_slice(&0i32.to_le_bytes());
+        bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+        assert!(matches!(
+            CommState::decode(&bytes, 1),
+            Err(LogError::Truncated { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn impossible_source_or_tag_is_refused() {
+        for (src, tag) in [(-1, 0), (0, -1), (2, 0)] {
+            let s = CommState {
+                next_send: vec![0, 0],
+                recv_below: vec![0, 0],
+                log: log_of(&[restored(src, tag, 1)]),
+            };
+            let err = CommState::decode(&s.encode(), 2).unwrap_err();
+            assert!(err.to_string().contains("message 0: source"), "{err}");
+        }
+    }
+}
