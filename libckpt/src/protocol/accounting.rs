@@ -609,3 +609,279 @@ pub fn describe_tag(t: TagSel) -> String {
         TagSel::Tag(t) => format!("tag {t}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A network where everything sent has arrived: per sender, messages in send order.
+    #[derive(Default)]
+    struct Wire(Vec<VecDeque<Raw>>);
+
+    impl Network for Wire {
+        fn take(&mut self, src: Source, tag: TagSel) -> Option<Raw> {
+            for (s, q) in self.0.iter_mut().enumerate() {
+                if matches!(src, Source::Rank(r) if r as usize != s) {
+                    continue;
+                }
+                if let Some(i) = q.iter().position(|m| matches(Source::Any, tag, 0, m.tag)) {
+                    return q.remove(i);
+                }
+            }
+            None
+        }
+    }
+
+    /// Rank 0 sends to rank 1 messages of these lengths with `tag`.
+    fn send_all(from: &mut Endpoint, wire: &mut Wire, tag: i32, lens: &[usize]) {
+        for (i, &len) in lens.iter().enumerate() {
+            let mut frame = from.send(1, tag).unwrap().to_vec();
+            frame.extend(std::iter::repeat_n(i as u8, len));
+            wire.0[0].push_back(Raw { src: 0, tag, frame });
+        }
+    }
+
+    fn pair() -> (Endpoint, Endpoint, Wire) {
+        (
+            Endpoint::new(0, 2),
+            Endpoint::new(1, 2),
+            Wire(vec![VecDeque::new(), VecDeque::new()]),
+        )
+    }
+
+    /// Receives one message on `ep`; its payload length, or the refusal.
+    fn recv(
+        ep: &mut Endpoint,
+        wire: &mut Wire,
+        sel: (Source, TagSel),
+        fit: Fit,
+    ) -> Result<usize, String> {
+        let id = ep.post(sel.0, sel.1, fit).map_err(|m| m.0)?;
+        ep.progress(wire).unwrap();
+        match ep.complete(id) {
+            Completion::Done(e) => Ok(e.payload().len()),
+            Completion::Failed(m) => Err(m.0),
+            Completion::Pending => Err("pending".into()),
+        }
+    }
+
+    /// A cut between rank 0 (sender) and rank 1, then a restart of rank 1 from its state.
+    fn checkpoint_and_restart(tx: &Endpoint, rx: &mut Endpoint, wire: &mut Wire) -> Endpoint {
+        let b = tx.bookmark()[1];
+        while rx.missing(0, b).unwrap() > 0 {
+            let raw = wire.take(Source::Rank(0), TagSel::Any).unwrap();
+            rx.drained(raw, b).unwrap();
+        }
+        rx.end_cut(&[b, 0]).unwrap();
+        let state = CommState::decode(&rx.encode_state(), 2).unwrap();
+        let mut fresh = Endpoint::new(1, 2);
+        fresh.restore(state);
+        fresh
+    }
+
+    const ANY: Fit = Fit {
+        max_bytes: None,
+        elem: 1,
+    };
+
+    #[test]
+    fn a_receive_too_small_leaves_the_message_first_in_line() {
+        for via_log in [false, true] {
+            let (mut tx, mut rx, mut wire) = pair();
+            send_all(&mut tx, &mut wire, 5, &[100, 10, 10]);
+            if via_log {
+                rx = checkpoint_and_restart(&tx, &mut rx, &mut wire);
+            }
+            let sel = (Source::Rank(0), TagSel::Tag(5));
+            let small = Fit {
+                max_bytes: Some(10),
+                elem: 1,
+            };
+            let err = recv(&mut rx, &mut wire, sel, small).unwrap_err();
+            assert!(err.contains("has 100 bytes, more than the 10"), "{err}");
+            assert!(err.contains("stays queued"), "{err}");
+            // And after a checkpoint and restart, still first.
+            let mut rx = checkpoint_and_restart(&tx, &mut rx, &mut wire);
+            let got: Vec<usize> = (0..3)
+                .map(|_| recv(&mut rx, &mut wire, sel, ANY).unwrap())
+                .collect();
+            assert_eq!(got, vec![100, 10, 10], "via log: {via_log}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_element_size_keeps_the_message() {
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 1, &[13, 8]);
+        let sel = (Source::Any, TagSel::Any);
+        let err = recv(&mut rx, &mut wire, sel, Fit::any(8)).unwrap_err();
+        assert!(
+            err.contains("13 bytes, not a whole number of 8-byte"),
+            "{err}"
+        );
+        // A request posted with irecv and completed later fails the same way.
+        let id = rx.post(sel.0, sel.1, Fit::any(8)).unwrap();
+        rx.progress(&mut wire).unwrap();
+        assert!(matches!(rx.complete(id), Completion::Failed(_)));
+        assert!(matches!(rx.complete(id), Completion::Failed(Misuse(m)) if m.contains("unknown")));
+        assert_eq!(recv(&mut rx, &mut wire, sel, ANY), Ok(13));
+        assert_eq!(recv(&mut rx, &mut wire, sel, Fit::any(8)), Ok(8));
+        assert_eq!(rx.logged(), 0);
+    }
+
+    #[test]
+    fn negative_tags_and_unknown_ranks_are_refused_at_the_call() {
+        let (mut tx, mut rx, _) = pair();
+        let e = rx.post(Source::Any, TagSel::Tag(-1), ANY).unwrap_err();
+        assert!(e.0.contains("tag -1") && e.0.contains("TagSel::Any"), "{e}");
+        assert!(tx.send(1, -3).is_err());
+        assert!(tx
+            .send(2, 0)
+            .unwrap_err()
+            .0
+            .contains("rank 2 does not exist"));
+        assert!(rx.post(Source::Rank(-1), TagSel::Any, ANY).is_err());
+        // Nothing was accounted by the refused calls.
+        assert_eq!(tx.bookmark(), &[0, 0]);
+        assert!(!rx.has_posted());
+    }
+
+    #[test]
+    fn after_stop_sends_and_receives_fail() {
+        let (mut tx, _, _) = pair();
+        tx.stop("the job is stopping".into());
+        assert_eq!(tx.send(1, 0).unwrap_err().0, "the job is stopping");
+        assert!(tx.post(Source::Any, TagSel::Any, ANY).is_err());
+    }
+
+    #[test]
+    fn receives_are_matched_in_post_order() {
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 3, &[1, 2]);
+        let first = rx.post(Source::Any, TagSel::Tag(3), ANY).unwrap();
+        let second = rx.post(Source::Rank(0), TagSel::Any, ANY).unwrap();
+        // Completing the later one first must not take the earlier one's message.
+        rx.progress(&mut wire).unwrap();
+        let Completion::Done(b) = rx.complete(second) else {
+            panic!("second pending")
+        };
+        let Completion::Done(a) = rx.complete(first) else {
+            panic!("first pending")
+        };
+        assert_eq!((a.payload().len(), b.payload().len()), (1, 2));
+    }
+
+    #[test]
+    fn a_refused_message_does_not_overtake_an_earlier_one_still_in_the_network() {
+        // Rank 0 sends seq 0 with tag 7, then seq 1 with tag 5. A receive for tag 5 refuses
+        // seq 1 (taking it out of the network first); an any-tag receive must then get seq 0.
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 7, &[3]);
+        send_all(&mut tx, &mut wire, 5, &[4]);
+        let small = Fit {
+            max_bytes: Some(0),
+            elem: 1,
+        };
+        assert!(recv(&mut rx, &mut wire, (Source::Rank(0), TagSel::Tag(5)), small).is_err());
+        assert_eq!(
+            recv(&mut rx, &mut wire, (Source::Rank(0), TagSel::Any), ANY),
+            Ok(3)
+        );
+        assert_eq!(
+            recv(&mut rx, &mut wire, (Source::Rank(0), TagSel::Any), ANY),
+            Ok(4)
+        );
+    }
+
+    #[test]
+    fn traffic_before_restore_comes_before_the_restored_messages() {
+        // A snapshot in which rank 1 had one message of rank 0 in its log.
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 2, &[7]);
+        let snap = checkpoint_and_restart(&tx, &mut rx, &mut wire).encode_state();
+        let tx_snap = tx.bookmark().to_vec();
+        // The restarted job: rank 0 sends set-up data with the same tag before restore().
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 2, &[1, 2]);
+        let b = tx.bookmark()[1];
+        while rx.missing(0, b).unwrap() > 0 {
+            let raw = wire.take(Source::Rank(0), TagSel::Any).unwrap();
+            rx.drained(raw, b).unwrap();
+        }
+        rx.end_cut(&[b, 0]).unwrap();
+        rx.restore(CommState::decode(&snap, 2).unwrap());
+        tx.restore(CommState {
+            next_send: tx_snap,
+            recv_below: vec![0, 0],
+            log: MessageLog::default(),
+        });
+        // After restore, rank 0's sends continue the restored numbering, in a new era.
+        send_all(&mut tx, &mut wire, 2, &[9]);
+        let sel = (Source::Rank(0), TagSel::Tag(2));
+        let got: Vec<usize> = (0..4)
+            .map(|_| recv(&mut rx, &mut wire, sel, ANY).unwrap())
+            .collect();
+        assert_eq!(got, vec![1, 2, 7, 9]);
+    }
+
+    #[test]
+    fn broken_envelopes_and_plans_stop_the_job() {
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 0, &[1, 1]);
+        let m = wire.0[0][0].clone();
+        assert_eq!(
+            recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY),
+            Ok(1)
+        );
+        // The same message again: a duplicate.
+        assert_eq!(
+            rx.accept(m.clone(), (Source::Any, TagSel::Any)),
+            Err(Fatal::Duplicate { src: 0, seq: 0 })
+        );
+        // Another era.
+        let mut other_era = m.clone();
+        other_era.frame[4] = 1;
+        assert!(matches!(
+            rx.accept(other_era, (Source::Any, TagSel::Any)),
+            Err(Fatal::Era { .. })
+        ));
+        // No envelope.
+        let foreign = Raw {
+            src: 0,
+            tag: 0,
+            frame: vec![1, 2, 3],
+        };
+        assert!(matches!(
+            rx.accept(foreign, (Source::Any, TagSel::Any)),
+            Err(Fatal::Envelope { .. })
+        ));
+        // A drain plan that asks for less than was taken, or takes beyond the bookmark.
+        assert!(matches!(
+            rx.missing(0, 0),
+            Err(Fatal::BeyondBookmark { .. })
+        ));
+        let second = wire.take(Source::Any, TagSel::Any).unwrap();
+        assert!(matches!(
+            rx.drained(second, 1),
+            Err(Fatal::BeyondBookmark { .. })
+        ));
+        assert!(matches!(rx.end_cut(&[3, 0]), Err(Fatal::Incomplete { .. })));
+    }
+
+    #[test]
+    fn windows_count_what_is_missing_from_the_numbers() {
+        let mut w = Window::default();
+        for s in [3, 0, 5] {
+            assert!(w.insert(s));
+        }
+        assert!(!w.insert(0) && !w.insert(3));
+        assert_eq!(w.below, 1);
+        assert_eq!(w.missing_below(6), 3); // 1, 2, 4
+        assert_eq!(w.missing_below(1), 0);
+        for s in [1, 2, 4] {
+            assert!(w.insert(s));
+        }
+        assert_eq!(w, Window::at(6));
+    }
+}

@@ -5,3 +5,5 @@ pub mod accounting;
 pub mod agree;
 pub mod envelope;
 pub mod msglog;
+#[cfg(test)]
+mod sim;
