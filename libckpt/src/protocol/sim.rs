@@ -104,13 +104,19 @@ struct MsgSpec {
     pad: usize,
 }
 
+/// A rank's set-up: sends, receives before restore, receives after restore.
+type SetupPlan = (Vec<usize>, Vec<(Source, TagSel)>, Vec<(Source, TagSel)>);
+
+/// A cut in progress: bookmarks `[src][dst]`, and each rank's part once drained.
+type Cut = (Vec<Vec<u64>>, Vec<Option<Part>>);
+
 struct Program {
     modes: Vec<Mode>,
     msgs: Vec<MsgSpec>,
     ops: Vec<Vec<Op>>,
     setup_msgs: Vec<MsgSpec>,
     /// Set-up sends, receives before restore, receives after restore, per rank.
-    setup: Vec<(Vec<usize>, Vec<(Source, TagSel)>, Vec<(Source, TagSel)>)>,
+    setup: Vec<SetupPlan>,
 }
 
 fn refusing(rng: &mut Rng) -> Fit {
@@ -385,7 +391,7 @@ struct World<'p> {
     launch: u64,
     snapshot: Option<Vec<Part>>,
     /// The cut in progress: bookmarks `[src][dst]`, and the parts drained so far.
-    cut: Option<(Vec<Vec<u64>>, Vec<Option<Part>>)>,
+    cut: Option<Cut>,
     eager: bool,
     faults: Faults,
     stats: Stats,
