@@ -32,6 +32,25 @@ pub enum Command {
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
     /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
     Bench(BenchArgs),
+    /// How `ckpt run` starts each rank: block the checkpoint signal, then exec the program.
+    #[command(hide = true)]
+    ExecRank(ExecRankArgs),
+}
+
+/// `ckpt exec-rank` flags (internal: mpirun runs it on every rank).
+#[derive(Debug, Args)]
+pub struct ExecRankArgs {
+    /// Signal number to block before the exec.
+    #[arg(long, value_name = "SIG")]
+    pub hold_signal: i32,
+    /// The program and its arguments.
+    #[arg(
+        value_name = "PROG",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
 }
 
 /// `ckpt bench` flags.
