@@ -544,8 +544,8 @@ fn launches(job: &Path) -> Vec<u32> {
 /// A checkpoint signal sent to mpirun, or to the launcher's process group as a shell's
 /// `kill -USR1 %1` would, while the ranks are starting (from the moment they exist as heat2d
 /// processes until they report `started`) kills no rank: they start with it held, and
-/// checkpoint once their handler is in place. (mpirun forwards it only to ranks that have
-/// registered in `MPI_Init`; a rank used to die between that and `Checkpointer::new`.)
+/// checkpoint once their handler is in place (a rank used to die of it, costing a restart; a
+/// signal to the group killed the launcher itself).
 #[test]
 fn a_checkpoint_signal_while_ranks_start_kills_none() {
     let Some(_mpi) = mpi() else { return };

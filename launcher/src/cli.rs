@@ -176,8 +176,12 @@ fn run_after_help() -> String {
          Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
          when given, {every}, {local}, {fault}. Each is forwarded with `mpirun -x`, as is any \
          other CKPT_* variable already set ({node}, {stride}).\n\n\
+         mpirun starts each rank as `ckpt exec-rank ... -- PROG`, which keeps the checkpoint \
+         signal ({signal}, default SIGUSR1) blocked until the library handles it, so a signal \
+         during start-up does not kill a rank.\n\n\
          To resume a job after the launcher itself died, run again with --job-dir DIR: the \
-         first launch restarts from the newest committed epoch in DIR.\n\n\
+         first launch restarts from the newest committed epoch in DIR. A `ckpt checkpoint` \
+         request an earlier run left pending is ignored, and reported.\n\n\
          Exit status: 0 the job finished; 1 it failed and no restarts remained, or a launcher \
          error; 2 invalid usage; 130/143 interrupted by SIGINT/SIGTERM (forwarded to mpirun, \
          no restart).",
@@ -191,5 +195,6 @@ fn run_after_help() -> String {
         fault = env::FAULT,
         node = env::NODE,
         stride = env::AGREE_STRIDE,
+        signal = env::SIGNAL,
     )
 }

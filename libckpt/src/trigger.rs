@@ -295,7 +295,7 @@ impl Taken {
             .iter()
             .take_while(|r| stopping || !r.exit)
             .count();
-        self.requests.drain(..n).last().map(|r| r.seq)
+        self.requests.drain(..n).next_back().map(|r| r.seq)
     }
 }
 
