@@ -603,6 +603,12 @@ fn a_checkpoint_signal_while_ranks_start_kills_none() {
             "SIGUSR1 to {target} was not acted on\n{}",
             out.dump()
         );
+        assert_eq!(
+            out.stderr.contains("received SIGUSR1") && out.stderr.contains("not forwarded"),
+            to_group,
+            "the launcher reports the signals it gets, and only those\n{}",
+            out.dump()
+        );
     }
 }
 

@@ -13,7 +13,7 @@
 //! - [`backend::mpirun`]: the mpirun command line and the parsing of mpirun's failure
 //!   messages. Pure functions; it spawns nothing.
 //! - [`supervise`]: the launch / watch / restart loop; all process handling lives here.
-//! - [`signals`]: SIGINT/SIGTERM handlers that only record the signal.
+//! - [`signals`]: SIGINT/SIGTERM and checkpoint-signal handlers that only record the signal.
 //! - [`report`]: the `[ckpt] ...` lines people read. Pure formatting, no IO.
 //! - [`bench`]: `ckpt bench`, which runs the `ckpt-bench` rank program under `ckpt run`.
 //! - [`request`]: `ckpt checkpoint`, a request to the running job through its control file.
