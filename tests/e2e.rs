@@ -522,3 +522,182 @@ fn verify_reads_every_epoch_and_names_damaged_files() {
     );
     assert!(out.stdout.contains("epoch 6: ok"), "{}", out.dump());
 }
+
+/// Whether the ranks reported that they started (their checkpointers are set up).
+fn started(job: &Path) -> bool {
+    events(job)
+        .iter()
+        .any(|e| matches!(e, Event::Started { .. }))
+}
+
+/// Restart counts of the launches whose ranks reported `started`, in order.
+fn launches(job: &Path) -> Vec<u32> {
+    events(job)
+        .iter()
+        .filter_map(|e| match e {
+            Event::Started { launch, .. } => Some(*launch),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A checkpoint signal sent to mpirun, or to the launcher's process group as a shell's
+/// `kill -USR1 %1` would, while the ranks are starting (from the moment they exist as heat2d
+/// processes until they report `started`) kills no rank: they start with it held, and
+/// checkpoint once their handler is in place (a rank used to die of it, costing a restart; a
+/// signal to the group killed the launcher itself).
+#[test]
+fn a_checkpoint_signal_while_ranks_start_kills_none() {
+    let Some(_mpi) = mpi() else { return };
+    reference();
+    for to_group in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let running = Run::new(&job, RANKS, &["--every", "off"], &heat2d(), HEAT).spawn();
+        let launcher = running.pid();
+        let mpirun = || {
+            children(launcher)
+                .into_iter()
+                .find(|(_, comm)| comm == "mpirun")
+                .map(|(pid, _)| pid)
+        };
+        // All ranks exist as heat2d (the program itself, past any start-up wrapper), and are
+        // in MPI_Init or earlier: that is when the signal used to kill them.
+        let ranks_exec = || {
+            mpirun().is_some_and(|mp| {
+                let ranks = children(mp);
+                ranks.len() == RANKS as usize && ranks.iter().all(|(_, comm)| comm == "heat2d")
+            })
+        };
+        assert!(wait_for(Duration::from_secs(60), ranks_exec));
+        let mut sent = 0;
+        while !started(&job) && sent < 1000 {
+            match (to_group, mpirun()) {
+                (true, _) => signal_group(launcher, "USR1"),
+                (false, Some(mp)) => signal(mp, "USR1"),
+                (false, None) => break,
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = running.wait();
+        let target = if to_group {
+            "the launcher's process group"
+        } else {
+            "mpirun"
+        };
+        assert!(
+            sent > 0,
+            "the ranks started before a signal went to {target}\n{}",
+            out.dump()
+        );
+        assert_eq!(
+            launches(&job),
+            [0],
+            "SIGUSR1 to {target} during start-up cost a restart\n{}",
+            out.dump()
+        );
+        assert_same_result(&out);
+        assert!(
+            !committed_epochs(&job).is_empty(),
+            "SIGUSR1 to {target} was not acted on\n{}",
+            out.dump()
+        );
+        assert_eq!(
+            out.stderr.contains("received SIGUSR1") && out.stderr.contains("not forwarded"),
+            to_group,
+            "the launcher reports the signals it gets, and only those\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// A `ckpt checkpoint` request whose checkpoint is cut short by a crash stays pending: the
+/// relaunched job takes it, and `ckpt checkpoint` ends with the epoch that carries it.
+#[test]
+fn a_request_interrupted_by_a_crash_is_acted_on_after_the_restart() {
+    let Some(_mpi) = mpi() else { return };
+    reference();
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    let mut args = HEAT.to_vec();
+    args.extend(["--step-ms", "20"]);
+    // Rank 1 dies before writing epoch 1, i.e. inside the requested checkpoint.
+    let flags = ["--every", "off", "--fault", "1:before-write:1"];
+    let running = Run::new(&job, RANKS, &flags, &heat2d(), &args).spawn();
+    assert!(wait_for(Duration::from_secs(60), || started(&job)));
+    let asked = ckpt(&["checkpoint", job_s, "--wait", "60"]);
+    let out = running.wait();
+    assert!(asked.status.success(), "{}\n{}", asked.dump(), out.dump());
+    assert!(
+        asked.stderr.contains("epoch 1 committed")
+            && asked
+                .stderr
+                .contains("checkpoint request 1 satisfied by epoch 1"),
+        "{}",
+        asked.dump()
+    );
+    assert_same_result(&out);
+    assert_eq!(launches(&job), [0, 1], "{}", out.dump());
+    // The request was settled by the relaunched job, not when the first one read it.
+    let ev = events(&job);
+    let relaunched = ev
+        .iter()
+        .position(|e| matches!(e, Event::Started { launch: 1, .. }));
+    let handled = ev.iter().position(|e| {
+        matches!(
+            e,
+            Event::Handled {
+                request: 1,
+                epoch: 1
+            }
+        )
+    });
+    assert!(
+        relaunched.is_some() && handled > relaunched,
+        "events: {ev:?}\n{}",
+        out.dump()
+    );
+    let control = ckpt::trigger::ControlState::read(&job).unwrap();
+    assert_eq!((control.handled, control.pending()), (1, None));
+}
+
+/// `ckpt checkpoint` on a job that is not running is refused, and a request that an earlier
+/// run left pending is ignored (and reported) by the next `ckpt run`, never acted on.
+#[test]
+fn a_request_to_a_job_that_is_not_running_is_never_acted_on_later() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    let out = Run::new(&job, RANKS, &["--every", "off"], &heat2d(), HEAT).output();
+    assert_same_result(&out);
+
+    let refused = ckpt(&["checkpoint", job_s, "--then-exit", "--wait", "5"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.dump());
+    assert!(
+        refused.stderr.contains("the job is not running")
+            && refused
+                .stderr
+                .contains(&format!("ckpt run --job-dir {job_s}")),
+        "{}",
+        refused.dump()
+    );
+    let control = ckpt::trigger::ControlState::read(&job).unwrap();
+    assert_eq!(control.request, None, "a refused request is not written");
+
+    // A request written just before the earlier run ended, which it did not act on.
+    let left = ckpt::trigger::write_control(&job, true, ckpt::util::unix_ms()).unwrap();
+    let out = Run::new(&job, RANKS, &["--every", "off"], &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert!(
+        out.stderr.contains(&format!(
+            "ignoring checkpoint request {} (then exit)",
+            left.seq
+        )),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(committed_epochs(&job), Vec::<u64>::new(), "{}", out.dump());
+}

@@ -110,6 +110,11 @@ impl Running {
         }
     }
 
+    /// Process id of the command, which leads its own process group.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// Waits for the command (killing its process group at the timeout) and collects output.
     pub fn wait(mut self) -> Output {
         let mut out = self.child.stdout.take().expect("piped stdout");
@@ -380,4 +385,32 @@ pub fn kill_at_random(
         out.dump()
     );
     (out, ctx)
+}
+
+/// Children of process `parent`: `(pid, command name)` from `/proc/*/stat`.
+pub fn children(parent: i32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if ppid.and_then(|p| p.parse().ok()) == Some(parent) {
+            if let Ok(pid) = stat[..open].trim().parse() {
+                found.push((pid, stat[open + 1..close].to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// Sends `signal` (e.g. "USR1") to every process of process group `pgid`.
+pub fn signal_group(pgid: i32, signal: &str) {
+    let _ = Command::new("kill")
+        .args(["-s", signal, "--", &format!("-{pgid}")])
+        .status();
 }

@@ -32,6 +32,25 @@ pub enum Command {
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
     /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
     Bench(BenchArgs),
+    /// How `ckpt run` starts each rank: block the checkpoint signal, then exec the program.
+    #[command(hide = true)]
+    ExecRank(ExecRankArgs),
+}
+
+/// `ckpt exec-rank` flags (internal: mpirun runs it on every rank).
+#[derive(Debug, Args)]
+pub struct ExecRankArgs {
+    /// Signal number to block before the exec.
+    #[arg(long, value_name = "SIG")]
+    pub hold_signal: i32,
+    /// The program and its arguments.
+    #[arg(
+        value_name = "PROG",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
 }
 
 /// `ckpt bench` flags.
@@ -157,8 +176,12 @@ fn run_after_help() -> String {
          Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
          when given, {every}, {local}, {fault}. Each is forwarded with `mpirun -x`, as is any \
          other CKPT_* variable already set ({node}, {stride}).\n\n\
+         mpirun starts each rank as `ckpt exec-rank ... -- PROG`, which keeps the checkpoint \
+         signal ({signal}, default SIGUSR1) blocked until the library handles it, so a signal \
+         during start-up does not kill a rank.\n\n\
          To resume a job after the launcher itself died, run again with --job-dir DIR: the \
-         first launch restarts from the newest committed epoch in DIR.\n\n\
+         first launch restarts from the newest committed epoch in DIR. A `ckpt checkpoint` \
+         request an earlier run left pending is ignored, and reported.\n\n\
          Exit status: 0 the job finished; 1 it failed and no restarts remained, or a launcher \
          error; 2 invalid usage; 130/143 interrupted by SIGINT/SIGTERM (forwarded to mpirun, \
          no restart).",
@@ -172,5 +195,6 @@ fn run_after_help() -> String {
         fault = env::FAULT,
         node = env::NODE,
         stride = env::AGREE_STRIDE,
+        signal = env::SIGNAL,
     )
 }

@@ -6,14 +6,19 @@
 //! `job.json` (written atomically on every `ckpt run`) records how the job was started, for
 //! people and for `ckpt list`-style tools; nothing reads it back to make decisions except
 //! for keeping `created_unix_ms` across resumes.
+//!
+//! `prepare` also takes the run lock (a second `ckpt run` of the directory is refused) and
+//! expires a `ckpt checkpoint` request an earlier run left pending (see [`crate::lock`]).
 
 use std::path::Path;
 
 use anyhow::Context as _;
 use ckpt::events::{self, Event};
 use ckpt::manifest::{self, Manifest};
+use ckpt::trigger::{self, ControlState, Request};
 use serde::{Deserialize, Serialize};
 
+use crate::lock::{self, RunLock};
 use crate::plan::RunPlan;
 use crate::{clock, UsageError};
 
@@ -21,7 +26,7 @@ use crate::{clock, UsageError};
 pub const JOB_FILE: &str = "job.json";
 
 /// What the launcher found in (and wrote to) the job directory before the first launch.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct JobDir {
     /// The newest committed epoch whose manifest loads, if any: the first launch restarts from
     /// it (or from an older one, if the ranks find it unusable).
@@ -34,6 +39,10 @@ pub struct JobDir {
     pub first_restart_count: u32,
     /// End of `events.jsonl`: events before it belong to earlier runs and are not reported.
     pub events_offset: u64,
+    /// A request an earlier run left pending, now expired (settled without acting on it).
+    pub expired: Option<Request>,
+    /// This run's hold on the directory; released when dropped.
+    pub run_lock: RunLock,
 }
 
 /// The contents of `job.json`.
@@ -55,12 +64,19 @@ struct JobFile {
     last_run_unix_ms: u64,
 }
 
-/// Creates the job directory, inspects it and writes `job.json`. A directory whose newest
-/// epoch was written by a different number of ranks is a [`UsageError`].
+/// Creates the job directory, takes its run lock, expires requests left by an earlier run,
+/// inspects it and writes `job.json`. A directory in use by another run, or whose newest
+/// epoch was written by a different number of ranks, is a [`UsageError`].
 pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
     let dir = &plan.job_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create job directory {}", dir.display()))?;
+    let (run_lock, expired) = {
+        // Held while the run lock is taken and old requests expire: a `ckpt checkpoint`
+        // either wrote before (for the earlier run) or writes after (for this one).
+        let _requests = lock::take_requests(dir)?;
+        (lock::take_run(dir, now_ms)?, expire_requests(dir)?)
+    };
     let committed = manifest::committed(dir)
         .with_context(|| format!("cannot list manifests in {}", dir.display()))?;
     let resume_from = newest_loadable(dir, &committed);
@@ -96,7 +112,18 @@ pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
         committed,
         first_restart_count,
         events_offset,
+        expired,
+        run_lock,
     })
+}
+
+/// Settles, without acting on it, the request an earlier run left pending.
+fn expire_requests(dir: &Path) -> anyhow::Result<Option<Request>> {
+    let pending = ControlState::read(dir)?.pending();
+    if let Some(r) = pending {
+        trigger::settle(dir, r.seq, "expired")?;
+    }
+    Ok(pending)
 }
 
 /// The newest of `committed` (newest first) whose manifest loads.
@@ -191,6 +218,19 @@ mod tests {
             8,
             "error: --job-dir D/job: epoch 2 was written by 4 ranks; resume it with -n 4",
         );
+        // While a run holds the directory, another is refused.
+        let held = prepare(&testutil::plan(&dir, 4), 1_000).unwrap();
+        check(
+            &dir,
+            4,
+            &format!(
+                "error: --job-dir D/job: in use by a running `ckpt run` (pid {} on {}, \
+                 started 1970-01-01 00:00:01Z)",
+                std::process::id(),
+                ckpt::config::default_node()
+            ),
+        );
+        drop(held);
         // A regular file where a parent directory should be.
         let file = tmp.path().join("file");
         std::fs::write(&file, "").unwrap();
@@ -199,5 +239,25 @@ mod tests {
             1,
             "error: cannot create job directory D/job: Not a directory (os error 20)",
         );
+    }
+
+    #[test]
+    fn a_request_left_by_an_earlier_run_expires() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("job");
+        std::fs::create_dir_all(&dir).unwrap();
+        let left = trigger::write_control(&dir, true, 5).unwrap();
+        let job = prepare(&testutil::plan(&dir, 2), 1_000).unwrap();
+        assert_eq!(job.expired, Some(left));
+        assert_eq!(ControlState::read(&dir).unwrap().pending(), None);
+        // A request made while this run holds the directory is this run's: not expired by it.
+        let mine = trigger::write_control(&dir, false, 6).unwrap();
+        drop(job);
+        // The run ended without acting on it: the next run expires it, and only it.
+        let job = prepare(&testutil::plan(&dir, 2), 1_000).unwrap();
+        assert_eq!(job.expired, Some(mine));
+        drop(job);
+        let job = prepare(&testutil::plan(&dir, 2), 1_000).unwrap();
+        assert_eq!(job.expired, None);
     }
 }

@@ -13,10 +13,12 @@
 //! - [`backend::mpirun`]: the mpirun command line and the parsing of mpirun's failure
 //!   messages. Pure functions; it spawns nothing.
 //! - [`supervise`]: the launch / watch / restart loop; all process handling lives here.
-//! - [`signals`]: SIGINT/SIGTERM handlers that only record the signal.
+//! - [`signals`]: SIGINT/SIGTERM and checkpoint-signal handlers that only record the signal.
 //! - [`report`]: the `[ckpt] ...` lines people read. Pure formatting, no IO.
 //! - [`bench`]: `ckpt bench`, which runs the `ckpt-bench` rank program under `ckpt run`.
 //! - [`request`]: `ckpt checkpoint`, a request to the running job through its control file.
+//!   [`lock`]: whether a `ckpt run` holds a job directory; which run a request belongs to.
+//! - [`exec_rank`]: `ckpt exec-rank`, how each rank is started (checkpoint signal held).
 //! - [`list`]: `ckpt list`. [`verify`]: `ckpt verify`, every byte of every committed epoch. [`clock`]: UTC date formatting without a date library.
 //!
 //! **Invariants.** No module spells a `CKPT_*` variable of the rank contract: the names come
@@ -27,8 +29,10 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod exec_rank;
 pub mod jobdir;
 pub mod list;
+pub mod lock;
 pub mod plan;
 pub mod report;
 pub mod request;
@@ -104,6 +108,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
         cli::Command::List(args) => list::run(&args.job_dir, args.json),
         cli::Command::Checkpoint(args) => request::run(&args),
         cli::Command::Verify(args) => verify::run(&args.job_dir, args.local_dir.as_deref()),
+        cli::Command::ExecRank(args) => exec_rank::run(&args),
         cli::Command::Bench(args) => {
             let plan = plan::RunPlan::new(bench::run_args(&args)?, &plan::Context::current()?)?;
             supervise::run(&plan)

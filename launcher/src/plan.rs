@@ -33,6 +33,10 @@ pub struct Context {
     pub now_unix_s: u64,
     /// The launcher's process id (names the default job directory).
     pub pid: u32,
+    /// The value of `CKPT_SIGNAL`, if set.
+    pub signal: Option<String>,
+    /// The `ckpt` executable, which starts each rank (`ckpt exec-rank`); `None` if unknown.
+    pub exe: Option<PathBuf>,
 }
 
 impl Context {
@@ -49,6 +53,8 @@ impl Context {
                 .collect(),
             now_unix_s: ckpt::util::unix_ms() / 1000,
             pid: std::process::id(),
+            signal: env::get(env::SIGNAL),
+            exe: std::env::current_exe().ok(),
         })
     }
 }
@@ -85,6 +91,11 @@ pub struct RunPlan {
     /// Rank-contract variables inherited from the launcher's environment that the launcher
     /// does not set itself; forwarded to remote ranks unchanged.
     pub inherited: Vec<&'static str>,
+    /// The job's checkpoint signal (`CKPT_SIGNAL`, default SIGUSR1; `None` when off).
+    pub signal: Option<i32>,
+    /// The `ckpt` executable that starts each rank with [`RunPlan::signal`] blocked
+    /// (`ckpt exec-rank`); `None` starts the program directly.
+    pub exec_rank: Option<PathBuf>,
 }
 
 impl RunPlan {
@@ -148,6 +159,11 @@ impl RunPlan {
                 ))
             })?;
 
+        let signal = match ctx.signal.as_deref() {
+            None => Some(libc::SIGUSR1),
+            Some(v) => ckpt::trigger::parse_signal(v)
+                .map_err(|e| UsageError(format!("{}={v}: {e}", env::SIGNAL)))?,
+        };
         let mpirun_env_args = ctx
             .mpirun_args
             .iter()
@@ -168,6 +184,8 @@ impl RunPlan {
             program,
             args: prog_args.to_vec(),
             inherited: Vec::new(),
+            exec_rank: ctx.exe.clone().filter(|_| signal.is_some()),
+            signal,
         };
         let ours: Vec<&str> = plan.rank_env(0).iter().map(|(k, _)| *k).collect();
         plan.inherited = ctx
@@ -261,6 +279,8 @@ mod tests {
             inherited: vec![env::NODE, env::KEEP],
             now_unix_s: 1_776_693_792, // 2026-04-20 14:03:12 UTC
             pid: 42,
+            signal: None,
+            exe: Some("/opt/ckpt".into()),
         };
         (dir, ctx)
     }
@@ -363,6 +383,31 @@ mod tests {
             "-n 4 --job-dir / -- prog",
             "error: --job-dir /: needs a final component to name the job",
         );
+    }
+
+    #[test]
+    fn checkpoint_signal_and_rank_start() {
+        let (_dir, mut ctx) = fixture();
+        let plan = |ctx: &Context| {
+            let argv = "ckpt run -n 2 -- prog";
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx).map(|p| (p.signal, p.exec_rank))
+        };
+        let opt = Some(PathBuf::from("/opt/ckpt"));
+        assert_eq!(plan(&ctx).unwrap(), (Some(libc::SIGUSR1), opt.clone()));
+        ctx.signal = Some("USR2".into());
+        assert_eq!(plan(&ctx).unwrap(), (Some(libc::SIGUSR2), opt));
+        // No checkpoint signal: nothing to hold, ranks start directly.
+        ctx.signal = Some("off".into());
+        assert_eq!(plan(&ctx).unwrap(), (None, None));
+        ctx.signal = Some("BOGUS".into());
+        let e = plan(&ctx).unwrap_err().to_string();
+        assert!(e.starts_with("CKPT_SIGNAL=BOGUS: unknown signal"), "{e}");
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub fn event(e: &Event) -> String {
         Event::Stopping { epoch } => {
             format!("ranks stop after epoch {epoch}, as requested")
         }
+        Event::Handled { request, epoch } => {
+            format!("checkpoint request {request} satisfied by epoch {epoch}")
+        }
         Event::EpochUnusable { epoch, reasons } => {
             format!("epoch {epoch} unusable: {}", reasons.join("; "))
         }
@@ -121,6 +124,36 @@ pub fn event(e: &Event) -> String {
             human_bytes(*bytes)
         ),
     }
+}
+
+/// A `ckpt checkpoint` request an earlier run left pending, which this run does not act on.
+pub fn expired(r: &ckpt::trigger::Request, job_dir: &std::path::Path) -> String {
+    let made = match r.created_unix_ms {
+        0 => String::new(),
+        ms => format!(", made {}", clock::utc(ms)),
+    };
+    format!(
+        "ignoring checkpoint request {}{}{made}: it was made for an earlier run of this job, \
+         which ended before acting on it (to checkpoint this run: ckpt checkpoint {}{})",
+        r.seq,
+        if r.exit { " (then exit)" } else { "" },
+        job_dir.display(),
+        if r.exit { " --then-exit" } else { "" },
+    )
+}
+
+/// The launcher received the job's checkpoint signal (`n` times since the last report).
+pub fn checkpoint_signal(name: &str, n: usize, mpirun_pid: u32) -> String {
+    let times = if n == 1 {
+        String::new()
+    } else {
+        format!(" ({n} times)")
+    };
+    format!(
+        "received {name}{times}: not forwarded (sent to the process group, it reached mpirun \
+         too, which forwards it to the ranks); to ask for a checkpoint use `ckpt checkpoint` \
+         or signal mpirun (pid {mpirun_pid})"
+    )
 }
 
 /// `launch 1/4 (CKPT_RESTART_COUNT=0): mpirun ...`.
@@ -304,6 +337,24 @@ mod tests {
                 launch: 1,
             }),
             "4 ranks started (restart count 1)",
+        );
+        check(
+            event(&Event::Handled {
+                request: 1 << 33,
+                epoch: 7,
+            }),
+            "checkpoint request 8589934592 satisfied by epoch 7",
+        );
+        let r = ckpt::trigger::Request {
+            seq: 3,
+            exit: true,
+            created_unix_ms: 1_776_693_792_000,
+        };
+        check(
+            expired(&r, std::path::Path::new("/j")),
+            "ignoring checkpoint request 3 (then exit), made 2026-04-20 14:03:12Z: it was made \
+             for an earlier run of this job, which ended before acting on it (to checkpoint \
+             this run: ckpt checkpoint /j --then-exit)",
         );
     }
 

@@ -34,7 +34,7 @@ const STDERR_DRAIN: Duration = Duration::from_secs(2);
 /// Runs the job of `plan` to completion, failure or interruption.
 pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     let job = jobdir::prepare(plan, ckpt::util::unix_ms())?;
-    signals::install().context("cannot install SIGINT/SIGTERM handlers")?;
+    signals::install(plan.signal).context("cannot install the launcher's signal handlers")?;
     let mut watch = signals::Watch::new();
     let mut tail = Tail::new(&plan.job_dir, job.events_offset);
     let as_root = mpirun::running_as_root();
@@ -42,6 +42,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     let start = Instant::now();
 
     say(report::header(plan));
+    if let Some(r) = &job.expired {
+        say(report::expired(r, &plan.job_dir));
+    }
     if !job.committed.is_empty() {
         say(report::resuming(&job.committed, job.resume_from.as_ref()));
     }
@@ -51,7 +54,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         let launch = Launch::new(plan, restart_count, as_root);
         say(report::launch(n, total, restart_count, launch.argv()));
         let t0 = Instant::now();
-        let ended = run_once(&launch, &mut watch, &mut tail)?;
+        let ended = run_once(&launch, plan.signal, &mut watch, &mut tail)?;
         // Events written just before mpirun exited are reported before its outcome.
         tail.drain();
         let (status, failure) = match ended {
@@ -107,7 +110,12 @@ enum Ended {
 }
 
 /// Spawns mpirun for `launch` and watches it until it exits.
-fn run_once(launch: &Launch, watch: &mut signals::Watch, tail: &mut Tail) -> anyhow::Result<Ended> {
+fn run_once(
+    launch: &Launch,
+    checkpoint_signal: Option<i32>,
+    watch: &mut signals::Watch,
+    tail: &mut Tail,
+) -> anyhow::Result<Ended> {
     let mut cmd = launch.command();
     die_with_parent(&mut cmd);
     let mut child = cmd
@@ -137,6 +145,13 @@ fn run_once(launch: &Launch, watch: &mut signals::Watch, tail: &mut Tail) -> any
                 say(format!("warning: cannot signal mpirun: {e}"));
             }
             signalled.get_or_insert((sig, Instant::now()));
+        }
+        if let (n @ 1.., Some(sig)) = (watch.take_checkpoint(), checkpoint_signal) {
+            say(report::checkpoint_signal(
+                &signals::name(sig),
+                n,
+                child.id(),
+            ));
         }
         if let Some((_, at)) = signalled {
             if !killed && at.elapsed() > GRACE {

@@ -45,5 +45,7 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         program: "/bin/true".into(),
         args: vec!["a b".into()],
         inherited: vec![],
+        signal: Some(libc::SIGUSR1),
+        exec_rank: None,
     }
 }

@@ -93,9 +93,9 @@ impl Checkpointer {
             source: std::io::Error::other(e),
         })?;
         // Every rank handles the checkpoint signal before rank 0 says the job has started
-        // (until then the signal's default action would kill a rank); an install failure on
-        // any rank fails `new` on all of them.
-        let triggers = Triggers::new(cfg.signal, rank == 0, &cfg.job_dir);
+        // (`ckpt run` starts ranks with it blocked, so an earlier one is held, not fatal); an
+        // install failure on any rank fails `new` on all of them.
+        let triggers = Triggers::new(cfg.signal, rank, &cfg.job_dir);
         if !transport::all_ok(&lib, triggers.is_ok()) {
             return Err(match triggers {
                 Err(source) => Error::Io {
@@ -257,6 +257,8 @@ impl Checkpointer {
             self.comm.stop(why.clone());
             self.stopped = Some(why);
         }
+        // Launcher requests are settled only now that an epoch satisfying them is committed.
+        self.triggers.committed(stats.epoch, decision.exit);
         Ok(Poll {
             checkpoint: Some(stats),
             exit: decision.exit,

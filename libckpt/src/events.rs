@@ -56,6 +56,14 @@ pub enum Event {
         /// The epoch they stop after.
         epoch: u64,
     },
+    /// `ckpt checkpoint` requests up to `request` are satisfied by the committed epoch `epoch`
+    /// (logged by rank 0 after the commit; see `trigger`).
+    Handled {
+        /// Highest request number satisfied.
+        request: u64,
+        /// The committed epoch that satisfies them.
+        epoch: u64,
+    },
     /// Ranks waited for others inside the protocol past the timeout; the job is aborted.
     Stalled {
         /// Where they waited (e.g. `checkpoint epoch 4`).

@@ -45,6 +45,13 @@ impl Launch {
             argv.push("-x".into());
             argv.push(name.into());
         }
+        if let (Some(exe), Some(sig)) = (&plan.exec_rank, plan.signal) {
+            // Each rank starts with the checkpoint signal blocked (see `exec_rank`).
+            argv.push(exe.clone().into());
+            argv.push("exec-rank".into());
+            argv.push(format!("--hold-signal={sig}").into());
+            argv.push("--".into());
+        }
         argv.push(plan.program.clone().into());
         argv.extend(plan.args.iter().map(OsString::from));
         Launch { argv, env }
@@ -376,6 +383,8 @@ the job did. This can cause a job to hang indefinitely while it waits
             inherited: vec![],
             now_unix_s: 0,
             pid: 1,
+            signal: Some("off".into()),
+            exe: Some("/opt/ckpt".into()),
         };
         let check = |ctx: &Context, argv: &str, count: u32, root: bool, expected: &str| {
             assert_eq!(launch(argv, ctx, count, root), expected, "{argv}");
@@ -399,6 +408,22 @@ the job did. This can cause a job to hang indefinitely while it waits
             "D/mpirun --allow-run-as-root --oversubscribe -n 2 --mca btl self,vader \
              --tag-output -x JOB_DIR -x JOB_ID -x KEEP -x RESTART_COUNT -x EVERY -x LOCAL_DIR \
              -x FAULT -x NODE /bin/echo -n hi",
+        );
+        // With a checkpoint signal, each rank starts through `ckpt exec-rank`, which holds it.
+        ctx.signal = Some("USR2".into());
+        check(
+            &ctx,
+            "-n 2 --job-dir j -- /bin/echo hi",
+            0,
+            false,
+            "D/mpirun --oversubscribe -n 2 --mca btl self,vader -x JOB_DIR -x JOB_ID -x KEEP \
+             -x RESTART_COUNT -x NODE /opt/ckpt exec-rank --hold-signal=12 -- /bin/echo hi",
+        );
+        ctx.signal = None;
+        let plain = launch("-n 1 --job-dir j -- /bin/echo", &ctx, 0, false);
+        assert!(
+            plain.ends_with("exec-rank --hold-signal=10 -- /bin/echo"),
+            "{plain}"
         );
     }
 }
