@@ -47,7 +47,7 @@ mod transport;
 #[cfg(feature = "mpi")]
 pub use checkpointer::{Checkpointer, Poll};
 #[cfg(feature = "mpi")]
-pub use comm::{Comm, RecvRequest, Reduce, Source, Status, TagSel};
+pub use comm::{Comm, RecvRequest, Reduce, Source, Status, TagSel, Test};
 #[cfg(feature = "mpi")]
 pub use commit::EpochStats;
 pub use config::{Config, Interval};
