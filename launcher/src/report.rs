@@ -106,6 +106,16 @@ pub fn event(e: &Event) -> String {
             missing,
             waited,
         } => format!("ranks {missing:?} did not reach {what} within {waited:.0} s; job aborted"),
+        Event::IoStuck {
+            rank,
+            op,
+            path,
+            epoch,
+            waited,
+        } => format!(
+            "rank {rank} stuck for {waited:.0} s {op} {path} (epoch {epoch}); its IO watchdog \
+             ended it, job aborted"
+        ),
         Event::Stopping { epoch } => {
             format!("ranks stop after epoch {epoch}, as requested")
         }
@@ -304,6 +314,17 @@ mod tests {
                 launch: 1,
             }),
             "4 ranks started (restart count 1)",
+        );
+        check(
+            event(&Event::IoStuck {
+                rank: 2,
+                op: "writing".into(),
+                path: "/l/j/epoch-00000003/rank-000002.ckpt.tmp".into(),
+                epoch: 3,
+                waited: 600.2,
+            }),
+            "rank 2 stuck for 600 s writing /l/j/epoch-00000003/rank-000002.ckpt.tmp (epoch 3); \
+             its IO watchdog ended it, job aborted",
         );
     }
 
