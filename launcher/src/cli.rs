@@ -106,10 +106,16 @@ pub struct RunArgs {
     /// Base of node-local (L1) checkpoint storage [default: <job dir>/local/<node>].
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
-    /// Inject a fault on the first launch: rank RANK kills itself at PHASE (poll, before-write,
-    /// mid-write, after-write, before-manifest, after-commit), optionally at epoch/poll N.
-    #[arg(long, value_name = "RANK:PHASE[:N]")]
+    /// Inject a fault: rank RANK kills itself at PHASE (poll, before-write, mid-write,
+    /// after-write, before-vote, before-manifest, after-commit, restore), optionally at
+    /// epoch/poll N; ACTION stop (SIGSTOP) or hang instead of kill; on the first launch, or
+    /// launch L (restore: launch 1 by default).
+    #[arg(long, value_name = "RANK:PHASE[:N][:ACTION][@L]")]
     pub fault: Option<String>,
+    /// Say so each time the job logs no progress event (start, commit, restore, ...) for this
+    /// long, e.g. 90s, 10m, 1h [default: off].
+    #[arg(long, value_name = "DURATION")]
+    pub quiet_after: Option<String>,
     /// mpirun to use.
     #[arg(long, value_name = "PATH", default_value = "mpirun")]
     pub mpirun: PathBuf,
@@ -156,7 +162,7 @@ fn run_after_help() -> String {
          the --mpirun-arg values\n\n\
          Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
          when given, {every}, {local}, {fault}. Each is forwarded with `mpirun -x`, as is any \
-         other CKPT_* variable already set ({node}, {stride}).\n\n\
+         other CKPT_* variable already set ({node}, {stride}, {timeout}, {io_timeout}).\n\n\
          To resume a job after the launcher itself died, run again with --job-dir DIR: the \
          first launch restarts from the newest committed epoch in DIR.\n\n\
          Exit status: 0 the job finished; 1 it failed and no restarts remained, or a launcher \
@@ -172,5 +178,7 @@ fn run_after_help() -> String {
         fault = env::FAULT,
         node = env::NODE,
         stride = env::AGREE_STRIDE,
+        timeout = env::TIMEOUT,
+        io_timeout = env::IO_TIMEOUT,
     )
 }

@@ -133,6 +133,25 @@ pub fn event(e: &Event) -> String {
     }
 }
 
+/// `--quiet-after`: `no progress event for 10m 0s (last: epoch 3 committed at poll 120: ...)`.
+pub fn quiet(for_: std::time::Duration, last: &str) -> String {
+    format!(
+        "no progress event for {} (last: {last}); the job may be stuck (ranks waiting for one \
+         another give up after CKPT_TIMEOUT, IO after CKPT_IO_TIMEOUT)",
+        duration(for_)
+    )
+}
+
+/// `45s`, `10m 0s`, `2h 5m`: a wall-clock span for people.
+pub fn duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, s / 60 % 60),
+    }
+}
+
 /// `launch 1/4 (CKPT_RESTART_COUNT=0): mpirun ...`.
 pub fn launch(n: u32, total: u32, restart_count: u32, argv: &[OsString]) -> String {
     format!(
@@ -325,6 +344,19 @@ mod tests {
             }),
             "rank 2 stuck for 600 s writing /l/j/epoch-00000003/rank-000002.ckpt.tmp (epoch 3); \
              its IO watchdog ended it, job aborted",
+        );
+    }
+
+    #[test]
+    fn quiet_lines() {
+        use std::time::Duration;
+        check(duration(Duration::from_millis(45_900)), "45s");
+        check(duration(Duration::from_secs(600)), "10m 0s");
+        check(duration(Duration::from_secs(7500)), "2h 5m");
+        check(
+            quiet(Duration::from_secs(90), "epoch 3 committed"),
+            "no progress event for 1m 30s (last: epoch 3 committed); the job may be stuck \
+             (ranks waiting for one another give up after CKPT_TIMEOUT, IO after CKPT_IO_TIMEOUT)",
         );
     }
 
