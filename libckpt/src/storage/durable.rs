@@ -150,29 +150,37 @@ mod tests {
         assert!(!tmp_path(&p).exists());
     }
 
-    fn refused(r: io::Result<File>, what: &str) {
-        let e = r.err().unwrap_or_else(|| panic!("{what}: opened"));
-        assert_eq!(e.to_string(), format!("not a regular file ({what})"));
+    /// Runs `open` on `path` in a thread; fails if it blocks, or opens, or says something else
+    /// than "not a regular file (`what`)".
+    fn refused(open: fn(&Path) -> io::Result<File>, path: &Path, what: &str) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(open(&p).err().map(|e| e.to_string()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("open of {what} blocked"));
+        assert_eq!(got, Some(format!("not a regular file ({what})")));
     }
 
-    /// Each of these would block for ever with a plain open (no writer, or no reader, on the
-    /// FIFO), so the test itself hangs if the check is removed.
+    /// Each FIFO open here would block for ever with a plain open (no writer, or no reader).
     #[test]
     fn fifos_links_and_directories_are_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         mkfifo(&fifo);
-        refused(open_regular(&fifo), "a FIFO");
-        refused(create_regular(&fifo, true), "a FIFO");
-        refused(create_regular(&fifo, false), "a FIFO");
+        refused(open_regular, &fifo, "a FIFO");
+        refused(|p| create_regular(p, true), &fifo, "a FIFO");
+        refused(|p| create_regular(p, false), &fifo, "a FIFO");
         let file = dir.path().join("file");
         fs::write(&file, b"data").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&file, &link).unwrap();
-        refused(open_regular(&link), "a symbolic link");
-        refused(create_regular(&link, true), "a symbolic link");
+        refused(open_regular, &link, "a symbolic link");
+        refused(|p| create_regular(p, true), &link, "a symbolic link");
         assert_eq!(fs::read(&file).unwrap(), b"data", "nothing truncated");
-        refused(open_regular(dir.path()), "a directory");
+        refused(open_regular, dir.path(), "a directory");
         assert!(write_atomic(&fifo.with_file_name("m"), b"x").is_ok());
         mkfifo(&tmp_path(&dir.path().join("n")));
         let e = write_atomic(&dir.path().join("n"), b"x").unwrap_err();
