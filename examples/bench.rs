@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use ckpt::mpi;
 use ckpt::mpi::collective::SystemOperation;
-use ckpt::mpi::topology::SimpleCommunicator;
 use ckpt::mpi::point_to_point::Source as _;
+use ckpt::mpi::topology::SimpleCommunicator;
 use ckpt::mpi::traits::*;
 use ckpt::{Checkpointer, Config, Interval, Protect, Regions, Source, TagSel};
 
@@ -334,7 +334,10 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
                     ours - plain
                 );
             } else {
-                let (a, b) = (f.bytes as f64 / f.ours / 1e9, f.bytes as f64 / f.plain / 1e9);
+                let (a, b) = (
+                    f.bytes as f64 / f.ours / 1e9,
+                    f.bytes as f64 / f.plain / 1e9,
+                );
                 println!(
                     "    {:>7} B bandwidth   {a:9.2} GB/s plain {b:9.2} GB/s = {:.0}% of plain",
                     f.bytes,
@@ -366,51 +369,61 @@ fn p2p_figures(
     let peer = 1 - rank;
     let mut out = Vec::new();
     for bytes in [8usize, 64 << 10, 4 << 20] {
-        let iters = if bytes <= 8 { 20_000 } else if bytes <= 64 << 10 { 2_000 } else { 50 };
+        let iters = if bytes <= 8 {
+            20_000
+        } else if bytes <= 64 << 10 {
+            2_000
+        } else {
+            50
+        };
         let mut buf = vec![rank as u8; bytes];
         let (mut ours, mut mpi) = (vec![], vec![]);
         for _ in 0..o.reps.max(3) {
             let mut err = Ok(());
-            ours.push(timed(world, || {
-                if rank > 1 {
-                    return;
-                }
-                for _ in 0..iters {
-                    let r = if rank == 0 {
-                        ck.comm()
-                            .send(peer, 1, &buf)
-                            .and_then(|_| {
+            ours.push(
+                timed(world, || {
+                    if rank > 1 {
+                        return;
+                    }
+                    for _ in 0..iters {
+                        let r = if rank == 0 {
+                            ck.comm().send(peer, 1, &buf).and_then(|_| {
                                 ck.comm()
                                     .recv_into(Source::Rank(peer), TagSel::Tag(1), &mut buf)
                                     .map(|_| ())
                             })
-                    } else {
-                        ck.comm()
-                            .recv_into(Source::Rank(peer), TagSel::Tag(1), &mut buf)
-                            .and_then(|_| ck.comm().send(peer, 1, &buf))
-                    };
-                    if r.is_err() {
-                        err = r.map(|_| ());
+                        } else {
+                            ck.comm()
+                                .recv_into(Source::Rank(peer), TagSel::Tag(1), &mut buf)
+                                .and_then(|_| ck.comm().send(peer, 1, &buf))
+                        };
+                        if r.is_err() {
+                            err = r.map(|_| ());
+                            return;
+                        }
+                    }
+                }) / iters as f64
+                    / 2.0,
+            );
+            err?;
+            mpi.push(
+                timed(world, || {
+                    if rank > 1 {
                         return;
                     }
-                }
-            }) / iters as f64 / 2.0);
-            err?;
-            mpi.push(timed(world, || {
-                if rank > 1 {
-                    return;
-                }
-                let p = plain.process_at_rank(peer);
-                for _ in 0..iters {
-                    if rank == 0 {
-                        p.send_with_tag(&buf[..], 1);
-                        p.receive_into_with_tag(&mut buf[..], 1);
-                    } else {
-                        p.receive_into_with_tag(&mut buf[..], 1);
-                        p.send_with_tag(&buf[..], 1);
+                    let p = plain.process_at_rank(peer);
+                    for _ in 0..iters {
+                        if rank == 0 {
+                            p.send_with_tag(&buf[..], 1);
+                            p.receive_into_with_tag(&mut buf[..], 1);
+                        } else {
+                            p.receive_into_with_tag(&mut buf[..], 1);
+                            p.send_with_tag(&buf[..], 1);
+                        }
                     }
-                }
-            }) / iters as f64 / 2.0);
+                }) / iters as f64
+                    / 2.0,
+            );
         }
         out.push(P2p {
             bytes,

@@ -831,3 +831,243 @@ fn after_should_exit_sends_are_refused_and_the_resumed_run_agrees() {
         out.dump()
     );
 }
+
+// ---- No wait without a deadline (issue 6, item 5) ----
+
+/// Deadlines of the stall drills: 3 s for ranks waiting on one another, 3 s more for waits
+/// that follow other ranks' IO (the commit vote, the restore vote), 2 s for one file's IO.
+fn short_deadlines(run: Run, io_timeout: &str) -> Run {
+    run.env(ckpt::env::TIMEOUT, "3")
+        .env(ckpt::env::IO_TIMEOUT, io_timeout)
+}
+
+/// The pid a `stop` fault printed (`... stopping myself (pid N) ...`).
+fn stopped_pid(out: &Output) -> i32 {
+    out.stderr
+        .split("stopping myself (pid ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no stopped rank reported\n{}", out.dump()))
+}
+
+/// Neither the stopped rank nor any other rank of the job outlived the run.
+fn assert_no_rank_left(job: &Path, stopped: i32, out: &Output) {
+    let want = format!("CKPT_JOB_DIR={}", job.display());
+    let environ = std::fs::read(format!("/proc/{stopped}/environ")).unwrap_or_default();
+    let alive = environ.split(|b| *b == 0).any(|v| v == want.as_bytes());
+    assert!(!alive, "stopped rank {stopped} survived\n{}", out.dump());
+    for r in 0..RANKS {
+        assert_eq!(
+            rank_pid(job, r),
+            None,
+            "rank {r} left behind\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// Seconds launch `n` ran before it failed, from the launcher's report.
+fn failed_after(out: &Output, n: u32) -> f64 {
+    out.stderr
+        .split(&format!("launch {n} failed after "))
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("launch {n} did not fail\n{}", out.dump()))
+}
+
+/// The one `stalled` event of a job: (what, missing ranks, seconds waited).
+fn stall_event(job: &Path, out: &Output) -> (String, Vec<i32>, f64) {
+    let stalls: Vec<_> = events(job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Stalled {
+                what,
+                missing,
+                waited,
+            } => Some((what, missing, waited)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stalls.len(),
+        1,
+        "expected one stall: {stalls:?}\n{}",
+        out.dump()
+    );
+    stalls.into_iter().next().unwrap()
+}
+
+/// A rank that stops (SIGSTOP) inside the commit vote of epoch 3: the others are named out of
+/// it within the vote's deadline (timeout + IO timeout), the job is aborted, the stopped rank
+/// does not survive, and the relaunch restores epoch 2 and ends with the same result.
+#[test]
+fn a_rank_stopped_in_the_commit_vote_is_named_and_the_job_restarts() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "2:before-vote:3:stop",
+    ];
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "3").output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    let (what, missing, waited) = stall_event(&job, &out);
+    assert_eq!(
+        (what.as_str(), missing.as_slice(), waited),
+        ("the commit vote of epoch 3", &[2][..], 6.0)
+    );
+    let needle = "ranks [2] did not reach the commit vote of epoch 3 within 6 s";
+    assert!(
+        out.stderr.contains(needle),
+        "lacks {needle:?}\n{}",
+        out.dump()
+    );
+    // Blocking collectives would wait for ever (the harness's 120 s timeout).
+    assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
+    assert_no_rank_left(&job, stopped_pid(&out), &out);
+}
+
+/// A rank that stops inside the restore of a resumed job (launch 1, the fault's default for
+/// `restore`): the others are named out of the restore vote, the job is aborted, and the next
+/// launch restores the newest epoch and ends with the same result.
+#[test]
+fn a_rank_stopped_in_a_restore_collective_is_named_and_the_job_restarts() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let first = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT).output();
+    assert_same_result(&first);
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "1:restore:6:stop",
+    ];
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "3").output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![6], "{}", out.dump());
+    let (what, missing, waited) = stall_event(&job, &out);
+    assert_eq!(
+        (what.as_str(), missing.as_slice(), waited),
+        ("the restore vote of epoch 6", &[1][..], 6.0)
+    );
+    let needle = "ranks [1] did not reach the restore vote of epoch 6 within 6 s";
+    assert!(
+        out.stderr.contains(needle),
+        "lacks {needle:?}\n{}",
+        out.dump()
+    );
+    assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
+    assert_no_rank_left(&job, stopped_pid(&out), &out);
+}
+
+/// A FIFO where a rank file should be would block its open for ever (and every other rank in
+/// the restore vote): it is refused at once, named, and the restart falls back a epoch.
+#[test]
+fn a_fifo_where_a_rank_file_should_be_is_named_and_skipped() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = ["--every", "40", "--keep", "3", "--max-restarts", "0"];
+    let first = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&first);
+    let file = rank_file(&job, 6, 1);
+    std::fs::remove_file(&file).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "3").output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![5], "{}", out.dump());
+    for needle in [
+        &file.display().to_string(),
+        "not a regular file (a FIFO)",
+        "falling back to epoch 5",
+        "rank 1",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "lacks {needle:?}\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// A rank whose write never returns (a hung file system, simulated by a `hang` fault inside
+/// the write) is named by its IO watchdog after CKPT_IO_TIMEOUT with the file and the epoch;
+/// the job is aborted and the relaunch restores epoch 2 and ends with the same result.
+#[test]
+fn a_rank_stuck_in_io_is_named_by_its_watchdog() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "1:mid-write:3:hang",
+    ];
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "2").output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    let tmp = job
+        .join("local")
+        .join(ckpt::config::default_node())
+        .join("job/epoch-00000003/rank-000001.ckpt.tmp");
+    let needle = format!(
+        "[ckpt rank 1] error: stuck for 2 s writing {} (epoch 3)",
+        tmp.display()
+    );
+    assert!(
+        out.stderr.contains(&needle),
+        "lacks {needle:?}\n{}",
+        out.dump()
+    );
+    let stuck = events(&job).into_iter().any(|e| {
+        matches!(e, Event::IoStuck { rank: 1, ref op, epoch: 3, ref path, .. }
+            if op == "writing" && *path == tmp.display().to_string())
+    });
+    assert!(stuck, "no io_stuck event\n{}", out.dump());
+    assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
+    for r in 0..RANKS {
+        assert_eq!(
+            rank_pid(&job, r),
+            None,
+            "rank {r} left behind\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// `--quiet-after`: a job that logs nothing for that long is reported, with its last event.
+#[test]
+fn the_launcher_says_when_the_job_shows_no_progress() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut args = HEAT.to_vec();
+    // 240 steps of 10 ms without checkpoints: no event after the start for over 2 s.
+    args.extend(["--step-ms", "10"]);
+    let flags = ["--every", "off", "--quiet-after", "1s"];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), &args).output();
+    assert_same_result(&out);
+    let needle = "[ckpt] no progress event for 1s (last: 4 ranks started (restart count 0))";
+    assert!(
+        out.stderr.contains(needle),
+        "lacks {needle:?}\n{}",
+        out.dump()
+    );
+}

@@ -21,6 +21,7 @@ use crate::restore::{self, Restored};
 use crate::stall::{self, Watch};
 use crate::transport::{self, MpiFlagReduce};
 use crate::trigger::Triggers;
+use crate::watchdog::IoWatchdog;
 use crate::Ctx;
 
 /// What one call to [`Checkpointer::poll`] did.
@@ -69,6 +70,12 @@ impl Checkpointer {
         let app = Comm::new(comm.duplicate());
         let rank = lib.rank();
         let nranks = lib.size();
+        // Both start-up collectives share one key (the root may be in the second while others
+        // are in the first) and wait for rank 0's IO on the job directory, and for ranks that
+        // arrive late after their own set-up: the IO deadline on top of the timeout.
+        let watch = Watch::of(&cfg).after_io(Instant::now());
+        let listing_label = || ("startup".into(), "the start-up epoch listing".into());
+        let setup_label = || ("startup".into(), "the start-up handler vote".into());
         // Rank 0 prepares the job directory and lists committed epochs; everyone gets the
         // same list, so every rank takes the same restart decision.
         let listing = if rank == 0 {
@@ -79,8 +86,8 @@ impl Checkpointer {
         } else {
             Ok(Vec::new())
         };
-        let listing =
-            transport::bcast_bytes(&lib, 0, postcard::to_stdvec(&listing).unwrap_or_default());
+        let listing = postcard::to_stdvec(&listing).unwrap_or_default();
+        let listing = transport::bcast_bytes(&lib, &watch, &listing_label, 0, listing);
         let listing: std::result::Result<Vec<u64>, String> = postcard::from_bytes(&listing)
             .map_err(|e| Error::Usage {
                 rank,
@@ -93,29 +100,30 @@ impl Checkpointer {
             source: std::io::Error::other(e),
         })?;
         // Every rank handles the checkpoint signal before rank 0 says the job has started
-        // (`ckpt run` starts ranks with it blocked, so an earlier one is held, not fatal); an
-        // install failure on any rank fails `new` on all of them.
-        let triggers = Triggers::new(cfg.signal, rank, &cfg.job_dir);
-        if !transport::all_ok(&lib, triggers.is_ok()) {
-            return Err(match triggers {
-                Err(source) => Error::Io {
-                    rank,
-                    op: "install the checkpoint signal handler for",
-                    path: cfg.job_dir.clone(),
-                    source,
-                },
-                Ok(_) => Error::Usage {
-                    rank,
-                    what: "another rank could not install the checkpoint signal handler".into(),
-                },
-            });
-        }
-        let triggers = triggers.map_err(|source| Error::Io {
+        // (`ckpt run` starts ranks with it blocked, so an earlier one is held, not fatal) and
+        // has its IO watchdog; a failure of either on any rank fails `new` on all of them.
+        let io_error = |op, source| Error::Io {
             rank,
-            op: "install the checkpoint signal handler for",
+            op,
             path: cfg.job_dir.clone(),
             source,
-        })?;
+        };
+        let setup = Triggers::new(cfg.signal, rank, &cfg.job_dir)
+            .map_err(|e| io_error("install the checkpoint signal handler for", e))
+            .and_then(|t| {
+                IoWatchdog::new(rank, cfg.io_timeout, &cfg.job_dir)
+                    .map(|w| (t, w))
+                    .map_err(|e| io_error("start the IO watchdog thread for", e))
+            });
+        if !transport::all_ok(&lib, &watch, &setup_label, setup.is_ok()) {
+            return Err(setup.err().unwrap_or_else(|| Error::Usage {
+                rank,
+                what: "another rank could not install the checkpoint signal handler or start \
+                       its IO watchdog"
+                    .into(),
+            }));
+        }
+        let (triggers, io) = setup?;
         if rank == 0 {
             let _ = events::append(
                 &cfg.job_dir,
@@ -136,6 +144,7 @@ impl Checkpointer {
                 rank,
                 nranks,
                 cfg,
+                io,
             },
             comm: app,
             agree,

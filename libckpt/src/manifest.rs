@@ -194,7 +194,7 @@ pub fn committed(job_dir: &Path) -> io::Result<Vec<u64>> {
 /// Reads and checks epoch `epoch`'s manifest.
 pub fn load(job_dir: &Path, epoch: u64) -> Result<Manifest> {
     let p = path(job_dir, epoch);
-    let bytes = fs::read(&p).map_err(|source| Error::Io {
+    let bytes = read_regular(&p).map_err(|source| Error::Io {
         rank: -1,
         op: "read manifest",
         path: p.clone(),
@@ -215,6 +215,13 @@ pub fn load(job_dir: &Path, epoch: u64) -> Result<Manifest> {
         });
     }
     Ok(m)
+}
+
+/// Reads a whole file without ever blocking on a FIFO where it should be.
+fn read_regular(p: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut durable::open_regular(p)?, &mut bytes)?;
+    Ok(bytes)
 }
 
 /// Publishes `m`: after this returns, epoch `m.epoch` is committed.

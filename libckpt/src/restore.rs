@@ -11,10 +11,12 @@ use std::time::Instant;
 use crate::commit::{LibState, LIB_REGION, LOG_REGION};
 use crate::error::{Corruption, Error, Result};
 use crate::events::{self, Event};
+use crate::fault::{maybe_die, Phase};
 use crate::format::{FileIdentity, RankFileReader, RegionKind};
 use crate::manifest::{self, Manifest};
 use crate::protocol::msglog::CommState;
 use crate::region::{file_error, Protect, Regions, Site};
+use crate::stall::Watch;
 use crate::transport;
 use crate::Ctx;
 
@@ -44,10 +46,19 @@ pub(crate) fn restore<P: Protect + ?Sized>(
         let t0 = Instant::now();
         // A failing rank's error reaches rank 0, which reports every reason in one line.
         let local = restore_epoch(ctx, epoch, state);
-        if transport::all_ok(&ctx.lib, local.is_ok()) {
+        maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Restore, epoch);
+        // Every collective of this epoch's restore waits for the others' reads (each under its
+        // IO watchdog), and shares one key: whichever of them a rank waits in, a rank that
+        // stopped anywhere in this epoch's restore is the one named.
+        let watch = Watch::of(&ctx.cfg).after_io(t0);
+        let key = || format!("restore-epoch-{epoch}");
+        let vote = || (key(), format!("the restore vote of epoch {epoch}"));
+        if transport::all_ok(&ctx.lib, &watch, &vote, local.is_ok()) {
             let (lib, log, bytes, m) = local?;
             let read_secs = t0.elapsed().as_secs_f64();
-            let slowest = transport::max_u64(&ctx.lib, (read_secs * 1e6) as u64) as f64 / 1e6;
+            let timing = || (key(), format!("the restore of epoch {epoch} (read times)"));
+            let micros = (read_secs * 1e6) as u64;
+            let slowest = transport::max_u64(&ctx.lib, &watch, &timing, micros) as f64 / 1e6;
             if ctx.rank == 0 {
                 let _ = events::append(
                     &ctx.cfg.job_dir,
@@ -68,7 +79,13 @@ pub(crate) fn restore<P: Protect + ?Sized>(
             });
         }
         let reason = local.err().map(|e| e.to_string()).unwrap_or_default();
-        let reasons = transport::gather_bytes(&ctx.lib, 0, reason.as_bytes());
+        let why = || {
+            (
+                key(),
+                format!("the fallback from epoch {epoch} (failure reasons)"),
+            )
+        };
+        let reasons = transport::gather_bytes(&ctx.lib, &watch, &why, 0, reason.as_bytes());
         let joined = match reasons {
             Some(all) => {
                 let list: Vec<String> = all
@@ -96,7 +113,7 @@ pub(crate) fn restore<P: Protect + ?Sized>(
             }
             None => Vec::new(),
         };
-        let joined = transport::bcast_bytes(&ctx.lib, 0, joined);
+        let joined = transport::bcast_bytes(&ctx.lib, &watch, &why, 0, joined);
         skipped.push((epoch, String::from_utf8_lossy(&joined).into_owned()));
     }
     Err(Error::NoUsableEpoch { tried: skipped })
@@ -108,6 +125,9 @@ fn restore_epoch<P: Protect + ?Sized>(
     epoch: u64,
     state: &mut P,
 ) -> Result<(LibState, CommState, u64, Manifest)> {
+    let armed = ctx
+        .io
+        .arm("reading", &manifest::path(&ctx.cfg.job_dir, epoch), epoch);
     let m = manifest::load(&ctx.cfg.job_dir, epoch)?;
     if m.nranks != ctx.nranks as u32 || m.ranks.len() != m.nranks as usize {
         return Err(Error::Usage {
@@ -131,6 +151,7 @@ fn restore_epoch<P: Protect + ?Sized>(
         rank: ctx.rank as u32,
         nranks: ctx.nranks as u32,
     };
+    armed.now("reading", &path);
     let reader = RankFileReader::open(&path, &id).map_err(|e| {
         let err = file_error(e, site, "open checkpoint file");
         match err {
