@@ -522,3 +522,66 @@ fn verify_reads_every_epoch_and_names_damaged_files() {
     );
     assert!(out.stdout.contains("epoch 6: ok"), "{}", out.dump());
 }
+
+/// heat2d with a tiny grid on one rank: a fast set-up phase of `FAST_STEPS` steps (a few
+/// microseconds each, however loaded the machine: no peer to wait for), then steps of
+/// `SLOW_MS` more (several thousand times slower) until the end, about 4 s later.
+const SLOWDOWN_GRID: &[&str] = &["--nx", "8", "--ny", "8", "--steps", "160"];
+const FAST_STEPS: u64 = 20;
+const SLOW_MS: u64 = 30;
+
+#[test]
+fn a_signal_after_a_sudden_slowdown_is_acted_on_within_the_bound() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let reference = Run::new(
+        &dir.path().join("ref"),
+        1,
+        &["--every", "off"],
+        &heat2d(),
+        SLOWDOWN_GRID,
+    )
+    .output();
+    assert!(reference.status.success(), "{}", reference.dump());
+    let job = dir.path().join("job");
+    let (fast, slow) = (FAST_STEPS.to_string(), SLOW_MS.to_string());
+    let mut args = SLOWDOWN_GRID.to_vec();
+    args.extend(["--slow-after", &fast, "--slow-ms", &slow]);
+    let running = Run::new(&job, 1, &["--every", "off"], &heat2d(), &args).spawn();
+    let started = || {
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. }))
+    };
+    assert!(wait_for(Duration::from_secs(60), started));
+    // The set-up phase is over within a millisecond of the start. The stride can only have
+    // doubled a few times in it, so the signal waits a few dozen slow steps (about 1.4 s
+    // here). The old stride logic trusted a stride measured over one fast step (hundreds of
+    // polls, each now 30 ms): it took no checkpoint before the job ended (4 runs of 4).
+    let pid = rank_pid(&job, 0).expect("rank 0 running");
+    let sent = std::time::Instant::now();
+    signal(pid, "USR1");
+    let bound = Duration::from_secs(3) + 2 * Duration::from_millis(SLOW_MS);
+    let committed = wait_for(bound, || !committed_epochs(&job).is_empty());
+    let took = sent.elapsed();
+    let out = running.wait();
+    assert!(
+        committed,
+        "no checkpoint within {bound:?} of SIGUSR1 (waited {took:?}; epochs committed by the \
+         end: {:?})\n{}",
+        committed_epochs(&job),
+        out.dump()
+    );
+    let poll = ckpt::manifest::load(&job, 1).unwrap().poll;
+    assert!(
+        poll > FAST_STEPS,
+        "epoch 1 was taken at poll {poll}, before the slowdown"
+    );
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        reference.checksum(),
+        "final field differs from the uninterrupted run\n{}",
+        out.dump()
+    );
+}

@@ -38,7 +38,9 @@ impl Poll {
         self.checkpoint
     }
 
-    /// Whether the application should stop now (after a checkpoint requested with exit).
+    /// Whether the application should stop now: `ckpt checkpoint --then-exit` was agreed, and
+    /// either this poll committed its epoch or an epoch committed since the request was read
+    /// stands for it (then [`Poll::checkpointed`] is `None`; the job resumes from that epoch).
     pub fn should_exit(&self) -> bool {
         self.exit
     }
@@ -208,9 +210,15 @@ impl Checkpointer {
             .agree
             .on_poll(Instant::now, || triggers.take(), &mut self.reduce);
         if !decision.checkpoint {
+            if decision.exit && self.ctx.rank == 0 {
+                // The agreement stops without a checkpoint only when the last attempt
+                // committed, so that epoch is the newest one this run numbered.
+                let epoch = self.next_epoch.saturating_sub(1);
+                let _ = events::append(&self.ctx.cfg.job_dir, &Event::Stopping { epoch });
+            }
             return Ok(Poll {
                 checkpoint: None,
-                exit: false,
+                exit: decision.exit,
             });
         }
         let stats = self.checkpoint(state)?;
@@ -231,6 +239,7 @@ impl Checkpointer {
     pub fn checkpoint<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<EpochStats> {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        self.agree.begin_checkpoint();
         let t0 = Instant::now();
         self.quiesce(epoch)?;
         let quiesce_secs = t0.elapsed().as_secs_f64();
@@ -244,7 +253,7 @@ impl Checkpointer {
         };
         let mut stats = commit::checkpoint(&self.ctx, epoch, &lib, &log, state)?;
         stats.quiesce_secs = quiesce_secs;
-        self.agree.checkpointed(Instant::now());
+        self.agree.committed(Instant::now());
         Ok(stats)
     }
 
