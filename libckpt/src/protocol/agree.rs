@@ -37,19 +37,24 @@
 //! file no more often than that. A fixed stride (`CKPT_AGREE_STRIDE=N`) waits at most `2N`
 //! iterations instead.
 //!
-//! The stride at most doubles per round, starting from 1 at start-up and after a restore, so a
-//! long gap always rests on a long measurement: one fast iteration (a set-up step, a skipped
-//! update) cannot set a gap of hundreds of iterations that then run slow.
+//! No bound can ignore `F`: a gap is fixed one round ahead and no rank can shorten it alone
+//! (the others would not stop at the same poll), so a gap voted at the old rate lasts `F`
+//! times longer after the slowdown. The target sets the trade: half the target, twice the
+//! rounds, half the latency.
+//!
+//! The stride at most doubles per round, starting from 1 when the job starts or restarts, so
+//! a gap is never more than four times as many polls as the gap whose rate voted it: one fast
+//! iteration (a set-up step) cannot set a gap of hundreds of iterations that then run slow.
 //!
 //! # Exit
 //!
 //! An exit request ([`EXIT`], `ckpt checkpoint --then-exit`) asks for a checkpoint, then a
-//! stop. When one arrives while a checkpoint is already being taken at this poll, the others
-//! learn of it only one round later; if by then an epoch has been committed since the request
-//! was read (the checkpoint at or after the round's start poll committed) and no checkpoint
-//! was attempted since, all ranks stop without another checkpoint, and the job resumes from
-//! that epoch. Otherwise (no such commit, or the last attempt failed) they checkpoint, then
-//! stop.
+//! stop. When one is read at a poll that checkpoints anyway (for an earlier request or an
+//! interval), the other ranks learn of it only one round later. If by then an epoch has
+//! committed since the request was read (at or after the poll where that round started) and
+//! no checkpoint was attempted since, all ranks stop without another checkpoint, and the job
+//! resumes from that epoch. Otherwise (no such commit, or the last attempt failed) they
+//! checkpoint, then stop.
 
 use std::time::{Duration, Instant};
 
