@@ -195,6 +195,7 @@ impl Agreement {
     /// the time; both are asked for only at agreement polls, so any other poll costs a
     /// counter increment and two comparisons. The caller reports the checkpoints it takes
     /// with [`Agreement::begin_checkpoint`] and [`Agreement::committed`].
+    #[inline]
     pub fn on_poll(
         &mut self,
         now: impl FnOnce() -> Instant,
@@ -209,7 +210,19 @@ impl Agreement {
                 exit: false,
             };
         }
-        let now = now();
+        self.agreement_poll(scheduled, now(), request, net)
+    }
+
+    /// An agreement poll: completes the round in flight, decides, starts the next round.
+    /// Kept out of line so that the common poll above stays small enough to inline.
+    #[inline(never)]
+    fn agreement_poll(
+        &mut self,
+        scheduled: bool,
+        now: Instant,
+        request: impl FnOnce() -> u32,
+        net: &mut impl VoteReduce,
+    ) -> Decision {
         let agreed = net.finish(self.polls);
         if let Some(v) = agreed {
             self.stride = v.stride.clamp(1, MAX_STRIDE);
