@@ -1071,3 +1071,127 @@ fn the_launcher_says_when_the_job_shows_no_progress() {
         out.dump()
     );
 }
+
+/// heat2d with a tiny grid on one rank: a fast set-up phase of `FAST_STEPS` steps (a few
+/// microseconds each, however loaded the machine: no peer to wait for), then steps of
+/// `SLOW_MS` more (several thousand times slower) until the end, about 4 s later.
+const SLOWDOWN_GRID: &[&str] = &["--nx", "8", "--ny", "8", "--steps", "160"];
+const FAST_STEPS: u64 = 20;
+const SLOW_MS: u64 = 30;
+
+#[test]
+fn a_signal_after_a_sudden_slowdown_is_acted_on_within_the_bound() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let reference = Run::new(
+        &dir.path().join("ref"),
+        1,
+        &["--every", "off"],
+        &heat2d(),
+        SLOWDOWN_GRID,
+    )
+    .output();
+    assert!(reference.status.success(), "{}", reference.dump());
+    let job = dir.path().join("job");
+    let (fast, slow) = (FAST_STEPS.to_string(), SLOW_MS.to_string());
+    let mut args = SLOWDOWN_GRID.to_vec();
+    args.extend(["--slow-after", &fast, "--slow-ms", &slow]);
+    let running = Run::new(&job, 1, &["--every", "off"], &heat2d(), &args).spawn();
+    let started = || {
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. }))
+    };
+    assert!(wait_for(Duration::from_secs(60), started));
+    // The set-up phase is over within a millisecond of the start. The stride can only have
+    // doubled a few times in it, so the signal waits a few dozen slow steps (about 1.4 s
+    // here). The old stride logic trusted a stride measured over one fast step (hundreds of
+    // polls, each now 30 ms): it took no checkpoint before the job ended (4 runs of 4).
+    let pid = rank_pid(&job, 0).expect("rank 0 running");
+    let sent = std::time::Instant::now();
+    signal(pid, "USR1");
+    let bound = Duration::from_secs(3) + 2 * Duration::from_millis(SLOW_MS);
+    let committed = wait_for(bound, || !committed_epochs(&job).is_empty());
+    let took = sent.elapsed();
+    let out = running.wait();
+    assert!(
+        committed,
+        "no checkpoint within {bound:?} of SIGUSR1 (waited {took:?}; epochs committed by the \
+         end: {:?})\n{}",
+        committed_epochs(&job),
+        out.dump()
+    );
+    let poll = ckpt::manifest::load(&job, 1).unwrap().poll;
+    assert!(
+        poll > FAST_STEPS,
+        "epoch 1 was taken at poll {poll}, before the slowdown"
+    );
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        reference.checksum(),
+        "final field differs from the uninterrupted run\n{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn an_exit_request_read_at_a_checkpoint_stops_without_a_second_one() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    let grid = ["--nx", "16", "--ny", "16", "--steps", "40"];
+    let reference = Run::new(
+        &dir.path().join("ref"),
+        2,
+        &["--every", "off"],
+        &heat2d(),
+        &grid,
+    )
+    .output();
+    assert!(reference.status.success(), "{}", reference.dump());
+    // A checkpoint at every even poll, polls 300 ms apart (so every poll is an agreement
+    // poll, and rank 0 reads the request file at each).
+    let mut args = grid.to_vec();
+    args.extend(["--step-ms", "300"]);
+    let running = Run::new(&job, 2, &["--every", "2"], &heat2d(), &args).spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || !committed_epochs(&job)
+            .is_empty()),
+        "no first checkpoint"
+    );
+    // Epoch 1 committed at poll 2; the request lands between polls 3 and 4, so it is read at
+    // poll 4, which checkpoints anyway (epoch 2), and agreed at poll 5: the epoch of poll 4,
+    // committed after the request was read, stands for the exit. The old rule took a second
+    // checkpoint at poll 5.
+    std::thread::sleep(Duration::from_millis(400));
+    let out = ckpt(&["checkpoint", job_s, "--then-exit"]);
+    assert!(out.status.success(), "{}", out.dump());
+    let stopped = running.wait();
+    assert!(stopped.status.success(), "{}", stopped.dump());
+    assert_eq!(
+        stopped.checksum(),
+        None,
+        "stopped early\n{}",
+        stopped.dump()
+    );
+    let newest = *committed_epochs(&job).last().unwrap();
+    let stop = events(&job).into_iter().find_map(|e| match e {
+        Event::Stopping { epoch } => Some(epoch),
+        _ => None,
+    });
+    assert_eq!(stop, Some(newest), "{}", stopped.dump());
+    let poll = ckpt::manifest::load(&job, newest).unwrap().poll;
+    assert_eq!(
+        poll % 2,
+        0,
+        "epoch {newest} was taken at poll {poll}: the exit took its own checkpoint\n{}",
+        stopped.dump()
+    );
+    // Resuming finishes with the uninterrupted result.
+    let out = Run::new(&job, 2, &["--every", "off"], &heat2d(), &grid).output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(out.checksum(), reference.checksum(), "{}", out.dump());
+    assert_eq!(restored_epochs(&job), vec![newest]);
+}

@@ -38,7 +38,9 @@ impl Poll {
         self.checkpoint
     }
 
-    /// Whether the application should stop now (after a checkpoint requested with exit).
+    /// Whether the application should stop now: `ckpt checkpoint --then-exit` was agreed, and
+    /// either this poll committed its epoch or an epoch committed since the request was read
+    /// stands for it (then [`Poll::checkpointed`] is `None`; the job resumes from that epoch).
     pub fn should_exit(&self) -> bool {
         self.exit
     }
@@ -245,26 +247,22 @@ impl Checkpointer {
             .agree
             .on_poll(Instant::now, || triggers.take(), &mut self.reduce);
         if !decision.checkpoint {
+            if decision.exit {
+                // The agreement stops without a checkpoint only when the last attempt
+                // committed, at or after the poll that read the request: that epoch is the
+                // newest one this run numbered, and it satisfies the request.
+                let epoch = self.next_epoch.saturating_sub(1);
+                self.stop_after(epoch);
+                self.triggers.committed(epoch, true);
+            }
             return Ok(Poll {
                 checkpoint: None,
-                exit: false,
+                exit: decision.exit,
             });
         }
         let stats = self.checkpoint(state)?;
         if decision.exit {
-            if self.ctx.rank == 0 {
-                let _ = events::append(
-                    &self.ctx.cfg.job_dir,
-                    &Event::Stopping { epoch: stats.epoch },
-                );
-            }
-            let why = format!(
-                "the job is stopping: poll() returned should_exit() after the checkpoint of \
-                 epoch {}; leave the loop without further sends, receives or polls",
-                stats.epoch
-            );
-            self.comm.stop(why.clone());
-            self.stopped = Some(why);
+            self.stop_after(stats.epoch);
         }
         // Launcher requests are settled only now that an epoch satisfying them is committed.
         self.triggers.committed(stats.epoch, decision.exit);
@@ -272,6 +270,20 @@ impl Checkpointer {
             checkpoint: Some(stats),
             exit: decision.exit,
         })
+    }
+
+    /// The ranks agreed to stop; `epoch` is the last one committed. Records it, and refuses
+    /// every later poll, checkpoint, send and receive.
+    fn stop_after(&mut self, epoch: u64) {
+        if self.ctx.rank == 0 {
+            let _ = events::append(&self.ctx.cfg.job_dir, &Event::Stopping { epoch });
+        }
+        let why = format!(
+            "the job is stopping: poll() returned should_exit() (its last epoch is {epoch}); \
+             leave the loop without further sends, receives or polls"
+        );
+        self.comm.stop(why.clone());
+        self.stopped = Some(why);
     }
 
     /// Checkpoints `state` now (collective: every rank must call it at the same point).
@@ -285,6 +297,7 @@ impl Checkpointer {
                 what: why.clone(),
             });
         }
+        self.agree.begin_checkpoint();
         let t0 = Instant::now();
         let polls = self.agree.polls();
         self.cut(
@@ -303,7 +316,7 @@ impl Checkpointer {
         self.checkpoints += 1;
         let mut stats = commit::checkpoint(&self.ctx, epoch, &lib, &log, state)?;
         stats.quiesce_secs = quiesce_secs;
-        self.agree.checkpointed(Instant::now());
+        self.agree.committed(Instant::now());
         Ok(stats)
     }
 

@@ -25,7 +25,7 @@ pub const RESTART_COUNT: &str = "CKPT_RESTART_COUNT";
 /// launch only (the first, unless the spec says otherwise).
 pub const FAULT: &str = "CKPT_FAULT";
 /// Polls between two agreement rounds (time, signal and launcher triggers). Default: adaptive,
-/// about one round per millisecond of wall time.
+/// about one round per half millisecond of wall time.
 pub const AGREE_STRIDE: &str = "CKPT_AGREE_STRIDE";
 /// Signal that requests a checkpoint (`USR1`, `USR2`, ..., or `off`). Default `USR1`.
 pub const SIGNAL: &str = "CKPT_SIGNAL";
