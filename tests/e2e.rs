@@ -1195,3 +1195,40 @@ fn an_exit_request_read_at_a_checkpoint_stops_without_a_second_one() {
     assert_eq!(out.checksum(), reference.checksum(), "{}", out.dump());
     assert_eq!(restored_epochs(&job), vec![newest]);
 }
+
+/// A rank that stops (SIGSTOP) inside the drain of epoch 3, after the bookmark exchange, with
+/// ring's messages in flight to and from it (64 KiB ones among them): whoever waits for it, in
+/// its own drain (a message from it, or a send to it not taken) or in the vote, names rank 2
+/// and nobody else within the deadline; the job is aborted, the stopped rank does not survive,
+/// and the relaunch from epoch 2 receives exactly the uninterrupted run's messages.
+#[test]
+fn a_rank_stopped_in_the_drain_is_named_and_the_job_restarts() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--every",
+        "10",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "2:drain:3:stop",
+    ];
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &bin("ring"), RING), "3").output();
+    assert_same_messages(&out, "stopped in the drain");
+    assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    let stalls: Vec<(String, Vec<i32>)> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Stalled { what, missing, .. } => Some((what, missing)),
+            _ => None,
+        })
+        .collect();
+    assert!(!stalls.is_empty(), "no stall reported\n{}", out.dump());
+    for (what, missing) in &stalls {
+        assert_eq!(missing, &[2], "{what}\n{}", out.dump());
+        assert!(what.contains("epoch 3"), "{what}\n{}", out.dump());
+    }
+    assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
+    assert_no_rank_left(&job, stopped_pid(&out), &out);
+}

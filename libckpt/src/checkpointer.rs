@@ -208,7 +208,7 @@ impl Checkpointer {
                     .into(),
             });
         }
-        self.cut("restore", "the cut before restore()")?;
+        self.cut("restore", "the cut before restore()", None)?;
         let mut r = restore::restore(&self.ctx, &self.committed_at_start, state)?;
         self.comm.restore_state(std::mem::take(&mut r.log));
         self.agree.resume_at(r.lib.polls);
@@ -303,6 +303,7 @@ impl Checkpointer {
         self.cut(
             &format!("checkpoint-{epoch}"),
             &format!("the checkpoint of epoch {epoch} at poll {polls}"),
+            Some(epoch),
         )?;
         let quiesce_secs = t0.elapsed().as_secs_f64();
         let lib = LibState {
@@ -325,7 +326,8 @@ impl Checkpointer {
     /// that does not come is named) carries each rank's bookmark for each peer (the next
     /// sequence number it would send) and whether it has a receive pending; then each rank
     /// takes every message numbered below its sender's bookmark out of MPI into its log.
-    fn cut(&mut self, key: &str, what: &str) -> Result<DrainReport> {
+    /// `epoch` is the checkpoint's, for fault injection at the drain.
+    fn cut(&mut self, key: &str, what: &str, epoch: Option<u64>) -> Result<DrainReport> {
         let ctx = &self.ctx;
         let pending = self.comm.pending_requests();
         let flag = u64::from(!pending.is_empty());
@@ -365,6 +367,9 @@ impl Checkpointer {
             });
         }
         let to_me: Vec<u64> = recv.chunks(2).map(|c| c[0]).collect();
+        if let Some(e) = epoch {
+            maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Drain, e);
+        }
         Ok(self.comm.drain(&to_me, &watch, what))
     }
 }

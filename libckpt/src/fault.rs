@@ -31,6 +31,9 @@ pub enum Phase {
     BeforeManifest,
     /// After the manifest is published, before old epochs are pruned.
     AfterCommit,
+    /// Inside a checkpoint's cut: after the bookmark exchange, before this rank drains the
+    /// messages in flight to it, so the others wait in their drains or in the vote.
+    Drain,
     /// Inside a restore: after the rank read (or failed to read) its file of the epoch tried,
     /// just before the restore vote, so the other ranks are waiting in it.
     Restore,
@@ -46,6 +49,7 @@ impl Phase {
         ("before-manifest", Phase::BeforeManifest),
         ("after-commit", Phase::AfterCommit),
         ("restore", Phase::Restore),
+        ("drain", Phase::Drain),
     ];
 
     fn parse(s: &str) -> Option<Phase> {
