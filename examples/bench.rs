@@ -325,24 +325,28 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
         println!("  quiesce (4 msgs in flight per rank)              {t_quiesce:9.1} us");
         println!("  quiesce + write + fsync + commit (4 KiB state)   {t_small:9.1} us");
         println!("  plain durable writes (4 KiB per rank + manifest) {t_small_plain:9.1} us");
-        println!("  point-to-point, ranks 0 and 1, ping-pong (one way): ck.comm() vs plain MPI");
+        println!("  point-to-point, ranks 0 and 1, ping-pong, one way; plain = MPI_Send/MPI_Recv");
         for f in &p2p {
-            let (ours, plain) = (f.ours * 1e6, f.plain * 1e6);
             if f.bytes <= 8 {
+                let us = |t: f64| t * 1e6;
                 println!(
-                    "    {:>7} B latency     {ours:9.2} us   plain {plain:9.2} us   (+{:.2} us)",
+                    "    {:>7} B latency     send {:6.2} us  send_vec {:6.2} us  plain {:6.2} us  (+{:.2} us)",
                     f.bytes,
-                    ours - plain
+                    us(f.ours),
+                    us(f.owned),
+                    us(f.plain),
+                    us(f.ours.min(f.owned) - f.plain)
                 );
             } else {
-                let (a, b) = (
-                    f.bytes as f64 / f.ours / 1e9,
-                    f.bytes as f64 / f.plain / 1e9,
-                );
+                let gbs = |t: f64| f.bytes as f64 / t / 1e9;
                 println!(
-                    "    {:>7} B bandwidth   {a:9.2} GB/s plain {b:9.2} GB/s = {:.0}% of plain",
+                    "    {:>7} B bandwidth   send {:6.2} GB/s  send_vec {:6.2} GB/s  plain {:6.2} GB/s  = {:.0}% / {:.0}% of plain",
                     f.bytes,
-                    100.0 * a / b
+                    gbs(f.ours),
+                    gbs(f.owned),
+                    gbs(f.plain),
+                    100.0 * f.plain / f.ours,
+                    100.0 * f.plain / f.owned
                 );
             }
         }
@@ -350,12 +354,16 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
     Ok(())
 }
 
-/// One point-to-point figure: one-way time of a ping-pong through `ck.comm()` and through a
-/// plain duplicate of the world communicator (`MPI_Send`/`MPI_Recv` from and into the
-/// application's buffers), medians of `--reps` runs.
+/// One point-to-point figure: one-way time of a ping-pong between ranks 0 and 1, medians of
+/// `--reps` runs.
 struct P2p {
     bytes: usize,
+    /// `ck.comm()`: `send` (copies the payload) + `recv_into`.
     ours: f64,
+    /// `ck.comm()`: `send_vec` (hands the vector over) + `recv_vec`.
+    owned: f64,
+    /// A plain duplicate of the world communicator: `MPI_Send`/`MPI_Recv` from and into the
+    /// application's buffer.
     plain: f64,
 }
 
@@ -368,6 +376,8 @@ fn p2p_figures(
     let rank = world.rank();
     let plain = world.duplicate();
     let peer = 1 - rank;
+    let from = Source::Rank(peer);
+    let tag = TagSel::Tag(1);
     let mut out = Vec::new();
     for bytes in [8usize, 64 << 10, 4 << 20] {
         let iters = if bytes <= 8 {
@@ -377,58 +387,63 @@ fn p2p_figures(
         } else {
             50
         };
+        let per = |t: f64| t / iters as f64 / 2.0;
         let mut buf = vec![rank as u8; bytes];
-        let (mut ours, mut mpi) = (vec![], vec![]);
+        let (mut ours, mut owned, mut mpi) = (vec![], vec![], vec![]);
         for _ in 0..o.reps.max(3) {
             let mut err = Ok(());
-            ours.push(
+            let mut run = |f: &mut dyn FnMut() -> Result<(), ckpt::Error>| {
                 timed(world, || {
                     if rank > 1 {
                         return;
                     }
                     for _ in 0..iters {
-                        let r = if rank == 0 {
-                            ck.comm().send(peer, 1, &buf).and_then(|_| {
-                                ck.comm()
-                                    .recv_into(Source::Rank(peer), TagSel::Tag(1), &mut buf)
-                                    .map(|_| ())
-                            })
-                        } else {
-                            ck.comm()
-                                .recv_into(Source::Rank(peer), TagSel::Tag(1), &mut buf)
-                                .and_then(|_| ck.comm().send(peer, 1, &buf))
-                        };
-                        if r.is_err() {
-                            err = r.map(|_| ());
+                        if let Err(e) = f() {
+                            err = Err(e);
                             return;
                         }
                     }
-                }) / iters as f64
-                    / 2.0,
-            );
+                })
+            };
+            let comm = ck.comm();
+            ours.push(per(run(&mut || {
+                if rank == 0 {
+                    comm.send(peer, 1, &buf)?;
+                    comm.recv_into(from, tag, &mut buf)?;
+                } else {
+                    comm.recv_into(from, tag, &mut buf)?;
+                    comm.send(peer, 1, &buf)?;
+                }
+                Ok(())
+            })));
+            let mut v = buf.clone();
+            owned.push(per(run(&mut || {
+                if rank == 0 {
+                    comm.send_vec(peer, 1, std::mem::take(&mut v))?;
+                    v = comm.recv_vec::<u8>(from, tag)?.0;
+                } else {
+                    let (got, _) = comm.recv_vec::<u8>(from, tag)?;
+                    comm.send_vec(peer, 1, got)?;
+                }
+                Ok(())
+            })));
+            mpi.push(per(run(&mut || {
+                let p = plain.process_at_rank(peer);
+                if rank == 0 {
+                    p.send_with_tag(&buf[..], 1);
+                    p.receive_into_with_tag(&mut buf[..], 1);
+                } else {
+                    p.receive_into_with_tag(&mut buf[..], 1);
+                    p.send_with_tag(&buf[..], 1);
+                }
+                Ok(())
+            })));
             err?;
-            mpi.push(
-                timed(world, || {
-                    if rank > 1 {
-                        return;
-                    }
-                    let p = plain.process_at_rank(peer);
-                    for _ in 0..iters {
-                        if rank == 0 {
-                            p.send_with_tag(&buf[..], 1);
-                            p.receive_into_with_tag(&mut buf[..], 1);
-                        } else {
-                            p.receive_into_with_tag(&mut buf[..], 1);
-                            p.send_with_tag(&buf[..], 1);
-                        }
-                    }
-                }) / iters as f64
-                    / 2.0,
-            );
         }
         out.push(P2p {
             bytes,
             ours: median(ours),
+            owned: median(owned),
             plain: median(mpi),
         });
     }

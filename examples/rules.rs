@@ -162,7 +162,7 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> R<()> {
     // Set-up data exchanged around restore(): sent before, received after.
     ok(ck
         .comm()
-        .send(right, 50, &bytes(rank, 0, 50, o.setup_bytes)))?;
+        .send_vec(right, 50, bytes(rank, 0, 50, o.setup_bytes)))?;
     if ck.restarting() {
         let r = ok(ck.restore(&mut d))?;
         if rank == 0 {

@@ -26,16 +26,19 @@
 //!
 //! All payloads are plain-old-data slices moved as bytes (the cluster is homogeneous).
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytemuck::Pod;
 use mpi::collective::SystemOperation;
-use mpi::datatype::{address_of, Equivalence, MutView, UserDatatype};
+use mpi::datatype::{address_of, Equivalence, UserDatatype};
 use mpi::point_to_point::{Message, Source as _, Status as MpiStatus};
+use mpi::raw::{AsRaw, AsRawMut};
 use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
@@ -122,9 +125,38 @@ impl Owned {
 
 struct Outgoing {
     req: Request<'static, [u8], StaticScope>,
-    buf: Owned,
+    buf: Payload,
     dest: i32,
     bytes: usize,
+}
+
+/// What an outgoing send reads from until it completes: a copy in a library buffer, or a
+/// vector the application handed over, with its envelope beside it.
+enum Payload {
+    Copied(Owned),
+    Given {
+        env: Box<[u8; ENVELOPE_LEN]>,
+        data: Box<dyn Any>,
+    },
+}
+
+impl Payload {
+    /// The send completed: back to the pool, or freed.
+    fn release(self, pool: &mut Pool) {
+        match self {
+            Payload::Copied(o) => pool.give(o.reclaim()),
+            Payload::Given { env, data } => drop((env, data)),
+        }
+    }
+
+    /// The send may never complete (the job is failing): leave its memory to MPI.
+    fn leak(self) {
+        match self {
+            // An `Owned` frees nothing when dropped: its buffer stays leaked.
+            Payload::Copied(_) => {}
+            Payload::Given { env, data } => std::mem::forget((env, data)),
+        }
+    }
 }
 
 /// Send buffers whose sends completed, kept for the next sends (no allocation, no page
@@ -317,9 +349,57 @@ impl Comm {
         );
         b.outgoing.push_back(Outgoing {
             req,
-            buf,
+            buf: Payload::Copied(buf),
             dest,
             bytes,
+        });
+        Ok(())
+    }
+
+    /// Sends `data` to `dest` with `tag` (a tag >= 0), handing the vector to the library:
+    /// large payloads (32 KiB and more) go to MPI without a copy, and the vector is freed once
+    /// MPI is done with it. Returns at once, like [`Comm::send`].
+    pub fn send_vec<T: Pod>(&self, dest: i32, tag: i32, data: Vec<T>) -> Result<()> {
+        let len = std::mem::size_of_val(&data[..]);
+        if len < DIRECT_MIN {
+            return self.send(dest, tag, &data);
+        }
+        let mut b = self.books.borrow_mut();
+        let env = Box::new(b.ep.send(dest, tag).map_err(|m| self.usage(m))?);
+        let b = &mut *b;
+        reap(&mut b.outgoing, &mut b.pool);
+        let payload: &[u8] = bytemuck::cast_slice(&data[..]);
+        let displs = [address_of(&env[0]) - address_of(&payload[0]), 0];
+        let dt = UserDatatype::heterogeneous_indexed(
+            &[ENVELOPE_LEN as mpi::Count, len as mpi::Count],
+            &displs,
+            &u8::equivalent_datatype(),
+        );
+        let mut raw_req = MaybeUninit::uninit();
+        // SAFETY: the datatype maps the 16 bytes of the boxed envelope and the `len` bytes of
+        // the vector's heap buffer, both moved into the `Outgoing` below (moving a box or a
+        // vector does not move its heap memory) and kept until the request completed. Freeing
+        // the datatype right after the send is posted is allowed by MPI.
+        let req = unsafe {
+            mpi::ffi::MPI_Isend(
+                payload.as_ptr().cast(),
+                1,
+                dt.as_raw(),
+                dest,
+                tag,
+                self.raw.as_raw(),
+                raw_req.as_mut_ptr(),
+            );
+            Request::from_raw(raw_req.assume_init(), &[][..], StaticScope)
+        };
+        b.outgoing.push_back(Outgoing {
+            req,
+            buf: Payload::Given {
+                env,
+                data: Box::new(data),
+            },
+            dest,
+            bytes: len + ENVELOPE_LEN,
         });
         Ok(())
     }
@@ -334,7 +414,15 @@ impl Comm {
         let id = self.post(src, tag, fit)?;
         let dest: &mut [u8] = bytemuck::cast_slice_mut(buf);
         if dest.len() >= DIRECT_MIN {
-            if let Some(st) = self.direct(id, fit, |_| Some(&mut *dest)) {
+            // SAFETY: bytes viewed as possibly-uninitialised bytes; only initialised bytes are
+            // ever written through the view (MPI's received data).
+            let view = unsafe {
+                std::slice::from_raw_parts_mut(
+                    dest.as_mut_ptr().cast::<MaybeUninit<u8>>(),
+                    dest.len(),
+                )
+            };
+            if let Some(st) = self.direct(id, fit, |_| Some(view)) {
                 return Ok(st);
             }
         }
@@ -352,11 +440,22 @@ impl Comm {
         let mut v: Vec<T> = Vec::new();
         let direct = self.direct(id, fit, |len| {
             (len >= DIRECT_MIN && size > 0).then(|| {
-                v = vec![T::zeroed(); len / size];
-                bytemuck::cast_slice_mut(&mut v[..])
+                v = Vec::with_capacity(len / size);
+                let spare = v.spare_capacity_mut();
+                // SAFETY: the spare capacity is `len` bytes of uninitialised memory owned by
+                // `v`; viewing it as bytes (alignment 1) that may stay uninitialised is sound.
+                unsafe {
+                    std::slice::from_raw_parts_mut(
+                        spare.as_mut_ptr().cast::<MaybeUninit<u8>>(),
+                        len,
+                    )
+                }
             })
         });
         if let Some(st) = direct {
+            // SAFETY: the receive wrote all `st.bytes` (a whole number of elements, checked by
+            // the fit) into the capacity, and any bytes are a valid `T` (`Pod`).
+            unsafe { v.set_len(st.bytes / size) };
             return Ok((v, st));
         }
         Ok(to_vec(&self.wait_for(id)?))
@@ -371,7 +470,7 @@ impl Comm {
         &self,
         id: u64,
         fit: Fit,
-        land: impl FnOnce(usize) -> Option<&'a mut [u8]>,
+        land: impl FnOnce(usize) -> Option<&'a mut [MaybeUninit<u8>]>,
     ) -> Option<Status> {
         let mut b = self.books.borrow_mut();
         let (src, tag) = b.ep.blocking_selector(id)?;
@@ -406,14 +505,24 @@ impl Comm {
             &displs,
             &u8::equivalent_datatype(),
         );
-        let got = {
-            // SAFETY: the datatype maps the 16 bytes of `env` (a live local array, reached
-            // through its displacement from `dest`) and the first `len` bytes of `dest`
-            // (`len <= dest.len()`); both stay borrowed until the receive returns.
-            let mut view = unsafe { MutView::with_count_and_datatype(&mut dest[..], 1, &dt) };
-            msg.matched_receive_into(&mut view)
-        };
-        let (source, tag) = (got.source_rank(), got.tag());
+        let mut msg = msg;
+        let mut status = MaybeUninit::uninit();
+        // SAFETY: the datatype maps the 16 bytes of `env` (a live local array, reached through
+        // its displacement from `dest`) and the first `len` bytes of `dest` (`len <=
+        // dest.len()`), which MPI may write whatever they held; both stay borrowed until the
+        // receive returns. MPI_Mrecv sets the message handle to MPI_MESSAGE_NULL.
+        unsafe {
+            mpi::ffi::MPI_Mrecv(
+                dest.as_mut_ptr().cast(),
+                1,
+                dt.as_raw(),
+                msg.as_raw_mut(),
+                status.as_mut_ptr(),
+            );
+        }
+        drop(msg);
+        // The probe's status names the message's sender and tag.
+        let (source, tag) = (st.source_rank(), st.tag());
         // SAFETY: `env_ptr` points to the live, initialised local array MPI wrote into.
         let env = unsafe { std::ptr::read_volatile(env_ptr) };
         if let Err(f) = b.ep.deliver_direct(id, source, tag, &env) {
@@ -653,7 +762,7 @@ impl Comm {
                     }
                 },
             );
-            b.pool.give(o.buf.reclaim());
+            o.buf.release(&mut b.pool);
         }
         report
     }
@@ -686,9 +795,10 @@ impl Drop for Comm {
         let b = self.books.get_mut();
         for o in b.outgoing.drain(..) {
             match o.req.test() {
-                Ok(_) => drop(o.buf.reclaim()),
-                // SAFETY: the buffer stays leaked, so MPI may still read it.
+                Ok(_) => o.buf.release(&mut b.pool),
+                // SAFETY: the buffer is leaked, so MPI may still read it.
                 Err(r) => {
+                    o.buf.leak();
                     let _ = unsafe { r.into_raw() };
                 }
             }
@@ -701,7 +811,7 @@ impl Drop for Comm {
 fn reap(outgoing: &mut VecDeque<Outgoing>, pool: &mut Pool) {
     while let Some(o) = outgoing.pop_front() {
         match o.req.test() {
-            Ok(_) => pool.give(o.buf.reclaim()),
+            Ok(_) => o.buf.release(pool),
             Err(req) => {
                 outgoing.push_front(Outgoing { req, ..o });
                 break;
@@ -713,7 +823,7 @@ fn reap(outgoing: &mut VecDeque<Outgoing>, pool: &mut Pool) {
     }
     for o in std::mem::take(outgoing) {
         match o.req.test() {
-            Ok(_) => pool.give(o.buf.reclaim()),
+            Ok(_) => o.buf.release(pool),
             Err(req) => outgoing.push_back(Outgoing { req, ..o }),
         }
     }
