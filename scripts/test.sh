@@ -14,7 +14,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary, the last being the
-# doc-tests, which are examples marked `ignore`).
+# doc-tests, some of them examples marked `ignore`).
 sum() { grep -E '^test result:' "$log" | grep -oE "[0-9]+ $1" | awk '{s += $1} END {print s + 0}'; }
 echo "test.sh: done in $(( $(date +%s) - t0 )) s"
 echo "tests: $(sum passed) passed, $(sum failed) failed, $(sum ignored) skipped"

@@ -173,7 +173,28 @@ impl Checkpointer {
         &self.ctx.cfg
     }
 
-    /// The communicator for the application's own messages.
+    /// The communicator for the application's own messages. It borrows the checkpointer, so
+    /// it is used while the checkpointer lives:
+    ///
+    /// ```no_run
+    /// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+    /// let ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+    /// let comm = ck.comm();
+    /// comm.send(0, 0, &[1u8])?;
+    /// drop(ck);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// and never after it was dropped (the same code with the last two lines swapped):
+    ///
+    /// ```compile_fail,E0505
+    /// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+    /// let ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+    /// let comm = ck.comm();
+    /// drop(ck);
+    /// comm.send(0, 0, &[1u8])?;
+    /// # Ok(()) }
+    /// ```
     pub fn comm(&self) -> &Comm {
         &self.comm
     }
