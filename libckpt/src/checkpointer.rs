@@ -281,7 +281,15 @@ impl Checkpointer {
                 exit: decision.exit,
             });
         }
-        let stats = self.checkpoint(state)?;
+        let stats = match self.checkpoint(state) {
+            Ok(s) => s,
+            Err(e) => {
+                // A failed checkpoint of an agreed exit: the job goes on (if the application
+                // carries on after a recoverable error) and the exit is agreed again.
+                self.agree.checkpoint_failed(decision);
+                return Err(e);
+            }
+        };
         if decision.exit {
             self.stop_after(stats.epoch);
         }

@@ -149,6 +149,8 @@ pub struct Agreement {
     last_checkpoint: Instant,
     /// Poll count of the last committed checkpoint, if no checkpoint was attempted since.
     committed_at: Option<u64>,
+    /// Request bits to vote again: an agreed exit whose checkpoint failed.
+    retry: u32,
 }
 
 impl Agreement {
@@ -170,6 +172,7 @@ impl Agreement {
             last_round: None,
             last_checkpoint: now,
             committed_at: None,
+            retry: 0,
         }
     }
 
@@ -242,7 +245,7 @@ impl Agreement {
         // The next round starts now. A plain request is satisfied by a checkpoint at this
         // poll; a request to exit is not (the others do not know of it yet), so it goes on,
         // and is covered by this checkpoint if it commits.
-        let mut mine = request();
+        let mut mine = request() | std::mem::take(&mut self.retry);
         if self.due(now) {
             mine |= CHECKPOINT;
         }
@@ -285,6 +288,15 @@ impl Agreement {
     /// it, an exit does not count on an earlier one.
     pub fn begin_checkpoint(&mut self) {
         self.committed_at = None;
+    }
+
+    /// Records that the checkpoint of decision `d` failed (the job goes on). An agreed exit is
+    /// then voted again at the next agreement poll (every rank does the same, so it is agreed
+    /// again): the job still stops, after a checkpoint that commits.
+    pub fn checkpoint_failed(&mut self, d: Decision) {
+        if d.exit {
+            self.retry |= CHECKPOINT | EXIT;
+        }
     }
 
     /// Records that the checkpoint begun at this poll count committed at `now`.
@@ -395,7 +407,9 @@ mod tests {
                 let d = a.on_poll(|| now, || std::mem::take(pending), net);
                 if d.checkpoint {
                     a.begin_checkpoint();
-                    if !self.fail {
+                    if self.fail {
+                        a.checkpoint_failed(d);
+                    } else {
                         a.committed(now);
                     }
                 }
@@ -739,6 +753,23 @@ mod tests {
             };
             assert_eq!(last, want, "second checkpoint commits: {second_commits}");
         }
+    }
+
+    #[test]
+    fn an_exit_whose_checkpoint_fails_is_agreed_again() {
+        // The exit is read at poll 4 and agreed at poll 8, where its checkpoint fails (a full
+        // disk, say; the job goes on). It is voted again at poll 12 and agreed at poll 16.
+        let mut sim = Sim::new(2, Interval::Off, Stride::Fixed(4));
+        sim.pending[1] |= EXIT;
+        let mut exits = Vec::new();
+        for p in 1..=16 {
+            sim.fail = p == 8;
+            let d = sim.poll(Duration::from_millis(1));
+            if d.exit {
+                exits.push((p, d.checkpoint));
+            }
+        }
+        assert_eq!(exits, vec![(8, true), (16, true)]);
     }
 
     #[test]
