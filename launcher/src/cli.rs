@@ -126,7 +126,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
     /// Inject a fault on the first launch: rank RANK kills itself at PHASE (poll, before-write,
-    /// mid-write, after-write, before-manifest, after-commit), optionally at epoch/poll N.
+    /// mid-write, after-write, before-manifest, after-commit), or its write fails with ENOSPC
+    /// (enospc), or rank 0's manifest directory fsync fails (publish-fsync); at epoch/poll N.
     #[arg(long, value_name = "RANK:PHASE[:N]")]
     pub fault: Option<String>,
     /// mpirun to use.

@@ -358,7 +358,8 @@ mod tests {
         check(
             "-n 4 --fault 1:explode -- prog",
             "error: --fault 1:explode: \"1:explode\": unknown phase \"explode\" (one of poll, \
-             before-write, mid-write, after-write, before-manifest, after-commit)",
+             before-write, mid-write, after-write, before-manifest, after-commit, enospc, \
+             publish-fsync)",
         );
         check("-n 4 -- nosuch", "error: PROG nosuch: not found in PATH");
         check("-n 4 -- data", "error: PROG data: not found in PATH");

@@ -4,7 +4,9 @@
 //!
 //! Decisions are simple on purpose: a launch that exits 0 ends the job; any other exit is a
 //! failure and is relaunched (the ranks restore the newest committed epoch themselves) while
-//! restarts remain; a signal to the launcher is forwarded and never leads to a restart.
+//! restarts remain, unless its ranks reported that no epoch is usable (`no_usable_epoch`: a
+//! relaunch would fail the same way); a signal to the launcher is forwarded and never leads to
+//! a restart.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
@@ -48,12 +50,19 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     if !job.committed.is_empty() {
         say(report::resuming(&job.committed, job.resume_from.as_ref()));
     }
+    if !job.quarantined.is_empty() {
+        say(report::quarantined_at_start(
+            &job.quarantined,
+            &job.committed,
+        ));
+    }
     let mut n = 1;
     loop {
         let restart_count = job.first_restart_count + n - 1;
         let launch = Launch::new(plan, restart_count, as_root);
         say(report::launch(n, total, restart_count, launch.argv()));
         let t0 = Instant::now();
+        tail.no_usable = None;
         let ended = run_once(&launch, plan.signal, &mut watch, &mut tail)?;
         // Events written just before mpirun exited are reported before its outcome.
         tail.drain();
@@ -75,6 +84,11 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             Ended::Exited(status, failure) => (status, failure),
         };
         say(report::failed(n, secs(t0), failure.as_ref(), status));
+        if let Some((tried, quarantined)) = &tail.no_usable {
+            say(report::no_usable_epoch(tried, quarantined));
+            say(report::resume_hint(plan));
+            return Ok(Outcome::JobFailed);
+        }
         if n == total {
             say(report::gave_up(
                 plan.max_restarts,
@@ -229,6 +243,9 @@ struct Tail<'a> {
     committed: Vec<u64>,
     /// Epoch after which the ranks stopped on request, if they did.
     stopped: Option<u64>,
+    /// What the ranks of the current launch reported when no epoch was usable: the epochs
+    /// tried with the reasons, and those quarantined.
+    no_usable: Option<(Vec<(u64, String)>, Vec<u64>)>,
     warned: bool,
 }
 
@@ -239,6 +256,7 @@ impl<'a> Tail<'a> {
             offset,
             committed: Vec::new(),
             stopped: None,
+            no_usable: None,
             warned: false,
         }
     }
@@ -256,6 +274,11 @@ impl<'a> Tail<'a> {
                         // Rank 0 prints this itself, with the fallback it takes; repeating it
                         // here would only double the line.
                         Event::EpochUnusable { .. } => continue,
+                        // Reported once the launch has failed, with what the launcher does.
+                        Event::NoUsableEpoch { tried, quarantined } => {
+                            self.no_usable = Some((tried, quarantined));
+                            continue;
+                        }
                         _ => {}
                     }
                     say(report::event(&e));

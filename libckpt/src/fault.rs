@@ -5,6 +5,10 @@
 //!
 //! `N` is an epoch number for the checkpoint phases and a poll count for `poll`; without it the
 //! fault fires at the first opportunity.
+//!
+//! Two phases inject an IO error instead of a crash ([`injected_error`]): `enospc` (the rank's
+//! write of its file fails with ENOSPC) and `publish-fsync` (rank 0: the fsync of the manifests
+//! directory after the manifest's rename fails with EIO).
 
 /// A point in the protocol where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +25,10 @@ pub enum Phase {
     BeforeManifest,
     /// After the manifest is published, before old epochs are pruned.
     AfterCommit,
+    /// Not a crash: the rank's write of its file fails with ENOSPC (disk full).
+    Enospc,
+    /// Not a crash: on rank 0, the fsync of the manifests directory after the rename fails.
+    PublishFsync,
 }
 
 impl Phase {
@@ -31,6 +39,8 @@ impl Phase {
         ("after-write", Phase::AfterWrite),
         ("before-manifest", Phase::BeforeManifest),
         ("after-commit", Phase::AfterCommit),
+        ("enospc", Phase::Enospc),
+        ("publish-fsync", Phase::PublishFsync),
     ];
 
     fn parse(s: &str) -> Option<Phase> {
@@ -101,6 +111,25 @@ pub(crate) fn maybe_die(fault: Option<&Fault>, rank: i32, phase: Phase, n: u64) 
     }
 }
 
+/// The IO error an error-injecting fault (`enospc`, `publish-fsync`) makes this rank's
+/// operation at `phase` of epoch `n` return, if `fault` matches.
+pub fn injected_error(
+    fault: Option<&Fault>,
+    rank: i32,
+    phase: Phase,
+    n: u64,
+) -> Option<std::io::Error> {
+    let errno = match phase {
+        Phase::Enospc => libc::ENOSPC,
+        Phase::PublishFsync => libc::EIO,
+        _ => return None,
+    };
+    fault.filter(|f| f.matches(rank, phase, n)).map(|_| {
+        eprintln!("[ckpt rank {rank}] fault injection: {phase:?} error at epoch {n}");
+        std::io::Error::from_raw_os_error(errno)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +144,8 @@ mod tests {
         check("2:mid-write", f(2, Phase::MidWrite, None));
         check("0:before-manifest:3", f(0, Phase::BeforeManifest, Some(3)));
         check("1:poll:40", f(1, Phase::Poll, Some(40)));
+        check("3:enospc:2", f(3, Phase::Enospc, Some(2)));
+        check("0:publish-fsync", f(0, Phase::PublishFsync, None));
         check("x:poll", None);
         check("-1:poll", None);
         check("1:explode", None);
@@ -131,5 +162,20 @@ mod tests {
         assert!(Fault::parse("1:after-write")
             .unwrap()
             .matches(1, Phase::AfterWrite, 9));
+    }
+
+    #[test]
+    fn error_phases_inject_errors_not_crashes() {
+        let f = Fault::parse("2:enospc:3").unwrap();
+        let e = injected_error(Some(&f), 2, Phase::Enospc, 3).unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        assert!(injected_error(Some(&f), 2, Phase::Enospc, 4).is_none());
+        assert!(injected_error(Some(&f), 1, Phase::Enospc, 3).is_none());
+        let crash = Fault::parse("2:after-write:3").unwrap();
+        assert!(injected_error(Some(&crash), 2, Phase::AfterWrite, 3).is_none());
+        let f = Fault::parse("0:publish-fsync").unwrap();
+        let e = injected_error(Some(&f), 0, Phase::PublishFsync, 9).unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
     }
 }

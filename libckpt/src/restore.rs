@@ -67,39 +67,121 @@ pub(crate) fn restore<P: Protect + ?Sized>(
                 log,
             });
         }
-        let reason = local.err().map(|e| e.to_string()).unwrap_or_default();
-        let reasons = transport::gather_bytes(&ctx.lib, 0, reason.as_bytes());
+        let reason = failure_vote(ctx, epoch, local.err());
+        let reasons = transport::gather_bytes(&ctx.lib, 0, &reason);
         let joined = match reasons {
-            Some(all) => {
-                let list: Vec<String> = all
-                    .into_iter()
-                    .filter(|r| !r.is_empty())
-                    .map(|r| String::from_utf8_lossy(&r).into_owned())
-                    .collect();
-                let _ = events::append(
-                    &ctx.cfg.job_dir,
-                    &Event::EpochUnusable {
-                        epoch,
-                        reasons: list.clone(),
-                    },
-                );
-                let next = candidates.iter().find(|&&e| e < epoch);
-                let then = match next {
-                    Some(e) => format!("falling back to epoch {e}"),
-                    None => "no older epoch left".into(),
-                };
-                eprintln!(
-                    "[ckpt] epoch {epoch} is unusable, {then}: {}",
-                    list.join("; ")
-                );
-                list.join("; ").into_bytes()
-            }
+            Some(all) => report_unusable(ctx, epoch, candidates, all),
             None => Vec::new(),
         };
         let joined = transport::bcast_bytes(&ctx.lib, 0, joined);
         skipped.push((epoch, String::from_utf8_lossy(&joined).into_owned()));
     }
+    if ctx.rank == 0 {
+        report_no_usable(ctx, &skipped);
+    }
     Err(Error::NoUsableEpoch { tried: skipped })
+}
+
+/// This rank's part of the vote on an unusable epoch: a damage flag byte (1 if its error
+/// proves the epoch's data damaged or lost, see [`shows_damage`]) and the error's text; empty
+/// if this rank had no error.
+fn failure_vote(ctx: &Ctx, epoch: u64, err: Option<Error>) -> Vec<u8> {
+    let Some(e) = err else { return Vec::new() };
+    let mut vote = vec![u8::from(shows_damage(ctx, epoch, &e))];
+    vote.extend_from_slice(e.to_string().as_bytes());
+    vote
+}
+
+/// Whether `e`, met restoring `epoch`, proves the epoch damaged: bytes that fail a check
+/// (checksum, length, magic, version, identity), an unreadable manifest, or the rank's file
+/// missing on the node that wrote it. Not damage, so not quarantined: a transient or
+/// permission error, a file written on another node (placement), an application whose regions
+/// or rank count differ from the epoch's (a different program or launch, not bad data).
+fn shows_damage(ctx: &Ctx, epoch: u64, e: &Error) -> bool {
+    match e {
+        Error::Corrupt { .. } | Error::Manifest { .. } => true,
+        Error::Io { op, source, .. }
+            if *op == "open checkpoint file" && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            manifest::load(&ctx.cfg.job_dir, epoch).is_ok_and(|m| {
+                m.ranks
+                    .get(ctx.rank as usize)
+                    .is_some_and(|r| r.node == ctx.cfg.node)
+            })
+        }
+        _ => false,
+    }
+}
+
+/// Rank 0, once every rank voted on unusable `epoch` (`votes` from [`failure_vote`]):
+/// quarantines the epoch if any rank found it damaged, logs [`Event::EpochUnusable`], says
+/// which epoch it falls back to, and returns the joined reasons to broadcast.
+fn report_unusable(ctx: &Ctx, epoch: u64, candidates: &[u64], votes: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut damaged = false;
+    let mut list = Vec::new();
+    for v in votes.iter().filter(|v| !v.is_empty()) {
+        damaged |= v[0] == 1;
+        list.push(String::from_utf8_lossy(&v[1..]).into_owned());
+    }
+    let quarantined = damaged && quarantine(ctx, epoch, &list);
+    let _ = events::append(
+        &ctx.cfg.job_dir,
+        &Event::EpochUnusable {
+            epoch,
+            reasons: list.clone(),
+            quarantined,
+        },
+    );
+    let then = match candidates.iter().find(|&&e| e < epoch) {
+        Some(e) => format!("falling back to epoch {e}"),
+        None => "no older epoch left".into(),
+    };
+    let status = if quarantined { " (quarantined)" } else { "" };
+    eprintln!(
+        "[ckpt] epoch {epoch} is unusable{status}, {then}: {}",
+        list.join("; ")
+    );
+    list.join("; ").into_bytes()
+}
+
+/// Rank 0: records durably that `epoch` is damaged, so no later restart tries it or keeps it
+/// in place of a good epoch. Returns whether the record was written (a failure is reported,
+/// and the epoch is merely skipped this time).
+fn quarantine(ctx: &Ctx, epoch: u64, reasons: &[String]) -> bool {
+    let q = manifest::Quarantine {
+        epoch,
+        unix_ms: crate::util::unix_ms(),
+        launch: ctx.cfg.restart_count,
+        reasons: reasons.to_vec(),
+    };
+    match manifest::quarantine(&ctx.cfg.job_dir, &q) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!(
+                "[ckpt rank 0] warning: epoch {epoch} is damaged but cannot be quarantined \
+                 ({}: {e}); a later restart will try it again",
+                manifest::quarantine_path(&ctx.cfg.job_dir, epoch).display()
+            );
+            false
+        }
+    }
+}
+
+/// Rank 0, when no epoch could be restored: logs [`Event::NoUsableEpoch`] so the launcher
+/// stops instead of relaunching into the same failure.
+fn report_no_usable(ctx: &Ctx, tried: &[(u64, String)]) {
+    let quarantined = manifest::quarantined(&ctx.cfg.job_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| tried.iter().any(|(t, _)| t == e))
+        .collect();
+    let _ = events::append(
+        &ctx.cfg.job_dir,
+        &Event::NoUsableEpoch {
+            tried: tried.to_vec(),
+            quarantined,
+        },
+    );
 }
 
 /// This rank's part of restoring `epoch`: manifest, file checks, regions.
