@@ -137,10 +137,12 @@ fn report_unusable(ctx: &Ctx, epoch: u64, candidates: &[u64], votes: Vec<Vec<u8>
         None => "no older epoch left".into(),
     };
     let status = if quarantined { " (quarantined)" } else { "" };
-    eprintln!(
+    // Formatted first: one write, not interleaved with other ranks' output.
+    let line = format!(
         "[ckpt] epoch {epoch} is unusable{status}, {then}: {}",
         list.join("; ")
     );
+    eprintln!("{line}");
     list.join("; ").into_bytes()
 }
 
