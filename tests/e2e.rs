@@ -741,13 +741,17 @@ fn a_damaged_epoch_is_quarantined_and_retention_keeps_the_good_one() {
     assert_same_result(&out);
     assert_eq!(restored_epochs(&job), vec![5], "{}", out.dump());
     assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![7, 5]);
-    assert!(rank_file_path_exists(&job, 5), "epoch 5's files were pruned");
+    assert!(
+        rank_file_path_exists(&job, 5),
+        "epoch 5's files were pruned"
+    );
     assert_eq!(unusable_epochs(&job), vec![(6, true)], "{}", out.dump());
     assert_eq!(ckpt::manifest::quarantined(&job).unwrap(), vec![6]);
     let q = quarantine_record(&job, 6).expect("epoch 6 quarantined");
     assert!(
-        q.reasons.iter().any(|r| r.contains(&file6.display().to_string())
-            && r.contains("checksum mismatch")),
+        q.reasons
+            .iter()
+            .any(|r| r.contains(&file6.display().to_string()) && r.contains("checksum mismatch")),
         "{q:?}"
     );
     assert!(
@@ -761,7 +765,11 @@ fn a_damaged_epoch_is_quarantined_and_retention_keeps_the_good_one() {
     // longer depend on it).
     let list = ckpt(&["list", job_s]);
     assert!(list.status.success(), "{}", list.dump());
-    let line6 = list.stdout.lines().find(|l| l.starts_with("6 ")).unwrap_or("");
+    let line6 = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("6 "))
+        .unwrap_or("");
     assert!(
         line6.contains("quarantined") && line6.contains("checksum mismatch"),
         "{}",
@@ -770,7 +778,11 @@ fn a_damaged_epoch_is_quarantined_and_retention_keeps_the_good_one() {
     let verify = ckpt(&["verify", job_s]);
     assert!(verify.status.success(), "{}", verify.dump());
     for needle in ["epoch 7: ok", "epoch 6: QUARANTINED", "epoch 5: ok"] {
-        assert!(verify.stdout.contains(needle), "{needle}\n{}", verify.dump());
+        assert!(
+            verify.stdout.contains(needle),
+            "{needle}\n{}",
+            verify.dump()
+        );
     }
 
     // Epoch 7 damaged too: the next resume tries 7, then goes straight to 5, never to 6.
@@ -791,7 +803,10 @@ fn a_damaged_epoch_is_quarantined_and_retention_keeps_the_good_one() {
     );
     // Epoch 8 commits; 5 is still the second epoch kept, 6 and 7 are not counted.
     assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![8, 5]);
-    assert!(rank_file_path_exists(&job, 5), "epoch 5's files were pruned");
+    assert!(
+        rank_file_path_exists(&job, 5),
+        "epoch 5's files were pruned"
+    );
 }
 
 /// A job with no usable epoch is launched once, not `--max-restarts` + 1 times: the launcher
@@ -821,7 +836,10 @@ fn no_usable_epoch_is_launched_once_and_says_why() {
     ] {
         assert!(out.stderr.contains(needle), "{needle}\n{}", out.dump());
     }
-    assert_eq!(ckpt::manifest::quarantined(&job).unwrap(), Vec::<u64>::new());
+    assert_eq!(
+        ckpt::manifest::quarantined(&job).unwrap(),
+        Vec::<u64>::new()
+    );
 
     let files = [rank_file(&job, 4, 2), rank_file(&job, 3, 0)];
     for f in &files {
@@ -877,7 +895,12 @@ fn a_failed_write_on_one_rank_leaves_the_epoch_uncommitted_and_the_job_running()
     let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
     assert_same_result(&out);
     assert_eq!(launches(&job), [0], "{}", out.dump());
-    assert_eq!(committed_epochs(&job), vec![1, 2, 4, 5, 6], "{}", out.dump());
+    assert_eq!(
+        committed_epochs(&job),
+        vec![1, 2, 4, 5, 6],
+        "{}",
+        out.dump()
+    );
     let failed: Vec<_> = events(&job)
         .into_iter()
         .filter_map(|e| match e {
@@ -902,15 +925,20 @@ fn a_failed_write_on_one_rank_leaves_the_epoch_uncommitted_and_the_job_running()
         );
         let line = out.stderr.lines().find(|l| l.starts_with(&line));
         assert!(
-            line.is_some_and(|l| l.contains("No space left on device")
-                && l.ends_with("; carrying on")),
+            line.is_some_and(
+                |l| l.contains("No space left on device") && l.ends_with("; carrying on")
+            ),
             "rank {rank}\n{}",
             out.dump()
         );
     }
     assert!(!ckpt::manifest::path(&job, 3).exists());
     let node = ckpt::manifest::load(&job, 2).unwrap().ranks[2].node.clone();
-    let epoch3 = job.join("local").join(node).join("job").join("epoch-00000003");
+    let epoch3 = job
+        .join("local")
+        .join(node)
+        .join("job")
+        .join("epoch-00000003");
     assert!(
         !epoch3.join("rank-000002.ckpt.tmp").exists() && !epoch3.join("rank-000002.ckpt").exists(),
         "rank 2's temporary file was left behind"
@@ -923,7 +951,14 @@ fn a_failed_write_on_one_rank_leaves_the_epoch_uncommitted_and_the_job_running()
     let job = dir.path().join("crashed");
     let mut args = HEAT.to_vec();
     args.extend(["--step-ms", "50"]);
-    let flags = ["--every", "40", "--max-restarts", "1", "--fault", "2:enospc:3"];
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "1",
+        "--fault",
+        "2:enospc:3",
+    ];
     let running = Run::new(&job, RANKS, &flags, &heat2d(), &args).spawn();
     let failed = || {
         events(&job)
@@ -951,7 +986,12 @@ fn a_publish_whose_directory_fsync_fails_is_reported_truthfully() {
     let flags = ["--every", "40", "--fault", "0:publish-fsync:6"];
     let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
     assert_same_result(&out);
-    assert_eq!(committed_epochs(&job), vec![1, 2, 3, 4, 5, 6], "{}", out.dump());
+    assert_eq!(
+        committed_epochs(&job),
+        vec![1, 2, 3, 4, 5, 6],
+        "{}",
+        out.dump()
+    );
     assert!(
         events(&job)
             .iter()

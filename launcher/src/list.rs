@@ -58,7 +58,7 @@ pub fn entries(dir: &Path) -> anyhow::Result<Vec<Entry>> {
         .with_context(|| format!("cannot list manifests in {}", dir.display()))?;
     let mut all: Vec<(u64, bool)> = listed.committed.iter().map(|&e| (e, false)).collect();
     all.extend(listed.quarantined.iter().map(|&e| (e, true)));
-    all.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    all.sort_unstable_by_key(|&(epoch, _)| std::cmp::Reverse(epoch));
     Ok(all
         .into_iter()
         .map(|(epoch, quarantined)| Entry {

@@ -235,6 +235,9 @@ fn forward_stderr(stderr: ChildStderr, scanner: &Mutex<Scanner>) {
     }
 }
 
+/// The epochs a launch tried, with why each was unusable, and those quarantined.
+type NoUsable = (Vec<(u64, String)>, Vec<u64>);
+
 /// Follows `events.jsonl` from an offset and reports each new event.
 struct Tail<'a> {
     dir: &'a Path,
@@ -243,9 +246,8 @@ struct Tail<'a> {
     committed: Vec<u64>,
     /// Epoch after which the ranks stopped on request, if they did.
     stopped: Option<u64>,
-    /// What the ranks of the current launch reported when no epoch was usable: the epochs
-    /// tried with the reasons, and those quarantined.
-    no_usable: Option<(Vec<(u64, String)>, Vec<u64>)>,
+    /// What the ranks of the current launch reported when no epoch was usable.
+    no_usable: Option<NoUsable>,
     warned: bool,
 }
 

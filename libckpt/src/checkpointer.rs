@@ -213,6 +213,10 @@ impl Checkpointer {
     ///
     /// Once it returned [`Poll::should_exit`], the job is stopping: later polls, checkpoints,
     /// sends and receives fail with an error saying so.
+    ///
+    /// An error for which [`Error::is_recoverable`] holds ([`Error::CommitFailed`]: the epoch
+    /// was not committed, the same error on every rank) lets the job go on; abort on any
+    /// other.
     pub fn poll<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<Poll> {
         if let Some(why) = &self.stopped {
             return Err(Error::Usage {

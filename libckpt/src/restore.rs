@@ -5,6 +5,11 @@
 //! all ranks vote; if any rank failed, every rank falls back to the previous epoch together
 //! and rank 0 says which file failed and why. Restoring an older epoch overwrites every region
 //! again, so a partly restored newer epoch never leaks into the result.
+//!
+//! An epoch some rank found damaged (see `shows_damage`) is quarantined by rank 0 before the
+//! fallback ([`crate::manifest::Quarantine`]): later restarts never try it and retention does
+//! not count it. When no epoch is usable, rank 0 logs `no_usable_epoch` so the launcher stops
+//! instead of relaunching into the same failure.
 
 use std::time::Instant;
 
