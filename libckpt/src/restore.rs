@@ -97,22 +97,33 @@ fn failure_vote(ctx: &Ctx, epoch: u64, err: Option<Error>) -> Vec<u8> {
     vote
 }
 
-/// Whether `e`, met restoring `epoch`, proves the epoch damaged: bytes that fail a check
-/// (checksum, length, magic, version, identity), an unreadable manifest, or the rank's file
-/// missing on the node that wrote it. Not damage, so not quarantined: a transient or
-/// permission error, a file written on another node (placement), an application whose regions
-/// or rank count differ from the epoch's (a different program or launch, not bad data).
+/// Whether `e`, met by this rank restoring `epoch`, proves the epoch damaged (see
+/// [`proves_damage`]).
 fn shows_damage(ctx: &Ctx, epoch: u64, e: &Error) -> bool {
+    proves_damage(e, || {
+        manifest::load(&ctx.cfg.job_dir, epoch).is_ok_and(|m| {
+            m.ranks
+                .get(ctx.rank as usize)
+                .is_some_and(|r| r.node == ctx.cfg.node)
+        })
+    })
+}
+
+/// Whether a restore error proves the epoch damaged: bytes that fail a check (checksum,
+/// length, magic, identity), an unreadable manifest, or the rank's file missing on the node
+/// that wrote it (`written_here`). Not damage, so not quarantined: a format version this build
+/// cannot read (a newer build can), a transient or permission error, a file written on another
+/// node (placement), regions or a rank count that differ from the program's (a different
+/// program or launch, not bad data).
+fn proves_damage(e: &Error, written_here: impl FnOnce() -> bool) -> bool {
     match e {
-        Error::Corrupt { .. } | Error::Manifest { .. } => true,
+        Error::Corrupt { cause, .. } | Error::Manifest { cause, .. } => {
+            !matches!(cause, Corruption::UnsupportedVersion { .. })
+        }
         Error::Io { op, source, .. }
             if *op == "open checkpoint file" && source.kind() == std::io::ErrorKind::NotFound =>
         {
-            manifest::load(&ctx.cfg.job_dir, epoch).is_ok_and(|m| {
-                m.ranks
-                    .get(ctx.rank as usize)
-                    .is_some_and(|r| r.node == ctx.cfg.node)
-            })
+            written_here()
         }
         _ => false,
     }
@@ -163,6 +174,11 @@ fn quarantine(ctx: &Ctx, epoch: u64, reasons: &[String]) -> bool {
     };
     match manifest::quarantine(&ctx.cfg.job_dir, &q) {
         Ok(_) => true,
+        // In place (so in force) though maybe not durable: say so, and count it.
+        Err(e) if manifest::quarantine_path(&ctx.cfg.job_dir, epoch).exists() => {
+            eprintln!("[ckpt rank 0] warning: epoch {epoch} is quarantined, but {e}");
+            true
+        }
         Err(e) => {
             eprintln!(
                 "[ckpt rank 0] warning: epoch {epoch} is damaged but cannot be quarantined \
@@ -282,4 +298,75 @@ fn restore_epoch<P: Protect + ?Sized>(
         },
     })?;
     Ok((lib, log, bytes, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn corrupt(cause: Corruption) -> Error {
+        Error::Corrupt {
+            rank: 1,
+            epoch: 6,
+            path: PathBuf::from("f"),
+            cause,
+        }
+    }
+
+    fn io(op: &'static str, kind: std::io::ErrorKind) -> Error {
+        Error::Io {
+            rank: 1,
+            op,
+            path: PathBuf::from("f"),
+            source: kind.into(),
+        }
+    }
+
+    #[test]
+    fn only_bad_or_lost_data_is_damage() {
+        let here = || true;
+        let checksum = Corruption::Checksum {
+            what: "region u".into(),
+            stored: 1,
+            computed: 2,
+        };
+        assert!(proves_damage(&corrupt(checksum.clone()), here));
+        let truncated = Corruption::Truncated {
+            expected: 9,
+            actual: 3,
+        };
+        assert!(proves_damage(&corrupt(truncated), here));
+        let manifest = Error::Manifest {
+            path: PathBuf::from("m"),
+            cause: checksum,
+        };
+        assert!(proves_damage(&manifest, here));
+        let newer = Corruption::UnsupportedVersion {
+            found: 2,
+            supported: 1,
+        };
+        assert!(!proves_damage(&corrupt(newer), here));
+        // A missing file is lost data only on the node that wrote it.
+        let missing = io("open checkpoint file", std::io::ErrorKind::NotFound);
+        assert!(proves_damage(&missing, || true));
+        assert!(!proves_damage(&missing, || false));
+        let denied = io("open checkpoint file", std::io::ErrorKind::PermissionDenied);
+        assert!(!proves_damage(&denied, here));
+        let no_manifest = io("read manifest", std::io::ErrorKind::NotFound);
+        assert!(!proves_damage(&no_manifest, here));
+        let region = Error::Region {
+            rank: 1,
+            epoch: 6,
+            path: PathBuf::from("f"),
+            region: "u".into(),
+            cause: "size differs".into(),
+        };
+        assert!(!proves_damage(&region, here));
+        let ranks = Error::Usage {
+            rank: 1,
+            what: "epoch 6 was written by 4 ranks, this job has 2".into(),
+        };
+        assert!(!proves_damage(&ranks, here));
+    }
 }
