@@ -8,7 +8,8 @@
 //!   both after dropping the files from the page cache (`posix_fadvise(DONTNEED)`), so both
 //!   read from the device when the device is the bottleneck;
 //! - the cost of `poll` when nothing is due (the pipelined non-blocking agreement round about
-//!   every millisecond by default, or at every poll), next to one `MPI_Allreduce`;
+//!   every half millisecond or every `MAX_STRIDE` polls by default, or at every poll), next to
+//!   one `MPI_Allreduce`;
 //! - quiescence (wait for all ranks, count exchange, drain of in-flight messages) and a whole
 //!   checkpoint of a tiny state, next to the same `MPI_Allreduce`.
 
@@ -21,6 +22,7 @@ use std::time::Instant;
 
 use ckpt::mpi;
 use ckpt::mpi::collective::SystemOperation;
+use ckpt::mpi::point_to_point::Source as _;
 use ckpt::mpi::topology::SimpleCommunicator;
 use ckpt::mpi::traits::*;
 use ckpt::{Checkpointer, Config, Interval, Protect, Regions, Source, TagSel};
@@ -210,8 +212,8 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
         world.all_reduce_into(&mine, &mut max, SystemOperation::max());
         Ok(max)
     };
-    // Default configuration (adaptive: a round about every millisecond), then a round at
-    // every poll.
+    // Default configuration (adaptive: a round about every half millisecond, here every
+    // MAX_STRIDE polls since a poll takes nanoseconds), then a round at every poll.
     let mut ck_default = Checkpointer::new(world, cfg.clone())?;
     let p_default = poll_ns(&mut ck_default, &mut state)?;
     let mut every = cfg.clone();
@@ -279,6 +281,7 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
     let _ = std::fs::remove_file(&small_plain);
     let _ = std::fs::remove_file(cfg.job_dir.join("bench-manifest"));
     let t_small_plain = median(f) * 1e6;
+    let p2p = p2p_figures(world, &mut ck_small, o)?;
 
     if rank == 0 {
         println!(
@@ -315,15 +318,121 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
             gbs(t_restore),
             100.0 * t_plain_r / t_restore
         );
-        println!("  poll, nothing due (default: a round every ~1 ms)  {p_default:9.1} ns");
+        println!("  poll, nothing due (default: adaptive stride)      {p_default:9.1} ns");
         println!("  poll, nothing due (a round every poll)           {p_stride1:9.1} ns");
         println!("  MPI_Allreduce (1 x u32)                          {t_ar:9.1} ns");
         println!("  quiesce (nothing in flight)                      {t_quiesce0:9.1} us");
         println!("  quiesce (4 msgs in flight per rank)              {t_quiesce:9.1} us");
         println!("  quiesce + write + fsync + commit (4 KiB state)   {t_small:9.1} us");
         println!("  plain durable writes (4 KiB per rank + manifest) {t_small_plain:9.1} us");
+        println!("  point-to-point, ranks 0 and 1, ping-pong (one way): ck.comm() vs plain MPI");
+        for f in &p2p {
+            let (ours, plain) = (f.ours * 1e6, f.plain * 1e6);
+            if f.bytes <= 8 {
+                println!(
+                    "    {:>7} B latency     {ours:9.2} us   plain {plain:9.2} us   (+{:.2} us)",
+                    f.bytes,
+                    ours - plain
+                );
+            } else {
+                let (a, b) = (
+                    f.bytes as f64 / f.ours / 1e9,
+                    f.bytes as f64 / f.plain / 1e9,
+                );
+                println!(
+                    "    {:>7} B bandwidth   {a:9.2} GB/s plain {b:9.2} GB/s = {:.0}% of plain",
+                    f.bytes,
+                    100.0 * a / b
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// One point-to-point figure: one-way time of a ping-pong through `ck.comm()` and through a
+/// plain duplicate of the world communicator (`MPI_Send`/`MPI_Recv` from and into the
+/// application's buffers), medians of `--reps` runs.
+struct P2p {
+    bytes: usize,
+    ours: f64,
+    plain: f64,
+}
+
+/// Ping-pong between ranks 0 and 1 (the others wait at the barriers): 8 B, 64 KiB, 4 MiB.
+fn p2p_figures(
+    world: &SimpleCommunicator,
+    ck: &mut Checkpointer,
+    o: &Opts,
+) -> Result<Vec<P2p>, ckpt::Error> {
+    let rank = world.rank();
+    let plain = world.duplicate();
+    let peer = 1 - rank;
+    let mut out = Vec::new();
+    for bytes in [8usize, 64 << 10, 4 << 20] {
+        let iters = if bytes <= 8 {
+            20_000
+        } else if bytes <= 64 << 10 {
+            2_000
+        } else {
+            50
+        };
+        let mut buf = vec![rank as u8; bytes];
+        let (mut ours, mut mpi) = (vec![], vec![]);
+        for _ in 0..o.reps.max(3) {
+            let mut err = Ok(());
+            ours.push(
+                timed(world, || {
+                    if rank > 1 {
+                        return;
+                    }
+                    for _ in 0..iters {
+                        let r = if rank == 0 {
+                            ck.comm().send(peer, 1, &buf).and_then(|_| {
+                                ck.comm()
+                                    .recv_into(Source::Rank(peer), TagSel::Tag(1), &mut buf)
+                                    .map(|_| ())
+                            })
+                        } else {
+                            ck.comm()
+                                .recv_into(Source::Rank(peer), TagSel::Tag(1), &mut buf)
+                                .and_then(|_| ck.comm().send(peer, 1, &buf))
+                        };
+                        if r.is_err() {
+                            err = r.map(|_| ());
+                            return;
+                        }
+                    }
+                }) / iters as f64
+                    / 2.0,
+            );
+            err?;
+            mpi.push(
+                timed(world, || {
+                    if rank > 1 {
+                        return;
+                    }
+                    let p = plain.process_at_rank(peer);
+                    for _ in 0..iters {
+                        if rank == 0 {
+                            p.send_with_tag(&buf[..], 1);
+                            p.receive_into_with_tag(&mut buf[..], 1);
+                        } else {
+                            p.receive_into_with_tag(&mut buf[..], 1);
+                            p.send_with_tag(&buf[..], 1);
+                        }
+                    }
+                }) / iters as f64
+                    / 2.0,
+            );
+        }
+        out.push(P2p {
+            bytes,
+            ours: median(ours),
+            plain: median(mpi),
+        });
+    }
+    Ok(out)
 }
 
 fn main() -> ExitCode {

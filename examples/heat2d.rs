@@ -9,6 +9,8 @@
 //!
 //! Options: `--nx N` `--ny N` (grid, default 1024 x 1024), `--steps N` (default 400),
 //! `--step-ms MS` (sleep per step, to slow the run down for kill drills; default 0),
+//! `--slow-after STEP --slow-ms MS` (also sleep MS per step after step STEP: a fast set-up
+//! phase followed by slow steps, for the agreement latency test),
 //! `--stall RANK:STEP` (that rank stops polling after that step: a misuse drill).
 //!
 //! Each rank sends its boundary rows for the next step *before* `poll`, so checkpoints happen
@@ -31,6 +33,9 @@ struct Opts {
     ny: usize,
     steps: u64,
     step_ms: u64,
+    /// Steps after this one also sleep `slow_ms`.
+    slow_after: u64,
+    slow_ms: u64,
     /// `(rank, step)`: that rank stops polling after that step (misuse drill).
     stall: Option<(u64, u64)>,
 }
@@ -41,6 +46,8 @@ fn parse_opts() -> Result<Opts, String> {
         ny: 1024,
         steps: 400,
         step_ms: 0,
+        slow_after: 0,
+        slow_ms: 0,
         stall: None,
     };
     let mut args = std::env::args().skip(1);
@@ -62,9 +69,12 @@ fn parse_opts() -> Result<Opts, String> {
             "--ny" => o.ny = n as usize,
             "--steps" => o.steps = n,
             "--step-ms" => o.step_ms = n,
+            "--slow-after" => o.slow_after = n,
+            "--slow-ms" => o.slow_ms = n,
             _ => {
                 return Err(format!(
-                    "unknown option {flag} (use --nx --ny --steps --step-ms --stall)"
+                    "unknown option {flag} (use --nx --ny --steps --step-ms --slow-after \
+                     --slow-ms --stall)"
                 ))
             }
         }
@@ -218,8 +228,13 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
         if heat.step < o.steps {
             heat.send_halos(ck.comm())?;
         }
-        if o.step_ms > 0 {
-            std::thread::sleep(Duration::from_millis(o.step_ms));
+        let slow = if heat.step > o.slow_after {
+            o.slow_ms
+        } else {
+            0
+        };
+        if o.step_ms + slow > 0 {
+            std::thread::sleep(Duration::from_millis(o.step_ms + slow));
         }
         if o.stall
             .is_some_and(|(r, at)| r == rank as u64 && at == heat.step)

@@ -702,6 +702,537 @@ fn a_request_to_a_job_that_is_not_running_is_never_acted_on_later() {
     assert_eq!(committed_epochs(&job), Vec::<u64>::new(), "{}", out.dump());
 }
 
+/// The communicator-rules drill (`examples/rules.rs`) on 3 ranks.
+fn rules_args(setup: &'static str, step_ms: &'static str) -> Vec<&'static str> {
+    vec![
+        "--iters",
+        "40",
+        "--setup-bytes",
+        setup,
+        "--step-ms",
+        step_ms,
+    ]
+}
+
+fn rules_reference(setup: &'static str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Run::new(
+        &dir.path().join("ref"),
+        3,
+        &["--every", "off"],
+        &bin("rules"),
+        &rules_args(setup, "0"),
+    )
+    .output();
+    assert!(out.status.success(), "reference run failed\n{}", out.dump());
+    out.checksum()
+        .unwrap_or_else(|| panic!("no checksum\n{}", out.dump()))
+}
+
+/// Events from the start of launch `launch` on.
+fn since_launch(job: &Path, launch: u32) -> Vec<Event> {
+    let all = events(job);
+    let from = all
+        .iter()
+        .position(|e| matches!(e, Event::Started { launch: l, .. } if *l == launch));
+    from.map(|i| all[i..].to_vec()).unwrap_or_default()
+}
+
+#[test]
+fn traffic_before_restore_and_refused_receives_lose_no_message() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A small set-up message and one past Open MPI's eager limit, sent before restore().
+    for setup in ["64", "131072"] {
+        let reference = rules_reference(setup);
+        let job = dir.path().join(format!("setup-{setup}"));
+        // The first launch dies at poll 12 and resumes from epoch 2 with set-up traffic
+        // crossing restore(); once that launch commits an epoch of its own, rank 2 is killed,
+        // so the last launch restores an epoch written after a restore with such traffic.
+        let flags = [
+            "--every",
+            "5",
+            "--max-restarts",
+            "3",
+            "--fault",
+            "1:poll:12",
+        ];
+        let running = Run::new(&job, 3, &flags, &bin("rules"), &rules_args(setup, "20")).spawn();
+        let committed_in_second = || {
+            since_launch(&job, 1)
+                .iter()
+                .any(|e| matches!(e, Event::Committed { .. }))
+        };
+        assert!(
+            wait_for(Duration::from_secs(60), committed_in_second),
+            "setup {setup}: the relaunched job committed nothing"
+        );
+        kill9(rank_pid(&job, 2).expect("rank 2 running"));
+        let out = running.wait();
+        assert!(out.status.success(), "setup {setup}\n{}", out.dump());
+        assert_eq!(
+            out.checksum().as_deref(),
+            Some(reference.as_str()),
+            "setup {setup}: the drill differs from an uninterrupted run\n{}",
+            out.dump()
+        );
+        assert_eq!(restored_epochs(&job).len(), 2, "{}", out.dump());
+        // Every checkpoint has each rank's four messages of its last iteration in flight:
+        // a drain that lost count after a restore would report fewer.
+        for e in events(&job) {
+            if let Event::Committed { epoch, logged, .. } = e {
+                assert_eq!(logged, 12, "setup {setup}, epoch {epoch}\n{}", out.dump());
+            }
+        }
+    }
+}
+
+#[test]
+fn after_should_exit_sends_are_refused_and_the_resumed_run_agrees() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let reference = rules_reference("64");
+    let running = Run::new(
+        &job,
+        3,
+        &["--every", "off"],
+        &bin("rules"),
+        &rules_args("64", "50"),
+    )
+    .spawn();
+    let started = || {
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. }))
+    };
+    assert!(wait_for(Duration::from_secs(60), started));
+    let out = ckpt(&["checkpoint", job.to_str().unwrap(), "--then-exit"]);
+    assert!(out.status.success(), "{}", out.dump());
+    let stopped = running.wait();
+    assert!(stopped.status.success(), "{}", stopped.dump());
+    for r in 0..3 {
+        let line = format!("rules: rank {r}: a send after should_exit was refused");
+        assert!(stopped.stdout.contains(&line), "{}", stopped.dump());
+    }
+    let out = Run::new(
+        &job,
+        3,
+        &["--every", "off"],
+        &bin("rules"),
+        &rules_args("64", "0"),
+    )
+    .output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum().as_deref(),
+        Some(reference.as_str()),
+        "{}",
+        out.dump()
+    );
+}
+
+// ---- No wait without a deadline (issue 6, item 5) ----
+
+/// Deadlines of the stall drills: 3 s for ranks waiting on one another, 3 s more for waits
+/// that follow other ranks' IO (the commit vote, the restore vote), 2 s for one file's IO.
+fn short_deadlines(run: Run, io_timeout: &str) -> Run {
+    run.env(ckpt::env::TIMEOUT, "3")
+        .env(ckpt::env::IO_TIMEOUT, io_timeout)
+}
+
+/// The pid a `stop` fault printed (`... stopping myself (pid N) ...`).
+fn stopped_pid(out: &Output) -> i32 {
+    out.stderr
+        .split("stopping myself (pid ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no stopped rank reported\n{}", out.dump()))
+}
+
+/// Neither the stopped rank nor any other rank of the job outlived the run.
+fn assert_no_rank_left(job: &Path, stopped: i32, out: &Output) {
+    let want = format!("CKPT_JOB_DIR={}", job.display());
+    let environ = std::fs::read(format!("/proc/{stopped}/environ")).unwrap_or_default();
+    let alive = environ.split(|b| *b == 0).any(|v| v == want.as_bytes());
+    assert!(!alive, "stopped rank {stopped} survived\n{}", out.dump());
+    for r in 0..RANKS {
+        assert_eq!(
+            rank_pid(job, r),
+            None,
+            "rank {r} left behind\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// Seconds launch `n` ran before it failed, from the launcher's report.
+fn failed_after(out: &Output, n: u32) -> f64 {
+    out.stderr
+        .split(&format!("launch {n} failed after "))
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("launch {n} did not fail\n{}", out.dump()))
+}
+
+/// The one `stalled` event of a job: (what, missing ranks, seconds waited).
+fn stall_event(job: &Path, out: &Output) -> (String, Vec<i32>, f64) {
+    let stalls: Vec<_> = events(job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Stalled {
+                what,
+                missing,
+                waited,
+            } => Some((what, missing, waited)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        stalls.len(),
+        1,
+        "expected one stall: {stalls:?}\n{}",
+        out.dump()
+    );
+    stalls.into_iter().next().unwrap()
+}
+
+/// A rank that stops (SIGSTOP) inside the commit vote of epoch 3: the others are named out of
+/// it within the vote's deadline (timeout + IO timeout), the job is aborted, the stopped rank
+/// does not survive, and the relaunch restores epoch 2 and ends with the same result.
+#[test]
+fn a_rank_stopped_in_the_commit_vote_is_named_and_the_job_restarts() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "2:before-vote:3:stop",
+    ];
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "3").output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    let (what, missing, waited) = stall_event(&job, &out);
+    assert_eq!(
+        (what.as_str(), missing.as_slice(), waited),
+        ("the commit vote of epoch 3", &[2][..], 6.0)
+    );
+    let needle = "ranks [2] did not reach the commit vote of epoch 3 within 6 s";
+    assert!(
+        out.stderr.contains(needle),
+        "lacks {needle:?}\n{}",
+        out.dump()
+    );
+    // Blocking collectives would wait for ever (the harness's 120 s timeout).
+    assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
+    assert_no_rank_left(&job, stopped_pid(&out), &out);
+}
+
+/// A rank that stops inside the restore of a resumed job (launch 1, the fault's default for
+/// `restore`): the others are named out of the restore vote, the job is aborted, and the next
+/// launch restores the newest epoch and ends with the same result.
+#[test]
+fn a_rank_stopped_in_a_restore_collective_is_named_and_the_job_restarts() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let first = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT).output();
+    assert_same_result(&first);
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "1:restore:6:stop",
+    ];
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "3").output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![6], "{}", out.dump());
+    let (what, missing, waited) = stall_event(&job, &out);
+    assert_eq!(
+        (what.as_str(), missing.as_slice(), waited),
+        ("the restore vote of epoch 6", &[1][..], 6.0)
+    );
+    let needle = "ranks [1] did not reach the restore vote of epoch 6 within 6 s";
+    assert!(
+        out.stderr.contains(needle),
+        "lacks {needle:?}\n{}",
+        out.dump()
+    );
+    assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
+    assert_no_rank_left(&job, stopped_pid(&out), &out);
+}
+
+/// A FIFO where a rank file should be would block its open for ever (and every other rank in
+/// the restore vote): it is refused at once, named, and the restart falls back a epoch.
+#[test]
+fn a_fifo_where_a_rank_file_should_be_is_named_and_skipped() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = ["--every", "40", "--keep", "3", "--max-restarts", "0"];
+    let first = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&first);
+    let file = rank_file(&job, 6, 1);
+    std::fs::remove_file(&file).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "3").output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![5], "{}", out.dump());
+    for needle in [
+        &file.display().to_string(),
+        "not a regular file (a FIFO)",
+        "falling back to epoch 5",
+        "rank 1",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "lacks {needle:?}\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// A rank whose write never returns (a hung file system, simulated by a `hang` fault inside
+/// the write) is named by its IO watchdog after CKPT_IO_TIMEOUT with the file and the epoch;
+/// the job is aborted and the relaunch restores epoch 2 and ends with the same result.
+#[test]
+fn a_rank_stuck_in_io_is_named_by_its_watchdog() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "1:mid-write:3:hang",
+    ];
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "2").output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    let tmp = job
+        .join("local")
+        .join(ckpt::config::default_node())
+        .join("job/epoch-00000003/rank-000001.ckpt.tmp");
+    let needle = format!(
+        "[ckpt rank 1] error: stuck for 2 s writing {} (epoch 3)",
+        tmp.display()
+    );
+    assert!(
+        out.stderr.contains(&needle),
+        "lacks {needle:?}\n{}",
+        out.dump()
+    );
+    let stuck = events(&job).into_iter().any(|e| {
+        matches!(e, Event::IoStuck { rank: 1, ref op, epoch: 3, ref path, .. }
+            if op == "writing" && *path == tmp.display().to_string())
+    });
+    assert!(stuck, "no io_stuck event\n{}", out.dump());
+    assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
+    for r in 0..RANKS {
+        assert_eq!(
+            rank_pid(&job, r),
+            None,
+            "rank {r} left behind\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// `--quiet-after`: a job that logs nothing for that long is reported, with its last event.
+#[test]
+fn the_launcher_says_when_the_job_shows_no_progress() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut args = HEAT.to_vec();
+    // 240 steps of 10 ms without checkpoints: no event after the start for over 2 s.
+    args.extend(["--step-ms", "10"]);
+    let flags = ["--every", "off", "--quiet-after", "1s"];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), &args).output();
+    assert_same_result(&out);
+    let needle = "[ckpt] no progress event for 1s (last: 4 ranks started (restart count 0))";
+    assert!(
+        out.stderr.contains(needle),
+        "lacks {needle:?}\n{}",
+        out.dump()
+    );
+}
+
+/// heat2d with a tiny grid on one rank: a fast set-up phase of `FAST_STEPS` steps (a few
+/// microseconds each, however loaded the machine: no peer to wait for), then steps of
+/// `SLOW_MS` more (several thousand times slower) until the end, about 4 s later.
+const SLOWDOWN_GRID: &[&str] = &["--nx", "8", "--ny", "8", "--steps", "160"];
+const FAST_STEPS: u64 = 20;
+const SLOW_MS: u64 = 30;
+
+#[test]
+fn a_signal_after_a_sudden_slowdown_is_acted_on_within_the_bound() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let reference = Run::new(
+        &dir.path().join("ref"),
+        1,
+        &["--every", "off"],
+        &heat2d(),
+        SLOWDOWN_GRID,
+    )
+    .output();
+    assert!(reference.status.success(), "{}", reference.dump());
+    let job = dir.path().join("job");
+    let (fast, slow) = (FAST_STEPS.to_string(), SLOW_MS.to_string());
+    let mut args = SLOWDOWN_GRID.to_vec();
+    args.extend(["--slow-after", &fast, "--slow-ms", &slow]);
+    let running = Run::new(&job, 1, &["--every", "off"], &heat2d(), &args).spawn();
+    let started = || {
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. }))
+    };
+    assert!(wait_for(Duration::from_secs(60), started));
+    // The set-up phase is over within a millisecond of the start. The stride can only have
+    // doubled a few times in it, so the signal waits a few dozen slow steps (about 1.4 s
+    // here). The old stride logic trusted a stride measured over one fast step (hundreds of
+    // polls, each now 30 ms): it took no checkpoint before the job ended (4 runs of 4).
+    let pid = rank_pid(&job, 0).expect("rank 0 running");
+    let sent = std::time::Instant::now();
+    signal(pid, "USR1");
+    let bound = Duration::from_secs(3) + 2 * Duration::from_millis(SLOW_MS);
+    let committed = wait_for(bound, || !committed_epochs(&job).is_empty());
+    let took = sent.elapsed();
+    let out = running.wait();
+    assert!(
+        committed,
+        "no checkpoint within {bound:?} of SIGUSR1 (waited {took:?}; epochs committed by the \
+         end: {:?})\n{}",
+        committed_epochs(&job),
+        out.dump()
+    );
+    let poll = ckpt::manifest::load(&job, 1).unwrap().poll;
+    assert!(
+        poll > FAST_STEPS,
+        "epoch 1 was taken at poll {poll}, before the slowdown"
+    );
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        reference.checksum(),
+        "final field differs from the uninterrupted run\n{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn an_exit_request_read_at_a_checkpoint_stops_without_a_second_one() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    let grid = ["--nx", "16", "--ny", "16", "--steps", "40"];
+    let reference = Run::new(
+        &dir.path().join("ref"),
+        2,
+        &["--every", "off"],
+        &heat2d(),
+        &grid,
+    )
+    .output();
+    assert!(reference.status.success(), "{}", reference.dump());
+    // A checkpoint at every even poll, polls 300 ms apart (so every poll is an agreement
+    // poll, and rank 0 reads the request file at each).
+    let mut args = grid.to_vec();
+    args.extend(["--step-ms", "300"]);
+    let running = Run::new(&job, 2, &["--every", "2"], &heat2d(), &args).spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || !committed_epochs(&job)
+            .is_empty()),
+        "no first checkpoint"
+    );
+    // Epoch 1 committed at poll 2; the request lands between polls 3 and 4, so it is read at
+    // poll 4, which checkpoints anyway (epoch 2), and agreed at poll 5: the epoch of poll 4,
+    // committed after the request was read, stands for the exit. The old rule took a second
+    // checkpoint at poll 5.
+    std::thread::sleep(Duration::from_millis(400));
+    let out = ckpt(&["checkpoint", job_s, "--then-exit"]);
+    assert!(out.status.success(), "{}", out.dump());
+    let stopped = running.wait();
+    assert!(stopped.status.success(), "{}", stopped.dump());
+    assert_eq!(
+        stopped.checksum(),
+        None,
+        "stopped early\n{}",
+        stopped.dump()
+    );
+    let newest = *committed_epochs(&job).last().unwrap();
+    let stop = events(&job).into_iter().find_map(|e| match e {
+        Event::Stopping { epoch } => Some(epoch),
+        _ => None,
+    });
+    assert_eq!(stop, Some(newest), "{}", stopped.dump());
+    let poll = ckpt::manifest::load(&job, newest).unwrap().poll;
+    assert_eq!(
+        poll % 2,
+        0,
+        "epoch {newest} was taken at poll {poll}: the exit took its own checkpoint\n{}",
+        stopped.dump()
+    );
+    // Resuming finishes with the uninterrupted result.
+    let out = Run::new(&job, 2, &["--every", "off"], &heat2d(), &grid).output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(out.checksum(), reference.checksum(), "{}", out.dump());
+    assert_eq!(restored_epochs(&job), vec![newest]);
+}
+
+/// A rank that stops (SIGSTOP) inside the drain of epoch 3, after the bookmark exchange, with
+/// ring's messages in flight to and from it (64 KiB ones among them): whoever waits for it, in
+/// its own drain (a message from it, or a send to it not taken) or in the vote, names rank 2
+/// and nobody else within the deadline; the job is aborted, the stopped rank does not survive,
+/// and the relaunch from epoch 2 receives exactly the uninterrupted run's messages.
+#[test]
+fn a_rank_stopped_in_the_drain_is_named_and_the_job_restarts() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--every",
+        "10",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "2:drain:3:stop",
+    ];
+    let out = short_deadlines(Run::new(&job, RANKS, &flags, &bin("ring"), RING), "3").output();
+    assert_same_messages(&out, "stopped in the drain");
+    assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    let stalls: Vec<(String, Vec<i32>)> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Stalled { what, missing, .. } => Some((what, missing)),
+            _ => None,
+        })
+        .collect();
+    assert!(!stalls.is_empty(), "no stall reported\n{}", out.dump());
+    for (what, missing) in &stalls {
+        assert_eq!(missing, &[2], "{what}\n{}", out.dump());
+        assert!(what.contains("epoch 3"), "{what}\n{}", out.dump());
+    }
+    assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
+    assert_no_rank_left(&job, stopped_pid(&out), &out);
+}
+
 /// The stored quarantine record of `epoch`, if there is one.
 fn quarantine_record(job: &Path, epoch: u64) -> Option<ckpt::manifest::Quarantine> {
     ckpt::manifest::load_quarantine(job, epoch).ok()

@@ -134,8 +134,7 @@ impl Running {
                 break st;
             }
             if self.started.elapsed() > self.timeout {
-                kill_group(self.child.id() as i32);
-                let st = self.child.wait().expect("wait after kill");
+                let st = end_tree(&mut self.child);
                 let stdout = t_out.join().unwrap_or_default();
                 let stderr = t_err.join().unwrap_or_default();
                 panic!(
@@ -159,10 +158,25 @@ impl Running {
     }
 }
 
-fn kill_group(pgid: i32) {
+/// Ends a timed-out command and everything it started. SIGTERM first: `ckpt run` forwards it
+/// to mpirun, which ends the ranks (Open MPI puts each rank in a process group of its own, out
+/// of reach of a group kill, so SIGKILL to mpirun would leave them running). Then SIGKILL to
+/// the command's process group.
+fn end_tree(child: &mut std::process::Child) -> ExitStatus {
+    let pid = child.id() as i32;
+    signal(pid, "TERM");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `--`: procps-ng 4 `kill -KILL -PGID` signals nothing; `-- -PGID` is the group.
     let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{pgid}")])
+        .args(["-KILL", "--", &format!("-{pid}")])
         .status();
+    child.wait().expect("wait after kill")
 }
 
 /// A `ckpt run` invocation being put together.

@@ -28,6 +28,7 @@ pub fn run_args(b: &BenchArgs) -> Result<RunArgs, UsageError> {
         job_dir: b.job_dir.clone(),
         local_dir: b.local_dir.clone(),
         fault: None,
+        quiet_after: None,
         mpirun: "mpirun".into(),
         mpirun_args: Vec::new(),
         command: vec![

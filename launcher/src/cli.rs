@@ -125,11 +125,17 @@ pub struct RunArgs {
     /// Base of node-local (L1) checkpoint storage [default: <job dir>/local/<node>].
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
-    /// Inject a fault on the first launch: rank RANK kills itself at PHASE (poll, before-write,
-    /// mid-write, after-write, before-manifest, after-commit), or its write fails with ENOSPC
-    /// (enospc), or rank 0's manifest directory fsync fails (publish-fsync); at epoch/poll N.
-    #[arg(long, value_name = "RANK:PHASE[:N]")]
+    /// Inject a fault: rank RANK kills itself at PHASE (poll, before-write, mid-write,
+    /// after-write, before-vote, before-manifest, after-commit, restore, drain), optionally at
+    /// epoch/poll N; ACTION stop (SIGSTOP) or hang instead of kill; on the first launch, or
+    /// launch L (restore: launch 1 by default). Or, instead of a crash, its write fails with
+    /// ENOSPC (enospc) or rank 0's manifest directory fsync fails (publish-fsync).
+    #[arg(long, value_name = "RANK:PHASE[:N][:ACTION][@L]")]
     pub fault: Option<String>,
+    /// Say so each time the job logs no progress event (start, commit, restore, ...) for this
+    /// long, e.g. 90s, 10m, 1h [default: off].
+    #[arg(long, value_name = "DURATION")]
+    pub quiet_after: Option<String>,
     /// mpirun to use.
     #[arg(long, value_name = "PATH", default_value = "mpirun")]
     pub mpirun: PathBuf,
@@ -176,7 +182,7 @@ fn run_after_help() -> String {
          the --mpirun-arg values\n\n\
          Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
          when given, {every}, {local}, {fault}. Each is forwarded with `mpirun -x`, as is any \
-         other CKPT_* variable already set ({node}, {stride}).\n\n\
+         other CKPT_* variable already set ({node}, {stride}, {timeout}, {io_timeout}).\n\n\
          mpirun starts each rank as `ckpt exec-rank ... -- PROG`, which keeps the checkpoint \
          signal ({signal}, default SIGUSR1) blocked until the library handles it, so a signal \
          during start-up does not kill a rank.\n\n\
@@ -197,5 +203,7 @@ fn run_after_help() -> String {
         node = env::NODE,
         stride = env::AGREE_STRIDE,
         signal = env::SIGNAL,
+        timeout = env::TIMEOUT,
+        io_timeout = env::IO_TIMEOUT,
     )
 }

@@ -8,6 +8,7 @@
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ckpt::fault::Fault;
@@ -78,6 +79,8 @@ pub struct RunPlan {
     pub local_dir: Option<PathBuf>,
     /// Fault spec, checked by [`Fault::parse`] and against the rank count.
     pub fault: Option<String>,
+    /// Say so when the job logs no event for this long (`--quiet-after`); `None`: never.
+    pub quiet_after: Option<Duration>,
     /// mpirun, resolved to an executable file.
     pub mpirun: PathBuf,
     /// Extra mpirun arguments from [`mpirun::ARGS_VAR`], split on whitespace.
@@ -126,6 +129,12 @@ impl RunPlan {
                 )));
             }
         }
+        let quiet_after = args
+            .quiet_after
+            .as_deref()
+            .map(quiet_after)
+            .transpose()?
+            .flatten();
         let (prog, prog_args) = args.command.split_first().ok_or_else(|| {
             UsageError("no program given (ckpt run -n N -- PROG [ARGS...])".into())
         })?;
@@ -178,6 +187,7 @@ impl RunPlan {
             job_id,
             local_dir,
             fault: args.fault,
+            quiet_after,
             mpirun,
             mpirun_env_args,
             mpirun_args: args.mpirun_args,
@@ -215,6 +225,18 @@ impl RunPlan {
             vars.push((env::FAULT, fault.clone()));
         }
         vars
+    }
+}
+
+/// Parses `--quiet-after`: a duration with a unit, or `off` (`None`).
+fn quiet_after(s: &str) -> Result<Option<Duration>, UsageError> {
+    match Interval::parse(s) {
+        Ok(Interval::Time(d)) => Ok(Some(d)),
+        Ok(Interval::Off) => Ok(None),
+        Ok(Interval::Polls(_)) => Err(UsageError(format!(
+            "--quiet-after {s}: give a duration with a unit (e.g. 90s, 10m, 1h)"
+        ))),
+        Err(e) => Err(UsageError(format!("--quiet-after {s}: {e}"))),
     }
 }
 
@@ -358,8 +380,8 @@ mod tests {
         check(
             "-n 4 --fault 1:explode -- prog",
             "error: --fault 1:explode: \"1:explode\": unknown phase \"explode\" (one of poll, \
-             before-write, mid-write, after-write, before-manifest, after-commit, enospc, \
-             publish-fsync)",
+             before-write, mid-write, after-write, before-vote, before-manifest, after-commit, \
+             restore, drain, enospc, publish-fsync)",
         );
         check("-n 4 -- nosuch", "error: PROG nosuch: not found in PATH");
         check("-n 4 -- data", "error: PROG data: not found in PATH");
@@ -409,6 +431,34 @@ mod tests {
         ctx.signal = Some("BOGUS".into());
         let e = plan(&ctx).unwrap_err().to_string();
         assert!(e.starts_with("CKPT_SIGNAL=BOGUS: unknown signal"), "{e}");
+    }
+
+    #[test]
+    fn quiet_after_takes_a_duration() {
+        let (_dir, ctx) = fixture();
+        let quiet = |flags: &str| {
+            let argv = format!("ckpt run -n 2 {flags} -- prog");
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, &ctx)
+                .map(|p| p.quiet_after)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(quiet(""), Ok(None));
+        assert_eq!(quiet("--quiet-after off"), Ok(None));
+        assert_eq!(
+            quiet("--quiet-after 10m"),
+            Ok(Some(Duration::from_secs(600)))
+        );
+        assert_eq!(
+            quiet("--quiet-after 100"),
+            Err("--quiet-after 100: give a duration with a unit (e.g. 90s, 10m, 1h)".into())
+        );
+        assert!(quiet("--quiet-after 5x").is_err());
     }
 
     #[test]

@@ -106,6 +106,16 @@ pub fn event(e: &Event) -> String {
             missing,
             waited,
         } => format!("ranks {missing:?} did not reach {what} within {waited:.0} s; job aborted"),
+        Event::IoStuck {
+            rank,
+            op,
+            path,
+            epoch,
+            waited,
+        } => format!(
+            "rank {rank} stuck for {waited:.0} s {op} {path} (epoch {epoch}); its IO watchdog \
+             ended it, job aborted"
+        ),
         Event::Stopping { epoch } => {
             format!("ranks stop after epoch {epoch}, as requested")
         }
@@ -230,6 +240,25 @@ pub fn checkpoint_signal(name: &str, n: usize, mpirun_pid: u32) -> String {
          too, which forwards it to the ranks); to ask for a checkpoint use `ckpt checkpoint` \
          or signal mpirun (pid {mpirun_pid})"
     )
+}
+
+/// `--quiet-after`: `no progress event for 10m 0s (last: epoch 3 committed at poll 120: ...)`.
+pub fn quiet(for_: std::time::Duration, last: &str) -> String {
+    format!(
+        "no progress event for {} (last: {last}); the job may be stuck (ranks waiting for one \
+         another give up after CKPT_TIMEOUT, IO after CKPT_IO_TIMEOUT)",
+        duration(for_)
+    )
+}
+
+/// `45s`, `10m 0s`, `2h 5m`: a wall-clock span for people.
+pub fn duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, s / 60 % 60),
+    }
 }
 
 /// `launch 1/4 (CKPT_RESTART_COUNT=0): mpirun ...`.
@@ -451,6 +480,30 @@ mod tests {
             "ignoring checkpoint request 3 (then exit), made 2026-04-20 14:03:12Z: it was made \
              for an earlier run of this job, which ended before acting on it (to checkpoint \
              this run: ckpt checkpoint /j --then-exit)",
+        );
+        check(
+            event(&Event::IoStuck {
+                rank: 2,
+                op: "writing".into(),
+                path: "/l/j/epoch-00000003/rank-000002.ckpt.tmp".into(),
+                epoch: 3,
+                waited: 600.2,
+            }),
+            "rank 2 stuck for 600 s writing /l/j/epoch-00000003/rank-000002.ckpt.tmp (epoch 3); \
+             its IO watchdog ended it, job aborted",
+        );
+    }
+
+    #[test]
+    fn quiet_lines() {
+        use std::time::Duration;
+        check(duration(Duration::from_millis(45_900)), "45s");
+        check(duration(Duration::from_secs(600)), "10m 0s");
+        check(duration(Duration::from_secs(7500)), "2h 5m");
+        check(
+            quiet(Duration::from_secs(90), "epoch 3 committed"),
+            "no progress event for 1m 30s (last: epoch 3 committed); the job may be stuck \
+             (ranks waiting for one another give up after CKPT_TIMEOUT, IO after CKPT_IO_TIMEOUT)",
         );
     }
 

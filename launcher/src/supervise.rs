@@ -6,7 +6,8 @@
 //! failure and is relaunched (the ranks restore the newest committed epoch themselves) while
 //! restarts remain, unless its ranks reported that no epoch is usable (`no_usable_epoch`: a
 //! relaunch would fail the same way); a signal to the launcher is forwarded and never leads to
-//! a restart.
+//! a restart. With `--quiet-after`, a job that logs no event for that long is reported (not
+//! stopped: the ranks' own deadlines end a job that waits on a rank that stopped).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
@@ -38,7 +39,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     let job = jobdir::prepare(plan, ckpt::util::unix_ms())?;
     signals::install(plan.signal).context("cannot install the launcher's signal handlers")?;
     let mut watch = signals::Watch::new();
-    let mut tail = Tail::new(&plan.job_dir, job.events_offset);
+    let mut tail = Tail::new(&plan.job_dir, job.events_offset, plan.quiet_after);
     let as_root = mpirun::running_as_root();
     let total = plan.max_restarts + 1;
     let start = Instant::now();
@@ -63,6 +64,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         say(report::launch(n, total, restart_count, launch.argv()));
         let t0 = Instant::now();
         tail.no_usable = None;
+        tail.quiet.launched(t0, n);
         let ended = run_once(&launch, plan.signal, &mut watch, &mut tail)?;
         // Events written just before mpirun exited are reported before its outcome.
         tail.drain();
@@ -178,6 +180,9 @@ fn run_once(
             }
         }
         tail.drain();
+        if let Some(msg) = tail.quiet.check(Instant::now()) {
+            say(msg);
+        }
         thread::sleep(POLL);
     };
     // Ranks orphaned by a dying mpirun may hold the pipe open: wait for the reader only so long.
@@ -249,10 +254,12 @@ struct Tail<'a> {
     /// What the ranks of the current launch reported when no epoch was usable.
     no_usable: Option<NoUsable>,
     warned: bool,
+    /// When the job last showed progress (`--quiet-after`).
+    quiet: Quiet,
 }
 
 impl<'a> Tail<'a> {
-    fn new(dir: &'a Path, offset: u64) -> Self {
+    fn new(dir: &'a Path, offset: u64, quiet_after: Option<Duration>) -> Self {
         Tail {
             dir,
             offset,
@@ -260,6 +267,7 @@ impl<'a> Tail<'a> {
             stopped: None,
             no_usable: None,
             warned: false,
+            quiet: Quiet::new(quiet_after, Instant::now()),
         }
     }
 
@@ -270,6 +278,7 @@ impl<'a> Tail<'a> {
             Ok((new, offset)) => {
                 self.offset = offset;
                 for e in new {
+                    self.quiet.event(Instant::now(), report::event(&e));
                     match e {
                         Event::Committed { epoch, .. } => self.committed.push(epoch),
                         Event::Stopping { epoch } => self.stopped = Some(epoch),
@@ -295,5 +304,80 @@ impl<'a> Tail<'a> {
             }
             Err(_) => {}
         }
+    }
+}
+
+/// `--quiet-after`: says when the job has logged no event for that long, and again after each
+/// further such period. A launch restarts the clock.
+struct Quiet {
+    after: Option<Duration>,
+    /// The last sign of progress: an event, or the start of a launch.
+    since: Instant,
+    /// What it was.
+    last: String,
+    /// Warnings given since then.
+    warned: u32,
+}
+
+impl Quiet {
+    fn new(after: Option<Duration>, now: Instant) -> Self {
+        Quiet {
+            after,
+            since: now,
+            last: "none yet".into(),
+            warned: 0,
+        }
+    }
+
+    fn launched(&mut self, now: Instant, n: u32) {
+        self.progress(now, format!("launch {n} started"));
+    }
+
+    fn event(&mut self, now: Instant, what: String) {
+        self.progress(now, what);
+    }
+
+    fn progress(&mut self, now: Instant, what: String) {
+        self.since = now;
+        self.last = what;
+        self.warned = 0;
+    }
+
+    /// The line to print now, if the job has been quiet for one more period.
+    fn check(&mut self, now: Instant) -> Option<String> {
+        let after = self.after?;
+        let quiet = now.saturating_duration_since(self.since);
+        if quiet < after * (self.warned + 1) {
+            return None;
+        }
+        self.warned += 1;
+        Some(report::quiet(quiet, &self.last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_warns_once_per_period_and_progress_restarts_the_clock() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut q = Quiet::new(Some(Duration::from_secs(60)), t0);
+        q.launched(t0, 1);
+        assert_eq!(q.check(at(59)), None);
+        let first = q.check(at(60)).expect("quiet for a period");
+        assert!(
+            first.starts_with("no progress event for 1m 0s (last: launch 1 started)"),
+            "{first}"
+        );
+        assert_eq!(q.check(at(61)), None, "once per period");
+        assert!(q.check(at(120)).is_some());
+        q.event(at(130), "epoch 3 committed".into());
+        assert_eq!(q.check(at(189)), None);
+        let again = q.check(at(190)).expect("quiet again");
+        assert!(again.contains("(last: epoch 3 committed)"), "{again}");
+        let mut off = Quiet::new(None, t0);
+        assert_eq!(off.check(at(100_000)), None);
     }
 }

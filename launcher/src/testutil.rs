@@ -39,6 +39,7 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         job_id: "job".into(),
         local_dir: None,
         fault: None,
+        quiet_after: None,
         mpirun: "/usr/bin/mpirun".into(),
         mpirun_env_args: vec!["--mca".into(), "btl".into(), "self".into()],
         mpirun_args: vec!["--bind-to".into(), "none".into()],

@@ -21,6 +21,7 @@ use crate::stall::{self, Watch};
 use crate::storage::durable;
 use crate::transport::{self, MpiFlagReduce};
 use crate::trigger::Triggers;
+use crate::watchdog::IoWatchdog;
 use crate::Ctx;
 
 /// What one call to [`Checkpointer::poll`] did.
@@ -37,7 +38,9 @@ impl Poll {
         self.checkpoint
     }
 
-    /// Whether the application should stop now (after a checkpoint requested with exit).
+    /// Whether the application should stop now: `ckpt checkpoint --then-exit` was agreed, and
+    /// either this poll committed its epoch or an epoch committed since the request was read
+    /// stands for it (then [`Poll::checkpointed`] is `None`; the job resumes from that epoch).
     pub fn should_exit(&self) -> bool {
         self.exit
     }
@@ -69,6 +72,12 @@ impl Checkpointer {
         let app = Comm::new(comm.duplicate());
         let rank = lib.rank();
         let nranks = lib.size();
+        // Both start-up collectives share one key (the root may be in the second while others
+        // are in the first) and wait for rank 0's IO on the job directory, and for ranks that
+        // arrive late after their own set-up: the IO deadline on top of the timeout.
+        let watch = Watch::of(&cfg).after_io(Instant::now());
+        let listing_label = || ("startup".into(), "the start-up epoch listing".into());
+        let setup_label = || ("startup".into(), "the start-up handler vote".into());
         // Rank 0 prepares the job directory and lists committed (and quarantined) epochs;
         // everyone gets the same list, so every rank takes the same restart decision.
         let listing = if rank == 0 {
@@ -81,8 +90,8 @@ impl Checkpointer {
         } else {
             Ok(manifest::Listing::default())
         };
-        let listing =
-            transport::bcast_bytes(&lib, 0, postcard::to_stdvec(&listing).unwrap_or_default());
+        let listing = postcard::to_stdvec(&listing).unwrap_or_default();
+        let listing = transport::bcast_bytes(&lib, &watch, &listing_label, 0, listing);
         let listing: std::result::Result<manifest::Listing, String> =
             postcard::from_bytes(&listing).map_err(|e| Error::Usage {
                 rank,
@@ -95,29 +104,30 @@ impl Checkpointer {
             source: std::io::Error::other(e),
         })?;
         // Every rank handles the checkpoint signal before rank 0 says the job has started
-        // (`ckpt run` starts ranks with it blocked, so an earlier one is held, not fatal); an
-        // install failure on any rank fails `new` on all of them.
-        let triggers = Triggers::new(cfg.signal, rank, &cfg.job_dir);
-        if !transport::all_ok(&lib, triggers.is_ok()) {
-            return Err(match triggers {
-                Err(source) => Error::Io {
-                    rank,
-                    op: "install the checkpoint signal handler for",
-                    path: cfg.job_dir.clone(),
-                    source,
-                },
-                Ok(_) => Error::Usage {
-                    rank,
-                    what: "another rank could not install the checkpoint signal handler".into(),
-                },
-            });
-        }
-        let triggers = triggers.map_err(|source| Error::Io {
+        // (`ckpt run` starts ranks with it blocked, so an earlier one is held, not fatal) and
+        // has its IO watchdog; a failure of either on any rank fails `new` on all of them.
+        let io_error = |op, source| Error::Io {
             rank,
-            op: "install the checkpoint signal handler for",
+            op,
             path: cfg.job_dir.clone(),
             source,
-        })?;
+        };
+        let setup = Triggers::new(cfg.signal, rank, &cfg.job_dir)
+            .map_err(|e| io_error("install the checkpoint signal handler for", e))
+            .and_then(|t| {
+                IoWatchdog::new(rank, cfg.io_timeout, &cfg.job_dir)
+                    .map(|w| (t, w))
+                    .map_err(|e| io_error("start the IO watchdog thread for", e))
+            });
+        if !transport::all_ok(&lib, &watch, &setup_label, setup.is_ok()) {
+            return Err(setup.err().unwrap_or_else(|| Error::Usage {
+                rank,
+                what: "another rank could not install the checkpoint signal handler or start \
+                       its IO watchdog"
+                    .into(),
+            }));
+        }
+        let (triggers, io) = setup?;
         if rank == 0 {
             let _ = events::append(
                 &cfg.job_dir,
@@ -138,6 +148,7 @@ impl Checkpointer {
                 rank,
                 nranks,
                 cfg,
+                io,
             },
             comm: app,
             agree,
@@ -199,7 +210,7 @@ impl Checkpointer {
                     .into(),
             });
         }
-        self.cut("restore", "the cut before restore()")?;
+        self.cut("restore", "the cut before restore()", None)?;
         let mut r = restore::restore(&self.ctx, &self.committed_at_start, state)?;
         self.comm.restore_state(std::mem::take(&mut r.log));
         self.agree.resume_at(r.lib.polls);
@@ -242,26 +253,22 @@ impl Checkpointer {
             .agree
             .on_poll(Instant::now, || triggers.take(), &mut self.reduce);
         if !decision.checkpoint {
+            if decision.exit {
+                // The agreement stops without a checkpoint only when the last attempt
+                // committed, at or after the poll that read the request: that epoch is the
+                // newest one this run numbered, and it satisfies the request.
+                let epoch = self.next_epoch.saturating_sub(1);
+                self.stop_after(epoch);
+                self.triggers.committed(epoch, true);
+            }
             return Ok(Poll {
                 checkpoint: None,
-                exit: false,
+                exit: decision.exit,
             });
         }
         let stats = self.checkpoint(state)?;
         if decision.exit {
-            if self.ctx.rank == 0 {
-                let _ = events::append(
-                    &self.ctx.cfg.job_dir,
-                    &Event::Stopping { epoch: stats.epoch },
-                );
-            }
-            let why = format!(
-                "the job is stopping: poll() returned should_exit() after the checkpoint of \
-                 epoch {}; leave the loop without further sends, receives or polls",
-                stats.epoch
-            );
-            self.comm.stop(why.clone());
-            self.stopped = Some(why);
+            self.stop_after(stats.epoch);
         }
         // Launcher requests are settled only now that an epoch satisfying them is committed.
         self.triggers.committed(stats.epoch, decision.exit);
@@ -269,6 +276,20 @@ impl Checkpointer {
             checkpoint: Some(stats),
             exit: decision.exit,
         })
+    }
+
+    /// The ranks agreed to stop; `epoch` is the last one committed. Records it, and refuses
+    /// every later poll, checkpoint, send and receive.
+    fn stop_after(&mut self, epoch: u64) {
+        if self.ctx.rank == 0 {
+            let _ = events::append(&self.ctx.cfg.job_dir, &Event::Stopping { epoch });
+        }
+        let why = format!(
+            "the job is stopping: poll() returned should_exit() (its last epoch is {epoch}); \
+             leave the loop without further sends, receives or polls"
+        );
+        self.comm.stop(why.clone());
+        self.stopped = Some(why);
     }
 
     /// Checkpoints `state` now (collective: every rank must call it at the same point).
@@ -282,11 +303,13 @@ impl Checkpointer {
                 what: why.clone(),
             });
         }
+        self.agree.begin_checkpoint();
         let t0 = Instant::now();
         let polls = self.agree.polls();
         self.cut(
             &format!("checkpoint-{epoch}"),
             &format!("the checkpoint of epoch {epoch} at poll {polls}"),
+            Some(epoch),
         )?;
         let quiesce_secs = t0.elapsed().as_secs_f64();
         let lib = LibState {
@@ -299,9 +322,12 @@ impl Checkpointer {
         };
         self.checkpoints += 1;
         let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, state);
-        // A failed epoch restarts a time interval too: a full disk must not turn it into a
-        // checkpoint attempt at every agreement round.
-        self.agree.checkpointed(Instant::now());
+        match &result {
+            Ok(_) => self.agree.committed(Instant::now()),
+            // A failed epoch restarts a time interval too: a full disk must not turn it into
+            // a checkpoint attempt at every agreement round. It covers no exit request.
+            Err(_) => self.agree.checkpointed(Instant::now()),
+        }
         let mut stats = result?;
         stats.quiesce_secs = quiesce_secs;
         Ok(stats)
@@ -312,7 +338,8 @@ impl Checkpointer {
     /// that does not come is named) carries each rank's bookmark for each peer (the next
     /// sequence number it would send) and whether it has a receive pending; then each rank
     /// takes every message numbered below its sender's bookmark out of MPI into its log.
-    fn cut(&mut self, key: &str, what: &str) -> Result<DrainReport> {
+    /// `epoch` is the checkpoint's, for fault injection at the drain.
+    fn cut(&mut self, key: &str, what: &str, epoch: Option<u64>) -> Result<DrainReport> {
         let ctx = &self.ctx;
         let pending = self.comm.pending_requests();
         let flag = u64::from(!pending.is_empty());
@@ -352,6 +379,9 @@ impl Checkpointer {
             });
         }
         let to_me: Vec<u64> = recv.chunks(2).map(|c| c[0]).collect();
+        if let Some(e) = epoch {
+            maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Drain, e);
+        }
         Ok(self.comm.drain(&to_me, &watch, what))
     }
 }

@@ -27,13 +27,14 @@
 //! All payloads are plain-old-data slices moved as bytes (the cluster is homogeneous).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytemuck::Pod;
 use mpi::collective::SystemOperation;
-use mpi::datatype::Equivalence;
+use mpi::datatype::{address_of, Equivalence, MutView, UserDatatype};
 use mpi::point_to_point::{Message, Source as _, Status as MpiStatus};
 use mpi::request::{Request, StaticScope};
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -41,6 +42,7 @@ use mpi::traits::*;
 
 use crate::error::{Error, Result};
 use crate::protocol::accounting::{Completion, Endpoint, Fatal, Fit, Misuse, Network, Raw};
+use crate::protocol::envelope::ENVELOPE_LEN;
 use crate::protocol::msglog::{CommState, Entry};
 pub use crate::protocol::msglog::{Source, TagSel};
 use crate::stall::{self, Watch};
@@ -110,11 +112,11 @@ impl Owned {
         (Owned(ptr), unsafe { &*ptr })
     }
 
-    /// Frees the buffer. Call only after the request using it completed.
-    fn free(self) {
+    /// Takes the buffer back. Call only after the request using it completed.
+    fn reclaim(self) -> Box<[u8]> {
         // SAFETY: the pointer came from Box::into_raw and the request that used it completed,
         // so nothing else refers to it any more.
-        drop(unsafe { Box::from_raw(self.0) });
+        unsafe { Box::from_raw(self.0) }
     }
 }
 
@@ -125,10 +127,63 @@ struct Outgoing {
     bytes: usize,
 }
 
+/// Send buffers whose sends completed, kept for the next sends (no allocation, no page
+/// faults on the hot path). At most [`POOL_BUFFERS`] buffers of at most [`POOL_BYTES`] in all.
+#[derive(Default)]
+struct Pool {
+    free: Vec<Box<[u8]>>,
+    bytes: usize,
+}
+
+const POOL_BUFFERS: usize = 8;
+const POOL_BYTES: usize = 64 << 20;
+
+impl Pool {
+    /// A buffer of at least `n` bytes: the smallest pooled one that fits, or a new one.
+    fn take(&mut self, n: usize) -> Box<[u8]> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.len() >= n)
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let b = self.free.swap_remove(i);
+                self.bytes -= b.len();
+                b
+            }
+            None => vec![0u8; n].into_boxed_slice(),
+        }
+    }
+
+    /// Keeps `b` if there is room, else frees it (and, when full, the smallest kept one).
+    fn give(&mut self, b: Box<[u8]>) {
+        if b.len() > POOL_BYTES {
+            return;
+        }
+        while self.free.len() >= POOL_BUFFERS || self.bytes + b.len() > POOL_BYTES {
+            let Some(i) = (0..self.free.len()).min_by_key(|&i| self.free[i].len()) else {
+                break;
+            };
+            self.bytes -= self.free.swap_remove(i).len();
+        }
+        self.bytes += b.len();
+        self.free.push(b);
+    }
+}
+
 struct Books {
     ep: Endpoint,
-    outgoing: Vec<Outgoing>,
+    outgoing: VecDeque<Outgoing>,
+    pool: Pool,
 }
+
+/// Receives of at least this many bytes land straight in the application's buffer (the
+/// envelope in a separate one, through an MPI datatype): one copy less, at the price of
+/// building a datatype.
+const DIRECT_MIN: usize = 32 << 10;
 
 /// The wrapped communicator handed to the application by [`crate::Checkpointer::comm`].
 pub struct Comm {
@@ -204,7 +259,8 @@ impl Comm {
             id: NEXT_COMM.fetch_add(1, Ordering::Relaxed),
             books: RefCell::new(Books {
                 ep: Endpoint::new(rank, size as usize),
-                outgoing: Vec::new(),
+                outgoing: VecDeque::new(),
+                pool: Pool::default(),
             }),
         }
     }
@@ -247,22 +303,24 @@ impl Comm {
         let payload: &[u8] = bytemuck::cast_slice(data);
         let mut b = self.books.borrow_mut();
         let env = b.ep.send(dest, tag).map_err(|m| self.usage(m))?;
-        let mut frame = Vec::with_capacity(env.len() + payload.len());
-        frame.extend_from_slice(&env);
-        frame.extend_from_slice(payload);
-        let bytes = frame.len();
-        let (buf, view) = Owned::new(frame.into_boxed_slice());
-        let req = self
-            .raw
-            .process_at_rank(dest)
-            .immediate_send_with_tag(StaticScope, view, tag);
-        b.outgoing.push(Outgoing {
+        let b = &mut *b;
+        reap(&mut b.outgoing, &mut b.pool);
+        let bytes = env.len() + payload.len();
+        let mut frame = b.pool.take(bytes);
+        frame[..env.len()].copy_from_slice(&env);
+        frame[env.len()..bytes].copy_from_slice(payload);
+        let (buf, view) = Owned::new(frame);
+        let req = self.raw.process_at_rank(dest).immediate_send_with_tag(
+            StaticScope,
+            &view[..bytes],
+            tag,
+        );
+        b.outgoing.push_back(Outgoing {
             req,
             buf,
             dest,
             bytes,
         });
-        reap(&mut b.outgoing);
         Ok(())
     }
 
@@ -273,8 +331,14 @@ impl Comm {
             max_bytes: Some(std::mem::size_of_val(buf)),
             elem: size,
         };
-        let e = self.wait_for(self.post(src, tag, fit)?)?;
+        let id = self.post(src, tag, fit)?;
         let dest: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        if dest.len() >= DIRECT_MIN {
+            if let Some(st) = self.direct(id, fit, |_| Some(&mut *dest)) {
+                return Ok(st);
+            }
+        }
+        let e = self.wait_for(id)?;
         let p = e.payload();
         dest[..p.len()].copy_from_slice(p);
         Ok(status(&e))
@@ -282,9 +346,84 @@ impl Comm {
 
     /// Blocking receive of a message of any length.
     pub fn recv_vec<T: Pod>(&self, src: Source, tag: TagSel) -> Result<(Vec<T>, Status)> {
-        let fit = Fit::any(std::mem::size_of::<T>());
-        let e = self.wait_for(self.post(src, tag, fit)?)?;
-        Ok(to_vec(&e))
+        let size = std::mem::size_of::<T>();
+        let fit = Fit::any(size);
+        let id = self.post(src, tag, fit)?;
+        let mut v: Vec<T> = Vec::new();
+        let direct = self.direct(id, fit, |len| {
+            (len >= DIRECT_MIN && size > 0).then(|| {
+                v = vec![T::zeroed(); len / size];
+                bytemuck::cast_slice_mut(&mut v[..])
+            })
+        });
+        if let Some(st) = direct {
+            return Ok((v, st));
+        }
+        Ok(to_vec(&self.wait_for(id)?))
+    }
+
+    /// The fast path of a blocking receive: when receive `id` is the only one waiting and
+    /// nothing queued can serve it, waits in MPI for its message and, if `land(len)` gives a
+    /// buffer of `len` bytes for it (and it fits), receives the payload straight into it.
+    /// `None` when the fast path does not apply; the receive is then still posted (and may
+    /// already hold its message), to be completed by [`Comm::wait_for`].
+    fn direct<'a>(
+        &self,
+        id: u64,
+        fit: Fit,
+        land: impl FnOnce(usize) -> Option<&'a mut [u8]>,
+    ) -> Option<Status> {
+        let mut b = self.books.borrow_mut();
+        let (src, tag) = b.ep.blocking_selector(id)?;
+        let t = mpi_tag(tag);
+        let (msg, st) = match src {
+            Source::Rank(r) => self.raw.process_at_rank(r).matched_probe_with_tag(t),
+            Source::Any => self.raw.any_process().matched_probe_with_tag(t),
+        };
+        let count = st.count(u8::equivalent_datatype()).max(0) as usize;
+        let len = count.saturating_sub(ENVELOPE_LEN);
+        let dest = if count >= ENVELOPE_LEN && fit.accepts(len) {
+            land(len)
+        } else {
+            None
+        };
+        let Some(dest) = dest.filter(|d| d.len() >= len && len > 0) else {
+            // The usual path, where a refusal keeps the message queued.
+            if let Err(f) = b.ep.accept(receive(msg, st), (src, tag)) {
+                self.fatal(f)
+            }
+            return None;
+        };
+        // MPI writes the envelope through a displacement the compiler cannot see: it is
+        // reached through a raw pointer only, and read back with a volatile read.
+        let mut env = [0u8; ENVELOPE_LEN];
+        let env_ptr: *mut [u8; ENVELOPE_LEN] = &mut env;
+        // SAFETY: `env_ptr` points to the live local array; the shared reference only serves
+        // to ask MPI for its address.
+        let displs = [address_of(unsafe { &*env_ptr }) - address_of(&dest[0]), 0];
+        let dt = UserDatatype::heterogeneous_indexed(
+            &[ENVELOPE_LEN as mpi::Count, len as mpi::Count],
+            &displs,
+            &u8::equivalent_datatype(),
+        );
+        let got = {
+            // SAFETY: the datatype maps the 16 bytes of `env` (a live local array, reached
+            // through its displacement from `dest`) and the first `len` bytes of `dest`
+            // (`len <= dest.len()`); both stay borrowed until the receive returns.
+            let mut view = unsafe { MutView::with_count_and_datatype(&mut dest[..], 1, &dt) };
+            msg.matched_receive_into(&mut view)
+        };
+        let (source, tag) = (got.source_rank(), got.tag());
+        // SAFETY: `env_ptr` points to the live, initialised local array MPI wrote into.
+        let env = unsafe { std::ptr::read_volatile(env_ptr) };
+        if let Err(f) = b.ep.deliver_direct(id, source, tag, &env) {
+            self.fatal(f)
+        }
+        Some(Status {
+            source,
+            tag,
+            bytes: len,
+        })
     }
 
     /// Sends `send` to `dest` and receives into `recv` from `src`, both with `tag`. `None`
@@ -494,6 +633,7 @@ impl Comm {
         report.messages = (b.ep.logged() - before.0) as u64;
         report.bytes = b.ep.logged_bytes() - before.1;
         for o in std::mem::take(&mut b.outgoing) {
+            let (dest, bytes) = (o.dest, o.bytes);
             let mut req = Some(o.req);
             stall::wait_on_rank(
                 &self.raw,
@@ -502,7 +642,7 @@ impl Comm {
                 || {
                     format!(
                         "{what}: a {}-byte message sent to rank {} was not taken",
-                        o.bytes, o.dest
+                        bytes, dest
                     )
                 },
                 || match req.take().map(|r| r.test()) {
@@ -513,7 +653,7 @@ impl Comm {
                     }
                 },
             );
-            o.buf.free();
+            b.pool.give(o.buf.reclaim());
         }
         report
     }
@@ -546,7 +686,7 @@ impl Drop for Comm {
         let b = self.books.get_mut();
         for o in b.outgoing.drain(..) {
             match o.req.test() {
-                Ok(_) => o.buf.free(),
+                Ok(_) => drop(o.buf.reclaim()),
                 // SAFETY: the buffer stays leaked, so MPI may still read it.
                 Err(r) => {
                     let _ = unsafe { r.into_raw() };
@@ -556,19 +696,27 @@ impl Drop for Comm {
     }
 }
 
-/// Frees the buffers of completed sends (sends mostly complete in order).
-fn reap(outgoing: &mut Vec<Outgoing>) {
+/// Takes back the buffers of completed sends into the pool: those at the front (sends mostly
+/// complete in order), and all of them once 16 are outstanding.
+fn reap(outgoing: &mut VecDeque<Outgoing>, pool: &mut Pool) {
+    while let Some(o) = outgoing.pop_front() {
+        match o.req.test() {
+            Ok(_) => pool.give(o.buf.reclaim()),
+            Err(req) => {
+                outgoing.push_front(Outgoing { req, ..o });
+                break;
+            }
+        }
+    }
     if outgoing.len() < 16 {
         return;
     }
-    let mut kept = Vec::with_capacity(outgoing.len());
-    for o in outgoing.drain(..) {
+    for o in std::mem::take(outgoing) {
         match o.req.test() {
-            Ok(_) => o.buf.free(),
-            Err(req) => kept.push(Outgoing { req, ..o }),
+            Ok(_) => pool.give(o.buf.reclaim()),
+            Err(req) => outgoing.push_back(Outgoing { req, ..o }),
         }
     }
-    *outgoing = kept;
 }
 
 fn status(e: &Entry) -> Status {

@@ -15,6 +15,7 @@ use crate::fault::{maybe_die, Phase};
 use crate::format::{FileIdentity, RankFileWriter, RegionKind};
 use crate::manifest::{self, Level, Manifest, RankRecord};
 use crate::region::{Protect, Regions, Site};
+use crate::stall::Watch;
 use crate::storage::{durable, local};
 use crate::transport;
 use crate::Ctx;
@@ -88,13 +89,22 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
         result: local.as_ref().map(|r| r.clone()).map_err(|e| e.to_string()),
     };
     let vote_bytes = postcard::to_stdvec(&vote).unwrap_or_default();
-    let votes = transport::gather_bytes(&ctx.lib, 0, &vote_bytes);
+    maybe_die(fault, ctx.rank, Phase::BeforeVote, epoch);
+    // The vote waits for every rank's write (each under its IO watchdog), so its deadline
+    // allows the IO time on top of the timeout, from the common start of the checkpoint. The
+    // gather and the broadcast share a key: non-roots wait in the broadcast while the root
+    // still waits in the gather.
+    let watch = Watch::of(&ctx.cfg).after_io(t0);
+    let key = || format!("vote-epoch-{epoch}");
+    let vote_label = || (key(), format!("the commit vote of epoch {epoch}"));
+    let votes = transport::gather_bytes(&ctx.lib, &watch, &vote_label, 0, &vote_bytes);
 
     let decision = match votes {
         Some(votes) => decide_and_publish(ctx, epoch, lib, votes, t0, fault),
         None => Vec::new(),
     };
-    let decision = transport::bcast_bytes(&ctx.lib, 0, decision);
+    let decision_label = || (key(), format!("the commit decision of epoch {epoch}"));
+    let decision = transport::bcast_bytes(&ctx.lib, &watch, &decision_label, 0, decision);
     let decision: Decision = postcard::from_bytes(&decision).map_err(|e| Error::Usage {
         rank: ctx.rank,
         what: format!("corrupt commit decision from rank 0: {e}"),
@@ -107,6 +117,8 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
         });
     }
     let record = local?;
+    let job_local = ctx.cfg.local_dir.join(&ctx.cfg.job_id);
+    let _armed = ctx.io.arm("pruning old epochs in", &job_local, epoch);
     if let Err(e) = local::prune(
         &ctx.cfg.local_dir,
         &ctx.cfg.job_id,
@@ -151,6 +163,8 @@ fn write_rank_file<P: Protect + ?Sized>(
         }
     };
     let epoch_dir = path.parent().unwrap_or(&ctx.cfg.local_dir).to_owned();
+    // Every IO of the file, up to the last directory fsync, is under one IO deadline.
+    let armed = ctx.io.arm("writing", &tmp, epoch);
     durable::create_dir_all(&epoch_dir).map_err(io("create directory", &epoch_dir))?;
     let id = FileIdentity {
         job: ctx.cfg.job_id.clone(),
@@ -198,8 +212,10 @@ fn write_rank_file<P: Protect + ?Sized>(
             return Err(e);
         }
     };
+    armed.now("renaming", &tmp);
     durable::rename_durable(&tmp, &path).map_err(io("rename", &tmp))?;
     if let Some(job_local) = epoch_dir.parent() {
+        armed.now("syncing the directory", job_local);
         durable::fsync_dir(job_local).map_err(io("fsync directory", job_local))?;
     }
     Ok(RankRecord {
@@ -253,6 +269,11 @@ fn decide_and_publish(
             total_secs: 0.0,
         };
         m.total_secs = t0.elapsed().as_secs_f64();
+        let _armed = ctx.io.arm(
+            "publishing",
+            &manifest::path(&ctx.cfg.job_dir, epoch),
+            epoch,
+        );
         match publish_manifest(ctx, &m, fault) {
             Ok(not_durable) => {
                 let _ = events::append(

@@ -12,8 +12,15 @@ use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::protocol::agree::Stride;
 
-/// Default wall time between agreement rounds.
-pub const AGREE_TARGET: Duration = Duration::from_millis(1);
+/// Default wall time between agreement rounds. Half a millisecond keeps rounds a small share
+/// of the run and bounds a request's latency after a 1000x slowdown to one second (see
+/// [`crate::protocol::agree`]).
+pub const AGREE_TARGET: Duration = Duration::from_micros(500);
+
+/// Default of [`Config::io_timeout`]: ten minutes for one file, far above what a healthy
+/// node-local disk needs for the few GiB a rank holds (write, fsync and rename included), and
+/// short enough that a hung file system does not hold a job for hours.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// When a checkpoint is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +102,10 @@ pub struct Config {
     pub signal: Option<i32>,
     /// How long a rank waits for the others inside a checkpoint before giving up loudly.
     pub timeout: Duration,
+    /// How long one rank may spend in the IO of one file (write or read of its rank file,
+    /// fsyncs and renames included; a manifest) before its watchdog ends it. Waits that follow
+    /// other ranks' IO (the commit vote, the restore vote) allow `timeout + io_timeout`.
+    pub io_timeout: Duration,
 }
 
 impl Config {
@@ -117,6 +128,7 @@ impl Config {
             agree: Stride::Adaptive(AGREE_TARGET),
             signal: Some(libc::SIGUSR1),
             timeout: Duration::from_secs(120),
+            io_timeout: DEFAULT_IO_TIMEOUT,
         }
     }
 
@@ -151,6 +163,9 @@ impl Config {
             cfg.agree = Stride::Fixed(n.min(u32::MAX as u64) as u32);
         }
         cfg.timeout = Duration::from_secs(parse_num(env::TIMEOUT, 1)?.unwrap_or(120));
+        if let Some(secs) = parse_num(env::IO_TIMEOUT, 1)? {
+            cfg.io_timeout = Duration::from_secs(secs);
+        }
         if let Some(v) = env::get(env::SIGNAL) {
             cfg.signal = crate::trigger::parse_signal(&v).map_err(|reason| Error::Config {
                 var: env::SIGNAL,
@@ -169,10 +184,12 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The fault to inject now: faults fire on the first launch only, so that the restarted
-    /// job can finish.
+    /// The fault to inject now: a fault fires on its launch only (the first, unless its spec
+    /// says otherwise; see [`crate::fault`]), so that the relaunched job can finish.
     pub fn active_fault(&self) -> Option<&Fault> {
-        self.fault.as_ref().filter(|_| self.restart_count == 0)
+        self.fault
+            .as_ref()
+            .filter(|f| f.launch == self.restart_count)
     }
 
     /// Sets the checkpoint interval.
@@ -250,5 +267,21 @@ mod tests {
         check("s", Err(()));
         check("-1", Err(()));
         check("1.5", Err(()));
+    }
+
+    #[test]
+    fn a_fault_fires_on_its_launch_only() {
+        let mut cfg = Config::new("/j");
+        cfg.fault = Fault::parse("1:poll").ok();
+        let on = |cfg: &Config, launch| {
+            let mut c = cfg.clone();
+            c.restart_count = launch;
+            c.active_fault().is_some()
+        };
+        assert!(on(&cfg, 0) && !on(&cfg, 1));
+        cfg.fault = Fault::parse("1:restore:stop").ok();
+        assert!(!on(&cfg, 0) && on(&cfg, 1) && !on(&cfg, 2));
+        cfg.fault = Fault::parse("1:poll@2").ok();
+        assert!(!on(&cfg, 0) && on(&cfg, 2));
     }
 }

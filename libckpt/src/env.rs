@@ -21,16 +21,21 @@ pub const EVERY: &str = "CKPT_EVERY";
 pub const KEEP: &str = "CKPT_KEEP";
 /// How many times the launcher has restarted this job (0 on the first launch).
 pub const RESTART_COUNT: &str = "CKPT_RESTART_COUNT";
-/// Fault injection, `RANK:PHASE[:EPOCH]`; see [`crate::fault`]. Honoured on the first launch only.
+/// Fault injection, `RANK:PHASE[:N][:ACTION][@LAUNCH]`; see [`crate::fault`]. Honoured on one
+/// launch only (the first, unless the spec says otherwise).
 pub const FAULT: &str = "CKPT_FAULT";
 /// Polls between two agreement rounds (time, signal and launcher triggers). Default: adaptive,
-/// about one round per millisecond of wall time.
+/// about one round per half millisecond of wall time.
 pub const AGREE_STRIDE: &str = "CKPT_AGREE_STRIDE";
 /// Signal that requests a checkpoint (`USR1`, `USR2`, ..., or `off`). Default `USR1`.
 pub const SIGNAL: &str = "CKPT_SIGNAL";
-/// Seconds a rank waits for the others inside a checkpoint before reporting the ranks that
-/// did not arrive and aborting the job. Default 120.
+/// Seconds a rank waits for the others (in a checkpoint, a restore, at start-up) before
+/// reporting the ranks that did not arrive and aborting the job. Default 120.
 pub const TIMEOUT: &str = "CKPT_TIMEOUT";
+/// Seconds one rank may spend writing or reading one of its files (a rank file with its fsyncs
+/// and renames, a manifest) before its IO watchdog names the file and ends the rank. Waits that
+/// follow other ranks' IO get this much on top of [`TIMEOUT`]. Default 600.
+pub const IO_TIMEOUT: &str = "CKPT_IO_TIMEOUT";
 
 /// Every variable above, for `ckpt` to print and forward (`mpirun -x`).
 pub const ALL: &[&str] = &[
@@ -45,6 +50,7 @@ pub const ALL: &[&str] = &[
     AGREE_STRIDE,
     SIGNAL,
     TIMEOUT,
+    IO_TIMEOUT,
 ];
 
 /// Reads a variable, treating an empty value as unset.

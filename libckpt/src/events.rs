@@ -1,4 +1,5 @@
-//! The job's event log: one JSON object per line in `<job_dir>/events.jsonl`, appended by rank 0.
+//! The job's event log: one JSON object per line in `<job_dir>/events.jsonl`, appended by rank 0
+//! (and by the rank that reports a stall or is stuck in IO).
 //!
 //! This is how the launcher learns what happened inside the job (epochs committed, restores,
 //! fallbacks) and prints it with timings; `ckpt list` and drills read it too. Appends are
@@ -95,6 +96,20 @@ pub enum Event {
         /// Ranks that did not arrive.
         missing: Vec<i32>,
         /// Seconds waited.
+        waited: f64,
+    },
+    /// A rank spent longer than `CKPT_IO_TIMEOUT` in the IO of one file; its watchdog ended
+    /// it, which ends the job.
+    IoStuck {
+        /// The rank.
+        rank: i32,
+        /// What it was doing (`writing`, `reading`, `renaming`, ...).
+        op: String,
+        /// The file.
+        path: String,
+        /// Epoch of the checkpoint or restore.
+        epoch: u64,
+        /// Seconds it had spent when the watchdog fired.
         waited: f64,
     },
     /// The job's state was restored.

@@ -239,11 +239,8 @@ impl RankFileWriter {
     }
 
     fn open(path: &Path, id: FileIdentity, node: &str, reused: bool) -> io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(!reused)
-            .open(path)?;
+        // Never blocks, and refuses a FIFO or link where the file should be.
+        let file = crate::storage::durable::create_regular(path, !reused)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; HEADER_LEN as usize])?;
         Ok(RankFileWriter {
@@ -347,8 +344,9 @@ pub struct RankFileReader {
 
 impl RankFileReader {
     /// Opens `path` and checks that it is a complete, intact file of `expect`.
+    /// Anything but a regular file at `path` (a FIFO, a link) is refused without blocking.
     pub fn open(path: &Path, expect: &FileIdentity) -> Result<Self, FileError> {
-        let file = File::open(path)?;
+        let file = crate::storage::durable::open_regular(path)?;
         let actual = file.metadata()?.len();
         let mut block = vec![0u8; HEADER_FIELDS];
         let n = read_up_to(&file, &mut block, 0)?;
@@ -892,6 +890,26 @@ mod tests {
                 .unwrap(),
             3
         );
+    }
+
+    /// A FIFO where a rank file (or its temporary name) should be would block a plain open for
+    /// ever: the reader and both writers refuse it at once, naming what they found.
+    #[test]
+    fn a_fifo_is_not_a_rank_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.ckpt");
+        crate::storage::durable::mkfifo(&path);
+        match RankFileReader::open(&path, &id()) {
+            Err(FileError::Io(e)) => assert_eq!(e.to_string(), "not a regular file (a FIFO)"),
+            other => panic!("expected an IO error, got {:?}", other.err()),
+        }
+        for w in [
+            RankFileWriter::create(&path, id(), "n"),
+            RankFileWriter::overwrite(&path, id(), "n"),
+        ] {
+            let e = w.err().expect("a FIFO is refused");
+            assert_eq!(e.to_string(), "not a regular file (a FIFO)");
+        }
     }
 
     #[test]

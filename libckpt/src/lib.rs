@@ -43,11 +43,13 @@ mod restore;
 mod stall;
 #[cfg(feature = "mpi")]
 mod transport;
+#[cfg(feature = "mpi")]
+mod watchdog;
 
 #[cfg(feature = "mpi")]
 pub use checkpointer::{Checkpointer, Poll};
 #[cfg(feature = "mpi")]
-pub use comm::{Comm, RecvRequest, Reduce, Source, Status, TagSel};
+pub use comm::{Comm, RecvRequest, Reduce, Source, Status, TagSel, Test};
 #[cfg(feature = "mpi")]
 pub use commit::EpochStats;
 pub use config::{Config, Interval};
@@ -71,4 +73,6 @@ pub(crate) struct Ctx {
     pub rank: i32,
     pub nranks: i32,
     pub cfg: Config,
+    /// Deadline on this rank's file IO (`CKPT_IO_TIMEOUT`).
+    pub io: watchdog::IoWatchdog,
 }

@@ -272,14 +272,14 @@ pub fn quarantine(job_dir: &Path, q: &Quarantine) -> io::Result<PathBuf> {
 
 /// Reads epoch `epoch`'s quarantine record.
 pub fn load_quarantine(job_dir: &Path, epoch: u64) -> io::Result<Quarantine> {
-    let bytes = fs::read(quarantine_path(job_dir, epoch))?;
+    let bytes = read_regular(&quarantine_path(job_dir, epoch))?;
     serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Reads and checks epoch `epoch`'s manifest.
 pub fn load(job_dir: &Path, epoch: u64) -> Result<Manifest> {
     let p = path(job_dir, epoch);
-    let bytes = fs::read(&p).map_err(|source| Error::Io {
+    let bytes = read_regular(&p).map_err(|source| Error::Io {
         rank: -1,
         op: "read manifest",
         path: p.clone(),
@@ -300,6 +300,13 @@ pub fn load(job_dir: &Path, epoch: u64) -> Result<Manifest> {
         });
     }
     Ok(m)
+}
+
+/// Reads a whole file without ever blocking on a FIFO where it should be.
+fn read_regular(p: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut durable::open_regular(p)?, &mut bytes)?;
+    Ok(bytes)
 }
 
 /// A published manifest: its epoch is committed either way.

@@ -16,10 +16,12 @@ use std::time::Instant;
 use crate::commit::{LibState, LIB_REGION, LOG_REGION};
 use crate::error::{Corruption, Error, Result};
 use crate::events::{self, Event};
+use crate::fault::{maybe_die, Phase};
 use crate::format::{FileIdentity, RankFileReader, RegionKind};
 use crate::manifest::{self, Manifest};
 use crate::protocol::msglog::CommState;
 use crate::region::{file_error, Protect, Regions, Site};
+use crate::stall::Watch;
 use crate::transport;
 use crate::Ctx;
 
@@ -49,10 +51,19 @@ pub(crate) fn restore<P: Protect + ?Sized>(
         let t0 = Instant::now();
         // A failing rank's error reaches rank 0, which reports every reason in one line.
         let local = restore_epoch(ctx, epoch, state);
-        if transport::all_ok(&ctx.lib, local.is_ok()) {
+        maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Restore, epoch);
+        // Every collective of this epoch's restore waits for the others' reads (each under its
+        // IO watchdog), and shares one key: whichever of them a rank waits in, a rank that
+        // stopped anywhere in this epoch's restore is the one named.
+        let watch = Watch::of(&ctx.cfg).after_io(t0);
+        let key = || format!("restore-epoch-{epoch}");
+        let vote = || (key(), format!("the restore vote of epoch {epoch}"));
+        if transport::all_ok(&ctx.lib, &watch, &vote, local.is_ok()) {
             let (lib, log, bytes, m) = local?;
             let read_secs = t0.elapsed().as_secs_f64();
-            let slowest = transport::max_u64(&ctx.lib, (read_secs * 1e6) as u64) as f64 / 1e6;
+            let timing = || (key(), format!("the restore of epoch {epoch} (read times)"));
+            let micros = (read_secs * 1e6) as u64;
+            let slowest = transport::max_u64(&ctx.lib, &watch, &timing, micros) as f64 / 1e6;
             if ctx.rank == 0 {
                 let _ = events::append(
                     &ctx.cfg.job_dir,
@@ -73,12 +84,22 @@ pub(crate) fn restore<P: Protect + ?Sized>(
             });
         }
         let reason = failure_vote(ctx, epoch, local.err());
-        let reasons = transport::gather_bytes(&ctx.lib, 0, &reason);
+        // The fallback follows more IO (a rank checking where its missing file was written,
+        // rank 0 writing a quarantine record), each under its IO watchdog: its own deadline
+        // allows for that IO from the moment this rank enters it.
+        let fallback = Watch::of(&ctx.cfg).after_io(Instant::now());
+        let why = || {
+            (
+                key(),
+                format!("the fallback from epoch {epoch} (failure reasons)"),
+            )
+        };
+        let reasons = transport::gather_bytes(&ctx.lib, &fallback, &why, 0, &reason);
         let joined = match reasons {
             Some(all) => report_unusable(ctx, epoch, candidates, all),
             None => Vec::new(),
         };
-        let joined = transport::bcast_bytes(&ctx.lib, 0, joined);
+        let joined = transport::bcast_bytes(&ctx.lib, &fallback, &why, 0, joined);
         skipped.push((epoch, String::from_utf8_lossy(&joined).into_owned()));
     }
     if ctx.rank == 0 {
@@ -101,6 +122,8 @@ fn failure_vote(ctx: &Ctx, epoch: u64, err: Option<Error>) -> Vec<u8> {
 /// [`proves_damage`]).
 fn shows_damage(ctx: &Ctx, epoch: u64, e: &Error) -> bool {
     proves_damage(e, || {
+        let path = manifest::path(&ctx.cfg.job_dir, epoch);
+        let _armed = ctx.io.arm("reading", &path, epoch);
         manifest::load(&ctx.cfg.job_dir, epoch).is_ok_and(|m| {
             m.ranks
                 .get(ctx.rank as usize)
@@ -172,10 +195,12 @@ fn quarantine(ctx: &Ctx, epoch: u64, reasons: &[String]) -> bool {
         launch: ctx.cfg.restart_count,
         reasons: reasons.to_vec(),
     };
+    let path = manifest::quarantine_path(&ctx.cfg.job_dir, epoch);
+    let _armed = ctx.io.arm("writing", &path, epoch);
     match manifest::quarantine(&ctx.cfg.job_dir, &q) {
         Ok(_) => true,
         // In place (so in force) though maybe not durable: say so, and count it.
-        Err(e) if manifest::quarantine_path(&ctx.cfg.job_dir, epoch).exists() => {
+        Err(e) if path.exists() => {
             eprintln!("[ckpt rank 0] warning: epoch {epoch} is quarantined, but {e}");
             true
         }
@@ -183,7 +208,7 @@ fn quarantine(ctx: &Ctx, epoch: u64, reasons: &[String]) -> bool {
             eprintln!(
                 "[ckpt rank 0] warning: epoch {epoch} is damaged but cannot be quarantined \
                  ({}: {e}); a later restart will try it again",
-                manifest::quarantine_path(&ctx.cfg.job_dir, epoch).display()
+                path.display()
             );
             false
         }
@@ -193,11 +218,15 @@ fn quarantine(ctx: &Ctx, epoch: u64, reasons: &[String]) -> bool {
 /// Rank 0, when no epoch could be restored: logs [`Event::NoUsableEpoch`] so the launcher
 /// stops instead of relaunching into the same failure.
 fn report_no_usable(ctx: &Ctx, tried: &[(u64, String)]) {
+    let dir = manifest::dir(&ctx.cfg.job_dir);
+    let tried_epoch = tried.first().map_or(0, |(e, _)| *e);
+    let armed = ctx.io.arm("listing", &dir, tried_epoch);
     let quarantined = manifest::quarantined(&ctx.cfg.job_dir)
         .unwrap_or_default()
         .into_iter()
         .filter(|e| tried.iter().any(|(t, _)| t == e))
         .collect();
+    drop(armed);
     let _ = events::append(
         &ctx.cfg.job_dir,
         &Event::NoUsableEpoch {
@@ -213,6 +242,9 @@ fn restore_epoch<P: Protect + ?Sized>(
     epoch: u64,
     state: &mut P,
 ) -> Result<(LibState, CommState, u64, Manifest)> {
+    let armed = ctx
+        .io
+        .arm("reading", &manifest::path(&ctx.cfg.job_dir, epoch), epoch);
     let m = manifest::load(&ctx.cfg.job_dir, epoch)?;
     if m.nranks != ctx.nranks as u32 || m.ranks.len() != m.nranks as usize {
         return Err(Error::Usage {
@@ -236,6 +268,7 @@ fn restore_epoch<P: Protect + ?Sized>(
         rank: ctx.rank as u32,
         nranks: ctx.nranks as u32,
     };
+    armed.now("reading", &path);
     let reader = RankFileReader::open(&path, &id).map_err(|e| {
         let err = file_error(e, site, "open checkpoint file");
         match err {

@@ -1,8 +1,12 @@
 //! Waiting for the other ranks with a deadline, and naming the ranks that did not come.
 //!
-//! A rank that stops calling `poll` (or polls less often than the others) would leave the rest
-//! blocked in a collective for ever. Instead, every wait of the protocol on other ranks is a
-//! non-blocking MPI operation tested until a deadline (`CKPT_TIMEOUT`). When it passes, each
+//! A rank that stops calling `poll` (or polls less often than the others, or stops, or hangs)
+//! would leave the rest blocked in a collective for ever. Instead, every wait of the protocol
+//! on other ranks is a non-blocking MPI operation tested until a deadline (`CKPT_TIMEOUT`, plus
+//! `CKPT_IO_TIMEOUT` for waits that follow other ranks' IO: [`Watch::after_io`]). Each wait
+//! has a key that names it identically on every rank waiting in it, also when those ranks
+//! wait in different collectives of one exchange (a rooted gather and the broadcast after it
+//! share a key, since the non-roots move on to the broadcast). When the deadline passes, each
 //! waiting rank leaves a marker file `<job_dir>/stall/<what>/rank-R` on the shared job
 //! directory; after a grace period the lowest waiting rank lists the ranks without a marker,
 //! prints them, records a `stalled` event, and aborts the job (a hang cannot be recovered in
@@ -26,6 +30,10 @@ pub(crate) struct Watch {
     pub timeout: Duration,
     /// Launch number, so markers of an earlier launch never count.
     pub launch: u32,
+    /// `CKPT_IO_TIMEOUT`, for [`Watch::after_io`].
+    pub io_timeout: Duration,
+    /// When the clock started; `None`: when the wait starts.
+    pub since: Option<Instant>,
 }
 
 impl Watch {
@@ -35,6 +43,21 @@ impl Watch {
             job_dir: cfg.job_dir.clone(),
             timeout: cfg.timeout,
             launch: cfg.restart_count,
+            io_timeout: cfg.io_timeout,
+            since: None,
+        }
+    }
+
+    /// The watch of a wait for ranks that do IO first (each under its own IO watchdog):
+    /// `timeout + io_timeout`, counted from `since`, a moment every rank passes at about the
+    /// same time (the start of the checkpoint after quiescence, the start of a restore). A
+    /// common start keeps the ranks' deadlines together however long each one's own IO took,
+    /// and a rank stuck in IO is ended by its watchdog before the others give up on it.
+    pub fn after_io(&self, since: Instant) -> Watch {
+        Watch {
+            timeout: self.timeout + self.io_timeout,
+            since: Some(since),
+            ..self.clone()
         }
     }
 }
@@ -50,7 +73,7 @@ pub(crate) fn wait_or_abort(
     mut test: impl FnMut() -> bool,
 ) {
     let timeout = watch.timeout;
-    let t0 = Instant::now();
+    let t0 = watch.since.unwrap_or_else(Instant::now);
     let mut spins = 0u32;
     while !test() {
         if t0.elapsed() >= timeout {
@@ -88,8 +111,9 @@ fn report_and_abort(
     if waiting.first() == Some(&rank) {
         let msg = format!(
             "ranks {missing:?} did not reach {what} within {} s (ranks {waiting:?} waited); \
-             every rank must call poll() equally often and must not wait in poll() for a \
-             message that another rank sends only after its own poll()",
+             they stopped, hang, or call poll() less often than the others: every rank must \
+             call poll() equally often and must not wait in poll() for a message that another \
+             rank sends only after its own poll()",
             timeout.as_secs()
         );
         eprintln!("[ckpt rank {rank}] error: {msg}");

@@ -1,7 +1,10 @@
 //! The few collective operations the protocol needs, over the library's private communicator.
 //!
 //! Kept to plain functions of bytes and integers so that the protocol modules do not spell out
-//! MPI buffer types, and so a simulated transport can stand in for them later.
+//! MPI buffer types, and so a simulated transport can stand in for them later. Every one is an
+//! immediate (non-blocking) collective waited for under a [`Watch`] with a label: a rank that
+//! never arrives is named and the job aborted ([`stall`]), never waited for for ever. The
+//! caller passes the watch and the label, so a stall report says where it happened.
 
 use mpi::collective::SystemOperation;
 use mpi::datatype::PartitionMut;
@@ -13,18 +16,28 @@ use mpi::Count;
 use crate::protocol::agree::{Vote, VoteReduce};
 use crate::stall::{self, Watch};
 
+/// Names a wait: a key identical on every rank waiting in it (a directory name) and a
+/// description for people. Called only on a timeout.
+pub(crate) type Label<'a> = &'a dyn Fn() -> (String, String);
+
 /// True on every rank iff `ok` is true on every rank.
-pub fn all_ok(comm: &SimpleCommunicator, ok: bool) -> bool {
+pub(crate) fn all_ok(comm: &SimpleCommunicator, watch: &Watch, label: Label, ok: bool) -> bool {
     let mine = u8::from(ok);
     let mut all = 0u8;
-    comm.all_reduce_into(&mine, &mut all, SystemOperation::min());
+    mpi::request::scope(|scope| {
+        let req = comm.immediate_all_reduce_into(scope, &mine, &mut all, SystemOperation::min());
+        stall::wait_request(comm, watch, label, req);
+    });
     all == 1
 }
 
 /// Maximum of `x` over all ranks.
-pub fn max_u64(comm: &SimpleCommunicator, x: u64) -> u64 {
+pub(crate) fn max_u64(comm: &SimpleCommunicator, watch: &Watch, label: Label, x: u64) -> u64 {
     let mut out = 0u64;
-    comm.all_reduce_into(&x, &mut out, SystemOperation::max());
+    mpi::request::scope(|scope| {
+        let req = comm.immediate_all_reduce_into(scope, &x, &mut out, SystemOperation::max());
+        stall::wait_request(comm, watch, label, req);
+    });
     out
 }
 
@@ -40,48 +53,76 @@ fn nonnull(bytes: &[u8]) -> &[u8] {
 }
 
 /// Gathers every rank's bytes at `root`; `Some(per-rank bytes)` on the root, `None` elsewhere.
-pub fn gather_bytes(comm: &SimpleCommunicator, root: i32, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+/// Non-roots may return before the root has everything: a broadcast that follows should use
+/// the same label key, so ranks waiting in either are counted together.
+pub(crate) fn gather_bytes(
+    comm: &SimpleCommunicator,
+    watch: &Watch,
+    label: Label,
+    root: i32,
+    bytes: &[u8],
+) -> Option<Vec<Vec<u8>>> {
     let bytes = nonnull(bytes);
     let proc = comm.process_at_rank(root);
     let len = bytes.len() as Count;
-    if comm.rank() == root {
-        let n = comm.size() as usize;
-        let mut counts = vec![0 as Count; n];
-        proc.gather_into_root(&len, &mut counts[..]);
-        let displs: Vec<Count> = counts
-            .iter()
-            .scan(0, |acc, &c| {
-                let d = *acc;
-                *acc += c;
-                Some(d)
-            })
-            .collect();
-        let total: Count = counts.iter().sum();
-        // One spare byte so the receive buffer never has the dangling empty-slice address.
-        let mut buf = vec![0u8; total as usize + 1];
-        {
-            let mut part = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
-            proc.gather_varcount_into_root(bytes, &mut part);
-        }
-        Some(
-            counts
-                .iter()
-                .zip(&displs)
-                .map(|(&c, &d)| buf[d as usize..(d + c) as usize].to_vec())
-                .collect(),
-        )
-    } else {
-        proc.gather_into(&len);
-        proc.gather_varcount_into(bytes);
-        None
+    if comm.rank() != root {
+        mpi::request::scope(|scope| {
+            let req = proc.immediate_gather_into(scope, &len);
+            stall::wait_request(comm, watch, label, req);
+        });
+        mpi::request::scope(|scope| {
+            let req = proc.immediate_gather_varcount_into(scope, bytes);
+            stall::wait_request(comm, watch, label, req);
+        });
+        return None;
     }
+    let n = comm.size() as usize;
+    let mut counts = vec![0 as Count; n];
+    mpi::request::scope(|scope| {
+        let req = proc.immediate_gather_into_root(scope, &len, &mut counts[..]);
+        stall::wait_request(comm, watch, label, req);
+    });
+    let displs: Vec<Count> = counts
+        .iter()
+        .scan(0, |acc, &c| {
+            let d = *acc;
+            *acc += c;
+            Some(d)
+        })
+        .collect();
+    let total: Count = counts.iter().sum();
+    // One spare byte so the receive buffer never has the dangling empty-slice address.
+    let mut buf = vec![0u8; total as usize + 1];
+    {
+        let mut part = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
+        mpi::request::scope(|scope| {
+            let req = proc.immediate_gather_varcount_into_root(scope, bytes, &mut part);
+            stall::wait_request(comm, watch, label, req);
+        });
+    }
+    Some(
+        counts
+            .iter()
+            .zip(&displs)
+            .map(|(&c, &d)| buf[d as usize..(d + c) as usize].to_vec())
+            .collect(),
+    )
 }
 
 /// Broadcasts `bytes` from `root` (ignored elsewhere) and returns them on every rank.
-pub fn bcast_bytes(comm: &SimpleCommunicator, root: i32, bytes: Vec<u8>) -> Vec<u8> {
+pub(crate) fn bcast_bytes(
+    comm: &SimpleCommunicator,
+    watch: &Watch,
+    label: Label,
+    root: i32,
+    bytes: Vec<u8>,
+) -> Vec<u8> {
     let proc = comm.process_at_rank(root);
     let mut len = bytes.len() as u64;
-    proc.broadcast_into(&mut len);
+    mpi::request::scope(|scope| {
+        let req = proc.immediate_broadcast_into(scope, &mut len);
+        stall::wait_request(comm, watch, label, req);
+    });
     if len == 0 {
         return Vec::new();
     }
@@ -90,7 +131,10 @@ pub fn bcast_bytes(comm: &SimpleCommunicator, root: i32, bytes: Vec<u8>) -> Vec<
     } else {
         vec![0u8; len as usize]
     };
-    proc.broadcast_into(&mut buf[..]);
+    mpi::request::scope(|scope| {
+        let req = proc.immediate_broadcast_into(scope, &mut buf[..]);
+        stall::wait_request(comm, watch, label, req);
+    });
     buf
 }
 

@@ -73,6 +73,11 @@ impl Fit {
         }
     }
 
+    /// Whether a payload of `len` bytes fits.
+    pub fn accepts(&self, len: usize) -> bool {
+        self.refuses(len).is_none()
+    }
+
     fn refuses(&self, len: usize) -> Option<String> {
         let elem = self.elem.max(1);
         if let Some(max) = self.max_bytes.filter(|&m| len > m) {
@@ -417,6 +422,21 @@ impl Endpoint {
         } else if let Some(e) = self.log.remove(at) {
             p.state = State::Matched(e);
         }
+    }
+
+    /// Accounts a message that went straight into the application's buffer: the caller took
+    /// it with the selector [`Endpoint::blocking_selector`] gave for receive `id` (so it is
+    /// that receive's message, as [`Endpoint::accept`] would decide) and checked that it fits.
+    /// `env` is its envelope. Completes the receive.
+    pub fn deliver_direct(&mut self, id: u64, src: i32, tag: i32, env: &[u8]) -> Result<(), Fatal> {
+        let raw = Raw {
+            src,
+            tag,
+            frame: env.to_vec(),
+        };
+        self.account(raw)?;
+        self.posted.remove(&id);
+        Ok(())
     }
 
     /// Accounts a message taken out of the network with selector `taken_with` and hands it to

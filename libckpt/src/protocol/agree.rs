@@ -4,15 +4,57 @@
 //! differs between ranks (wall-clock time, signals, launcher requests) goes through a pipelined
 //! agreement: at an agreement poll each rank completes the round it started at the previous
 //! agreement poll, then starts the next one. Every rank completes round k at the same poll
-//! count, so all of them act on it at the same poll.
+//! count, so all of them act on it at the same poll, and no rank ever waits for the others at
+//! a poll where they do not also wait (an application whose iteration i+1 needs a peer's
+//! iteration i would deadlock otherwise).
 //!
 //! Rounds are not free: without an MPI progress thread a non-blocking reduction only advances
 //! inside MPI calls, so completing one costs a few round trips (microseconds). Agreement polls
-//! are therefore spaced by a *stride* chosen so that rounds happen about every `target` of
-//! wall time: each rank votes the stride its own poll rate calls for, and the round's result
-//! (the smallest vote) is the next stride, identical on every rank. A loop polling every
-//! microsecond pays a round every thousand polls; a loop polling every 10 ms pays one per
-//! poll, a negligible share of its iteration. A request is acted on within about two rounds.
+//! are therefore spaced by a *stride*, the number of polls in the gap to the next one, chosen
+//! so that a gap lasts about `target` of wall time (default
+//! [`AGREE_TARGET`](crate::config::AGREE_TARGET), 0.5 ms): each rank votes the number of polls
+//! it made per `target` over the last gap, at most twice the current stride and at most
+//! [`MAX_STRIDE`]; the round's result (the smallest vote) becomes the stride on every rank one
+//! agreement poll later. A loop polling every microsecond pays a round every 500 polls; a loop
+//! polling every 10 ms pays one per poll, a negligible share of its iteration. Between
+//! agreement polls, a poll costs a counter increment and two comparisons: the clock is read
+//! only at agreement polls.
+//!
+//! # Latency bound
+//!
+//! A request (signal, launcher request, time interval coming due) is read at the first
+//! agreement poll after it arrives and acted on at the next one: it waits at most two gaps. A
+//! gap of `s > 1` polls was voted by every rank, so each rank measured a mean poll interval of
+//! at most `target / s` over the gap its vote covered; a gap of one poll lasts one iteration.
+//! Hence, **if no poll interval after the request is longer than `t_max` and no earlier gap
+//! had a mean poll interval shorter than `t_max / F` (the iterations grew at most `F` times),
+//! the request is acted on within `2 * max(t_max, F * target)` of its arrival.** With the
+//! default target, after a 1000x slowdown: within one second, or two iterations if one
+//! iteration is longer than half a second. The bound holds however the slowdown falls
+//! relative to agreement polls, and is tight: a slowdown right after an agreement poll leaves
+//! two gaps voted at the old rate (unit-tested over a simulated clock). A launcher request
+//! adds up to [`CONTROL_EVERY`](crate::trigger::CONTROL_EVERY), since rank 0 reads the control
+//! file no more often than that. A fixed stride (`CKPT_AGREE_STRIDE=N`) waits at most `2N`
+//! iterations instead.
+//!
+//! No bound can ignore `F`: a gap is fixed one round ahead and no rank can shorten it alone
+//! (the others would not stop at the same poll), so a gap voted at the old rate lasts `F`
+//! times longer after the slowdown. The target sets the trade: half the target, twice the
+//! rounds, half the latency.
+//!
+//! The stride at most doubles per round, starting from 1 when the job starts or restarts, so
+//! a gap is never more than four times as many polls as the gap whose rate voted it: one fast
+//! iteration (a set-up step) cannot set a gap of hundreds of iterations that then run slow.
+//!
+//! # Exit
+//!
+//! An exit request ([`EXIT`], `ckpt checkpoint --then-exit`) asks for a checkpoint, then a
+//! stop. When one is read at a poll that checkpoints anyway (for an earlier request or an
+//! interval), the other ranks learn of it only one round later. If by then an epoch has
+//! committed since the request was read (at or after the poll where that round started) and
+//! no checkpoint was attempted since, all ranks stop without another checkpoint, and the job
+//! resumes from that epoch. Otherwise (no such commit, or the last attempt failed) they
+//! checkpoint, then stop.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +66,8 @@ pub const CHECKPOINT: u32 = 1;
 pub const EXIT: u32 = 2;
 /// Largest stride the adaptive mode chooses.
 pub const MAX_STRIDE: u32 = 4096;
+/// Most the adaptive stride grows in one round (factor).
+pub const MAX_GROWTH: u32 = 2;
 
 /// One rank's contribution to a round, and (merged) the round's result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +120,8 @@ pub trait VoteReduce {
 pub enum Stride {
     /// Every N polls.
     Fixed(u32),
-    /// About every `target` of wall time, from the ranks' poll rates.
+    /// About every `target` of wall time, from the ranks' poll rates (see the module's
+    /// latency bound).
     Adaptive(Duration),
 }
 
@@ -85,7 +130,8 @@ pub enum Stride {
 pub struct Decision {
     /// Checkpoint now.
     pub checkpoint: bool,
-    /// Stop the application after this checkpoint.
+    /// Stop the application: after this poll's checkpoint if `checkpoint`, otherwise right away
+    /// (the last checkpoint, committed since the exit request was read, stands for it).
     pub exit: bool,
 }
 
@@ -98,8 +144,11 @@ pub struct Agreement {
     polls: u64,
     stride: u32,
     next_round: u64,
+    /// Poll count and time of the last agreement poll (where the round in flight started).
     last_round: Option<(u64, Instant)>,
     last_checkpoint: Instant,
+    /// Poll count of the last committed checkpoint, if no checkpoint was attempted since.
+    committed_at: Option<u64>,
 }
 
 impl Agreement {
@@ -120,6 +169,7 @@ impl Agreement {
             next_round: stride as u64,
             last_round: None,
             last_checkpoint: now,
+            committed_at: None,
         }
     }
 
@@ -138,11 +188,14 @@ impl Agreement {
         self.polls = polls;
         self.next_round = polls + self.stride as u64;
         self.last_round = None;
+        self.committed_at = None;
     }
 
     /// One poll: what all ranks do now. `request` yields this rank's request bits and `now`
     /// the time; both are asked for only at agreement polls, so any other poll costs a
-    /// counter increment and two comparisons.
+    /// counter increment and two comparisons. The caller reports the checkpoints it takes
+    /// with [`Agreement::begin_checkpoint`] and [`Agreement::committed`].
+    #[inline]
     pub fn on_poll(
         &mut self,
         now: impl FnOnce() -> Instant,
@@ -157,18 +210,38 @@ impl Agreement {
                 exit: false,
             };
         }
-        let now = now();
+        self.agreement_poll(scheduled, now(), request, net)
+    }
+
+    /// An agreement poll: completes the round in flight, decides, starts the next round.
+    /// Kept out of line so that the common poll above stays small enough to inline.
+    #[inline(never)]
+    fn agreement_poll(
+        &mut self,
+        scheduled: bool,
+        now: Instant,
+        request: impl FnOnce() -> u32,
+        net: &mut impl VoteReduce,
+    ) -> Decision {
         let agreed = net.finish(self.polls);
         if let Some(v) = agreed {
             self.stride = v.stride.clamp(1, MAX_STRIDE);
         }
         let bits = agreed.map_or(0, |v| v.bits);
+        let exit = bits & EXIT != 0;
+        // An exit needs no checkpoint of its own if one committed since its request was read
+        // (at the poll where this round started, before that poll's checkpoint).
+        let covered = matches!(
+            (self.committed_at, self.last_round),
+            (Some(c), Some((started, _))) if c >= started
+        );
         let d = Decision {
-            checkpoint: scheduled || bits & CHECKPOINT != 0,
-            exit: bits & EXIT != 0,
+            checkpoint: scheduled || (bits != 0 && !(exit && covered)),
+            exit,
         };
         // The next round starts now. A plain request is satisfied by a checkpoint at this
-        // poll; a request to exit is not (the others do not know of it yet), so it goes on.
+        // poll; a request to exit is not (the others do not know of it yet), so it goes on,
+        // and is covered by this checkpoint if it commits.
         let mut mine = request();
         if self.due(now) {
             mine |= CHECKPOINT;
@@ -185,7 +258,8 @@ impl Agreement {
         d
     }
 
-    /// The stride this rank's poll rate calls for.
+    /// The stride this rank's poll rate calls for: the polls it made per `target` over the
+    /// gap that ends now, at most [`MAX_GROWTH`] times the current stride.
     fn desired_stride(&self, now: Instant) -> u32 {
         match self.mode {
             Stride::Fixed(n) => n.max(1),
@@ -194,15 +268,30 @@ impl Agreement {
                 Some((polls, at)) => {
                     let secs = now.duration_since(at).as_secs_f64();
                     let rate = (self.polls - polls) as f64 / secs.max(1e-9);
-                    (target.as_secs_f64() * rate).clamp(1.0, MAX_STRIDE as f64) as u32
+                    let cap = self.stride.saturating_mul(MAX_GROWTH).min(MAX_STRIDE);
+                    (target.as_secs_f64() * rate).clamp(1.0, cap as f64) as u32
                 }
             },
         }
     }
 
-    /// Records that a checkpoint was taken at `now`.
+    /// Restarts a time interval at `now`: after a restore (the state is safe on storage), or
+    /// after a checkpoint that failed (so a lasting failure such as a full disk is not retried
+    /// at every agreement round). Unlike [`Agreement::committed`], it covers no exit request.
     pub fn checkpointed(&mut self, now: Instant) {
         self.last_checkpoint = now;
+    }
+
+    /// Records that a checkpoint is being attempted: until [`Agreement::committed`] confirms
+    /// it, an exit does not count on an earlier one.
+    pub fn begin_checkpoint(&mut self) {
+        self.committed_at = None;
+    }
+
+    /// Records that the checkpoint begun at this poll count committed at `now`.
+    pub fn committed(&mut self, now: Instant) {
+        self.last_checkpoint = now;
+        self.committed_at = Some(self.polls);
     }
 
     fn due(&self, now: Instant) -> bool {
@@ -263,6 +352,155 @@ mod tests {
             self.round += 1;
             r
         }
+    }
+
+    /// Ranks polled in lockstep over a simulated clock: each poll, every rank's clock advances
+    /// by the poll's duration, then the rank polls.
+    struct Sim {
+        t0: Instant,
+        ranks: Vec<(Agreement, SimReduce)>,
+        clock: Duration,
+        /// Request bits raised on each rank and not yet taken by an agreement poll.
+        pending: Vec<u32>,
+        /// Every rank's checkpoints commit unless this is set.
+        fail: bool,
+    }
+
+    impl Sim {
+        fn new(n: usize, every: Interval, mode: Stride) -> Sim {
+            let t0 = Instant::now();
+            let shared = Rc::new(RefCell::new(Rounds::default()));
+            Sim {
+                t0,
+                ranks: (0..n)
+                    .map(|_| {
+                        (
+                            Agreement::new(every, mode, true, t0),
+                            SimReduce::new(&shared),
+                        )
+                    })
+                    .collect(),
+                clock: Duration::ZERO,
+                pending: vec![0; n],
+                fail: false,
+            }
+        }
+
+        /// One poll on every rank after `dt` of work; returns the (common) decision.
+        fn poll(&mut self, dt: Duration) -> Decision {
+            self.clock += dt;
+            let now = self.t0 + self.clock;
+            let mut out = Vec::new();
+            for (r, (a, net)) in self.ranks.iter_mut().enumerate() {
+                let pending = &mut self.pending[r];
+                let d = a.on_poll(|| now, || std::mem::take(pending), net);
+                if d.checkpoint {
+                    a.begin_checkpoint();
+                    if !self.fail {
+                        a.committed(now);
+                    }
+                }
+                out.push(d);
+            }
+            assert!(
+                out.windows(2).all(|w| w[0] == w[1]),
+                "ranks disagree: {out:?}"
+            );
+            out[0]
+        }
+
+        /// A checkpoint the application takes between polls (`Checkpointer::checkpoint`).
+        fn explicit_checkpoint(&mut self, commits: bool) {
+            let now = self.t0 + self.clock;
+            for (a, _) in &mut self.ranks {
+                a.begin_checkpoint();
+                if commits {
+                    a.committed(now);
+                }
+            }
+        }
+    }
+
+    /// Worst simulated time from a request to the poll that checkpoints for it, over
+    /// placements of a sudden slowdown: `fast` per poll for `warm + k` polls (k in
+    /// `(0..sweep).step_by(step)`), then `fast * factor` per poll, the request (to rank 1)
+    /// arriving at the slowdown. A sweep over a whole gap with step 1 includes the worst
+    /// placement: the slowdown and the request right after an agreement poll.
+    fn worst_latency(
+        mode: Stride,
+        fast: Duration,
+        factor: u32,
+        warm: u64,
+        (sweep, step): (u64, usize),
+    ) -> Duration {
+        let slow = fast * factor;
+        (0..sweep)
+            .step_by(step)
+            .map(|k| {
+                let mut sim = Sim::new(2, Interval::Off, mode);
+                for _ in 0..warm + k {
+                    assert!(!sim.poll(fast).checkpoint);
+                }
+                let asked = sim.clock;
+                sim.pending[1] |= CHECKPOINT;
+                loop {
+                    if sim.poll(slow).checkpoint {
+                        break sim.clock - asked;
+                    }
+                    assert!(
+                        sim.clock - asked < Duration::from_secs(600),
+                        "never acted on"
+                    );
+                }
+            })
+            .max()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_request_after_a_1000x_slowdown_is_acted_on_within_a_second() {
+        // 1 us per poll long enough to reach the largest stride, then 1 ms per poll.
+        let mode = Stride::Adaptive(crate::config::AGREE_TARGET);
+        let worst = worst_latency(mode, Duration::from_micros(1), 1000, 3000, (1100, 1));
+        assert!(
+            worst <= Duration::from_secs(1),
+            "acted on {worst:?} after the request"
+        );
+        // The sweep does hit the stale stride (a bound that nothing approaches proves nothing).
+        assert!(worst > Duration::from_millis(500), "worst case {worst:?}");
+    }
+
+    #[test]
+    fn the_latency_bound_holds_from_the_largest_stride_to_one_poll() {
+        // (fast poll, slowdown factor, warm-up polls, sweep): the stride capped at MAX_STRIDE,
+        // an ordinary stride, and iterations longer than the target (stride 1).
+        let target = crate::config::AGREE_TARGET;
+        let cases = [
+            (Duration::from_nanos(100), 1000, 9000, (4100, 41)),
+            (Duration::from_micros(20), 100, 300, (30, 1)),
+            (Duration::from_millis(2), 1000, 10, (3, 1)),
+        ];
+        for (fast, factor, warm, sweep) in cases {
+            let worst = worst_latency(Stride::Adaptive(target), fast, factor, warm, sweep);
+            let bound = 2 * (fast * factor).max(target * factor);
+            assert!(
+                worst <= bound,
+                "{fast:?} x {factor}: acted on after {worst:?}, bound {bound:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_short_fast_set_up_does_not_set_a_long_gap() {
+        // Up to 64 polls of 1 us, then 10 ms per poll (10000x): the stride has had no time
+        // to grow, so the request waits a few slow polls, not a stride measured over one
+        // fast poll.
+        let mode = Stride::Adaptive(crate::config::AGREE_TARGET);
+        let worst = worst_latency(mode, Duration::from_micros(1), 10_000, 2, (63, 1));
+        assert!(
+            worst <= Duration::from_secs(1),
+            "acted on {worst:?} after the request"
+        );
     }
 
     #[test]
@@ -338,7 +576,8 @@ mod tests {
                 pending[r] |= request(r, p);
                 let d = a.on_poll(|| now, || std::mem::take(&mut pending[r]), net);
                 if d.checkpoint {
-                    a.checkpointed(now);
+                    a.begin_checkpoint();
+                    a.committed(now);
                 }
                 out[r].push(d);
             }
@@ -411,36 +650,135 @@ mod tests {
     }
 
     #[test]
-    fn an_exit_request_survives_a_scheduled_checkpoint() {
-        // Polls(2) checkpoints at poll 2; the exit request made at poll 2 must still be
-        // agreed (at poll 3), not swallowed by the scheduled checkpoint.
+    fn an_exit_request_seen_at_a_scheduled_checkpoint_costs_no_second_one() {
+        // Polls(2) checkpoints at poll 2; the exit request read at poll 2 is agreed at poll 3,
+        // where the epoch committed at poll 2 (after the request was read) stands for it.
         let d = lockstep(
             1,
             3,
             Interval::Polls(2),
             Stride::Fixed(1),
             |_| Duration::ZERO,
-            |_, p| {
-                if p == 2 {
-                    CHECKPOINT | EXIT
-                } else {
-                    0
-                }
-            },
+            |_, p| if p == 2 { CHECKPOINT | EXIT } else { 0 },
         );
+        let ckpt = Decision {
+            checkpoint: true,
+            exit: false,
+        };
+        let stop = Decision {
+            checkpoint: false,
+            exit: true,
+        };
+        assert_eq!(d[0], [Decision::default(), ckpt, stop]);
+    }
+
+    /// Two ranks, a round every 4 polls: rank 0 asks for a checkpoint before poll 4 (agreed
+    /// at poll 8), rank 1 for a checkpoint and exit just before poll 8 (read there, agreed at
+    /// poll 12). Returns the polls that checkpoint and the decision at poll 12.
+    fn exit_during_a_checkpoint(commit_fails: bool) -> (Vec<u64>, Decision) {
+        let mut sim = Sim::new(2, Interval::Off, Stride::Fixed(4));
+        let mut at = Vec::new();
+        let mut last = Decision::default();
+        for p in 1..=12 {
+            match p {
+                4 => sim.pending[0] |= CHECKPOINT,
+                8 => sim.pending[1] |= CHECKPOINT | EXIT,
+                _ => {}
+            }
+            sim.fail = commit_fails && p == 8;
+            last = sim.poll(Duration::from_millis(1));
+            if last.checkpoint {
+                at.push(p);
+            }
+            assert!(!last.exit || p == 12, "exit at poll {p}");
+        }
+        (at, last)
+    }
+
+    #[test]
+    fn an_exit_request_during_an_agreed_checkpoint_costs_one_checkpoint() {
+        let (at, last) = exit_during_a_checkpoint(false);
+        assert_eq!(at, [8]);
         assert_eq!(
-            d[0],
-            [
-                Decision::default(),
-                Decision {
-                    checkpoint: true,
-                    exit: false
-                },
-                Decision {
-                    checkpoint: true,
-                    exit: true
+            last,
+            Decision {
+                checkpoint: false,
+                exit: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_exit_after_a_failed_checkpoint_still_checkpoints() {
+        let (at, last) = exit_during_a_checkpoint(true);
+        assert_eq!(at, [8, 12]);
+        assert_eq!(
+            last,
+            Decision {
+                checkpoint: true,
+                exit: true
+            }
+        );
+        // The exit is read at poll 4 and agreed at poll 8; the application checkpoints after
+        // poll 5 (committed: it covers the exit) and again after poll 6. If that attempt
+        // fails, the exit checkpoints.
+        for second_commits in [true, false] {
+            let mut sim = Sim::new(1, Interval::Off, Stride::Fixed(4));
+            sim.pending[0] |= CHECKPOINT | EXIT;
+            let mut last = Decision::default();
+            for p in 1..=8 {
+                last = sim.poll(Duration::from_millis(1));
+                match p {
+                    5 => sim.explicit_checkpoint(true),
+                    6 => sim.explicit_checkpoint(second_commits),
+                    _ => {}
                 }
-            ]
+            }
+            let want = Decision {
+                checkpoint: !second_commits,
+                exit: true,
+            };
+            assert_eq!(last, want, "second checkpoint commits: {second_commits}");
+        }
+    }
+
+    #[test]
+    fn an_exit_without_a_recent_commit_checkpoints_first() {
+        // The exit is read at poll 4, agreed at poll 8; the commit at poll 2 predates the
+        // request, so the exit takes its own checkpoint.
+        let mut sim = Sim::new(1, Interval::Polls(2), Stride::Fixed(4));
+        let d: Vec<Decision> = (1..=8)
+            .map(|p| {
+                if p == 3 {
+                    sim.pending[0] |= CHECKPOINT | EXIT;
+                }
+                sim.poll(Duration::from_millis(1))
+            })
+            .collect();
+        assert_eq!(
+            d[7],
+            Decision {
+                checkpoint: true,
+                exit: true
+            }
+        );
+        // A scheduled commit between the read (poll 4) and the agreement would have covered
+        // it: with Polls(3) the epoch of poll 6 stands for the exit agreed at poll 8.
+        let mut sim = Sim::new(1, Interval::Polls(3), Stride::Fixed(4));
+        let d: Vec<Decision> = (1..=8)
+            .map(|p| {
+                if p == 3 {
+                    sim.pending[0] |= CHECKPOINT | EXIT;
+                }
+                sim.poll(Duration::from_millis(1))
+            })
+            .collect();
+        assert_eq!(
+            d[7],
+            Decision {
+                checkpoint: false,
+                exit: true
+            }
         );
     }
 }

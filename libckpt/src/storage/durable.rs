@@ -9,9 +9,15 @@
 //! Directories are made durable the same way: [`create_dir_all`] fsyncs the parent of every
 //! directory it creates, so a file made durable inside a new directory cannot be lost with the
 //! directory's own entry.
+//!
+//! Every open of a data file goes through [`open_regular`] or [`create_regular`]: opening a
+//! FIFO (or a device) where a file should be would block for ever, so they open without
+//! blocking and refuse anything but a regular file, naming what they found.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// The temporary name used while `path` is being written (`<name>.tmp` in the same directory,
@@ -22,9 +28,91 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// fsyncs a directory, making renames and creations in it durable.
+/// Opens `path` for reading. Never blocks on what the path names: a FIFO, a device, a socket
+/// or a symbolic link is an error whose message says "not a regular file" and what it is.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true);
+    open_checked(path, &opts)
+}
+
+/// Opens `path` for writing, creating it if it does not exist, and truncating it if
+/// `truncate`. Like [`open_regular`], it never blocks and refuses anything but a regular file
+/// (checked before anything is truncated).
+pub fn create_regular(path: &Path, truncate: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true);
+    let file = open_checked(path, &opts)?;
+    if truncate {
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
+/// Opens with `O_NONBLOCK | O_NOFOLLOW` (a FIFO opens at once or fails with `ENXIO`, a link
+/// fails with `ELOOP`), checks the type of what was opened, then clears `O_NONBLOCK`.
+fn open_checked(path: &Path, opts: &OpenOptions) -> io::Result<File> {
+    let mut opts = opts.clone();
+    opts.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+    let file = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENXIO | libc::ELOOP)) => {
+            // Say what is there rather than "No such device or address".
+            return Err(match fs::symlink_metadata(path) {
+                Ok(m) if !m.file_type().is_file() => not_regular(m.file_type()),
+                _ => e,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
+    }
+    clear_nonblock(&file)?;
+    Ok(file)
+}
+
+fn not_regular(kind: fs::FileType) -> io::Error {
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "of an unknown type"
+    };
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("not a regular file ({what})"),
+    )
+}
+
+fn clear_nonblock(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is an open descriptor owned by `file` for the duration of both calls;
+    // F_GETFL/F_SETFL only read and set its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// fsyncs a directory, making renames and creations in it durable. Something else than a
+/// directory at `dir` is an error, never a blocking open.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+        .open(dir)?
+        .sync_all()
 }
 
 /// The directory holding `path` (`.` for a bare name).
@@ -76,8 +164,9 @@ pub fn write_atomic_with(
     sync_dir: impl FnOnce(&Path) -> io::Result<()>,
 ) -> Result<(), WriteError> {
     let tmp = tmp_path(path);
+    // Something that is not a regular file at the temporary name is not ours to remove.
+    let mut f = create_regular(&tmp, true).map_err(WriteError::NotWritten)?;
     let written = (|| {
-        let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -133,6 +222,19 @@ pub fn create_dir_all_with(
         sync_dir(parent_of(d))?;
     }
     Ok(())
+}
+
+/// Makes a FIFO at `p` (tests: something where a file should be that blocks a plain open).
+#[cfg(test)]
+pub(crate) fn mkfifo(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        p.display()
+    );
 }
 
 #[cfg(test)]
@@ -206,5 +308,59 @@ mod tests {
         );
         let err = create_dir_all(&base.join("f").join("g")).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR), "{err}");
+    }
+
+    /// Runs `open` on `path` in a thread; fails if it blocks, or opens, or says something else
+    /// than "not a regular file (`what`)".
+    fn refused(open: fn(&Path) -> io::Result<File>, path: &Path, what: &str) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(open(&p).err().map(|e| e.to_string()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("open of {what} blocked"));
+        assert_eq!(got, Some(format!("not a regular file ({what})")));
+    }
+
+    /// Each FIFO open here would block for ever with a plain open (no writer, or no reader).
+    #[test]
+    fn fifos_links_and_directories_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        refused(open_regular, &fifo, "a FIFO");
+        refused(|p| create_regular(p, true), &fifo, "a FIFO");
+        refused(|p| create_regular(p, false), &fifo, "a FIFO");
+        let file = dir.path().join("file");
+        fs::write(&file, b"data").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        refused(open_regular, &link, "a symbolic link");
+        refused(|p| create_regular(p, true), &link, "a symbolic link");
+        assert_eq!(fs::read(&file).unwrap(), b"data", "nothing truncated");
+        refused(open_regular, dir.path(), "a directory");
+        assert!(write_atomic(&fifo.with_file_name("m"), b"x").is_ok());
+        mkfifo(&tmp_path(&dir.path().join("n")));
+        let e = write_atomic(&dir.path().join("n"), b"x").unwrap_err();
+        assert_eq!(e.to_string(), "not a regular file (a FIFO)");
+        assert!(fsync_dir(&fifo).is_err());
+    }
+
+    #[test]
+    fn regular_files_open_blocking_and_truncate_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        fs::write(&p, b"0123456789").unwrap();
+        let f = create_regular(&p, false).unwrap();
+        // SAFETY: F_GETFL on an open descriptor.
+        let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        drop(f);
+        assert_eq!(fs::read(&p).unwrap().len(), 10);
+        drop(create_regular(&p, true).unwrap());
+        assert!(fs::read(&p).unwrap().is_empty());
+        assert!(open_regular(&dir.path().join("missing")).is_err());
     }
 }
