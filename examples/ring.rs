@@ -169,8 +169,15 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> Result<(), ckpt::
         if o.step_ms > 0 {
             std::thread::sleep(Duration::from_millis(o.step_ms));
         }
-        if ck.poll(&mut ring)?.should_exit() {
-            return Ok(());
+        match ck.poll(&mut ring) {
+            Ok(p) if p.should_exit() => return Ok(()),
+            Ok(_) => {}
+            // The epoch was not committed, but every rank got this same error and the previous
+            // epoch is intact: the job can go on, and the next checkpoint is tried as usual.
+            Err(e) if e.is_recoverable() => {
+                warn(&format!("ring: rank {rank}: warning: {e}; carrying on"))
+            }
+            Err(e) => return Err(e),
         }
     }
     // The last `lag` iterations' messages are still on the wire.
@@ -190,6 +197,13 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> Result<(), ckpt::
         );
     }
     Ok(())
+}
+
+/// Prints `line` to stderr in one write, so that mpirun does not interleave it with other
+/// ranks' output.
+fn warn(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 fn main() -> ExitCode {

@@ -1232,3 +1232,312 @@ fn a_rank_stopped_in_the_drain_is_named_and_the_job_restarts() {
     assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
     assert_no_rank_left(&job, stopped_pid(&out), &out);
 }
+
+/// The stored quarantine record of `epoch`, if there is one.
+fn quarantine_record(job: &Path, epoch: u64) -> Option<ckpt::manifest::Quarantine> {
+    ckpt::manifest::load_quarantine(job, epoch).ok()
+}
+
+/// Epochs the restores of a job found unusable, with whether each was quarantined, in order.
+fn unusable_epochs(job: &Path) -> Vec<(u64, bool)> {
+    events(job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::EpochUnusable {
+                epoch, quarantined, ..
+            } => Some((epoch, quarantined)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A damaged epoch found at restore is quarantined: never tried again, and not counted toward
+/// `--keep`, so the commits after the fallback keep the good epoch instead of the damaged one
+/// (they used to prune epoch 5 and keep the damaged 6, leaving no usable epoch behind).
+#[test]
+fn a_damaged_epoch_is_quarantined_and_retention_keeps_the_good_one() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    let flags = ["--every", "40", "--keep", "2"];
+    assert_same_result(&Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output());
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![6, 5]);
+    let file6 = rank_file(&job, 6, 1);
+    damage_file(&file6, "bitflip");
+
+    // The resume falls back to 5 and quarantines 6; epoch 7 (at the last step) commits, and
+    // keeping 2 keeps 7 and 5.
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![5], "{}", out.dump());
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![7, 5]);
+    assert!(
+        rank_file_path_exists(&job, 5),
+        "epoch 5's files were pruned"
+    );
+    assert_eq!(unusable_epochs(&job), vec![(6, true)], "{}", out.dump());
+    assert_eq!(ckpt::manifest::quarantined(&job).unwrap(), vec![6]);
+    let q = quarantine_record(&job, 6).expect("epoch 6 quarantined");
+    assert!(
+        q.reasons
+            .iter()
+            .any(|r| r.contains(&file6.display().to_string()) && r.contains("checksum mismatch")),
+        "{q:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("epoch 6 is unusable (quarantined), falling back to epoch 5"),
+        "{}",
+        out.dump()
+    );
+
+    // `ckpt list` and `ckpt verify` show it as quarantined; verify passes (restarts no
+    // longer depend on it).
+    let list = ckpt(&["list", job_s]);
+    assert!(list.status.success(), "{}", list.dump());
+    let line6 = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("6 "))
+        .unwrap_or("");
+    assert!(
+        line6.contains("quarantined") && line6.contains("checksum mismatch"),
+        "{}",
+        list.dump()
+    );
+    let verify = ckpt(&["verify", job_s]);
+    assert!(verify.status.success(), "{}", verify.dump());
+    for needle in ["epoch 7: ok", "epoch 6: QUARANTINED", "epoch 5: ok"] {
+        assert!(
+            verify.stdout.contains(needle),
+            "{needle}\n{}",
+            verify.dump()
+        );
+    }
+
+    // Epoch 7 damaged too: the next resume tries 7, then goes straight to 5, never to 6.
+    damage_file(&rank_file(&job, 7, 2), "truncate");
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert!(
+        out.stderr.contains("epoch 6 quarantined"),
+        "the launcher names the quarantined epoch\n{}",
+        out.dump()
+    );
+    assert_eq!(restored_epochs(&job), vec![5, 5], "{}", out.dump());
+    assert_eq!(
+        unusable_epochs(&job),
+        vec![(6, true), (7, true)],
+        "epoch 6 was tried again\n{}",
+        out.dump()
+    );
+    // Epoch 8 commits; 5 is still the second epoch kept, 6 and 7 are not counted.
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![8, 5]);
+    assert!(
+        rank_file_path_exists(&job, 5),
+        "epoch 5's files were pruned"
+    );
+}
+
+/// A job with no usable epoch is launched once, not `--max-restarts` + 1 times: the launcher
+/// stops with the epochs and reasons. Damaged epochs are quarantined, so the next run starts
+/// from the beginning; an epoch unusable for another reason (here the ranks run on another
+/// node than the one holding the files) is not quarantined.
+#[test]
+fn no_usable_epoch_is_launched_once_and_says_why() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = ["--every", "60", "--max-restarts", "3"];
+    assert_same_result(&Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output());
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![4, 3]);
+
+    // The ranks run on a node without the files: no epoch is usable, none is damaged.
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT)
+        .env(ckpt::env::NODE, "elsewhere")
+        .output();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert_eq!(launches(&job), [0, 1], "relaunched\n{}", out.dump());
+    for needle in [
+        "no usable epoch among 3, 4",
+        "not relaunching",
+        "this rank runs on elsewhere",
+        "fix the cause, then resume",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}\n{}", out.dump());
+    }
+    assert_eq!(
+        ckpt::manifest::quarantined(&job).unwrap(),
+        Vec::<u64>::new()
+    );
+
+    let files = [rank_file(&job, 4, 2), rank_file(&job, 3, 0)];
+    for f in &files {
+        damage_file(f, "bitflip");
+    }
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert_eq!(launches(&job), [0, 1, 2], "relaunched\n{}", out.dump());
+    let no_usable: Vec<_> = events(&job)
+        .into_iter()
+        .filter(|e| matches!(e, Event::NoUsableEpoch { .. }))
+        .collect();
+    assert_eq!(no_usable.len(), 2, "{no_usable:?}");
+    for f in &files {
+        assert!(
+            out.stderr.contains(&f.display().to_string()),
+            "{} not named\n{}",
+            f.display(),
+            out.dump()
+        );
+    }
+    for needle in [
+        "no usable epoch among 3, 4",
+        "not relaunching",
+        "quarantined (epochs 3, 4)",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}\n{}", out.dump());
+    }
+    assert_eq!(ckpt::manifest::quarantined(&job).unwrap(), vec![4, 3]);
+    assert!(ckpt::manifest::committed(&job).unwrap().is_empty());
+
+    // The next run starts from the beginning, says so, and numbers its epochs after them.
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert!(
+        out.stderr.contains("no committed epoch is left"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(restored_epochs(&job), Vec::<u64>::new());
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![8, 7]);
+}
+
+/// A rank whose write fails with ENOSPC: every rank gets the same "epoch 3 not committed"
+/// naming the rank and the cause, no manifest is published, the temporary file is removed,
+/// the job carries on and commits the next epochs, and the previous epoch stays restorable.
+#[test]
+fn a_failed_write_on_one_rank_leaves_the_epoch_uncommitted_and_the_job_running() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = ["--every", "40", "--keep", "10", "--fault", "2:enospc:3"];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert_eq!(launches(&job), [0], "{}", out.dump());
+    assert_eq!(
+        committed_epochs(&job),
+        vec![1, 2, 4, 5, 6],
+        "{}",
+        out.dump()
+    );
+    let failed: Vec<_> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::CommitFailed { epoch, reasons } => Some((epoch, reasons)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (epoch, reasons) = &failed[0];
+    assert_eq!(*epoch, 3);
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("rank 2: cannot write and sync ")
+            && reasons[0].contains("rank-000002.ckpt.tmp")
+            && reasons[0].contains("No space left on device"),
+        "{reasons:?}"
+    );
+    // Every rank got the same error, and carried on.
+    for rank in 0..RANKS {
+        let line = format!(
+            "heat2d: rank {rank}: warning: epoch 3 not committed: rank 2: cannot write and sync "
+        );
+        let line = out.stderr.lines().find(|l| l.starts_with(&line));
+        assert!(
+            line.is_some_and(
+                |l| l.contains("No space left on device") && l.ends_with("; carrying on")
+            ),
+            "rank {rank}\n{}",
+            out.dump()
+        );
+    }
+    assert!(!ckpt::manifest::path(&job, 3).exists());
+    let node = ckpt::manifest::load(&job, 2).unwrap().ranks[2].node.clone();
+    let epoch3 = job
+        .join("local")
+        .join(node)
+        .join("job")
+        .join("epoch-00000003");
+    assert!(
+        !epoch3.join("rank-000002.ckpt.tmp").exists() && !epoch3.join("rank-000002.ckpt").exists(),
+        "rank 2's temporary file was left behind"
+    );
+    let verify = ckpt(&["verify", job.to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", verify.dump());
+    assert!(verify.stdout.contains("epoch 2: ok"), "{}", verify.dump());
+
+    // The same failure, then a crash before the next epoch: the restart restores epoch 2.
+    let job = dir.path().join("crashed");
+    let mut args = HEAT.to_vec();
+    args.extend(["--step-ms", "50"]);
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "1",
+        "--fault",
+        "2:enospc:3",
+    ];
+    let running = Run::new(&job, RANKS, &flags, &heat2d(), &args).spawn();
+    let failed = || {
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, Event::CommitFailed { .. }))
+    };
+    assert!(wait_for(Duration::from_secs(60), failed));
+    let pid = rank_pid(&job, 1);
+    if let Some(pid) = pid {
+        kill9(pid);
+    }
+    let out = running.wait();
+    assert!(pid.is_some(), "rank 1 not found\n{}", out.dump());
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+}
+
+/// A manifest renamed into place whose directory fsync fails is reported as committed but
+/// maybe not durable (not as "cannot publish"), and nothing is pruned on its account.
+#[test]
+fn a_publish_whose_directory_fsync_fails_is_reported_truthfully() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = ["--every", "40", "--fault", "0:publish-fsync:6"];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert_eq!(
+        committed_epochs(&job),
+        vec![1, 2, 3, 4, 5, 6],
+        "{}",
+        out.dump()
+    );
+    assert!(
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, Event::NotDurable { epoch: 6, .. })),
+        "{}",
+        out.dump()
+    );
+    for needle in [
+        "epoch 6 is committed but may not be durable",
+        "Input/output error",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}\n{}", out.dump());
+    }
+    assert!(!out.stderr.contains("cannot publish"), "{}", out.dump());
+    // Keep 2 would leave 6 and 5; epoch 4 stays too, in case 6's manifest is lost.
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![6, 5, 4]);
+    assert!(rank_file_path_exists(&job, 4));
+}

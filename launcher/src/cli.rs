@@ -126,9 +126,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
     /// Inject a fault: rank RANK kills itself at PHASE (poll, before-write, mid-write,
-    /// after-write, before-vote, before-manifest, after-commit, restore), optionally at
+    /// after-write, before-vote, before-manifest, after-commit, restore, drain), optionally at
     /// epoch/poll N; ACTION stop (SIGSTOP) or hang instead of kill; on the first launch, or
-    /// launch L (restore: launch 1 by default).
+    /// launch L (restore: launch 1 by default). Or, instead of a crash, its write fails with
+    /// ENOSPC (enospc) or rank 0's manifest directory fsync fails (publish-fsync).
     #[arg(long, value_name = "RANK:PHASE[:N][:ACTION][@L]")]
     pub fault: Option<String>,
     /// Say so each time the job logs no progress event (start, commit, restore, ...) for this

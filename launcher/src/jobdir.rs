@@ -33,6 +33,8 @@ pub struct JobDir {
     pub resume_from: Option<Manifest>,
     /// All committed epochs found, newest first.
     pub committed: Vec<u64>,
+    /// Epochs an earlier restart found damaged and quarantined, newest first (never restored).
+    pub quarantined: Vec<u64>,
     /// Restart count of the first launch: 0 for a new job, one past the last launch an
     /// earlier run made for a resumed one (so faults do not fire again and manifests'
     /// `launch` numbers keep increasing).
@@ -69,7 +71,8 @@ struct JobFile {
 /// epoch was written by a different number of ranks, is a [`UsageError`].
 pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
     let dir = &plan.job_dir;
-    std::fs::create_dir_all(dir)
+    // Durable: the ranks' manifests, made durable inside it, must not lose their directory.
+    ckpt::storage::durable::create_dir_all(dir)
         .with_context(|| format!("cannot create job directory {}", dir.display()))?;
     let (run_lock, expired) = {
         // Held while the run lock is taken and old requests expire: a `ckpt checkpoint`
@@ -77,7 +80,10 @@ pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
         let _requests = lock::take_requests(dir)?;
         (lock::take_run(dir, now_ms)?, expire_requests(dir)?)
     };
-    let committed = manifest::committed(dir)
+    let manifest::Listing {
+        committed,
+        quarantined,
+    } = manifest::listing(dir)
         .with_context(|| format!("cannot list manifests in {}", dir.display()))?;
     let resume_from = newest_loadable(dir, &committed);
     if let Some(m) = &resume_from {
@@ -94,7 +100,7 @@ pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
     }
     let (past, events_offset) = events::read_from(dir, 0)
         .with_context(|| format!("cannot read {}", events::path(dir).display()))?;
-    let first_restart_count = if committed.is_empty() {
+    let first_restart_count = if committed.is_empty() && quarantined.is_empty() {
         0
     } else {
         let started = past.iter().filter_map(|e| match e {
@@ -110,6 +116,7 @@ pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
     Ok(JobDir {
         resume_from,
         committed,
+        quarantined,
         first_restart_count,
         events_offset,
         expired,
@@ -174,9 +181,10 @@ mod tests {
     fn check(dir: &Path, ranks: u32, expected: &str) {
         let got = match prepare(&testutil::plan(dir, ranks), 1_000) {
             Ok(j) => format!(
-                "resume_from={:?} committed={:?} first={} offset={}",
+                "resume_from={:?} committed={:?} quarantined={:?} first={} offset={}",
                 j.resume_from.map(|m| m.epoch),
                 j.committed,
+                j.quarantined,
                 j.first_restart_count,
                 j.events_offset
             ),
@@ -192,7 +200,11 @@ mod tests {
     fn new_and_resumed_jobs() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("job");
-        check(&dir, 4, "resume_from=None committed=[] first=0 offset=0");
+        check(
+            &dir,
+            4,
+            "resume_from=None committed=[] quarantined=[] first=0 offset=0",
+        );
         let job: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join(JOB_FILE)).unwrap()).unwrap();
         assert_eq!(job["command"], serde_json::json!(["/bin/true", "a b"]));
@@ -211,7 +223,20 @@ mod tests {
         check(
             &dir,
             4,
-            &format!("resume_from=Some(2) committed=[3, 2] first=2 offset={offset}"),
+            &format!("resume_from=Some(2) committed=[3, 2] quarantined=[] first=2 offset={offset}"),
+        );
+        // A restart found epoch 3 damaged and quarantined it: it is no longer committed.
+        let q = manifest::Quarantine {
+            epoch: 3,
+            unix_ms: 1,
+            launch: 1,
+            reasons: vec!["rank 0: bad".into()],
+        };
+        manifest::quarantine(&dir, &q).unwrap();
+        check(
+            &dir,
+            4,
+            &format!("resume_from=Some(2) committed=[2] quarantined=[3] first=2 offset={offset}"),
         );
         check(
             &dir,

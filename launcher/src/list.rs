@@ -1,19 +1,29 @@
 //! `ckpt list JOB_DIR [--json]`: a job's committed epochs, newest first, read from their
 //! manifests. A manifest that does not load is listed with its error (which names the file)
-//! and the listing goes on: a damaged epoch is exactly what a user runs this to find.
+//! and the listing goes on: a damaged epoch is exactly what a user runs this to find. Epochs a
+//! restart quarantined (found damaged; never restored again) are listed too, marked as such
+//! with the reasons.
 
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use ckpt::manifest::{self, Manifest};
+use ckpt::manifest::{self, Manifest, Quarantine};
 use ckpt::util::human_bytes;
 use serde::Serialize;
 
 use crate::report::{level, secs};
 use crate::{clock, Outcome};
 
-/// One committed epoch: its manifest, or why it cannot be read.
-pub type Entry = (u64, Result<Manifest, String>);
+/// One epoch of the listing.
+#[derive(Debug)]
+pub struct Entry {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its manifest, or why it cannot be read.
+    pub manifest: Result<Manifest, String>,
+    /// For a quarantined epoch: its quarantine record, or why the record cannot be read.
+    pub quarantine: Option<Result<Quarantine, String>>,
+}
 
 /// Prints the listing of `dir` to stdout.
 pub fn run(dir: &Path, as_json: bool) -> anyhow::Result<Outcome> {
@@ -25,13 +35,16 @@ pub fn run(dir: &Path, as_json: bool) -> anyhow::Result<Outcome> {
         );
     } else if entries.is_empty() {
         println!("no committed epochs in {}", dir.display());
+    } else if entries.iter().all(|e| e.quarantine.is_some()) {
+        println!("no committed epochs in {}; quarantined:", dir.display());
+        table(&entries).iter().for_each(|l| println!("{l}"));
     } else {
         table(&entries).iter().for_each(|l| println!("{l}"));
     }
     Ok(Outcome::Success)
 }
 
-/// The committed epochs of `dir`, newest first.
+/// The committed and quarantined epochs of `dir`, newest first.
 pub fn entries(dir: &Path) -> anyhow::Result<Vec<Entry>> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
@@ -41,12 +54,37 @@ pub fn entries(dir: &Path) -> anyhow::Result<Vec<Entry>> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
     }
-    let epochs = manifest::committed(dir)
+    let listed = manifest::listing(dir)
         .with_context(|| format!("cannot list manifests in {}", dir.display()))?;
-    Ok(epochs
+    let mut all: Vec<(u64, bool)> = listed.committed.iter().map(|&e| (e, false)).collect();
+    all.extend(listed.quarantined.iter().map(|&e| (e, true)));
+    all.sort_unstable_by_key(|&(epoch, _)| std::cmp::Reverse(epoch));
+    Ok(all
         .into_iter()
-        .map(|e| (e, manifest::load(dir, e).map_err(|err| err.to_string())))
+        .map(|(epoch, quarantined)| Entry {
+            epoch,
+            manifest: manifest::load(dir, epoch).map_err(|err| err.to_string()),
+            quarantine: quarantined.then(|| {
+                manifest::load_quarantine(dir, epoch).map_err(|err| {
+                    let p = manifest::quarantine_path(dir, epoch);
+                    format!("cannot read {}: {err}", p.display())
+                })
+            }),
+        })
         .collect())
+}
+
+/// `quarantined 2026-04-20 14:03:12Z by launch 2: reasons`, or why the record is unreadable.
+pub fn quarantine_note(q: &Result<Quarantine, String>) -> String {
+    match q {
+        Ok(q) => format!(
+            "quarantined {} by launch {}: {}",
+            clock::utc(q.unix_ms),
+            q.launch,
+            q.reasons.join("; ")
+        ),
+        Err(e) => format!("quarantined ({e})"),
+    }
 }
 
 fn levels(m: &Manifest) -> String {
@@ -63,6 +101,23 @@ struct JsonEntry<'a> {
     epoch: u64,
     #[serde(flatten)]
     body: JsonBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quarantined: Option<JsonQuarantine<'a>>,
+}
+
+/// A quarantined epoch's record in `--json` output.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonQuarantine<'a> {
+    Record {
+        unix_ms: u64,
+        utc: String,
+        launch: u32,
+        reasons: &'a [String],
+    },
+    Error {
+        error: &'a str,
+    },
 }
 
 #[derive(Serialize)]
@@ -86,15 +141,24 @@ enum JsonBody<'a> {
 }
 
 /// The listing as a pretty JSON array, one object per epoch (`epoch` and `error` only when
-/// its manifest does not load).
+/// its manifest does not load; `quarantined` only for a quarantined epoch).
 pub fn json(entries: &[Entry]) -> serde_json::Result<String> {
     serde_json::to_string_pretty(&entries.iter().map(json_entry).collect::<Vec<_>>())
 }
 
-fn json_entry((epoch, m): &Entry) -> JsonEntry<'_> {
+fn json_entry(entry: &Entry) -> JsonEntry<'_> {
     JsonEntry {
-        epoch: *epoch,
-        body: match m {
+        epoch: entry.epoch,
+        quarantined: entry.quarantine.as_ref().map(|q| match q {
+            Ok(q) => JsonQuarantine::Record {
+                unix_ms: q.unix_ms,
+                utc: clock::utc(q.unix_ms),
+                launch: q.launch,
+                reasons: &q.reasons,
+            },
+            Err(e) => JsonQuarantine::Error { error: e },
+        }),
+        body: match &entry.manifest {
             Ok(m) => JsonBody::Manifest {
                 job: &m.job,
                 committed_unix_ms: m.created_unix_ms,
@@ -126,8 +190,14 @@ pub fn table(entries: &[Entry]) -> Vec<String> {
     ];
     let rows: Vec<Result<[String; 8], String>> = entries
         .iter()
-        .map(|(epoch, m)| match m {
-            Ok(m) => Ok([
+        .map(|e| (e.epoch, &e.manifest, &e.quarantine))
+        .map(|(epoch, m, q)| match (m, q) {
+            (_, Some(q)) => Err(format!(
+                "{epoch:<w$}  {}",
+                quarantine_note(q),
+                w = HEAD[0].len()
+            )),
+            (Ok(m), None) => Ok([
                 epoch.to_string(),
                 clock::utc(m.created_unix_ms),
                 m.launch.to_string(),
@@ -137,7 +207,7 @@ pub fn table(entries: &[Entry]) -> Vec<String> {
                 secs(m.total_secs),
                 levels(m),
             ]),
-            Err(e) => Err(format!("{epoch:<w$}  error: {e}", w = HEAD[0].len())),
+            (Err(e), None) => Err(format!("{epoch:<w$}  error: {e}", w = HEAD[0].len())),
         })
         .collect();
     let mut width = HEAD.map(str::len);
@@ -167,12 +237,20 @@ mod tests {
     use super::*;
     use crate::testutil;
 
-    /// A job directory with epochs 3 and 4 published and epoch 5's manifest corrupted.
+    /// A job directory with epochs 3 and 4 published, epoch 5's manifest corrupted, and
+    /// epoch 6 quarantined.
     fn job() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        for e in [3, 4, 5] {
+        for e in [3, 4, 5, 6] {
             manifest::publish(dir.path(), &testutil::manifest(e, 4)).unwrap();
         }
+        let q = Quarantine {
+            epoch: 6,
+            unix_ms: 1_776_693_792_000,
+            launch: 2,
+            reasons: vec!["rank 1: checksum mismatch".into()],
+        };
+        manifest::quarantine(dir.path(), &q).unwrap();
         let bad = manifest::path(dir.path(), 5);
         let mut bytes = std::fs::read(&bad).unwrap();
         let last = bytes.len() - 1;
@@ -199,6 +277,7 @@ mod tests {
             dir.path(),
             &[
                 "EPOCH  COMMITTED             LAUNCH  POLL  RANKS  PAYLOAD  TOTAL   LEVELS",
+                "6      quarantined 2026-04-20 14:03:12Z by launch 2: rank 1: checksum mismatch",
                 "5      error: manifest D/manifests/epoch-00000005.manifest: checksum mismatch \
                  in manifest body",
                 "4      2026-04-20 14:03:12Z  1       40    4      4.0 MiB  0.25 s  L1",
@@ -213,7 +292,16 @@ mod tests {
         let text = json(&entries(dir.path()).unwrap()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let all = v.as_array().unwrap();
-        assert_eq!(all.len(), 3);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0]["epoch"], 6);
+        assert_eq!(all[0]["poll"], 60);
+        assert_eq!(all[0]["quarantined"]["launch"], 2);
+        assert_eq!(
+            all[0]["quarantined"]["reasons"],
+            serde_json::json!(["rank 1: checksum mismatch"])
+        );
+        let all = &all[1..];
+        assert!(all[1]["quarantined"].is_null());
         assert!(all[0]["error"]
             .as_str()
             .unwrap()

@@ -59,7 +59,9 @@ fn flock(file: &File, op: libc::c_int) -> io::Result<Flock> {
 
 fn open_lock(path: &Path) -> anyhow::Result<File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Durably, like every directory ckpt creates: `control/` also holds the request files.
+        ckpt::storage::durable::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     OpenOptions::new()
         .read(true)

@@ -122,9 +122,26 @@ pub fn event(e: &Event) -> String {
         Event::Handled { request, epoch } => {
             format!("checkpoint request {request} satisfied by epoch {epoch}")
         }
-        Event::EpochUnusable { epoch, reasons } => {
-            format!("epoch {epoch} unusable: {}", reasons.join("; "))
-        }
+        Event::EpochUnusable {
+            epoch,
+            reasons,
+            quarantined,
+        } => format!(
+            "epoch {epoch} unusable{}: {}",
+            if *quarantined { " (quarantined)" } else { "" },
+            reasons.join("; ")
+        ),
+        Event::NoUsableEpoch { tried, .. } => format!("no usable epoch: {}", tried_list(tried)),
+        Event::NotDurable {
+            epoch,
+            manifest,
+            error,
+        } => format!(
+            "epoch {epoch} is committed but may not be durable: its manifest {} is in place, \
+             but the fsync of its directory failed ({error}); older epochs are kept until a \
+             later manifest is durable",
+            manifest.display()
+        ),
         Event::Restored {
             epoch,
             bytes,
@@ -134,6 +151,65 @@ pub fn event(e: &Event) -> String {
             human_bytes(*bytes)
         ),
     }
+}
+
+/// `epoch 6: why; epoch 5: why`.
+fn tried_list(tried: &[(u64, String)]) -> String {
+    tried
+        .iter()
+        .map(|(e, why)| format!("epoch {e}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The job failed because no committed epoch could be restored (followed by
+/// [`resume_hint`]): the launcher does not relaunch into the same failure.
+pub fn no_usable_epoch(tried: &[(u64, String)], quarantined: &[u64]) -> String {
+    let mut epochs_tried: Vec<u64> = tried.iter().map(|(e, _)| *e).collect();
+    epochs_tried.sort_unstable();
+    let mut q = quarantined.to_vec();
+    q.sort_unstable();
+    let next = if q.len() == tried.len() {
+        format!(
+            "they were found damaged and are quarantined ({}), so the next `ckpt run` of this \
+             job directory starts the job from the beginning",
+            count_epochs(&q)
+        )
+    } else if q.is_empty() {
+        "fix the cause, then resume".to_owned()
+    } else {
+        format!(
+            "{} quarantined as damaged; fix the cause for the others, then resume",
+            count_epochs(&q)
+        )
+    };
+    format!(
+        "no usable epoch among {}: {}; not relaunching, since every launch would fail the same \
+         way; {next}",
+        epochs(&epochs_tried),
+        tried_list(tried)
+    )
+}
+
+/// `epoch 6` or `epochs 5, 6`.
+fn count_epochs(list: &[u64]) -> String {
+    let word = if list.len() == 1 { "epoch" } else { "epochs" };
+    format!("{word} {}", epochs(list))
+}
+
+/// Epochs an earlier restart quarantined, found when a run starts.
+pub fn quarantined_at_start(quarantined: &[u64], committed: &[u64]) -> String {
+    let mut q = quarantined.to_vec();
+    q.sort_unstable();
+    let then = if committed.is_empty() {
+        "; no committed epoch is left, so the job starts from the beginning"
+    } else {
+        ""
+    };
+    format!(
+        "{} quarantined (found damaged by an earlier restart; never restored, see ckpt list){then}",
+        count_epochs(&q)
+    )
 }
 
 /// A `ckpt checkpoint` request an earlier run left pending, which this run does not act on.
@@ -342,8 +418,28 @@ mod tests {
             event(&Event::EpochUnusable {
                 epoch: 5,
                 reasons: vec!["rank 1: bad".into(), "rank 2: worse".into()],
+                quarantined: false,
             }),
             "epoch 5 unusable: rank 1: bad; rank 2: worse",
+        );
+        check(
+            event(&Event::EpochUnusable {
+                epoch: 6,
+                reasons: vec!["rank 1: checksum mismatch".into()],
+                quarantined: true,
+            }),
+            "epoch 6 unusable (quarantined): rank 1: checksum mismatch",
+        );
+        check(
+            event(&Event::NotDurable {
+                epoch: 4,
+                manifest: "/j/manifests/epoch-00000004.manifest".into(),
+                error: "Input/output error (os error 5)".into(),
+            }),
+            "epoch 4 is committed but may not be durable: its manifest \
+             /j/manifests/epoch-00000004.manifest is in place, but the fsync of its directory \
+             failed (Input/output error (os error 5)); older epochs are kept until a later \
+             manifest is durable",
         );
         check(
             event(&Event::CommitFailed {
@@ -408,6 +504,42 @@ mod tests {
             quiet(Duration::from_secs(90), "epoch 3 committed"),
             "no progress event for 1m 30s (last: epoch 3 committed); the job may be stuck \
              (ranks waiting for one another give up after CKPT_TIMEOUT, IO after CKPT_IO_TIMEOUT)",
+        );
+    }
+
+    #[test]
+    fn no_usable_epoch_lines() {
+        let tried = vec![
+            (6, "rank 1: bad".to_owned()),
+            (5, "rank 2: worse".to_owned()),
+        ];
+        check(
+            no_usable_epoch(&tried, &[6, 5]),
+            "no usable epoch among 5, 6: epoch 6: rank 1: bad; epoch 5: rank 2: worse; not \
+             relaunching, since every launch would fail the same way; they were found damaged \
+             and are quarantined (epochs 5, 6), so the next `ckpt run` of this job directory \
+             starts the job from the beginning",
+        );
+        check(
+            no_usable_epoch(&tried[..1], &[]),
+            "no usable epoch among 6: epoch 6: rank 1: bad; not relaunching, since every \
+             launch would fail the same way; fix the cause, then resume",
+        );
+        check(
+            no_usable_epoch(&tried, &[6]),
+            "no usable epoch among 5, 6: epoch 6: rank 1: bad; epoch 5: rank 2: worse; not \
+             relaunching, since every launch would fail the same way; epoch 6 quarantined as \
+             damaged; fix the cause for the others, then resume",
+        );
+        check(
+            quarantined_at_start(&[6], &[5, 4]),
+            "epoch 6 quarantined (found damaged by an earlier restart; never restored, see \
+             ckpt list)",
+        );
+        check(
+            quarantined_at_start(&[6, 5], &[]),
+            "epochs 5, 6 quarantined (found damaged by an earlier restart; never restored, see \
+             ckpt list); no committed epoch is left, so the job starts from the beginning",
         );
     }
 

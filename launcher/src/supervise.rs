@@ -4,9 +4,10 @@
 //!
 //! Decisions are simple on purpose: a launch that exits 0 ends the job; any other exit is a
 //! failure and is relaunched (the ranks restore the newest committed epoch themselves) while
-//! restarts remain; a signal to the launcher is forwarded and never leads to a restart.
-//! With `--quiet-after`, a job that logs no event for that long is reported (not stopped:
-//! the ranks' own deadlines end a job that waits on a rank that stopped).
+//! restarts remain, unless its ranks reported that no epoch is usable (`no_usable_epoch`: a
+//! relaunch would fail the same way); a signal to the launcher is forwarded and never leads to
+//! a restart. With `--quiet-after`, a job that logs no event for that long is reported (not
+//! stopped: the ranks' own deadlines end a job that waits on a rank that stopped).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
@@ -50,12 +51,19 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     if !job.committed.is_empty() {
         say(report::resuming(&job.committed, job.resume_from.as_ref()));
     }
+    if !job.quarantined.is_empty() {
+        say(report::quarantined_at_start(
+            &job.quarantined,
+            &job.committed,
+        ));
+    }
     let mut n = 1;
     loop {
         let restart_count = job.first_restart_count + n - 1;
         let launch = Launch::new(plan, restart_count, as_root);
         say(report::launch(n, total, restart_count, launch.argv()));
         let t0 = Instant::now();
+        tail.no_usable = None;
         tail.quiet.launched(t0, n);
         let ended = run_once(&launch, plan.signal, &mut watch, &mut tail)?;
         // Events written just before mpirun exited are reported before its outcome.
@@ -78,6 +86,11 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             Ended::Exited(status, failure) => (status, failure),
         };
         say(report::failed(n, secs(t0), failure.as_ref(), status));
+        if let Some((tried, quarantined)) = &tail.no_usable {
+            say(report::no_usable_epoch(tried, quarantined));
+            say(report::resume_hint(plan));
+            return Ok(Outcome::JobFailed);
+        }
         if n == total {
             say(report::gave_up(
                 plan.max_restarts,
@@ -227,6 +240,9 @@ fn forward_stderr(stderr: ChildStderr, scanner: &Mutex<Scanner>) {
     }
 }
 
+/// The epochs a launch tried, with why each was unusable, and those quarantined.
+type NoUsable = (Vec<(u64, String)>, Vec<u64>);
+
 /// Follows `events.jsonl` from an offset and reports each new event.
 struct Tail<'a> {
     dir: &'a Path,
@@ -235,6 +251,8 @@ struct Tail<'a> {
     committed: Vec<u64>,
     /// Epoch after which the ranks stopped on request, if they did.
     stopped: Option<u64>,
+    /// What the ranks of the current launch reported when no epoch was usable.
+    no_usable: Option<NoUsable>,
     warned: bool,
     /// When the job last showed progress (`--quiet-after`).
     quiet: Quiet,
@@ -247,6 +265,7 @@ impl<'a> Tail<'a> {
             offset,
             committed: Vec::new(),
             stopped: None,
+            no_usable: None,
             warned: false,
             quiet: Quiet::new(quiet_after, Instant::now()),
         }
@@ -266,6 +285,11 @@ impl<'a> Tail<'a> {
                         // Rank 0 prints this itself, with the fallback it takes; repeating it
                         // here would only double the line.
                         Event::EpochUnusable { .. } => continue,
+                        // Reported once the launch has failed, with what the launcher does.
+                        Event::NoUsableEpoch { tried, quarantined } => {
+                            self.no_usable = Some((tried, quarantined));
+                            continue;
+                        }
                         _ => {}
                     }
                     say(report::event(&e));

@@ -2,7 +2,9 @@
 //! reachable from here and checks it: the manifest, each rank file's header, table and region
 //! checksums, and that the file is the one the manifest names (length and table CRC). Prints
 //! one line per epoch, and one per damaged file naming it and the cause; exits 1 if anything
-//! is damaged or missing.
+//! is damaged or missing. Quarantined epochs (found damaged by a restart, never restored again)
+//! are listed as such with the reasons, not read again, and do not fail the check: restarts
+//! no longer depend on them.
 
 use std::path::{Path, PathBuf};
 
@@ -20,8 +22,16 @@ pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let mut damaged = 0;
-    for (epoch, m) in entries {
-        let m = match m {
+    for entry in entries {
+        let epoch = entry.epoch;
+        if let Some(q) = &entry.quarantine {
+            println!(
+                "epoch {epoch}: QUARANTINED (not verified; restarts skip it): {}",
+                list::quarantine_note(q)
+            );
+            continue;
+        }
+        let m = match entry.manifest {
             Ok(m) => m,
             Err(e) => {
                 println!("epoch {epoch}: DAMAGED: {e}");

@@ -2,7 +2,6 @@
 //! together over two private duplicates of the application's communicator (one for the
 //! application's own traffic through [`Comm`], one for the library's).
 
-use std::fs;
 use std::time::Instant;
 
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -19,6 +18,7 @@ use crate::protocol::agree::Agreement;
 use crate::region::Protect;
 use crate::restore::{self, Restored};
 use crate::stall::{self, Watch};
+use crate::storage::durable;
 use crate::transport::{self, MpiFlagReduce};
 use crate::trigger::Triggers;
 use crate::watchdog::IoWatchdog;
@@ -78,24 +78,26 @@ impl Checkpointer {
         let watch = Watch::of(&cfg).after_io(Instant::now());
         let listing_label = || ("startup".into(), "the start-up epoch listing".into());
         let setup_label = || ("startup".into(), "the start-up handler vote".into());
-        // Rank 0 prepares the job directory and lists committed epochs; everyone gets the
-        // same list, so every rank takes the same restart decision.
+        // Rank 0 prepares the job directory and lists committed (and quarantined) epochs;
+        // everyone gets the same list, so every rank takes the same restart decision.
         let listing = if rank == 0 {
-            match fs::create_dir_all(&cfg.job_dir).and_then(|_| manifest::committed(&cfg.job_dir)) {
-                Ok(epochs) => Ok(epochs),
+            match durable::create_dir_all(&cfg.job_dir)
+                .and_then(|_| manifest::listing(&cfg.job_dir))
+            {
+                Ok(listing) => Ok(listing),
                 Err(e) => Err(e.to_string()),
             }
         } else {
-            Ok(Vec::new())
+            Ok(manifest::Listing::default())
         };
         let listing = postcard::to_stdvec(&listing).unwrap_or_default();
         let listing = transport::bcast_bytes(&lib, &watch, &listing_label, 0, listing);
-        let listing: std::result::Result<Vec<u64>, String> = postcard::from_bytes(&listing)
-            .map_err(|e| Error::Usage {
+        let listing: std::result::Result<manifest::Listing, String> =
+            postcard::from_bytes(&listing).map_err(|e| Error::Usage {
                 rank,
                 what: format!("corrupt epoch list from rank 0: {e}"),
             })?;
-        let committed = listing.map_err(|e| Error::Io {
+        let listing = listing.map_err(|e| Error::Io {
             rank: 0,
             op: "prepare job directory",
             path: cfg.job_dir.clone(),
@@ -139,8 +141,8 @@ impl Checkpointer {
         let agree = Agreement::new(cfg.every, cfg.agree, true, Instant::now());
         let reduce = MpiFlagReduce::new(&lib, Watch::of(&cfg));
         Ok(Checkpointer {
-            next_epoch: committed.first().map_or(1, |e| e + 1),
-            committed_at_start: committed,
+            next_epoch: listing.next_epoch(),
+            committed_at_start: listing.committed,
             ctx: Ctx {
                 lib,
                 rank,
@@ -243,6 +245,10 @@ impl Checkpointer {
     ///
     /// Once it returned [`Poll::should_exit`], the job is stopping: later polls, checkpoints,
     /// sends and receives fail with an error saying so.
+    ///
+    /// An error for which [`Error::is_recoverable`] holds ([`Error::CommitFailed`]: the epoch
+    /// was not committed, the same error on every rank) lets the job go on; abort on any
+    /// other.
     pub fn poll<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<Poll> {
         if let Some(why) = &self.stopped {
             return Err(Error::Usage {
@@ -344,9 +350,15 @@ impl Checkpointer {
             messages: self.comm.logged() as u64,
         };
         self.checkpoints += 1;
-        let mut stats = commit::checkpoint(&self.ctx, epoch, &lib, &log, state)?;
+        let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, state);
+        match &result {
+            Ok(_) => self.agree.committed(Instant::now()),
+            // A failed epoch restarts a time interval too: a full disk must not turn it into
+            // a checkpoint attempt at every agreement round. It covers no exit request.
+            Err(_) => self.agree.checkpointed(Instant::now()),
+        }
+        let mut stats = result?;
         stats.quiesce_secs = quiesce_secs;
-        self.agree.committed(Instant::now());
         Ok(stats)
     }
 

@@ -165,7 +165,7 @@ fn write_rank_file<P: Protect + ?Sized>(
     let epoch_dir = path.parent().unwrap_or(&ctx.cfg.local_dir).to_owned();
     // Every IO of the file, up to the last directory fsync, is under one IO deadline.
     let armed = ctx.io.arm("writing", &tmp, epoch);
-    fs::create_dir_all(&epoch_dir).map_err(io("create directory", &epoch_dir))?;
+    durable::create_dir_all(&epoch_dir).map_err(io("create directory", &epoch_dir))?;
     let id = FileIdentity {
         job: ctx.cfg.job_id.clone(),
         epoch,
@@ -202,7 +202,9 @@ fn write_rank_file<P: Protect + ?Sized>(
         regions.internal(LOG_REGION, RegionKind::MessageLog, &mut log_bytes);
         regions.finish()
     };
-    let result = saved.and_then(|_| out.finish().map_err(io("write and sync", &tmp)));
+    let result = saved
+        .and_then(|_| out.finish().map_err(io("write and sync", &tmp)))
+        .and_then(|s| inject_write_error(ctx, epoch, &tmp).map(|_| s));
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
@@ -242,7 +244,12 @@ fn decide_and_publish(
     for (rank, bytes) in votes.iter().enumerate() {
         match postcard::from_bytes::<Vote>(bytes) {
             Ok(Vote { result: Ok(r) }) => records.push(r),
-            Ok(Vote { result: Err(e) }) => failures.push((rank as i32, e)),
+            Ok(Vote { result: Err(e) }) => {
+                // The error usually names the rank already; the decision names it once.
+                let prefix = format!("rank {rank}: ");
+                let e = e.strip_prefix(&prefix).map(str::to_owned).unwrap_or(e);
+                failures.push((rank as i32, e))
+            }
             Err(e) => failures.push((rank as i32, format!("unreadable vote: {e}"))),
         }
     }
@@ -267,8 +274,8 @@ fn decide_and_publish(
             &manifest::path(&ctx.cfg.job_dir, epoch),
             epoch,
         );
-        match manifest::publish(&ctx.cfg.job_dir, &m) {
-            Ok(_) => {
+        match publish_manifest(ctx, &m, fault) {
+            Ok(not_durable) => {
                 let _ = events::append(
                     &ctx.cfg.job_dir,
                     &Event::Committed {
@@ -280,15 +287,12 @@ fn decide_and_publish(
                         total_secs: t0.elapsed().as_secs_f64(),
                     },
                 );
-                keep_from = prune_manifests(ctx);
+                match not_durable {
+                    None => keep_from = prune_manifests(ctx),
+                    Some(e) => report_not_durable(ctx, epoch, e),
+                }
             }
-            Err(e) => failures.push((
-                0,
-                format!(
-                    "cannot publish manifest {}: {e}",
-                    manifest::path(&ctx.cfg.job_dir, epoch).display()
-                ),
-            )),
+            Err(e) => failures.push((0, e)),
         }
     }
     if !failures.is_empty() {
@@ -326,4 +330,71 @@ fn prune_manifests(ctx: &Ctx) -> u64 {
         return 0;
     }
     keep_from
+}
+
+/// Rank 0: publishes `m`. `Ok(None)`: committed and durable. `Ok(Some(e))`: committed (the
+/// manifest is in place and restarts use it) but the fsync of its directory failed with `e`,
+/// so it may not survive a crash of the machine or storage. `Err`: not committed (nothing
+/// visible under the manifest's name), with the reason.
+fn publish_manifest(
+    ctx: &Ctx,
+    m: &Manifest,
+    fault: Option<&crate::fault::Fault>,
+) -> std::result::Result<Option<std::io::Error>, String> {
+    let sync = |dir: &std::path::Path| match crate::fault::injected_error(
+        fault,
+        ctx.rank,
+        Phase::PublishFsync,
+        m.epoch,
+    ) {
+        Some(e) => Err(e),
+        None => durable::fsync_dir(dir),
+    };
+    match manifest::publish_with(&ctx.cfg.job_dir, m, sync) {
+        Ok(manifest::Published::Durable(_)) => Ok(None),
+        Ok(manifest::Published::NotDurable { source, .. }) => Ok(Some(source)),
+        Err(e) => Err(format!(
+            "cannot publish manifest {}: {e}",
+            manifest::path(&ctx.cfg.job_dir, m.epoch).display()
+        )),
+    }
+}
+
+/// Rank 0: epoch `epoch` is committed but its manifest's directory fsync failed with `e`.
+/// Says so on stderr and in the event log. Nothing is pruned: if the manifest were lost, the
+/// older epochs are what a restart would use.
+fn report_not_durable(ctx: &Ctx, epoch: u64, e: std::io::Error) {
+    let path = manifest::path(&ctx.cfg.job_dir, epoch);
+    eprintln!(
+        "[ckpt rank 0] warning: epoch {epoch} is committed (its manifest {} is in place and \
+         restarts use it) but may not be durable: fsync of {} failed: {e}; a crash of the \
+         machine or storage could lose it, so older epochs are kept until a later epoch's \
+         manifest is durable",
+        path.display(),
+        manifest::dir(&ctx.cfg.job_dir).display()
+    );
+    let _ = events::append(
+        &ctx.cfg.job_dir,
+        &Event::NotDurable {
+            epoch,
+            manifest: path,
+            error: e.to_string(),
+        },
+    );
+}
+
+/// The error an injected `enospc` fault makes this rank's write of `tmp` return (the write
+/// itself went through, so the temporary file exists and must be cleaned up like after a real
+/// ENOSPC).
+fn inject_write_error(ctx: &Ctx, epoch: u64, tmp: &std::path::Path) -> Result<()> {
+    let fault = ctx.cfg.active_fault();
+    match crate::fault::injected_error(fault, ctx.rank, Phase::Enospc, epoch) {
+        Some(source) => Err(Error::Io {
+            rank: ctx.rank,
+            op: "write and sync",
+            path: tmp.to_owned(),
+            source,
+        }),
+        None => Ok(()),
+    }
 }

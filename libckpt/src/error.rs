@@ -158,3 +158,41 @@ pub enum Error {
         what: String,
     },
 }
+
+impl Error {
+    /// Whether the job can go on after this error. Only [`Error::CommitFailed`] is: the epoch
+    /// was not committed, but every rank got the same error at the same point, the previous
+    /// epoch is intact, and the next checkpoint is attempted as usual; an application should
+    /// say so and carry on. Every other error leaves the ranks in states that may differ (or
+    /// the data unusable): abort the job (`world.abort`) and let the launcher restart it.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, Error::CommitFailed { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_failed_commit_is_recoverable() {
+        let failed = Error::CommitFailed {
+            epoch: 3,
+            failed: vec![(1, "no space left on device".into())],
+        };
+        assert!(failed.is_recoverable());
+        assert_eq!(
+            failed.to_string(),
+            "epoch 3 not committed: rank 1: no space left on device"
+        );
+        let none = Error::NoUsableEpoch {
+            tried: vec![(2, "rank 0: bad".into())],
+        };
+        assert!(!none.is_recoverable());
+        let usage = Error::Usage {
+            rank: 0,
+            what: "x".into(),
+        };
+        assert!(!usage.is_recoverable());
+    }
+}

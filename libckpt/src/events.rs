@@ -51,6 +51,30 @@ pub enum Event {
         epoch: u64,
         /// Why, per failing rank.
         reasons: Vec<String>,
+        /// Whether the epoch was found damaged and quarantined (never tried again, not
+        /// counted toward the retention count); otherwise later restarts try it again.
+        #[serde(default)]
+        quarantined: bool,
+    },
+    /// No committed epoch could be restored: every rank fails with `NoUsableEpoch`, and a
+    /// relaunch into the same state would fail the same way (the launcher stops).
+    NoUsableEpoch {
+        /// Epochs tried, newest first, with why each was unusable.
+        tried: Vec<(u64, String)>,
+        /// The tried epochs now quarantined, newest first.
+        #[serde(default)]
+        quarantined: Vec<u64>,
+    },
+    /// An epoch was committed (its manifest is in place and used by restarts) but the fsync
+    /// that makes the manifest's name durable failed: a crash of the machine or storage could
+    /// lose it. Older epochs are kept until a later manifest is durable.
+    NotDurable {
+        /// Epoch.
+        epoch: u64,
+        /// The manifest.
+        manifest: PathBuf,
+        /// The fsync error.
+        error: String,
     },
     /// The ranks were asked to stop after a checkpoint (`ckpt checkpoint --then-exit`).
     Stopping {

@@ -12,6 +12,9 @@
 //!   that launch only, so the relaunched job can run to completion. The default is the first
 //!   launch (0), except for `restore`, which needs a launch that restores: its default is 1,
 //!   the first relaunch (or the first launch of a resumed job directory).
+//! - Two phases inject an IO error instead of an action ([`injected_error`]; `ACTION` is
+//!   ignored): `enospc` (the rank's write of its file fails with ENOSPC) and `publish-fsync`
+//!   (rank 0: the fsync of the manifests directory after the manifest's rename fails with EIO).
 
 /// A point in the protocol where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,10 @@ pub enum Phase {
     /// Inside a restore: after the rank read (or failed to read) its file of the epoch tried,
     /// just before the restore vote, so the other ranks are waiting in it.
     Restore,
+    /// Not a crash: the rank's write of its file fails with ENOSPC (disk full).
+    Enospc,
+    /// Not a crash: on rank 0, the fsync of the manifests directory after the rename fails.
+    PublishFsync,
 }
 
 impl Phase {
@@ -50,6 +57,8 @@ impl Phase {
         ("after-commit", Phase::AfterCommit),
         ("restore", Phase::Restore),
         ("drain", Phase::Drain),
+        ("enospc", Phase::Enospc),
+        ("publish-fsync", Phase::PublishFsync),
     ];
 
     fn parse(s: &str) -> Option<Phase> {
@@ -200,6 +209,25 @@ pub(crate) fn maybe_die(fault: Option<&Fault>, rank: i32, phase: Phase, n: u64) 
     }
 }
 
+/// The IO error an error-injecting fault (`enospc`, `publish-fsync`) makes this rank's
+/// operation at `phase` of epoch `n` return, if `fault` matches.
+pub fn injected_error(
+    fault: Option<&Fault>,
+    rank: i32,
+    phase: Phase,
+    n: u64,
+) -> Option<std::io::Error> {
+    let errno = match phase {
+        Phase::Enospc => libc::ENOSPC,
+        Phase::PublishFsync => libc::EIO,
+        _ => return None,
+    };
+    fault.filter(|f| f.matches(rank, phase, n)).map(|_| {
+        eprintln!("[ckpt rank {rank}] fault injection: {phase:?} error at epoch {n}");
+        std::io::Error::from_raw_os_error(errno)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +268,8 @@ mod tests {
         check("2:restore:stop", f(2, Phase::Restore, None, Stop, 1));
         check("2:restore:5:stop@3", f(2, Phase::Restore, Some(5), Stop, 3));
         check("2:restore@0", f(2, Phase::Restore, None, Kill, 0));
+        check("3:enospc:2", f(3, Phase::Enospc, Some(2), Kill, 0));
+        check("0:publish-fsync", f(0, Phase::PublishFsync, None, Kill, 0));
         check("x:poll", None);
         check("-1:poll", None);
         check("1:explode", None);
@@ -270,5 +300,20 @@ mod tests {
         assert!(Fault::parse("1:after-write")
             .unwrap()
             .matches(1, Phase::AfterWrite, 9));
+    }
+
+    #[test]
+    fn error_phases_inject_errors_not_crashes() {
+        let f = Fault::parse("2:enospc:3").unwrap();
+        let e = injected_error(Some(&f), 2, Phase::Enospc, 3).unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+        assert!(injected_error(Some(&f), 2, Phase::Enospc, 4).is_none());
+        assert!(injected_error(Some(&f), 1, Phase::Enospc, 3).is_none());
+        let crash = Fault::parse("2:after-write:3").unwrap();
+        assert!(injected_error(Some(&crash), 2, Phase::AfterWrite, 3).is_none());
+        let f = Fault::parse("0:publish-fsync").unwrap();
+        let e = injected_error(Some(&f), 0, Phase::PublishFsync, 9).unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
     }
 }

@@ -2,8 +2,18 @@
 //!
 //! Rank 0 publishes it only after every rank has made its file durable (two-phase commit), with
 //! the commit order of [`crate::storage::durable`]. **Invariant:** an epoch is committed if and
-//! only if `<job_dir>/manifests/epoch-<E:08>.manifest` exists under its final name; everything
-//! else (rank files, temporary names) is a candidate until then.
+//! only if `<job_dir>/manifests/epoch-<E:08>.manifest` exists under its final name and no
+//! quarantine record `epoch-<E:08>.quarantined` sits beside it; everything else (rank files,
+//! temporary names) is a candidate until then.
+//!
+//! # Quarantine
+//!
+//! An epoch that a restart found damaged (see [`Quarantine`]) is set aside by a durable record
+//! next to its manifest, written by rank 0 before the ranks fall back past it. From then on it
+//! is not committed: never restored again, never counted toward the retention count, and its
+//! number is never reused ([`Listing::next_epoch`]). The record and the manifest are pruned
+//! once the epoch is older than everything retention keeps. Deleting the record by hand puts
+//! the epoch back.
 //!
 //! # Layout, manifest format version 1
 //!
@@ -167,28 +177,103 @@ pub fn path(job_dir: &Path, epoch: u64) -> PathBuf {
     dir(job_dir).join(format!("epoch-{epoch:08}.manifest"))
 }
 
-/// Committed epochs of a job (manifests present under their final name), newest first.
-/// Temporary files and unrelated names are ignored. A missing directory means no epochs.
-pub fn committed(job_dir: &Path) -> io::Result<Vec<u64>> {
+/// Path of epoch `epoch`'s quarantine record.
+pub fn quarantine_path(job_dir: &Path, epoch: u64) -> PathBuf {
+    dir(job_dir).join(format!("epoch-{epoch:08}.quarantined"))
+}
+
+/// What the manifests directory holds, each list newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// Committed epochs: a manifest under its final name and no quarantine record.
+    pub committed: Vec<u64>,
+    /// Quarantined epochs: a quarantine record (with or without its manifest).
+    pub quarantined: Vec<u64>,
+}
+
+impl Listing {
+    /// The number the next epoch written gets: above every committed and quarantined epoch, so
+    /// a skipped epoch's number is never reused for different data.
+    pub fn next_epoch(&self) -> u64 {
+        let newest = self.committed.iter().chain(&self.quarantined).max();
+        newest.map_or(1, |e| e + 1)
+    }
+}
+
+/// Lists a job's manifests and quarantine records. Temporary files and unrelated names are
+/// ignored. A missing directory means no epochs.
+pub fn listing(job_dir: &Path) -> io::Result<Listing> {
     let entries = match fs::read_dir(dir(job_dir)) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Listing::default()),
         Err(e) => return Err(e),
     };
-    let mut epochs = Vec::new();
+    let mut manifests = Vec::new();
+    let mut quarantined = Vec::new();
     for entry in entries {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(e) = name
-            .strip_prefix("epoch-")
-            .and_then(|s| s.strip_suffix(".manifest"))
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            epochs.push(e);
+        let Some((epoch, ext)) = name.strip_prefix("epoch-").and_then(|s| s.split_once('.')) else {
+            continue;
+        };
+        let Ok(epoch) = epoch.parse::<u64>() else {
+            continue;
+        };
+        match ext {
+            "manifest" => manifests.push(epoch),
+            "quarantined" => quarantined.push(epoch),
+            _ => {}
         }
     }
-    epochs.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(epochs)
+    manifests.retain(|e| !quarantined.contains(e));
+    manifests.sort_unstable_by(|a, b| b.cmp(a));
+    quarantined.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(Listing {
+        committed: manifests,
+        quarantined,
+    })
+}
+
+/// Committed epochs of a job (manifests present under their final name, not quarantined),
+/// newest first. A missing directory means no epochs.
+pub fn committed(job_dir: &Path) -> io::Result<Vec<u64>> {
+    Ok(listing(job_dir)?.committed)
+}
+
+/// Quarantined epochs of a job, newest first.
+pub fn quarantined(job_dir: &Path) -> io::Result<Vec<u64>> {
+    Ok(listing(job_dir)?.quarantined)
+}
+
+/// Why an epoch was set aside: a restart found its data damaged or lost (a checksum, length
+/// or identity mismatch, an unreadable manifest, a rank file missing on the node that wrote
+/// it). Stored as JSON in `manifests/epoch-<E:08>.quarantined`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// The epoch.
+    pub epoch: u64,
+    /// When rank 0 quarantined it, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// Launch (restart count) whose restore found the damage.
+    pub launch: u32,
+    /// What each failing rank found, naming its file.
+    pub reasons: Vec<String>,
+}
+
+/// Records `q` durably (temp, fsync, rename, fsync directory): from then on its epoch is not
+/// committed. Returns the record's path.
+pub fn quarantine(job_dir: &Path, q: &Quarantine) -> io::Result<PathBuf> {
+    let p = quarantine_path(job_dir, q.epoch);
+    let mut text = serde_json::to_string_pretty(q).map_err(io::Error::other)?;
+    text.push('\n');
+    durable::write_atomic(&p, text.as_bytes())?;
+    Ok(p)
+}
+
+/// Reads epoch `epoch`'s quarantine record.
+pub fn load_quarantine(job_dir: &Path, epoch: u64) -> io::Result<Quarantine> {
+    let bytes = read_regular(&quarantine_path(job_dir, epoch))?;
+    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Reads and checks epoch `epoch`'s manifest.
@@ -224,13 +309,42 @@ fn read_regular(p: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Publishes `m`: after this returns, epoch `m.epoch` is committed.
-pub fn publish(job_dir: &Path, m: &Manifest) -> io::Result<PathBuf> {
-    let d = dir(job_dir);
-    fs::create_dir_all(&d)?;
+/// A published manifest: its epoch is committed either way.
+#[derive(Debug)]
+pub enum Published {
+    /// The manifest is durable.
+    Durable(PathBuf),
+    /// The manifest is in place and readers use it, but the fsync of its directory failed:
+    /// a crash of the machine or storage may lose it (the epochs before it are then used).
+    NotDurable {
+        /// The manifest.
+        path: PathBuf,
+        /// Why the directory fsync failed.
+        source: io::Error,
+    },
+}
+
+/// Publishes `m`. `Ok` means epoch `m.epoch` is committed (visible to every reader), durably
+/// or not; `Err` means it is not (nothing visible under the manifest's name).
+pub fn publish(job_dir: &Path, m: &Manifest) -> io::Result<Published> {
+    publish_with(job_dir, m, durable::fsync_dir)
+}
+
+/// [`publish`] with the final directory fsync supplied by the caller (fault injection).
+pub fn publish_with(
+    job_dir: &Path,
+    m: &Manifest,
+    sync_dir: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<Published> {
+    durable::create_dir_all(&dir(job_dir))?;
     let p = path(job_dir, m.epoch);
-    durable::write_atomic(&p, &m.encode())?;
-    Ok(p)
+    match durable::write_atomic_with(&p, &m.encode(), sync_dir) {
+        Ok(()) => Ok(Published::Durable(p)),
+        Err(durable::WriteError::NotDurable(source)) => {
+            Ok(Published::NotDurable { path: p, source })
+        }
+        Err(durable::WriteError::NotWritten(e)) => Err(e),
+    }
 }
 
 /// The oldest epoch to keep so that `keep` committed epochs remain, given the committed epochs
@@ -243,13 +357,22 @@ pub fn keep_from(committed_newest_first: &[u64], keep: usize) -> u64 {
         .unwrap_or(0)
 }
 
-/// Removes manifests of epochs older than `keep_from` (manifests first, so that no manifest
-/// ever names pruned files).
+/// Removes manifests and quarantine records of epochs older than `keep_from` (manifests
+/// first, so that no manifest ever names pruned files; of a quarantined epoch the manifest
+/// before the record, so that it never becomes committed again). Returns the epochs pruned.
 pub fn prune(job_dir: &Path, keep_from: u64) -> io::Result<Vec<u64>> {
     let mut pruned = Vec::new();
-    for e in committed(job_dir)? {
+    let listed = listing(job_dir)?;
+    for e in listed.committed {
         if e < keep_from {
             fs::remove_file(path(job_dir, e))?;
+            pruned.push(e);
+        }
+    }
+    for e in listed.quarantined {
+        if e < keep_from {
+            remove_if_present(&path(job_dir, e))?;
+            fs::remove_file(quarantine_path(job_dir, e))?;
             pruned.push(e);
         }
     }
@@ -258,6 +381,13 @@ pub fn prune(job_dir: &Path, keep_from: u64) -> io::Result<Vec<u64>> {
     }
     pruned.sort_unstable();
     Ok(pruned)
+}
+
+fn remove_if_present(p: &Path) -> io::Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +439,80 @@ mod tests {
         fs::create_dir_all(super::dir(dir.path())).unwrap();
         fs::write(durable::tmp_path(&path(dir.path(), 7)), b"partial").unwrap();
         assert_eq!(committed(dir.path()).unwrap(), Vec::<u64>::new());
+    }
+
+    fn quarantine_epoch(dir: &Path, epoch: u64) {
+        let q = Quarantine {
+            epoch,
+            unix_ms: 1,
+            launch: 1,
+            reasons: vec![format!("rank 1: epoch {epoch}: checksum mismatch")],
+        };
+        quarantine(dir, &q).unwrap();
+        assert_eq!(load_quarantine(dir, epoch).unwrap(), q);
+    }
+
+    /// After a fallback from damaged epoch 6 to epoch 5, epoch 6 is neither committed nor
+    /// counted toward the retention count, and its number is not reused.
+    #[test]
+    fn a_quarantined_epoch_is_not_committed_nor_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for e in [4, 5, 6] {
+            publish(d, &sample(e, 2)).unwrap();
+        }
+        quarantine_epoch(d, 6);
+        // A record being written is not a record yet.
+        fs::write(durable::tmp_path(&quarantine_path(d, 5)), b"{").unwrap();
+        let l = listing(d).unwrap();
+        assert_eq!(
+            (l.committed.as_slice(), l.quarantined.as_slice()),
+            (&[5, 4][..], &[6][..])
+        );
+        assert_eq!(l.next_epoch(), 7);
+        assert_eq!(committed(d).unwrap(), vec![5, 4]);
+        // Epoch 7 commits; keeping 2 keeps 7 and 5, not 7 and 6.
+        publish(d, &sample(7, 2)).unwrap();
+        let keep = keep_from(&committed(d).unwrap(), 2);
+        assert_eq!(keep, 5);
+        assert_eq!(prune(d, keep).unwrap(), vec![4]);
+        assert_eq!(committed(d).unwrap(), vec![7, 5]);
+        assert_eq!(quarantined(d).unwrap(), vec![6]);
+        // Epoch 8 commits: 5 goes, and with it the record of 6 (manifest first).
+        publish(d, &sample(8, 2)).unwrap();
+        let keep = keep_from(&committed(d).unwrap(), 2);
+        assert_eq!(prune(d, keep).unwrap(), vec![5, 6]);
+        assert!(!path(d, 6).exists() && !quarantine_path(d, 6).exists());
+        assert_eq!(listing(d).unwrap().next_epoch(), 9);
+    }
+
+    #[test]
+    fn a_quarantine_record_alone_still_reserves_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(super::dir(dir.path())).unwrap();
+        quarantine_epoch(dir.path(), 3);
+        let l = listing(dir.path()).unwrap();
+        assert_eq!((l.committed.len(), l.quarantined.as_slice()), (0, &[3][..]));
+        assert_eq!(l.next_epoch(), 4);
+        assert_eq!(Listing::default().next_epoch(), 1);
+    }
+
+    #[test]
+    fn a_publish_whose_directory_fsync_fails_is_visible_but_not_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let eio = |_: &Path| Err(io::Error::from_raw_os_error(libc::EIO));
+        match publish_with(dir.path(), &sample(2, 1), eio).unwrap() {
+            Published::NotDurable { path: p, source } => {
+                assert_eq!(p, path(dir.path(), 2));
+                assert_eq!(source.raw_os_error(), Some(libc::EIO));
+            }
+            other => panic!("expected NotDurable, got {other:?}"),
+        }
+        assert_eq!(committed(dir.path()).unwrap(), vec![2]);
+        assert!(matches!(
+            publish(dir.path(), &sample(3, 1)).unwrap(),
+            Published::Durable(_)
+        ));
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! all ranks vote; if any rank failed, every rank falls back to the previous epoch together
 //! and rank 0 says which file failed and why. Restoring an older epoch overwrites every region
 //! again, so a partly restored newer epoch never leaks into the result.
+//!
+//! An epoch some rank found damaged (see `shows_damage`) is quarantined by rank 0 before the
+//! fallback ([`crate::manifest::Quarantine`]): later restarts never try it and retention does
+//! not count it. When no epoch is usable, rank 0 logs `no_usable_epoch` so the launcher stops
+//! instead of relaunching into the same failure.
 
 use std::time::Instant;
 
@@ -78,45 +83,157 @@ pub(crate) fn restore<P: Protect + ?Sized>(
                 log,
             });
         }
-        let reason = local.err().map(|e| e.to_string()).unwrap_or_default();
+        let reason = failure_vote(ctx, epoch, local.err());
+        // The fallback follows more IO (a rank checking where its missing file was written,
+        // rank 0 writing a quarantine record), each under its IO watchdog: its own deadline
+        // allows for that IO from the moment this rank enters it.
+        let fallback = Watch::of(&ctx.cfg).after_io(Instant::now());
         let why = || {
             (
                 key(),
                 format!("the fallback from epoch {epoch} (failure reasons)"),
             )
         };
-        let reasons = transport::gather_bytes(&ctx.lib, &watch, &why, 0, reason.as_bytes());
+        let reasons = transport::gather_bytes(&ctx.lib, &fallback, &why, 0, &reason);
         let joined = match reasons {
-            Some(all) => {
-                let list: Vec<String> = all
-                    .into_iter()
-                    .filter(|r| !r.is_empty())
-                    .map(|r| String::from_utf8_lossy(&r).into_owned())
-                    .collect();
-                let _ = events::append(
-                    &ctx.cfg.job_dir,
-                    &Event::EpochUnusable {
-                        epoch,
-                        reasons: list.clone(),
-                    },
-                );
-                let next = candidates.iter().find(|&&e| e < epoch);
-                let then = match next {
-                    Some(e) => format!("falling back to epoch {e}"),
-                    None => "no older epoch left".into(),
-                };
-                eprintln!(
-                    "[ckpt] epoch {epoch} is unusable, {then}: {}",
-                    list.join("; ")
-                );
-                list.join("; ").into_bytes()
-            }
+            Some(all) => report_unusable(ctx, epoch, candidates, all),
             None => Vec::new(),
         };
-        let joined = transport::bcast_bytes(&ctx.lib, &watch, &why, 0, joined);
+        let joined = transport::bcast_bytes(&ctx.lib, &fallback, &why, 0, joined);
         skipped.push((epoch, String::from_utf8_lossy(&joined).into_owned()));
     }
+    if ctx.rank == 0 {
+        report_no_usable(ctx, &skipped);
+    }
     Err(Error::NoUsableEpoch { tried: skipped })
+}
+
+/// This rank's part of the vote on an unusable epoch: a damage flag byte (1 if its error
+/// proves the epoch's data damaged or lost, see [`shows_damage`]) and the error's text; empty
+/// if this rank had no error.
+fn failure_vote(ctx: &Ctx, epoch: u64, err: Option<Error>) -> Vec<u8> {
+    let Some(e) = err else { return Vec::new() };
+    let mut vote = vec![u8::from(shows_damage(ctx, epoch, &e))];
+    vote.extend_from_slice(e.to_string().as_bytes());
+    vote
+}
+
+/// Whether `e`, met by this rank restoring `epoch`, proves the epoch damaged (see
+/// [`proves_damage`]).
+fn shows_damage(ctx: &Ctx, epoch: u64, e: &Error) -> bool {
+    proves_damage(e, || {
+        let path = manifest::path(&ctx.cfg.job_dir, epoch);
+        let _armed = ctx.io.arm("reading", &path, epoch);
+        manifest::load(&ctx.cfg.job_dir, epoch).is_ok_and(|m| {
+            m.ranks
+                .get(ctx.rank as usize)
+                .is_some_and(|r| r.node == ctx.cfg.node)
+        })
+    })
+}
+
+/// Whether a restore error proves the epoch damaged: bytes that fail a check (checksum,
+/// length, magic, identity), an unreadable manifest, or the rank's file missing on the node
+/// that wrote it (`written_here`). Not damage, so not quarantined: a format version this build
+/// cannot read (a newer build can), a transient or permission error, a file written on another
+/// node (placement), regions or a rank count that differ from the program's (a different
+/// program or launch, not bad data).
+fn proves_damage(e: &Error, written_here: impl FnOnce() -> bool) -> bool {
+    match e {
+        Error::Corrupt { cause, .. } | Error::Manifest { cause, .. } => {
+            !matches!(cause, Corruption::UnsupportedVersion { .. })
+        }
+        Error::Io { op, source, .. }
+            if *op == "open checkpoint file" && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            written_here()
+        }
+        _ => false,
+    }
+}
+
+/// Rank 0, once every rank voted on unusable `epoch` (`votes` from [`failure_vote`]):
+/// quarantines the epoch if any rank found it damaged, logs [`Event::EpochUnusable`], says
+/// which epoch it falls back to, and returns the joined reasons to broadcast.
+fn report_unusable(ctx: &Ctx, epoch: u64, candidates: &[u64], votes: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut damaged = false;
+    let mut list = Vec::new();
+    for v in votes.iter().filter(|v| !v.is_empty()) {
+        damaged |= v[0] == 1;
+        list.push(String::from_utf8_lossy(&v[1..]).into_owned());
+    }
+    let quarantined = damaged && quarantine(ctx, epoch, &list);
+    let _ = events::append(
+        &ctx.cfg.job_dir,
+        &Event::EpochUnusable {
+            epoch,
+            reasons: list.clone(),
+            quarantined,
+        },
+    );
+    let then = match candidates.iter().find(|&&e| e < epoch) {
+        Some(e) => format!("falling back to epoch {e}"),
+        None => "no older epoch left".into(),
+    };
+    let status = if quarantined { " (quarantined)" } else { "" };
+    // Formatted first: one write, not interleaved with other ranks' output.
+    let line = format!(
+        "[ckpt] epoch {epoch} is unusable{status}, {then}: {}",
+        list.join("; ")
+    );
+    eprintln!("{line}");
+    list.join("; ").into_bytes()
+}
+
+/// Rank 0: records durably that `epoch` is damaged, so no later restart tries it or keeps it
+/// in place of a good epoch. Returns whether the record was written (a failure is reported,
+/// and the epoch is merely skipped this time).
+fn quarantine(ctx: &Ctx, epoch: u64, reasons: &[String]) -> bool {
+    let q = manifest::Quarantine {
+        epoch,
+        unix_ms: crate::util::unix_ms(),
+        launch: ctx.cfg.restart_count,
+        reasons: reasons.to_vec(),
+    };
+    let path = manifest::quarantine_path(&ctx.cfg.job_dir, epoch);
+    let _armed = ctx.io.arm("writing", &path, epoch);
+    match manifest::quarantine(&ctx.cfg.job_dir, &q) {
+        Ok(_) => true,
+        // In place (so in force) though maybe not durable: say so, and count it.
+        Err(e) if path.exists() => {
+            eprintln!("[ckpt rank 0] warning: epoch {epoch} is quarantined, but {e}");
+            true
+        }
+        Err(e) => {
+            eprintln!(
+                "[ckpt rank 0] warning: epoch {epoch} is damaged but cannot be quarantined \
+                 ({}: {e}); a later restart will try it again",
+                path.display()
+            );
+            false
+        }
+    }
+}
+
+/// Rank 0, when no epoch could be restored: logs [`Event::NoUsableEpoch`] so the launcher
+/// stops instead of relaunching into the same failure.
+fn report_no_usable(ctx: &Ctx, tried: &[(u64, String)]) {
+    let dir = manifest::dir(&ctx.cfg.job_dir);
+    let tried_epoch = tried.first().map_or(0, |(e, _)| *e);
+    let armed = ctx.io.arm("listing", &dir, tried_epoch);
+    let quarantined = manifest::quarantined(&ctx.cfg.job_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| tried.iter().any(|(t, _)| t == e))
+        .collect();
+    drop(armed);
+    let _ = events::append(
+        &ctx.cfg.job_dir,
+        &Event::NoUsableEpoch {
+            tried: tried.to_vec(),
+            quarantined,
+        },
+    );
 }
 
 /// This rank's part of restoring `epoch`: manifest, file checks, regions.
@@ -214,4 +331,75 @@ fn restore_epoch<P: Protect + ?Sized>(
         },
     })?;
     Ok((lib, log, bytes, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn corrupt(cause: Corruption) -> Error {
+        Error::Corrupt {
+            rank: 1,
+            epoch: 6,
+            path: PathBuf::from("f"),
+            cause,
+        }
+    }
+
+    fn io(op: &'static str, kind: std::io::ErrorKind) -> Error {
+        Error::Io {
+            rank: 1,
+            op,
+            path: PathBuf::from("f"),
+            source: kind.into(),
+        }
+    }
+
+    #[test]
+    fn only_bad_or_lost_data_is_damage() {
+        let here = || true;
+        let checksum = Corruption::Checksum {
+            what: "region u".into(),
+            stored: 1,
+            computed: 2,
+        };
+        assert!(proves_damage(&corrupt(checksum.clone()), here));
+        let truncated = Corruption::Truncated {
+            expected: 9,
+            actual: 3,
+        };
+        assert!(proves_damage(&corrupt(truncated), here));
+        let manifest = Error::Manifest {
+            path: PathBuf::from("m"),
+            cause: checksum,
+        };
+        assert!(proves_damage(&manifest, here));
+        let newer = Corruption::UnsupportedVersion {
+            found: 2,
+            supported: 1,
+        };
+        assert!(!proves_damage(&corrupt(newer), here));
+        // A missing file is lost data only on the node that wrote it.
+        let missing = io("open checkpoint file", std::io::ErrorKind::NotFound);
+        assert!(proves_damage(&missing, || true));
+        assert!(!proves_damage(&missing, || false));
+        let denied = io("open checkpoint file", std::io::ErrorKind::PermissionDenied);
+        assert!(!proves_damage(&denied, here));
+        let no_manifest = io("read manifest", std::io::ErrorKind::NotFound);
+        assert!(!proves_damage(&no_manifest, here));
+        let region = Error::Region {
+            rank: 1,
+            epoch: 6,
+            path: PathBuf::from("f"),
+            region: "u".into(),
+            cause: "size differs".into(),
+        };
+        assert!(!proves_damage(&region, here));
+        let ranks = Error::Usage {
+            rank: 1,
+            what: "epoch 6 was written by 4 ranks, this job has 2".into(),
+        };
+        assert!(!proves_damage(&ranks, here));
+    }
 }

@@ -250,7 +250,7 @@ pub fn write_control(
         move |source| ControlError::Io { op, path, source }
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io("create the directory of"))?;
+        durable::create_dir_all(dir).map_err(io("create the directory of"))?;
     }
     durable::write_atomic(&path, req.line().as_bytes()).map_err(io("write"))?;
     Ok(req)

@@ -278,8 +278,9 @@ impl Agreement {
         }
     }
 
-    /// Records that the application state at `now` is safe on storage (a restore): a time
-    /// interval counts from here.
+    /// Restarts a time interval at `now`: after a restore (the state is safe on storage), or
+    /// after a checkpoint that failed (so a lasting failure such as a full disk is not retried
+    /// at every agreement round). Unlike [`Agreement::committed`], it covers no exit request.
     pub fn checkpointed(&mut self, now: Instant) {
         self.last_checkpoint = now;
     }

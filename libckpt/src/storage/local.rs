@@ -67,7 +67,7 @@ pub fn prune(local_dir: &Path, job_id: &str, rank: i32, keep_from: u64) -> io::R
         let spare = spare_path(local_dir, job_id, rank);
         if !spare.exists() && file.exists() {
             if let Some(dir) = spare.parent() {
-                fs::create_dir_all(dir)?;
+                super::durable::create_dir_all(dir)?;
             }
             fs::rename(&file, &spare)?;
         }
