@@ -292,7 +292,7 @@ impl Checkpointer {
             Err(e) => {
                 // A failed checkpoint of an agreed exit: the job goes on (if the application
                 // carries on after a recoverable error) and the exit is agreed again.
-                self.agree.checkpoint_failed(decision);
+                self.agree.checkpoint_failed(decision, Instant::now());
                 return Err(e);
             }
         };

@@ -64,6 +64,8 @@ use crate::config::Interval;
 pub const CHECKPOINT: u32 = 1;
 /// Request bit: stop the application after the checkpoint.
 pub const EXIT: u32 = 2;
+/// How long after a failed checkpoint an agreed exit is voted again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Largest stride the adaptive mode chooses.
 pub const MAX_STRIDE: u32 = 4096;
 /// Most the adaptive stride grows in one round (factor).
@@ -149,8 +151,8 @@ pub struct Agreement {
     last_checkpoint: Instant,
     /// Poll count of the last committed checkpoint, if no checkpoint was attempted since.
     committed_at: Option<u64>,
-    /// Request bits to vote again: an agreed exit whose checkpoint failed.
-    retry: u32,
+    /// Request bits to vote again from a time on: an agreed exit whose checkpoint failed.
+    retry: Option<(u32, Instant)>,
 }
 
 impl Agreement {
@@ -172,7 +174,7 @@ impl Agreement {
             last_round: None,
             last_checkpoint: now,
             committed_at: None,
-            retry: 0,
+            retry: None,
         }
     }
 
@@ -245,7 +247,11 @@ impl Agreement {
         // The next round starts now. A plain request is satisfied by a checkpoint at this
         // poll; a request to exit is not (the others do not know of it yet), so it goes on,
         // and is covered by this checkpoint if it commits.
-        let mut mine = request() | std::mem::take(&mut self.retry);
+        let mut mine = request();
+        if let Some((bits, _)) = self.retry.filter(|&(_, at)| now >= at) {
+            mine |= bits;
+            self.retry = None;
+        }
         if self.due(now) {
             mine |= CHECKPOINT;
         }
@@ -291,12 +297,13 @@ impl Agreement {
         self.committed_at = None;
     }
 
-    /// Records that the checkpoint of decision `d` failed (the job goes on). An agreed exit is
-    /// then voted again at the next agreement poll (every rank does the same, so it is agreed
-    /// again): the job still stops, after a checkpoint that commits.
-    pub fn checkpoint_failed(&mut self, d: Decision) {
+    /// Records that the checkpoint of decision `d` failed at `now` (the job goes on). An
+    /// agreed exit is then voted again at the first agreement poll [`RETRY_AFTER`] later
+    /// (every rank does the same, so it is agreed again): the job still stops, after a
+    /// checkpoint that commits, and a storage that keeps failing costs one attempt a second.
+    pub fn checkpoint_failed(&mut self, d: Decision, now: Instant) {
         if d.exit {
-            self.retry |= CHECKPOINT | EXIT;
+            self.retry = Some((CHECKPOINT | EXIT, now + RETRY_AFTER));
         }
     }
 
@@ -409,7 +416,7 @@ mod tests {
                 if d.checkpoint {
                     a.begin_checkpoint();
                     if self.fail {
-                        a.checkpoint_failed(d);
+                        a.checkpoint_failed(d, now);
                     } else {
                         a.committed(now);
                     }
@@ -757,20 +764,22 @@ mod tests {
     }
 
     #[test]
-    fn an_exit_whose_checkpoint_fails_is_agreed_again() {
-        // The exit is read at poll 4 and agreed at poll 8, where its checkpoint fails (a full
-        // disk, say; the job goes on). It is voted again at poll 12 and agreed at poll 16.
+    fn an_exit_whose_checkpoint_fails_is_agreed_again_a_second_later() {
+        // 100 ms per poll, a round every 4 polls. The exit is read at poll 4 and agreed at
+        // poll 8, where its checkpoint fails (a full disk, say; the job goes on), and so does
+        // the next attempt: each is voted again at the first agreement poll a second later
+        // (polls 20 and 36) and agreed one round after (24, 40), where it commits.
         let mut sim = Sim::new(2, Interval::Off, Stride::Fixed(4));
         sim.pending[1] |= EXIT;
         let mut exits = Vec::new();
-        for p in 1..=16 {
-            sim.fail = p == 8;
-            let d = sim.poll(Duration::from_millis(1));
+        for p in 1..=40 {
+            sim.fail = p == 8 || p == 24;
+            let d = sim.poll(Duration::from_millis(100));
             if d.exit {
                 exits.push((p, d.checkpoint));
             }
         }
-        assert_eq!(exits, vec![(8, true), (16, true)]);
+        assert_eq!(exits, vec![(8, true), (24, true), (40, true)]);
     }
 
     #[test]
