@@ -622,6 +622,45 @@ mod tests {
             .collect())
     }
 
+    /// Bytes this thread has read with read calls so far (`rchar` of /proc/thread-self/io).
+    fn thread_rchar() -> u64 {
+        let io = fs::read_to_string("/proc/thread-self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn restoring_reads_each_byte_once() {
+        // 8 MiB of bulk data and a small value: opening and reading every region straight
+        // into memory reads the file once (plus this thread's read of /proc, a few hundred
+        // bytes), not twice (as a read into a buffer and a second pass to check would).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.ckpt");
+        let bulk = noise(5, 8 << 20);
+        let s = write(
+            &path,
+            &id(),
+            &[
+                reg("u", RegionKind::Bulk { elem_size: 8 }, bulk.clone()),
+                reg("step", RegionKind::Value, vec![7; 9]),
+            ],
+        );
+        let before = thread_rchar();
+        let r = RankFileReader::open(&path, &id()).unwrap();
+        let mut dest = vec![0u8; bulk.len()];
+        r.read_into(0, &mut dest).unwrap();
+        let small = r.read_vec(1).unwrap();
+        let read = thread_rchar() - before;
+        assert!(dest == bulk && small == vec![7; 9]);
+        assert!(
+            read >= bulk.len() as u64 && read <= s.len + 4096,
+            "read {read} bytes of a {}-byte file",
+            s.len
+        );
+    }
+
     fn layout(path: &Path) -> (Header, RegionTable) {
         let r = RankFileReader::open(path, &id()).unwrap();
         (*r.header(), r.table().clone())
