@@ -383,9 +383,9 @@ fn p2p_figures(
         let iters = if bytes <= 8 {
             20_000
         } else if bytes <= 64 << 10 {
-            2_000
+            5_000
         } else {
-            50
+            200
         };
         let per = |t: f64| t / iters as f64 / 2.0;
         let mut buf = vec![rank as u8; bytes];
