@@ -1541,3 +1541,60 @@ fn a_publish_whose_directory_fsync_fails_is_reported_truthfully() {
     assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![6, 5, 4]);
     assert!(rank_file_path_exists(&job, 4));
 }
+
+/// The launcher is SIGKILLed while rank 1 is stopped (SIGSTOP), and the job is resumed at once
+/// with `--job-dir`: the ranks of the dead launch still hold their shares of
+/// `control/ranks.lock`, so the resumed run waits for them (at most 2 s here; mpirun's end
+/// takes them within about a second, the stopped one included, and a rank that outlives the
+/// wait is killed: `launcher/src/ranks.rs` tests that) and names them; no epoch is committed
+/// twice, and the result is the uninterrupted run's.
+#[test]
+fn a_resumed_run_waits_for_the_ranks_of_a_dead_launcher() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut args = HEAT.to_vec();
+    args.extend(["--step-ms", "20"]);
+    let first = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), &args).spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job).len()
+            >= 2),
+        "no epoch committed"
+    );
+    let stopped = rank_pid(&job, 1).expect("rank 1 running");
+    signal(stopped, "STOP");
+    kill9(first.pid());
+    let _ = first.wait();
+    let out = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT)
+        .env(ckpt::env::RANK_EXIT_WAIT, "2")
+        .output();
+    assert_same_result(&out);
+    let waited = "waiting up to 2 s for ranks of an earlier launch to exit:";
+    assert!(
+        out.stderr.contains(waited),
+        "lacks {waited:?}\n{}",
+        out.dump()
+    );
+    let named = format!("rank 1 of launch 0 (pid {stopped} on ");
+    assert!(
+        out.stderr.contains(&named),
+        "lacks {named:?}\n{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("the earlier ranks are gone after")
+            || out.stderr.contains("killed ranks of an earlier launch"),
+        "{}",
+        out.dump()
+    );
+    let mut epochs: Vec<u64> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Committed { epoch, .. } => Some(epoch),
+            _ => None,
+        })
+        .collect();
+    let n = epochs.len();
+    epochs.dedup();
+    assert_eq!(epochs.len(), n, "an epoch committed twice\n{}", out.dump());
+}

@@ -34,6 +34,7 @@ pub mod jobdir;
 pub mod list;
 pub mod lock;
 pub mod plan;
+pub mod ranks;
 pub mod report;
 pub mod request;
 pub mod signals;

@@ -23,7 +23,7 @@ use ckpt::manifest;
 use crate::backend::mpirun::{self, Failure, Launch, Scanner};
 use crate::plan::RunPlan;
 use crate::report::{self, say};
-use crate::{jobdir, signals, Outcome};
+use crate::{jobdir, ranks, signals, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
 const POLL: Duration = Duration::from_millis(200);
@@ -57,8 +57,12 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             &job.committed,
         ));
     }
+    let rank_exit_wait = ranks::wait_from_env()?;
     let mut n = 1;
     loop {
+        // Ranks of an earlier launch (of this run, or of a run whose launcher died) must be
+        // gone before new ones write.
+        ranks::ensure_gone(&plan.job_dir, rank_exit_wait)?;
         let restart_count = job.first_restart_count + n - 1;
         let launch = Launch::new(plan, restart_count, as_root);
         say(report::launch(n, total, restart_count, launch.argv()));

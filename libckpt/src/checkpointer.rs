@@ -19,10 +19,14 @@ use crate::region::Protect;
 use crate::restore::{self, Restored};
 use crate::stall::{self, Watch};
 use crate::storage::durable;
+use crate::storage::liveness::Presence;
 use crate::transport::{self, MpiFlagReduce};
 use crate::trigger::Triggers;
 use crate::watchdog::IoWatchdog;
 use crate::Ctx;
+
+/// How long a starting rank waits for the launcher's instant check of `control/ranks.lock`.
+const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What one call to [`Checkpointer::poll`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,6 +62,8 @@ pub struct Checkpointer {
     committed_at_start: Vec<u64>,
     next_epoch: u64,
     restored: Option<u64>,
+    /// This rank's share of `control/ranks.lock`, held until the checkpointer is dropped.
+    _presence: Presence,
     /// Set once `poll` told the application to stop: why further calls are refused.
     stopped: Option<String>,
     /// Checkpoints attempted in this process.
@@ -112,12 +118,25 @@ impl Checkpointer {
             path: cfg.job_dir.clone(),
             source,
         };
+        // Each rank also holds its share of `control/ranks.lock` for its life, so no later
+        // launch starts while it lives (see `storage/liveness.rs`).
         let setup = Triggers::new(cfg.signal, rank, &cfg.job_dir)
             .map_err(|e| io_error("install the checkpoint signal handler for", e))
             .and_then(|t| {
                 IoWatchdog::new(rank, cfg.io_timeout, &cfg.job_dir)
                     .map(|w| (t, w))
                     .map_err(|e| io_error("start the IO watchdog thread for", e))
+            })
+            .and_then(|(t, w)| {
+                Presence::announce(
+                    &cfg.job_dir,
+                    cfg.restart_count,
+                    rank,
+                    &cfg.node,
+                    PRESENCE_WAIT,
+                )
+                .map(|p| (t, w, p))
+                .map_err(|e| io_error("record this rank's presence in", e))
             });
         if !transport::all_ok(&lib, &watch, &setup_label, setup.is_ok()) {
             return Err(setup.err().unwrap_or_else(|| Error::Usage {
@@ -127,7 +146,7 @@ impl Checkpointer {
                     .into(),
             }));
         }
-        let (triggers, io) = setup?;
+        let (triggers, io, presence) = setup?;
         if rank == 0 {
             let _ = events::append(
                 &cfg.job_dir,
@@ -155,6 +174,7 @@ impl Checkpointer {
             reduce,
             triggers,
             restored: None,
+            _presence: presence,
             stopped: None,
             checkpoints: 0,
         })

@@ -37,7 +37,11 @@ pub const TIMEOUT: &str = "CKPT_TIMEOUT";
 /// follow other ranks' IO get this much on top of [`TIMEOUT`]. Default 600.
 pub const IO_TIMEOUT: &str = "CKPT_IO_TIMEOUT";
 
-/// Every variable above, for `ckpt` to print and forward (`mpirun -x`).
+/// Read by the launcher only (not forwarded): seconds to wait, before a launch, for ranks of
+/// an earlier launch to exit before killing them (see `storage/liveness.rs`). Default 30.
+pub const RANK_EXIT_WAIT: &str = "CKPT_RANK_EXIT_WAIT";
+
+/// Every variable above that ranks read, for `ckpt` to print and forward (`mpirun -x`).
 pub const ALL: &[&str] = &[
     JOB_DIR,
     JOB_ID,

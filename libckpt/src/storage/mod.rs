@@ -3,4 +3,5 @@
 //! manifest.
 
 pub mod durable;
+pub mod liveness;
 pub mod local;
