@@ -78,7 +78,7 @@ fn rank_file_path_exists(job: &Path, epoch: u64) -> bool {
         .flatten()
         .any(|node| {
             node.path()
-                .join(job.file_name().unwrap())
+                .join(ckpt::identity::id_of(job))
                 .join(format!("epoch-{epoch:08}"))
                 .exists()
         })
