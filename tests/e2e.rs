@@ -1026,7 +1026,8 @@ fn a_rank_stuck_in_io_is_named_by_its_watchdog() {
     let tmp = job
         .join("local")
         .join(ckpt::config::default_node())
-        .join("job/epoch-00000003/rank-000001.ckpt.tmp");
+        .join(ckpt::identity::id_of(&job))
+        .join("epoch-00000003/rank-000001.ckpt.tmp");
     let needle = format!(
         "[ckpt rank 1] error: stuck for 2 s writing {} (epoch 3)",
         tmp.display()
