@@ -65,12 +65,11 @@ pub struct Checkpointer {
     checkpoints: u64,
 }
 
-/// Rank 0 at start-up: creates the job directory if needed (a job identified by its base
-/// name), checks that it is this job's
-/// ([`identity::check`]) and lists its epochs.
+/// Rank 0 at start-up: creates the job directory if needed (only a job identified by its base
+/// name: `ckpt run` made its own), checks that it is this job's ([`identity::check`]) and
+/// lists its epochs.
 fn startup_listing(cfg: &Config) -> std::result::Result<manifest::Listing, String> {
     if cfg.job_id == identity::legacy_id(&cfg.job_dir) {
-        // A job of the library alone may start in a new directory; `ckpt run` made its own.
         durable::create_dir_all(&cfg.job_dir).map_err(|e| e.to_string())?;
     }
     identity::check(&cfg.job_dir, &cfg.job_id)
