@@ -78,7 +78,7 @@ fn rank_file_path_exists(job: &Path, epoch: u64) -> bool {
         .flatten()
         .any(|node| {
             node.path()
-                .join(job.file_name().unwrap())
+                .join(ckpt::identity::id_of(job))
                 .join(format!("epoch-{epoch:08}"))
                 .exists()
         })
@@ -1026,7 +1026,8 @@ fn a_rank_stuck_in_io_is_named_by_its_watchdog() {
     let tmp = job
         .join("local")
         .join(ckpt::config::default_node())
-        .join("job/epoch-00000003/rank-000001.ckpt.tmp");
+        .join(ckpt::identity::id_of(&job))
+        .join("epoch-00000003/rank-000001.ckpt.tmp");
     let needle = format!(
         "[ckpt rank 1] error: stuck for 2 s writing {} (epoch 3)",
         tmp.display()
@@ -1597,4 +1598,152 @@ fn a_resumed_run_waits_for_the_ranks_of_a_dead_launcher() {
     let n = epochs.len();
     epochs.dedup();
     assert_eq!(epochs.len(), n, "an epoch committed twice\n{}", out.dump());
+}
+
+/// The job id recorded in a job directory's `job.json`.
+fn job_id(job: &Path) -> String {
+    ckpt::identity::read_id(job)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no job id in {}/job.json", job.display()))
+}
+
+/// Identity is the job id, not the path: a copy of a stopped job under another name resumes
+/// (from its own copy of the node-local files, under `<copy>/local/<node>/<id>`) to the
+/// uninterrupted run's result, and it and a renamed directory verify.
+#[test]
+fn a_copied_or_renamed_job_directory_restores_and_verifies() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    // Rank 1 dies after epoch 3 (poll 120) and no restart is allowed: the job stops there.
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "0",
+        "--fault",
+        "1:poll:130",
+    ];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert_eq!(committed_epochs(&job), vec![1, 2, 3], "{}", out.dump());
+    let id = job_id(&job);
+    assert_eq!(id.len(), 32, "a random id, not the directory's name: {id}");
+    assert_eq!(ckpt::manifest::load(&job, 3).unwrap().job, id);
+    assert!(rank_file_path_exists(&job, 3));
+
+    let copy = dir.path().join("copy");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&job)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let out = Run::new(&copy, RANKS, &["--every", "40"], &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&copy), vec![3], "{}", out.dump());
+    assert_eq!(job_id(&copy), id);
+
+    let renamed = dir.path().join("renamed");
+    std::fs::rename(&job, &renamed).unwrap();
+    for d in [&copy, &renamed] {
+        let v = ckpt(&["verify", d.to_str().unwrap()]);
+        assert!(v.status.success(), "{}", v.dump());
+        assert!(v.stdout.contains(&format!("job {id}: ")), "{}", v.dump());
+    }
+}
+
+/// `ckpt verify` of a `--local-dir` job finds its files where the ranks wrote them (from
+/// `job.json`, without being told); two jobs whose directories share a name share that local
+/// directory without touching each other's files; a manifest missing a rank record is named.
+#[test]
+fn verify_of_local_dir_jobs_sharing_a_directory_name() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("node-local");
+    let local_s = local.to_str().unwrap();
+    let jobs = [dir.path().join("a/job"), dir.path().join("b/job")];
+    for job in &jobs {
+        let flags = ["--every", "40", "--local-dir", local_s];
+        let out = Run::new(job, RANKS, &flags, &heat2d(), HEAT).output();
+        assert_same_result(&out);
+    }
+    let ids: Vec<String> = jobs.iter().map(|j| job_id(j)).collect();
+    assert_ne!(ids[0], ids[1]);
+    for (job, id) in jobs.iter().zip(&ids) {
+        assert!(local.join(id).join("epoch-00000006").is_dir());
+        let v = ckpt(&["verify", job.to_str().unwrap()]);
+        assert!(v.status.success(), "{}", v.dump());
+        for epoch in [5, 6] {
+            let line = format!("epoch {epoch}: ok (4 ranks");
+            assert!(v.stdout.contains(&line), "{}", v.dump());
+        }
+    }
+    // Epoch 6 of job b loses rank 3's record.
+    let path = ckpt::manifest::path(&jobs[1], 6);
+    let mut m = ckpt::manifest::load(&jobs[1], 6).unwrap();
+    m.ranks.pop();
+    std::fs::write(&path, m.encode()).unwrap();
+    let v = ckpt(&["verify", jobs[1].to_str().unwrap()]);
+    assert_eq!(v.status.code(), Some(1), "{}", v.dump());
+    let line = format!(
+        "epoch 6: DAMAGED: manifest {}: malformed manifest: 3 rank records for 4 ranks \
+         (none for rank 3)",
+        path.display()
+    );
+    assert!(v.stdout.contains(&line), "{}", v.dump());
+    assert!(v.stdout.contains("epoch 5: ok"), "{}", v.dump());
+}
+
+/// A job whose directory is replaced (or deleted) under it stops at its next checkpoint with
+/// an error naming the directory and what was found, writes nothing into the new directory
+/// (nor recreates the deleted one), and is not relaunched.
+#[test]
+fn a_job_directory_replaced_or_deleted_mid_run_stops_the_job() {
+    let Some(_mpi) = mpi() else { return };
+    for how in ["replace", "delete"] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let args = [HEAT, &["--steps", "400", "--step-ms", "20"]].concat();
+        let flags = ["--every", "20", "--max-restarts", "3"];
+        let running = Run::new(&job, RANKS, &flags, &heat2d(), &args).spawn();
+        let committed = wait_for(Duration::from_secs(60), || {
+            !committed_epochs(&job).is_empty()
+        });
+        let id = job_id(&job);
+        if committed {
+            std::fs::rename(&job, dir.path().join("moved")).unwrap();
+            if how == "replace" {
+                std::fs::create_dir(&job).unwrap();
+            }
+        }
+        let out = running.wait();
+        assert!(committed, "no epoch committed\n{}", out.dump());
+        assert!(!out.status.success(), "{how}\n{}", out.dump());
+        let found = match how {
+            "replace" => "job.json does not exist",
+            _ => "it was deleted",
+        };
+        let rank_says = format!("job directory {} is no longer job {id}'s: ", job.display());
+        let launcher_says = format!(
+            "job directory {} is no longer this job's (job {id}): ",
+            job.display()
+        );
+        for needle in [&rank_says, &launcher_says, found, "not relaunching into it"] {
+            assert!(
+                out.stderr.contains(needle),
+                "{how}: {needle}\n{}",
+                out.dump()
+            );
+        }
+        assert!(!out.stderr.contains("launch 2/"), "{how}\n{}", out.dump());
+        match how {
+            "replace" => {
+                let left: Vec<_> = std::fs::read_dir(&job).unwrap().collect();
+                assert!(left.is_empty(), "written into the new directory: {left:?}");
+            }
+            _ => assert!(!job.exists(), "the deleted job directory was recreated"),
+        }
+    }
 }

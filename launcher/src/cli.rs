@@ -82,8 +82,8 @@ pub struct VerifyArgs {
     /// The job directory.
     #[arg(value_name = "JOB_DIR")]
     pub job_dir: PathBuf,
-    /// Base of node-local storage, if the job ran with --local-dir
-    /// [default: <job dir>/local/<node>].
+    /// Base of node-local storage [default: the --local-dir recorded in job.json, else
+    /// $CKPT_LOCAL_DIR or $NODE_LOCAL_DIR, else <job dir>/local/<node>].
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
 }

@@ -3,9 +3,13 @@
 //! the end of the event log). The ranks own `manifests/`, `events.jsonl` and `local/`; the
 //! launcher only reads them.
 //!
-//! `job.json` (written atomically on every `ckpt run`) records how the job was started, for
-//! people and for `ckpt list`-style tools; nothing reads it back to make decisions except
-//! for keeping `created_unix_ms` across resumes.
+//! `job.json` (written atomically on every `ckpt run`) records the job's identity (`job_id`,
+//! see [`ckpt::identity`]) and how the job was started, for people and for `ckpt list`-style
+//! tools. Read back: the id (kept for ever: a resumed, copied or renamed directory keeps it),
+//! `created_unix_ms`, and `local_dir` (where `ckpt verify` looks for rank files).
+//!
+//! The id of a new job is random. A directory whose `job.json` records none (made by the
+//! library alone) keeps the id its newest committed epoch carries, so its epochs still restore.
 //!
 //! `prepare` also takes the run lock (a second `ckpt run` of the directory is refused) and
 //! expires a `ckpt checkpoint` request an earlier run left pending (see [`crate::lock`]).
@@ -23,7 +27,7 @@ use crate::plan::RunPlan;
 use crate::{clock, UsageError};
 
 /// Name of the launcher's record of the job, inside the job directory.
-pub const JOB_FILE: &str = "job.json";
+pub const JOB_FILE: &str = ckpt::identity::JOB_FILE;
 
 /// What the launcher found in (and wrote to) the job directory before the first launch.
 #[derive(Debug)]
@@ -45,6 +49,8 @@ pub struct JobDir {
     pub expired: Option<Request>,
     /// This run's hold on the directory; released when dropped.
     pub run_lock: RunLock,
+    /// The job's id, as recorded in `job.json` (the ranks get it in `CKPT_JOB_ID`).
+    pub job_id: String,
 }
 
 /// The contents of `job.json`.
@@ -112,7 +118,8 @@ pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
             .max()
             .map_or(1, |l| l + 1)
     };
-    write_job_file(plan, now_ms)?;
+    let job_id = job_id(dir, resume_from.as_ref())?;
+    write_job_file(plan, &job_id, now_ms)?;
     Ok(JobDir {
         resume_from,
         committed,
@@ -121,7 +128,33 @@ pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
         events_offset,
         expired,
         run_lock,
+        job_id,
     })
+}
+
+/// The job's id: [`recorded_id`], else (a new job) a new random one.
+fn job_id(dir: &Path, newest: Option<&Manifest>) -> anyhow::Result<String> {
+    match recorded_id(dir, newest) {
+        Some(id) => Ok(id),
+        None => ckpt::identity::new_id().context("cannot make a job id"),
+    }
+}
+
+/// The id of the job in `dir` whose newest committed epoch is `newest`: the one its `job.json`
+/// records, else the one that epoch carries.
+pub fn recorded_id(dir: &Path, newest: Option<&Manifest>) -> Option<String> {
+    match ckpt::identity::read_id(dir) {
+        Ok(Some(id)) => Some(id),
+        _ => newest.map(|m| m.job.clone()),
+    }
+}
+
+/// The local directory recorded in `dir`'s `job.json` (`--local-dir` of the run that wrote it),
+/// if any.
+pub fn recorded_local_dir(dir: &Path) -> Option<std::path::PathBuf> {
+    let bytes = ckpt::identity::read_job_file(dir).ok()??;
+    let job: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    job.get("local_dir")?.as_str().map(Into::into)
 }
 
 /// Settles, without acting on it, the request an earlier run left pending.
@@ -140,7 +173,7 @@ pub fn newest_loadable(job_dir: &Path, committed: &[u64]) -> Option<Manifest> {
         .find_map(|&e| manifest::load(job_dir, e).ok())
 }
 
-fn write_job_file(plan: &RunPlan, now_ms: u64) -> anyhow::Result<()> {
+fn write_job_file(plan: &RunPlan, job_id: &str, now_ms: u64) -> anyhow::Result<()> {
     let path = plan.job_dir.join(JOB_FILE);
     // A resumed job keeps its creation time; an unreadable old file is simply replaced.
     let created_unix_ms = std::fs::read(&path)
@@ -150,7 +183,7 @@ fn write_job_file(plan: &RunPlan, now_ms: u64) -> anyhow::Result<()> {
     let lossy = |p: &Path| p.to_string_lossy().into_owned();
     let job = JobFile {
         version: 1,
-        job_id: plan.job_id.clone(),
+        job_id: job_id.to_owned(),
         command: std::iter::once(lossy(&plan.program))
             .chain(plan.args.iter().cloned())
             .collect(),
@@ -264,6 +297,28 @@ mod tests {
             1,
             "error: cannot create job directory D/job: Not a directory (os error 20)",
         );
+    }
+
+    #[test]
+    fn the_job_id_is_made_once_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("job");
+        let id = |dir: &Path| prepare(&testutil::plan(dir, 2), 1_000).unwrap().job_id;
+        let first = id(&dir);
+        assert_eq!(first.len(), 32, "{first}");
+        assert_eq!(ckpt::identity::read_id(&dir).unwrap(), Some(first.clone()));
+        // A resume, a copy and a renamed directory keep it; a new directory gets another.
+        assert_eq!(id(&dir), first);
+        let copy = tmp.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        std::fs::copy(dir.join(JOB_FILE), copy.join(JOB_FILE)).unwrap();
+        assert_eq!(id(&copy), first);
+        assert_ne!(id(&tmp.path().join("other")), first);
+        // Without a recorded id (made by the library alone), the newest epoch's id is kept.
+        std::fs::remove_file(dir.join(JOB_FILE)).unwrap();
+        manifest::publish(&dir, &testutil::manifest(2, 2)).unwrap();
+        assert_eq!(id(&dir), "job");
+        assert_eq!(ckpt::identity::read_id(&dir).unwrap(), Some("job".into()));
     }
 
     #[test]

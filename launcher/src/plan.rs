@@ -73,7 +73,8 @@ pub struct RunPlan {
     pub max_restarts: u32,
     /// Absolute job directory.
     pub job_dir: PathBuf,
-    /// Job identifier: the job directory's name.
+    /// Job identifier. Provisionally the job directory's name: `supervise` replaces it with the
+    /// id recorded in `job.json` (`jobdir::prepare`) before any rank starts.
     pub job_id: String,
     /// Absolute base of node-local storage, if given.
     pub local_dir: Option<PathBuf>,

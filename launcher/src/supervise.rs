@@ -37,6 +37,10 @@ const STDERR_DRAIN: Duration = Duration::from_secs(2);
 /// Runs the job of `plan` to completion, failure or interruption.
 pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     let job = jobdir::prepare(plan, ckpt::util::unix_ms())?;
+    let plan = &RunPlan {
+        job_id: job.job_id.clone(),
+        ..plan.clone()
+    };
     signals::install(plan.signal).context("cannot install the launcher's signal handlers")?;
     let mut watch = signals::Watch::new();
     let mut tail = Tail::new(&plan.job_dir, job.events_offset, plan.quiet_after);
@@ -90,6 +94,15 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             Ended::Exited(status, failure) => (status, failure),
         };
         say(report::failed(n, secs(t0), failure.as_ref(), status));
+        if let Err(found) = ckpt::identity::check(&plan.job_dir, &plan.job_id) {
+            say(format!(
+                "job directory {} is no longer this job's (job {}): {found}; not relaunching \
+                 into it",
+                plan.job_dir.display(),
+                plan.job_id
+            ));
+            return Ok(Outcome::JobFailed);
+        }
         if let Some((tried, quarantined)) = &tail.no_usable {
             say(report::no_usable_epoch(tried, quarantined));
             say(report::resume_hint(plan));

@@ -1,18 +1,58 @@
-//! `ckpt verify JOB_DIR [--local-dir DIR]`: reads every byte of every committed epoch that is
-//! reachable from here and checks it: the manifest, each rank file's header, table and region
-//! checksums, and that the file is the one the manifest names (length and table CRC). Prints
-//! one line per epoch, and one per damaged file naming it and the cause; exits 1 if anything
-//! is damaged or missing. Quarantined epochs (found damaged by a restart, never restored again)
-//! are listed as such with the reasons, not read again, and do not fail the check: restarts
-//! no longer depend on them.
+//! `ckpt verify JOB_DIR [--local-dir DIR]`: applies restore's checks to every committed epoch
+//! reachable from here, reading every byte: the job's identity (the id recorded in `job.json`,
+//! as the ranks get it), each manifest's identity and rank records (one per rank, each naming
+//! the file where that job's rank writes it), each rank file's header, table, identity and
+//! region checksums, and that the file is the one the manifest names (length and table CRC).
+//! Rank files are looked for where the ranks look: under `--local-dir`, else the local
+//! directory recorded in `job.json`, else `$CKPT_LOCAL_DIR` or `$NODE_LOCAL_DIR`, else
+//! `<job dir>/local/<node>` of the node that wrote each file. Regions are checked in pieces
+//! of at most 4 MiB, so memory stays bounded whatever their size.
+//!
+//! Prints one line per epoch, and one per damaged file naming it and the cause; exits 1 if
+//! anything is damaged or missing. Quarantined epochs (found damaged by a restart, never
+//! restored again) are listed as such with the reasons, not read again, and do not fail the
+//! check: restarts no longer depend on them.
 
 use std::path::{Path, PathBuf};
 
 use ckpt::format::{FileIdentity, RankFileReader};
-use ckpt::manifest::Manifest;
+use ckpt::manifest::{self, Manifest};
 use ckpt::util::human_bytes;
 
-use crate::{list, Outcome};
+use crate::{jobdir, list, Outcome};
+
+/// Where rank files are looked for: one base for every node, or `<job dir>/local/<node>`.
+#[derive(Debug, Clone, PartialEq)]
+enum LocalBase {
+    Given(PathBuf),
+    PerNode(PathBuf),
+}
+
+impl LocalBase {
+    /// The base as the ranks of `dir` saw it (see the module doc).
+    fn of(dir: &Path, given: Option<&Path>) -> LocalBase {
+        let env = || {
+            ckpt::env::get(ckpt::env::LOCAL_DIR)
+                .or_else(|| ckpt::env::get(ckpt::env::NODE_LOCAL_DIR))
+        };
+        match given
+            .map(Path::to_path_buf)
+            .or_else(|| jobdir::recorded_local_dir(dir))
+            .or_else(|| env().map(PathBuf::from))
+        {
+            Some(base) => LocalBase::Given(base),
+            None => LocalBase::PerNode(dir.join("local")),
+        }
+    }
+
+    /// The base of the files written on `node`.
+    fn for_node(&self, node: &str) -> PathBuf {
+        match self {
+            LocalBase::Given(base) => base.clone(),
+            LocalBase::PerNode(local) => local.join(node),
+        }
+    }
+}
 
 /// Runs `ckpt verify`.
 pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
@@ -20,6 +60,18 @@ pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
     if entries.is_empty() {
         println!("no committed epochs in {}", dir.display());
         return Ok(Outcome::Success);
+    }
+    let newest = entries
+        .iter()
+        .find_map(|e| match (&e.quarantine, &e.manifest) {
+            (None, Ok(m)) => Some(m),
+            _ => None,
+        });
+    let job = jobdir::recorded_id(dir, newest).unwrap_or_else(|| ckpt::identity::legacy_id(dir));
+    let base = LocalBase::of(dir, local_dir);
+    match &base {
+        LocalBase::Given(b) => println!("job {job}: rank files under {}", b.display()),
+        LocalBase::PerNode(l) => println!("job {job}: rank files under {}/<node>", l.display()),
     }
     let mut damaged = 0;
     for entry in entries {
@@ -39,7 +91,16 @@ pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
                 continue;
             }
         };
-        let problems = check_epoch(dir, local_dir, &m);
+        if let Err(cause) = m.check_identity(&job) {
+            let path = manifest::path(dir, epoch);
+            println!(
+                "epoch {epoch}: DAMAGED: manifest {}: {cause}",
+                path.display()
+            );
+            damaged += 1;
+            continue;
+        }
+        let problems = check_epoch(&base, &job, &m);
         if problems.is_empty() {
             println!(
                 "epoch {epoch}: ok ({} ranks, {} verified)",
@@ -65,18 +126,13 @@ pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Where rank files of `node` live as seen from here.
-fn local_base(dir: &Path, local_dir: Option<&Path>, node: &str) -> PathBuf {
-    local_dir.map_or_else(|| dir.join("local").join(node), Path::to_path_buf)
-}
-
 /// The problems of one epoch's rank files, each naming the rank, the file and the cause.
-fn check_epoch(dir: &Path, local_dir: Option<&Path>, m: &Manifest) -> Vec<String> {
+fn check_epoch(base: &LocalBase, job: &str, m: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
     for (rank, rec) in m.ranks.iter().enumerate() {
-        let path = local_base(dir, local_dir, &rec.node).join(&rec.file);
+        let path = base.for_node(&rec.node).join(&rec.file);
         let id = FileIdentity {
-            job: m.job.clone(),
+            job: job.to_owned(),
             epoch: m.epoch,
             rank: rank as u32,
             nranks: m.nranks,

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
+use crate::identity;
 use crate::manifest;
 use crate::protocol::agree::Agreement;
 use crate::region::Protect;
@@ -70,6 +71,18 @@ pub struct Checkpointer {
     checkpoints: u64,
 }
 
+/// Rank 0 at start-up: creates the job directory if needed (only a job identified by its base
+/// name: `ckpt run` made its own), checks that it is this job's ([`identity::check`]) and
+/// lists its epochs.
+fn startup_listing(cfg: &Config) -> std::result::Result<manifest::Listing, String> {
+    if cfg.job_id == identity::legacy_id(&cfg.job_dir) {
+        durable::create_dir_all(&cfg.job_dir).map_err(|e| e.to_string())?;
+    }
+    identity::check(&cfg.job_dir, &cfg.job_id)
+        .map_err(|found| format!("it is not job {}'s: {found}", cfg.job_id))?;
+    manifest::listing(&cfg.job_dir).map_err(|e| e.to_string())
+}
+
 impl Checkpointer {
     /// Sets up checkpointing for the ranks of `comm` (collective). Creates the job directory
     /// if needed and looks for committed epochs to restart from.
@@ -87,12 +100,7 @@ impl Checkpointer {
         // Rank 0 prepares the job directory and lists committed (and quarantined) epochs;
         // everyone gets the same list, so every rank takes the same restart decision.
         let listing = if rank == 0 {
-            match durable::create_dir_all(&cfg.job_dir)
-                .and_then(|_| manifest::listing(&cfg.job_dir))
-            {
-                Ok(listing) => Ok(listing),
-                Err(e) => Err(e.to_string()),
-            }
+            startup_listing(&cfg)
         } else {
             Ok(manifest::Listing::default())
         };

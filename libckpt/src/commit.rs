@@ -3,6 +3,11 @@
 //!
 //! Every rank reaches the vote even when its own write failed, so a failure on one rank
 //! becomes a clean "epoch not committed" on all of them instead of a hang.
+//!
+//! A job directory deleted or replaced under the job (see [`crate::identity::check`]) is found
+//! by rank 0 before it publishes, and by every rank whose node-local files live inside the job
+//! directory before it writes: then nothing is written into it (no manifest, no event, no rank
+//! file) and every rank returns [`Error::JobDirGone`], which is not recoverable.
 
 use std::fs;
 use std::time::Instant;
@@ -13,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::format::{FileIdentity, RankFileWriter, RegionKind};
+use crate::identity;
 use crate::manifest::{self, Level, Manifest, RankRecord};
 use crate::region::{Protect, Regions, Site};
 use crate::stall::Watch;
@@ -52,6 +58,8 @@ struct Decision {
     committed: bool,
     keep_from: u64,
     failures: Vec<(i32, String)>,
+    /// What rank 0 found instead of the job's directory, if it was deleted or replaced.
+    job_dir_gone: Option<String>,
 }
 
 /// What a committed epoch cost, as seen by this rank.
@@ -110,6 +118,9 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
         what: format!("corrupt commit decision from rank 0: {e}"),
     })?;
     maybe_die(fault, ctx.rank, Phase::AfterCommit, epoch);
+    if let Some(found) = decision.job_dir_gone {
+        return Err(job_dir_gone(ctx, found));
+    }
     if !decision.committed {
         return Err(Error::CommitFailed {
             epoch,
@@ -150,6 +161,11 @@ fn write_rank_file<P: Protect + ?Sized>(
     state: &mut P,
     t0: Instant,
 ) -> Result<RankRecord> {
+    if ctx.cfg.local_dir.starts_with(&ctx.cfg.job_dir) {
+        // Files under a deleted or replaced job directory would land in the new one.
+        let _armed = ctx.io.arm("checking", &ctx.cfg.job_dir, epoch);
+        check_job_dir(ctx).map_err(|found| job_dir_gone(ctx, found))?;
+    }
     let rel = local::rank_file_rel(&ctx.cfg.job_id, epoch, ctx.rank);
     let path = ctx.cfg.local_dir.join(&rel);
     let tmp = durable::tmp_path(&path);
@@ -229,8 +245,23 @@ fn write_rank_file<P: Protect + ?Sized>(
     })
 }
 
+/// Whether the job directory is still this job's (see [`identity::check`]).
+fn check_job_dir(ctx: &Ctx) -> std::result::Result<(), String> {
+    identity::check(&ctx.cfg.job_dir, &ctx.cfg.job_id)
+}
+
+fn job_dir_gone(ctx: &Ctx, found: String) -> Error {
+    Error::JobDirGone {
+        rank: ctx.rank,
+        dir: ctx.cfg.job_dir.clone(),
+        job: ctx.cfg.job_id.clone(),
+        found,
+    }
+}
+
 /// Rank 0: counts the votes; if all are yes, publishes the manifest and prunes old manifests.
-/// Returns the encoded decision to broadcast.
+/// Returns the encoded decision to broadcast. A job directory that is no longer the job's
+/// gets nothing: no manifest, no event.
 fn decide_and_publish(
     ctx: &Ctx,
     epoch: u64,
@@ -239,6 +270,23 @@ fn decide_and_publish(
     t0: Instant,
     fault: Option<&crate::fault::Fault>,
 ) -> Vec<u8> {
+    let checked = {
+        let _armed = ctx.io.arm("checking", &ctx.cfg.job_dir, epoch);
+        check_job_dir(ctx)
+    };
+    if let Err(found) = checked {
+        eprintln!(
+            "[ckpt rank 0] epoch {epoch} not published: {}",
+            job_dir_gone(ctx, found.clone())
+        );
+        let d = Decision {
+            committed: false,
+            keep_from: 0,
+            failures: Vec::new(),
+            job_dir_gone: Some(found),
+        };
+        return postcard::to_stdvec(&d).unwrap_or_default();
+    }
     let mut records = Vec::with_capacity(votes.len());
     let mut failures = Vec::new();
     for (rank, bytes) in votes.iter().enumerate() {
@@ -311,6 +359,7 @@ fn decide_and_publish(
         committed: failures.is_empty(),
         keep_from,
         failures,
+        job_dir_gone: None,
     };
     postcard::to_stdvec(&d).unwrap_or_default()
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::env;
 use crate::error::{Error, Result};
 use crate::fault::Fault;
+use crate::identity;
 use crate::protocol::agree::Stride;
 
 /// Default wall time between agreement rounds. Half a millisecond keeps rounds a small share
@@ -82,7 +83,8 @@ impl std::fmt::Display for Interval {
 pub struct Config {
     /// Shared job directory (manifests, events).
     pub job_dir: PathBuf,
-    /// Job identifier written into every file.
+    /// Job identifier written into every manifest and rank file, and keying the node-local
+    /// directory (see [`crate::identity`]).
     pub job_id: String,
     /// Base of node-local storage; files go to `<local_dir>/<job_id>/epoch-N/`.
     pub local_dir: PathBuf,
@@ -109,12 +111,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// A configuration for `job_dir` with defaults: node-local data under `<job_dir>/local/<node>`,
-    /// no automatic checkpoints, keep 2 epochs.
+    /// A configuration for `job_dir` with defaults: the job id recorded in its `job.json`, else
+    /// its base name ([`identity::id_of`]); node-local data under `<job_dir>/local/<node>`; no
+    /// automatic checkpoints; keep 2 epochs.
     pub fn new(job_dir: impl Into<PathBuf>) -> Self {
         let job_dir = job_dir.into();
+        let job_id = identity::id_of(&job_dir);
+        Self::with_id(job_dir, job_id)
+    }
+
+    /// [`Config::new`] with the job id given.
+    fn with_id(job_dir: PathBuf, job_id: String) -> Self {
         let node = default_node();
-        let job_id = job_id_of(&job_dir);
         let local_dir = job_dir.join("local").join(&node);
         Config {
             job_dir,
@@ -139,13 +147,14 @@ impl Config {
             value: String::new(),
             reason: "not set; run the program under `ckpt run` or set it to a job directory".into(),
         })?;
-        let mut cfg = Config::new(job_dir);
+        // The launcher always passes the id; without it, job.json (or the base name) says.
+        let mut cfg = match env::get(env::JOB_ID) {
+            Some(id) => Config::with_id(job_dir.into(), id),
+            None => Config::new(job_dir),
+        };
         if let Some(node) = env::get(env::NODE) {
             cfg.node = node;
             cfg.local_dir = cfg.job_dir.join("local").join(&cfg.node);
-        }
-        if let Some(id) = env::get(env::JOB_ID) {
-            cfg.job_id = id;
         }
         if let Some(dir) = env::get(env::LOCAL_DIR).or_else(|| env::get(env::NODE_LOCAL_DIR)) {
             cfg.local_dir = dir.into();
@@ -236,13 +245,6 @@ fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-fn job_id_of(job_dir: &std::path::Path) -> String {
-    job_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "job".into())
 }
 
 #[cfg(test)]

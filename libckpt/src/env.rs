@@ -5,7 +5,9 @@
 
 /// Shared job directory: manifests, events, control requests. Required.
 pub const JOB_DIR: &str = "CKPT_JOB_DIR";
-/// Job identifier used in file headers and node-local paths (default: job directory's name).
+/// Job identifier written into manifests and rank files and keying node-local paths (`ckpt run`
+/// passes the random id of `job.json`). Default: the id in `<job dir>/job.json`, else the job
+/// directory's name; see [`crate::identity`].
 pub const JOB_ID: &str = "CKPT_JOB_ID";
 /// Base of node-local (L1) storage. Default: `$NODE_LOCAL_DIR`, else `<job dir>/local/<node>`.
 pub const LOCAL_DIR: &str = "CKPT_LOCAL_DIR";

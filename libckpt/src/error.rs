@@ -149,6 +149,22 @@ pub enum Error {
         /// Epochs tried, newest first, with the reason each was rejected.
         tried: Vec<(u64, String)>,
     },
+    /// The job directory was deleted or replaced under the running job (its `job.json` no
+    /// longer records the job's id): nothing more is written into it. Not recoverable.
+    #[error(
+        "rank {rank}: job directory {dir} is no longer job {job}'s: {found}; the job stops \
+         without writing into it"
+    )]
+    JobDirGone {
+        /// Rank that found it.
+        rank: i32,
+        /// The job directory.
+        dir: PathBuf,
+        /// The job's id.
+        job: String,
+        /// What was found instead.
+        found: String,
+    },
     /// The API was used out of order (e.g. `restore` without a checkpoint to restore).
     #[error("rank {rank}: {what}")]
     Usage {

@@ -459,15 +459,25 @@ impl RankFileReader {
             crc = crc32c::crc32c_append(crc, chunk);
             off += chunk.len() as u64;
         }
-        if crc != entry.crc {
-            return Err(Corruption::Checksum {
-                what: format!("region {:?}", entry.name),
-                stored: entry.crc,
-                computed: crc,
-            }
-            .into());
+        check_crc(entry, crc)
+    }
+
+    /// Checks region `idx`'s CRC, reading it through `buf` (one `buf.len()` piece at a time,
+    /// so memory stays bounded whatever the region's size); returns its length.
+    pub fn verify_region(&self, idx: usize, buf: &mut [u8]) -> Result<u64, FileError> {
+        let entry = &self.table.regions[idx];
+        let mut crc = 0u32;
+        let mut off = entry.offset;
+        let end = entry.offset + entry.len;
+        while off < end {
+            let n = (end - off).min(buf.len().max(1) as u64) as usize;
+            let piece = &mut buf[..n];
+            self.file.read_exact_at(piece, off)?;
+            crc = crc32c::crc32c_append(crc, piece);
+            off += n as u64;
         }
-        Ok(())
+        check_crc(entry, crc)?;
+        Ok(entry.len)
     }
 
     /// Reads region `idx` into a new buffer and checks its CRC.
@@ -477,14 +487,32 @@ impl RankFileReader {
         Ok(buf)
     }
 
-    /// Reads and checks every region (what `ckpt verify` does); returns the payload bytes.
+    /// Reads and checks every region (what `ckpt verify` does) through one buffer of at most
+    /// [`VERIFY_CHUNK`] bytes; returns the payload bytes.
     pub fn verify_all(&self) -> Result<u64, FileError> {
+        let largest = self.table.regions.iter().map(|r| r.len).max().unwrap_or(0);
+        let mut buf = vec![0u8; largest.min(VERIFY_CHUNK as u64) as usize];
         let mut total = 0;
         for i in 0..self.table.regions.len() {
-            total += self.read_vec(i)?.len() as u64;
+            total += self.verify_region(i, &mut buf)?;
         }
         Ok(total)
     }
+}
+
+/// Largest piece of a region [`RankFileReader::verify_all`] holds in memory at once.
+pub const VERIFY_CHUNK: usize = CHUNK;
+
+fn check_crc(entry: &RegionEntry, crc: u32) -> Result<(), FileError> {
+    if crc != entry.crc {
+        return Err(Corruption::Checksum {
+            what: format!("region {:?}", entry.name),
+            stored: entry.crc,
+            computed: crc,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 fn check_identity(found: &FileIdentity, expect: &FileIdentity) -> Result<(), Corruption> {
@@ -658,6 +686,82 @@ mod tests {
             read >= bulk.len() as u64 && read <= s.len + 4096,
             "read {read} bytes of a {}-byte file",
             s.len
+        );
+    }
+
+    /// Counts, per thread, the largest allocation made since [`largest_alloc_reset`].
+    struct Counting;
+
+    thread_local! {
+        static LARGEST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator; the thread-local
+    // `Cell` is const-initialised, so recording a size allocates nothing.
+    unsafe impl std::alloc::GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = LARGEST.try_with(|l| l.set(l.get().max(layout.size())));
+            // SAFETY: the caller's obligations are passed on unchanged.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: `ptr` came from `System.alloc` with this layout (see `alloc`).
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Counting = Counting;
+
+    fn largest_alloc_reset() {
+        LARGEST.with(|l| l.set(0));
+    }
+
+    fn largest_alloc() -> usize {
+        LARGEST.with(|l| l.get())
+    }
+
+    #[test]
+    fn verifying_a_large_region_does_not_hold_it_in_memory() {
+        // A 64 MiB region is checked through one buffer of VERIFY_CHUNK bytes: the largest
+        // allocation while verifying stays at that size, not the region's.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.ckpt");
+        let big = noise(11, 64 << 20);
+        write(
+            &path,
+            &id(),
+            &[
+                reg("big", RegionKind::Bulk { elem_size: 1 }, big),
+                reg("small", RegionKind::Value, vec![3; 5]),
+            ],
+        );
+        let r = RankFileReader::open(&path, &id()).unwrap();
+        largest_alloc_reset();
+        assert_eq!(r.verify_all().unwrap(), (64 << 20) + 5);
+        let largest = largest_alloc();
+        assert!(
+            largest <= VERIFY_CHUNK,
+            "largest allocation while verifying: {largest} bytes"
+        );
+        // And a damaged byte in the middle of it is still found.
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let off = r.table().regions[0].offset + (40 << 20);
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, off).unwrap();
+        f.write_all_at(&[!b[0]], off).unwrap();
+        let err = RankFileReader::open(&path, &id())
+            .unwrap()
+            .verify_all()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("checksum mismatch in region \"big\""),
+            "{err}"
         );
     }
 

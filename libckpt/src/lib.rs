@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod fault;
 pub mod format;
+pub mod identity;
 pub mod manifest;
 pub mod protocol;
 pub mod storage;

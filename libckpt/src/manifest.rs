@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Corruption, Error, Result};
-use crate::storage::durable;
+use crate::storage::{durable, local};
 
 /// Magic bytes of a manifest.
 pub const MAGIC: [u8; 8] = *b"CKPTMANI";
@@ -105,6 +105,47 @@ impl Manifest {
     /// File bytes across all ranks.
     pub fn file_bytes(&self) -> u64 {
         self.ranks.iter().map(|r| r.len).sum()
+    }
+
+    /// Checks that this is a manifest of job `job` with a record for every rank, each naming
+    /// the file where that job's rank writes it ([`local::rank_file_rel`]): restore and
+    /// `ckpt verify` read nothing else.
+    pub fn check_identity(&self, job: &str) -> std::result::Result<(), Corruption> {
+        if self.job != job {
+            return Err(Corruption::Foreign {
+                field: "job",
+                found: self.job.clone(),
+                expected: job.to_owned(),
+            });
+        }
+        if self.ranks.len() != self.nranks as usize {
+            return Err(Corruption::Malformed {
+                what: "manifest",
+                detail: format!(
+                    "{} rank records for {} ranks{}",
+                    self.ranks.len(),
+                    self.nranks,
+                    match self.ranks.len() < self.nranks as usize {
+                        true => format!(" (none for rank {})", self.ranks.len()),
+                        false => String::new(),
+                    }
+                ),
+            });
+        }
+        for (rank, r) in self.ranks.iter().enumerate() {
+            let expected = local::rank_file_rel(job, self.epoch, rank as i32);
+            if Path::new(&r.file) != expected {
+                return Err(Corruption::Malformed {
+                    what: "rank record",
+                    detail: format!(
+                        "rank {rank}'s file is {:?}, expected {:?}",
+                        r.file,
+                        expected.display().to_string()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Encodes the manifest with its framing.
@@ -416,6 +457,44 @@ mod tests {
                 })
                 .collect(),
             total_secs: 0.5,
+        }
+    }
+
+    #[test]
+    fn identity_is_the_job_id_every_rank_and_the_paths_of_that_job() {
+        let m = sample(3, 4);
+        assert_eq!(m.check_identity("job-1"), Ok(()));
+        let err = |m: &Manifest| m.check_identity("job-1").unwrap_err().to_string();
+        assert_eq!(
+            m.check_identity("job-2").unwrap_err().to_string(),
+            "belongs to job job-1, expected job-2"
+        );
+        let mut missing = m.clone();
+        missing.ranks.pop();
+        assert_eq!(
+            err(&missing),
+            "malformed manifest: 3 rank records for 4 ranks (none for rank 3)"
+        );
+        let mut extra = m.clone();
+        extra.nranks = 3;
+        assert_eq!(
+            err(&extra),
+            "malformed manifest: 4 rank records for 3 ranks"
+        );
+        for forged in [
+            "/etc/shadow",
+            "job-1/../../x",
+            "job-2/epoch-00000003/rank-000001.ckpt",
+        ] {
+            let mut f = m.clone();
+            f.ranks[1].file = forged.into();
+            assert_eq!(
+                err(&f),
+                format!(
+                    "malformed rank record: rank 1's file is {forged:?}, expected \
+                     \"job-1/epoch-00000003/rank-000001.ckpt\""
+                )
+            );
         }
     }
 

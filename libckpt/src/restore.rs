@@ -133,13 +133,18 @@ fn shows_damage(ctx: &Ctx, epoch: u64, e: &Error) -> bool {
 }
 
 /// Whether a restore error proves the epoch damaged: bytes that fail a check (checksum,
-/// length, magic, identity), an unreadable manifest, or the rank's file missing on the node
+/// length, magic, identity of a rank file, a manifest's rank records), an unreadable manifest, or the rank's file missing on the node
 /// that wrote it (`written_here`). Not damage, so not quarantined: a format version this build
 /// cannot read (a newer build can), a transient or permission error, a file written on another
 /// node (placement), regions or a rank count that differ from the program's (a different
-/// program or launch, not bad data).
+/// program or launch, not bad data), a manifest of another job (not this job's data).
 fn proves_damage(e: &Error, written_here: impl FnOnce() -> bool) -> bool {
     match e {
+        // A manifest of another job is not this job's data, damaged or not.
+        Error::Manifest {
+            cause: Corruption::Foreign { field: "job", .. },
+            ..
+        } => false,
         Error::Corrupt { cause, .. } | Error::Manifest { cause, .. } => {
             !matches!(cause, Corruption::UnsupportedVersion { .. })
         }
@@ -246,6 +251,11 @@ fn restore_epoch<P: Protect + ?Sized>(
         .io
         .arm("reading", &manifest::path(&ctx.cfg.job_dir, epoch), epoch);
     let m = manifest::load(&ctx.cfg.job_dir, epoch)?;
+    m.check_identity(&ctx.cfg.job_id)
+        .map_err(|cause| Error::Manifest {
+            path: manifest::path(&ctx.cfg.job_dir, epoch),
+            cause,
+        })?;
     if m.nranks != ctx.nranks as u32 || m.ranks.len() != m.nranks as usize {
         return Err(Error::Usage {
             rank: ctx.rank,
@@ -375,6 +385,15 @@ mod tests {
             cause: checksum,
         };
         assert!(proves_damage(&manifest, here));
+        let foreign = Error::Manifest {
+            path: PathBuf::from("m"),
+            cause: Corruption::Foreign {
+                field: "job",
+                found: "a".into(),
+                expected: "b".into(),
+            },
+        };
+        assert!(!proves_damage(&foreign, here));
         let newer = Corruption::UnsupportedVersion {
             found: 2,
             supported: 1,

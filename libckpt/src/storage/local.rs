@@ -1,7 +1,9 @@
 //! Level 1: each rank's file on node-local storage.
 //!
-//! Layout: `<local_dir>/<job_id>/epoch-<E:08>/rank-<R:06>.ckpt`. The manifest records the path
-//! relative to `<local_dir>`, so a restart on the same node finds it whatever the base path.
+//! Layout: `<local_dir>/<job_id>/epoch-<E:08>/rank-<R:06>.ckpt`, keyed by the job's random id
+//! ([`crate::identity`]), so jobs sharing a local directory never touch each other's files. The
+//! manifest records the path relative to `<local_dir>`, so a restart on the same node finds it
+//! whatever the base path.
 //! Each rank creates and prunes only its own files; several ranks of a node share the epoch
 //! directory.
 //!
