@@ -136,6 +136,10 @@ pub struct RunArgs {
     /// long, e.g. 90s, 10m, 1h [default: off].
     #[arg(long, value_name = "DURATION")]
     pub quiet_after: Option<String>,
+    /// Signal to the launcher that asks the job to checkpoint and stop, as `ckpt checkpoint
+    /// --then-exit` does (for Slurm's `--signal=B:USR1@T`); a name, a number, or off.
+    #[arg(long, value_name = "SIG", default_value = "USR1")]
+    pub exit_signal: Option<String>,
     /// mpirun to use.
     #[arg(long, value_name = "PATH", default_value = "mpirun")]
     pub mpirun: PathBuf,

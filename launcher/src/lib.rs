@@ -25,6 +25,14 @@
 //! from [`ckpt::env`]. Exit codes and the formatting of errors are decided in one place,
 //! [`run`], from [`Outcome`] and [`UsageError`].
 
+/// `println!` for command output: a closed stdout returns a `BrokenPipe` error from the
+/// enclosing function (which [`run`] ends quietly on) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::report::print(format_args!($($arg)*))?
+    };
+}
+
 pub mod backend;
 pub mod bench;
 pub mod cli;
@@ -41,6 +49,7 @@ pub mod supervise;
 pub mod verify;
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 /// A usage or validation error: the command line (or the job directory it names) cannot work.
@@ -88,8 +97,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::JobFailed) => ExitCode::from(1),
         Ok(Outcome::Interrupted(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        // The reader went away (`ckpt list | head -1`): nothing more to say, as for SIGPIPE.
+        Err(e) if report::is_broken_pipe(&e) => ExitCode::from(128 + libc::SIGPIPE as u8),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {

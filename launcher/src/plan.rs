@@ -28,8 +28,9 @@ pub struct Context {
     pub path: Option<OsString>,
     /// The value of [`mpirun::ARGS_VAR`], if set.
     pub mpirun_args: Option<String>,
-    /// Rank-contract variables ([`ckpt::env::ALL`]) set in the launcher's environment.
-    pub inherited: Vec<&'static str>,
+    /// Rank-contract variables ([`ckpt::env::ALL`]) set in the launcher's environment, with
+    /// their values.
+    pub inherited: Vec<(&'static str, String)>,
     /// Current time, seconds since the Unix epoch (names the default job directory).
     pub now_unix_s: u64,
     /// The launcher's process id (names the default job directory).
@@ -49,8 +50,7 @@ impl Context {
             mpirun_args: env::get(mpirun::ARGS_VAR),
             inherited: env::ALL
                 .iter()
-                .copied()
-                .filter(|name| env::get(name).is_some())
+                .filter_map(|&name| env::get(name).map(|v| (name, v)))
                 .collect(),
             now_unix_s: ckpt::util::unix_ms() / 1000,
             pid: std::process::id(),
@@ -96,6 +96,9 @@ pub struct RunPlan {
     pub inherited: Vec<&'static str>,
     /// The job's checkpoint signal (`CKPT_SIGNAL`, default SIGUSR1; `None` when off).
     pub signal: Option<i32>,
+    /// The signal that makes the launcher ask the job to checkpoint and stop
+    /// (`--exit-signal`, default SIGUSR1; `None` when off).
+    pub exit_signal: Option<i32>,
     /// The `ckpt` executable that starts each rank with [`RunPlan::signal`] blocked
     /// (`ckpt exec-rank`); `None` starts the program directly.
     pub exec_rank: Option<PathBuf>,
@@ -107,11 +110,19 @@ impl RunPlan {
         if args.ranks == 0 {
             return Err(UsageError("-n 0: a job needs at least one rank".into()));
         }
-        let every = args
-            .every
-            .as_deref()
-            .map(|s| Interval::parse(s).map_err(|e| UsageError(format!("--every {s}: {e}"))))
-            .transpose()?;
+        if args.ranks > MAX_RANKS {
+            return Err(UsageError(format!(
+                "-n {}: at most {MAX_RANKS} ranks (MPI ranks are C ints)",
+                args.ranks
+            )));
+        }
+        if args.max_restarts > MAX_RESTARTS {
+            return Err(UsageError(format!(
+                "--max-restarts {}: at most {MAX_RESTARTS}",
+                args.max_restarts
+            )));
+        }
+        let every = args.every.as_deref().map(every).transpose()?;
         if args.keep == 0 {
             return Err(UsageError(
                 "--keep 0: at least one committed epoch must be kept".into(),
@@ -120,6 +131,11 @@ impl RunPlan {
         if let Some(spec) = &args.fault {
             let fault =
                 Fault::parse(spec).map_err(|e| UsageError(format!("--fault {spec}: {e}")))?;
+            if fault.at == Some(0) {
+                return Err(UsageError(format!(
+                    "--fault {spec}: N counts epochs or polls from 1; 0 would never fire"
+                )));
+            }
             if fault.rank as u32 >= args.ranks {
                 return Err(UsageError(format!(
                     "--fault {spec}: rank {} does not exist in a {}-rank job (ranks 0..{})",
@@ -168,6 +184,7 @@ impl RunPlan {
                 ))
             })?;
 
+        let exit_signal = exit_signal(args.exit_signal.as_deref())?;
         let signal = match ctx.signal.as_deref() {
             None => Some(libc::SIGUSR1),
             Some(v) => ckpt::trigger::parse_signal(v)
@@ -196,15 +213,34 @@ impl RunPlan {
             inherited: Vec::new(),
             exec_rank: ctx.exe.clone().filter(|_| signal.is_some()),
             signal,
+            exit_signal,
         };
         let ours: Vec<&str> = plan.rank_env(0).iter().map(|(k, _)| *k).collect();
         plan.inherited = ctx
             .inherited
             .iter()
-            .copied()
+            .map(|(name, _)| *name)
             .filter(|name| !ours.contains(name))
             .collect();
+        plan.check_rank_config(ctx)?;
         Ok(plan)
+    }
+
+    /// Checks the configuration the ranks will read (what the launcher sets, then inherited
+    /// `CKPT_*` variables) with the library's own parser, so that a value every rank would
+    /// refuse fails here, once, instead of in every launch.
+    fn check_rank_config(&self, ctx: &Context) -> Result<(), UsageError> {
+        let ours = self.rank_env(0);
+        let get = |name: &str| {
+            let set = ours.iter().find(|(k, _)| *k == name);
+            let inherited = || ctx.inherited.iter().find(|(k, _)| *k == name);
+            set.or_else(inherited).map(|(_, v)| v.clone())
+        };
+        ckpt::Config::from_vars(get).map(drop).map_err(|e| {
+            UsageError(format!(
+                "the ranks would refuse their {e} (from the environment)"
+            ))
+        })
     }
 
     /// The variables the launcher sets for the ranks of the launch with this restart count.
@@ -225,6 +261,39 @@ impl RunPlan {
             vars.push((env::FAULT, fault.clone()));
         }
         vars
+    }
+}
+
+/// Most ranks `-n` accepts: MPI counts ranks in a C `int`.
+pub const MAX_RANKS: u32 = i32::MAX as u32;
+/// Most relaunches `--max-restarts` accepts: a job that failed this often will not recover.
+pub const MAX_RESTARTS: u32 = 1000;
+
+/// Parses `--every`. `0` is refused: the library reads it as "off", which is better said so.
+fn every(s: &str) -> Result<Interval, UsageError> {
+    if s.trim().parse::<u64>() == Ok(0) {
+        return Err(UsageError(format!(
+            "--every {s}: a checkpoint every 0 polls is no interval; for no automatic \
+             checkpoints say --every off"
+        )));
+    }
+    Interval::parse(s).map_err(|e| UsageError(format!("--every {s}: {e}")))
+}
+
+/// Parses `--exit-signal`: a signal name or number, or `off`; not one the launcher reserves.
+fn exit_signal(s: Option<&str>) -> Result<Option<i32>, UsageError> {
+    let Some(s) = s else {
+        return Ok(Some(libc::SIGUSR1));
+    };
+    let sig = ckpt::trigger::parse_signal(s)
+        .map_err(|e| UsageError(format!("--exit-signal {s}: {e}")))?;
+    match sig {
+        Some(n) if crate::signals::RESERVED.contains(&n) => Err(UsageError(format!(
+            "--exit-signal {s}: {} has its own meaning to the launcher (SIGINT/SIGTERM \
+             interrupt the job, SIGHUP is ignored)",
+            crate::signals::name(n)
+        ))),
+        sig => Ok(sig),
     }
 }
 
@@ -298,7 +367,7 @@ mod tests {
             cwd: dir.path().to_path_buf(),
             path: Some(dir.path().into()),
             mpirun_args: Some(" --bind-to  none ".into()),
-            inherited: vec![env::NODE, env::KEEP],
+            inherited: vec![(env::NODE, "n1".into()), (env::KEEP, "9".into())],
             now_unix_s: 1_776_693_792, // 2026-04-20 14:03:12 UTC
             pid: 42,
             signal: None,
