@@ -477,6 +477,112 @@ mod tests {
         );
     }
 
+    /// Values that wrapped, panicked or meant something else silently: each is refused.
+    #[test]
+    fn limits() {
+        check(
+            "-n 4294967295 -- prog",
+            "error: -n 4294967295: at most 2147483647 ranks (MPI ranks are C ints)",
+        );
+        check(
+            "-n 2 --max-restarts 4294967295 -- prog",
+            "error: --max-restarts 4294967295: at most 1000",
+        );
+        check(
+            "-n 2 --every 100000000000000000000s -- prog",
+            "error: --every 100000000000000000000s: \"100000000000000000000s\" is too long a \
+             duration",
+        );
+        check(
+            "-n 2 --every 0 -- prog",
+            "error: --every 0: a checkpoint every 0 polls is no interval; for no automatic \
+             checkpoints say --every off",
+        );
+        check(
+            "-n 2 --fault 0:poll:0 -- prog",
+            "error: --fault 0:poll:0: N counts epochs or polls from 1; 0 would never fire",
+        );
+        check(
+            "-n 2 --quiet-after 100000000000000000000h -- prog",
+            "error: --quiet-after 100000000000000000000h: \"100000000000000000000h\" is too long \
+             a duration",
+        );
+        check(
+            "-n 2 --exit-signal TERM -- prog",
+            "error: --exit-signal TERM: SIGTERM has its own meaning to the launcher \
+             (SIGINT/SIGTERM interrupt the job, SIGHUP is ignored)",
+        );
+        check(
+            "-n 2 --exit-signal KILL -- prog",
+            "error: --exit-signal KILL: unknown signal \"KILL\" (use USR1, USR2, TERM, INT, \
+             HUP, URG, XCPU, a number, or off)",
+        );
+        // The largest accepted values.
+        check(
+            "-n 2147483647 --max-restarts 1000 --every off -- prog",
+            "n=2147483647 every=off keep=2 restarts=1000 fault=- \
+             job=D/ckpt-jobs/prog-20260420-140312-42 id=prog-20260420-140312-42 local=- \
+             mpirun=D/mpirun margs=--bind-to,none prog=D/prog args=",
+        );
+    }
+
+    #[test]
+    fn exit_signal() {
+        let (_dir, ctx) = fixture();
+        let exit = |flags: &str| {
+            let argv = format!("ckpt run -n 2 {flags} -- prog");
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, &ctx).map(|p| p.exit_signal).unwrap()
+        };
+        assert_eq!(exit(""), Some(libc::SIGUSR1));
+        assert_eq!(exit("--exit-signal USR2"), Some(libc::SIGUSR2));
+        assert_eq!(exit("--exit-signal SIGXCPU"), Some(libc::SIGXCPU));
+        assert_eq!(exit("--exit-signal off"), None);
+    }
+
+    /// An inherited `CKPT_*` value every rank would refuse fails the plan, naming it; one the
+    /// launcher overrides does not matter.
+    #[test]
+    fn inherited_rank_config_is_checked_before_launch() {
+        let (_dir, mut ctx) = fixture();
+        let plan = |ctx: &Context, flags: &str| {
+            let argv = format!("ckpt run -n 2 {flags} -- prog");
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx).map(drop).map_err(|e| e.to_string())
+        };
+        ctx.inherited = vec![(env::TIMEOUT, "soon".into()), (env::KEEP, "x".into())];
+        assert_eq!(
+            plan(&ctx, ""),
+            Err(
+                "the ranks would refuse their configuration: CKPT_TIMEOUT=\"soon\": expected \
+                 a whole number >= 1 (from the environment)"
+                    .into()
+            )
+        );
+        ctx.inherited = vec![(env::EVERY, "5x".into())];
+        assert!(plan(&ctx, "").unwrap_err().contains("CKPT_EVERY=\"5x\""));
+        // --every replaces the inherited value.
+        assert_eq!(plan(&ctx, "--every 10"), Ok(()));
+        ctx.inherited = vec![(env::FAULT, "1:nowhere".into())];
+        assert!(plan(&ctx, "")
+            .unwrap_err()
+            .contains("CKPT_FAULT=\"1:nowhere\""));
+        ctx.inherited = vec![(env::IO_TIMEOUT, "0".into())];
+        assert!(plan(&ctx, "")
+            .unwrap_err()
+            .contains("CKPT_IO_TIMEOUT=\"0\""));
+    }
+
     #[test]
     fn checkpoint_signal_and_rank_start() {
         let (_dir, mut ctx) = fixture();

@@ -99,7 +99,8 @@ pub fn resuming(committed: &[u64], from: Option<&Manifest>) -> String {
     let mut sorted = committed.to_vec();
     sorted.sort_unstable();
     format!(
-        "resuming: committed epochs {} found; the first launch restarts from {from}",
+        "resuming: committed epochs {} found; the first launch restores the newest usable \
+         one (newest committed: {from})",
         epochs(&sorted)
     )
 }
@@ -350,8 +351,8 @@ pub fn io_blame(rank: i32) -> String {
 /// Explains Open MPI's "Primary job terminated normally" banner after a failed launch.
 pub fn normal_banner() -> String {
     format!(
-        "(mpirun's \"{}\" banner above means only that the job was started normally; the \
-         launch failed as said)",
+        "(mpirun's \"{}, but 1 process returned a non-zero exit code\" banner is its usual \
+         wording for this, a rank killed by a signal included: the launch did fail as said)",
         crate::backend::mpirun::NORMAL_BANNER.replace("  ", " ")
     )
 }
@@ -694,8 +695,9 @@ mod tests {
         );
         check(
             resuming(&[5, 4, 2], Some(&crate::testutil::manifest(5, 2))),
-            "resuming: committed epochs 2, 4, 5 found; the first launch restarts from epoch 5 \
-             (committed 2026-04-20 14:03:12Z, 2.0 MiB, poll 50)",
+            "resuming: committed epochs 2, 4, 5 found; the first launch restores the newest \
+             usable one (newest committed: epoch 5 (committed 2026-04-20 14:03:12Z, 2.0 MiB, \
+             poll 50))",
         );
         check(
             resume_hint(&crate::testutil::plan(std::path::Path::new("/j/my job"), 4)),

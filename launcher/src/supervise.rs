@@ -63,6 +63,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     }
     if !job.committed.is_empty() {
         say(report::resuming(&job.committed, job.resume_from.as_ref()));
+        with(&tail, |t| {
+            t.expected = job.resume_from.as_ref().map(|m| m.epoch)
+        });
     }
     if !job.quarantined.is_empty() {
         say(report::quarantined_at_start(
@@ -100,13 +103,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             }
             Ended::Exited(status, failure, banner) => (status, failure, banner),
         };
-        let blame = failure.as_ref().map(|f| f.to_string());
-        say(report::failed(
-            n,
-            secs(t0),
-            blame.or(tail_now.blame),
-            status,
-        ));
+        let blame = failure.as_ref().map(|f| f.to_string()).or(tail_now.blame);
+        let blame = blame.or_else(|| (!tail_now.started).then(|| "no rank started".to_owned()));
+        say(report::failed(n, secs(t0), blame, status));
         if banner {
             say(report::normal_banner());
         }
@@ -522,6 +521,52 @@ impl Quiet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A launch whose mpirun message names no rank (garbled, cut short) is still blamed on the
+    /// rank the job's own events name; a new launch forgets it. Restores are reported with
+    /// the epoch expected when the ranks fell back.
+    #[test]
+    fn the_events_name_the_rank_when_mpirun_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tail = Tail::new(dir.path(), 0, None);
+        tail.launched(Instant::now(), 1);
+        let started = Event::Started {
+            nranks: 4,
+            launch: 0,
+        };
+        let stalled = Event::Stalled {
+            what: "checkpoint epoch 4".into(),
+            missing: vec![2, 3],
+            waited: 120.0,
+        };
+        let stuck = Event::IoStuck {
+            rank: 1,
+            op: "writing".into(),
+            path: "/x".into(),
+            epoch: 4,
+            waited: 600.0,
+        };
+        for e in [&started, &stalled, &stuck] {
+            events::append(dir.path(), e).unwrap();
+        }
+        tail.drain();
+        let s = tail.summary();
+        assert!(s.started);
+        assert_eq!(
+            s.blame.as_deref(),
+            Some("ranks 2, 3 stalled (from the job's events)"),
+            "the first event that names a rank wins"
+        );
+        tail.launched(Instant::now(), 2);
+        let s = tail.summary();
+        assert!(!s.started && s.blame.is_none());
+        events::append(dir.path(), &stuck).unwrap();
+        tail.drain();
+        assert_eq!(
+            tail.summary().blame.as_deref(),
+            Some("rank 1 stuck in IO (from the job's events)")
+        );
+    }
 
     #[test]
     fn quiet_warns_once_per_period_and_progress_restarts_the_clock() {

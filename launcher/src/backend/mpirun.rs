@@ -338,6 +338,12 @@ the job did. This can cause a job to hang indefinitely while it waits
             Some("rank 1 exited without calling MPI_Finalize"),
         );
         check("", None);
+        // The banner Open MPI prints after a SIGKILL too (explained, not believed).
+        for (text, banner) in [(SIGKILL, true), (SEGV, true), (ABORT, false), ("", false)] {
+            let mut s = Scanner::default();
+            text.lines().for_each(|l| s.feed(l));
+            assert_eq!(s.normal_banner(), banner, "{text}");
+        }
         check(
             "hello from rank 2\nPrimary job  terminated normally, but 1 process\n",
             None,
