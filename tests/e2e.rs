@@ -1731,3 +1731,36 @@ fn the_restart_lines_name_the_epoch_the_ranks_restored() {
         out.dump()
     );
 }
+
+/// With stdout and stderr on one file (a terminal, `2>&1`), the launcher's event lines come in
+/// the order things happened: the restore before the line heat2d prints after it, the start
+/// before both. (Before: events were read every 200 ms, after the ranks' output.)
+#[test]
+fn event_lines_keep_their_order_with_the_ranks_output() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let merged = dir.path().join("out.txt");
+    let file = std::fs::File::create(&merged).unwrap();
+    let mut cmd = std::process::Command::new(bin("ckpt"));
+    cmd.args(["run", "-n", "4", "--every", "40", "--fault", "1:poll:50"])
+        .arg("--job-dir")
+        .arg(&job)
+        .arg("--")
+        .arg(heat2d())
+        .args(HEAT)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let status = cmd.status().unwrap();
+    let text = std::fs::read_to_string(&merged).unwrap();
+    assert!(status.success(), "{status}\n{text}");
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing\n{text}"))
+    };
+    let started = at("[ckpt] 4 ranks started (restart count 1)");
+    let restored = at("[ckpt] restored epoch 1 (");
+    let printed = at("heat2d: restored epoch 1 at step 40");
+    assert!(started < restored && restored < printed, "{text}");
+}
