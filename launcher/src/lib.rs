@@ -83,7 +83,7 @@ pub fn main() -> ExitCode {
 
 /// Runs `ckpt` with `args` (including the program name) and returns its exit status:
 /// 0 success, 1 job failure or runtime error, 2 usage or validation error, 128+N when
-/// interrupted by signal N.
+/// interrupted by signal N, 141 (128+SIGPIPE, without a message) when stdout was closed.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let cli = match cli::parse(args) {
         Ok(cli) => cli,

@@ -126,6 +126,12 @@ pub fn resume_hint(plan: &RunPlan) -> String {
     for a in &plan.mpirun_args {
         argv.push(format!("--mpirun-arg={a}").into());
     }
+    if plan.exit_signal != Some(libc::SIGUSR1) {
+        let sig = plan
+            .exit_signal
+            .map_or_else(|| "off".to_owned(), |n| n.to_string());
+        argv.push(format!("--exit-signal={sig}").into());
+    }
     argv.push("--".into());
     argv.push(plan.program.clone().into());
     argv.extend(plan.args.iter().map(OsString::from));
@@ -703,6 +709,14 @@ mod tests {
             resume_hint(&crate::testutil::plan(std::path::Path::new("/j/my job"), 4)),
             "to resume: ckpt run -n 4 --every 10 --keep 2 --job-dir '/j/my job' \
              --mpirun-arg=--bind-to --mpirun-arg=none -- /bin/true 'a b'",
+        );
+        let mut usr2 = crate::testutil::plan(std::path::Path::new("/j"), 2);
+        usr2.exit_signal = Some(libc::SIGUSR2);
+        usr2.mpirun_args.clear();
+        check(
+            resume_hint(&usr2),
+            "to resume: ckpt run -n 2 --every 10 --keep 2 --job-dir /j --exit-signal=12 -- \
+             /bin/true 'a b'",
         );
         check(
             restarting(1, 3, None),
