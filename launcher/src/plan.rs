@@ -157,6 +157,9 @@ impl RunPlan {
         let program = resolve("PROG", Path::new(prog), ctx)?;
         let mpirun = resolve("--mpirun", &args.mpirun, ctx)?;
         let local_dir = args.local_dir.as_deref().map(|d| absolute(&ctx.cwd, d));
+        if let Some(dir) = &local_dir {
+            check_dir_path("--local-dir", dir)?;
+        }
 
         let job_dir = match &args.job_dir {
             Some(dir) => absolute(&ctx.cwd, dir),
@@ -306,6 +309,22 @@ fn quiet_after(s: &str) -> Result<Option<Duration>, UsageError> {
             "--quiet-after {s}: give a duration with a unit (e.g. 90s, 10m, 1h)"
         ))),
         Err(e) => Err(UsageError(format!("--quiet-after {s}: {e}"))),
+    }
+}
+
+/// Refuses a directory path that can never be created: one whose nearest existing ancestor (or
+/// itself) is not a directory. (On other nodes the path may differ; this checks this node.)
+fn check_dir_path(flag: &str, dir: &Path) -> Result<(), UsageError> {
+    let existing = dir
+        .ancestors()
+        .find(|a| std::fs::symlink_metadata(a).is_ok());
+    match existing {
+        Some(a) if !a.is_dir() => Err(UsageError(format!(
+            "{flag} {}: {} exists and is not a directory",
+            dir.display(),
+            a.display()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -470,6 +489,14 @@ mod tests {
         check(
             "-n 4 --job-dir data -- prog",
             "error: --job-dir D/data: exists and is not a directory",
+        );
+        check(
+            "-n 4 --local-dir data/l1 -- prog",
+            "error: --local-dir D/data/l1: D/data exists and is not a directory",
+        );
+        check(
+            "-n 4 --local-dir data -- prog",
+            "error: --local-dir D/data: D/data exists and is not a directory",
         );
         check(
             "-n 4 --job-dir / -- prog",
