@@ -13,8 +13,11 @@
 //! - [`backend::mpirun`]: the mpirun command line and the parsing of mpirun's failure
 //!   messages. Pure functions; it spawns nothing.
 //! - [`supervise`]: the launch / watch / restart loop; all process handling lives here.
-//! - [`signals`]: SIGINT/SIGTERM and checkpoint-signal handlers that only record the signal.
-//! - [`report`]: the `[ckpt] ...` lines people read. Pure formatting, no IO.
+//! - [`signals`]: handlers that only record the signal: SIGINT/SIGTERM, the exit signal
+//!   (checkpoint-and-exit), SIGHUP (ignored) and the checkpoint signal.
+//! - [`report`]: the `[ckpt] ...` lines people read, and the only printing: stderr and
+//!   `launcher.log` ([`report::say`]), stdout ([`report::print`], `outln!`); a closed pipe is
+//!   never a panic.
 //! - [`bench`]: `ckpt bench`, which runs the `ckpt-bench` rank program under `ckpt run`.
 //! - [`request`]: `ckpt checkpoint`, a request to the running job through its control file.
 //!   [`lock`]: whether a `ckpt run` holds a job directory; which run a request belongs to.

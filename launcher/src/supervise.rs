@@ -380,6 +380,7 @@ struct Tail {
 
 /// What a launch's events said, for the decision after it ended.
 struct Summary {
+    /// Whether rank 0 logged `started` (or the log could not be read).
     started: bool,
     blame: Option<String>,
     committed: Vec<u64>,
@@ -413,7 +414,8 @@ impl Tail {
 
     fn summary(&self) -> Summary {
         Summary {
-            started: self.started,
+            // An unreadable event log says nothing: the launch is taken as started.
+            started: self.started || self.warned,
             blame: self.blame.clone(),
             committed: self.committed.clone(),
             stopped: self.stopped,
