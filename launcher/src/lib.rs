@@ -16,7 +16,7 @@
 //! - [`signals`]: handlers that only record the signal: SIGINT/SIGTERM, the exit signal
 //!   (checkpoint-and-exit), SIGHUP (ignored) and the checkpoint signal.
 //! - [`report`]: the `[ckpt] ...` lines people read, and the only printing: stderr and
-//!   `launcher.log` ([`report::say`]), stdout ([`report::print`], `outln!`); a closed pipe is
+//!   `launcher.log` ([`report::say`]), stdout ([`report::print()`], `outln!`); a closed pipe is
 //!   never a panic.
 //! - [`bench`]: `ckpt bench`, which runs the `ckpt-bench` rank program under `ckpt run`.
 //! - [`request`]: `ckpt checkpoint`, a request to the running job through its control file.

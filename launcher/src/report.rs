@@ -1,7 +1,7 @@
 //! The lines people read: `[ckpt] ...` messages about events, launches, failures and the end
 //! of a job, and the small renderings they share with `ckpt list`. Pure formatting, except
 //! the output functions: [`say`] (stderr, and the job's `launcher.log` once [`log_to`] named
-//! it), [`print`] (stdout, for `list` and `verify`) and [`log_raw`].
+//! it), [`print()`] (stdout, for `list` and `verify`) and [`log_raw`].
 //!
 //! No output function panics: a closed stderr is ignored (the log keeps the report), and a
 //! closed stdout comes back as a `BrokenPipe` error that [`crate::run`] ends quietly on.
