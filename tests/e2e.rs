@@ -545,7 +545,8 @@ fn launches(job: &Path) -> Vec<u32> {
 /// `kill -USR1 %1` would, while the ranks are starting (from the moment they exist as heat2d
 /// processes until they report `started`) kills no rank: they start with it held, and
 /// checkpoint once their handler is in place (a rank used to die of it, costing a restart; a
-/// signal to the group killed the launcher itself).
+/// signal to the group killed the launcher itself; now the launcher takes it as its exit
+/// signal, and the job stops after that checkpoint).
 #[test]
 fn a_checkpoint_signal_while_ranks_start_kills_none() {
     let Some(_mpi) = mpi() else { return };
@@ -597,14 +598,28 @@ fn a_checkpoint_signal_while_ranks_start_kills_none() {
             "SIGUSR1 to {target} during start-up cost a restart\n{}",
             out.dump()
         );
-        assert_same_result(&out);
+        if to_group {
+            // The launcher got it too, and SIGUSR1 is its exit signal: after the checkpoint
+            // the job stops, and the resumed job ends as the uninterrupted run.
+            assert!(
+                out.status.success() && out.stderr.contains("job stopped on request after"),
+                "{}",
+                out.dump()
+            );
+            assert_same_result(
+                &Run::new(&job, RANKS, &["--every", "off"], &heat2d(), HEAT).output(),
+            );
+        } else {
+            assert_same_result(&out);
+        }
         assert!(
             !committed_epochs(&job).is_empty(),
             "SIGUSR1 to {target} was not acted on\n{}",
             out.dump()
         );
         assert_eq!(
-            out.stderr.contains("received SIGUSR1") && out.stderr.contains("not forwarded"),
+            out.stderr.contains("received SIGUSR1")
+                && out.stderr.contains("asking the job to checkpoint and stop"),
             to_group,
             "the launcher reports the signals it gets, and only those\n{}",
             out.dump()
@@ -1746,4 +1761,227 @@ fn a_job_directory_replaced_or_deleted_mid_run_stops_the_job() {
             _ => assert!(!job.exists(), "the deleted job directory was recreated"),
         }
     }
+}
+
+/// `ckpt run` whose stdout and stderr are closed (`| head` gone, terminal closed) keeps
+/// supervising to the end: the job finishes with its own exit status, and the report and the
+/// job's output are in `<job dir>/launcher.log`. (Before: the launcher panicked on its first
+/// line and mpirun died of SIGPIPE.)
+#[test]
+fn closed_outputs_do_not_stop_the_launcher_or_the_job() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut cmd = std::process::Command::new(bin("ckpt"));
+    cmd.args(["run", "-n", "4", "--every", "40", "--job-dir"])
+        .arg(&job)
+        .arg("--")
+        .arg(heat2d())
+        .args(HEAT);
+    let status = run_with_closed_outputs(cmd, Duration::from_secs(120));
+    let log = std::fs::read_to_string(job.join("launcher.log")).unwrap_or_default();
+    assert!(status.success(), "{status}\n{log}");
+    assert_eq!(committed_epochs(&job), vec![1, 2, 3, 4, 5, 6], "{log}");
+    for needle in [
+        "[ckpt] launch 1/4",
+        "epoch 6 committed",
+        "the launcher's stdout is closed",
+        "job finished after 1 launch",
+    ] {
+        assert!(log.contains(needle), "{needle}\n{log}");
+    }
+    // The job's output went to the log once stdout was closed.
+    let checksum = log.lines().find_map(|l| l.strip_prefix("checksum: "));
+    assert_eq!(checksum, Some(reference()), "{log}");
+}
+
+/// `ckpt list DIR | true` and `ckpt verify DIR | head -1`: a closed stdout ends them quietly
+/// with 141 (128 + SIGPIPE), no panic on stderr. (Before: a panic, status 101.)
+#[test]
+fn list_and_verify_end_quietly_on_a_closed_stdout() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let out = Run::new(&job, 2, &["--every", "40"], &heat2d(), HEAT).output();
+    assert!(out.status.success(), "{}", out.dump());
+    for sub in ["list", "verify"] {
+        let mut cmd = std::process::Command::new(bin("ckpt"));
+        let err = dir.path().join(format!("{sub}.err"));
+        cmd.arg(sub)
+            .arg(&job)
+            .stdin(std::process::Stdio::null())
+            .stdout(closed_pipe())
+            .stderr(std::fs::File::create(&err).unwrap());
+        let status = cmd.status().unwrap();
+        let stderr = std::fs::read_to_string(&err).unwrap();
+        assert_eq!(status.code(), Some(141), "ckpt {sub}: {status}\n{stderr}");
+        assert_eq!(stderr, "", "ckpt {sub} said something on a closed stdout");
+    }
+}
+
+/// Waits until rank 0 logged that the job started and the first epoch committed.
+fn wait_running(job: &Path) -> bool {
+    wait_for(Duration::from_secs(60), || {
+        !committed_epochs(job).is_empty()
+    })
+}
+
+/// SIGUSR1 to the launcher alone (Slurm's `--signal=B:USR1@T` pre-timeout warning) asks the job
+/// to checkpoint and stop; the launcher exits 0 with the resume hint, and the resumed job ends
+/// bit-identical. (Before: the launcher only said it did not forward the signal, and the job
+/// ran on into the time limit.)
+#[test]
+fn sigusr1_to_the_launcher_checkpoints_and_stops_the_job() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let slow = [HEAT, &["--step-ms", "30"]].concat();
+    let running = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), &slow).spawn();
+    assert!(wait_running(&job), "the job did not start");
+    signal(running.pid(), "USR1");
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    for needle in [
+        "received SIGUSR1: asking the job to checkpoint and stop (request 1)",
+        "job stopped on request after epoch",
+        "to resume: ckpt run",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}\n{}", out.dump());
+    }
+    assert_eq!(launch_lines(&out.stderr), 1, "{}", out.dump());
+    let stopped = events(&job)
+        .iter()
+        .find_map(|e| match e {
+            Event::Stopping { epoch } => Some(*epoch),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no stopping event\n{}", out.dump()));
+    assert!(stopped < 6, "the job ran to its end: {}", out.dump());
+    let resumed = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT).output();
+    assert_same_result(&resumed);
+    assert_eq!(restored_epochs(&job), vec![stopped], "{}", resumed.dump());
+}
+
+/// SIGHUP to the launcher (its terminal closed) is reported and ignored: the job finishes.
+#[test]
+fn sighup_to_the_launcher_is_ignored() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let slow = [HEAT, &["--step-ms", "10"]].concat();
+    let running = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), &slow).spawn();
+    assert!(wait_running(&job), "the job did not start");
+    signal(running.pid(), "HUP");
+    let out = running.wait();
+    assert_same_result(&out);
+    assert!(
+        out.stderr.contains("received SIGHUP: ignored"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(launch_lines(&out.stderr), 1, "{}", out.dump());
+}
+
+/// A launch that fails before any rank started (here mpirun refuses an argument) is not
+/// relaunched: the same failure would follow. (Before: 4 launches, the same usage error.)
+#[test]
+fn a_launch_that_fails_before_any_rank_started_is_not_relaunched() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--max-restarts",
+        "3",
+        "--mpirun-arg=--no-such-mpirun-option",
+    ];
+    let out = Run::new(&job, 2, &flags, &heat2d(), HEAT).output();
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    assert_eq!(launch_lines(&out.stderr), 1, "{}", out.dump());
+    for needle in [
+        "no rank reported the job started",
+        "not relaunching",
+        "to resume: ckpt run",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle}\n{}", out.dump());
+    }
+}
+
+/// The restart line names the epoch the launcher expects (the newest committed) and then the
+/// one the ranks restored: here the newest is damaged between the failure and the relaunch,
+/// and the ranks fall back. (Before: "restarting (1/2) from epoch 3", then silence about 2.)
+#[test]
+fn the_restart_lines_name_the_epoch_the_ranks_restored() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "1:after-commit:3",
+    ];
+    let running = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).spawn();
+    // Rank 1 dies right after epoch 3 is published; damage it before the relaunch reads it.
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&3)),
+        "epoch 3 never committed"
+    );
+    damage_file(&rank_file(&job, 3, 2), "bitflip");
+    let out = running.wait();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    let restart = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("[ckpt] restarting (1/2)"))
+        .unwrap_or_else(|| panic!("no restart line\n{}", out.dump()));
+    assert!(
+        restart.contains("newest committed: epoch 3"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("restored epoch 2 (")
+            && out
+                .stderr
+                .contains("the ranks fell back from epoch 3, which they could not restore"),
+        "{}",
+        out.dump()
+    );
+}
+
+/// With stdout and stderr on one file (a terminal, `2>&1`), the launcher's event lines come in
+/// the order things happened: the restore before the line heat2d prints after it, the start
+/// before both. (Before: events were read every 200 ms, after the ranks' output.)
+#[test]
+fn event_lines_keep_their_order_with_the_ranks_output() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let merged = dir.path().join("out.txt");
+    let file = std::fs::File::create(&merged).unwrap();
+    let mut cmd = std::process::Command::new(bin("ckpt"));
+    cmd.args(["run", "-n", "4", "--every", "40", "--fault", "1:poll:50"])
+        .arg("--job-dir")
+        .arg(&job)
+        .arg("--")
+        .arg(heat2d())
+        .args(HEAT)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let status = cmd.status().unwrap();
+    let text = std::fs::read_to_string(&merged).unwrap();
+    assert!(status.success(), "{status}\n{text}");
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing\n{text}"))
+    };
+    let started = at("[ckpt] 4 ranks started (restart count 1)");
+    let restored = at("[ckpt] restored epoch 1 (");
+    let printed = at("heat2d: restored epoch 1 at step 40");
+    assert!(started < restored && restored < printed, "{text}");
 }

@@ -428,3 +428,48 @@ pub fn signal_group(pgid: i32, signal: &str) {
         .args(["-s", signal, "--", &format!("-{pgid}")])
         .status();
 }
+
+/// The write end of a pipe whose reader is gone: a write to it fails with EPIPE (a closed
+/// terminal, `| head` after it exited, `| true`).
+pub fn closed_pipe() -> Stdio {
+    let mut reader = Command::new("true")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start true");
+    let write_end = reader.stdin.take().expect("piped stdin");
+    reader.wait().expect("wait for true");
+    Stdio::from(write_end)
+}
+
+/// Runs `cmd` with stdout and stderr both writing into [`closed_pipe`]s, to its end or
+/// `timeout` (then its process group is killed and the test fails).
+pub fn run_with_closed_outputs(mut cmd: Command, timeout: Duration) -> ExitStatus {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null())
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait for child") {
+            return st;
+        }
+        if t0.elapsed() > timeout {
+            let st = end_tree(&mut child);
+            panic!("timed out after {timeout:?} ({st})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How many launches a `ckpt run` made, from its `[ckpt] launch N/M` lines.
+pub fn launch_lines(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("[ckpt] launch ") && l.contains("/"))
+        .filter(|l| !l.contains(" failed after "))
+        .count()
+}

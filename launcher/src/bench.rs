@@ -29,6 +29,7 @@ pub fn run_args(b: &BenchArgs) -> Result<RunArgs, UsageError> {
         local_dir: b.local_dir.clone(),
         fault: None,
         quiet_after: None,
+        exit_signal: None,
         mpirun: "mpirun".into(),
         mpirun_args: Vec::new(),
         command: vec![

@@ -108,14 +108,14 @@ pub struct RunArgs {
     /// Number of ranks.
     #[arg(short = 'n', long = "np", value_name = "N")]
     pub ranks: u32,
-    /// Checkpoint interval: N polls, or a time such as 30s, 500ms, 5m, 1h; "off" for none
-    /// [default: the application's own setting].
+    /// Checkpoint interval: N polls (N >= 1), or a time such as 30s, 500ms, 5m, 1h; "off" for
+    /// none [default: the application's own setting].
     #[arg(long, value_name = "SPEC")]
     pub every: Option<String>,
     /// Committed epochs to keep on storage.
     #[arg(long, value_name = "K", default_value_t = 2)]
     pub keep: u32,
-    /// Relaunches allowed after failures.
+    /// Relaunches allowed after failures (at most 1000).
     #[arg(long, value_name = "K", default_value_t = 3)]
     pub max_restarts: u32,
     /// Job directory (manifests, events, job.json). If it holds committed epochs, the first
@@ -136,6 +136,10 @@ pub struct RunArgs {
     /// long, e.g. 90s, 10m, 1h [default: off].
     #[arg(long, value_name = "DURATION")]
     pub quiet_after: Option<String>,
+    /// Signal to the launcher that asks the job to checkpoint and stop, as `ckpt checkpoint
+    /// --then-exit` does (for Slurm's `--signal=B:USR1@T`); a name, a number, or off.
+    #[arg(long, value_name = "SIG", default_value = "USR1")]
+    pub exit_signal: Option<String>,
     /// mpirun to use.
     #[arg(long, value_name = "PATH", default_value = "mpirun")]
     pub mpirun: PathBuf,
@@ -189,9 +193,14 @@ fn run_after_help() -> String {
          To resume a job after the launcher itself died, run again with --job-dir DIR: the \
          first launch restarts from the newest committed epoch in DIR. A `ckpt checkpoint` \
          request an earlier run left pending is ignored, and reported.\n\n\
-         Exit status: 0 the job finished; 1 it failed and no restarts remained, or a launcher \
-         error; 2 invalid usage; 130/143 interrupted by SIGINT/SIGTERM (forwarded to mpirun, \
-         no restart).",
+         Signals to the launcher: SIGINT/SIGTERM are forwarded to mpirun (no restart); the \
+         exit signal (--exit-signal, default SIGUSR1, as Slurm's --signal=B:USR1@T sends) asks \
+         the job to checkpoint and stop, like `ckpt checkpoint --then-exit`; SIGHUP is ignored \
+         (by mpirun too). The report is also appended to launcher.log in the job directory, \
+         and the job's output goes there once the launcher's stdout or stderr is closed.\n\n\
+         Exit status: 0 the job finished (or stopped on request); 1 it failed and no restarts \
+         remained, it failed before any rank started, or a launcher error; 2 invalid usage; \
+         130/143 interrupted by SIGINT/SIGTERM (forwarded to mpirun, no restart).",
         args = mpirun::ARGS_VAR,
         dir = env::JOB_DIR,
         id = env::JOB_ID,

@@ -13,8 +13,11 @@
 //! - [`backend::mpirun`]: the mpirun command line and the parsing of mpirun's failure
 //!   messages. Pure functions; it spawns nothing.
 //! - [`supervise`]: the launch / watch / restart loop; all process handling lives here.
-//! - [`signals`]: SIGINT/SIGTERM and checkpoint-signal handlers that only record the signal.
-//! - [`report`]: the `[ckpt] ...` lines people read. Pure formatting, no IO.
+//! - [`signals`]: handlers that only record the signal: SIGINT/SIGTERM, the exit signal
+//!   (checkpoint-and-exit), SIGHUP (ignored) and the checkpoint signal.
+//! - [`report`]: the `[ckpt] ...` lines people read, and the only printing: stderr and
+//!   `launcher.log` ([`report::say`]), stdout ([`report::print()`], `outln!`); a closed pipe is
+//!   never a panic.
 //! - [`bench`]: `ckpt bench`, which runs the `ckpt-bench` rank program under `ckpt run`.
 //! - [`request`]: `ckpt checkpoint`, a request to the running job through its control file.
 //!   [`lock`]: whether a `ckpt run` holds a job directory; which run a request belongs to.
@@ -24,6 +27,14 @@
 //! **Invariants.** No module spells a `CKPT_*` variable of the rank contract: the names come
 //! from [`ckpt::env`]. Exit codes and the formatting of errors are decided in one place,
 //! [`run`], from [`Outcome`] and [`UsageError`].
+
+/// `println!` for command output: a closed stdout returns a `BrokenPipe` error from the
+/// enclosing function (which [`run`] ends quietly on) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::report::print(format_args!($($arg)*))?
+    };
+}
 
 pub mod backend;
 pub mod bench;
@@ -42,6 +53,7 @@ pub mod supervise;
 pub mod verify;
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 /// A usage or validation error: the command line (or the job directory it names) cannot work.
@@ -75,7 +87,7 @@ pub fn main() -> ExitCode {
 
 /// Runs `ckpt` with `args` (including the program name) and returns its exit status:
 /// 0 success, 1 job failure or runtime error, 2 usage or validation error, 128+N when
-/// interrupted by signal N.
+/// interrupted by signal N, 141 (128+SIGPIPE, without a message) when stdout was closed.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let cli = match cli::parse(args) {
         Ok(cli) => cli,
@@ -89,8 +101,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::JobFailed) => ExitCode::from(1),
         Ok(Outcome::Interrupted(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        // The reader went away (`ckpt list | head -1`): nothing more to say, as for SIGPIPE.
+        Err(e) if report::is_broken_pipe(&e) => ExitCode::from(128 + libc::SIGPIPE as u8),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {

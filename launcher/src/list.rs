@@ -29,17 +29,21 @@ pub struct Entry {
 pub fn run(dir: &Path, as_json: bool) -> anyhow::Result<Outcome> {
     let entries = entries(dir)?;
     if as_json {
-        println!(
+        outln!(
             "{}",
             json(&entries).context("cannot encode the listing as JSON")?
         );
     } else if entries.is_empty() {
-        println!("no committed epochs in {}", dir.display());
+        outln!("no committed epochs in {}", dir.display());
     } else if entries.iter().all(|e| e.quarantine.is_some()) {
-        println!("no committed epochs in {}; quarantined:", dir.display());
-        table(&entries).iter().for_each(|l| println!("{l}"));
+        outln!("no committed epochs in {}; quarantined:", dir.display());
+        for l in table(&entries) {
+            outln!("{l}");
+        }
     } else {
-        table(&entries).iter().for_each(|l| println!("{l}"));
+        for l in table(&entries) {
+            outln!("{l}");
+        }
     }
     Ok(Outcome::Success)
 }

@@ -28,8 +28,9 @@ pub struct Context {
     pub path: Option<OsString>,
     /// The value of [`mpirun::ARGS_VAR`], if set.
     pub mpirun_args: Option<String>,
-    /// Rank-contract variables ([`ckpt::env::ALL`]) set in the launcher's environment.
-    pub inherited: Vec<&'static str>,
+    /// Rank-contract variables ([`ckpt::env::ALL`]) set in the launcher's environment, with
+    /// their values.
+    pub inherited: Vec<(&'static str, String)>,
     /// Current time, seconds since the Unix epoch (names the default job directory).
     pub now_unix_s: u64,
     /// The launcher's process id (names the default job directory).
@@ -49,8 +50,7 @@ impl Context {
             mpirun_args: env::get(mpirun::ARGS_VAR),
             inherited: env::ALL
                 .iter()
-                .copied()
-                .filter(|name| env::get(name).is_some())
+                .filter_map(|&name| env::get(name).map(|v| (name, v)))
                 .collect(),
             now_unix_s: ckpt::util::unix_ms() / 1000,
             pid: std::process::id(),
@@ -97,6 +97,9 @@ pub struct RunPlan {
     pub inherited: Vec<&'static str>,
     /// The job's checkpoint signal (`CKPT_SIGNAL`, default SIGUSR1; `None` when off).
     pub signal: Option<i32>,
+    /// The signal that makes the launcher ask the job to checkpoint and stop
+    /// (`--exit-signal`, default SIGUSR1; `None` when off).
+    pub exit_signal: Option<i32>,
     /// The `ckpt` executable that starts each rank with [`RunPlan::signal`] blocked
     /// (`ckpt exec-rank`); `None` starts the program directly.
     pub exec_rank: Option<PathBuf>,
@@ -108,11 +111,19 @@ impl RunPlan {
         if args.ranks == 0 {
             return Err(UsageError("-n 0: a job needs at least one rank".into()));
         }
-        let every = args
-            .every
-            .as_deref()
-            .map(|s| Interval::parse(s).map_err(|e| UsageError(format!("--every {s}: {e}"))))
-            .transpose()?;
+        if args.ranks > MAX_RANKS {
+            return Err(UsageError(format!(
+                "-n {}: at most {MAX_RANKS} ranks (MPI ranks are C ints)",
+                args.ranks
+            )));
+        }
+        if args.max_restarts > MAX_RESTARTS {
+            return Err(UsageError(format!(
+                "--max-restarts {}: at most {MAX_RESTARTS}",
+                args.max_restarts
+            )));
+        }
+        let every = args.every.as_deref().map(every).transpose()?;
         if args.keep == 0 {
             return Err(UsageError(
                 "--keep 0: at least one committed epoch must be kept".into(),
@@ -121,6 +132,11 @@ impl RunPlan {
         if let Some(spec) = &args.fault {
             let fault =
                 Fault::parse(spec).map_err(|e| UsageError(format!("--fault {spec}: {e}")))?;
+            if fault.at == Some(0) {
+                return Err(UsageError(format!(
+                    "--fault {spec}: N counts epochs or polls from 1; 0 would never fire"
+                )));
+            }
             if fault.rank as u32 >= args.ranks {
                 return Err(UsageError(format!(
                     "--fault {spec}: rank {} does not exist in a {}-rank job (ranks 0..{})",
@@ -142,6 +158,9 @@ impl RunPlan {
         let program = resolve("PROG", Path::new(prog), ctx)?;
         let mpirun = resolve("--mpirun", &args.mpirun, ctx)?;
         let local_dir = args.local_dir.as_deref().map(|d| absolute(&ctx.cwd, d));
+        if let Some(dir) = &local_dir {
+            check_dir_path("--local-dir", dir)?;
+        }
 
         let job_dir = match &args.job_dir {
             Some(dir) => absolute(&ctx.cwd, dir),
@@ -169,6 +188,7 @@ impl RunPlan {
                 ))
             })?;
 
+        let exit_signal = exit_signal(args.exit_signal.as_deref())?;
         let signal = match ctx.signal.as_deref() {
             None => Some(libc::SIGUSR1),
             Some(v) => ckpt::trigger::parse_signal(v)
@@ -197,15 +217,34 @@ impl RunPlan {
             inherited: Vec::new(),
             exec_rank: ctx.exe.clone().filter(|_| signal.is_some()),
             signal,
+            exit_signal,
         };
         let ours: Vec<&str> = plan.rank_env(0).iter().map(|(k, _)| *k).collect();
         plan.inherited = ctx
             .inherited
             .iter()
-            .copied()
+            .map(|(name, _)| *name)
             .filter(|name| !ours.contains(name))
             .collect();
+        plan.check_rank_config(ctx)?;
         Ok(plan)
+    }
+
+    /// Checks the configuration the ranks will read (what the launcher sets, then inherited
+    /// `CKPT_*` variables) with the library's own parser, so that a value every rank would
+    /// refuse fails here, once, instead of in every launch.
+    fn check_rank_config(&self, ctx: &Context) -> Result<(), UsageError> {
+        let ours = self.rank_env(0);
+        let get = |name: &str| {
+            let set = ours.iter().find(|(k, _)| *k == name);
+            let inherited = || ctx.inherited.iter().find(|(k, _)| *k == name);
+            set.or_else(inherited).map(|(_, v)| v.clone())
+        };
+        ckpt::Config::from_vars(get).map(drop).map_err(|e| {
+            UsageError(format!(
+                "the ranks would refuse their {e} (from the environment)"
+            ))
+        })
     }
 
     /// The variables the launcher sets for the ranks of the launch with this restart count.
@@ -229,6 +268,39 @@ impl RunPlan {
     }
 }
 
+/// Most ranks `-n` accepts: MPI counts ranks in a C `int`.
+pub const MAX_RANKS: u32 = i32::MAX as u32;
+/// Most relaunches `--max-restarts` accepts: a job that failed this often will not recover.
+pub const MAX_RESTARTS: u32 = 1000;
+
+/// Parses `--every`. `0` is refused: the library reads it as "off", which is better said so.
+fn every(s: &str) -> Result<Interval, UsageError> {
+    if s.trim().parse::<u64>() == Ok(0) {
+        return Err(UsageError(format!(
+            "--every {s}: a checkpoint every 0 polls is no interval; for no automatic \
+             checkpoints say --every off"
+        )));
+    }
+    Interval::parse(s).map_err(|e| UsageError(format!("--every {s}: {e}")))
+}
+
+/// Parses `--exit-signal`: a signal name or number, or `off`; not one the launcher reserves.
+fn exit_signal(s: Option<&str>) -> Result<Option<i32>, UsageError> {
+    let Some(s) = s else {
+        return Ok(Some(libc::SIGUSR1));
+    };
+    let sig = ckpt::trigger::parse_signal(s)
+        .map_err(|e| UsageError(format!("--exit-signal {s}: {e}")))?;
+    match sig {
+        Some(n) if crate::signals::RESERVED.contains(&n) => Err(UsageError(format!(
+            "--exit-signal {s}: {} has its own meaning to the launcher (SIGINT/SIGTERM \
+             interrupt the job, SIGHUP is ignored)",
+            crate::signals::name(n)
+        ))),
+        sig => Ok(sig),
+    }
+}
+
 /// Parses `--quiet-after`: a duration with a unit, or `off` (`None`).
 fn quiet_after(s: &str) -> Result<Option<Duration>, UsageError> {
     match Interval::parse(s) {
@@ -238,6 +310,22 @@ fn quiet_after(s: &str) -> Result<Option<Duration>, UsageError> {
             "--quiet-after {s}: give a duration with a unit (e.g. 90s, 10m, 1h)"
         ))),
         Err(e) => Err(UsageError(format!("--quiet-after {s}: {e}"))),
+    }
+}
+
+/// Refuses a directory path that can never be created: one whose nearest existing ancestor (or
+/// itself) is not a directory. (On other nodes the path may differ; this checks this node.)
+fn check_dir_path(flag: &str, dir: &Path) -> Result<(), UsageError> {
+    let existing = dir
+        .ancestors()
+        .find(|a| std::fs::symlink_metadata(a).is_ok());
+    match existing {
+        Some(a) if !a.is_dir() => Err(UsageError(format!(
+            "{flag} {}: {} exists and is not a directory",
+            dir.display(),
+            a.display()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -299,7 +387,7 @@ mod tests {
             cwd: dir.path().to_path_buf(),
             path: Some(dir.path().into()),
             mpirun_args: Some(" --bind-to  none ".into()),
-            inherited: vec![env::NODE, env::KEEP],
+            inherited: vec![(env::NODE, "n1".into()), (env::KEEP, "9".into())],
             now_unix_s: 1_776_693_792, // 2026-04-20 14:03:12 UTC
             pid: 42,
             signal: None,
@@ -404,9 +492,123 @@ mod tests {
             "error: --job-dir D/data: exists and is not a directory",
         );
         check(
+            "-n 4 --local-dir data/l1 -- prog",
+            "error: --local-dir D/data/l1: D/data exists and is not a directory",
+        );
+        check(
+            "-n 4 --local-dir data -- prog",
+            "error: --local-dir D/data: D/data exists and is not a directory",
+        );
+        check(
             "-n 4 --job-dir / -- prog",
             "error: --job-dir /: needs a final component to name the job",
         );
+    }
+
+    /// Values that wrapped, panicked or meant something else silently: each is refused.
+    #[test]
+    fn limits() {
+        check(
+            "-n 4294967295 -- prog",
+            "error: -n 4294967295: at most 2147483647 ranks (MPI ranks are C ints)",
+        );
+        check(
+            "-n 2 --max-restarts 4294967295 -- prog",
+            "error: --max-restarts 4294967295: at most 1000",
+        );
+        check(
+            "-n 2 --every 100000000000000000000s -- prog",
+            "error: --every 100000000000000000000s: \"100000000000000000000s\" is too long a \
+             duration",
+        );
+        check(
+            "-n 2 --every 0 -- prog",
+            "error: --every 0: a checkpoint every 0 polls is no interval; for no automatic \
+             checkpoints say --every off",
+        );
+        check(
+            "-n 2 --fault 0:poll:0 -- prog",
+            "error: --fault 0:poll:0: N counts epochs or polls from 1; 0 would never fire",
+        );
+        check(
+            "-n 2 --quiet-after 100000000000000000000h -- prog",
+            "error: --quiet-after 100000000000000000000h: \"100000000000000000000h\" is too long \
+             a duration",
+        );
+        check(
+            "-n 2 --exit-signal TERM -- prog",
+            "error: --exit-signal TERM: SIGTERM has its own meaning to the launcher \
+             (SIGINT/SIGTERM interrupt the job, SIGHUP is ignored)",
+        );
+        check(
+            "-n 2 --exit-signal KILL -- prog",
+            "error: --exit-signal KILL: unknown signal \"KILL\" (use USR1, USR2, TERM, INT, \
+             HUP, URG, XCPU, a number, or off)",
+        );
+        // The largest accepted values.
+        check(
+            "-n 2147483647 --max-restarts 1000 --every off -- prog",
+            "n=2147483647 every=off keep=2 restarts=1000 fault=- \
+             job=D/ckpt-jobs/prog-20260420-140312-42 id=prog-20260420-140312-42 local=- \
+             mpirun=D/mpirun margs=--bind-to,none prog=D/prog args=",
+        );
+    }
+
+    #[test]
+    fn exit_signal() {
+        let (_dir, ctx) = fixture();
+        let exit = |flags: &str| {
+            let argv = format!("ckpt run -n 2 {flags} -- prog");
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, &ctx).map(|p| p.exit_signal).unwrap()
+        };
+        assert_eq!(exit(""), Some(libc::SIGUSR1));
+        assert_eq!(exit("--exit-signal USR2"), Some(libc::SIGUSR2));
+        assert_eq!(exit("--exit-signal SIGXCPU"), Some(libc::SIGXCPU));
+        assert_eq!(exit("--exit-signal off"), None);
+    }
+
+    /// An inherited `CKPT_*` value every rank would refuse fails the plan, naming it; one the
+    /// launcher overrides does not matter.
+    #[test]
+    fn inherited_rank_config_is_checked_before_launch() {
+        let (_dir, mut ctx) = fixture();
+        let plan = |ctx: &Context, flags: &str| {
+            let argv = format!("ckpt run -n 2 {flags} -- prog");
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx).map(drop).map_err(|e| e.to_string())
+        };
+        ctx.inherited = vec![(env::TIMEOUT, "soon".into()), (env::KEEP, "x".into())];
+        assert_eq!(
+            plan(&ctx, ""),
+            Err(
+                "the ranks would refuse their configuration: CKPT_TIMEOUT=\"soon\": expected \
+                 a whole number >= 1 (from the environment)"
+                    .into()
+            )
+        );
+        ctx.inherited = vec![(env::EVERY, "5x".into())];
+        assert!(plan(&ctx, "").unwrap_err().contains("CKPT_EVERY=\"5x\""));
+        // --every replaces the inherited value.
+        assert_eq!(plan(&ctx, "--every 10"), Ok(()));
+        ctx.inherited = vec![(env::FAULT, "1:nowhere".into())];
+        assert!(plan(&ctx, "")
+            .unwrap_err()
+            .contains("CKPT_FAULT=\"1:nowhere\""));
+        ctx.inherited = vec![(env::IO_TIMEOUT, "0".into())];
+        assert!(plan(&ctx, "")
+            .unwrap_err()
+            .contains("CKPT_IO_TIMEOUT=\"0\""));
     }
 
     #[test]

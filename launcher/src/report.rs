@@ -1,24 +1,76 @@
 //! The lines people read: `[ckpt] ...` messages about events, launches, failures and the end
-//! of a job, and the small renderings they share with `ckpt list`. Pure formatting; the one
-//! printing function is [`say`].
+//! of a job, and the small renderings they share with `ckpt list`. Pure formatting, except
+//! the output functions: [`say`] (stderr, and the job's `launcher.log` once [`log_to`] named
+//! it), [`print()`] (stdout, for `list` and `verify`) and [`log_raw`].
+//!
+//! No output function panics: a closed stderr is ignored (the log keeps the report), and a
+//! closed stdout comes back as a `BrokenPipe` error that [`crate::run`] ends quietly on.
 
 use std::ffi::OsString;
 use std::fmt::Display;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::ExitStatus;
+use std::sync::Mutex;
 
 use ckpt::events::Event;
 use ckpt::util::human_bytes;
 use ckpt::{Interval, Level, Manifest};
 
-use crate::backend::mpirun::Failure;
 use crate::clock;
 use crate::plan::RunPlan;
 
+/// The file [`say`] appends to besides stderr (`<job dir>/launcher.log` during `ckpt run`).
+static LOG: Mutex<Option<File>> = Mutex::new(None);
+
+/// Name of the report file in the job directory.
+pub const LOG_FILE: &str = "launcher.log";
+
 /// Prints `[ckpt] <msg>` to stderr (one write, so it does not interleave with forwarded
-/// mpirun lines).
+/// mpirun lines) and appends it to the log, if any. A closed stderr is not an error.
 pub fn say(msg: impl Display) {
-    eprintln!("[ckpt] {msg}");
+    let line = format!("[ckpt] {msg}\n");
+    let _ = io::stderr().lock().write_all(line.as_bytes());
+    log_raw(line.as_bytes());
+}
+
+/// From now on, [`say`] also appends to `path` (created 0600, never through a symlink).
+pub fn log_to(path: &Path) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if let Ok(mut log) = LOG.lock() {
+        *log = Some(file);
+    }
+    Ok(())
+}
+
+/// Appends `bytes` to the log, if any; a failed write is dropped (the report goes on).
+pub fn log_raw(bytes: &[u8]) {
+    if let Ok(mut log) = LOG.lock() {
+        if let Some(f) = log.as_mut() {
+            let _ = f.write_all(bytes);
+        }
+    }
+}
+
+/// Prints `line` and a newline to stdout. A closed stdout is a `BrokenPipe` error.
+pub fn print(line: impl Display) -> io::Result<()> {
+    writeln!(io::stdout().lock(), "{line}")
+}
+
+/// Whether `e` is, or was caused by, writing to a closed pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The first line of `ckpt run`: where the job lives and how it is run.
@@ -47,7 +99,8 @@ pub fn resuming(committed: &[u64], from: Option<&Manifest>) -> String {
     let mut sorted = committed.to_vec();
     sorted.sort_unstable();
     format!(
-        "resuming: committed epochs {} found; the first launch restarts from {from}",
+        "resuming: committed epochs {} found; the first launch restores the newest usable \
+         one (newest committed: {from})",
         epochs(&sorted)
     )
 }
@@ -72,6 +125,12 @@ pub fn resume_hint(plan: &RunPlan) -> String {
     }
     for a in &plan.mpirun_args {
         argv.push(format!("--mpirun-arg={a}").into());
+    }
+    if plan.exit_signal != Some(libc::SIGUSR1) {
+        let sig = plan
+            .exit_signal
+            .map_or_else(|| "off".to_owned(), |n| n.to_string());
+        argv.push(format!("--exit-signal={sig}").into());
     }
     argv.push("--".into());
     argv.push(plan.program.clone().into());
@@ -271,12 +330,80 @@ pub fn launch(n: u32, total: u32, restart_count: u32, argv: &[OsString]) -> Stri
 }
 
 /// `launch 2 failed after 3.1 s: rank 2 exited on signal 9 (Killed) (mpirun exited with status 137)`.
-pub fn failed(n: u32, secs: f64, failure: Option<&Failure>, status: ExitStatus) -> String {
-    let who = failure.map_or_else(|| "unknown rank".to_owned(), |f| f.to_string());
+/// `who`: mpirun's [`crate::backend::mpirun::Failure`], else what the job's events say.
+pub fn failed(n: u32, secs: f64, who: Option<String>, status: ExitStatus) -> String {
+    let who = who.unwrap_or_else(|| "unknown rank".to_owned());
     format!(
         "launch {n} failed after {secs:.1} s: {who} ({})",
         exit_status(status)
     )
+}
+
+/// Who the job's `stalled` event blames, when mpirun's own message does not say.
+pub fn stall_blame(missing: &[i32]) -> String {
+    let ranks = missing.iter().map(i32::to_string).collect::<Vec<_>>();
+    let word = if missing.len() == 1 { "rank" } else { "ranks" };
+    format!(
+        "{word} {} stalled (from the job's events)",
+        ranks.join(", ")
+    )
+}
+
+/// Who the job's `io_stuck` event blames, when mpirun's own message does not say.
+pub fn io_blame(rank: i32) -> String {
+    format!("rank {rank} stuck in IO (from the job's events)")
+}
+
+/// Explains Open MPI's "Primary job terminated normally" banner after a failed launch.
+pub fn normal_banner() -> String {
+    format!(
+        "(mpirun's \"{}, but 1 process returned a non-zero exit code\" banner is its usual \
+         wording for this, a rank killed by a signal included: the launch did fail as said)",
+        crate::backend::mpirun::NORMAL_BANNER.replace("  ", " ")
+    )
+}
+
+/// A launch that failed before any rank reported `started`: a relaunch would fail alike.
+pub fn failed_before_start() -> String {
+    "no rank reported the job started (no `started` event): the failure came before the \
+     ranks were up (an mpirun argument, the program, its environment or a directory), and a \
+     relaunch would fail the same way; not relaunching (see mpirun's message above)"
+        .to_owned()
+}
+
+/// A launch that failed after the exit signal asked it to checkpoint and stop.
+pub fn failed_after_exit_request(sig: Option<i32>) -> String {
+    let name = sig.map_or_else(|| "the exit signal".to_owned(), crate::signals::name);
+    format!("not relaunching: {name} asked the job to stop")
+}
+
+/// SIGHUP to the launcher (a closed terminal): ignored, as mpirun ignores it.
+pub fn hangup(mpirun_pid: u32) -> String {
+    format!(
+        "received SIGHUP: ignored (mpirun, pid {mpirun_pid}, ignores it too); the job goes on. \
+         Stop it with SIGINT/SIGTERM, or checkpoint and stop it with `ckpt checkpoint \
+         --then-exit` or the exit signal"
+    )
+}
+
+/// Our stdout or stderr was closed: the job goes on, its output goes to the log.
+pub fn output_closed(stdout: bool) -> String {
+    let which = if stdout { "stdout" } else { "stderr" };
+    format!(
+        "the launcher's {which} is closed: the job goes on, and its further {which} goes to \
+         {LOG_FILE} in the job directory"
+    )
+}
+
+/// A `restored` event; `fell_back_from`: the newer epoch the launcher expected instead.
+pub fn restored(e: &Event, fell_back_from: Option<u64>) -> String {
+    match fell_back_from {
+        Some(x) => format!(
+            "{}: the ranks fell back from epoch {x}, which they could not restore",
+            event(e)
+        ),
+        None => event(e),
+    }
 }
 
 /// `mpirun exited with status 137` or `mpirun was killed by signal 9`.
@@ -299,13 +426,17 @@ pub fn epoch_brief(m: &Manifest) -> String {
     )
 }
 
-/// `restarting (1/3) from epoch 4 (...)` or `... from the beginning (no committed epoch)`.
+/// `restarting (1/3); newest committed: epoch 4 (...)` or `restarting (1/3) from the
+/// beginning (no committed epoch)`. The epoch the ranks restore is reported when they do
+/// (they fall back to an older one if this one is damaged).
 pub fn restarting(k: u32, max: u32, from: Option<&Manifest>) -> String {
-    let from = from.map_or_else(
-        || "the beginning (no committed epoch)".to_owned(),
-        epoch_brief,
-    );
-    format!("restarting ({k}/{max}) from {from}")
+    match from {
+        Some(m) => format!(
+            "restarting ({k}/{max}); newest committed: {}",
+            epoch_brief(m)
+        ),
+        None => format!("restarting ({k}/{max}) from the beginning (no committed epoch)"),
+    }
 }
 
 /// The last line of a job that finished.
@@ -394,7 +525,7 @@ pub fn shell_words(argv: &[OsString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::mpirun::Cause;
+    use crate::backend::mpirun::{Cause, Failure};
 
     fn check(got: String, expected: &str) {
         assert_eq!(got, expected);
@@ -550,7 +681,12 @@ mod tests {
             cause: Cause::Signal(9, "Killed".into()),
         };
         check(
-            failed(1, 3.12, Some(&kill), ExitStatus::from_raw(137 << 8)),
+            failed(
+                1,
+                3.12,
+                Some(kill.to_string()),
+                ExitStatus::from_raw(137 << 8),
+            ),
             "launch 1 failed after 3.1 s: rank 2 exited on signal 9 (Killed) (mpirun exited \
              with status 137)",
         );
@@ -560,17 +696,27 @@ mod tests {
         );
         check(
             restarting(2, 3, Some(&crate::testutil::manifest(4, 2))),
-            "restarting (2/3) from epoch 4 (committed 2026-04-20 14:03:12Z, 2.0 MiB, poll 40)",
+            "restarting (2/3); newest committed: epoch 4 (committed 2026-04-20 14:03:12Z, 2.0 \
+             MiB, poll 40)",
         );
         check(
             resuming(&[5, 4, 2], Some(&crate::testutil::manifest(5, 2))),
-            "resuming: committed epochs 2, 4, 5 found; the first launch restarts from epoch 5 \
-             (committed 2026-04-20 14:03:12Z, 2.0 MiB, poll 50)",
+            "resuming: committed epochs 2, 4, 5 found; the first launch restores the newest \
+             usable one (newest committed: epoch 5 (committed 2026-04-20 14:03:12Z, 2.0 MiB, \
+             poll 50))",
         );
         check(
             resume_hint(&crate::testutil::plan(std::path::Path::new("/j/my job"), 4)),
             "to resume: ckpt run -n 4 --every 10 --keep 2 --job-dir '/j/my job' \
              --mpirun-arg=--bind-to --mpirun-arg=none -- /bin/true 'a b'",
+        );
+        let mut usr2 = crate::testutil::plan(std::path::Path::new("/j"), 2);
+        usr2.exit_signal = Some(libc::SIGUSR2);
+        usr2.mpirun_args.clear();
+        check(
+            resume_hint(&usr2),
+            "to resume: ckpt run -n 2 --every 10 --keep 2 --job-dir /j --exit-signal=12 -- \
+             /bin/true 'a b'",
         );
         check(
             restarting(1, 3, None),

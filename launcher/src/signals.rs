@@ -1,10 +1,19 @@
-//! SIGINT and SIGTERM to the launcher, and the job's checkpoint signal. The handlers only
-//! record the signal in atomics (async-signal-safe); the supervisor polls with a [`Watch`].
-//! SIGINT/SIGTERM are forwarded to mpirun and stop restarting. The checkpoint signal
-//! (SIGUSR1 unless `CKPT_SIGNAL` says otherwise) is caught only so that it does not kill the
-//! launcher when sent to its process group: mpirun, in the same group, gets it too and
-//! forwards it to the ranks, so the launcher does not send it again. Nothing else in the
-//! launcher touches signal dispositions, except `ckpt exec-rank` (see [`crate::exec_rank`]).
+//! Signals to the launcher. The handlers only record the signal in atomics
+//! (async-signal-safe); the supervisor polls with a [`Watch`].
+//!
+//! - SIGINT/SIGTERM are forwarded to mpirun and stop restarting.
+//! - The exit signal (`--exit-signal`, default SIGUSR1: what Slurm's `--signal=B:USR1@T`
+//!   sends before the time limit) makes the launcher ask the job to checkpoint and stop.
+//! - The job's checkpoint signal (SIGUSR1 unless `CKPT_SIGNAL` says otherwise), when it is not
+//!   the exit signal, is caught only so that it does not kill the launcher when sent to its
+//!   process group: mpirun, in the same group, gets it too and forwards it to the ranks, so
+//!   the launcher does not send it again. (When it is the exit signal, a signal to the group
+//!   makes one checkpoint, which then stops the job.)
+//! - SIGHUP is caught and reported, and ignored by mpirun (see
+//!   [`crate::supervise`]): a closed terminal does not end the job.
+//!
+//! Nothing else in the launcher touches signal dispositions, except `ckpt exec-rank` (see
+//! [`crate::exec_rank`]).
 
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
@@ -12,6 +21,8 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 static LAST: AtomicI32 = AtomicI32::new(0);
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 static CHECKPOINT_COUNT: AtomicUsize = AtomicUsize::new(0);
+static EXIT_COUNT: AtomicUsize = AtomicUsize::new(0);
+static HUP_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn record(sig: libc::c_int) {
     LAST.store(sig, Ordering::SeqCst);
@@ -22,14 +33,30 @@ extern "C" fn record_checkpoint(_: libc::c_int) {
     CHECKPOINT_COUNT.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Installs the recording handlers for SIGINT and SIGTERM and, unless it is one of those,
-/// for the job's checkpoint signal. Children get the default dispositions back at `exec`, as
-/// for any caught signal.
-pub fn install(checkpoint: Option<i32>) -> io::Result<()> {
+extern "C" fn record_exit(_: libc::c_int) {
+    EXIT_COUNT.fetch_add(1, Ordering::SeqCst);
+}
+
+extern "C" fn record_hup(_: libc::c_int) {
+    HUP_COUNT.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Signals that cannot be the exit signal: they have their own meaning to the launcher.
+pub const RESERVED: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Installs the recording handlers: SIGINT, SIGTERM, SIGHUP, the exit signal and the job's
+/// checkpoint signal (each unless it is one of the former). Children get the default
+/// dispositions back at `exec`, as for any caught signal.
+pub fn install(checkpoint: Option<i32>, exit: Option<i32>) -> io::Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         set_handler(sig, record)?;
     }
-    if let Some(sig) = checkpoint.filter(|s| ![libc::SIGINT, libc::SIGTERM].contains(s)) {
+    set_handler(libc::SIGHUP, record_hup)?;
+    let exit = exit.filter(|s| !RESERVED.contains(s));
+    if let Some(sig) = exit {
+        set_handler(sig, record_exit)?;
+    }
+    if let Some(sig) = checkpoint.filter(|s| !RESERVED.contains(s) && Some(*s) != exit) {
         set_handler(sig, record_checkpoint)?;
     }
     Ok(())
@@ -69,6 +96,9 @@ pub fn name(sig: i32) -> String {
         libc::SIGKILL => "SIGKILL".into(),
         libc::SIGUSR1 => "SIGUSR1".into(),
         libc::SIGUSR2 => "SIGUSR2".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGURG => "SIGURG".into(),
+        libc::SIGXCPU => "SIGXCPU".into(),
         n => format!("signal {n}"),
     }
 }
@@ -78,6 +108,8 @@ pub fn name(sig: i32) -> String {
 pub struct Watch {
     seen: usize,
     checkpoints_seen: usize,
+    exits_seen: usize,
+    hups_seen: usize,
 }
 
 impl Watch {
@@ -86,15 +118,24 @@ impl Watch {
         Watch {
             seen: COUNT.load(Ordering::SeqCst),
             checkpoints_seen: CHECKPOINT_COUNT.load(Ordering::SeqCst),
+            exits_seen: EXIT_COUNT.load(Ordering::SeqCst),
+            hups_seen: HUP_COUNT.load(Ordering::SeqCst),
         }
     }
 
     /// How many checkpoint signals arrived since the previous call.
     pub fn take_checkpoint(&mut self) -> usize {
-        let count = CHECKPOINT_COUNT.load(Ordering::SeqCst);
-        let new = count.wrapping_sub(self.checkpoints_seen);
-        self.checkpoints_seen = count;
-        new
+        take(&CHECKPOINT_COUNT, &mut self.checkpoints_seen)
+    }
+
+    /// How many exit signals arrived since the previous call.
+    pub fn take_exit(&mut self) -> usize {
+        take(&EXIT_COUNT, &mut self.exits_seen)
+    }
+
+    /// How many SIGHUPs arrived since the previous call.
+    pub fn take_hup(&mut self) -> usize {
+        take(&HUP_COUNT, &mut self.hups_seen)
     }
 
     /// The last signal received since the previous call, if any.
@@ -106,6 +147,13 @@ impl Watch {
         self.seen = count;
         Some(LAST.load(Ordering::SeqCst))
     }
+}
+
+fn take(counter: &AtomicUsize, seen: &mut usize) -> usize {
+    let count = counter.load(Ordering::SeqCst);
+    let new = count.wrapping_sub(*seen);
+    *seen = count;
+    new
 }
 
 impl Default for Watch {

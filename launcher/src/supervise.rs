@@ -9,9 +9,9 @@
 //! a restart. With `--quiet-after`, a job that logs no event for that long is reported (not
 //! stopped: the ranks' own deadlines end a job that waits on a rank that stopped).
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{ChildStderr, ExitStatus};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use ckpt::manifest;
 use crate::backend::mpirun::{self, Failure, Launch, Scanner};
 use crate::plan::RunPlan;
 use crate::report::{self, say};
-use crate::{jobdir, ranks, signals, Outcome};
+use crate::{jobdir, lock, ranks, signals, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
 const POLL: Duration = Duration::from_millis(200);
@@ -41,9 +41,22 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         job_id: job.job_id.clone(),
         ..plan.clone()
     };
-    signals::install(plan.signal).context("cannot install the launcher's signal handlers")?;
+    let log = plan.job_dir.join(report::LOG_FILE);
+    if let Err(e) = report::log_to(&log) {
+        say(format!(
+            "warning: cannot append the report to {}: {e}",
+            log.display()
+        ));
+    }
+    signals::install(plan.signal, plan.exit_signal)
+        .context("cannot install the launcher's signal handlers")?;
     let mut watch = signals::Watch::new();
-    let mut tail = Tail::new(&plan.job_dir, job.events_offset, plan.quiet_after);
+    let tail = Arc::new(Mutex::new(Tail::new(
+        &plan.job_dir,
+        job.events_offset,
+        plan.quiet_after,
+    )));
+    let mut exit_requested = false;
     let as_root = mpirun::running_as_root();
     let total = plan.max_restarts + 1;
     let start = Instant::now();
@@ -54,6 +67,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     }
     if !job.committed.is_empty() {
         say(report::resuming(&job.committed, job.resume_from.as_ref()));
+        with(&tail, |t| {
+            t.expected = job.resume_from.as_ref().map(|m| m.epoch)
+        });
     }
     if !job.quarantined.is_empty() {
         say(report::quarantined_at_start(
@@ -71,29 +87,36 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         let launch = Launch::new(plan, restart_count, as_root);
         say(report::launch(n, total, restart_count, launch.argv()));
         let t0 = Instant::now();
-        tail.no_usable = None;
-        tail.quiet.launched(t0, n);
-        let ended = run_once(&launch, plan.signal, &mut watch, &mut tail)?;
+        with(&tail, |t| t.launched(t0, n));
+        let ended = run_once(&launch, plan, &mut watch, &tail, &mut exit_requested)?;
         // Events written just before mpirun exited are reported before its outcome.
-        tail.drain();
-        let (status, failure) = match ended {
+        let tail_now = with(&tail, |t| {
+            t.drain();
+            t.summary()
+        });
+        let (status, failure, banner) = match ended {
             Ended::Interrupted(sig) => {
                 say(report::interrupted(&signals::name(sig)));
                 say(report::resume_hint(plan));
                 return Ok(Outcome::Interrupted(sig));
             }
-            Ended::Exited(status, _) if status.success() => {
-                if let Some(epoch) = tail.stopped {
+            Ended::Exited(status, ..) if status.success() => {
+                if let Some(epoch) = tail_now.stopped {
                     say(report::stopped(epoch, secs(start)));
                     say(report::resume_hint(plan));
                 } else {
-                    say(report::finished(n, &tail.committed, secs(start)));
+                    say(report::finished(n, &tail_now.committed, secs(start)));
                 }
                 return Ok(Outcome::Success);
             }
-            Ended::Exited(status, failure) => (status, failure),
+            Ended::Exited(status, failure, banner) => (status, failure, banner),
         };
-        say(report::failed(n, secs(t0), failure.as_ref(), status));
+        let blame = failure.as_ref().map(|f| f.to_string()).or(tail_now.blame);
+        let blame = blame.or_else(|| (!tail_now.started).then(|| "no rank started".to_owned()));
+        say(report::failed(n, secs(t0), blame, status));
+        if banner {
+            say(report::normal_banner());
+        }
         if let Err(found) = ckpt::identity::check(&plan.job_dir, &plan.job_id) {
             say(format!(
                 "job directory {} is no longer this job's (job {}): {found}; not relaunching \
@@ -103,15 +126,25 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             ));
             return Ok(Outcome::JobFailed);
         }
-        if let Some((tried, quarantined)) = &tail.no_usable {
+        if let Some((tried, quarantined)) = &tail_now.no_usable {
             say(report::no_usable_epoch(tried, quarantined));
+            say(report::resume_hint(plan));
+            return Ok(Outcome::JobFailed);
+        }
+        if !tail_now.started {
+            say(report::failed_before_start());
+            say(report::resume_hint(plan));
+            return Ok(Outcome::JobFailed);
+        }
+        if exit_requested {
+            say(report::failed_after_exit_request(plan.exit_signal));
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
         if n == total {
             say(report::gave_up(
                 plan.max_restarts,
-                &tail.committed,
+                &tail_now.committed,
                 secs(start),
             ));
             say(report::resume_hint(plan));
@@ -125,6 +158,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         }
         let committed = manifest::committed(&plan.job_dir).unwrap_or_default();
         let from = jobdir::newest_loadable(&plan.job_dir, &committed);
+        with(&tail, |t| t.expected = from.as_ref().map(|m| m.epoch));
         say(report::restarting(n, plan.max_restarts, from.as_ref()));
         n += 1;
     }
@@ -136,18 +170,25 @@ fn secs(since: Instant) -> f64 {
 
 /// How one launch ended.
 enum Ended {
-    /// mpirun exited on its own, with the failure its stderr reported (if any).
-    Exited(ExitStatus, Option<Failure>),
+    /// mpirun exited on its own, with the failure its stderr reported (if any) and whether it
+    /// printed Open MPI's "Primary job terminated normally" banner.
+    Exited(ExitStatus, Option<Failure>, bool),
     /// The launcher received this signal and forwarded it; mpirun has exited since.
     Interrupted(i32),
+}
+
+/// Runs `f` on the shared tail (a poisoned lock still holds a usable tail).
+fn with<T>(tail: &Mutex<Tail>, f: impl FnOnce(&mut Tail) -> T) -> T {
+    f(&mut tail.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Spawns mpirun for `launch` and watches it until it exits.
 fn run_once(
     launch: &Launch,
-    checkpoint_signal: Option<i32>,
+    plan: &RunPlan,
     watch: &mut signals::Watch,
-    tail: &mut Tail,
+    tail: &Arc<Mutex<Tail>>,
+    exit_requested: &mut bool,
 ) -> anyhow::Result<Ended> {
     let mut cmd = launch.command();
     die_with_parent(&mut cmd);
@@ -155,13 +196,23 @@ fn run_once(
         .spawn()
         .with_context(|| format!("cannot start {}", launch.argv()[0].to_string_lossy()))?;
     let scanner = Arc::new(Mutex::new(Scanner::default()));
-    let reader = match child.stderr.take() {
-        Some(stderr) => {
-            let scanner = Arc::clone(&scanner);
-            Some(thread::spawn(move || forward_stderr(stderr, &scanner)))
-        }
-        None => None,
-    };
+    let mut readers = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let tail = Arc::clone(tail);
+        readers.push(thread::spawn(move || {
+            forward(stdout, Stream::Stdout, &tail, |_| {});
+        }));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let (tail, scanner) = (Arc::clone(tail), Arc::clone(&scanner));
+        readers.push(thread::spawn(move || {
+            forward(stderr, Stream::Stderr, &tail, |line| {
+                if let Ok(mut s) = scanner.lock() {
+                    s.feed(&String::from_utf8_lossy(line));
+                }
+            });
+        }));
+    }
     let mut signalled: Option<(i32, Instant)> = None;
     let mut killed = false;
     let status = loop {
@@ -179,7 +230,16 @@ fn run_once(
             }
             signalled.get_or_insert((sig, Instant::now()));
         }
-        if let (n @ 1.., Some(sig)) = (watch.take_checkpoint(), checkpoint_signal) {
+        if let (n @ 1.., Some(sig)) = (watch.take_exit(), plan.exit_signal) {
+            if !*exit_requested {
+                *exit_requested = true;
+                say(request_exit(&plan.job_dir, &signals::name(sig), n));
+            }
+        }
+        if watch.take_hup() > 0 {
+            say(report::hangup(child.id()));
+        }
+        if let (n @ 1.., Some(sig)) = (watch.take_checkpoint(), plan.signal) {
             say(report::checkpoint_signal(
                 &signals::name(sig),
                 n,
@@ -196,24 +256,53 @@ fn run_once(
                 killed = true;
             }
         }
-        tail.drain();
-        if let Some(msg) = tail.quiet.check(Instant::now()) {
+        if let Some(msg) = with(tail, |t| {
+            t.drain();
+            t.quiet.check(Instant::now())
+        }) {
             say(msg);
         }
         thread::sleep(POLL);
     };
-    // Ranks orphaned by a dying mpirun may hold the pipe open: wait for the reader only so long.
-    if let Some(reader) = reader {
-        let t0 = Instant::now();
-        while !reader.is_finished() && t0.elapsed() < STDERR_DRAIN {
-            thread::sleep(Duration::from_millis(20));
-        }
+    // Ranks orphaned by a dying mpirun may hold the pipes open: wait for the readers only so
+    // long.
+    let t0 = Instant::now();
+    while readers.iter().any(|r| !r.is_finished()) && t0.elapsed() < STDERR_DRAIN {
+        thread::sleep(Duration::from_millis(20));
     }
-    let failure = scanner.lock().ok().and_then(|s| s.failure().cloned());
+    let (failure, banner) = scanner
+        .lock()
+        .map(|s| (s.failure().cloned(), s.normal_banner()))
+        .unwrap_or_default();
     Ok(match signalled {
         Some((sig, _)) => Ended::Interrupted(sig),
-        None => Ended::Exited(status, failure),
+        None => Ended::Exited(status, failure, banner),
     })
+}
+
+/// Asks the job in `job_dir` to checkpoint and stop (the exit signal `name` arrived `n`
+/// times), through its control file as `ckpt checkpoint --then-exit` does. Returns the line
+/// to report.
+fn request_exit(job_dir: &Path, name: &str, n: usize) -> String {
+    let times = if n == 1 {
+        String::new()
+    } else {
+        format!(" ({n} times)")
+    };
+    let written = lock::take_requests(job_dir).and_then(|_requests| {
+        ckpt::trigger::write_control(job_dir, true, ckpt::util::unix_ms()).map_err(Into::into)
+    });
+    match written {
+        Ok(req) => format!(
+            "received {name}{times}: asking the job to checkpoint and stop (request {}); \
+             no restart will follow",
+            req.seq
+        ),
+        Err(e) => format!(
+            "received {name}{times}, but cannot ask the job to checkpoint and stop: {e:#}; \
+             the job goes on"
+        ),
+    }
 }
 
 /// Makes the kernel send SIGTERM to mpirun if the launcher dies (even by SIGKILL), so a job
@@ -222,11 +311,16 @@ fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes the prctl and getppid system calls and
+    // async-signal-safe calls are allowed: it makes the prctl, signal and getppid calls and
     // builds an `io::Error` from an errno, none of which allocates or takes locks.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // A hang-up of the launcher's terminal does not end the job (see `signals`); the
+            // ignored disposition survives exec.
+            if libc::signal(libc::SIGHUP, libc::SIG_IGN) == libc::SIG_ERR {
                 return Err(io::Error::last_os_error());
             }
             // The launcher may have died before prctl took effect.
@@ -238,20 +332,40 @@ fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
-/// Copies mpirun's stderr to ours line by line, unchanged, feeding each line to `scanner`.
-fn forward_stderr(stderr: ChildStderr, scanner: &Mutex<Scanner>) {
-    let mut input = BufReader::new(stderr);
+/// Which of the launcher's outputs a forwarded stream goes to.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Copies one of mpirun's outputs to ours line by line, unchanged, after reporting the events
+/// logged so far (so an event appears before output the ranks wrote after logging it), and
+/// passes each line to `inspect`. When our output is closed, the rest goes to the report log:
+/// the job is never stopped by a reader going away.
+fn forward(input: impl Read, to: Stream, tail: &Mutex<Tail>, mut inspect: impl FnMut(&[u8])) {
+    let mut input = BufReader::new(input);
     let mut line = Vec::new();
+    let mut closed = false;
     loop {
         line.clear();
         match input.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                // Our own stderr going away is no reason to stop draining mpirun's.
-                let _ = io::stderr().lock().write_all(&line);
-                if let Ok(mut s) = scanner.lock() {
-                    s.feed(&String::from_utf8_lossy(&line));
+                with(tail, Tail::drain);
+                let written = match to {
+                    _ if closed => Ok(()),
+                    Stream::Stdout => io::stdout().lock().write_all(&line),
+                    Stream::Stderr => io::stderr().lock().write_all(&line),
+                };
+                if closed || written.is_err() {
+                    if !closed {
+                        closed = true;
+                        say(report::output_closed(matches!(to, Stream::Stdout)));
+                    }
+                    report::log_raw(&line);
                 }
+                inspect(&line);
             }
         }
     }
@@ -261,9 +375,15 @@ fn forward_stderr(stderr: ChildStderr, scanner: &Mutex<Scanner>) {
 type NoUsable = (Vec<(u64, String)>, Vec<u64>);
 
 /// Follows `events.jsonl` from an offset and reports each new event.
-struct Tail<'a> {
-    dir: &'a Path,
+struct Tail {
+    dir: PathBuf,
     offset: u64,
+    /// Whether rank 0 reported the current launch as started.
+    started: bool,
+    /// The rank the job's own events blame for the current launch's end, if any.
+    blame: Option<String>,
+    /// The epoch the launcher expects the current launch to restore (newest committed).
+    expected: Option<u64>,
     /// Epochs committed since the launcher started, in order.
     committed: Vec<u64>,
     /// Epoch after which the ranks stopped on request, if they did.
@@ -275,11 +395,24 @@ struct Tail<'a> {
     quiet: Quiet,
 }
 
-impl<'a> Tail<'a> {
-    fn new(dir: &'a Path, offset: u64, quiet_after: Option<Duration>) -> Self {
+/// What a launch's events said, for the decision after it ended.
+struct Summary {
+    /// Whether rank 0 logged `started` (or the log could not be read).
+    started: bool,
+    blame: Option<String>,
+    committed: Vec<u64>,
+    stopped: Option<u64>,
+    no_usable: Option<NoUsable>,
+}
+
+impl Tail {
+    fn new(dir: &Path, offset: u64, quiet_after: Option<Duration>) -> Self {
         Tail {
-            dir,
+            dir: dir.to_path_buf(),
             offset,
+            started: false,
+            blame: None,
+            expected: None,
             committed: Vec::new(),
             stopped: None,
             no_usable: None,
@@ -288,23 +421,55 @@ impl<'a> Tail<'a> {
         }
     }
 
+    /// A new launch: forget what the previous one reported.
+    fn launched(&mut self, now: Instant, n: u32) {
+        self.no_usable = None;
+        self.started = false;
+        self.blame = None;
+        self.quiet.launched(now, n);
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
+            // An unreadable event log says nothing: the launch is taken as started.
+            started: self.started || self.warned,
+            blame: self.blame.clone(),
+            committed: self.committed.clone(),
+            stopped: self.stopped,
+            no_usable: self.no_usable.clone(),
+        }
+    }
+
     /// Reports events appended since the last call. A read error is reported once; the
     /// job goes on without event reports rather than failing.
     fn drain(&mut self) {
-        match events::read_from(self.dir, self.offset) {
+        match events::read_from(&self.dir, self.offset) {
             Ok((new, offset)) => {
                 self.offset = offset;
                 for e in new {
                     self.quiet.event(Instant::now(), report::event(&e));
-                    match e {
-                        Event::Committed { epoch, .. } => self.committed.push(epoch),
-                        Event::Stopping { epoch } => self.stopped = Some(epoch),
+                    match &e {
+                        Event::Started { .. } => self.started = true,
+                        Event::Stalled { missing, .. } => {
+                            self.blame
+                                .get_or_insert_with(|| report::stall_blame(missing));
+                        }
+                        Event::IoStuck { rank, .. } => {
+                            self.blame.get_or_insert_with(|| report::io_blame(*rank));
+                        }
+                        Event::Restored { epoch, .. } => {
+                            let expected = self.expected.take();
+                            say(report::restored(&e, expected.filter(|x| x != epoch)));
+                            continue;
+                        }
+                        Event::Committed { epoch, .. } => self.committed.push(*epoch),
+                        Event::Stopping { epoch } => self.stopped = Some(*epoch),
                         // Rank 0 prints this itself, with the fallback it takes; repeating it
                         // here would only double the line.
                         Event::EpochUnusable { .. } => continue,
                         // Reported once the launch has failed, with what the launcher does.
                         Event::NoUsableEpoch { tried, quarantined } => {
-                            self.no_usable = Some((tried, quarantined));
+                            self.no_usable = Some((tried.clone(), quarantined.clone()));
                             continue;
                         }
                         _ => {}
@@ -316,7 +481,7 @@ impl<'a> Tail<'a> {
                 self.warned = true;
                 say(format!(
                     "warning: cannot read {}: {e}",
-                    events::path(self.dir).display()
+                    events::path(&self.dir).display()
                 ));
             }
             Err(_) => {}
@@ -375,6 +540,52 @@ impl Quiet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A launch whose mpirun message names no rank (garbled, cut short) is still blamed on the
+    /// rank the job's own events name; a new launch forgets it. Restores are reported with
+    /// the epoch expected when the ranks fell back.
+    #[test]
+    fn the_events_name_the_rank_when_mpirun_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tail = Tail::new(dir.path(), 0, None);
+        tail.launched(Instant::now(), 1);
+        let started = Event::Started {
+            nranks: 4,
+            launch: 0,
+        };
+        let stalled = Event::Stalled {
+            what: "checkpoint epoch 4".into(),
+            missing: vec![2, 3],
+            waited: 120.0,
+        };
+        let stuck = Event::IoStuck {
+            rank: 1,
+            op: "writing".into(),
+            path: "/x".into(),
+            epoch: 4,
+            waited: 600.0,
+        };
+        for e in [&started, &stalled, &stuck] {
+            events::append(dir.path(), e).unwrap();
+        }
+        tail.drain();
+        let s = tail.summary();
+        assert!(s.started);
+        assert_eq!(
+            s.blame.as_deref(),
+            Some("ranks 2, 3 stalled (from the job's events)"),
+            "the first event that names a rank wins"
+        );
+        tail.launched(Instant::now(), 2);
+        let s = tail.summary();
+        assert!(!s.started && s.blame.is_none());
+        events::append(dir.path(), &stuck).unwrap();
+        tail.drain();
+        assert_eq!(
+            tail.summary().blame.as_deref(),
+            Some("rank 1 stuck in IO (from the job's events)")
+        );
+    }
 
     #[test]
     fn quiet_warns_once_per_period_and_progress_restarts_the_clock() {

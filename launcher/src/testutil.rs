@@ -47,6 +47,7 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         args: vec!["a b".into()],
         inherited: vec![],
         signal: Some(libc::SIGUSR1),
+        exit_signal: Some(libc::SIGUSR1),
         exec_rank: None,
     }
 }

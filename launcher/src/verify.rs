@@ -58,7 +58,7 @@ impl LocalBase {
 pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
     let entries = list::entries(dir)?;
     if entries.is_empty() {
-        println!("no committed epochs in {}", dir.display());
+        outln!("no committed epochs in {}", dir.display());
         return Ok(Outcome::Success);
     }
     let newest = entries
@@ -77,7 +77,7 @@ pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
     for entry in entries {
         let epoch = entry.epoch;
         if let Some(q) = &entry.quarantine {
-            println!(
+            outln!(
                 "epoch {epoch}: QUARANTINED (not verified; restarts skip it): {}",
                 list::quarantine_note(q)
             );
@@ -86,7 +86,7 @@ pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
         let m = match entry.manifest {
             Ok(m) => m,
             Err(e) => {
-                println!("epoch {epoch}: DAMAGED: {e}");
+                outln!("epoch {epoch}: DAMAGED: {e}");
                 damaged += 1;
                 continue;
             }
@@ -102,19 +102,19 @@ pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
         }
         let problems = check_epoch(&base, &job, &m);
         if problems.is_empty() {
-            println!(
+            outln!(
                 "epoch {epoch}: ok ({} ranks, {} verified)",
                 m.nranks,
                 human_bytes(m.payload_bytes())
             );
         } else {
-            println!(
+            outln!(
                 "epoch {epoch}: DAMAGED ({} of {} rank files)",
                 problems.len(),
                 m.nranks
             );
             for p in &problems {
-                println!("  {p}");
+                outln!("  {p}");
             }
             damaged += 1;
         }

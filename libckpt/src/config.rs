@@ -64,7 +64,9 @@ impl Interval {
         if !(secs.is_finite() && secs > 0.0) {
             return Err(format!("{s:?} is not a positive duration"));
         }
-        Ok(Interval::Time(Duration::from_secs_f64(secs)))
+        Duration::try_from_secs_f64(secs)
+            .map(Interval::Time)
+            .map_err(|_| format!("{s:?} is too long a duration"))
     }
 }
 
@@ -142,47 +144,53 @@ impl Config {
 
     /// Reads the configuration the launcher passes in `CKPT_*` variables (see [`crate::env`]).
     pub fn from_env() -> Result<Self> {
-        let job_dir = env::get(env::JOB_DIR).ok_or_else(|| Error::Config {
+        Self::from_vars(env::get)
+    }
+
+    /// [`Config::from_env`] with the variables looked up by `get` (the launcher checks the
+    /// values it will pass before it launches).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let job_dir = get(env::JOB_DIR).ok_or_else(|| Error::Config {
             var: env::JOB_DIR,
             value: String::new(),
             reason: "not set; run the program under `ckpt run` or set it to a job directory".into(),
         })?;
         // The launcher always passes the id; without it, job.json (or the base name) says.
-        let mut cfg = match env::get(env::JOB_ID) {
+        let mut cfg = match get(env::JOB_ID) {
             Some(id) => Config::with_id(job_dir.into(), id),
             None => Config::new(job_dir),
         };
-        if let Some(node) = env::get(env::NODE) {
+        if let Some(node) = get(env::NODE) {
             cfg.node = node;
             cfg.local_dir = cfg.job_dir.join("local").join(&cfg.node);
         }
-        if let Some(dir) = env::get(env::LOCAL_DIR).or_else(|| env::get(env::NODE_LOCAL_DIR)) {
+        if let Some(dir) = get(env::LOCAL_DIR).or_else(|| get(env::NODE_LOCAL_DIR)) {
             cfg.local_dir = dir.into();
         }
-        if let Some(v) = env::get(env::EVERY) {
+        if let Some(v) = get(env::EVERY) {
             cfg.every = Interval::parse(&v).map_err(|reason| Error::Config {
                 var: env::EVERY,
                 value: v.clone(),
                 reason,
             })?;
         }
-        cfg.keep = parse_num(env::KEEP, 1)?.unwrap_or(2) as usize;
-        cfg.restart_count = parse_num(env::RESTART_COUNT, 0)?.unwrap_or(0) as u32;
-        if let Some(n) = parse_num(env::AGREE_STRIDE, 1)? {
+        cfg.keep = parse_num(&get, env::KEEP, 1)?.unwrap_or(2) as usize;
+        cfg.restart_count = parse_num(&get, env::RESTART_COUNT, 0)?.unwrap_or(0) as u32;
+        if let Some(n) = parse_num(&get, env::AGREE_STRIDE, 1)? {
             cfg.agree = Stride::Fixed(n.min(u32::MAX as u64) as u32);
         }
-        cfg.timeout = Duration::from_secs(parse_num(env::TIMEOUT, 1)?.unwrap_or(120));
-        if let Some(secs) = parse_num(env::IO_TIMEOUT, 1)? {
+        cfg.timeout = Duration::from_secs(parse_num(&get, env::TIMEOUT, 1)?.unwrap_or(120));
+        if let Some(secs) = parse_num(&get, env::IO_TIMEOUT, 1)? {
             cfg.io_timeout = Duration::from_secs(secs);
         }
-        if let Some(v) = env::get(env::SIGNAL) {
+        if let Some(v) = get(env::SIGNAL) {
             cfg.signal = crate::trigger::parse_signal(&v).map_err(|reason| Error::Config {
                 var: env::SIGNAL,
                 value: v.clone(),
                 reason,
             })?;
         }
-        if let Some(v) = env::get(env::FAULT) {
+        if let Some(v) = get(env::FAULT) {
             let fault = Fault::parse(&v).map_err(|reason| Error::Config {
                 var: env::FAULT,
                 value: v.clone(),
@@ -214,8 +222,12 @@ impl Config {
     }
 }
 
-fn parse_num(var: &'static str, min: u64) -> Result<Option<u64>> {
-    let Some(v) = env::get(var) else {
+fn parse_num(
+    get: impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    min: u64,
+) -> Result<Option<u64>> {
+    let Some(v) = get(var) else {
         return Ok(None);
     };
     match v.trim().parse::<u64>() {

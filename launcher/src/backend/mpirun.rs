@@ -67,8 +67,8 @@ impl Launch {
         &self.env
     }
 
-    /// The command to spawn: program output on our stdout, mpirun's stderr piped for the
-    /// supervisor to forward and scan.
+    /// The command to spawn: mpirun's stdout and stderr piped, for the supervisor to forward
+    /// (and keep when our own outputs are closed) and scan.
     pub fn command(&self) -> Command {
         // `new` always puts mpirun first: an empty argv is a broken invariant.
         let (mpirun, args) = self.argv.split_first().expect("argv starts with mpirun");
@@ -76,7 +76,7 @@ impl Launch {
         cmd.args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::inherit())
-            .stdout(Stdio::inherit())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
     }
@@ -130,12 +130,16 @@ pub struct Scanner {
     /// Rank of a `Process name:` line waiting for its `Exit code:` line.
     pending_exit: Option<u32>,
     found: Option<Failure>,
+    normal_banner: bool,
 }
 
 impl Scanner {
     /// Feeds one line (with or without its newline).
     pub fn feed(&mut self, line: &str) {
         let line = line.trim();
+        if line.starts_with(NORMAL_BANNER) {
+            self.normal_banner = true;
+        }
         match &mut self.found {
             // `MPI_ABORT was invoked on rank R ...` is followed by `with errorcode E.`
             Some(Failure {
@@ -166,11 +170,21 @@ impl Scanner {
         }
     }
 
+    /// Whether mpirun printed its "Primary job terminated normally, but ..." banner, which
+    /// it prints after a rank was killed too.
+    pub fn normal_banner(&self) -> bool {
+        self.normal_banner
+    }
+
     /// The first failure reported, if any.
     pub fn failure(&self) -> Option<&Failure> {
         self.found.as_ref()
     }
 }
+
+/// The start of the banner Open MPI 4 prints when a rank of a job ends with a non-zero status
+/// or a signal (two spaces are in the original).
+pub const NORMAL_BANNER: &str = "Primary job  terminated normally";
 
 /// Parses the one-line failure messages of Open MPI 4:
 ///
@@ -324,6 +338,12 @@ the job did. This can cause a job to hang indefinitely while it waits
             Some("rank 1 exited without calling MPI_Finalize"),
         );
         check("", None);
+        // The banner Open MPI prints after a SIGKILL too (explained, not believed).
+        for (text, banner) in [(SIGKILL, true), (SEGV, true), (ABORT, false), ("", false)] {
+            let mut s = Scanner::default();
+            text.lines().for_each(|l| s.feed(l));
+            assert_eq!(s.normal_banner(), banner, "{text}");
+        }
         check(
             "hello from rank 2\nPrimary job  terminated normally, but 1 process\n",
             None,
@@ -398,7 +418,7 @@ the job did. This can cause a job to hang indefinitely while it waits
              /bin/echo hi",
         );
         ctx.mpirun_args = Some("--mca btl self,vader".into());
-        ctx.inherited = vec![env::NODE];
+        ctx.inherited = vec![(env::NODE, "n1".into())];
         check(
             &ctx,
             "-n 2 --job-dir j --every 10 --local-dir /l --fault 1:poll \
