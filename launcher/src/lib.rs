@@ -28,6 +28,9 @@
 //! from [`ckpt::env`]. Exit codes and the formatting of errors are decided in one place,
 //! [`run`], from [`Outcome`] and [`UsageError`].
 
+// Output goes through `report` (`say`, `print`, `outln!`): a closed pipe is never a panic.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 /// `println!` for command output: a closed stdout returns a `BrokenPipe` error from the
 /// enclosing function (which [`run`] ends quietly on) instead of panicking.
 macro_rules! outln {

@@ -70,8 +70,8 @@ pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
     let job = jobdir::recorded_id(dir, newest).unwrap_or_else(|| ckpt::identity::legacy_id(dir));
     let base = LocalBase::of(dir, local_dir);
     match &base {
-        LocalBase::Given(b) => println!("job {job}: rank files under {}", b.display()),
-        LocalBase::PerNode(l) => println!("job {job}: rank files under {}/<node>", l.display()),
+        LocalBase::Given(b) => outln!("job {job}: rank files under {}", b.display()),
+        LocalBase::PerNode(l) => outln!("job {job}: rank files under {}/<node>", l.display()),
     }
     let mut damaged = 0;
     for entry in entries {
@@ -93,7 +93,7 @@ pub fn run(dir: &Path, local_dir: Option<&Path>) -> anyhow::Result<Outcome> {
         };
         if let Err(cause) = m.check_identity(&job) {
             let path = manifest::path(dir, epoch);
-            println!(
+            outln!(
                 "epoch {epoch}: DAMAGED: manifest {}: {cause}",
                 path.display()
             );
