@@ -68,6 +68,7 @@ impl Checkpointer {
     /// Sets up checkpointing for the ranks of `comm` (collective). Creates the job directory
     /// if needed and looks for committed epochs to restart from.
     pub fn new<C: Communicator>(comm: &C, cfg: Config) -> Result<Self> {
+        durable::set_access(cfg.access);
         let lib: SimpleCommunicator = comm.duplicate();
         let app = Comm::new(comm.duplicate());
         let rank = lib.rank();
@@ -81,7 +82,7 @@ impl Checkpointer {
         // Rank 0 prepares the job directory and lists committed (and quarantined) epochs;
         // everyone gets the same list, so every rank takes the same restart decision.
         let listing = if rank == 0 {
-            match durable::create_dir_all(&cfg.job_dir)
+            match durable::ensure_dir(&cfg.job_dir, "job directory")
                 .and_then(|_| manifest::listing(&cfg.job_dir))
             {
                 Ok(listing) => Ok(listing),
@@ -118,12 +119,25 @@ impl Checkpointer {
                 IoWatchdog::new(rank, cfg.io_timeout, &cfg.job_dir)
                     .map(|w| (t, w))
                     .map_err(|e| io_error("start the IO watchdog thread for", e))
+            })
+            .and_then(|tw| {
+                // This node's directory of the job: created private, or ours and closed to
+                // others (nothing planted in it can redirect a write).
+                let local = cfg.local_dir.join(&cfg.job_id);
+                durable::ensure_dir(&local, "node-local directory")
+                    .map(|_| tw)
+                    .map_err(|source| Error::Io {
+                        rank,
+                        op: "use",
+                        path: local,
+                        source,
+                    })
             });
         if !transport::all_ok(&lib, &watch, &setup_label, setup.is_ok()) {
             return Err(setup.err().unwrap_or_else(|| Error::Usage {
                 rank,
-                what: "another rank could not install the checkpoint signal handler or start \
-                       its IO watchdog"
+                what: "another rank could not install the checkpoint signal handler, start \
+                       its IO watchdog or use its node-local directory"
                     .into(),
             }));
         }

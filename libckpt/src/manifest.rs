@@ -270,16 +270,20 @@ pub fn quarantine(job_dir: &Path, q: &Quarantine) -> io::Result<PathBuf> {
     Ok(p)
 }
 
+/// Largest manifest (or quarantine record) read: far above what a job of 100,000 ranks
+/// writes; anything larger is refused from its size, unread.
+pub const MAX_BYTES: u64 = 16 << 20;
+
 /// Reads epoch `epoch`'s quarantine record.
 pub fn load_quarantine(job_dir: &Path, epoch: u64) -> io::Result<Quarantine> {
-    let bytes = read_regular(&quarantine_path(job_dir, epoch))?;
+    let bytes = durable::read_capped(&quarantine_path(job_dir, epoch), MAX_BYTES)?;
     serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Reads and checks epoch `epoch`'s manifest.
 pub fn load(job_dir: &Path, epoch: u64) -> Result<Manifest> {
     let p = path(job_dir, epoch);
-    let bytes = read_regular(&p).map_err(|source| Error::Io {
+    let bytes = durable::read_capped(&p, MAX_BYTES).map_err(|source| Error::Io {
         rank: -1,
         op: "read manifest",
         path: p.clone(),
@@ -299,14 +303,43 @@ pub fn load(job_dir: &Path, epoch: u64) -> Result<Manifest> {
             },
         });
     }
+    confined(&m).map_err(|detail| Error::Manifest {
+        path: p,
+        cause: Corruption::Malformed {
+            what: "manifest body",
+            detail,
+        },
+    })?;
     Ok(m)
 }
 
-/// Reads a whole file without ever blocking on a FIFO where it should be.
-fn read_regular(p: &Path) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut durable::open_regular(p)?, &mut bytes)?;
-    Ok(bytes)
+/// Checks that the places `m` records stay inside the job's own directories: each rank's
+/// node is one plain name (it names `local/<node>`) and each file a relative path of plain
+/// names (under the node-local base): no absolute path, no `..` or `.`.
+fn confined(m: &Manifest) -> std::result::Result<(), String> {
+    use std::path::Component;
+    for (rank, r) in m.ranks.iter().enumerate() {
+        let file = Path::new(&r.file);
+        let plain = |p: &Path| {
+            !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
+        };
+        // `components` drops inner `.` and a trailing `/`: look at the raw parts too.
+        let raw_ok = |s: &str| s.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        if !plain(file) || !raw_ok(&r.file) {
+            return Err(format!(
+                "rank {rank}'s file {:?} is not a relative path inside the job's node-local \
+                 directory (refused, not opened)",
+                r.file
+            ));
+        }
+        if r.node.contains('/') || !plain(Path::new(&r.node)) || !raw_ok(&r.node) {
+            return Err(format!(
+                "rank {rank}'s node {:?} is not a plain name (refused, not opened)",
+                r.node
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A published manifest: its epoch is committed either way.
@@ -437,7 +470,7 @@ mod tests {
     fn temporary_names_are_not_committed() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(super::dir(dir.path())).unwrap();
-        fs::write(durable::tmp_path(&path(dir.path(), 7)), b"partial").unwrap();
+        fs::write(durable::tmp_name(&path(dir.path(), 7)), b"partial").unwrap();
         assert_eq!(committed(dir.path()).unwrap(), Vec::<u64>::new());
     }
 
@@ -463,7 +496,7 @@ mod tests {
         }
         quarantine_epoch(d, 6);
         // A record being written is not a record yet.
-        fs::write(durable::tmp_path(&quarantine_path(d, 5)), b"{").unwrap();
+        fs::write(durable::tmp_name(&quarantine_path(d, 5)), b"{").unwrap();
         let l = listing(d).unwrap();
         assert_eq!(
             (l.committed.as_slice(), l.quarantined.as_slice()),
@@ -558,5 +591,40 @@ mod tests {
             let cut = cut % bytes.len();
             prop_assert!(Manifest::decode(&bytes[..cut]).is_err());
         }
+    }
+
+    /// A forged manifest naming a file outside the job's directories is refused at load,
+    /// naming the manifest; an oversized one is refused unread.
+    #[test]
+    fn paths_outside_the_job_and_huge_manifests_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cases = [
+            ("/etc/shadow", "n0", "file \"/etc/shadow\""),
+            ("../../../etc/shadow", "n0", "file \"../../../etc/shadow\""),
+            ("job-1/../../x", "n0", "file \"job-1/../../x\""),
+            ("job-1/./x", "n0", "file \"job-1/./x\""),
+            ("", "n0", "file \"\""),
+            ("job-1/x", "..", "node \"..\""),
+            ("job-1/x", "a/b", "node \"a/b\""),
+        ];
+        for (file, node, needle) in cases {
+            let mut m = sample(3, 2);
+            m.ranks[1].file = file.into();
+            m.ranks[1].node = node.into();
+            publish(d, &m).unwrap();
+            let e = load(d, 3).unwrap_err().to_string();
+            let p = path(d, 3).display().to_string();
+            assert!(e.starts_with(&format!("manifest {p}: malformed manifest body: rank 1's")), "{e}");
+            assert!(e.contains(needle), "{e}");
+        }
+        let p = path(d, 3);
+        fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+        let e = load(d, 3).unwrap_err().to_string();
+        assert!(e.contains("1073741824 bytes, more than the 16777216 bytes allowed"), "{e}");
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        let e = load(d, 3).unwrap_err().to_string();
+        assert!(e.contains("not a regular file (a symbolic link)"), "{e}");
     }
 }

@@ -206,8 +206,14 @@ impl ControlState {
     }
 }
 
+/// Largest control file read (they hold one short line): a larger one is refused unread.
+const MAX_CONTROL_BYTES: u64 = 1 << 20;
+
 fn read_optional(path: &Path) -> Result<Option<(PathBuf, String)>, ControlError> {
-    match std::fs::read_to_string(path) {
+    let text = durable::read_capped(path, MAX_CONTROL_BYTES).and_then(|b| {
+        String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    });
+    match text {
         Ok(text) => Ok(Some((path.to_owned(), text))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ControlError::Io {
