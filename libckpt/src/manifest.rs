@@ -324,7 +324,10 @@ fn confined(m: &Manifest) -> std::result::Result<(), String> {
             !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
         };
         // `components` drops inner `.` and a trailing `/`: look at the raw parts too.
-        let raw_ok = |s: &str| s.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        let raw_ok = |s: &str| {
+            s.split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..")
+        };
         if !plain(file) || !raw_ok(&r.file) {
             return Err(format!(
                 "rank {rank}'s file {:?} is not a relative path inside the job's node-local \
@@ -615,13 +618,19 @@ mod tests {
             publish(d, &m).unwrap();
             let e = load(d, 3).unwrap_err().to_string();
             let p = path(d, 3).display().to_string();
-            assert!(e.starts_with(&format!("manifest {p}: malformed manifest body: rank 1's")), "{e}");
+            assert!(
+                e.starts_with(&format!("manifest {p}: malformed manifest body: rank 1's")),
+                "{e}"
+            );
             assert!(e.contains(needle), "{e}");
         }
         let p = path(d, 3);
         fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
         let e = load(d, 3).unwrap_err().to_string();
-        assert!(e.contains("1073741824 bytes, more than the 16777216 bytes allowed"), "{e}");
+        assert!(
+            e.contains("1073741824 bytes, more than the 16777216 bytes allowed"),
+            "{e}"
+        );
         fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
         let e = load(d, 3).unwrap_err().to_string();

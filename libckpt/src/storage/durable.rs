@@ -234,7 +234,7 @@ fn open_created(path: &Path, opts: &OpenOptions) -> io::Result<File> {
 fn set_mode(file: &File, mode: u32) -> io::Result<()> {
     let m = file.metadata()?;
     let keep = if m.is_dir() {
-        m.mode() & libc::S_ISGID as u32
+        m.mode() & libc::S_ISGID
     } else {
         0
     };
@@ -355,7 +355,13 @@ pub fn user_name(uid: u32) -> String {
     // SAFETY: getpwuid_r writes into `pwd` and `buf` (of the length given), both ours and
     // alive for the call, and sets `found` to `pwd` or to null.
     let rc = unsafe {
-        libc::getpwuid_r(uid, pwd.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut found)
+        libc::getpwuid_r(
+            uid,
+            pwd.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
     };
     if rc != 0 || found.is_null() {
         return format!("uid {uid}");
@@ -407,7 +413,7 @@ pub fn check_dir(dir: &Path, what: &str) -> io::Result<()> {
     }
     let parent = parent_of(dir);
     if let Ok(p) = fs::metadata(parent) {
-        if p.mode() & 0o002 != 0 && p.mode() & libc::S_ISVTX as u32 == 0 {
+        if p.mode() & 0o002 != 0 && p.mode() & libc::S_ISVTX == 0 {
             return Err(refuse(format!(
                 "its parent {} (mode {:04o}) is writable by others without the sticky bit, so \
                  anyone could replace it",
@@ -762,7 +768,11 @@ mod tests {
         let (mut f, tmp) = recycle_as_tmp(&spare, &dest).unwrap().unwrap();
         f.write_all(b"new").unwrap();
         assert_eq!(fs::read(&tmp).unwrap(), b"new data");
-        assert_eq!(mode_of(&tmp), 0o600, "a recycled file gets the private mode");
+        assert_eq!(
+            mode_of(&tmp),
+            0o600,
+            "a recycled file gets the private mode"
+        );
         assert!(!spare.exists());
     }
 
@@ -782,7 +792,11 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         let e = read_capped(&zero, 16).unwrap_err().to_string();
         assert_eq!(e, "not a regular file (a symbolic link)");
-        refused(|p| read_capped(p, 16).map(|_| File::open("/").unwrap()), Path::new("/dev/zero"), "a device");
+        refused(
+            |p| read_capped(p, 16).map(|_| File::open("/").unwrap()),
+            Path::new("/dev/zero"),
+            "a device",
+        );
         fs::write(&big, b"0123456789").unwrap();
         assert_eq!(read_capped(&big, 10).unwrap(), b"0123456789");
         assert!(read_capped(&big, 9).is_err());
@@ -874,7 +888,10 @@ mod tests {
         if euid() == 0 {
             std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
             let e = check_dir(&d, "job directory").unwrap_err().to_string();
-            assert!(e.contains("owned by nobody (uid 65534) with mode 0700"), "{e}");
+            assert!(
+                e.contains("owned by nobody (uid 65534) with mode 0700"),
+                "{e}"
+            );
         }
     }
 }

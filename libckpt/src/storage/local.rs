@@ -135,7 +135,9 @@ mod tests {
         let dest = base.join("j").join("epoch-00000005");
         fs::create_dir_all(&dest).unwrap();
         assert!(take_spare(base, "j", 0, &dest.join("t")).unwrap().is_some());
-        assert!(take_spare(base, "j", 0, &dest.join("t2")).unwrap().is_none());
+        assert!(take_spare(base, "j", 0, &dest.join("t2"))
+            .unwrap()
+            .is_none());
         assert!(base.join(rank_file_rel("j", 1, 1)).exists());
         assert!(base.join(rank_file_rel("j", 3, 0)).exists());
         prune(base, "j", 1, 3).unwrap();
