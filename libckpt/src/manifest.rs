@@ -412,11 +412,35 @@ pub fn prune(job_dir: &Path, keep_from: u64) -> io::Result<Vec<u64>> {
             pruned.push(e);
         }
     }
-    if !pruned.is_empty() {
+    let leftovers = remove_old_tmps(job_dir, keep_from)?;
+    if !pruned.is_empty() || leftovers {
         durable::fsync_dir(&dir(job_dir))?;
     }
     pruned.sort_unstable();
     Ok(pruned)
+}
+
+/// Removes temporary files left by publications of epochs older than `keep_from` that did not
+/// finish (a crash between create and rename); returns whether there were any.
+fn remove_old_tmps(job_dir: &Path, keep_from: u64) -> io::Result<bool> {
+    let mut removed = false;
+    for entry in fs::read_dir(dir(job_dir))? {
+        let name = entry?.file_name();
+        let epoch = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("epoch-"))
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(e, _)| e.parse::<u64>().ok());
+        let Some(e) = epoch.filter(|&e| e < keep_from) else {
+            continue;
+        };
+        let of = |p: PathBuf| p.file_name().is_some_and(|f| durable::is_tmp_of(&name, f));
+        if of(path(job_dir, e)) || of(quarantine_path(job_dir, e)) {
+            remove_if_present(&dir(job_dir).join(&name))?;
+            removed = true;
+        }
+    }
+    Ok(removed)
 }
 
 fn remove_if_present(p: &Path) -> io::Result<()> {
@@ -473,8 +497,16 @@ mod tests {
     fn temporary_names_are_not_committed() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(super::dir(dir.path())).unwrap();
-        fs::write(durable::tmp_name(&path(dir.path(), 7)), b"partial").unwrap();
+        let left = durable::tmp_name(&path(dir.path(), 7));
+        fs::write(&left, b"partial").unwrap();
         assert_eq!(committed(dir.path()).unwrap(), Vec::<u64>::new());
+        // Left by a crash: removed once its epoch is older than everything kept.
+        publish(dir.path(), &sample(8, 1)).unwrap();
+        prune(dir.path(), 7).unwrap();
+        assert!(left.exists());
+        prune(dir.path(), 8).unwrap();
+        assert!(!left.exists());
+        assert_eq!(committed(dir.path()).unwrap(), vec![8]);
     }
 
     fn quarantine_epoch(dir: &Path, epoch: u64) {
