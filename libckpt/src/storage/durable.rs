@@ -405,9 +405,12 @@ pub fn check_dir(dir: &Path, what: &str) -> io::Result<()> {
             user_name(m.uid()),
             user_name(me),
             if group_ok {
-                ""
+                String::new()
             } else {
-                " or the group (group-writable only with CKPT_GROUP_ACCESS=1)"
+                format!(
+                    " or the group (group-writable only with {}=1)",
+                    crate::env::GROUP_ACCESS
+                )
             }
         )));
     }
