@@ -1023,22 +1023,29 @@ fn a_rank_stuck_in_io_is_named_by_its_watchdog() {
     let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "2").output();
     assert_same_result(&out);
     assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    // The temporary file: `rank-000001.ckpt.<random>.tmp`.
     let tmp = job
         .join("local")
         .join(ckpt::config::default_node())
-        .join("job/epoch-00000003/rank-000001.ckpt.tmp");
-    let needle = format!(
-        "[ckpt rank 1] error: stuck for 2 s writing {} (epoch 3)",
-        tmp.display()
-    );
+        .join("job/epoch-00000003/rank-000001.ckpt.");
+    let is_tmp = |p: &str| {
+        p.strip_prefix(&*tmp.to_string_lossy())
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .is_some_and(|hex| hex.len() == 16)
+    };
+    let needle = "[ckpt rank 1] error: stuck for 2 s writing ";
+    let line = out.stderr.lines().find_map(|l| l.split_once(needle));
     assert!(
-        out.stderr.contains(&needle),
-        "lacks {needle:?}\n{}",
+        line.is_some_and(|(_, rest)| rest
+            .split_once(" (epoch 3)")
+            .is_some_and(|(p, _)| is_tmp(p))),
+        "lacks {needle:?}{}<random>.tmp (epoch 3)\n{}",
+        tmp.display(),
         out.dump()
     );
     let stuck = events(&job).into_iter().any(|e| {
         matches!(e, Event::IoStuck { rank: 1, ref op, epoch: 3, ref path, .. }
-            if op == "writing" && *path == tmp.display().to_string())
+            if op == "writing" && is_tmp(path))
     });
     assert!(stuck, "no io_stuck event\n{}", out.dump());
     assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
@@ -1445,7 +1452,8 @@ fn a_failed_write_on_one_rank_leaves_the_epoch_uncommitted_and_the_job_running()
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(
         reasons[0].starts_with("rank 2: cannot write and sync ")
-            && reasons[0].contains("rank-000002.ckpt.tmp")
+            && reasons[0].contains("rank-000002.ckpt.")
+            && reasons[0].contains(".tmp:")
             && reasons[0].contains("No space left on device"),
         "{reasons:?}"
     );
