@@ -1665,7 +1665,7 @@ fn links_at_predictable_names_are_never_written_through() {
     }
     // The spare link was refused by name on its first use, and removed (not its target).
     let want = format!(
-        "spare file {}: not a regular file (a symbolic link)",
+        "cannot recycle the spare file {}: not a regular file (a symbolic link)",
         spare.display()
     );
     assert!(out.stderr.contains(&want), "lacks {want:?}\n{}", out.dump());

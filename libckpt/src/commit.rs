@@ -180,7 +180,7 @@ fn write_rank_file<P: Protect + ?Sized>(
                 let (f, tmp) = durable::create_tmp(&path).map_err(io("create", &path))?;
                 (f, tmp, false)
             }
-            Err(e) => return Err(io("recycle", &spare)(e)),
+            Err(e) => return Err(io("recycle the spare file", &spare)(e)),
         };
     armed.now("writing", &tmp);
     let mut out = RankFileWriter::with_file(file, id, &ctx.cfg.node, recycled).map_err(|e| {
