@@ -525,6 +525,39 @@ mod tests {
         assert!(e.contains("control/handled"), "{e}");
     }
 
+    /// A control file that is a FIFO, a link or huge is named and refused: never a hang, never
+    /// read through a link, never read whole.
+    #[test]
+    fn odd_control_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(control_path(d).parent().unwrap()).unwrap();
+        let p = control_path(d).display().to_string();
+        let read = |d: &Path| ControlState::read(d).unwrap_err().to_string();
+        durable::mkfifo(&control_path(d));
+        assert_eq!(
+            read(d),
+            format!("cannot read {p}: not a regular file (a FIFO)")
+        );
+        std::fs::remove_file(control_path(d)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", control_path(d)).unwrap();
+        assert_eq!(
+            read(d),
+            format!("cannot read {p}: not a regular file (a symbolic link)")
+        );
+        std::fs::remove_file(control_path(d)).unwrap();
+        std::fs::File::create(control_path(d))
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        assert_eq!(
+            read(d),
+            format!(
+                "cannot read {p}: 2097152 bytes, more than the 1048576 bytes allowed (not read)"
+            )
+        );
+    }
+
     #[test]
     fn a_pending_exit_is_kept_by_later_requests() {
         let dir = tempfile::tempdir().unwrap();
