@@ -13,7 +13,6 @@
 //! - quiescence (wait for all ranks, count exchange, drain of in-flight messages) and a whole
 //!   checkpoint of a tiny state, next to the same `MPI_Allreduce`.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -25,6 +24,7 @@ use ckpt::mpi::collective::SystemOperation;
 use ckpt::mpi::point_to_point::Source as _;
 use ckpt::mpi::topology::SimpleCommunicator;
 use ckpt::mpi::traits::*;
+use ckpt::storage::durable;
 use ckpt::{Checkpointer, Config, Interval, Protect, Regions, Source, TagSel};
 
 struct State {
@@ -85,23 +85,19 @@ fn timed(world: &SimpleCommunicator, f: impl FnOnce()) -> f64 {
 
 /// Plain `write` + `fsync` of `bytes` to `path`: the limit a checkpoint is compared with.
 fn write_fsync(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
+    // Like every file ckpt writes: never through a link, private.
+    let mut f = durable::create_regular(path, true)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
 
 /// Writes `bytes` durably the way a checkpoint must: temp file, fsync, rename, fsync dir.
 fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    durable::write_atomic(path, bytes)
 }
 
 fn drop_cache(path: &Path) {
-    if let Ok(f) = File::open(path) {
+    if let Ok(f) = durable::open_regular(path) {
         // SAFETY: posix_fadvise only takes an open descriptor and a range; it touches no memory
         // of ours. DONTNEED on clean (fsync'd) pages evicts them from the page cache.
         unsafe {
@@ -121,13 +117,17 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
             .map(|i| (i as u64).wrapping_mul(0x9E37_79B9) as u8 ^ rank as u8)
             .collect(),
     };
-    std::fs::create_dir_all(&cfg.local_dir).map_err(|source| ckpt::Error::Io {
+    // The baselines' files go in the job's own node-local directory, beside its checkpoints
+    // (the base may be shared with other users).
+    durable::set_access(cfg.access);
+    let own = cfg.local_dir.join(&cfg.job_id);
+    durable::ensure_dir(&own, "node-local directory").map_err(|source| ckpt::Error::Io {
         rank,
         op: "create",
-        path: cfg.local_dir.clone(),
+        path: own.clone(),
         source,
     })?;
-    let plain = cfg.local_dir.join(format!("bench-plain-{rank}"));
+    let plain = own.join(format!("bench-plain-{rank}"));
     let io = |op: &'static str| {
         let path = plain.clone();
         move |source| ckpt::Error::Io {
@@ -147,7 +147,7 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
         // Two plain baselines: a new file each time (what writing a fresh checkpoint file
         // costs the file system) and rewriting one file (blocks already allocated). The order
         // of the three writes rotates, so none always follows the same one.
-        let fresh = cfg.local_dir.join(format!("bench-new-{rank}-{rep}"));
+        let fresh = own.join(format!("bench-new-{rank}-{rep}"));
         let mut epoch = Ok(0);
         for which in 0..3 {
             let mut result = Ok(());
@@ -167,7 +167,7 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
         let mut buf = vec![0u8; bytes];
         let mut result = Ok(());
         r_plain.push(timed(world, || {
-            result = File::open(&plain)
+            result = durable::open_regular(&plain)
                 .and_then(|mut f| f.read_exact(&mut buf))
                 .map_err(io("read"));
         }));
@@ -265,7 +265,7 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
     let (t_quiesce, t_small) = (median(q) * 1e6, median(c) * 1e6);
     // The floor for a durable small checkpoint: each rank writes 4 KiB to a temporary file,
     // fsyncs it, renames it and fsyncs the directory, then rank 0 does the same for a manifest.
-    let small_plain = cfg.local_dir.join(format!("bench-small-{rank}"));
+    let small_plain = own.join(format!("bench-small-{rank}"));
     let mut f = vec![];
     for _ in 0..o.reps.max(5) {
         let mut result = Ok(());

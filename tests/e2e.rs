@@ -1038,23 +1038,30 @@ fn a_rank_stuck_in_io_is_named_by_its_watchdog() {
     let out = short_deadlines(Run::new(&job, RANKS, &flags, &heat2d(), HEAT), "2").output();
     assert_same_result(&out);
     assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    // The temporary file: `rank-000001.ckpt.<random>.tmp`.
     let tmp = job
         .join("local")
         .join(ckpt::config::default_node())
         .join(ckpt::identity::id_of(&job))
-        .join("epoch-00000003/rank-000001.ckpt.tmp");
-    let needle = format!(
-        "[ckpt rank 1] error: stuck for 2 s writing {} (epoch 3)",
-        tmp.display()
-    );
+        .join("epoch-00000003/rank-000001.ckpt.");
+    let is_tmp = |p: &str| {
+        p.strip_prefix(&*tmp.to_string_lossy())
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .is_some_and(|hex| hex.len() == 16)
+    };
+    let needle = "[ckpt rank 1] error: stuck for 2 s writing ";
+    let line = out.stderr.lines().find_map(|l| l.split_once(needle));
     assert!(
-        out.stderr.contains(&needle),
-        "lacks {needle:?}\n{}",
+        line.is_some_and(|(_, rest)| rest
+            .split_once(" (epoch 3)")
+            .is_some_and(|(p, _)| is_tmp(p))),
+        "lacks {needle:?}{}<random>.tmp (epoch 3)\n{}",
+        tmp.display(),
         out.dump()
     );
     let stuck = events(&job).into_iter().any(|e| {
         matches!(e, Event::IoStuck { rank: 1, ref op, epoch: 3, ref path, .. }
-            if op == "writing" && *path == tmp.display().to_string())
+            if op == "writing" && is_tmp(path))
     });
     assert!(stuck, "no io_stuck event\n{}", out.dump());
     assert!(failed_after(&out, 1) < 60.0, "{}", out.dump());
@@ -1461,7 +1468,8 @@ fn a_failed_write_on_one_rank_leaves_the_epoch_uncommitted_and_the_job_running()
     assert_eq!(reasons.len(), 1, "{reasons:?}");
     assert!(
         reasons[0].starts_with("rank 2: cannot write and sync ")
-            && reasons[0].contains("rank-000002.ckpt.tmp")
+            && reasons[0].contains("rank-000002.ckpt.")
+            && reasons[0].contains(".tmp:")
             && reasons[0].contains("No space left on device"),
         "{reasons:?}"
     );
@@ -1984,4 +1992,326 @@ fn event_lines_keep_their_order_with_the_ranks_output() {
     let restored = at("[ckpt] restored epoch 1 (");
     let printed = at("heat2d: restored epoch 1 at step 40");
     assert!(started < restored && restored < printed, "{text}");
+}
+
+/// A directory `nobody` can reach: `<tmp>/` opened for traversal, with a world-writable
+/// sticky `shared/` (like `/tmp`) and the victim's private file `victim`.
+fn shared_machine() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    (dir, shared, victim)
+}
+
+fn assert_untouched(victim: &Path, out: &Output) {
+    assert_eq!(
+        std::fs::read_to_string(victim).unwrap(),
+        "precious",
+        "the victim's file was written through a planted link\n{}",
+        out.dump()
+    );
+}
+
+/// Another user prepares a world-writable job directory with links to the victim's file at
+/// the names `ckpt run` writes; the victim's `ckpt run --job-dir` there refuses it, naming the
+/// owner and mode, and writes nothing through the links.
+#[test]
+fn a_job_directory_another_user_prepared_is_refused() {
+    let Some(_mpi) = mpi() else { return };
+    let (_dir, shared, victim) = shared_machine();
+    let job = shared.join("job");
+    let v = victim.display();
+    let plant = format!(
+        "cd {} && mkdir -m 777 job job/control job/manifests && \
+         for f in job.json job.json.tmp events.jsonl control/run.lock control/request.lock \
+         manifests/epoch-00000001.manifest.tmp; do ln -s {v} job/$f; done",
+        shared.display()
+    );
+    let Some(planted) = as_nobody(&plant) else {
+        return;
+    };
+    assert!(planted.status.success(), "{}", planted.dump());
+    let flags = ["--every", "40", "--max-restarts", "0"];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert!(!out.status.success(), "{}", out.dump());
+    let want = format!(
+        "refusing job directory {}: owned by nobody (uid 65534) with mode 0777",
+        job.display()
+    );
+    assert!(out.stderr.contains(&want), "lacks {want:?}\n{}", out.dump());
+    assert_untouched(&victim, &out);
+}
+
+/// Links planted at every name ckpt used to write through (`X.tmp`), and a link as a rank's
+/// spare file, in the victim's own job: the job runs (a checkpoint request included) to the
+/// uninterrupted result, the spare link is refused by name, and nothing is written through
+/// any of them.
+#[test]
+fn links_at_predictable_names_are_never_written_through() {
+    let Some(_mpi) = mpi() else { return };
+    let (_dir, shared, victim) = shared_machine();
+    let job = shared.join("job");
+    let first = Run::new(&job, RANKS, &["--every", "off"], &heat2d(), HEAT).output();
+    assert_same_result(&first);
+    // The job's node-local directory: `local/<node>/<job id>`, the only entry at each level.
+    let only = |d: &Path| {
+        let mut e: Vec<_> = d.read_dir().unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        e.pop().unwrap()
+    };
+    let local = only(&only(&job.join("local")));
+    let link = |p: std::path::PathBuf| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        p
+    };
+    let mut links = vec![
+        link(job.join("job.json.tmp")),
+        link(job.join("control").join("request.tmp")),
+        link(job.join("control").join("handled.tmp")),
+    ];
+    for epoch in 1..=8 {
+        let m = ckpt::manifest::path(&job, epoch);
+        links.push(link(
+            m.with_file_name(format!("epoch-{epoch:08}.manifest.tmp")),
+        ));
+        for rank in 0..RANKS {
+            let f = local.join(format!("epoch-{epoch:08}/rank-{rank:06}.ckpt.tmp"));
+            links.push(link(f));
+        }
+    }
+    let spare = link(local.join("spare").join("rank-000000.ckpt"));
+    let mut args = HEAT.to_vec();
+    args.extend(["--step-ms", "20"]);
+    let running = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), &args).spawn();
+    // The second run's ranks started (the first run logged one `started`).
+    let starts = || {
+        let e = events(&job);
+        e.iter()
+            .filter(|e| matches!(e, Event::Started { .. }))
+            .count()
+    };
+    assert!(wait_for(Duration::from_secs(60), || starts() >= 2));
+    let req = ckpt(&["checkpoint", job.to_str().unwrap()]);
+    let out = running.wait();
+    assert!(req.status.success(), "{}\n{}", req.dump(), out.dump());
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(!committed_epochs(&job).is_empty(), "{}", out.dump());
+    assert_untouched(&victim, &out);
+    for l in &links {
+        let m = std::fs::symlink_metadata(l).unwrap();
+        assert!(m.file_type().is_symlink(), "{} replaced", l.display());
+    }
+    // The spare link was refused by name on its first use, and removed (not its target).
+    let want = format!(
+        "cannot recycle the spare file {}: not a regular file (a symbolic link)",
+        spare.display()
+    );
+    assert!(out.stderr.contains(&want), "lacks {want:?}\n{}", out.dump());
+    assert!(std::fs::symlink_metadata(&spare).map_or(true, |m| m.is_file()));
+}
+
+/// In a shared node-local base (world-writable and sticky, like `/tmp`), another user made
+/// the job's `<local>/<job id>` directory, with a link to the victim's file as rank 0's spare.
+/// The launcher refuses it when it can see it (`--local-dir`), and the ranks refuse it when
+/// only they can (`CKPT_LOCAL_DIR`), naming the directory, owner and mode.
+#[test]
+fn a_node_local_directory_another_user_prepared_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(_mpi) = mpi() else { return };
+    let (dir, shared, victim) = shared_machine();
+    let job = dir.path().join("job");
+    let local = shared.to_str().unwrap();
+    let flags = ["--every", "off", "--local-dir", local];
+    let first = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&first);
+    // The ranks created the job's directory there, private.
+    let mine = shared.read_dir().unwrap().next().unwrap().unwrap().path();
+    let m = std::fs::metadata(&mine).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o700));
+    // Gone (a node's clean-up), and made again by another user, with a planted spare.
+    std::fs::remove_dir_all(&mine).unwrap();
+    let plant = format!(
+        "mkdir -m 777 {0} {0}/spare && ln -s {1} {0}/spare/rank-000000.ckpt",
+        mine.display(),
+        victim.display()
+    );
+    let Some(planted) = as_nobody(&plant) else {
+        return;
+    };
+    assert!(planted.status.success(), "{}", planted.dump());
+    let want = format!(
+        "refusing node-local directory {}: owned by nobody (uid 65534) with mode 0777",
+        mine.display()
+    );
+    let flags = ["--every", "40", "--max-restarts", "0", "--local-dir", local];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(out.stderr.contains(&want), "lacks {want:?}\n{}", out.dump());
+    assert!(!started_again(&job, 2), "launched\n{}", out.dump());
+    assert_untouched(&victim, &out);
+    // Through the environment the launcher does not look at it: every rank does.
+    let flags = ["--every", "40", "--max-restarts", "0"];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT)
+        .env("CKPT_LOCAL_DIR", local)
+        .output();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(out.stderr.contains(&want), "lacks {want:?}\n{}", out.dump());
+    assert!(committed_epochs(&job).is_empty(), "{}", out.dump());
+    assert_untouched(&victim, &out);
+}
+
+/// Whether the job logged `started` at least `n` times.
+fn started_again(job: &Path, n: usize) -> bool {
+    events(job)
+        .iter()
+        .filter(|e| matches!(e, Event::Started { .. }))
+        .count()
+        >= n
+}
+
+/// Manifests that are a FIFO, a link to /dev/zero, a 1 GiB sparse file, or forged to name
+/// `/etc/shadow` or a `../..` path: `ckpt list`, `ckpt verify` and a resumed `ckpt run` each
+/// finish (under the harness's timeout), name each manifest and what is wrong with it, never
+/// open a forged path, and the run resumes from the one good epoch.
+#[test]
+fn hostile_manifests_neither_hang_nor_escape() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    let flags = ["--every", "40", "--keep", "6", "--max-restarts", "0"];
+    let first = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&first);
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), [6, 5, 4, 3, 2, 1]);
+    let path = |e| ckpt::manifest::path(&job, e);
+    let forge = |e, rank: usize, file: &str| {
+        let mut m = ckpt::manifest::load(&job, e).unwrap();
+        m.ranks[rank].file = file.into();
+        std::fs::write(path(e), m.encode()).unwrap();
+    };
+    forge(2, 1, "../../../../../../../../etc/passwd");
+    forge(3, 0, "/etc/shadow");
+    std::fs::File::create(path(4))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    std::fs::remove_file(path(5)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", path(5)).unwrap();
+    std::fs::remove_file(path(6)).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(path(6))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    let named = |out: &Output, e: u64, what: &str| {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains(&path(e).display().to_string()) && l.contains(what));
+        assert!(line.is_some(), "epoch {e}: lacks {what:?}\n{}", out.dump());
+    };
+    let check = |out: &Output| {
+        named(out, 6, "not a regular file (a FIFO)");
+        named(out, 5, "not a regular file (a symbolic link)");
+        named(
+            out,
+            4,
+            "1073741824 bytes, more than the 16777216 bytes allowed (not read)",
+        );
+        named(
+            out,
+            3,
+            "rank 0's file \"/etc/shadow\" is not a relative path",
+        );
+        named(
+            out,
+            2,
+            "rank 1's file \"../../../../../../../../etc/passwd\" is not a relative",
+        );
+        // Nothing was opened at a forged path (verify used to print its first bytes).
+        assert!(!out.stdout.contains("bad magic"), "{}", out.dump());
+    };
+    let list = ckpt(&["list", job_s]);
+    assert!(list.status.success(), "{}", list.dump());
+    check(&list);
+    let verify = ckpt(&["verify", job_s]);
+    assert_eq!(verify.status.code(), Some(1), "{}", verify.dump());
+    check(&verify);
+    assert!(
+        verify.stdout.contains("epoch 1: ok (4 ranks"),
+        "{}",
+        verify.dump()
+    );
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert_eq!(restored_epochs(&job), [1], "{}", out.dump());
+}
+
+/// Every directory and file under `dir` (itself included) with its mode.
+fn modes_under(dir: &Path) -> Vec<(std::path::PathBuf, bool, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).unwrap();
+    let mut all = vec![(dir.to_owned(), m.is_dir(), m.mode() & 0o7777)];
+    if m.is_dir() {
+        for e in dir.read_dir().unwrap() {
+            all.extend(modes_under(&e.unwrap().path()));
+        }
+    }
+    all
+}
+
+/// Under umask 000 and 022 every directory ckpt makes is 0700 and every file 0600 (job
+/// directory, manifests, events, job.json, control and lock files, rank files, recycled
+/// spares); with CKPT_GROUP_ACCESS=1, 0750 and 0640.
+#[test]
+fn files_are_private_whatever_the_umask_and_group_readable_on_request() {
+    let Some(_mpi) = mpi() else { return };
+    for (mask, group, dir_mode, file_mode) in [
+        ("000", false, 0o700, 0o600),
+        ("022", false, 0o700, 0o600),
+        ("000", true, 0o750, 0o640),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("jobs").join("job");
+        let mut args = HEAT.to_vec();
+        args.extend(["--step-ms", "10"]);
+        let mut run = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), &args).umask(mask);
+        if group {
+            run = run.env("CKPT_GROUP_ACCESS", "1");
+        }
+        let running = run.spawn();
+        assert!(wait_for(Duration::from_secs(60), || started(&job)));
+        let req = ckpt_umask(mask, &["checkpoint", job.to_str().unwrap()]);
+        let out = running.wait();
+        assert!(req.status.success(), "{}\n{}", req.dump(), out.dump());
+        assert_same_result(&out);
+        let all = modes_under(&dir.path().join("jobs"));
+        for name in ["request", "handled", "run.lock", "job.json", "events.jsonl"] {
+            assert!(all.iter().any(|(p, _, _)| p.ends_with(name)), "no {name}");
+        }
+        assert!(all
+            .iter()
+            .any(|(p, _, _)| p.to_string_lossy().contains("spare/rank-")));
+        assert!(
+            all.iter()
+                .filter(|(p, _, _)| p.extension() == Some("ckpt".as_ref()))
+                .count()
+                >= 8
+        );
+        for (p, is_dir, mode) in all {
+            let want = if is_dir { dir_mode } else { file_mode };
+            assert_eq!(
+                mode,
+                want,
+                "umask {mask}, group {group}: {} is {mode:04o}",
+                p.display()
+            );
+        }
+    }
 }

@@ -473,3 +473,70 @@ pub fn launch_lines(stderr: &str) -> usize {
         .filter(|l| !l.contains(" failed after "))
         .count()
 }
+
+/// `cmd` (program, arguments and environment) run through `sh` with the file mode creation
+/// mask `mask` (e.g. "000").
+pub fn with_umask(cmd: &Command, mask: &str) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("umask {mask} && exec \"$@\""))
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh
+}
+
+impl Run {
+    /// Runs the launcher (and so the ranks) with the file mode creation mask `mask`.
+    pub fn umask(mut self, mask: &str) -> Run {
+        self.cmd = with_umask(&self.cmd, mask);
+        self
+    }
+}
+
+/// [`ckpt`] with the file mode creation mask `mask`.
+pub fn ckpt_umask(mask: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin("ckpt"));
+    cmd.args(args);
+    Running::spawn(with_umask(&cmd, mask), Duration::from_secs(90)).wait()
+}
+
+/// Runs the shell `script` as the unprivileged user `nobody` (group `nogroup`), with
+/// `setpriv`, else `runuser`. `None`, after saying why, when neither tool is installed or this
+/// process cannot switch users (not root).
+pub fn as_nobody(script: &str) -> Option<Output> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root {
+        eprintln!("SKIPPED: needs root to act as another user (nobody)");
+        return None;
+    }
+    let found = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let mut cmd = if found("setpriv") {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+        c
+    } else if found("runuser") {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]);
+        c
+    } else {
+        eprintln!("SKIPPED: neither setpriv nor runuser (util-linux) is installed");
+        return None;
+    };
+    cmd.args(["sh", "-c", script]);
+    Some(Running::spawn(cmd, Duration::from_secs(30)).wait())
+}

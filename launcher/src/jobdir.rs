@@ -77,9 +77,7 @@ struct JobFile {
 /// epoch was written by a different number of ranks, is a [`UsageError`].
 pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
     let dir = &plan.job_dir;
-    // Durable: the ranks' manifests, made durable inside it, must not lose their directory.
-    ckpt::storage::durable::create_dir_all(dir)
-        .with_context(|| format!("cannot create job directory {}", dir.display()))?;
+    secure_dirs(plan)?;
     let (run_lock, expired) = {
         // Held while the run lock is taken and old requests expire: a `ckpt checkpoint`
         // either wrote before (for the earlier run) or writes after (for this one).
@@ -157,6 +155,32 @@ pub fn recorded_local_dir(dir: &Path) -> Option<std::path::PathBuf> {
     job.get("local_dir")?.as_str().map(Into::into)
 }
 
+/// Creates the job directory (durably and private: the ranks' manifests, made durable inside
+/// it, must not lose their directory), or checks an existing one: it, and this node's
+/// `<local_dir>/<job_id>` if it exists, must be ours and closed to others, else nobody could
+/// tell what another user planted there. Sets the access of everything this run creates.
+fn secure_dirs(plan: &RunPlan) -> anyhow::Result<()> {
+    use ckpt::storage::durable;
+    durable::set_access(plan.access);
+    let dir = &plan.job_dir;
+    if std::fs::symlink_metadata(dir).is_err() {
+        durable::create_dir_all(dir)
+            .with_context(|| format!("cannot create job directory {}", dir.display()))?;
+    }
+    durable::check_dir(dir, "job directory").map_err(|e| UsageError(e.to_string()))?;
+    if let Some(local) = &plan.local_dir {
+        let mine = local.join(&plan.job_id);
+        if std::fs::symlink_metadata(&mine).is_ok() {
+            durable::check_dir(&mine, "node-local directory")
+                .map_err(|e| UsageError(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Largest `job.json` read back (a few KiB in practice).
+const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+
 /// Settles, without acting on it, the request an earlier run left pending.
 fn expire_requests(dir: &Path) -> anyhow::Result<Option<Request>> {
     let pending = ControlState::read(dir)?.pending();
@@ -176,7 +200,7 @@ pub fn newest_loadable(job_dir: &Path, committed: &[u64]) -> Option<Manifest> {
 fn write_job_file(plan: &RunPlan, job_id: &str, now_ms: u64) -> anyhow::Result<()> {
     let path = plan.job_dir.join(JOB_FILE);
     // A resumed job keeps its creation time; an unreadable old file is simply replaced.
-    let created_unix_ms = std::fs::read(&path)
+    let created_unix_ms = ckpt::storage::durable::read_capped(&path, MAX_JOB_FILE_BYTES)
         .ok()
         .and_then(|b| serde_json::from_slice::<JobFile>(&b).ok())
         .map_or(now_ms, |old| old.created_unix_ms);
@@ -339,5 +363,59 @@ mod tests {
         drop(job);
         let job = prepare(&testutil::plan(&dir, 2), 1_000).unwrap();
         assert_eq!(job.expired, None);
+    }
+
+    /// A job directory, or this node's `<local>/<job_id>`, that others can write to is refused
+    /// before anything is written in it; a new job directory and its files are private.
+    #[test]
+    fn directories_others_can_write_are_refused_and_new_ones_are_private() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("job");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = format!(
+            "{:#}",
+            prepare(&testutil::plan(&dir, 2), 1_000).unwrap_err()
+        );
+        let want = format!("refusing job directory {}: owned by ", dir.display());
+        assert!(e.starts_with(&want) && e.contains("mode 0777"), "{e}");
+        assert!(
+            std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "nothing written"
+        );
+        std::fs::remove_dir(&dir).unwrap();
+        let mut plan = testutil::plan(&dir, 2);
+        plan.local_dir = Some(tmp.path().join("local"));
+        let mine = tmp.path().join("local").join(&plan.job_id);
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o757)).unwrap();
+        let e = format!("{:#}", prepare(&plan, 1_000).unwrap_err());
+        let want = format!(
+            "refusing node-local directory {}: owned by ",
+            mine.display()
+        );
+        assert!(e.starts_with(&want) && e.contains("mode 0757"), "{e}");
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // Created again under umask 000: still private.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let old = unsafe_umask(0);
+        let job = prepare(&plan, 1_000);
+        unsafe_umask(old);
+        drop(job.unwrap());
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(JOB_FILE)), 0o600);
+        assert_eq!(mode(&dir.join("control")), 0o700);
+        assert_eq!(mode(&lock::run_lock_path(&dir)), 0o600);
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().uid(),
+            ckpt::storage::durable::euid()
+        );
+    }
+
+    fn unsafe_umask(m: u32) -> u32 {
+        // SAFETY: umask(2) only swaps the process's file mode creation mask.
+        unsafe { libc::umask(m as libc::mode_t) as u32 }
     }
 }

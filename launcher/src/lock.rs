@@ -16,7 +16,7 @@
 //! On a file system without `flock` the launcher says so and goes on without the locks: then
 //! `ckpt checkpoint` cannot tell whether the job runs, and concurrent runs are not refused.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -63,12 +63,8 @@ fn open_lock(path: &Path) -> anyhow::Result<File> {
         ckpt::storage::durable::create_dir_all(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+    // Never through a link; created with the job's access mode.
+    ckpt::storage::durable::create_regular(path, false)
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
@@ -129,7 +125,7 @@ pub enum Liveness {
 /// Checks whether a `ckpt run` holds `job_dir` (without blocking).
 pub fn liveness(job_dir: &Path) -> anyhow::Result<Liveness> {
     let path = run_lock_path(job_dir);
-    let mut file = match File::open(&path) {
+    let mut file = match ckpt::storage::durable::open_regular(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Liveness::Stopped(None)),
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),

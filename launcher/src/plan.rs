@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ckpt::fault::Fault;
+use ckpt::storage::durable::Access;
 use ckpt::{env, Interval};
 
 use crate::backend::mpirun;
@@ -39,6 +40,8 @@ pub struct Context {
     pub signal: Option<String>,
     /// The `ckpt` executable, which starts each rank (`ckpt exec-rank`); `None` if unknown.
     pub exe: Option<PathBuf>,
+    /// The value of `CKPT_GROUP_ACCESS`, if set.
+    pub group_access: Option<String>,
 }
 
 impl Context {
@@ -56,6 +59,7 @@ impl Context {
             pid: std::process::id(),
             signal: env::get(env::SIGNAL),
             exe: std::env::current_exe().ok(),
+            group_access: env::get(env::GROUP_ACCESS),
         })
     }
 }
@@ -103,6 +107,8 @@ pub struct RunPlan {
     /// The `ckpt` executable that starts each rank with [`RunPlan::signal`] blocked
     /// (`ckpt exec-rank`); `None` starts the program directly.
     pub exec_rank: Option<PathBuf>,
+    /// Who may read the job's files (`CKPT_GROUP_ACCESS`; private by default).
+    pub access: Access,
 }
 
 impl RunPlan {
@@ -194,6 +200,14 @@ impl RunPlan {
             Some(v) => ckpt::trigger::parse_signal(v)
                 .map_err(|e| UsageError(format!("{}={v}: {e}", env::SIGNAL)))?,
         };
+        let access = ctx
+            .group_access
+            .as_deref()
+            .map(|v| {
+                Access::parse(v).map_err(|e| UsageError(format!("{}={v}: {e}", env::GROUP_ACCESS)))
+            })
+            .transpose()?
+            .unwrap_or_default();
         let mpirun_env_args = ctx
             .mpirun_args
             .iter()
@@ -218,6 +232,7 @@ impl RunPlan {
             exec_rank: ctx.exe.clone().filter(|_| signal.is_some()),
             signal,
             exit_signal,
+            access,
         };
         let ours: Vec<&str> = plan.rank_env(0).iter().map(|(k, _)| *k).collect();
         plan.inherited = ctx
@@ -263,6 +278,9 @@ impl RunPlan {
         }
         if let Some(fault) = &self.fault {
             vars.push((env::FAULT, fault.clone()));
+        }
+        if self.access == Access::Group {
+            vars.push((env::GROUP_ACCESS, "1".into()));
         }
         vars
     }
@@ -392,6 +410,7 @@ mod tests {
             pid: 42,
             signal: None,
             exe: Some("/opt/ckpt".into()),
+            group_access: None,
         };
         (dir, ctx)
     }
@@ -692,5 +711,33 @@ mod tests {
         ];
         let expected: Vec<String> = expected.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn group_access_reaches_the_ranks() {
+        let (_dir, mut ctx) = fixture();
+        let plan = |ctx: &Context| {
+            let argv = "ckpt run -n 2 -- prog";
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx).map_err(|e| e.to_string())
+        };
+        let has = |p: &RunPlan| p.rank_env(0).contains(&(env::GROUP_ACCESS, "1".into()));
+        let p = plan(&ctx).unwrap();
+        assert_eq!((p.access, has(&p)), (Access::Private, false));
+        ctx.group_access = Some("1".into());
+        let p = plan(&ctx).unwrap();
+        assert_eq!((p.access, has(&p)), (Access::Group, true));
+        ctx.group_access = Some("0".into());
+        assert_eq!(plan(&ctx).unwrap().access, Access::Private);
+        ctx.group_access = Some("maybe".into());
+        assert_eq!(
+            plan(&ctx).unwrap_err(),
+            "CKPT_GROUP_ACCESS=maybe: expected 1 (group may read) or 0 (private)"
+        );
     }
 }

@@ -4,11 +4,13 @@
 //! after). A request is only written while a `ckpt run` holds the job directory, and belongs
 //! to that run (see [`crate::lock`]).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use ckpt::events::{self, Event};
+use ckpt::storage::durable::Access;
 use ckpt::trigger::{self, Request};
 
 use crate::cli::CheckpointArgs;
@@ -33,6 +35,13 @@ pub fn run(args: &CheckpointArgs) -> anyhow::Result<Outcome> {
         ))
         .into());
     }
+    // The request file is as private as the job: group-readable only if the job is.
+    let group = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o040 != 0);
+    ckpt::storage::durable::set_access(if group {
+        Access::Group
+    } else {
+        Access::Private
+    });
     let (_, offset) = events::read_from(dir, 0)
         .with_context(|| format!("cannot read {}", events::path(dir).display()))?;
     let req = write_request(dir, args.then_exit)?;

@@ -49,5 +49,6 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         signal: Some(libc::SIGUSR1),
         exit_signal: Some(libc::SIGUSR1),
         exec_rank: None,
+        access: ckpt::storage::durable::Access::Private,
     }
 }

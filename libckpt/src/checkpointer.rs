@@ -75,11 +75,14 @@ pub struct Checkpointer {
 /// name: `ckpt run` made its own), checks that it is this job's ([`identity::check`]) and
 /// lists its epochs.
 fn startup_listing(cfg: &Config) -> std::result::Result<manifest::Listing, String> {
+    // Created (private) only for a job identified by its directory's name (no launcher made
+    // it); otherwise it must exist, still be this job's, and be ours and closed to others.
     if cfg.job_id == identity::legacy_id(&cfg.job_dir) {
-        durable::create_dir_all(&cfg.job_dir).map_err(|e| e.to_string())?;
+        durable::ensure_dir(&cfg.job_dir, "job directory").map_err(|e| e.to_string())?;
     }
     identity::check(&cfg.job_dir, &cfg.job_id)
         .map_err(|found| format!("it is not job {}'s: {found}", cfg.job_id))?;
+    durable::check_dir(&cfg.job_dir, "job directory").map_err(|e| e.to_string())?;
     manifest::listing(&cfg.job_dir).map_err(|e| e.to_string())
 }
 
@@ -87,6 +90,7 @@ impl Checkpointer {
     /// Sets up checkpointing for the ranks of `comm` (collective). Creates the job directory
     /// if needed and looks for committed epochs to restart from.
     pub fn new<C: Communicator>(comm: &C, cfg: Config) -> Result<Self> {
+        durable::set_access(cfg.access);
         let lib: SimpleCommunicator = comm.duplicate();
         let app = Comm::new(comm.duplicate());
         let rank = lib.rank();
@@ -136,6 +140,19 @@ impl Checkpointer {
                     .map_err(|e| io_error("start the IO watchdog thread for", e))
             })
             .and_then(|(t, w)| {
+                // This node's directory of the job: created private, or ours and closed to
+                // others (nothing planted in it can redirect a write).
+                let local = cfg.local_dir.join(&cfg.job_id);
+                durable::ensure_dir(&local, "node-local directory")
+                    .map(|_| (t, w))
+                    .map_err(|source| Error::Io {
+                        rank,
+                        op: "use",
+                        path: local,
+                        source,
+                    })
+            })
+            .and_then(|(t, w)| {
                 Presence::announce(
                     &cfg.job_dir,
                     cfg.restart_count,
@@ -149,8 +166,8 @@ impl Checkpointer {
         if !transport::all_ok(&lib, &watch, &setup_label, setup.is_ok()) {
             return Err(setup.err().unwrap_or_else(|| Error::Usage {
                 rank,
-                what: "another rank could not install the checkpoint signal handler or start \
-                       its IO watchdog"
+                what: "another rank could not install the checkpoint signal handler, start \
+                       its IO watchdog or use its node-local directory"
                     .into(),
             }));
         }

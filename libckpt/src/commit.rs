@@ -168,7 +168,6 @@ fn write_rank_file<P: Protect + ?Sized>(
     }
     let rel = local::rank_file_rel(&ctx.cfg.job_id, epoch, ctx.rank);
     let path = ctx.cfg.local_dir.join(&rel);
-    let tmp = durable::tmp_path(&path);
     let io = |op, p: &std::path::Path| {
         let p = p.to_owned();
         move |source| Error::Io {
@@ -180,7 +179,7 @@ fn write_rank_file<P: Protect + ?Sized>(
     };
     let epoch_dir = path.parent().unwrap_or(&ctx.cfg.local_dir).to_owned();
     // Every IO of the file, up to the last directory fsync, is under one IO deadline.
-    let armed = ctx.io.arm("writing", &tmp, epoch);
+    let armed = ctx.io.arm("writing", &path, epoch);
     durable::create_dir_all(&epoch_dir).map_err(io("create directory", &epoch_dir))?;
     let id = FileIdentity {
         job: ctx.cfg.job_id.clone(),
@@ -188,13 +187,22 @@ fn write_rank_file<P: Protect + ?Sized>(
         rank: ctx.rank as u32,
         nranks: ctx.nranks as u32,
     };
-    let recycled = local::take_spare(&ctx.cfg.local_dir, &ctx.cfg.job_id, ctx.rank, &tmp);
-    let mut out = if recycled {
-        RankFileWriter::overwrite(&tmp, id, &ctx.cfg.node)
-    } else {
-        RankFileWriter::create(&tmp, id, &ctx.cfg.node)
-    }
-    .map_err(io("create", &tmp))?;
+    // A fresh temporary file (random name, O_EXCL|O_NOFOLLOW), or the recycled spare.
+    let spare = local::spare_path(&ctx.cfg.local_dir, &ctx.cfg.job_id, ctx.rank);
+    let (file, tmp, recycled) =
+        match local::take_spare(&ctx.cfg.local_dir, &ctx.cfg.job_id, ctx.rank, &path) {
+            Ok(Some((f, tmp))) => (f, tmp, true),
+            Ok(None) => {
+                let (f, tmp) = durable::create_tmp(&path).map_err(io("create", &path))?;
+                (f, tmp, false)
+            }
+            Err(e) => return Err(io("recycle the spare file", &spare)(e)),
+        };
+    armed.now("writing", &tmp);
+    let mut out = RankFileWriter::with_file(file, id, &ctx.cfg.node, recycled).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io("write", &tmp)(e)
+    })?;
     let fault = ctx.cfg.active_fault().copied();
     let rank = ctx.rank;
     let mut mid_write = |w: &mut RankFileWriter| {

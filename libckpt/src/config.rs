@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::identity;
 use crate::protocol::agree::Stride;
+use crate::storage::durable::Access;
 
 /// Default wall time between agreement rounds. Half a millisecond keeps rounds a small share
 /// of the run and bounds a request's latency after a 1000x slowdown to one second (see
@@ -110,6 +111,8 @@ pub struct Config {
     /// fsyncs and renames included; a manifest) before its watchdog ends it. Waits that follow
     /// other ranks' IO (the commit vote, the restore vote) allow `timeout + io_timeout`.
     pub io_timeout: Duration,
+    /// Who may read what this rank creates (private unless `CKPT_GROUP_ACCESS=1`).
+    pub access: Access,
 }
 
 impl Config {
@@ -139,6 +142,7 @@ impl Config {
             signal: Some(libc::SIGUSR1),
             timeout: Duration::from_secs(120),
             io_timeout: DEFAULT_IO_TIMEOUT,
+            access: Access::Private,
         }
     }
 
@@ -186,6 +190,13 @@ impl Config {
         if let Some(v) = get(env::SIGNAL) {
             cfg.signal = crate::trigger::parse_signal(&v).map_err(|reason| Error::Config {
                 var: env::SIGNAL,
+                value: v.clone(),
+                reason,
+            })?;
+        }
+        if let Some(v) = get(env::GROUP_ACCESS) {
+            cfg.access = Access::parse(&v).map_err(|reason| Error::Config {
+                var: env::GROUP_ACCESS,
                 value: v.clone(),
                 reason,
             })?;

@@ -38,6 +38,10 @@ pub const TIMEOUT: &str = "CKPT_TIMEOUT";
 /// and renames, a manifest) before its IO watchdog names the file and ends the rank. Waits that
 /// follow other ranks' IO get this much on top of [`TIMEOUT`]. Default 600.
 pub const IO_TIMEOUT: &str = "CKPT_IO_TIMEOUT";
+/// `1`: the files and directories ckpt creates are readable by the group (`0640`/`0750`) and
+/// existing job and node-local directories may be group-writable; `0` or unset: private
+/// (`0600`/`0700`).
+pub const GROUP_ACCESS: &str = "CKPT_GROUP_ACCESS";
 
 /// Read by the launcher only (not forwarded): seconds to wait, before a launch, for ranks of
 /// an earlier launch to exit before killing them (see `storage/liveness.rs`). Default 30.
@@ -57,6 +61,7 @@ pub const ALL: &[&str] = &[
     SIGNAL,
     TIMEOUT,
     IO_TIMEOUT,
+    GROUP_ACCESS,
 ];
 
 /// Reads a variable, treating an empty value as unset.

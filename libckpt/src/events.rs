@@ -3,13 +3,15 @@
 //!
 //! This is how the launcher learns what happened inside the job (epochs committed, restores,
 //! fallbacks) and prints it with timings; `ckpt list` and drills read it too. Appends are
-//! single `write` calls on an `O_APPEND` file, so lines never interleave.
+//! single `write` calls on an `O_APPEND` file, so lines never interleave. The log is opened
+//! through [`durable`]: never through a link, never blocking on a FIFO.
 
-use std::fs::OpenOptions;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::storage::durable;
 
 /// Something that happened in a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,17 +134,15 @@ pub fn path(job_dir: &Path) -> PathBuf {
 pub fn append(job_dir: &Path, event: &Event) -> io::Result<()> {
     let mut line = serde_json::to_string(event).map_err(io::Error::other)?;
     line.push('\n');
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path(job_dir))?;
+    // Never through a link or into a FIFO; created with the mode of `durable::access`.
+    let mut f = durable::open_append(&path(job_dir))?;
     f.write_all(line.as_bytes())
 }
 
 /// Reads events from `offset` on; returns them and the offset after the last complete line.
 /// Lines that do not parse (from a newer version, or torn by a crash) are skipped.
 pub fn read_from(job_dir: &Path, offset: u64) -> io::Result<(Vec<Event>, u64)> {
-    let mut f = match std::fs::File::open(path(job_dir)) {
+    let mut f = match durable::open_regular(&path(job_dir)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
         Err(e) => return Err(e),
@@ -195,5 +195,22 @@ mod tests {
         let (ev, off2) = read_from(dir.path(), off).unwrap();
         assert_eq!(ev, vec![b]);
         assert_eq!(read_from(dir.path(), off2).unwrap().0, vec![]);
+    }
+
+    #[test]
+    fn a_link_or_fifo_at_the_log_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, path(dir.path())).unwrap();
+        let ev = Event::Stopping { epoch: 1 };
+        let e = append(dir.path(), &ev).unwrap_err();
+        assert_eq!(e.to_string(), "not a regular file (a symbolic link)");
+        assert!(read_from(dir.path(), 0).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        std::fs::remove_file(path(dir.path())).unwrap();
+        crate::storage::durable::mkfifo(&path(dir.path()));
+        assert!(append(dir.path(), &ev).is_err());
+        assert!(read_from(dir.path(), 0).is_err());
     }
 }

@@ -241,6 +241,12 @@ impl RankFileWriter {
     fn open(path: &Path, id: FileIdentity, node: &str, reused: bool) -> io::Result<Self> {
         // Never blocks, and refuses a FIFO or link where the file should be.
         let file = crate::storage::durable::create_regular(path, !reused)?;
+        Self::with_file(file, id, node, reused)
+    }
+
+    /// Writes the file `id` into `file`, opened by the caller (a new temporary file, or a
+    /// recycled one when `reused`: then `finish` cuts whatever lies past the new end).
+    pub fn with_file(file: File, id: FileIdentity, node: &str, reused: bool) -> io::Result<Self> {
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; HEADER_LEN as usize])?;
         Ok(RankFileWriter {

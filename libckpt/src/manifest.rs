@@ -311,16 +311,20 @@ pub fn quarantine(job_dir: &Path, q: &Quarantine) -> io::Result<PathBuf> {
     Ok(p)
 }
 
+/// Largest manifest (or quarantine record) read: far above what a job of 100,000 ranks
+/// writes; anything larger is refused from its size, unread.
+pub const MAX_BYTES: u64 = 16 << 20;
+
 /// Reads epoch `epoch`'s quarantine record.
 pub fn load_quarantine(job_dir: &Path, epoch: u64) -> io::Result<Quarantine> {
-    let bytes = read_regular(&quarantine_path(job_dir, epoch))?;
+    let bytes = durable::read_capped(&quarantine_path(job_dir, epoch), MAX_BYTES)?;
     serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Reads and checks epoch `epoch`'s manifest.
 pub fn load(job_dir: &Path, epoch: u64) -> Result<Manifest> {
     let p = path(job_dir, epoch);
-    let bytes = read_regular(&p).map_err(|source| Error::Io {
+    let bytes = durable::read_capped(&p, MAX_BYTES).map_err(|source| Error::Io {
         rank: -1,
         op: "read manifest",
         path: p.clone(),
@@ -340,14 +344,46 @@ pub fn load(job_dir: &Path, epoch: u64) -> Result<Manifest> {
             },
         });
     }
+    confined(&m).map_err(|detail| Error::Manifest {
+        path: p,
+        cause: Corruption::Malformed {
+            what: "manifest body",
+            detail,
+        },
+    })?;
     Ok(m)
 }
 
-/// Reads a whole file without ever blocking on a FIFO where it should be.
-fn read_regular(p: &Path) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    io::Read::read_to_end(&mut durable::open_regular(p)?, &mut bytes)?;
-    Ok(bytes)
+/// Checks that the places `m` records stay inside the job's own directories: each rank's
+/// node is one plain name (it names `local/<node>`) and each file a relative path of plain
+/// names (under the node-local base): no absolute path, no `..` or `.`.
+fn confined(m: &Manifest) -> std::result::Result<(), String> {
+    use std::path::Component;
+    for (rank, r) in m.ranks.iter().enumerate() {
+        let file = Path::new(&r.file);
+        let plain = |p: &Path| {
+            !p.as_os_str().is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)))
+        };
+        // `components` drops inner `.` and a trailing `/`: look at the raw parts too.
+        let raw_ok = |s: &str| {
+            s.split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..")
+        };
+        if !plain(file) || !raw_ok(&r.file) {
+            return Err(format!(
+                "rank {rank}'s file {:?} is not a relative path inside the job's node-local \
+                 directory (refused, not opened)",
+                r.file
+            ));
+        }
+        if r.node.contains('/') || !plain(Path::new(&r.node)) || !raw_ok(&r.node) {
+            return Err(format!(
+                "rank {rank}'s node {:?} is not a plain name (refused, not opened)",
+                r.node
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A published manifest: its epoch is committed either way.
@@ -417,11 +453,35 @@ pub fn prune(job_dir: &Path, keep_from: u64) -> io::Result<Vec<u64>> {
             pruned.push(e);
         }
     }
-    if !pruned.is_empty() {
+    let leftovers = remove_old_tmps(job_dir, keep_from)?;
+    if !pruned.is_empty() || leftovers {
         durable::fsync_dir(&dir(job_dir))?;
     }
     pruned.sort_unstable();
     Ok(pruned)
+}
+
+/// Removes temporary files left by publications of epochs older than `keep_from` that did not
+/// finish (a crash between create and rename); returns whether there were any.
+fn remove_old_tmps(job_dir: &Path, keep_from: u64) -> io::Result<bool> {
+    let mut removed = false;
+    for entry in fs::read_dir(dir(job_dir))? {
+        let name = entry?.file_name();
+        let epoch = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("epoch-"))
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(e, _)| e.parse::<u64>().ok());
+        let Some(e) = epoch.filter(|&e| e < keep_from) else {
+            continue;
+        };
+        let of = |p: PathBuf| p.file_name().is_some_and(|f| durable::is_tmp_of(&name, f));
+        if of(path(job_dir, e)) || of(quarantine_path(job_dir, e)) {
+            remove_if_present(&dir(job_dir).join(&name))?;
+            removed = true;
+        }
+    }
+    Ok(removed)
 }
 
 fn remove_if_present(p: &Path) -> io::Result<()> {
@@ -516,8 +576,16 @@ mod tests {
     fn temporary_names_are_not_committed() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(super::dir(dir.path())).unwrap();
-        fs::write(durable::tmp_path(&path(dir.path(), 7)), b"partial").unwrap();
+        let left = durable::tmp_name(&path(dir.path(), 7));
+        fs::write(&left, b"partial").unwrap();
         assert_eq!(committed(dir.path()).unwrap(), Vec::<u64>::new());
+        // Left by a crash: removed once its epoch is older than everything kept.
+        publish(dir.path(), &sample(8, 1)).unwrap();
+        prune(dir.path(), 7).unwrap();
+        assert!(left.exists());
+        prune(dir.path(), 8).unwrap();
+        assert!(!left.exists());
+        assert_eq!(committed(dir.path()).unwrap(), vec![8]);
     }
 
     fn quarantine_epoch(dir: &Path, epoch: u64) {
@@ -542,7 +610,7 @@ mod tests {
         }
         quarantine_epoch(d, 6);
         // A record being written is not a record yet.
-        fs::write(durable::tmp_path(&quarantine_path(d, 5)), b"{").unwrap();
+        fs::write(durable::tmp_name(&quarantine_path(d, 5)), b"{").unwrap();
         let l = listing(d).unwrap();
         assert_eq!(
             (l.committed.as_slice(), l.quarantined.as_slice()),
@@ -637,5 +705,46 @@ mod tests {
             let cut = cut % bytes.len();
             prop_assert!(Manifest::decode(&bytes[..cut]).is_err());
         }
+    }
+
+    /// A forged manifest naming a file outside the job's directories is refused at load,
+    /// naming the manifest; an oversized one is refused unread.
+    #[test]
+    fn paths_outside_the_job_and_huge_manifests_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cases = [
+            ("/etc/shadow", "n0", "file \"/etc/shadow\""),
+            ("../../../etc/shadow", "n0", "file \"../../../etc/shadow\""),
+            ("job-1/../../x", "n0", "file \"job-1/../../x\""),
+            ("job-1/./x", "n0", "file \"job-1/./x\""),
+            ("", "n0", "file \"\""),
+            ("job-1/x", "..", "node \"..\""),
+            ("job-1/x", "a/b", "node \"a/b\""),
+        ];
+        for (file, node, needle) in cases {
+            let mut m = sample(3, 2);
+            m.ranks[1].file = file.into();
+            m.ranks[1].node = node.into();
+            publish(d, &m).unwrap();
+            let e = load(d, 3).unwrap_err().to_string();
+            let p = path(d, 3).display().to_string();
+            assert!(
+                e.starts_with(&format!("manifest {p}: malformed manifest body: rank 1's")),
+                "{e}"
+            );
+            assert!(e.contains(needle), "{e}");
+        }
+        let p = path(d, 3);
+        fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+        let e = load(d, 3).unwrap_err().to_string();
+        assert!(
+            e.contains("1073741824 bytes, more than the 16777216 bytes allowed"),
+            "{e}"
+        );
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        let e = load(d, 3).unwrap_err().to_string();
+        assert!(e.contains("not a regular file (a symbolic link)"), "{e}");
     }
 }

@@ -101,8 +101,8 @@ fn report_and_abort(
         .join("stall")
         .join(format!("launch-{}", watch.launch))
         .join(key);
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join(format!("rank-{rank}")), b"");
+    let _ = crate::storage::durable::create_dir_all(&dir);
+    let _ = crate::storage::durable::create_regular(&dir.join(format!("rank-{rank}")), false);
     std::thread::sleep(GRACE);
     let waiting: Vec<i32> = (0..size)
         .filter(|r| dir.join(format!("rank-{r}")).exists())

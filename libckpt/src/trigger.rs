@@ -206,8 +206,14 @@ impl ControlState {
     }
 }
 
+/// Largest control file read (they hold one short line): a larger one is refused unread.
+const MAX_CONTROL_BYTES: u64 = 1 << 20;
+
 fn read_optional(path: &Path) -> Result<Option<(PathBuf, String)>, ControlError> {
-    match std::fs::read_to_string(path) {
+    let text = durable::read_capped(path, MAX_CONTROL_BYTES).and_then(|b| {
+        String::from_utf8(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    });
+    match text {
         Ok(text) => Ok(Some((path.to_owned(), text))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ControlError::Io {
@@ -517,6 +523,39 @@ mod tests {
         std::fs::write(handled_path(d), "-3\n").unwrap();
         let e = write_control(d, false, 7).unwrap_err().to_string();
         assert!(e.contains("control/handled"), "{e}");
+    }
+
+    /// A control file that is a FIFO, a link or huge is named and refused: never a hang, never
+    /// read through a link, never read whole.
+    #[test]
+    fn odd_control_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(control_path(d).parent().unwrap()).unwrap();
+        let p = control_path(d).display().to_string();
+        let read = |d: &Path| ControlState::read(d).unwrap_err().to_string();
+        durable::mkfifo(&control_path(d));
+        assert_eq!(
+            read(d),
+            format!("cannot read {p}: not a regular file (a FIFO)")
+        );
+        std::fs::remove_file(control_path(d)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", control_path(d)).unwrap();
+        assert_eq!(
+            read(d),
+            format!("cannot read {p}: not a regular file (a symbolic link)")
+        );
+        std::fs::remove_file(control_path(d)).unwrap();
+        std::fs::File::create(control_path(d))
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        assert_eq!(
+            read(d),
+            format!(
+                "cannot read {p}: 2097152 bytes, more than the 1048576 bytes allowed (not read)"
+            )
+        );
     }
 
     #[test]

@@ -405,6 +405,7 @@ the job did. This can cause a job to hang indefinitely while it waits
             pid: 1,
             signal: Some("off".into()),
             exe: Some("/opt/ckpt".into()),
+            group_access: None,
         };
         let check = |ctx: &Context, argv: &str, count: u32, root: bool, expected: &str| {
             assert_eq!(launch(argv, ctx, count, root), expected, "{argv}");
