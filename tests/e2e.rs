@@ -2315,3 +2315,81 @@ fn files_are_private_whatever_the_umask_and_group_readable_on_request() {
         }
     }
 }
+
+/// Two `ckpt run` of one job directory at once: the second fails at once, naming the first
+/// (pid and host), writes nothing, and the first finishes with the uninterrupted result.
+#[test]
+fn a_second_launcher_on_a_running_job_directory_is_refused() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut args = HEAT.to_vec();
+    args.extend(["--step-ms", "10"]);
+    let first = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), &args).spawn();
+    let started = || {
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. }))
+    };
+    assert!(wait_for(Duration::from_secs(60), started));
+    let second = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT).output();
+    assert_eq!(second.status.code(), Some(2), "{}", second.dump());
+    let holder = format!("in use by a running `ckpt run` (pid {}", first.pid());
+    assert!(
+        second.stderr.contains(&holder),
+        "lacks {holder:?}\n{}",
+        second.dump()
+    );
+    assert_eq!(
+        events(&job)
+            .iter()
+            .filter(|e| matches!(e, Event::Started { .. }))
+            .count(),
+        1,
+        "the second launcher started ranks"
+    );
+    assert_same_result(&first.wait());
+}
+
+/// mpirun dies (SIGKILL) while its ranks run: the launcher relaunches, but only once the
+/// orphaned ranks are gone (it says it waits for them, naming them); no epoch is committed
+/// twice and the result is the uninterrupted run's.
+#[test]
+fn a_relaunch_after_mpirun_died_waits_for_its_orphaned_ranks() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut args = HEAT.to_vec();
+    args.extend(["--step-ms", "20"]);
+    let flags = ["--every", "40", "--max-restarts", "2"];
+    let running = Run::new(&job, RANKS, &flags, &heat2d(), &args).spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job).len()
+            >= 2),
+        "no epoch committed"
+    );
+    let mpirun = children(running.pid())
+        .into_iter()
+        .find(|(_, comm)| comm.contains("mpirun") || comm.contains("orterun"))
+        .map(|(pid, _)| pid)
+        .expect("mpirun is a child of the launcher");
+    kill9(mpirun);
+    let out = running.wait();
+    assert_same_result(&out);
+    assert!(
+        out.stderr
+            .contains("for ranks of an earlier launch to exit: rank "),
+        "the relaunch did not wait for the orphaned ranks\n{}",
+        out.dump()
+    );
+    let mut epochs: Vec<u64> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Committed { epoch, .. } => Some(epoch),
+            _ => None,
+        })
+        .collect();
+    let n = epochs.len();
+    epochs.dedup();
+    assert_eq!(epochs.len(), n, "an epoch committed twice\n{}", out.dump());
+}

@@ -10,7 +10,6 @@ use std::ffi::OsString;
 use std::fmt::Display;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -39,12 +38,8 @@ pub fn say(msg: impl Display) {
 
 /// From now on, [`say`] also appends to `path` (created 0600, never through a symlink).
 pub fn log_to(path: &Path) -> io::Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+    // Never through a link, never blocking, with the job's access (0600, or 0640 for a group).
+    let file = ckpt::storage::durable::open_append(path)?;
     if let Ok(mut log) = LOG.lock() {
         *log = Some(file);
     }

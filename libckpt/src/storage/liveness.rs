@@ -31,14 +31,30 @@ fn open_lock(job_dir: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
         super::durable::create_dir_all(dir)?;
     }
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+        .mode(file_mode())
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    private(&f)?;
+    Ok(f)
+}
+
+/// The mode of the job's files (0600, or 0640 with group access).
+fn file_mode() -> u32 {
+    super::durable::access().file_mode()
+}
+
+/// A regular file, with exactly the job's mode whatever the umask.
+fn private(f: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(file_mode()))
 }
 
 /// `flock(op | LOCK_NB)`: `Ok(true)` if taken, `Ok(false)` if another holder prevents it.
@@ -92,9 +108,10 @@ impl Presence {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(file_mode())
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(dir.join(format!("rank-{rank}")))?;
+        private(&f)?;
         writeln!(f, "{} {host}", std::process::id())?;
         Ok(Presence { _lock: lock })
     }
