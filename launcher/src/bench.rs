@@ -27,6 +27,7 @@ pub fn run_args(b: &BenchArgs) -> Result<RunArgs, UsageError> {
         max_restarts: 0,
         job_dir: b.job_dir.clone(),
         local_dir: b.local_dir.clone(),
+        emulate_nodes: None,
         fault: None,
         quiet_after: None,
         exit_signal: None,

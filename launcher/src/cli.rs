@@ -32,9 +32,24 @@ pub enum Command {
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
     /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
     Bench(BenchArgs),
-    /// How `ckpt run` starts each rank: block the checkpoint signal, then exec the program.
+    /// Kill an emulated node of a job run with --emulate-nodes: SIGKILL its ranks and remove
+    /// its node-local directory, as a node crash would.
+    KillNode(KillNodeArgs),
+    /// How `ckpt run` starts each rank: block the checkpoint signal, give the rank its
+    /// emulated node, then exec the program.
     #[command(hide = true)]
     ExecRank(ExecRankArgs),
+}
+
+/// `ckpt kill-node` flags.
+#[derive(Debug, Args)]
+pub struct KillNodeArgs {
+    /// The job directory of a job run with --emulate-nodes.
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// The emulated node (node0, node1, ...).
+    #[arg(value_name = "NODE")]
+    pub node: String,
 }
 
 /// `ckpt exec-rank` flags (internal: mpirun runs it on every rank).
@@ -42,7 +57,14 @@ pub enum Command {
 pub struct ExecRankArgs {
     /// Signal number to block before the exec.
     #[arg(long, value_name = "SIG")]
-    pub hold_signal: i32,
+    pub hold_signal: Option<i32>,
+    /// Emulated nodes: the rank runs on node `node<K>` of this many (block placement by its
+    /// MPI rank), with its node-local directory `<local base>/node<K>`.
+    #[arg(long, value_name = "N", requires = "local_base")]
+    pub emulate_nodes: Option<u32>,
+    /// Base of the emulated nodes' node-local directories.
+    #[arg(long, value_name = "DIR", requires = "emulate_nodes")]
+    pub local_base: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(
         value_name = "PROG",
@@ -125,6 +147,11 @@ pub struct RunArgs {
     /// Base of node-local (L1) checkpoint storage [default: <job dir>/local/<node>].
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
+    /// Run the ranks on N emulated nodes of this machine, node0..node<N-1>, in blocks of
+    /// consecutive ranks; each node has its own node-local directory <local base>/node<K>
+    /// (local base: --local-dir, else <job dir>/local). `ckpt kill-node` crashes one.
+    #[arg(long, value_name = "N")]
+    pub emulate_nodes: Option<u32>,
     /// Inject a fault: rank RANK kills itself at PHASE (poll, before-write, mid-write,
     /// after-write, before-vote, before-manifest, after-commit, restore, drain), optionally at
     /// epoch/poll N; ACTION stop (SIGSTOP) or hang instead of kill; on the first launch, or

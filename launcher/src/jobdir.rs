@@ -6,7 +6,8 @@
 //! `job.json` (written atomically on every `ckpt run`) records the job's identity (`job_id`,
 //! see [`ckpt::identity`]) and how the job was started, for people and for `ckpt list`-style
 //! tools. Read back: the id (kept for ever: a resumed, copied or renamed directory keeps it),
-//! `created_unix_ms`, and `local_dir` (where `ckpt verify` looks for rank files).
+//! `created_unix_ms`, `local_dir` and `emulate_nodes` (where `ckpt verify` looks for rank
+//! files, and which nodes `ckpt kill-node` knows).
 //!
 //! The id of a new job is random. A directory whose `job.json` records none (made by the
 //! library alone) keeps the id its newest committed epoch carries, so its epochs still restore.
@@ -64,6 +65,9 @@ struct JobFile {
     keep: u32,
     max_restarts: u32,
     local_dir: Option<String>,
+    /// `--emulate-nodes` (absent in files of older versions, and without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emulate_nodes: Option<u32>,
     fault: Option<String>,
     mpirun: String,
     mpirun_args: Vec<String>,
@@ -155,6 +159,15 @@ pub fn recorded_local_dir(dir: &Path) -> Option<std::path::PathBuf> {
     job.get("local_dir")?.as_str().map(Into::into)
 }
 
+/// The number of emulated nodes recorded in `dir`'s `job.json` (`--emulate-nodes` of the run
+/// that wrote it), if any.
+pub fn recorded_emulation(dir: &Path) -> Option<u32> {
+    let bytes = ckpt::identity::read_job_file(dir).ok()??;
+    let job: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let n = job.get("emulate_nodes")?.as_u64()?;
+    u32::try_from(n).ok().filter(|&n| n > 0)
+}
+
 /// Creates the job directory (durably and private: the ranks' manifests, made durable inside
 /// it, must not lose their directory), or checks an existing one: it, and this node's
 /// `<local_dir>/<job_id>` if it exists, must be ours and closed to others, else nobody could
@@ -168,7 +181,13 @@ fn secure_dirs(plan: &RunPlan) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create job directory {}", dir.display()))?;
     }
     durable::check_dir(dir, "job directory").map_err(|e| UsageError(e.to_string()))?;
-    if let Some(local) = &plan.local_dir {
+    let bases: Vec<std::path::PathBuf> = match plan.emulate_nodes {
+        Some(n) => (0..n)
+            .map(|k| plan.local_base().join(crate::exec_rank::node_name(k)))
+            .collect(),
+        None => plan.local_dir.iter().cloned().collect(),
+    };
+    for local in bases {
         let mine = local.join(&plan.job_id);
         if std::fs::symlink_metadata(&mine).is_ok() {
             durable::check_dir(&mine, "node-local directory")
@@ -216,6 +235,7 @@ fn write_job_file(plan: &RunPlan, job_id: &str, now_ms: u64) -> anyhow::Result<(
         keep: plan.keep,
         max_restarts: plan.max_restarts,
         local_dir: plan.local_dir.as_deref().map(lossy),
+        emulate_nodes: plan.emulate_nodes,
         fault: plan.fault.clone(),
         mpirun: lossy(&plan.mpirun),
         mpirun_args: [plan.mpirun_env_args.as_slice(), &plan.mpirun_args].concat(),

@@ -21,7 +21,8 @@
 //! - [`bench`]: `ckpt bench`, which runs the `ckpt-bench` rank program under `ckpt run`.
 //! - [`request`]: `ckpt checkpoint`, a request to the running job through its control file.
 //!   [`lock`]: whether a `ckpt run` holds a job directory; which run a request belongs to.
-//! - [`exec_rank`]: `ckpt exec-rank`, how each rank is started (checkpoint signal held).
+//! - [`exec_rank`]: `ckpt exec-rank`, how each rank is started (checkpoint signal held,
+//!   emulated node set). [`kill_node`]: `ckpt kill-node`, an emulated node's crash.
 //! - [`list`]: `ckpt list`. [`verify`]: `ckpt verify`, every byte of every committed epoch. [`clock`]: UTC date formatting without a date library.
 //!
 //! **Invariants.** No module spells a `CKPT_*` variable of the rank contract: the names come
@@ -45,6 +46,7 @@ pub mod cli;
 pub mod clock;
 pub mod exec_rank;
 pub mod jobdir;
+pub mod kill_node;
 pub mod list;
 pub mod lock;
 pub mod plan;
@@ -126,6 +128,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
         cli::Command::List(args) => list::run(&args.job_dir, args.json),
         cli::Command::Checkpoint(args) => request::run(&args),
         cli::Command::Verify(args) => verify::run(&args.job_dir, args.local_dir.as_deref()),
+        cli::Command::KillNode(args) => kill_node::run(&args.job_dir, &args.node),
         cli::Command::ExecRank(args) => exec_rank::run(&args),
         cli::Command::Bench(args) => {
             let plan = plan::RunPlan::new(bench::run_args(&args)?, &plan::Context::current()?)?;

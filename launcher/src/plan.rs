@@ -82,6 +82,9 @@ pub struct RunPlan {
     pub job_id: String,
     /// Absolute base of node-local storage, if given.
     pub local_dir: Option<PathBuf>,
+    /// Emulated nodes (`--emulate-nodes`, `1..=ranks`): each rank gets its node and node-local
+    /// directory from `ckpt exec-rank` (see [`crate::exec_rank`]).
+    pub emulate_nodes: Option<u32>,
     /// Fault spec, checked by [`Fault::parse`] and against the rank count.
     pub fault: Option<String>,
     /// Say so when the job logs no event for this long (`--quiet-after`); `None`: never.
@@ -163,6 +166,14 @@ impl RunPlan {
         })?;
         let program = resolve("PROG", Path::new(prog), ctx)?;
         let mpirun = resolve("--mpirun", &args.mpirun, ctx)?;
+        if let Some(n) = args.emulate_nodes {
+            if n == 0 || n > args.ranks {
+                return Err(UsageError(format!(
+                    "--emulate-nodes {n}: give 1 to {} nodes, so that each holds a rank",
+                    args.ranks
+                )));
+            }
+        }
         let local_dir = args.local_dir.as_deref().map(|d| absolute(&ctx.cwd, d));
         if let Some(dir) = &local_dir {
             check_dir_path("--local-dir", dir)?;
@@ -221,6 +232,7 @@ impl RunPlan {
             job_dir,
             job_id,
             local_dir,
+            emulate_nodes: args.emulate_nodes,
             fault: args.fault,
             quiet_after,
             mpirun,
@@ -229,7 +241,10 @@ impl RunPlan {
             program,
             args: prog_args.to_vec(),
             inherited: Vec::new(),
-            exec_rank: ctx.exe.clone().filter(|_| signal.is_some()),
+            exec_rank: ctx
+                .exe
+                .clone()
+                .filter(|_| signal.is_some() || args.emulate_nodes.is_some()),
             signal,
             exit_signal,
             access,
@@ -241,8 +256,23 @@ impl RunPlan {
             .map(|(name, _)| *name)
             .filter(|name| !ours.contains(name))
             .collect();
+        if plan.emulate_nodes.is_some() && plan.exec_rank.is_none() {
+            return Err(UsageError(
+                "--emulate-nodes: the ckpt executable, which places each rank on its node \
+                 (ckpt exec-rank), cannot be found"
+                    .into(),
+            ));
+        }
         plan.check_rank_config(ctx)?;
         Ok(plan)
+    }
+
+    /// The base of the emulated nodes' node-local directories (`<base>/node<K>`):
+    /// `--local-dir`, else `<job dir>/local` (where the ranks' default puts each node).
+    pub fn local_base(&self) -> PathBuf {
+        self.local_dir
+            .clone()
+            .unwrap_or_else(|| self.job_dir.join("local"))
     }
 
     /// Checks the configuration the ranks will read (what the launcher sets, then inherited
@@ -522,6 +552,37 @@ mod tests {
             "-n 4 --job-dir / -- prog",
             "error: --job-dir /: needs a final component to name the job",
         );
+        check(
+            "-n 4 --emulate-nodes 5 -- prog",
+            "error: --emulate-nodes 5: give 1 to 4 nodes, so that each holds a rank",
+        );
+        check(
+            "-n 4 --emulate-nodes 0 -- prog",
+            "error: --emulate-nodes 0: give 1 to 4 nodes, so that each holds a rank",
+        );
+    }
+
+    #[test]
+    fn emulated_nodes_need_exec_rank() {
+        let (_dir, mut ctx) = fixture();
+        let plan = |ctx: &Context| {
+            let argv = "ckpt run -n 8 --emulate-nodes 4 --job-dir /j/x -- prog";
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx).map_err(|e| e.to_string())
+        };
+        let p = plan(&ctx).unwrap();
+        assert_eq!(p.emulate_nodes, Some(4));
+        assert_eq!(p.local_base(), PathBuf::from("/j/x/local"));
+        // Without a checkpoint signal, exec-rank still starts each rank on its node.
+        ctx.signal = Some("off".into());
+        assert_eq!(plan(&ctx).unwrap().exec_rank, Some("/opt/ckpt".into()));
+        ctx.exe = None;
+        assert!(plan(&ctx).unwrap_err().contains("cannot be found"));
     }
 
     /// Values that wrapped, panicked or meant something else silently: each is refused.

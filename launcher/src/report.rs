@@ -118,6 +118,9 @@ pub fn resume_hint(plan: &RunPlan) -> String {
     if let Some(dir) = &plan.local_dir {
         argv.extend(["--local-dir".into(), dir.clone().into()]);
     }
+    if let Some(n) = plan.emulate_nodes {
+        argv.extend(["--emulate-nodes".into(), n.to_string().into()]);
+    }
     for a in &plan.mpirun_args {
         argv.push(format!("--mpirun-arg={a}").into());
     }
@@ -712,6 +715,12 @@ mod tests {
             resume_hint(&usr2),
             "to resume: ckpt run -n 2 --every 10 --keep 2 --job-dir /j --exit-signal=12 -- \
              /bin/true 'a b'",
+        );
+        usr2.emulate_nodes = Some(2);
+        check(
+            resume_hint(&usr2),
+            "to resume: ckpt run -n 2 --every 10 --keep 2 --job-dir /j --emulate-nodes 2 \
+             --exit-signal=12 -- /bin/true 'a b'",
         );
         check(
             restarting(1, 3, None),

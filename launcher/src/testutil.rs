@@ -38,6 +38,7 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         job_dir: job_dir.to_path_buf(),
         job_id: "job".into(),
         local_dir: None,
+        emulate_nodes: None,
         fault: None,
         quiet_after: None,
         mpirun: "/usr/bin/mpirun".into(),

@@ -5,7 +5,9 @@
 //! region checksums, and that the file is the one the manifest names (length and table CRC).
 //! Rank files are looked for where the ranks look: under `--local-dir`, else the local
 //! directory recorded in `job.json`, else `$CKPT_LOCAL_DIR` or `$NODE_LOCAL_DIR`, else
-//! `<job dir>/local/<node>` of the node that wrote each file. Regions are checked in pieces
+//! `<job dir>/local/<node>` of the node that wrote each file. A job run with emulated nodes
+//! (recorded in `job.json`) has them under `<base>/<node>`, base `--local-dir`, else the
+//! recorded one, else `<job dir>/local`. Regions are checked in pieces
 //! of at most 4 MiB, so memory stays bounded whatever their size.
 //!
 //! Prints one line per epoch, and one per damaged file naming it and the cause; exits 1 if
@@ -35,11 +37,13 @@ impl LocalBase {
             ckpt::env::get(ckpt::env::LOCAL_DIR)
                 .or_else(|| ckpt::env::get(ckpt::env::NODE_LOCAL_DIR))
         };
-        match given
+        let given = given
             .map(Path::to_path_buf)
-            .or_else(|| jobdir::recorded_local_dir(dir))
-            .or_else(|| env().map(PathBuf::from))
-        {
+            .or_else(|| jobdir::recorded_local_dir(dir));
+        if jobdir::recorded_emulation(dir).is_some() {
+            return LocalBase::PerNode(given.unwrap_or_else(|| dir.join("local")));
+        }
+        match given.or_else(|| env().map(PathBuf::from)) {
             Some(base) => LocalBase::Given(base),
             None => LocalBase::PerNode(dir.join("local")),
         }

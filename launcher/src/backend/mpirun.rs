@@ -14,6 +14,11 @@ use crate::plan::RunPlan;
 /// the launcher (e.g. site-wide `--mca` settings), not part of the rank contract.
 pub const ARGS_VAR: &str = "CKPT_MPIRUN_ARGS";
 
+/// Open MPI's variable holding a rank's number in `MPI_COMM_WORLD` (set for every rank).
+pub const RANK_VAR: &str = "OMPI_COMM_WORLD_RANK";
+/// Open MPI's variable holding the number of ranks in `MPI_COMM_WORLD`.
+pub const SIZE_VAR: &str = "OMPI_COMM_WORLD_SIZE";
+
 /// One launch: the full mpirun command line and the variables set for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
@@ -45,11 +50,20 @@ impl Launch {
             argv.push("-x".into());
             argv.push(name.into());
         }
-        if let (Some(exe), Some(sig)) = (&plan.exec_rank, plan.signal) {
-            // Each rank starts with the checkpoint signal blocked (see `exec_rank`).
+        if let Some(exe) = &plan.exec_rank {
+            // Each rank starts with the checkpoint signal blocked and on its emulated node
+            // (see `exec_rank`).
             argv.push(exe.clone().into());
             argv.push("exec-rank".into());
-            argv.push(format!("--hold-signal={sig}").into());
+            if let Some(sig) = plan.signal {
+                argv.push(format!("--hold-signal={sig}").into());
+            }
+            if let Some(nodes) = plan.emulate_nodes {
+                argv.push(format!("--emulate-nodes={nodes}").into());
+                let mut base = OsString::from("--local-base=");
+                base.push(plan.local_base());
+                argv.push(base);
+            }
             argv.push("--".into());
         }
         argv.push(plan.program.clone().into());
@@ -445,6 +459,31 @@ the job did. This can cause a job to hang indefinitely while it waits
         assert!(
             plain.ends_with("exec-rank --hold-signal=10 -- /bin/echo"),
             "{plain}"
+        );
+        // Emulated nodes: exec-rank places each rank, under the job's local base by default
+        // and under --local-dir when given; also without a checkpoint signal.
+        let nodes = launch(
+            "-n 8 --job-dir j --emulate-nodes 4 -- /bin/echo",
+            &ctx,
+            0,
+            false,
+        );
+        assert!(
+            nodes.ends_with(
+                "exec-rank --hold-signal=10 --emulate-nodes=4 --local-base=D/j/local -- /bin/echo"
+            ),
+            "{nodes}"
+        );
+        ctx.signal = Some("off".into());
+        let nodes = launch(
+            "-n 8 --job-dir j --local-dir /l --emulate-nodes 3 -- /bin/echo",
+            &ctx,
+            0,
+            false,
+        );
+        assert!(
+            nodes.ends_with("/opt/ckpt exec-rank --emulate-nodes=3 --local-base=/l -- /bin/echo"),
+            "{nodes}"
         );
     }
 }
