@@ -2393,3 +2393,152 @@ fn a_relaunch_after_mpirun_died_waits_for_its_orphaned_ranks() {
     epochs.dedup();
     assert_eq!(epochs.len(), n, "an epoch committed twice\n{}", out.dump());
 }
+
+/// Files under `dir` (recursively) with their bytes.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            out.push((p, bytes));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// heat2d on 8 ranks over 4 emulated nodes (blocks of 2): each rank's file lives under its
+/// node's own directory, and the manifests record the placement. `ckpt kill-node JOB node1`
+/// after epoch 2 kills exactly node1's ranks (2 and 3) and removes its directory; the
+/// launcher relaunches once, and with no other level yet the restart stops with "no usable
+/// epoch", naming node1's missing files and no other rank's, while the other nodes' files stay
+/// as they were.
+#[test]
+fn an_emulated_node_killed_mid_run_loses_exactly_its_ranks_and_files() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let heat = [
+        "--nx",
+        "64",
+        "--ny",
+        "64",
+        "--steps",
+        "200",
+        "--step-ms",
+        "20",
+    ];
+    let flags = [
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--max-restarts",
+        "3",
+    ];
+    let running = Run::new(&job, 8, &flags, &heat2d(), &heat).spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&2)),
+        "epoch 2 never committed"
+    );
+    let id = job_id(&job);
+    let node_dir = |k: u32| job.join("local").join(format!("node{k}"));
+    let (mut lost, mut others) = (Vec::new(), Vec::new());
+    for epoch in [1, 2] {
+        let m = ckpt::manifest::load(&job, epoch).unwrap();
+        for rank in 0..8 {
+            let node = format!("node{}", rank / 2);
+            assert_eq!(m.ranks[rank].node, node, "epoch {epoch} rank {rank}");
+            let file = rank_file(&job, epoch, rank);
+            assert!(
+                file.starts_with(node_dir(rank as u32 / 2).join(&id)),
+                "{file:?}"
+            );
+            assert!(file.is_file(), "{file:?}");
+            if rank / 2 == 1 {
+                lost.push(file);
+            } else {
+                others.push(file);
+            }
+        }
+    }
+    let pids: [i32; 2] = [2, 3].map(|r| rank_pid(&job, r).expect("rank of node1"));
+
+    let kill = ckpt(&["kill-node", job.to_str().unwrap(), "node1"]);
+    assert!(kill.status.success(), "{}", kill.dump());
+    assert!(
+        kill.stdout.contains(&format!(
+            "killed on node1: rank 2 (pid {}), rank 3 (pid {})\n",
+            pids[0], pids[1]
+        )),
+        "{}",
+        kill.dump()
+    );
+    let wiped = node_dir(1).join(&id);
+    assert!(
+        kill.stdout
+            .contains(&format!("removed {}\n", wiped.display())),
+        "{}",
+        kill.dump()
+    );
+    assert!(!wiped.exists(), "{} left", wiped.display());
+    let kept: Vec<_> = [0, 2, 3]
+        .iter()
+        .flat_map(|&k| files_under(&node_dir(k)))
+        .collect();
+    let paths = |files: &[(std::path::PathBuf, Vec<u8>)]| -> Vec<std::path::PathBuf> {
+        files.iter().map(|(p, _)| p.clone()).collect()
+    };
+    for f in &others {
+        assert!(
+            paths(&kept).contains(f),
+            "{f:?} missing: {:?}",
+            paths(&kept)
+        );
+    }
+
+    let out = running.wait();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert_eq!(launches(&job), [0, 1], "relaunched once\n{}", out.dump());
+    assert!(
+        out.stderr.contains("launch 1 failed")
+            && (out.stderr.contains("rank 2 exited on signal 9")
+                || out.stderr.contains("rank 3 exited on signal 9")),
+        "{}",
+        out.dump()
+    );
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("[ckpt] no usable epoch among 1, 2"))
+        .unwrap_or_else(|| panic!("no 'no usable epoch' line\n{}", out.dump()));
+    for f in &lost {
+        assert!(
+            line.contains(&f.display().to_string()),
+            "{f:?} not named: {line}"
+        );
+    }
+    for rank in [0, 1, 4, 5, 6, 7] {
+        assert!(
+            !line.contains(&format!("rank-{rank:06}.ckpt")),
+            "rank {rank} named: {line}"
+        );
+    }
+    assert!(line.contains("not relaunching"), "{line}");
+    let after: Vec<_> = [0, 2, 3]
+        .iter()
+        .flat_map(|&k| files_under(&node_dir(k)))
+        .collect();
+    assert!(
+        after == kept,
+        "the other nodes' files changed: {:?} then {:?}",
+        paths(&kept),
+        paths(&after)
+    );
+}
