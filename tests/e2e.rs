@@ -2469,6 +2469,13 @@ fn an_emulated_node_killed_mid_run_loses_exactly_its_ranks_and_files() {
         }
     }
     let pids: [i32; 2] = [2, 3].map(|r| rank_pid(&job, r).expect("rank of node1"));
+    let list = ckpt(&["list", job.to_str().unwrap()]);
+    let line = list.stdout.lines().find(|l| l.starts_with("2 "));
+    assert!(
+        line.is_some_and(|l| l.ends_with("  node0:2 node1:2 node2:2 node3:2")),
+        "{}",
+        list.dump()
+    );
 
     let kill = ckpt(&["kill-node", job.to_str().unwrap(), "node1"]);
     assert!(kill.status.success(), "{}", kill.dump());
@@ -2540,5 +2547,33 @@ fn an_emulated_node_killed_mid_run_loses_exactly_its_ranks_and_files() {
         "the other nodes' files changed: {:?} then {:?}",
         paths(&kept),
         paths(&after)
+    );
+
+    // The next run starts again (both epochs were quarantined); `ckpt verify` finds every
+    // rank file under its node; kill-node of a job that is not running only wipes.
+    let short = ["--nx", "64", "--ny", "64", "--steps", "80"];
+    let out = Run::new(&job, 8, &flags, &heat2d(), &short).output();
+    assert!(out.status.success(), "{}", out.dump());
+    let verify = ckpt(&["verify", job.to_str().unwrap()]);
+    assert!(
+        verify.status.success() && verify.stdout.contains("epoch 4: ok (8 ranks"),
+        "{}",
+        verify.dump()
+    );
+    let kill = ckpt(&["kill-node", job.to_str().unwrap(), "node3"]);
+    assert!(
+        kill.status.success()
+            && kill.stdout.contains("no live rank of job")
+            && !node_dir(3).join(&id).exists(),
+        "{}",
+        kill.dump()
+    );
+    let verify = ckpt(&["verify", job.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(1), "{}", verify.dump());
+    assert!(
+        verify.stdout.contains("rank 6 (node node3)")
+            && verify.stdout.contains("rank 7 (node node3)"),
+        "{}",
+        verify.dump()
     );
 }

@@ -91,6 +91,42 @@ pub fn quarantine_note(q: &Result<Quarantine, String>) -> String {
     }
 }
 
+/// The ranks of each node, nodes in order of their lowest rank.
+fn placement(m: &Manifest) -> Vec<(&str, Vec<u32>)> {
+    let mut nodes: Vec<(&str, Vec<u32>)> = Vec::new();
+    for (rank, rec) in m.ranks.iter().enumerate() {
+        match nodes.iter_mut().find(|(n, _)| *n == rec.node) {
+            Some((_, ranks)) => ranks.push(rank as u32),
+            None => nodes.push((&rec.node, vec![rank as u32])),
+        }
+    }
+    nodes
+}
+
+/// Ranks per node: `node0:2 node1:2` for up to [`NAMED_NODES`] nodes, else `N nodes, A-B
+/// ranks each`.
+fn placement_summary(m: &Manifest) -> String {
+    let nodes = placement(m);
+    if nodes.len() <= NAMED_NODES {
+        let named: Vec<String> = nodes
+            .iter()
+            .map(|(n, r)| format!("{n}:{}", r.len()))
+            .collect();
+        return named.join(" ");
+    }
+    let sizes = nodes.iter().map(|(_, r)| r.len());
+    let (lo, hi) = (sizes.clone().min(), sizes.max());
+    match (lo, hi) {
+        (Some(1), Some(1)) => format!("{} nodes, 1 rank each", nodes.len()),
+        (Some(lo), Some(hi)) if lo == hi => format!("{} nodes, {lo} ranks each", nodes.len()),
+        (Some(lo), Some(hi)) => format!("{} nodes, {lo}-{hi} ranks each", nodes.len()),
+        _ => String::new(),
+    }
+}
+
+/// Most nodes the table names one by one.
+const NAMED_NODES: usize = 4;
+
 fn levels(m: &Manifest) -> String {
     m.levels
         .iter()
@@ -138,6 +174,8 @@ enum JsonBody<'a> {
         file_bytes: u64,
         total_secs: f64,
         levels: Vec<&'static str>,
+        /// Each node's ranks.
+        nodes: std::collections::BTreeMap<&'a str, Vec<u32>>,
     },
     Error {
         error: &'a str,
@@ -174,6 +212,7 @@ fn json_entry(entry: &Entry) -> JsonEntry<'_> {
                 file_bytes: m.file_bytes(),
                 total_secs: m.total_secs,
                 levels: m.levels.iter().map(|&l| level(l)).collect(),
+                nodes: placement(m).into_iter().collect(),
             },
             Err(e) => JsonBody::Error { error: e },
         },
@@ -182,7 +221,7 @@ fn json_entry(entry: &Entry) -> JsonEntry<'_> {
 
 /// The listing as aligned text lines with a header.
 pub fn table(entries: &[Entry]) -> Vec<String> {
-    const HEAD: [&str; 8] = [
+    const HEAD: [&str; 9] = [
         "EPOCH",
         "COMMITTED",
         "LAUNCH",
@@ -191,8 +230,9 @@ pub fn table(entries: &[Entry]) -> Vec<String> {
         "PAYLOAD",
         "TOTAL",
         "LEVELS",
+        "RANKS PER NODE",
     ];
-    let rows: Vec<Result<[String; 8], String>> = entries
+    let rows: Vec<Result<[String; 9], String>> = entries
         .iter()
         .map(|e| (e.epoch, &e.manifest, &e.quarantine))
         .map(|(epoch, m, q)| match (m, q) {
@@ -210,6 +250,7 @@ pub fn table(entries: &[Entry]) -> Vec<String> {
                 human_bytes(m.payload_bytes()),
                 secs(m.total_secs),
                 levels(m),
+                placement_summary(m),
             ]),
             (Err(e), None) => Err(format!("{epoch:<w$}  error: {e}", w = HEAD[0].len())),
         })
@@ -220,7 +261,7 @@ pub fn table(entries: &[Entry]) -> Vec<String> {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: &[String; 8]| {
+    let line = |cells: &[String; 9]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(width)
@@ -280,12 +321,13 @@ mod tests {
             table(&entries(dir.path()).unwrap()),
             dir.path(),
             &[
-                "EPOCH  COMMITTED             LAUNCH  POLL  RANKS  PAYLOAD  TOTAL   LEVELS",
+                "EPOCH  COMMITTED             LAUNCH  POLL  RANKS  PAYLOAD  TOTAL   LEVELS  \
+                 RANKS PER NODE",
                 "6      quarantined 2026-04-20 14:03:12Z by launch 2: rank 1: checksum mismatch",
                 "5      error: manifest D/manifests/epoch-00000005.manifest: checksum mismatch \
                  in manifest body",
-                "4      2026-04-20 14:03:12Z  1       40    4      4.0 MiB  0.25 s  L1",
-                "3      2026-04-20 14:03:12Z  1       30    4      4.0 MiB  0.25 s  L1",
+                "4      2026-04-20 14:03:12Z  1       40    4      4.0 MiB  0.25 s  L1      n0:4",
+                "3      2026-04-20 14:03:12Z  1       30    4      4.0 MiB  0.25 s  L1      n0:4",
             ],
         );
     }
@@ -315,6 +357,28 @@ mod tests {
         assert_eq!(all[1]["payload_bytes"], 4 << 20);
         assert_eq!(all[1]["levels"], serde_json::json!(["L1"]));
         assert_eq!(all[1]["committed_utc"], "2026-04-20 14:03:12Z");
+        assert_eq!(all[1]["nodes"], serde_json::json!({"n0": [0, 1, 2, 3]}));
+    }
+
+    #[test]
+    fn placement_is_summarised_per_node() {
+        let mut m = testutil::manifest(1, 8);
+        for (rank, rec) in m.ranks.iter_mut().enumerate() {
+            rec.node = format!("node{}", rank / 2);
+        }
+        assert_eq!(placement_summary(&m), "node0:2 node1:2 node2:2 node3:2");
+        m.ranks[7].node = "node4".into();
+        assert_eq!(placement_summary(&m), "5 nodes, 1-2 ranks each");
+        for (rank, rec) in m.ranks.iter_mut().enumerate() {
+            rec.node = format!("n{rank}");
+        }
+        assert_eq!(placement_summary(&m), "8 nodes, 1 rank each");
+        // Nodes in order of their lowest rank; a node's ranks need not be consecutive.
+        for (rank, rec) in m.ranks.iter_mut().enumerate() {
+            rec.node = ["b", "a"][rank % 2].into();
+        }
+        assert_eq!(placement_summary(&m), "b:4 a:4");
+        assert_eq!(placement(&m)[1], ("a", vec![1, 3, 5, 7]));
     }
 
     #[test]
