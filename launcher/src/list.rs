@@ -1,5 +1,5 @@
 //! `ckpt list JOB_DIR [--json]`: a job's committed epochs, newest first, read from their
-//! manifests. A manifest that does not load is listed with its error (which names the file)
+//! manifests, with the nodes their ranks ran on. A manifest that does not load is listed with its error (which names the file)
 //! and the listing goes on: a damaged epoch is exactly what a user runs this to find. Epochs a
 //! restart quarantined (found damaged; never restored again) are listed too, marked as such
 //! with the reasons.
@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use ckpt::manifest::{self, Manifest, Quarantine};
+use ckpt::placement::Placement;
 use ckpt::util::human_bytes;
 use serde::Serialize;
 
@@ -91,6 +92,13 @@ pub fn quarantine_note(q: &Result<Quarantine, String>) -> String {
     }
 }
 
+/// The nodes the epoch's ranks ran on, in order of first appearance.
+fn nodes(m: &Manifest) -> Vec<String> {
+    Placement::of_manifest(m)
+        .map(|p| p.nodes().into_iter().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 fn levels(m: &Manifest) -> String {
     m.levels
         .iter()
@@ -134,6 +142,7 @@ enum JsonBody<'a> {
         launch: u32,
         poll: u64,
         ranks: u32,
+        nodes: Vec<String>,
         payload_bytes: u64,
         file_bytes: u64,
         total_secs: f64,
@@ -170,6 +179,7 @@ fn json_entry(entry: &Entry) -> JsonEntry<'_> {
                 launch: m.launch,
                 poll: m.poll,
                 ranks: m.nranks,
+                nodes: nodes(m),
                 payload_bytes: m.payload_bytes(),
                 file_bytes: m.file_bytes(),
                 total_secs: m.total_secs,
@@ -182,17 +192,18 @@ fn json_entry(entry: &Entry) -> JsonEntry<'_> {
 
 /// The listing as aligned text lines with a header.
 pub fn table(entries: &[Entry]) -> Vec<String> {
-    const HEAD: [&str; 8] = [
+    const HEAD: [&str; 9] = [
         "EPOCH",
         "COMMITTED",
         "LAUNCH",
         "POLL",
         "RANKS",
+        "NODES",
         "PAYLOAD",
         "TOTAL",
         "LEVELS",
     ];
-    let rows: Vec<Result<[String; 8], String>> = entries
+    let rows: Vec<Result<[String; 9], String>> = entries
         .iter()
         .map(|e| (e.epoch, &e.manifest, &e.quarantine))
         .map(|(epoch, m, q)| match (m, q) {
@@ -207,6 +218,7 @@ pub fn table(entries: &[Entry]) -> Vec<String> {
                 m.launch.to_string(),
                 m.poll.to_string(),
                 m.nranks.to_string(),
+                nodes(m).len().to_string(),
                 human_bytes(m.payload_bytes()),
                 secs(m.total_secs),
                 levels(m),
@@ -220,7 +232,7 @@ pub fn table(entries: &[Entry]) -> Vec<String> {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: &[String; 8]| {
+    let line = |cells: &[String; 9]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(width)
@@ -246,7 +258,14 @@ mod tests {
     fn job() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for e in [3, 4, 5, 6] {
-            manifest::publish(dir.path(), &testutil::manifest(e, 4)).unwrap();
+            let mut m = testutil::manifest(e, 4);
+            if e == 4 {
+                // Ranks 0 and 2 on n1, 1 and 3 on n0.
+                for (r, rec) in m.ranks.iter_mut().enumerate() {
+                    rec.node = format!("n{}", (r + 1) % 2);
+                }
+            }
+            manifest::publish(dir.path(), &m).unwrap();
         }
         let q = Quarantine {
             epoch: 6,
@@ -280,12 +299,12 @@ mod tests {
             table(&entries(dir.path()).unwrap()),
             dir.path(),
             &[
-                "EPOCH  COMMITTED             LAUNCH  POLL  RANKS  PAYLOAD  TOTAL   LEVELS",
+                "EPOCH  COMMITTED             LAUNCH  POLL  RANKS  NODES  PAYLOAD  TOTAL   LEVELS",
                 "6      quarantined 2026-04-20 14:03:12Z by launch 2: rank 1: checksum mismatch",
                 "5      error: manifest D/manifests/epoch-00000005.manifest: checksum mismatch \
                  in manifest body",
-                "4      2026-04-20 14:03:12Z  1       40    4      4.0 MiB  0.25 s  L1",
-                "3      2026-04-20 14:03:12Z  1       30    4      4.0 MiB  0.25 s  L1",
+                "4      2026-04-20 14:03:12Z  1       40    4      2      4.0 MiB  0.25 s  L1",
+                "3      2026-04-20 14:03:12Z  1       30    4      1      4.0 MiB  0.25 s  L1",
             ],
         );
     }
@@ -314,6 +333,8 @@ mod tests {
         assert_eq!(all[1]["epoch"], 4);
         assert_eq!(all[1]["payload_bytes"], 4 << 20);
         assert_eq!(all[1]["levels"], serde_json::json!(["L1"]));
+        assert_eq!(all[1]["nodes"], serde_json::json!(["n1", "n0"]));
+        assert_eq!(all[2]["nodes"], serde_json::json!(["n0"]));
         assert_eq!(all[1]["committed_utc"], "2026-04-20 14:03:12Z");
     }
 
