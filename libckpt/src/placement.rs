@@ -6,6 +6,7 @@
 //! Both rules order nodes by first appearance (the node of rank 0 first) and the ranks of a
 //! node by rank number; the *position* of a rank is its index among its node's ranks.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use thiserror::Error;
@@ -140,11 +141,13 @@ impl Placement {
     /// Each node (first-appearance order) with its ranks, ascending.
     pub fn ranks_per_node(&self) -> Vec<(&str, Vec<u32>)> {
         let mut out: Vec<(&str, Vec<u32>)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
         for (rank, node) in (0u32..).zip(&self.nodes) {
-            match out.iter_mut().find(|(n, _)| *n == node.as_str()) {
-                Some((_, ranks)) => ranks.push(rank),
-                None => out.push((node, vec![rank])),
-            }
+            let i = *index.entry(node).or_insert_with(|| {
+                out.push((node, Vec::new()));
+                out.len() - 1
+            });
+            out[i].1.push(rank);
         }
         out
     }
