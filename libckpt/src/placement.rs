@@ -279,8 +279,8 @@ impl Groups {
 /// the list and at most `G` of them, so they land in distinct groups; group sizes differ by at
 /// most one (the remainder is spread, never a tiny last group).
 ///
-/// - Enough nodes (`m <= ceil(n / size)`): groups of `size` and `size - 1` at the smallest
-///   (e.g. 9 ranks on 9 nodes, size 4: 3, 3, 3).
+/// - Enough nodes (`m <= ceil(n / size)`): the fewest groups of at most `size` (e.g. 8 ranks
+///   on 4 nodes, size 4: 4, 4; 9 ranks on 9 nodes: 3, 3, 3; 5 ranks on 5 nodes: 3, 2).
 /// - Degraded mode, when a node holds more ranks than `ceil(n / size)` (in particular fewer
 ///   nodes than `size` with equal counts): more, smaller groups, as many as that node has
 ///   ranks; each group still survives the loss of any one node, parity just costs more
