@@ -689,6 +689,11 @@ mod tests {
         assert!(plan(&ctx, "")
             .unwrap_err()
             .contains("CKPT_IO_TIMEOUT=\"0\""));
+        // A node name becomes `local/<node>`: one plain name only.
+        ctx.inherited = vec![(env::NODE, "../n1".into())];
+        assert!(plan(&ctx, "")
+            .unwrap_err()
+            .contains("CKPT_NODE=\"../n1\": a node name must be one plain name"));
     }
 
     #[test]

@@ -164,7 +164,11 @@ impl Config {
             Some(id) => Config::with_id(job_dir.into(), id),
             None => Config::new(job_dir),
         };
-        if let Some(node) = get(env::NODE) {
+        let named = [env::NODE, env::SLURMD_NODENAME]
+            .into_iter()
+            .find_map(|var| get(var).map(|node| (var, node)));
+        if let Some((var, node)) = named {
+            check_node(var, &node)?;
             cfg.node = node;
             cfg.local_dir = cfg.job_dir.join("local").join(&cfg.node);
         }
@@ -258,6 +262,19 @@ pub fn default_node() -> String {
         .unwrap_or_else(hostname)
 }
 
+/// A node name becomes a directory name (`local/<node>`) and is recorded in manifests, which
+/// refuse anything but one plain path component: refuse it here, before any epoch is written.
+fn check_node(var: &'static str, node: &str) -> Result<()> {
+    if node == "." || node == ".." || node.contains(['/', '\0']) {
+        return Err(Error::Config {
+            var,
+            value: node.into(),
+            reason: "a node name must be one plain name (no '/', not '.' or '..')".into(),
+        });
+    }
+    Ok(())
+}
+
 fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: `buf` is a valid writable buffer of the length we pass; gethostname writes at most
@@ -273,6 +290,7 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn check(input: &str, expected: std::result::Result<Interval, ()>) {
         assert_eq!(Interval::parse(input).map_err(|_| ()), expected, "{input}");
@@ -292,6 +310,44 @@ mod tests {
         check("s", Err(()));
         check("-1", Err(()));
         check("1.5", Err(()));
+    }
+
+    /// The node comes from `CKPT_NODE`, else `SLURMD_NODENAME` (both through the lookup
+    /// given), else the host name; a name that is not one plain path component is refused.
+    #[test]
+    fn node_names() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let both = vars(&[
+            (env::JOB_DIR, "/j"),
+            (env::NODE, "n1"),
+            (env::SLURMD_NODENAME, "s1"),
+        ]);
+        let cfg = Config::from_vars(both).unwrap();
+        assert_eq!(cfg.node, "n1");
+        assert_eq!(cfg.local_dir, Path::new("/j/local/n1"));
+        let slurm = vars(&[(env::JOB_DIR, "/j"), (env::SLURMD_NODENAME, "s1")]);
+        let cfg = Config::from_vars(slurm).unwrap();
+        assert_eq!(cfg.node, "s1");
+        assert_eq!(cfg.local_dir, Path::new("/j/local/s1"));
+        for bad in ["a/b", "..", ".", "/"] {
+            let get = |k: &str| match k {
+                env::JOB_DIR => Some("/j".to_string()),
+                env::SLURMD_NODENAME => Some(bad.to_string()),
+                _ => None,
+            };
+            let e = Config::from_vars(get).unwrap_err().to_string();
+            assert!(
+                e.contains("SLURMD_NODENAME") && e.contains("plain name"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod fault;
 pub mod format;
 pub mod identity;
 pub mod manifest;
+pub mod placement;
 pub mod protocol;
 pub mod storage;
 pub mod trigger;
