@@ -389,48 +389,76 @@ mod tests {
     /// before anything is written in it; a new job directory and its files are private.
     #[test]
     fn directories_others_can_write_are_refused_and_new_ones_are_private() {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("job");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = format!(
-            "{:#}",
-            prepare(&testutil::plan(&dir, 2), 1_000).unwrap_err()
+        isolated(
+            "jobdir::tests::directories_others_can_write_are_refused_and_new_ones_are_private",
+            || {
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+                let tmp = tempfile::tempdir().unwrap();
+                let dir = tmp.path().join("job");
+                std::fs::create_dir(&dir).unwrap();
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+                let e = format!(
+                    "{:#}",
+                    prepare(&testutil::plan(&dir, 2), 1_000).unwrap_err()
+                );
+                let want = format!("refusing job directory {}: owned by ", dir.display());
+                assert!(e.starts_with(&want) && e.contains("mode 0777"), "{e}");
+                assert!(
+                    std::fs::read_dir(&dir).unwrap().next().is_none(),
+                    "nothing written"
+                );
+                std::fs::remove_dir(&dir).unwrap();
+                let mut plan = testutil::plan(&dir, 2);
+                plan.local_dir = Some(tmp.path().join("local"));
+                let mine = tmp.path().join("local").join(&plan.job_id);
+                std::fs::create_dir_all(&mine).unwrap();
+                std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o757)).unwrap();
+                let e = format!("{:#}", prepare(&plan, 1_000).unwrap_err());
+                let want = format!(
+                    "refusing node-local directory {}: owned by ",
+                    mine.display()
+                );
+                assert!(e.starts_with(&want) && e.contains("mode 0757"), "{e}");
+                std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
+                // Created again under umask 000: still private.
+                std::fs::remove_dir_all(&dir).unwrap();
+                let old = unsafe_umask(0);
+                let job = prepare(&plan, 1_000);
+                unsafe_umask(old);
+                drop(job.unwrap());
+                assert_eq!(mode(&dir), 0o700);
+                assert_eq!(mode(&dir.join(JOB_FILE)), 0o600);
+                assert_eq!(mode(&dir.join("control")), 0o700);
+                assert_eq!(mode(&lock::run_lock_path(&dir)), 0o600);
+                assert_eq!(
+                    std::fs::metadata(&dir).unwrap().uid(),
+                    ckpt::storage::durable::euid()
+                );
+            },
         );
-        let want = format!("refusing job directory {}: owned by ", dir.display());
-        assert!(e.starts_with(&want) && e.contains("mode 0777"), "{e}");
+    }
+
+    /// Runs `body`, which changes process-wide state (the umask, the access of new files), in
+    /// a child process that runs only the test `name`, so no other test thread sees it.
+    fn isolated(name: &str, body: impl FnOnce()) {
+        if std::env::var_os("CKPT_TEST_ISOLATED").is_some() {
+            body();
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads", "1"])
+            .env("CKPT_TEST_ISOLATED", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
-            std::fs::read_dir(&dir).unwrap().next().is_none(),
-            "nothing written"
-        );
-        std::fs::remove_dir(&dir).unwrap();
-        let mut plan = testutil::plan(&dir, 2);
-        plan.local_dir = Some(tmp.path().join("local"));
-        let mine = tmp.path().join("local").join(&plan.job_id);
-        std::fs::create_dir_all(&mine).unwrap();
-        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o757)).unwrap();
-        let e = format!("{:#}", prepare(&plan, 1_000).unwrap_err());
-        let want = format!(
-            "refusing node-local directory {}: owned by ",
-            mine.display()
-        );
-        assert!(e.starts_with(&want) && e.contains("mode 0757"), "{e}");
-        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).unwrap();
-        // Created again under umask 000: still private.
-        std::fs::remove_dir_all(&dir).unwrap();
-        let old = unsafe_umask(0);
-        let job = prepare(&plan, 1_000);
-        unsafe_umask(old);
-        drop(job.unwrap());
-        assert_eq!(mode(&dir), 0o700);
-        assert_eq!(mode(&dir.join(JOB_FILE)), 0o600);
-        assert_eq!(mode(&dir.join("control")), 0o700);
-        assert_eq!(mode(&lock::run_lock_path(&dir)), 0o600);
-        assert_eq!(
-            std::fs::metadata(&dir).unwrap().uid(),
-            ckpt::storage::durable::euid()
+            out.status.success() && text.contains("test result: ok. 1 passed;"),
+            "{text}"
         );
     }
 

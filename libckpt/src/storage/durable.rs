@@ -565,6 +565,29 @@ mod tests {
     /// Tests that set the process-wide access or umask, or check modes, take this.
     static MODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// Runs `body`, which changes process-wide state (the umask, the access of new files), in
+    /// a child process that runs only the test `name`, so no other test thread sees it.
+    fn isolated(name: &str, body: impl FnOnce()) {
+        if std::env::var_os("CKPT_TEST_ISOLATED").is_some() {
+            body();
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads", "1"])
+            .env("CKPT_TEST_ISOLATED", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("test result: ok. 1 passed;"),
+            "{text}"
+        );
+    }
+
     fn modes() -> std::sync::MutexGuard<'static, ()> {
         MODES.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -809,92 +832,102 @@ mod tests {
     /// umask.
     #[test]
     fn modes_are_exact_whatever_the_umask() {
-        let _g = modes();
-        for (mask, acc, d, f) in [
-            (0o000, Access::Private, 0o700, 0o600),
-            (0o022, Access::Private, 0o700, 0o600),
-            (0o000, Access::Group, 0o750, 0o640),
-            (0o077, Access::Group, 0o750, 0o640),
-        ] {
-            let dir = tempfile::tempdir().unwrap();
-            let old = umask(mask);
-            set_access(acc);
-            let sub = dir.path().join("a").join("b");
-            let made = (|| {
-                create_dir_all(&sub)?;
-                write_atomic(&sub.join("w"), b"x")?;
-                drop(create_regular(&sub.join("c"), false)?);
-                drop(open_append(&sub.join("e"))?);
-                drop(create_tmp(&sub.join("t"))?);
-                io::Result::Ok(())
-            })();
-            set_access(Access::Private);
-            umask(old);
-            made.unwrap();
-            let ctx = format!("umask {mask:03o}, {acc:?}");
-            assert_eq!(mode_of(&dir.path().join("a")), d, "{ctx}");
-            assert_eq!(mode_of(&sub), d, "{ctx}");
-            for e in fs::read_dir(&sub).unwrap() {
-                assert_eq!(mode_of(&e.unwrap().path()), f, "{ctx}");
-            }
-        }
-        // A file of ours left with a wider mode is narrowed when opened for writing.
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("old");
-        fs::write(&p, b"").unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
-        drop(open_append(&p).unwrap());
-        assert_eq!(mode_of(&p), 0o600);
+        isolated(
+            "storage::durable::tests::modes_are_exact_whatever_the_umask",
+            || {
+                let _g = modes();
+                for (mask, acc, d, f) in [
+                    (0o000, Access::Private, 0o700, 0o600),
+                    (0o022, Access::Private, 0o700, 0o600),
+                    (0o000, Access::Group, 0o750, 0o640),
+                    (0o077, Access::Group, 0o750, 0o640),
+                ] {
+                    let dir = tempfile::tempdir().unwrap();
+                    let old = umask(mask);
+                    set_access(acc);
+                    let sub = dir.path().join("a").join("b");
+                    let made = (|| {
+                        create_dir_all(&sub)?;
+                        write_atomic(&sub.join("w"), b"x")?;
+                        drop(create_regular(&sub.join("c"), false)?);
+                        drop(open_append(&sub.join("e"))?);
+                        drop(create_tmp(&sub.join("t"))?);
+                        io::Result::Ok(())
+                    })();
+                    set_access(Access::Private);
+                    umask(old);
+                    made.unwrap();
+                    let ctx = format!("umask {mask:03o}, {acc:?}");
+                    assert_eq!(mode_of(&dir.path().join("a")), d, "{ctx}");
+                    assert_eq!(mode_of(&sub), d, "{ctx}");
+                    for e in fs::read_dir(&sub).unwrap() {
+                        assert_eq!(mode_of(&e.unwrap().path()), f, "{ctx}");
+                    }
+                }
+                // A file of ours left with a wider mode is narrowed when opened for writing.
+                let dir = tempfile::tempdir().unwrap();
+                let p = dir.path().join("old");
+                fs::write(&p, b"").unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+                drop(open_append(&p).unwrap());
+                assert_eq!(mode_of(&p), 0o600);
+            },
+        );
     }
 
     #[test]
     fn directories_others_can_write_are_refused() {
-        let _g = modes();
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("job");
-        ensure_dir(&d, "job directory").unwrap();
-        assert_eq!(mode_of(&d), 0o700);
-        let me = user_name(euid());
-        for (mode, refused_private, refused_group) in [
-            (0o755, false, false),
-            (0o770, true, false),
-            (0o777, true, true),
-            (0o1777, true, true),
-        ] {
-            fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
-            let private = check_dir(&d, "job directory");
-            set_access(Access::Group);
-            let group = check_dir(&d, "job directory");
-            set_access(Access::Private);
-            assert_eq!(private.is_err(), refused_private, "{mode:o}: {private:?}");
-            assert_eq!(group.is_err(), refused_group, "{mode:o}: {group:?}");
-        }
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
-        let e = ensure_dir(&d, "job directory").unwrap_err().to_string();
-        assert_eq!(
-            e,
-            format!(
-                "refusing job directory {}: owned by {me} with mode 0777; it must be owned by \
-                 you ({me}) and not writable by others or the group (group-writable only with \
-                 CKPT_GROUP_ACCESS=1)",
-                d.display()
-            )
+        isolated(
+            "storage::durable::tests::directories_others_can_write_are_refused",
+            || {
+                let _g = modes();
+                let dir = tempfile::tempdir().unwrap();
+                let d = dir.path().join("job");
+                ensure_dir(&d, "job directory").unwrap();
+                assert_eq!(mode_of(&d), 0o700);
+                let me = user_name(euid());
+                for (mode, refused_private, refused_group) in [
+                    (0o755, false, false),
+                    (0o770, true, false),
+                    (0o777, true, true),
+                    (0o1777, true, true),
+                ] {
+                    fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
+                    let private = check_dir(&d, "job directory");
+                    set_access(Access::Group);
+                    let group = check_dir(&d, "job directory");
+                    set_access(Access::Private);
+                    assert_eq!(private.is_err(), refused_private, "{mode:o}: {private:?}");
+                    assert_eq!(group.is_err(), refused_group, "{mode:o}: {group:?}");
+                }
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+                let e = ensure_dir(&d, "job directory").unwrap_err().to_string();
+                assert_eq!(
+                    e,
+                    format!(
+                    "refusing job directory {}: owned by {me} with mode 0777; it must be owned by \
+                     you ({me}) and not writable by others or the group (group-writable only with \
+                     CKPT_GROUP_ACCESS=1)",
+                    d.display()
+                )
+                );
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+                // A parent anyone may write to, without the sticky bit.
+                fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+                let e = check_dir(&d, "job directory").unwrap_err().to_string();
+                assert!(e.contains("without the sticky bit"), "{e}");
+                fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+                check_dir(&d, "job directory").unwrap();
+                // Owned by another user (only root can make one here).
+                if euid() == 0 {
+                    std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+                    let e = check_dir(&d, "job directory").unwrap_err().to_string();
+                    assert!(
+                        e.contains("owned by nobody (uid 65534) with mode 0700"),
+                        "{e}"
+                    );
+                }
+            },
         );
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
-        // A parent anyone may write to, without the sticky bit.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let e = check_dir(&d, "job directory").unwrap_err().to_string();
-        assert!(e.contains("without the sticky bit"), "{e}");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
-        check_dir(&d, "job directory").unwrap();
-        // Owned by another user (only root can make one here).
-        if euid() == 0 {
-            std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
-            let e = check_dir(&d, "job directory").unwrap_err().to_string();
-            assert!(
-                e.contains("owned by nobody (uid 65534) with mode 0700"),
-                "{e}"
-            );
-        }
     }
 }
