@@ -358,6 +358,7 @@ fn xor_into(dst: &mut [u8], src: &[u8]) {
     let mut s = src.chunks_exact(64);
     for (dc, sc) in (&mut d).zip(&mut s) {
         for (dw, sw) in dc.chunks_exact_mut(8).zip(sc.chunks_exact(8)) {
+            // Both are 8 bytes long (chunks_exact), so the conversions cannot fail.
             let x = u64::from_ne_bytes(dw.try_into().unwrap_or_default())
                 ^ u64::from_ne_bytes(sw.try_into().unwrap_or_default());
             dw.copy_from_slice(&x.to_ne_bytes());
