@@ -127,6 +127,15 @@ pub enum Error {
         /// What is wrong.
         cause: String,
     },
+    /// An epoch manifest cannot be read (not a question of one rank: every rank reads it).
+    #[error("cannot read manifest {path}: {source}")]
+    ManifestIo {
+        /// The manifest file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// An epoch manifest is unusable.
     #[error("manifest {path}: {cause}")]
     Manifest {

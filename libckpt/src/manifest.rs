@@ -324,9 +324,7 @@ pub fn load_quarantine(job_dir: &Path, epoch: u64) -> io::Result<Quarantine> {
 /// Reads and checks epoch `epoch`'s manifest.
 pub fn load(job_dir: &Path, epoch: u64) -> Result<Manifest> {
     let p = path(job_dir, epoch);
-    let bytes = durable::read_capped(&p, MAX_BYTES).map_err(|source| Error::Io {
-        rank: -1,
-        op: "read manifest",
+    let bytes = durable::read_capped(&p, MAX_BYTES).map_err(|source| Error::ManifestIo {
         path: p.clone(),
         source,
     })?;

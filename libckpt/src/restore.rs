@@ -405,7 +405,10 @@ mod tests {
         assert!(!proves_damage(&missing, || false));
         let denied = io("open checkpoint file", std::io::ErrorKind::PermissionDenied);
         assert!(!proves_damage(&denied, here));
-        let no_manifest = io("read manifest", std::io::ErrorKind::NotFound);
+        let no_manifest = Error::ManifestIo {
+            path: PathBuf::from("m"),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
         assert!(!proves_damage(&no_manifest, here));
         let region = Error::Region {
             rank: 1,
