@@ -96,13 +96,24 @@ pub(crate) fn restore<P: Protect + ?Sized>(
         };
         let reasons = transport::gather_bytes(&ctx.lib, &fallback, &why, 0, &reason);
         let joined = match reasons {
-            Some(all) => report_unusable(ctx, epoch, candidates, all),
+            Some(all) => {
+                let joined = report_unusable(ctx, epoch, candidates, all);
+                if candidates.last() == Some(&epoch) {
+                    // Logged before the broadcast releases the other ranks: once they return
+                    // the error, the application may abort the job at once (killing rank 0),
+                    // and the launcher must still learn that no epoch is usable.
+                    let mut tried = skipped.clone();
+                    tried.push((epoch, String::from_utf8_lossy(&joined).into_owned()));
+                    report_no_usable(ctx, &tried);
+                }
+                joined
+            }
             None => Vec::new(),
         };
         let joined = transport::bcast_bytes(&ctx.lib, &fallback, &why, 0, joined);
         skipped.push((epoch, String::from_utf8_lossy(&joined).into_owned()));
     }
-    if ctx.rank == 0 {
+    if ctx.rank == 0 && candidates.is_empty() {
         report_no_usable(ctx, &skipped);
     }
     Err(Error::NoUsableEpoch { tried: skipped })
