@@ -1611,13 +1611,7 @@ fn a_resumed_run_waits_for_the_ranks_of_a_dead_launcher() {
         "{}",
         out.dump()
     );
-    let mut epochs: Vec<u64> = events(&job)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Committed { epoch, .. } => Some(epoch),
-            _ => None,
-        })
-        .collect();
+    let mut epochs = committed_epochs(&job);
     let n = epochs.len();
     epochs.dedup();
     assert_eq!(epochs.len(), n, "an epoch committed twice\n{}", out.dump());
@@ -2382,13 +2376,7 @@ fn a_relaunch_after_mpirun_died_waits_for_its_orphaned_ranks() {
         "the relaunch did not wait for the orphaned ranks\n{}",
         out.dump()
     );
-    let mut epochs: Vec<u64> = events(&job)
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Committed { epoch, .. } => Some(epoch),
-            _ => None,
-        })
-        .collect();
+    let mut epochs = committed_epochs(&job);
     let n = epochs.len();
     epochs.dedup();
     assert_eq!(epochs.len(), n, "an epoch committed twice\n{}", out.dump());

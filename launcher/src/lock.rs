@@ -18,10 +18,10 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use ckpt::storage::liveness::{flock, Flock};
 
 use crate::report::say;
 use crate::{clock, UsageError};
@@ -33,28 +33,6 @@ pub fn run_lock_path(job_dir: &Path) -> PathBuf {
 
 fn request_lock_path(job_dir: &Path) -> PathBuf {
     job_dir.join("control").join("request.lock")
-}
-
-/// What a `flock` attempt found.
-enum Flock {
-    Taken,
-    Held,
-    Unsupported(io::Error),
-}
-
-fn flock(file: &File, op: libc::c_int) -> io::Result<Flock> {
-    // SAFETY: flock(2) on a descriptor we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-        return Ok(Flock::Taken);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EWOULDBLOCK) => Ok(Flock::Held),
-        Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
-            Ok(Flock::Unsupported(e))
-        }
-        _ => Err(e),
-    }
 }
 
 fn open_lock(path: &Path) -> anyhow::Result<File> {

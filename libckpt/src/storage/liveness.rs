@@ -10,7 +10,7 @@
 //! the records say which.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -57,17 +57,40 @@ fn private(f: &File) -> io::Result<()> {
     f.set_permissions(std::fs::Permissions::from_mode(file_mode()))
 }
 
-/// `flock(op | LOCK_NB)`: `Ok(true)` if taken, `Ok(false)` if another holder prevents it.
-fn try_flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+/// What a `flock` attempt found.
+#[derive(Debug)]
+pub enum Flock {
+    /// The lock is ours.
+    Taken,
+    /// Another holder prevents it (only with `LOCK_NB`).
+    Held,
+    /// The file system has no `flock`: nobody can be told apart.
+    Unsupported(io::Error),
+}
+
+/// `flock(2)` with `op` (`LOCK_SH`/`LOCK_EX`, with `LOCK_NB` not to wait) on `file`.
+pub fn flock(file: &File, op: libc::c_int) -> io::Result<Flock> {
     // SAFETY: flock(2) on a descriptor we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
-        return Ok(true);
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        return Ok(Flock::Taken);
     }
     let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(Flock::Held),
+        Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => {
+            Ok(Flock::Unsupported(e))
+        }
+        _ => Err(e),
+    }
+}
+
+/// `flock(op | LOCK_NB)`: `Ok(true)` if taken, or if the file system has no `flock` (then
+/// the locks prove nothing, as the launcher's run lock says when it starts); `Ok(false)` if
+/// another holder prevents it.
+fn try_flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    match flock(file, op | libc::LOCK_NB)? {
+        Flock::Taken | Flock::Unsupported(_) => Ok(true),
+        Flock::Held => Ok(false),
     }
 }
 
@@ -94,7 +117,9 @@ impl Presence {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
-                        "{} stayed locked for {} s",
+                        "{} stayed locked exclusively for {} s: only a launcher checking for \
+                         ranks of an earlier launch takes it so, and only for an instant \
+                         (another `ckpt` process of this job directory is stuck holding it)",
                         lock_path(job_dir).display(),
                         timeout.as_secs()
                     ),
@@ -160,14 +185,13 @@ pub fn records(job_dir: &Path) -> Vec<RankRecord> {
             let Some(rank) = name.strip_prefix("rank-").and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            let mut text = String::new();
-            let read = File::open(r.path())
-                .and_then(|f| f.take(4096).read_to_string(&mut text))
-                .is_ok();
+            // Never through a link, never blocking, never more than a line.
+            let Ok(bytes) = super::durable::read_capped(&r.path(), 4096) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&bytes);
             let mut words = text.split_whitespace();
-            if let (true, Some(Ok(pid)), Some(host)) =
-                (read, words.next().map(str::parse), words.next())
-            {
+            if let (Some(Ok(pid)), Some(host)) = (words.next().map(str::parse), words.next()) {
                 out.push(RankRecord {
                     launch,
                     rank,
