@@ -494,7 +494,7 @@ pub fn level(l: Level) -> &'static str {
     match l {
         Level::Local => "L1",
         Level::Partner => "L2",
-        Level::Xor => "L3",
+        Level::Parity => "L3",
         Level::Pfs => "L4",
     }
 }

@@ -323,6 +323,7 @@ fn decide_and_publish(
             levels: vec![Level::Local],
             ranks: records,
             total_secs: 0.0,
+            copies: manifest::Copies::default(),
         };
         m.total_secs = t0.elapsed().as_secs_f64();
         let _armed = ctx.io.arm(

@@ -11,6 +11,7 @@ use crate::env;
 use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::identity;
+use crate::levels::LevelPolicy;
 use crate::protocol::agree::Stride;
 use crate::storage::durable::Access;
 
@@ -113,6 +114,8 @@ pub struct Config {
     pub io_timeout: Duration,
     /// Who may read what this rank creates (private unless `CKPT_GROUP_ACCESS=1`).
     pub access: Access,
+    /// Which levels beyond L1 the epochs get.
+    pub levels: LevelPolicy,
 }
 
 impl Config {
@@ -143,6 +146,7 @@ impl Config {
             timeout: Duration::from_secs(120),
             io_timeout: DEFAULT_IO_TIMEOUT,
             access: Access::Private,
+            levels: LevelPolicy::default(),
         }
     }
 
@@ -198,6 +202,13 @@ impl Config {
                 reason,
             })?;
         }
+        if let Some(n) = parse_num(&get, env::L2_EVERY, 0)? {
+            cfg.levels.partner_every = n;
+        }
+        if let Some(n) = parse_num(&get, env::L4_EVERY, 0)? {
+            cfg.levels.shared_every = n;
+        }
+        cfg.levels.shared_dir = get(env::SHARED_DIR).map(PathBuf::from);
         if let Some(v) = get(env::GROUP_ACCESS) {
             cfg.access = Access::parse(&v).map_err(|reason| Error::Config {
                 var: env::GROUP_ACCESS,
@@ -228,6 +239,20 @@ impl Config {
     pub fn every(mut self, every: Interval) -> Self {
         self.every = every;
         self
+    }
+
+    /// Sets the level policy.
+    pub fn levels(mut self, levels: LevelPolicy) -> Self {
+        self.levels = levels;
+        self
+    }
+
+    /// Base of L4 storage: the policy's, else `<job_dir>/shared`.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.levels
+            .shared_dir
+            .clone()
+            .unwrap_or_else(|| self.job_dir.join("shared"))
     }
 
     /// Sets how many committed epochs are kept.

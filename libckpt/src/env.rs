@@ -42,6 +42,12 @@ pub const IO_TIMEOUT: &str = "CKPT_IO_TIMEOUT";
 /// existing job and node-local directories may be group-writable; `0` or unset: private
 /// (`0600`/`0700`).
 pub const GROUP_ACCESS: &str = "CKPT_GROUP_ACCESS";
+/// L2 partner copies every this many epochs (`0` = off). Default 1.
+pub const L2_EVERY: &str = "CKPT_L2_EVERY";
+/// L4 copies on shared storage every this many epochs (`0` = off). Default 10.
+pub const L4_EVERY: &str = "CKPT_L4_EVERY";
+/// Base of L4 (shared) storage. Default `<job dir>/shared`.
+pub const SHARED_DIR: &str = "CKPT_SHARED_DIR";
 
 /// Read by the launcher only (not forwarded): seconds to wait, before a launch, for ranks of
 /// an earlier launch to exit before killing them (see `storage/liveness.rs`). Default 30.
@@ -62,6 +68,9 @@ pub const ALL: &[&str] = &[
     TIMEOUT,
     IO_TIMEOUT,
     GROUP_ACCESS,
+    L2_EVERY,
+    L4_EVERY,
+    SHARED_DIR,
 ];
 
 /// Reads a variable, treating an empty value as unset.

@@ -24,6 +24,7 @@ pub mod events;
 pub mod fault;
 pub mod format;
 pub mod identity;
+pub mod levels;
 pub mod manifest;
 pub mod placement;
 pub mod protocol;

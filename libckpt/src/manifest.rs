@@ -15,14 +15,22 @@
 //! once the epoch is older than everything retention keeps. Deleting the record by hand puts
 //! the epoch back.
 //!
-//! # Layout, manifest format version 1
+//! # Levels
+//!
+//! Rank 0 publishes the manifest when every rank's L1 file is durable; the levels that
+//! complete in the background afterwards (L2 partner copies, L3 parity, L4 shared storage) are
+//! added by republishing it (same name, atomically: temp, fsync, rename, fsync directory), so a
+//! reader sees the epoch either without a level or with it complete on every rank. A level
+//! whose copies are pruned is removed from the manifest before its files.
+//!
+//! # Layout, manifest format version 2
 //!
 //! ```text
 //! 0   8  magic "CKPTMANI"
-//! 8   4  format version (1), little-endian
+//! 8   4  format version (2; 1 is still read), little-endian
 //! 12  4  body length, little-endian
 //! 16  4  body CRC-32C, little-endian
-//! 20  .. body: postcard encoding of [`Manifest`]
+//! 20  .. body: postcard encoding of [`Manifest`] (version 1: the same without `copies`)
 //! ```
 
 use std::fs;
@@ -36,8 +44,10 @@ use crate::storage::{durable, local};
 
 /// Magic bytes of a manifest.
 pub const MAGIC: [u8; 8] = *b"CKPTMANI";
-/// Manifest format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// Manifest format version this build writes (it reads this one and version 1).
+pub const VERSION: u32 = 2;
+/// The oldest manifest format version this build reads.
+pub const OLDEST_READ: u32 = 1;
 const PREFIX: usize = 20;
 
 /// A storage level an epoch's data reached.
@@ -47,8 +57,8 @@ pub enum Level {
     Local,
     /// L2: a copy on a partner rank of another node.
     Partner,
-    /// L3: XOR parity across a group of ranks on distinct nodes.
-    Xor,
+    /// L3: parity (XOR or Reed-Solomon) across a group of ranks on distinct nodes.
+    Parity,
     /// L4: the shared (parallel) file system.
     Pfs,
 }
@@ -73,6 +83,27 @@ pub struct RankRecord {
     pub write_secs: f64,
 }
 
+/// Where an epoch's copies beyond L1 are (manifest format version 2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Copies {
+    /// Levels beyond L1 the level policy chose for this epoch, complete or not.
+    pub planned: Vec<Level>,
+    /// L2, once complete on every rank: for each rank, the rank whose node holds its partner
+    /// copy (under that rank's node-local base, see `storage::partner`). Empty otherwise.
+    pub partner: Vec<u32>,
+    /// L3, once complete: the parity groups. Empty otherwise.
+    pub parity: Vec<ParityGroup>,
+}
+
+/// One L3 group as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParityGroup {
+    /// The members' ranks.
+    pub members: Vec<u32>,
+    /// Parity shards per parity set (losses the group tolerates).
+    pub k: u16,
+}
+
 /// The record of one committed epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -88,12 +119,46 @@ pub struct Manifest {
     pub poll: u64,
     /// Launch (0 = first, 1 = after the first restart, ...) that wrote this epoch.
     pub launch: u32,
-    /// Levels the epoch's data reached.
+    /// Levels complete on every rank (L1 until its files are pruned).
     pub levels: Vec<Level>,
     /// Per-rank records, indexed by rank.
     pub ranks: Vec<RankRecord>,
     /// Seconds from the start of the checkpoint to the manifest being durable, on rank 0.
     pub total_secs: f64,
+    /// Where the copies beyond L1 are (version 2; empty when read from version 1).
+    pub copies: Copies,
+}
+
+/// The body of manifest format version 1: [`Manifest`] without `copies`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ManifestV1 {
+    job: String,
+    epoch: u64,
+    nranks: u32,
+    created_unix_ms: u64,
+    poll: u64,
+    launch: u32,
+    levels: Vec<Level>,
+    ranks: Vec<RankRecord>,
+    total_secs: f64,
+}
+
+impl From<ManifestV1> for Manifest {
+    fn from(v: ManifestV1) -> Manifest {
+        Manifest {
+            job: v.job,
+            epoch: v.epoch,
+            nranks: v.nranks,
+            created_unix_ms: v.created_unix_ms,
+            poll: v.poll,
+            launch: v.launch,
+            levels: v.levels,
+            ranks: v.ranks,
+            total_secs: v.total_secs,
+            copies: Copies::default(),
+        }
+    }
 }
 
 impl Manifest {
@@ -178,7 +243,7 @@ impl Manifest {
         let u32_at =
             |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let version = u32_at(8);
-        if version != VERSION {
+        if !(OLDEST_READ..=VERSION).contains(&version) {
             return Err(Corruption::UnsupportedVersion {
                 found: version,
                 supported: VERSION,
@@ -201,10 +266,21 @@ impl Manifest {
                 computed,
             });
         }
-        postcard::from_bytes(body).map_err(|e| Corruption::Malformed {
+        let malformed = |e: postcard::Error| Corruption::Malformed {
             what: "manifest body",
             detail: e.to_string(),
-        })
+        };
+        match version {
+            1 => postcard::from_bytes::<ManifestV1>(body)
+                .map(Manifest::from)
+                .map_err(malformed),
+            _ => postcard::from_bytes(body).map_err(malformed),
+        }
+    }
+
+    /// Whether `level` is complete for this epoch on every rank.
+    pub fn has(&self, level: Level) -> bool {
+        self.levels.contains(&level)
     }
 }
 
@@ -515,7 +591,42 @@ mod tests {
                 })
                 .collect(),
             total_secs: 0.5,
+            copies: Copies::default(),
         }
+    }
+
+    /// A manifest of format version 1 (without `copies`) is still read, with no copies.
+    #[test]
+    fn version_1_is_still_read() {
+        let m = sample(4, 3);
+        let v1 = ManifestV1 {
+            job: m.job.clone(),
+            epoch: m.epoch,
+            nranks: m.nranks,
+            created_unix_ms: m.created_unix_ms,
+            poll: m.poll,
+            launch: m.launch,
+            levels: m.levels.clone(),
+            ranks: m.ranks.clone(),
+            total_secs: m.total_secs,
+        };
+        let body = postcard::to_stdvec(&v1).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        assert_eq!(Manifest::decode(&bytes), Ok(m.clone()));
+        let mut v2 = m;
+        v2.levels.push(Level::Partner);
+        v2.copies.planned = vec![Level::Partner, Level::Pfs];
+        v2.copies.partner = vec![1, 2, 0];
+        v2.copies.parity = vec![ParityGroup {
+            members: vec![0, 1, 2],
+            k: 1,
+        }];
+        assert_eq!(Manifest::decode(&v2.encode()), Ok(v2.clone()));
+        assert!(v2.has(Level::Partner) && !v2.has(Level::Pfs));
     }
 
     #[test]

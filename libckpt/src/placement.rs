@@ -81,7 +81,7 @@ fn level_name(level: Level) -> &'static str {
     match level {
         Level::Local => "L1 local copies",
         Level::Partner => "L2 partner copies",
-        Level::Xor => "L3 erasure-coded groups",
+        Level::Parity => "L3 erasure-coded groups",
         Level::Pfs => "L4 shared-storage copies",
     }
 }
@@ -299,7 +299,7 @@ pub fn groups(placement: &Placement, size: usize) -> Result<Groups, PlacementErr
     let n = placement.nranks();
     if per_node.len() == 1 {
         return Err(PlacementError::OneNode {
-            level: Level::Xor,
+            level: Level::Parity,
             node: per_node[0].0.to_owned(),
             ranks: n,
         });
@@ -400,6 +400,7 @@ mod tests {
             levels: vec![Level::Local],
             ranks: vec![rec("x"), rec("y"), rec("x")],
             total_secs: 0.0,
+            copies: Default::default(),
         };
         assert_eq!(Placement::of_manifest(&m).unwrap(), place(&["x", "y", "x"]));
     }

@@ -1,7 +1,9 @@
-//! Where epoch data lives. Level 1 (node-local files) is [`local`]; partner copies, parity
-//! files and the shared file system will be siblings of it, each recorded as a [`crate::Level`]
-//! in the manifest. [`parity`] is the erasure code of level 3 groups (pure, no IO yet).
+//! Where epoch data lives. [`copies`] is the seam every level goes through (where a rank's copy
+//! of an epoch is at each level, storing and removing copies); level 1 (node-local files) is
+//! [`local`], with its spare recycling; [`parity`] is the erasure code of level 3 groups (pure,
+//! no IO yet).
 
+pub mod copies;
 pub mod durable;
 pub mod liveness;
 pub mod local;
