@@ -207,6 +207,37 @@ pub fn event(e: &Event) -> String {
             "restored epoch {epoch} ({} in {read_secs:.2} s)",
             human_bytes(*bytes)
         ),
+        Event::LevelComplete {
+            epoch,
+            level: l,
+            bytes,
+            secs,
+        } => format!(
+            "epoch {epoch}: {} complete on every rank ({} stored, {secs:.2} s after the commit)",
+            level(*l),
+            human_bytes(*bytes)
+        ),
+        Event::LevelFailed {
+            epoch,
+            level: l,
+            reasons,
+        } => format!(
+            "epoch {epoch}: {} failed, its copies are not used: {}",
+            level(*l),
+            reasons.join("; ")
+        ),
+        Event::Recovered {
+            epoch,
+            rank,
+            node,
+            level: l,
+            bytes,
+            secs,
+        } => format!(
+            "rank {rank} recovered epoch {epoch} from {} onto {node} ({} in {secs:.2} s)",
+            level(*l),
+            human_bytes(*bytes)
+        ),
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::Level;
 use crate::storage::durable;
 
 /// Something that happened in a job.
@@ -122,6 +123,43 @@ pub enum Event {
         bytes: u64,
         /// Slowest rank's read time.
         read_secs: f64,
+    },
+    /// A background level of an epoch is complete on every rank; its manifest now records it.
+    LevelComplete {
+        /// Epoch.
+        epoch: u64,
+        /// The level (`Partner` = L2, `Parity` = L3, `Pfs` = L4).
+        level: Level,
+        /// Bytes that level stored over all ranks.
+        bytes: u64,
+        /// Seconds from the commit to the level being complete on every rank.
+        secs: f64,
+    },
+    /// A background level of an epoch failed on some rank: the epoch keeps its other levels,
+    /// and that level's copies are not trusted.
+    LevelFailed {
+        /// Epoch.
+        epoch: u64,
+        /// The level.
+        level: Level,
+        /// What failed, naming rank and file.
+        reasons: Vec<String>,
+    },
+    /// A rank's file of the epoch being restored was missing or damaged on its node and was
+    /// recovered from another level, then written back to the rank's node-local storage.
+    Recovered {
+        /// Epoch.
+        epoch: u64,
+        /// The rank.
+        rank: u32,
+        /// The node it runs on now.
+        node: String,
+        /// The level it came from.
+        level: Level,
+        /// Bytes recovered.
+        bytes: u64,
+        /// Seconds the recovery took (transfer and write-back).
+        secs: f64,
     },
 }
 
