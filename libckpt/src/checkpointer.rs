@@ -7,6 +7,7 @@ use std::time::Instant;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
+use crate::background::Background;
 use crate::comm::{Comm, DrainReport};
 use crate::commit::{self, EpochStats, LibState, LogSection};
 use crate::config::Config;
@@ -15,10 +16,12 @@ use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::identity;
 use crate::manifest;
+use crate::placement::{self, Partners, Placement};
 use crate::protocol::agree::Agreement;
 use crate::region::Protect;
 use crate::restore::{self, Restored};
 use crate::stall::{self, Watch};
+use crate::storage::copies::Places;
 use crate::storage::durable;
 use crate::storage::liveness::Presence;
 use crate::transport::{self, MpiFlagReduce};
@@ -69,6 +72,45 @@ pub struct Checkpointer {
     stopped: Option<String>,
     /// Checkpoints attempted in this process.
     checkpoints: u64,
+    /// The background levels (L2, L4) of the newest epoch.
+    bg: Background,
+}
+
+/// Every rank's node, gathered at start-up (same key as the other start-up collectives), and
+/// the L2 partners it allows; `None` (with a warning from rank 0 when L2 was asked for) when
+/// the placement cannot support L2.
+fn startup_partners(
+    lib: &SimpleCommunicator,
+    watch: &Watch,
+    cfg: &Config,
+    rank: i32,
+) -> Result<Option<Partners>> {
+    let label = || ("startup".into(), "the start-up placement exchange".into());
+    let gathered = transport::gather_bytes(lib, watch, &label, 0, cfg.node.as_bytes());
+    let nodes = gathered
+        .map(|all| {
+            let names: Vec<String> = all
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            postcard::to_stdvec(&names).unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let nodes = transport::bcast_bytes(lib, watch, &label, 0, nodes);
+    let nodes: Vec<String> = postcard::from_bytes(&nodes).map_err(|e| Error::Usage {
+        rank,
+        what: format!("corrupt placement from rank 0: {e}"),
+    })?;
+    let partners = Placement::new(nodes).and_then(|p| placement::partners(&p, 1));
+    match partners {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            if rank == 0 && cfg.levels.partner_every > 0 {
+                eprintln!("[ckpt] L2 partner copies are off for this launch: {e}");
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// Rank 0 at start-up: creates the job directory if needed (only a job identified by its base
@@ -172,6 +214,11 @@ impl Checkpointer {
             }));
         }
         let (triggers, io, presence) = setup?;
+        // The placement (every rank's node, gathered once per launch) decides which background
+        // levels this launch can have and who holds whose L2 copy.
+        let partners = startup_partners(&lib, &watch, &cfg, rank)?;
+        let places = Places::of(&cfg);
+        let bg = Background::new(comm.duplicate(), partners, places);
         if rank == 0 {
             let _ = events::append(
                 &cfg.job_dir,
@@ -199,6 +246,7 @@ impl Checkpointer {
             reduce,
             triggers,
             restored: None,
+            bg,
             _presence: presence,
             stopped: None,
             checkpoints: 0,
@@ -303,6 +351,7 @@ impl Checkpointer {
         }
         let fault = self.ctx.cfg.active_fault();
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
+        self.bg.progress(&self.ctx);
         if self.comm.has_pending() {
             return Err(Error::Usage {
                 rank: self.ctx.rank,
@@ -355,6 +404,8 @@ impl Checkpointer {
     /// The ranks agreed to stop; `epoch` is the last one committed. Records it, and refuses
     /// every later poll, checkpoint, send and receive.
     fn stop_after(&mut self, epoch: u64) {
+        // The last epoch gets its background levels before the job stops.
+        self.bg.finish(&self.ctx);
         if self.ctx.rank == 0 {
             let _ = events::append(&self.ctx.cfg.job_dir, &Event::Stopping { epoch });
         }
@@ -378,6 +429,9 @@ impl Checkpointer {
             });
         }
         self.agree.begin_checkpoint();
+        // The previous epoch's background levels complete first: its L1 files may be pruned
+        // by this commit, and one epoch's levels are in flight at a time.
+        self.bg.finish(&self.ctx);
         let t0 = Instant::now();
         let polls = self.agree.polls();
         self.cut(
@@ -395,9 +449,13 @@ impl Checkpointer {
             messages: self.comm.logged() as u64,
         };
         self.checkpoints += 1;
-        let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, state);
+        let planned = self.ctx.cfg.levels.planned(epoch, self.bg.partner_ok());
+        let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, &planned, state);
         match &result {
-            Ok(_) => self.agree.committed(Instant::now()),
+            Ok(_) => {
+                self.agree.committed(Instant::now());
+                self.bg.start(&self.ctx, epoch, planned);
+            }
             // A failed epoch restarts a time interval too: a full disk must not turn it into
             // a checkpoint attempt at every agreement round. It covers no exit request.
             Err(_) => self.agree.checkpointed(Instant::now()),
@@ -457,5 +515,15 @@ impl Checkpointer {
             maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Drain, e);
         }
         Ok(self.comm.drain(&to_me, &watch, what))
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // The newest epoch's background levels complete before the ranks go (every rank drops
+        // its checkpointer at the same point of a job that ends normally).
+        if !std::thread::panicking() {
+            self.bg.finish(&self.ctx);
+        }
     }
 }

@@ -22,6 +22,7 @@ use crate::identity;
 use crate::manifest::{self, Level, Manifest, RankRecord};
 use crate::region::{Protect, Regions, Site};
 use crate::stall::Watch;
+use crate::storage::copies::Places;
 use crate::storage::{durable, local};
 use crate::transport;
 use crate::Ctx;
@@ -84,6 +85,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     epoch: u64,
     lib: &LibState,
     msglog: &LogSection,
+    planned: &[Level],
     state: &mut P,
 ) -> Result<EpochStats> {
     let t0 = Instant::now();
@@ -108,7 +110,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     let votes = transport::gather_bytes(&ctx.lib, &watch, &vote_label, 0, &vote_bytes);
 
     let decision = match votes {
-        Some(votes) => decide_and_publish(ctx, epoch, lib, votes, t0, fault),
+        Some(votes) => decide_and_publish(ctx, epoch, lib, planned, votes, t0, fault),
         None => Vec::new(),
     };
     let decision_label = || (key(), format!("the commit decision of epoch {epoch}"));
@@ -142,6 +144,16 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
             decision.keep_from,
             ctx.cfg.local_dir.display()
         );
+    }
+    // The copies of other levels this rank is responsible for go with their epochs.
+    let places = Places::of(&ctx.cfg);
+    for level in [Level::Partner, Level::Pfs] {
+        if let Err(e) = places.remove_before(level, ctx.rank as u32, decision.keep_from) {
+            eprintln!(
+                "[ckpt rank {}] warning: cannot prune {level:?} copies of epochs before {}: {e}",
+                ctx.rank, decision.keep_from
+            );
+        }
     }
     Ok(EpochStats {
         epoch,
@@ -274,6 +286,7 @@ fn decide_and_publish(
     ctx: &Ctx,
     epoch: u64,
     lib: &LibState,
+    planned: &[Level],
     votes: Vec<Vec<u8>>,
     t0: Instant,
     fault: Option<&crate::fault::Fault>,
@@ -323,7 +336,10 @@ fn decide_and_publish(
             levels: vec![Level::Local],
             ranks: records,
             total_secs: 0.0,
-            copies: manifest::Copies::default(),
+            copies: manifest::Copies {
+                planned: planned.to_vec(),
+                ..Default::default()
+            },
         };
         m.total_secs = t0.elapsed().as_secs_f64();
         let _armed = ctx.io.arm(

@@ -44,6 +44,9 @@ pub enum Phase {
     Enospc,
     /// Not a crash: on rank 0, the fsync of the manifests directory after the rename fails.
     PublishFsync,
+    /// In the background levels of epoch N: after the rank sent the first chunk of its L2
+    /// copy, or as its L4 copy starts.
+    Background,
 }
 
 impl Phase {
@@ -59,6 +62,7 @@ impl Phase {
         ("drain", Phase::Drain),
         ("enospc", Phase::Enospc),
         ("publish-fsync", Phase::PublishFsync),
+        ("background", Phase::Background),
     ];
 
     fn parse(s: &str) -> Option<Phase> {

@@ -33,11 +33,15 @@ pub mod trigger;
 pub mod util;
 
 #[cfg(feature = "mpi")]
+mod background;
+#[cfg(feature = "mpi")]
 mod checkpointer;
 #[cfg(feature = "mpi")]
 mod comm;
 #[cfg(feature = "mpi")]
 mod commit;
+#[cfg(feature = "mpi")]
+mod inflight;
 #[cfg(feature = "mpi")]
 mod region;
 #[cfg(feature = "mpi")]

@@ -34,6 +34,15 @@ pub struct Places {
 const PARTNER_DIR: &str = "partner";
 
 impl Places {
+    /// The places of the job a rank's configuration describes.
+    pub fn of(cfg: &crate::Config) -> Places {
+        Places {
+            local_dir: cfg.local_dir.clone(),
+            shared_dir: cfg.shared_dir(),
+            job_id: cfg.job_id.clone(),
+        }
+    }
+
     /// Where `level` keeps rank `rank`'s copy of epoch `epoch` (for L2: on the holder's node;
     /// `None` for L3, whose parity files are not copies of one rank's file).
     pub fn locate(&self, level: Level, epoch: u64, rank: u32) -> Option<PathBuf> {
