@@ -2403,7 +2403,7 @@ fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 /// heat2d on 8 ranks over 4 emulated nodes (blocks of 2): each rank's file lives under its
 /// node's own directory, and the manifests record the placement. `ckpt kill-node JOB node1`
 /// after epoch 2 kills exactly node1's ranks (2 and 3) and removes its directory; the
-/// launcher relaunches once, and with no other level yet the restart stops with "no usable
+/// launcher relaunches once, and with no other level (L2 and L4 off) the restart stops with "no usable
 /// epoch", naming node1's missing files and no other rank's, while the other nodes' files stay
 /// as they were.
 #[test]
@@ -2429,7 +2429,10 @@ fn an_emulated_node_killed_mid_run_loses_exactly_its_ranks_and_files() {
         "--max-restarts",
         "3",
     ];
-    let running = Run::new(&job, 8, &flags, &heat2d(), &heat).spawn();
+    let running = Run::new(&job, 8, &flags, &heat2d(), &heat)
+        .env("CKPT_L2_EVERY", "0")
+        .env("CKPT_L4_EVERY", "0")
+        .spawn();
     assert!(
         wait_for(Duration::from_secs(60), || committed_epochs(&job)
             .contains(&2)),
@@ -2540,7 +2543,10 @@ fn an_emulated_node_killed_mid_run_loses_exactly_its_ranks_and_files() {
     // The next run starts again (both epochs were quarantined); `ckpt verify` finds every
     // rank file under its node; kill-node of a job that is not running only wipes.
     let short = ["--nx", "64", "--ny", "64", "--steps", "80"];
-    let out = Run::new(&job, 8, &flags, &heat2d(), &short).output();
+    let out = Run::new(&job, 8, &flags, &heat2d(), &short)
+        .env("CKPT_L2_EVERY", "0")
+        .env("CKPT_L4_EVERY", "0")
+        .output();
     assert!(out.status.success(), "{}", out.dump());
     let verify = ckpt(&["verify", job.to_str().unwrap()]);
     assert!(
@@ -2564,4 +2570,173 @@ fn an_emulated_node_killed_mid_run_loses_exactly_its_ranks_and_files() {
         "{}",
         verify.dump()
     );
+}
+
+/// A job on 8 ranks over 4 emulated nodes loses node1 (ranks 2 and 3, and their node-local
+/// storage) once epoch 2 has `level` complete; `env` sets the level policy. Returns the run's
+/// output and events.
+fn lose_node1(
+    prog: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    level: ckpt::Level,
+) -> (Output, Vec<ckpt::events::Event>) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+    ];
+    let mut run = Run::new(&job, 8, &flags, prog, args);
+    for (k, v) in env {
+        run = run.env(k, v);
+    }
+    let running = run.spawn();
+    let complete = |e: &ckpt::events::Event| matches!(e, ckpt::events::Event::LevelComplete { epoch: 2, level: l, .. } if *l == level);
+    assert!(
+        wait_for(Duration::from_secs(90), || events(&job)
+            .iter()
+            .any(complete)),
+        "{level:?} of epoch 2 never completed: {:?}",
+        events(&job)
+    );
+    let kill = ckpt(&["kill-node", job.to_str().unwrap(), "node1"]);
+    assert!(kill.status.success(), "{}", kill.dump());
+    let out = running.wait();
+    (out, events(&job))
+}
+
+/// The ranks `level` recovered, by rank, from the events (each onto node1).
+fn recovered_by(events: &[ckpt::events::Event], level: ckpt::Level) -> Vec<u32> {
+    let mut ranks: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            ckpt::events::Event::Recovered {
+                rank,
+                level: l,
+                node,
+                ..
+            } if *l == level && node == "node1" => Some(*rank),
+            _ => None,
+        })
+        .collect();
+    ranks.sort_unstable();
+    ranks
+}
+
+/// heat2d's checksum for 8 ranks without checkpoints.
+fn heat8_reference(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Run::new(
+        &dir.path().join("ref"),
+        8,
+        &["--every", "off"],
+        &heat2d(),
+        args,
+    )
+    .output();
+    assert!(out.status.success(), "{}", out.dump());
+    out.checksum().unwrap()
+}
+
+const HEAT_NODES: &[&str] = &[
+    "--nx",
+    "64",
+    "--ny",
+    "64",
+    "--steps",
+    "240",
+    "--step-ms",
+    "15",
+];
+
+/// A whole node lost after epoch 2 (its ranks killed, its node-local storage wiped) is
+/// recovered from the partner copies (L2, on by default): the relaunch gets ranks 2 and 3's
+/// files over MPI from their partners on node2, writes them back to node1, restores, and ends
+/// bit-identical to an uninterrupted run; the launcher names the level used for each rank.
+#[test]
+fn a_lost_node_is_recovered_from_partner_copies() {
+    let Some(_mpi) = mpi() else { return };
+    let (out, ev) = lose_node1(&heat2d(), HEAT_NODES, &[], ckpt::Level::Partner);
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(recovered_by(&ev, ckpt::Level::Partner), [2, 3], "{ev:?}");
+    for rank in [2, 3] {
+        assert!(
+            out.stderr.contains(&format!("rank {rank} recovered epoch"))
+                && out.stderr.contains("from L2 onto node1"),
+            "{}",
+            out.dump()
+        );
+    }
+    assert!(!out.stderr.contains("unusable"), "{}", out.dump());
+}
+
+/// The same loss with L2 off and L4 every epoch: recovered from shared storage (ring, whose
+/// messages in flight at the checkpoint come back from the restored logs).
+#[test]
+fn a_lost_node_is_recovered_from_shared_storage_when_partners_are_off() {
+    let Some(_mpi) = mpi() else { return };
+    let args = ["--iters", "240", "--lag", "3", "--step-ms", "15"];
+    let env = [("CKPT_L2_EVERY", "0"), ("CKPT_L4_EVERY", "1")];
+    let (out, ev) = lose_node1(&bin("ring"), &args, &env, ckpt::Level::Pfs);
+    assert!(out.status.success(), "{}", out.dump());
+    let dir = tempfile::tempdir().unwrap();
+    let reference = Run::new(
+        &dir.path().join("ref"),
+        8,
+        &["--every", "off"],
+        &bin("ring"),
+        &args,
+    )
+    .output();
+    let want = ring_digests(&reference);
+    let got = ring_digests(&out);
+    assert_eq!(&got[got.len() - want.len()..], &want[..], "{}", out.dump());
+    assert_eq!(recovered_by(&ev, ckpt::Level::Pfs), [2, 3], "{ev:?}");
+    assert!(recovered_by(&ev, ckpt::Level::Partner).is_empty(), "{ev:?}");
+}
+
+/// A rank killed in the middle of its background level (its L2 copy of epoch 2 half sent):
+/// epoch 2 never records L2, the relaunch restores from L1 (epoch 2, or 1), and the result is
+/// bit-identical; later epochs get their L2 again.
+#[test]
+fn a_crash_during_a_background_level_leaves_that_copy_untrusted() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--fault",
+        "5:background:2",
+    ];
+    let out = Run::new(&job, 8, &flags, &heat2d(), HEAT_NODES).output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    let ev = events(&job);
+    let l2_done = |e: u64| {
+        ev.iter().any(|x| {
+            matches!(x, ckpt::events::Event::LevelComplete { epoch, level: ckpt::Level::Partner, .. } if *epoch == e)
+        })
+    };
+    assert!(!l2_done(2), "{ev:?}");
+    assert!(l2_done(3), "{ev:?}");
+    assert_eq!(launches(&job), [0, 1], "{}", out.dump());
 }

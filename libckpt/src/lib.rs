@@ -43,6 +43,8 @@ mod commit;
 #[cfg(feature = "mpi")]
 mod inflight;
 #[cfg(feature = "mpi")]
+mod recover;
+#[cfg(feature = "mpi")]
 mod region;
 #[cfg(feature = "mpi")]
 mod restore;

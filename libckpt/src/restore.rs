@@ -20,6 +20,7 @@ use crate::fault::{maybe_die, Phase};
 use crate::format::{FileIdentity, RankFileReader, RegionKind};
 use crate::manifest::{self, Manifest};
 use crate::protocol::msglog::CommState;
+use crate::recover;
 use crate::region::{file_error, Protect, Regions, Site};
 use crate::stall::Watch;
 use crate::transport;
@@ -49,6 +50,17 @@ pub(crate) fn restore<P: Protect + ?Sized>(
     let mut skipped = Vec::new();
     for &epoch in candidates {
         let t0 = Instant::now();
+        // A rank whose file is not on its node gets it from another level first.
+        let m = {
+            let _armed = ctx
+                .io
+                .arm("reading", &manifest::path(&ctx.cfg.job_dir, epoch), epoch);
+            manifest::load(&ctx.cfg.job_dir, epoch).ok().filter(|m| {
+                m.check_identity(&ctx.cfg.job_id).is_ok() && m.nranks == ctx.nranks as u32
+            })
+        };
+        let census = Watch::of(&ctx.cfg).after_io(t0);
+        recover::recover(ctx, epoch, m.as_ref(), &census);
         // A failing rank's error reaches rank 0, which reports every reason in one line.
         let local = restore_epoch(ctx, epoch, state);
         maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Restore, epoch);
