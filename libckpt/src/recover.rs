@@ -423,11 +423,11 @@ mod tests {
             found(false, true, &[]),
             found(false, true, &[]),
         ];
-        let table: Vec<(&str, &Manifest, &[Found], Vec<Source>)> = vec![
+        let table: Vec<(&str, Manifest, Vec<Found>, Vec<Source>)> = vec![
             (
                 "all local",
-                &l12,
-                &[
+                l12.clone(),
+                vec![
                     found(true, false, &[2]),
                     found(true, false, &[3]),
                     found(true, false, &[0]),
@@ -437,26 +437,26 @@ mod tests {
             ),
             (
                 "L2 first",
-                &l124,
-                &lost_n1,
+                l124.clone(),
+                lost_n1.to_vec(),
                 vec![Local, Local, Partner(0), Partner(1)],
             ),
             (
                 "L2 without L4",
-                &l12,
-                &lost_n1,
+                l12.clone(),
+                lost_n1.to_vec(),
                 vec![Local, Local, Partner(0), Partner(1)],
             ),
             (
                 "L4 only",
-                &l14,
-                &lost_n1,
+                l14.clone(),
+                lost_n1.to_vec(),
                 vec![Local, Local, Shared, Shared],
             ),
             (
                 "holder lost its copy: L4",
-                &l124,
-                &[
+                l124.clone(),
+                vec![
                     found(true, false, &[]),
                     found(true, false, &[3]),
                     found(false, true, &[]),
@@ -466,14 +466,14 @@ mod tests {
             ),
             (
                 "L2 recorded incomplete: not used",
-                &manifest(&[Level::Local], &[2, 3, 0, 1]),
-                &lost_n1,
+                manifest(&[Level::Local], &[2, 3, 0, 1]),
+                lost_n1.to_vec(),
                 vec![Local, Local, Lost, Lost],
             ),
             (
                 "both nodes lost, no L4",
-                &l12,
-                &[
+                l12.clone(),
+                vec![
                     found(false, false, &[]),
                     found(false, false, &[]),
                     found(false, false, &[]),
@@ -483,7 +483,7 @@ mod tests {
             ),
         ];
         for (name, m, f, want) in table {
-            assert_eq!(plan(m, f), want, "{name}");
+            assert_eq!(plan(&m, &f), want, "{name}");
         }
     }
 }
