@@ -140,134 +140,178 @@ struct Layout {
     total: usize,
 }
 
-impl Comm {
-    fn refuse(&self, call: &str, what: impl Display) -> Error {
+/// The argument checks of one collective call on one rank: pure, so they are tested without
+/// MPI.
+struct Args {
+    call: &'static str,
+    rank: i32,
+    size: i32,
+}
+
+impl Args {
+    /// The checks of `call`; refuses it at once when the job is stopping (`stopped`).
+    fn new(call: &'static str, rank: i32, size: i32, stopped: Option<&str>) -> Result<Args> {
+        let a = Args { call, rank, size };
+        match stopped {
+            Some(why) => Err(a.refuse(format!("refused: {why}"))),
+            None => Ok(a),
+        }
+    }
+
+    fn refuse(&self, what: impl Display) -> Error {
         Error::Usage {
             rank: self.rank,
-            what: format!("{call}: {what}"),
+            what: format!("{}: {what}", self.call),
         }
     }
 
-    /// The stop rule of sends and receives, for collectives.
-    fn open(&self, call: &str) -> Result<()> {
-        match self.books.borrow().ep.stopped() {
-            Some(why) => Err(self.refuse(call, format!("refused: {why}"))),
-            None => Ok(()),
-        }
-    }
-
-    fn root_ok(&self, call: &str, root: i32) -> Result<()> {
+    fn root(&self, root: i32) -> Result<()> {
         if (0..self.size).contains(&root) {
             Ok(())
         } else {
-            Err(self.refuse(
-                call,
-                format!("root {root} does not exist (ranks 0..{})", self.size - 1),
-            ))
+            Err(self.refuse(format!(
+                "root {root} does not exist (ranks 0..{})",
+                self.size - 1
+            )))
         }
     }
 
-    fn count(&self, call: &str, what: &str, n: usize) -> Result<Count> {
+    fn count(&self, what: &str, n: usize) -> Result<Count> {
         Count::try_from(n).map_err(|_| {
-            self.refuse(
-                call,
-                format!("{what} of {n} elements is more than MPI can count ({})", Count::MAX),
-            )
+            self.refuse(format!(
+                "{what} of {n} elements is more than MPI can count ({})",
+                Count::MAX
+            ))
         })
     }
 
-    fn same_len(&self, call: &str, send: usize, recv: usize) -> Result<()> {
+    fn same_len(&self, send: usize, recv: usize) -> Result<()> {
         if send == recv {
-            self.count(call, "a buffer", send).map(drop)
+            self.count("a buffer", send).map(drop)
         } else {
-            Err(self.refuse(
-                call,
-                format!("send has {send} elements but recv {recv}; they must be equal"),
-            ))
+            Err(self.refuse(format!(
+                "send has {send} elements but recv {recv}; they must be equal"
+            )))
         }
     }
 
+    /// The length of `size` blocks of `block` elements, which MPI must be able to count.
+    fn times_size(&self, what: &str, block: usize) -> Result<usize> {
+        let n = block.saturating_mul(self.size as usize);
+        self.count(what, n).map(|_| n)
+    }
+
     /// Checks that `len` elements are `size` blocks of `block` elements.
-    fn blocks(&self, call: &str, what: &str, len: usize, block: usize) -> Result<()> {
+    fn blocks(&self, what: &str, len: usize, block: usize) -> Result<()> {
         let want = block.checked_mul(self.size as usize);
         if want == Some(len) {
-            self.count(call, what, len).map(drop)
+            self.count(what, len).map(drop)
         } else {
-            Err(self.refuse(
-                call,
-                format!(
-                    "{what} has {len} elements, but {} ranks x {block} elements are expected",
-                    self.size
-                ),
-            ))
+            Err(self.refuse(format!(
+                "{what} has {len} elements, but {} ranks x {block} elements are expected",
+                self.size
+            )))
+        }
+    }
+
+    /// Checks that `len` elements split into `size` equal blocks.
+    fn multiple(&self, what: &str, len: usize) -> Result<()> {
+        if len % self.size as usize == 0 {
+            Ok(())
+        } else {
+            Err(self.refuse(format!(
+                "{what} have {len} elements, not a multiple of the {} ranks",
+                self.size
+            )))
         }
     }
 
     /// Checks `counts` (one per rank) and lays them out one after the other.
-    fn layout(&self, call: &str, name: &str, counts: &[usize]) -> Result<Layout> {
+    fn layout(&self, name: &str, counts: &[usize]) -> Result<Layout> {
         if counts.len() != self.size as usize {
-            return Err(self.refuse(
-                call,
-                format!(
-                    "{name} has {} entries; it needs one per rank ({})",
-                    counts.len(),
-                    self.size
-                ),
-            ));
+            return Err(self.refuse(format!(
+                "{name} has {} entries; it needs one per rank ({})",
+                counts.len(),
+                self.size
+            )));
         }
         let mut l = Layout {
             counts: Vec::with_capacity(counts.len()),
             displs: Vec::with_capacity(counts.len()),
             total: 0,
         };
+        let sum = format!("the sum of {name}");
         for &c in counts {
-            l.displs.push(self.count(call, "a buffer", l.total)?);
-            l.counts.push(self.count(call, name, c)?);
+            l.displs.push(self.count(&sum, l.total)?);
+            l.counts.push(self.count(name, c)?);
             l.total = l.total.saturating_add(c);
         }
-        self.count(call, "the total of a buffer", l.total)?;
+        self.count(&sum, l.total)?;
         Ok(l)
     }
 
     /// Checks that this rank's entry of `counts` is `mine`.
-    fn my_count(&self, call: &str, name: &str, counts: &[usize], mine: usize) -> Result<()> {
+    fn my_count(&self, name: &str, counts: &[usize], mine: usize) -> Result<()> {
         match counts.get(self.rank as usize) {
             Some(&c) if c == mine => Ok(()),
-            c => Err(self.refuse(
-                call,
-                format!(
-                    "{name}[{}] is {} but this rank's buffer has {mine} elements",
-                    self.rank,
-                    c.map_or("missing".to_owned(), |c| c.to_string())
-                ),
-            )),
+            c => Err(self.refuse(format!(
+                "{name}[{}] is {} but this rank's buffer has {mine} elements",
+                self.rank,
+                c.map_or("missing".to_owned(), |c| c.to_string())
+            ))),
         }
     }
 
-    fn as_bytes<'a, T: Pod>(&self, call: &str, data: &'a [T]) -> Result<&'a [u8]> {
-        bytemuck::try_cast_slice(data).map_err(|e| self.refuse(call, e))
+    /// Checks that `len` elements match the `total` of `name`.
+    fn total(&self, what: &str, len: usize, name: &str, total: usize) -> Result<()> {
+        if len == total {
+            Ok(())
+        } else {
+            Err(self.refuse(format!(
+                "{what} has {len} elements but {name} add up to {total}"
+            )))
+        }
+    }
+
+    /// The root's buffer, which it must pass.
+    fn at_root<B>(&self, what: &str, buf: Option<B>) -> Result<B> {
+        buf.ok_or_else(|| self.refuse(format!("the root must pass Some({what})")))
+    }
+
+    fn as_bytes<'a, T: Pod>(&self, data: &'a [T]) -> Result<&'a [u8]> {
+        if std::mem::size_of::<T>() == 0 {
+            return Err(self.refuse("a zero-sized element type has no bytes to move"));
+        }
+        bytemuck::try_cast_slice(data).map_err(|e| self.refuse(e))
+    }
+}
+
+impl Comm {
+    /// The checks of collective `call` on this rank, under the stop rule of sends and receives.
+    fn args(&self, call: &'static str) -> Result<Args> {
+        Args::new(call, self.rank, self.size, self.books.borrow().ep.stopped())
     }
 
     /// Blocks until every rank has called it.
     pub fn barrier(&self) -> Result<()> {
-        self.open("barrier")?;
+        self.args("barrier")?;
         self.raw.barrier();
         Ok(())
     }
 
     /// Broadcasts `buf` from `root` to every rank (each passes a buffer of the same length).
     pub fn broadcast<T: Equivalence>(&self, root: i32, buf: &mut [T]) -> Result<()> {
-        let call = "broadcast";
-        self.open(call)?;
-        self.root_ok(call, root)?;
-        self.count(call, "a buffer", buf.len())?;
+        let a = self.args("broadcast")?;
+        a.root(root)?;
+        a.count("a buffer", buf.len())?;
         self.raw.process_at_rank(root).broadcast_into(buf);
         Ok(())
     }
 
     /// [`Comm::broadcast`] of plain-old-data, as bytes.
     pub fn broadcast_pod<T: Pod>(&self, root: i32, buf: &mut [T]) -> Result<()> {
-        let bytes: &mut [u8] = bytemuck::try_cast_slice_mut(buf).map_err(|e| self.refuse("broadcast", e))?;
+        let a = self.args("broadcast")?;
+        let bytes: &mut [u8] = bytemuck::try_cast_slice_mut(buf).map_err(|e| a.refuse(e))?;
         self.broadcast(root, bytes)
     }
 
@@ -281,19 +325,16 @@ impl Comm {
         recv: Option<&mut [T]>,
         op: O,
     ) -> Result<()> {
-        let call = "reduce";
-        self.open(call)?;
-        self.root_ok(call, root)?;
-        self.count(call, "send", send.len())?;
+        let a = self.args("reduce")?;
+        a.root(root)?;
+        a.count("send", send.len())?;
         let proc = self.raw.process_at_rank(root);
         if self.rank != root {
             proc.reduce_into(send, op);
             return Ok(());
         }
-        let Some(recv) = recv else {
-            return Err(self.refuse(call, "the root must pass Some(recv)"));
-        };
-        self.same_len(call, send.len(), recv.len())?;
+        let recv = a.at_root("recv", recv)?;
+        a.same_len(send.len(), recv.len())?;
         proc.reduce_into_root(send, recv, op);
         Ok(())
     }
@@ -305,9 +346,8 @@ impl Comm {
         recv: &mut [T],
         op: O,
     ) -> Result<()> {
-        let call = "all_reduce";
-        self.open(call)?;
-        self.same_len(call, send.len(), recv.len())?;
+        let a = self.args("all_reduce")?;
+        a.same_len(send.len(), recv.len())?;
         self.raw.all_reduce_into(send, recv, op);
         Ok(())
     }
@@ -319,9 +359,8 @@ impl Comm {
         buf: &mut [T],
         op: O,
     ) -> Result<()> {
-        let call = "all_reduce_in_place";
-        self.open(call)?;
-        self.count(call, "buf", buf.len())?;
+        let a = self.args("all_reduce_in_place")?;
+        a.count("buf", buf.len())?;
         let send = buf.to_vec();
         self.raw.all_reduce_into(&send[..], buf, op);
         Ok(())
@@ -335,9 +374,8 @@ impl Comm {
         recv: &mut [T],
         op: O,
     ) -> Result<()> {
-        let call = "scan";
-        self.open(call)?;
-        self.same_len(call, send.len(), recv.len())?;
+        let a = self.args("scan")?;
+        a.same_len(send.len(), recv.len())?;
         self.raw.scan_into(send, recv, op);
         Ok(())
     }
@@ -350,9 +388,8 @@ impl Comm {
         recv: &mut [T],
         op: O,
     ) -> Result<()> {
-        let call = "exscan";
-        self.open(call)?;
-        self.same_len(call, send.len(), recv.len())?;
+        let a = self.args("exscan")?;
+        a.same_len(send.len(), recv.len())?;
         if self.rank == 0 {
             // MPI leaves rank 0's result undefined: it writes into a scratch copy.
             let mut scratch = recv.to_vec();
@@ -371,19 +408,16 @@ impl Comm {
         send: Option<&[T]>,
         recv: &mut [T],
     ) -> Result<()> {
-        let call = "scatter";
-        self.open(call)?;
-        self.root_ok(call, root)?;
-        self.count(call, "recv", recv.len())?;
+        let a = self.args("scatter")?;
+        a.root(root)?;
+        a.count("recv", recv.len())?;
         let proc = self.raw.process_at_rank(root);
         if self.rank != root {
             proc.scatter_into(recv);
             return Ok(());
         }
-        let Some(send) = send else {
-            return Err(self.refuse(call, "the root must pass Some(send)"));
-        };
-        self.blocks(call, "send", send.len(), recv.len())?;
+        let send = a.at_root("send", send)?;
+        a.blocks("send", send.len(), recv.len())?;
         proc.scatter_into_root(send, recv);
         Ok(())
     }
@@ -398,25 +432,17 @@ impl Comm {
         counts: &[usize],
         recv: &mut [T],
     ) -> Result<()> {
-        let call = "scatterv";
-        self.open(call)?;
-        self.root_ok(call, root)?;
-        let l = self.layout(call, "counts", counts)?;
-        self.my_count(call, "counts", counts, recv.len())?;
+        let a = self.args("scatterv")?;
+        a.root(root)?;
+        let l = a.layout("counts", counts)?;
+        a.my_count("counts", counts, recv.len())?;
         let proc = self.raw.process_at_rank(root);
         if self.rank != root {
             proc.scatter_varcount_into(recv);
             return Ok(());
         }
-        let Some(send) = send else {
-            return Err(self.refuse(call, "the root must pass Some(send)"));
-        };
-        if send.len() != l.total {
-            return Err(self.refuse(
-                call,
-                format!("send has {} elements but counts add up to {}", send.len(), l.total),
-            ));
-        }
+        let send = a.at_root("send", send)?;
+        a.total("send", send.len(), "counts", l.total)?;
         proc.scatter_varcount_into_root(&Partition::new(send, l.counts, l.displs), recv);
         Ok(())
     }
@@ -428,11 +454,9 @@ impl Comm {
         root: i32,
         data: &[T],
     ) -> Result<Option<Vec<T>>> {
-        let call = "gather";
-        self.open(call)?;
-        self.root_ok(call, root)?;
-        let n = data.len().saturating_mul(self.size as usize);
-        self.count(call, "the result", n)?;
+        let a = self.args("gather")?;
+        a.root(root)?;
+        let n = a.times_size("the result", data.len())?;
         let proc = self.raw.process_at_rank(root);
         if self.rank != root {
             proc.gather_into(data);
@@ -445,7 +469,7 @@ impl Comm {
 
     /// [`Comm::gather`] of plain-old-data, as bytes.
     pub fn gather_pod<T: Pod>(&self, root: i32, data: &[T]) -> Result<Option<Vec<T>>> {
-        let bytes = self.gather(root, self.as_bytes("gather", data)?)?;
+        let bytes = self.gather(root, self.args("gather")?.as_bytes(data)?)?;
         Ok(bytes.map(|b| bytemuck::pod_collect_to_vec(&b)))
     }
 
@@ -457,11 +481,10 @@ impl Comm {
         data: &[T],
         counts: &[usize],
     ) -> Result<Option<Vec<T>>> {
-        let call = "gatherv";
-        self.open(call)?;
-        self.root_ok(call, root)?;
-        let l = self.layout(call, "counts", counts)?;
-        self.my_count(call, "counts", counts, data.len())?;
+        let a = self.args("gatherv")?;
+        a.root(root)?;
+        let l = a.layout("counts", counts)?;
+        a.my_count("counts", counts, data.len())?;
         let proc = self.raw.process_at_rank(root);
         if self.rank != root {
             proc.gather_varcount_into(data);
@@ -477,10 +500,8 @@ impl Comm {
 
     /// Gathers every rank's `data` (all of the same length) on every rank, in rank order.
     pub fn all_gather<T: Equivalence + Clone + Default>(&self, data: &[T]) -> Result<Vec<T>> {
-        let call = "all_gather";
-        self.open(call)?;
-        let n = data.len().saturating_mul(self.size as usize);
-        self.count(call, "the result", n)?;
+        let a = self.args("all_gather")?;
+        let n = a.times_size("the result", data.len())?;
         let mut out = vec![T::default(); n];
         self.raw.all_gather_into(data, &mut out[..]);
         Ok(out)
@@ -488,7 +509,7 @@ impl Comm {
 
     /// [`Comm::all_gather`] of plain-old-data, as bytes.
     pub fn all_gather_pod<T: Pod>(&self, data: &[T]) -> Result<Vec<T>> {
-        let bytes = self.all_gather(self.as_bytes("all_gather", data)?)?;
+        let bytes = self.all_gather(self.args("all_gather")?.as_bytes(data)?)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
@@ -499,24 +520,23 @@ impl Comm {
         data: &[T],
         counts: &[usize],
     ) -> Result<Vec<T>> {
-        let call = "all_gatherv";
-        self.open(call)?;
-        let l = self.layout(call, "counts", counts)?;
-        self.my_count(call, "counts", counts, data.len())?;
+        let a = self.args("all_gatherv")?;
+        let l = a.layout("counts", counts)?;
+        a.my_count("counts", counts, data.len())?;
         let mut out = vec![T::default(); l.total];
-        self.raw
-            .all_gather_varcount_into(data, &mut PartitionMut::new(&mut out[..], l.counts, l.displs));
+        self.raw.all_gather_varcount_into(
+            data,
+            &mut PartitionMut::new(&mut out[..], l.counts, l.displs),
+        );
         Ok(out)
     }
 
     /// Sends block `j` of `send` to rank `j` and receives rank `j`'s block for this rank as
     /// block `j` of `recv`; both hold `size` blocks of the same length.
     pub fn all_to_all<T: Equivalence>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
-        let call = "all_to_all";
-        self.open(call)?;
-        self.same_len(call, send.len(), recv.len())?;
-        let block = send.len() / self.size as usize;
-        self.blocks(call, "send", send.len(), block)?;
+        let a = self.args("all_to_all")?;
+        a.same_len(send.len(), recv.len())?;
+        a.multiple("send and recv", send.len())?;
         self.raw.all_to_all_into(send, recv);
         Ok(())
     }
@@ -531,18 +551,11 @@ impl Comm {
         recv: &mut [T],
         recv_counts: &[usize],
     ) -> Result<()> {
-        let call = "all_to_allv";
-        self.open(call)?;
-        let s = self.layout(call, "send_counts", send_counts)?;
-        let r = self.layout(call, "recv_counts", recv_counts)?;
-        for (name, len, l) in [("send", send.len(), &s), ("recv", recv.len(), &r)] {
-            if len != l.total {
-                return Err(self.refuse(
-                    call,
-                    format!("{name} has {len} elements but {name}_counts add up to {}", l.total),
-                ));
-            }
-        }
+        let a = self.args("all_to_allv")?;
+        let s = a.layout("send_counts", send_counts)?;
+        let r = a.layout("recv_counts", recv_counts)?;
+        a.total("send", send.len(), "send_counts", s.total)?;
+        a.total("recv", recv.len(), "recv_counts", r.total)?;
         self.raw.all_to_all_varcount_into(
             &Partition::new(send, s.counts, s.displs),
             &mut PartitionMut::new(recv, r.counts, r.displs),
@@ -568,9 +581,8 @@ impl Comm {
         send: &[T],
         op: O,
     ) -> Result<AllReduceRequest<'_, T, O>> {
-        let call = "iall_reduce";
-        self.open(call)?;
-        let count = self.count(call, "send", send.len())?;
+        let a = self.args("iall_reduce")?;
+        let count = a.count("send", send.len())?;
         let data = send.to_vec();
         let recv: *mut [T] = Box::into_raw(data.clone().into_boxed_slice());
         let send: *mut [T] = Box::into_raw(data.into_boxed_slice());
@@ -690,6 +702,127 @@ impl<T: Equivalence, O: Operation> std::fmt::Debug for ReduceTest<'_, T, O> {
         match self {
             ReduceTest::Done(v) => write!(f, "Done({} elements)", v.len()),
             ReduceTest::Pending(_) => f.write_str("Pending"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message of a refusal.
+    fn refused<T>(r: Result<T>) -> String {
+        match r {
+            Err(Error::Usage { rank: 2, what }) => what,
+            Err(e) => panic!("not a usage error of rank 2: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    fn args(call: &'static str) -> Args {
+        Args::new(call, 2, 4, None).unwrap()
+    }
+
+    #[test]
+    fn after_stop_every_call_is_refused_with_the_reason() {
+        let why = "the job is stopping: poll() returned should_exit() (its last epoch is 3)";
+        let m = refused(Args::new("all_reduce", 2, 4, Some(why)));
+        assert_eq!(m, format!("all_reduce: refused: {why}"));
+    }
+
+    #[test]
+    fn roots_outside_the_job_are_refused() {
+        let a = args("broadcast");
+        assert!(a.root(0).is_ok() && a.root(3).is_ok());
+        assert_eq!(
+            refused(a.root(4)),
+            "broadcast: root 4 does not exist (ranks 0..3)"
+        );
+        assert!(refused(a.root(-1)).contains("root -1 does not exist"));
+    }
+
+    #[test]
+    fn buffer_lengths_must_match() {
+        let a = args("all_reduce");
+        assert!(a.same_len(5, 5).is_ok());
+        assert_eq!(
+            refused(a.same_len(5, 4)),
+            "all_reduce: send has 5 elements but recv 4; they must be equal"
+        );
+        let a = args("scatter");
+        assert!(a.blocks("send", 12, 3).is_ok());
+        assert_eq!(
+            refused(a.blocks("send", 11, 3)),
+            "scatter: send has 11 elements, but 4 ranks x 3 elements are expected"
+        );
+        assert!(refused(a.blocks("send", 0, usize::MAX)).contains("4 ranks x"));
+        let a = args("all_to_all");
+        assert!(a.multiple("send and recv", 8).is_ok());
+        assert_eq!(
+            refused(a.multiple("send and recv", 6)),
+            "all_to_all: send and recv have 6 elements, not a multiple of the 4 ranks"
+        );
+        assert_eq!(
+            refused(args("reduce").at_root("recv", None::<&mut [f64]>)),
+            "reduce: the root must pass Some(recv)"
+        );
+    }
+
+    #[test]
+    fn counts_need_one_entry_per_rank_and_this_ranks_length() {
+        let a = args("gatherv");
+        let l = a.layout("counts", &[1, 0, 3, 2]).unwrap();
+        assert_eq!(
+            (l.counts, l.displs, l.total),
+            (vec![1, 0, 3, 2], vec![0, 1, 1, 4], 6)
+        );
+        assert_eq!(
+            refused(a.layout("counts", &[1, 2, 3])),
+            "gatherv: counts has 3 entries; it needs one per rank (4)"
+        );
+        assert!(a.my_count("counts", &[1, 0, 3, 2], 3).is_ok());
+        assert_eq!(
+            refused(a.my_count("counts", &[1, 0, 3, 2], 2)),
+            "gatherv: counts[2] is 3 but this rank's buffer has 2 elements"
+        );
+        let a = args("all_to_allv");
+        assert_eq!(
+            refused(a.total("send", 5, "send_counts", 6)),
+            "all_to_allv: send has 5 elements but send_counts add up to 6"
+        );
+    }
+
+    #[test]
+    fn counts_beyond_what_mpi_counts_are_refused() {
+        let a = args("all_gatherv");
+        let big = Count::MAX as usize + 1;
+        assert!(refused(a.layout("counts", &[big, 0, 0, 0])).contains("more than MPI can count"));
+        // Each count fits, their total does not.
+        let half = Count::MAX as usize / 2 + 1;
+        assert!(refused(a.layout("counts", &[half, half, 0, 0])).contains("the sum of counts"));
+        assert!(refused(a.times_size("the result", half)).contains("the result of"));
+        assert!(refused(a.count("send", usize::MAX)).contains("send of"));
+    }
+
+    #[test]
+    fn a_zero_sized_pod_type_cannot_travel_as_bytes() {
+        assert_eq!(
+            refused(args("gather").as_bytes(&[(); 3])),
+            "gather: a zero-sized element type has no bytes to move"
+        );
+        assert_eq!(args("gather").as_bytes(&[1u16]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn reductions_map_to_distinct_mpi_operations() {
+        use Reduce::*;
+        let all = [
+            Sum, Prod, Min, Max, LogicalAnd, LogicalOr, LogicalXor, BitAnd, BitOr, BitXor,
+        ];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a.as_raw(), b.as_raw(), "{a:?} and {b:?}");
+            }
         }
     }
 }
