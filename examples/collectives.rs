@@ -453,6 +453,8 @@ impl Drill {
             bits.wait(),
             vec![(1 << n) - 1],
         )?;
+        // A handle dropped while pending waits for its reduction (on every rank alike).
+        drop(ok(comm.iall_reduce(&[r], Reduce::Max))?);
         self.absorb(&got);
         self.absorb(&local);
         Ok(())
