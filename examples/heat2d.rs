@@ -254,8 +254,8 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
         }
     }
     let (crc, sum) = heat.digest();
-    let crcs = ck.comm().gather(0, &[crc]);
-    let sums = ck.comm().gather(0, &[sum]);
+    let crcs = ck.comm().gather(0, &[crc])?;
+    let sums = ck.comm().gather(0, &[sum])?;
     if let (Some(crcs), Some(sums)) = (crcs, sums) {
         let bytes: &[u8] = ckpt::bytemuck::cast_slice(&crcs);
         let total: f64 = sums.iter().sum();

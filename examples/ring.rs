@@ -185,8 +185,8 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> Result<(), ckpt::
         ring.receive(ck.comm(), i, false)?;
     }
     let mine = crc32c::crc32c(ckpt::bytemuck::cast_slice(&ring.digests));
-    let all = ck.comm().gather(0, &[mine]);
-    let counts = ck.comm().gather(0, &[ring.received.iter().sum::<u64>()]);
+    let all = ck.comm().gather(0, &[mine])?;
+    let counts = ck.comm().gather(0, &[ring.received.iter().sum::<u64>()])?;
     if let (Some(all), Some(counts)) = (all, counts) {
         for (r, (d, c)) in all.iter().zip(&counts).enumerate() {
             println!("ring: rank {r} received {c} messages, digest {d:08x}");

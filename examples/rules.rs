@@ -197,7 +197,7 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> R<()> {
     if o.iters > 0 {
         d.receive(ck.comm(), o.iters - 1)?;
     }
-    let all = ck.comm().gather(0, &[d.digest]);
+    let all = ok(ck.comm().gather(0, &[d.digest]))?;
     if let Some(all) = all {
         for (r, x) in all.iter().enumerate() {
             println!("rules: rank {r} digest {x:08x}");

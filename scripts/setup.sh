@@ -8,7 +8,8 @@
 #     headers (stddef.h)                                     -> libclang-dev
 #   OpenMPI's mpi.h (mpicc -showme:incdirs)                  -> libopenmpi-dev
 #   mpirun                                                   -> openmpi-bin
-#   a C compiler (cc, gcc or clang)                          -> build-essential
+#   a C compiler (cc, gcc or clang) and make (rsmpi's user
+#     operations build the bundled libffi)                   -> build-essential
 #   pkg-config (or pkgconf)                                  -> pkg-config
 # The Rust toolchain itself (cargo) must already be installed (rustup).
 #
@@ -85,7 +86,7 @@ missing_packages() {
         { have_libclang && have_clang_headers; } || echo libclang-dev
         { have_mpi_header && have_cmd mpicc; } || echo libopenmpi-dev
         have_cmd mpirun || echo openmpi-bin
-        have_cmd cc || have_cmd gcc || have_cmd clang || echo build-essential
+        { have_cmd cc || have_cmd gcc || have_cmd clang; } && have_cmd make || echo build-essential
         have_cmd pkg-config || have_cmd pkgconf || echo pkg-config
     } | sort -u
 }

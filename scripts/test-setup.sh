@@ -36,7 +36,7 @@ full=(
     usr/lib/llvm-14/lib/libclang.so.1 usr/lib/llvm-14/lib/libclang-cpp.so.14
     usr/lib/llvm-14/lib/clang/14.0.6/include/stddef.h
     usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h
-    usr/bin/mpicc usr/bin/mpirun usr/bin/cc usr/bin/pkg-config
+    usr/bin/mpicc usr/bin/mpirun usr/bin/cc usr/bin/pkg-config usr/bin/make
 )
 
 mkdir -p "$tmp/empty"
@@ -64,8 +64,12 @@ expect "the MPI runtime without headers or tools" "$tmp/runtime" \
     "build-essential libopenmpi-dev pkg-config"
 
 # pkgconf and gcc serve as well as pkg-config and cc.
-touch_in "$tmp/alt" "${full[@]:0:6}" usr/bin/gcc usr/bin/pkgconf
+touch_in "$tmp/alt" "${full[@]:0:6}" usr/bin/gcc usr/bin/pkgconf usr/bin/make
 expect "gcc and pkgconf do" "$tmp/alt" ""
+
+# A compiler without make cannot build the bundled libffi.
+touch_in "$tmp/no-make" "${full[@]:0:8}"
+expect "a compiler without make" "$tmp/no-make" "build-essential"
 
 # And this machine as it is: nothing to install (the build works here).
 if [ -z "$(CKPT_SETUP_ROOT='' "$setup" --check)" ]; then

@@ -2740,3 +2740,117 @@ fn a_crash_during_a_background_level_leaves_that_copy_untrusted() {
     assert!(l2_done(3), "{ev:?}");
     assert_eq!(launches(&job), [0, 1], "{}", out.dump());
 }
+
+// ---- Collectives (issue 11, item 4) ----
+
+/// `examples/collectives.rs` on 4 ranks: every collective, results checked in closed form.
+fn collectives_args(step_ms: &'static str) -> Vec<&'static str> {
+    vec!["--iters", "60", "--step-ms", step_ms]
+}
+
+fn assert_collectives_ran(out: &Output, ctx: &str) {
+    assert!(out.status.success(), "{ctx}\n{}", out.dump());
+    for r in 0..RANKS {
+        let line = format!("collectives: rank {r}: 9 refused calls, each named");
+        assert!(
+            out.stdout.contains(&line),
+            "{ctx}: {line:?}\n{}",
+            out.dump()
+        );
+    }
+}
+
+#[test]
+fn every_collective_gives_known_results_across_kills_and_restarts() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let reference = {
+        let run = Run::new(
+            &dir.path().join("ref"),
+            RANKS,
+            &["--every", "off"],
+            &bin("collectives"),
+            &collectives_args("0"),
+        );
+        let out = run.output();
+        assert_collectives_ran(&out, "uninterrupted");
+        out.checksum()
+            .unwrap_or_else(|| panic!("no checksum\n{}", out.dump()))
+    };
+    let same = |out: &Output, ctx: &str| {
+        assert_collectives_ran(out, ctx);
+        assert_eq!(
+            out.checksum().as_deref(),
+            Some(reference.as_str()),
+            "{ctx}: the drill differs from an uninterrupted run\n{}",
+            out.dump()
+        );
+    };
+    // An injected crash after two epochs.
+    let job = dir.path().join("fault");
+    let flags = [
+        "--every",
+        "5",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "2:poll:13",
+    ];
+    let out = Run::new(
+        &job,
+        RANKS,
+        &flags,
+        &bin("collectives"),
+        &collectives_args("0"),
+    )
+    .output();
+    same(&out, "fault 2:poll:13");
+    assert_eq!(restored_epochs(&job), vec![2], "{}", out.dump());
+    // SIGKILL from outside at seeded random moments (`CKPT_SEEDS=a,b` to replay).
+    for seed in seeds(&[21, 22]) {
+        let job = dir.path().join(format!("seed-{seed}"));
+        let flags = ["--every", "5", "--max-restarts", "2"];
+        let run = Run::new(
+            &job,
+            RANKS,
+            &flags,
+            &bin("collectives"),
+            &collectives_args("10"),
+        );
+        let (out, ctx) = kill_at_random(run, &job, RANKS, seed, Duration::from_millis(300));
+        same(&out, &ctx);
+        assert_eq!(restored_epochs(&job).len(), 1, "{ctx}\n{}", out.dump());
+    }
+    // After should_exit a collective is refused on every rank; the resumed run agrees.
+    let job = dir.path().join("exit");
+    let run = Run::new(
+        &job,
+        RANKS,
+        &["--every", "off"],
+        &bin("collectives"),
+        &collectives_args("50"),
+    );
+    let running = run.spawn();
+    let started = || {
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, Event::Started { .. }))
+    };
+    assert!(wait_for(Duration::from_secs(60), started));
+    let out = ckpt(&["checkpoint", job.to_str().unwrap(), "--then-exit"]);
+    assert!(out.status.success(), "{}", out.dump());
+    let stopped = running.wait();
+    assert!(stopped.status.success(), "{}", stopped.dump());
+    for r in 0..RANKS {
+        let line = format!("collectives: rank {r}: a barrier after should_exit was refused");
+        assert!(stopped.stdout.contains(&line), "{}", stopped.dump());
+    }
+    let run = Run::new(
+        &job,
+        RANKS,
+        &["--every", "off"],
+        &bin("collectives"),
+        &collectives_args("0"),
+    );
+    same(&run.output(), "stopped with --then-exit, then resumed");
+}

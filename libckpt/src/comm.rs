@@ -20,7 +20,7 @@
 //! - Traffic before `Checkpointer::restore` is allowed: `restore` makes a cut; messages sent
 //!   before it and not yet received are delivered after it, before any restored message.
 //! - Once `poll` returned `should_exit()`, sends and receives fail: the job is stopping and
-//!   its last epoch is already written. Collectives still work (they cannot cross a snapshot).
+//!   its last epoch is already written. Collectives fail too (see [`crate::collective`]).
 //! - A `Comm` lives inside its `Checkpointer`: it cannot outlive it (the borrow checker
 //!   refuses it), and a request from another `Comm` is refused.
 //!
@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytemuck::Pod;
-use mpi::collective::SystemOperation;
 use mpi::datatype::{address_of, Equivalence, UserDatatype};
 use mpi::point_to_point::{Message, Source as _, Status as MpiStatus};
 use mpi::raw::{AsRaw, AsRawMut};
@@ -49,27 +48,6 @@ use crate::protocol::envelope::ENVELOPE_LEN;
 use crate::protocol::msglog::{CommState, Entry};
 pub use crate::protocol::msglog::{Source, TagSel};
 use crate::stall::{self, Watch};
-
-/// A reduction operation for [`Comm::all_reduce`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reduce {
-    /// Sum.
-    Sum,
-    /// Minimum.
-    Min,
-    /// Maximum.
-    Max,
-}
-
-impl Reduce {
-    fn op(self) -> SystemOperation {
-        match self {
-            Reduce::Sum => SystemOperation::sum(),
-            Reduce::Min => SystemOperation::min(),
-            Reduce::Max => SystemOperation::max(),
-        }
-    }
-}
 
 /// What a receive got: who sent it, with which tag, and how many bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +184,8 @@ impl Pool {
     }
 }
 
-struct Books {
-    ep: Endpoint,
+pub(crate) struct Books {
+    pub(crate) ep: Endpoint,
     outgoing: VecDeque<Outgoing>,
     pool: Pool,
 }
@@ -219,11 +197,11 @@ const DIRECT_MIN: usize = 32 << 10;
 
 /// The wrapped communicator handed to the application by [`crate::Checkpointer::comm`].
 pub struct Comm {
-    raw: SimpleCommunicator,
-    rank: i32,
-    size: i32,
+    pub(crate) raw: SimpleCommunicator,
+    pub(crate) rank: i32,
+    pub(crate) size: i32,
     id: u64,
-    books: RefCell<Books>,
+    pub(crate) books: RefCell<Books>,
 }
 
 fn any_tag() -> i32 {
@@ -636,46 +614,6 @@ impl Comm {
             drop(b);
             backoff.pause();
         }
-    }
-
-    /// Reduces `send` over all ranks into `recv` on every rank.
-    pub fn all_reduce<T: Equivalence>(&self, send: &[T], recv: &mut [T], op: Reduce) {
-        self.raw.all_reduce_into(send, recv, op.op());
-    }
-
-    /// Broadcasts `buf` from `root` to every rank.
-    pub fn broadcast<T: Equivalence>(&self, root: i32, buf: &mut [T]) {
-        self.raw.process_at_rank(root).broadcast_into(buf);
-    }
-
-    /// Gathers every rank's `data` (all of the same length) at `root`, concatenated in rank
-    /// order; `Some` on the root, `None` elsewhere.
-    pub fn gather<T: Equivalence + Clone + Default>(
-        &self,
-        root: i32,
-        data: &[T],
-    ) -> Option<Vec<T>> {
-        let proc = self.raw.process_at_rank(root);
-        if self.rank == root {
-            let mut out = vec![T::default(); data.len() * self.size as usize];
-            proc.gather_into_root(data, &mut out[..]);
-            Some(out)
-        } else {
-            proc.gather_into(data);
-            None
-        }
-    }
-
-    /// Gathers every rank's `data` (all of the same length) on every rank, in rank order.
-    pub fn all_gather<T: Equivalence + Clone + Default>(&self, data: &[T]) -> Vec<T> {
-        let mut out = vec![T::default(); data.len() * self.size as usize];
-        self.raw.all_gather_into(data, &mut out[..]);
-        out
-    }
-
-    /// Blocks until every rank has called it.
-    pub fn barrier(&self) {
-        self.raw.barrier();
     }
 
     /// Whether the application has a receive posted and not completed.

@@ -37,6 +37,8 @@ mod background;
 #[cfg(feature = "mpi")]
 mod checkpointer;
 #[cfg(feature = "mpi")]
+pub mod collective;
+#[cfg(feature = "mpi")]
 mod comm;
 #[cfg(feature = "mpi")]
 mod commit;
@@ -58,7 +60,9 @@ mod watchdog;
 #[cfg(feature = "mpi")]
 pub use checkpointer::{Checkpointer, Poll};
 #[cfg(feature = "mpi")]
-pub use comm::{Comm, RecvRequest, Reduce, Source, Status, TagSel, Test};
+pub use collective::{AllReduceRequest, Reduce, ReduceTest};
+#[cfg(feature = "mpi")]
+pub use comm::{Comm, RecvRequest, Source, Status, TagSel, Test};
 #[cfg(feature = "mpi")]
 pub use commit::EpochStats;
 pub use config::{Config, Interval};
@@ -72,7 +76,10 @@ pub use restore::Restored;
 /// Re-exported so applications can derive `Pod` for their bulk element types.
 pub use bytemuck;
 #[cfg(feature = "mpi")]
-/// Re-exported so applications use the same MPI bindings as the library.
+/// Re-exported so applications use the same MPI bindings as the library, with rsmpi's
+/// `derive` feature: `#[derive(ckpt::mpi::traits::Equivalence)]` with
+/// `#[mpi(crate = "::ckpt::mpi")]` (see [`collective`]), and its `user-operations` feature
+/// (`ckpt::mpi::collective::UserOperation`).
 pub use mpi;
 
 /// What the protocol modules share about this rank.

@@ -273,6 +273,11 @@ impl Endpoint {
         self.stopped = Some(why);
     }
 
+    /// Why the endpoint was stopped, if it was.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
     fn check_open(&self) -> Result<(), Misuse> {
         match &self.stopped {
             Some(why) => Err(Misuse(why.clone())),
