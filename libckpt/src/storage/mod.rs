@@ -8,3 +8,4 @@ pub mod durable;
 pub mod liveness;
 pub mod local;
 pub mod parity;
+pub mod parity_sets;
