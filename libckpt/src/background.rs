@@ -38,6 +38,8 @@ use crate::placement::Partners;
 use crate::stall::{self, Watch};
 use crate::storage::copies::{self, CopyWriter, Places};
 use crate::storage::durable;
+use crate::storage::parity::{Encoder, GroupLayout, ParityHeader};
+use crate::storage::parity_sets::ParitySets;
 use crate::Ctx;
 
 /// Bytes per L2 message.
@@ -48,6 +50,8 @@ const WINDOW: usize = 2;
 const TAG_HEADER: i32 = 1;
 const TAG_DATA: i32 = 2;
 const TAG_REPORT: i32 = 3;
+/// L3 segments of parity set `p` use tag `TAG_SET + p`.
+pub(crate) const TAG_SET: i32 = 16;
 
 /// What a rank tells rank 0 when one copy of a level is durable (or failed).
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,9 +89,11 @@ impl<T: Send + 'static> Task<T> {
     }
 }
 
-/// This rank's L1 file going to its partner.
+/// Bytes of this rank's L1 file going to another rank: the whole file to its partner (L2), or
+/// a segment to a parity holder (L3).
 struct OutStream {
     dest: i32,
+    tag: i32,
     len: u64,
     chunks: Receiver<Result<Vec<u8>, String>>,
     reader: Option<Task<()>>,
@@ -138,6 +144,12 @@ struct Flight {
     levels: Vec<Level>,
     out: Option<OutStream>,
     ins: Vec<InStream>,
+    /// L3: this rank's segments on their way to the holders of their sets.
+    set_outs: Vec<OutStream>,
+    /// L3: the sets this rank holds parity of.
+    set_ins: Vec<SetIn>,
+    /// L3: this rank has not reported its sets yet.
+    parity_pending: bool,
     shared: Option<Task<Result<u64, String>>>,
     /// Reports this rank has to deliver to rank 0 (sends in flight).
     reports: Vec<InFlight>,
@@ -145,10 +157,35 @@ struct Flight {
     tallies: BTreeMap<u8, Tally>,
 }
 
+/// The L3 groups of a launch: every group's members (ranks on distinct nodes, each group at
+/// least `k + 1`) and the parity shards per set.
+#[derive(Debug, Clone)]
+pub(crate) struct Grouping {
+    pub groups: Vec<Vec<u32>>,
+    pub k: u16,
+}
+
+impl Grouping {
+    /// `rank`'s group index, its index among the members, and the group's parity sets.
+    pub fn of(&self, rank: u32) -> Option<(usize, usize, ParitySets)> {
+        let g = self.groups.iter().position(|m| m.contains(&rank))?;
+        let members = self.groups[g].clone();
+        let mi = members.iter().position(|&r| r == rank)?;
+        let sets = ParitySets::new(members, self.k).ok()?;
+        Some((g, mi, sets))
+    }
+}
+
+/// The `group` field of an L3 parity file's header: group index and set.
+pub(crate) fn parity_header_group(g: usize, p: usize) -> u32 {
+    ((g as u32) << 16) | p as u32
+}
+
 /// The background levels of this rank: at most one epoch in flight.
 pub(crate) struct Background {
     comm: SimpleCommunicator,
     partners: Option<Partners>,
+    grouping: Option<Grouping>,
     places: Places,
     flight: Option<Flight>,
 }
@@ -165,10 +202,16 @@ fn level_key(l: Level) -> u8 {
 impl Background {
     /// The background levels over `comm` (a duplicate of their own). `partners` is `None` when
     /// the placement cannot support L2.
-    pub fn new(comm: SimpleCommunicator, partners: Option<Partners>, places: Places) -> Self {
+    pub fn new(
+        comm: SimpleCommunicator,
+        partners: Option<Partners>,
+        grouping: Option<Grouping>,
+        places: Places,
+    ) -> Self {
         Background {
             comm,
             partners,
+            grouping,
             places,
             flight: None,
         }
@@ -179,9 +222,14 @@ impl Background {
         self.partners.is_some()
     }
 
+    /// Whether the placement supports L3 parity groups.
+    pub fn parity_ok(&self) -> bool {
+        self.grouping.is_some()
+    }
+
     /// Starts the background levels of `epoch`, just committed (collective in effect: every
     /// rank calls it with the same epoch and levels). `levels` are those the policy chose.
-    pub fn start(&mut self, ctx: &Ctx, epoch: u64, levels: Vec<Level>) {
+    pub fn start(&mut self, ctx: &Ctx, epoch: u64, levels: Vec<Level>, lens: Vec<u64>) {
         if levels.is_empty() {
             return;
         }
@@ -193,6 +241,9 @@ impl Background {
             levels: levels.clone(),
             out: None,
             ins: Vec::new(),
+            set_outs: Vec::new(),
+            set_ins: Vec::new(),
+            parity_pending: false,
             shared: None,
             reports: Vec::new(),
             tallies: BTreeMap::new(),
@@ -221,6 +272,11 @@ impl Background {
                 }
             }
         }
+        if levels.contains(&Level::Parity) {
+            if let (Some(gr), Some(l1)) = (&self.grouping, &l1) {
+                self.start_parity(ctx, &mut f, gr, l1, &lens);
+            }
+        }
         if levels.contains(&Level::Pfs) {
             if let (Some(src), Some(dest)) = (l1, self.places.locate(Level::Pfs, epoch, me)) {
                 let fault = ctx.cfg.active_fault().copied();
@@ -241,11 +297,65 @@ impl Background {
         self.progress(ctx);
     }
 
+    /// L3 of `f.epoch`: this rank's segments go to their sets' holders, and for each set it
+    /// holds, a receiver feeds an encoder thread that writes the parity shard.
+    fn start_parity(&self, ctx: &Ctx, f: &mut Flight, gr: &Grouping, l1: &Path, lens: &[u64]) {
+        let me = ctx.rank as u32;
+        let Some((g, mi, sets)) = gr.of(me) else {
+            return;
+        };
+        let members = sets.members().to_vec();
+        let group_lens: Vec<u64> = members
+            .iter()
+            .map(|&r| lens.get(r as usize).copied().unwrap_or(0))
+            .collect();
+        for (p, j) in sets.sets_with_data(mi) {
+            let range = sets.segment(group_lens[mi], j);
+            for h in sets.holders(p) {
+                f.set_outs.push(OutStream::range(
+                    members[h] as i32,
+                    l1.to_owned(),
+                    range.clone(),
+                    TAG_SET + p as i32,
+                ));
+            }
+        }
+        for p in 0..sets.count() {
+            let Some(t) = sets.shard_held(mi, p) else {
+                continue;
+            };
+            let layout = match sets.layout(p, &group_lens, CHUNK as u32) {
+                Ok(l) => l,
+                Err(e) => {
+                    f.set_ins
+                        .push(SetIn::failed(format!("group {g} set {p}: {e}")));
+                    continue;
+                }
+            };
+            let header = ParityHeader {
+                epoch: f.epoch,
+                group: parity_header_group(g, p),
+                index: t as u16,
+                layout: layout.clone(),
+            };
+            let srcs: Vec<(i32, u64)> = layout
+                .members()
+                .iter()
+                .map(|m| (m.rank as i32, m.len))
+                .collect();
+            let path = self.places.parity_path(f.epoch, g as u32, p as u32);
+            f.set_ins
+                .push(SetIn::start(TAG_SET + p as i32, &srcs, header, path));
+        }
+        f.parity_pending = true;
+    }
+
     /// Advances the levels in flight without blocking; called at every poll.
     pub fn progress(&mut self, ctx: &Ctx) {
         let Background {
             comm,
             partners,
+            grouping,
             flight,
             ..
         } = self;
@@ -256,6 +366,34 @@ impl Background {
         let mut reports = Vec::new();
         if let Some(o) = f.out.as_mut() {
             o.progress(comm, ctx, f.epoch);
+        }
+        for o in &mut f.set_outs {
+            o.progress(comm, ctx, f.epoch);
+        }
+        for s in &mut f.set_ins {
+            s.progress(comm);
+        }
+        if f.parity_pending && f.set_ins.iter().all(SetIn::done) {
+            f.parity_pending = false;
+            let failures: Vec<String> = f
+                .set_ins
+                .iter()
+                .filter_map(|s| s.result.as_ref().and_then(|r| r.as_ref().err().cloned()))
+                .collect();
+            let bytes = f
+                .set_ins
+                .iter()
+                .filter_map(|s| s.result.as_ref().and_then(|r| r.as_ref().ok().copied()))
+                .sum();
+            reports.push(Report {
+                epoch: f.epoch,
+                level: Level::Parity,
+                rank: me,
+                result: match failures.is_empty() {
+                    true => Ok(bytes),
+                    false => Err(format!("rank {me}: {}", failures.join("; "))),
+                },
+            });
         }
         for s in &mut f.ins {
             if let Some(result) = s.progress(comm) {
@@ -303,7 +441,7 @@ impl Background {
                     }
                 }
             }
-            f.settle(ctx, ctx.nranks as u32, partners.as_ref());
+            f.settle(ctx, ctx.nranks as u32, partners.as_ref(), grouping.as_ref());
         }
         if f.finished() {
             *flight = None;
@@ -347,6 +485,18 @@ impl Background {
                 s.src,
                 format!("the L2 copy of epoch {e} from rank {}", s.src),
             ));
+        }
+        if let Some(o) = f.set_outs.iter().find(|o| !o.done()) {
+            return Some((
+                o.dest,
+                format!("an L3 segment of epoch {e} sent to rank {}", o.dest),
+            ));
+        }
+        if let Some(src) = f.set_ins.iter().find_map(SetIn::waiting_for) {
+            return Some((src, format!("an L3 segment of epoch {e} from rank {src}")));
+        }
+        if f.parity_pending {
+            return Some((ctx.rank, format!("the L3 parity of epoch {e}")));
         }
         if f.shared.is_some() || !f.reports.is_empty() {
             return Some((ctx.rank, format!("the L4 copy of epoch {e}")));
@@ -402,7 +552,13 @@ impl Flight {
     }
 
     /// Rank 0: a level with every report in is republished (all good) or failed.
-    fn settle(&mut self, ctx: &Ctx, nranks: u32, partners: Option<&Partners>) {
+    fn settle(
+        &mut self,
+        ctx: &Ctx,
+        nranks: u32,
+        partners: Option<&Partners>,
+        grouping: Option<&Grouping>,
+    ) {
         let epoch = self.epoch;
         for (&key, t) in self.tallies.iter_mut() {
             if t.closed {
@@ -461,18 +617,36 @@ impl Flight {
                 continue;
             }
             let job_dir = ctx.cfg.job_dir.clone();
-            let holders = match level {
-                Level::Partner => partners.map(|p| p.as_slice().to_vec()),
-                _ => None,
-            };
+            let mut copies = manifest::Copies::default();
+            match level {
+                Level::Partner => {
+                    copies.partner = partners.map(|p| p.as_slice().to_vec()).unwrap_or_default()
+                }
+                Level::Parity => {
+                    copies.parity = grouping
+                        .map(|g| {
+                            g.groups
+                                .iter()
+                                .map(|m| manifest::ParityGroup {
+                                    members: m.clone(),
+                                    k: g.k,
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                }
+                _ => {}
+            }
             t.publishing = Some(Task::spawn(move || {
-                republish(&job_dir, epoch, level, holders)
+                republish(&job_dir, epoch, level, copies)
             }));
         }
     }
 
     fn finished(&self) -> bool {
         self.out.as_ref().is_none_or(OutStream::done)
+            && self.set_outs.iter().all(OutStream::done)
+            && !self.parity_pending
             && self.ins.iter().all(|s| matches!(s.state, InState::Done))
             && self.shared.is_none()
             && self.reports.is_empty()
@@ -485,15 +659,17 @@ fn republish(
     job_dir: &Path,
     epoch: u64,
     level: Level,
-    holders: Option<Vec<u32>>,
+    copies: manifest::Copies,
 ) -> Result<(), String> {
     let path = manifest::path(job_dir, epoch);
     let mut m = manifest::load(job_dir, epoch).map_err(|e| e.to_string())?;
     if !m.levels.contains(&level) {
         m.levels.push(level);
     }
-    if let Some(h) = holders {
-        m.copies.partner = h;
+    match level {
+        Level::Partner => m.copies.partner = copies.partner,
+        Level::Parity => m.copies.parity = copies.parity,
+        _ => {}
     }
     manifest::publish(job_dir, &m)
         .map(|_| ())
@@ -520,19 +696,29 @@ fn verify_copy(path: &Path, id: &FileIdentity) -> Result<(), String> {
 }
 
 impl OutStream {
+    /// The whole L1 file `l1` to `dest`, after a header with its length (L2).
     fn start(comm: &SimpleCommunicator, dest: i32, l1: PathBuf) -> OutStream {
         let len = std::fs::metadata(&l1).map(|m| m.len()).unwrap_or(0);
-        let (tx, rx) = mpsc::sync_channel(WINDOW);
-        let reader = Task::spawn(move || read_chunks(&l1, tx));
         let mut header = len.to_le_bytes().to_vec();
         header.extend_from_slice(&[0u8; 8]);
-        let sends = VecDeque::from([InFlight::send(comm, dest, TAG_HEADER, header)]);
+        let first = InFlight::send(comm, dest, TAG_HEADER, header);
+        let mut out = OutStream::range(dest, l1, 0..len, TAG_DATA);
+        out.sends.push_back(first);
+        out
+    }
+
+    /// Bytes `range` of `path` to `dest` with `tag`, no header (the receiver knows the length).
+    fn range(dest: i32, path: PathBuf, range: std::ops::Range<u64>, tag: i32) -> OutStream {
+        let len = range.end - range.start;
+        let (tx, rx) = mpsc::sync_channel(WINDOW);
+        let reader = Task::spawn(move || read_chunks(&path, range, tx));
         OutStream {
             dest,
+            tag,
             len,
             chunks: rx,
             reader: Some(reader),
-            sends,
+            sends: VecDeque::new(),
             sent: 0,
             error: None,
         }
@@ -550,7 +736,7 @@ impl OutStream {
                 Ok(Ok(chunk)) => {
                     self.sent += chunk.len() as u64;
                     self.sends
-                        .push_back(InFlight::send(comm, self.dest, TAG_DATA, chunk));
+                        .push_back(InFlight::send(comm, self.dest, self.tag, chunk));
                     maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Background, epoch);
                 }
                 Ok(Err(e)) => {
@@ -563,7 +749,7 @@ impl OutStream {
                     let rest = (self.len - self.sent).min(CHUNK as u64) as usize;
                     self.sent += rest as u64;
                     self.sends
-                        .push_back(InFlight::send(comm, self.dest, TAG_DATA, vec![0; rest]));
+                        .push_back(InFlight::send(comm, self.dest, self.tag, vec![0; rest]));
                 }
                 Err(_) => break,
             }
@@ -582,19 +768,24 @@ impl OutStream {
     }
 }
 
-/// Reads `path` in chunks into `tx` (the window bounds memory).
-fn read_chunks(path: &Path, tx: SyncSender<Result<Vec<u8>, String>>) {
-    let mut f = match durable::open_regular(path) {
+/// Reads bytes `range` of `path` in chunks into `tx` (the window bounds memory).
+fn read_chunks(path: &Path, range: std::ops::Range<u64>, tx: SyncSender<Result<Vec<u8>, String>>) {
+    use std::io::{Seek, SeekFrom};
+    let opened = durable::open_regular(path)
+        .and_then(|mut f| f.seek(SeekFrom::Start(range.start)).map(|_| f));
+    let mut f = match opened {
         Ok(f) => f,
         Err(e) => {
             let _ = tx.send(Err(format!("cannot read {}: {e}", path.display())));
             return;
         }
     };
-    loop {
-        let mut buf = vec![0u8; CHUNK];
+    let mut left = range.end - range.start;
+    while left > 0 {
+        let want = left.min(CHUNK as u64) as usize;
+        let mut buf = vec![0u8; want];
         let mut n = 0;
-        while n < CHUNK {
+        while n < want {
             match f.read(&mut buf[n..]) {
                 Ok(0) => break,
                 Ok(k) => n += k,
@@ -604,10 +795,15 @@ fn read_chunks(path: &Path, tx: SyncSender<Result<Vec<u8>, String>>) {
                 }
             }
         }
-        if n == 0 {
+        if n < want {
+            let _ = tx.send(Err(format!(
+                "{} ended {} bytes early",
+                path.display(),
+                left - n as u64
+            )));
             return;
         }
-        buf.truncate(n);
+        left -= n as u64;
         if tx.send(Ok(buf)).is_err() {
             return;
         }
@@ -732,4 +928,179 @@ fn write_copy(
     w.finish().map_err(|e| format!("cannot sync {name}: {e}"))?;
     verify_copy(dest, id)?;
     Ok(len)
+}
+
+/// One segment stream of an L3 set coming to its holder.
+struct SegIn {
+    src: i32,
+    len: u64,
+    posted: u64,
+    recvs: VecDeque<InFlight>,
+    got: VecDeque<Vec<u8>>,
+}
+
+/// A parity set this rank holds: the data members' segments arrive stripe by stripe and go to
+/// an encoder thread, which writes this rank's parity shard.
+struct SetIn {
+    tag: i32,
+    segs: Vec<SegIn>,
+    stripes: u64,
+    next: u64,
+    ready: Option<Vec<Vec<u8>>>,
+    to_encoder: Option<SyncSender<Vec<Vec<u8>>>>,
+    encoder: Option<Task<Result<u64, String>>>,
+    result: Option<Result<u64, String>>,
+}
+
+impl SetIn {
+    fn start(tag: i32, srcs: &[(i32, u64)], header: ParityHeader, path: PathBuf) -> SetIn {
+        let stripes = header.layout.stripes();
+        let (tx, rx) = mpsc::sync_channel(WINDOW);
+        let encoder = Task::spawn(move || encode_set(&path, header, rx));
+        SetIn {
+            tag,
+            segs: srcs
+                .iter()
+                .map(|&(src, len)| SegIn {
+                    src,
+                    len,
+                    posted: 0,
+                    recvs: VecDeque::new(),
+                    got: VecDeque::new(),
+                })
+                .collect(),
+            stripes,
+            next: 0,
+            ready: None,
+            to_encoder: Some(tx),
+            encoder: Some(encoder),
+            result: None,
+        }
+    }
+
+    fn failed(e: String) -> SetIn {
+        SetIn {
+            tag: 0,
+            segs: Vec::new(),
+            stripes: 0,
+            next: 0,
+            ready: None,
+            to_encoder: None,
+            encoder: None,
+            result: Some(Err(e)),
+        }
+    }
+
+    fn received(&self) -> bool {
+        self.segs
+            .iter()
+            .all(|s| s.posted >= s.len && s.recvs.is_empty())
+    }
+
+    fn done(&self) -> bool {
+        self.result.is_some() && self.received()
+    }
+
+    /// The data member whose segment this set still waits for.
+    fn waiting_for(&self) -> Option<i32> {
+        self.segs
+            .iter()
+            .find(|s| s.posted < s.len || !s.recvs.is_empty())
+            .map(|s| s.src)
+    }
+
+    fn progress(&mut self, comm: &SimpleCommunicator) {
+        for s in &mut self.segs {
+            loop {
+                while s.posted < s.len && s.recvs.len() < WINDOW {
+                    let n = (s.len - s.posted).min(CHUNK as u64) as usize;
+                    s.recvs.push_back(InFlight::recv(comm, s.src, self.tag, n));
+                    s.posted += n as u64;
+                }
+                let Some(chunk) = s.recvs.front_mut().and_then(InFlight::test) else {
+                    break;
+                };
+                s.recvs.pop_front();
+                s.got.push_back(chunk);
+            }
+        }
+        loop {
+            if self.ready.is_none() && self.next < self.stripes {
+                let at = self.next * CHUNK as u64;
+                // Stripe `next` is ready when every segment that reaches it has its chunk.
+                if self.segs.iter().any(|s| s.len > at && s.got.is_empty()) {
+                    break;
+                }
+                let stripe = self
+                    .segs
+                    .iter_mut()
+                    .map(|s| match s.len > at {
+                        true => s.got.pop_front().unwrap_or_default(),
+                        false => Vec::new(),
+                    })
+                    .collect();
+                self.ready = Some(stripe);
+                self.next += 1;
+            }
+            let Some(stripe) = self.ready.take() else {
+                break;
+            };
+            match self.to_encoder.as_ref().map(|tx| tx.try_send(stripe)) {
+                Some(Ok(())) => {}
+                Some(Err(mpsc::TrySendError::Full(st))) => {
+                    self.ready = Some(st);
+                    break;
+                }
+                // The encoder stopped on an error (it returns it); the rest is discarded.
+                Some(Err(mpsc::TrySendError::Disconnected(_))) | None => {
+                    self.to_encoder = None;
+                }
+            }
+        }
+        if self.next >= self.stripes && self.ready.is_none() {
+            self.to_encoder = None;
+        }
+        if self.result.is_none() {
+            if let Some(r) = self
+                .encoder
+                .as_ref()
+                .and_then(|t| t.try_take(|| Err("the encoder thread died".into())))
+            {
+                self.result = Some(r);
+                self.to_encoder = None;
+                self.encoder = None;
+            }
+        }
+    }
+}
+
+/// Writes one parity shard: the header, then shard `header.index` of every stripe's parity,
+/// as the stripes come from `rx`; durable once all came.
+fn encode_set(
+    path: &Path,
+    header: ParityHeader,
+    rx: Receiver<Vec<Vec<u8>>>,
+) -> Result<u64, String> {
+    let name = path.display();
+    let layout: GroupLayout = header.layout.clone();
+    let t = usize::from(header.index);
+    let mut enc = Encoder::new(layout.clone()).map_err(|e| format!("{name}: {e}"))?;
+    let mut w = CopyWriter::create(path).map_err(|e| format!("cannot create {name}: {e}"))?;
+    let io = |e: std::io::Error| format!("cannot write {name}: {e}");
+    w.write(&header.encode()).map_err(io)?;
+    let mut i = 0;
+    for stripe in rx {
+        let refs: Vec<&[u8]> = stripe.iter().map(Vec::as_slice).collect();
+        let parity = enc
+            .encode_stripe(i, &refs)
+            .map_err(|e| format!("{name}: stripe {i}: {e}"))?;
+        w.write(&parity[t]).map_err(io)?;
+        i += 1;
+    }
+    if i != layout.stripes() {
+        return Err(format!("{name}: {i} of {} stripes came", layout.stripes()));
+    }
+    let n = w.written();
+    w.finish().map_err(|e| format!("cannot sync {name}: {e}"))?;
+    Ok(n)
 }

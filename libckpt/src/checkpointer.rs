@@ -7,7 +7,7 @@ use std::time::Instant;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::background::Background;
+use crate::background::{Background, Grouping};
 use crate::comm::{Comm, DrainReport};
 use crate::commit::{self, EpochStats, LibState, LogSection};
 use crate::config::Config;
@@ -77,14 +77,14 @@ pub struct Checkpointer {
 }
 
 /// Every rank's node, gathered at start-up (same key as the other start-up collectives), and
-/// the L2 partners it allows; `None` (with a warning from rank 0 when L2 was asked for) when
-/// the placement cannot support L2.
-fn startup_partners(
+/// the L2 partners and L3 groups it allows; `None` (with a warning from rank 0 when the level
+/// was asked for) when the placement cannot support the level.
+fn startup_levels(
     lib: &SimpleCommunicator,
     watch: &Watch,
     cfg: &Config,
     rank: i32,
-) -> Result<Option<Partners>> {
+) -> Result<(Option<Partners>, Option<Grouping>)> {
     let label = || ("startup".into(), "the start-up placement exchange".into());
     let gathered = transport::gather_bytes(lib, watch, &label, 0, cfg.node.as_bytes());
     let nodes = gathered
@@ -101,16 +101,52 @@ fn startup_partners(
         rank,
         what: format!("corrupt placement from rank 0: {e}"),
     })?;
-    let partners = Placement::new(nodes).and_then(|p| placement::partners(&p, 1));
-    match partners {
-        Ok(p) => Ok(Some(p)),
-        Err(e) => {
-            if rank == 0 && cfg.levels.partner_every > 0 {
-                eprintln!("[ckpt] L2 partner copies are off for this launch: {e}");
-            }
-            Ok(None)
+    let placement = Placement::new(nodes);
+    let warn = |level: &str, wanted: bool, why: String| {
+        if rank == 0 && wanted {
+            eprintln!("[ckpt] {level} are off for this launch: {why}");
         }
-    }
+    };
+    let partners = match placement.clone().and_then(|p| placement::partners(&p, 1)) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            warn(
+                "L2 partner copies",
+                cfg.levels.partner_every > 0,
+                e.to_string(),
+            );
+            None
+        }
+    };
+    let policy = &cfg.levels;
+    let grouping = placement
+        .and_then(|p| placement::groups(&p, policy.parity_group))
+        .map_err(|e| e.to_string())
+        .and_then(|g| {
+            let groups = g.as_slice().to_vec();
+            let k = usize::from(policy.parity_k);
+            match groups.iter().find(|m| m.len() <= k) {
+                Some(small) => Err(format!(
+                    "{} parity shards per set need groups of at least {} ranks on distinct \
+                     nodes; the placement gives a group of {} ({small:?})",
+                    k,
+                    k + 1,
+                    small.len()
+                )),
+                None => Ok(Grouping {
+                    groups,
+                    k: policy.parity_k,
+                }),
+            }
+        });
+    let grouping = match grouping {
+        Ok(g) => Some(g),
+        Err(e) => {
+            warn("L3 parity groups", policy.parity_every > 0, e);
+            None
+        }
+    };
+    Ok((partners, grouping))
 }
 
 /// Rank 0 at start-up: creates the job directory if needed (only a job identified by its base
@@ -216,9 +252,9 @@ impl Checkpointer {
         let (triggers, io, presence) = setup?;
         // The placement (every rank's node, gathered once per launch) decides which background
         // levels this launch can have and who holds whose L2 copy.
-        let partners = startup_partners(&lib, &watch, &cfg, rank)?;
+        let (partners, grouping) = startup_levels(&lib, &watch, &cfg, rank)?;
         let places = Places::of(&cfg);
-        let bg = Background::new(comm.duplicate(), partners, places);
+        let bg = Background::new(comm.duplicate(), partners, grouping, places);
         if rank == 0 {
             let _ = events::append(
                 &cfg.job_dir,
@@ -449,16 +485,21 @@ impl Checkpointer {
             messages: self.comm.logged() as u64,
         };
         self.checkpoints += 1;
-        let planned = self.ctx.cfg.levels.planned(epoch, self.bg.partner_ok());
+        let planned = self
+            .ctx
+            .cfg
+            .levels
+            .planned(epoch, self.bg.partner_ok(), self.bg.parity_ok());
         let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, &planned, state);
-        match &result {
-            Ok(_) => {
-                self.agree.committed(Instant::now());
-                self.bg.start(&self.ctx, epoch, planned);
-            }
+        let result = result.map(|(stats, lens)| {
+            self.agree.committed(Instant::now());
+            self.bg.start(&self.ctx, epoch, planned, lens);
+            stats
+        });
+        if result.is_err() {
             // A failed epoch restarts a time interval too: a full disk must not turn it into
             // a checkpoint attempt at every agreement round. It covers no exit request.
-            Err(_) => self.agree.checkpointed(Instant::now()),
+            self.agree.checkpointed(Instant::now());
         }
         let mut stats = result?;
         stats.quiesce_secs = quiesce_secs;

@@ -61,6 +61,8 @@ struct Decision {
     failures: Vec<(i32, String)>,
     /// What rank 0 found instead of the job's directory, if it was deleted or replaced.
     job_dir_gone: Option<String>,
+    /// Every rank's file length, when committed (the background levels need them).
+    lens: Vec<u64>,
 }
 
 /// What a committed epoch cost, as seen by this rank.
@@ -87,7 +89,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     msglog: &LogSection,
     planned: &[Level],
     state: &mut P,
-) -> Result<EpochStats> {
+) -> Result<(EpochStats, Vec<u64>)> {
     let t0 = Instant::now();
     let fault = ctx.cfg.active_fault();
     maybe_die(fault, ctx.rank, Phase::BeforeWrite, epoch);
@@ -147,7 +149,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     }
     // The copies of other levels this rank is responsible for go with their epochs.
     let places = Places::of(&ctx.cfg);
-    for level in [Level::Partner, Level::Pfs] {
+    for level in [Level::Partner, Level::Parity, Level::Pfs] {
         if let Err(e) = places.remove_before(level, ctx.rank as u32, decision.keep_from) {
             eprintln!(
                 "[ckpt rank {}] warning: cannot prune {level:?} copies of epochs before {}: {e}",
@@ -155,13 +157,14 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
             );
         }
     }
-    Ok(EpochStats {
+    let stats = EpochStats {
         epoch,
         bytes: record.payload,
         write_secs: record.write_secs,
         quiesce_secs: 0.0,
         total_secs: t0.elapsed().as_secs_f64(),
-    })
+    };
+    Ok((stats, decision.lens))
 }
 
 /// Writes this rank's file: temp name, regions, table, header, fsync, rename, fsync dirs.
@@ -305,6 +308,7 @@ fn decide_and_publish(
             keep_from: 0,
             failures: Vec::new(),
             job_dir_gone: Some(found),
+            lens: Vec::new(),
         };
         return postcard::to_stdvec(&d).unwrap_or_default();
     }
@@ -323,6 +327,7 @@ fn decide_and_publish(
         }
     }
     let mut keep_from = 0;
+    let lens: Vec<u64> = records.iter().map(|r| r.len).collect();
     if failures.is_empty() {
         maybe_die(fault, ctx.rank, Phase::BeforeManifest, epoch);
         let write_secs = records.iter().map(|r| r.write_secs).fold(0.0, f64::max);
@@ -385,6 +390,7 @@ fn decide_and_publish(
         keep_from,
         failures,
         job_dir_gone: None,
+        lens,
     };
     postcard::to_stdvec(&d).unwrap_or_default()
 }

@@ -205,6 +205,19 @@ impl Config {
         if let Some(n) = parse_num(&get, env::L2_EVERY, 0)? {
             cfg.levels.partner_every = n;
         }
+        if let Some(n) = parse_num(&get, env::L3_EVERY, 0)? {
+            cfg.levels.parity_every = n;
+        }
+        if let Some(n) = parse_num(&get, env::L3_GROUP, 2)? {
+            cfg.levels.parity_group = n as usize;
+        }
+        if let Some(n) = parse_num(&get, env::L3_PARITY, 1)? {
+            cfg.levels.parity_k = u16::try_from(n).map_err(|_| Error::Config {
+                var: env::L3_PARITY,
+                value: n.to_string(),
+                reason: "at most 65535".into(),
+            })?;
+        }
         if let Some(n) = parse_num(&get, env::L4_EVERY, 0)? {
             cfg.levels.shared_every = n;
         }

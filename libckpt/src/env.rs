@@ -44,6 +44,13 @@ pub const IO_TIMEOUT: &str = "CKPT_IO_TIMEOUT";
 pub const GROUP_ACCESS: &str = "CKPT_GROUP_ACCESS";
 /// L2 partner copies every this many epochs (`0` = off). Default 1.
 pub const L2_EVERY: &str = "CKPT_L2_EVERY";
+/// L3 parity every this many epochs (`0` = off). Default 4.
+pub const L3_EVERY: &str = "CKPT_L3_EVERY";
+/// L3 group size: ranks (on distinct nodes) sharing parity. Default 4.
+pub const L3_GROUP: &str = "CKPT_L3_GROUP";
+/// L3 parity shards per set, the losses per group it survives (1 = XOR; more = Reed-Solomon).
+/// Default 1.
+pub const L3_PARITY: &str = "CKPT_L3_PARITY";
 /// L4 copies on shared storage every this many epochs (`0` = off). Default 10.
 pub const L4_EVERY: &str = "CKPT_L4_EVERY";
 /// Base of L4 (shared) storage. Default `<job dir>/shared`.
@@ -69,6 +76,9 @@ pub const ALL: &[&str] = &[
     IO_TIMEOUT,
     GROUP_ACCESS,
     L2_EVERY,
+    L3_EVERY,
+    L3_GROUP,
+    L3_PARITY,
     L4_EVERY,
     SHARED_DIR,
 ];

@@ -6,6 +6,7 @@
 //! ```text
 //! L1  <local_dir>/<job_id>/epoch-<E:08>/rank-<R:06>.ckpt          on the rank's node
 //! L2  <local_dir>/<job_id>/partner/epoch-<E:08>/rank-<R:06>.ckpt  on the holder's node
+//! L3  <local_dir>/<job_id>/parity/epoch-<E:08>/group-<G:06>-set-<P:04>.prty   on the holder's node
 //! L4  <shared_dir>/<job_id>/epoch-<E:08>/rank-<R:06>.ckpt         shared by every node
 //! ```
 //!
@@ -32,6 +33,8 @@ pub struct Places {
 
 /// Directory of a rank's partner copies under the node-local base.
 const PARTNER_DIR: &str = "partner";
+/// Directory of the parity shards a node holds, under the node-local base.
+const PARITY_DIR: &str = "parity";
 
 impl Places {
     /// The places of the job a rank's configuration describes.
@@ -56,6 +59,15 @@ impl Places {
             Level::Pfs => Some(self.shared_dir.join(rel)),
             Level::Parity => None,
         }
+    }
+
+    /// Where a holder keeps its parity shard of set `set` of group `group` (L3), on its node.
+    pub fn parity_path(&self, epoch: u64, group: u32, set: u32) -> PathBuf {
+        self.local_dir
+            .join(&self.job_id)
+            .join(PARITY_DIR)
+            .join(format!("epoch-{epoch:08}"))
+            .join(format!("group-{group:06}-set-{set:04}.prty"))
     }
 
     fn partner_epoch_dir(&self, epoch: u64) -> PathBuf {
