@@ -1,0 +1,325 @@
+//! `npb-cg`: the NAS Parallel Benchmarks CG kernel, written from the benchmark's
+//! specification, on `ck.comm()`, checkpointed through ckpt.
+//!
+//! ```text
+//! ckpt run -n 4 --every 5 -- npb-cg --class S
+//! ```
+//!
+//! It estimates the smallest eigenvalue of a random sparse symmetric matrix by inverse power
+//! iteration, each outer iteration solving with 25 conjugate gradient iterations, and checks
+//! the result against the benchmark's published value. Rows (and so the vectors) are split in
+//! blocks over any number of ranks; the vector the product needs is all-gathered, and every
+//! sum over ranks is formed from an all-gather in rank order, so a run killed and restarted
+//! with as many ranks ends bit-identical to an uninterrupted one.
+//!
+//! Options: `--class S|W|A` (default S), `--iter-ms MS` (sleep per outer iteration, to slow
+//! the run down for kill drills; default 0).
+//!
+//! Output (rank 0): a line per outer iteration (iteration, residual norm, zeta), then
+//! `zeta = <13 decimals>`, `result: <the f64 bits of zeta in hex>` and last `verified: yes`
+//! or `verified: no`. The exit code is 0 either way unless an error occurred.
+
+#[path = "npb_cg/matrix.rs"]
+mod matrix;
+#[path = "npb_cg/randlc.rs"]
+mod randlc;
+#[path = "npb_cg/solver.rs"]
+mod solver;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use ckpt::mpi;
+use ckpt::{Checkpointer, Comm, Config, Protect, Regions};
+
+use matrix::Rows;
+use solver::{Scratch, Team};
+
+/// Relative tolerance of the verification, as the benchmark's.
+const EPSILON: f64 = 1e-10;
+
+/// A problem class: size, nonzeros per random vector, outer iterations, shift, and the
+/// published zeta.
+#[derive(Debug, Clone, Copy)]
+struct Class {
+    name: char,
+    na: usize,
+    nonzer: usize,
+    niter: u64,
+    shift: f64,
+    zeta: f64,
+}
+
+const CLASSES: [Class; 3] = [
+    Class {
+        name: 'S',
+        na: 1400,
+        nonzer: 7,
+        niter: 15,
+        shift: 10.0,
+        zeta: 8.597_177_507_864_8,
+    },
+    Class {
+        name: 'W',
+        na: 7000,
+        nonzer: 8,
+        niter: 15,
+        shift: 12.0,
+        zeta: 10.362_595_087_124,
+    },
+    Class {
+        name: 'A',
+        na: 14000,
+        nonzer: 11,
+        niter: 15,
+        shift: 20.0,
+        zeta: 17.130_235_054_029,
+    },
+];
+
+impl Class {
+    /// Whether `zeta` matches the published value within the benchmark's relative tolerance.
+    fn verifies(&self, zeta: f64) -> bool {
+        ((zeta - self.zeta) / self.zeta).abs() <= EPSILON
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Opts {
+    class: Class,
+    iter_ms: u64,
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut o = Opts {
+        class: CLASSES[0],
+        iter_ms: 0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--class" => {
+                o.class = CLASSES
+                    .iter()
+                    .find(|c| value.len() == 1 && value.starts_with(c.name))
+                    .copied()
+                    .ok_or_else(|| format!("--class {value}: expected S, W or A"))?
+            }
+            "--iter-ms" => {
+                o.iter_ms = value
+                    .parse()
+                    .map_err(|_| format!("--iter-ms {value}: not a whole number"))?
+            }
+            _ => return Err(format!("unknown option {flag} (use --class --iter-ms)")),
+        }
+    }
+    Ok(o)
+}
+
+/// What a checkpoint holds: this rank's rows of `x`, the outer iterations done and the last
+/// zeta. The matrix is regenerated at start; the CG vectors are rebuilt every iteration.
+struct State {
+    x: Vec<f64>,
+    it: u64,
+    zeta: f64,
+}
+
+impl Protect for State {
+    fn protect(&mut self, r: &mut Regions<'_>) {
+        r.vec("x", &mut self.x);
+        r.value("iteration", &mut self.it);
+        r.value("zeta", &mut self.zeta);
+    }
+}
+
+/// The ranks of `ck.comm()`, each holding a block of `block` rows (the last ones fewer).
+struct Ranks<'a> {
+    comm: &'a Comm,
+    na: usize,
+    block: usize,
+}
+
+impl Ranks<'_> {
+    /// Rows `lo..hi` of `rank`.
+    fn rows(&self, rank: usize) -> (usize, usize) {
+        let lo = (rank * self.block).min(self.na);
+        (lo, (lo + self.block).min(self.na))
+    }
+}
+
+impl Team for Ranks<'_> {
+    type Error = ckpt::Error;
+
+    fn sums<const N: usize>(&self, local: [f64; N]) -> Result<[f64; N], ckpt::Error> {
+        let all = self.comm.all_gather(&local);
+        let mut total = [0.0; N];
+        for part in all.chunks_exact(N) {
+            for (t, v) in total.iter_mut().zip(part) {
+                *t += v;
+            }
+        }
+        Ok(total)
+    }
+
+    fn whole(&self, local: &[f64]) -> Result<Vec<f64>, ckpt::Error> {
+        // All-gather needs blocks of one length: the short last blocks are padded.
+        let mut padded = local.to_vec();
+        padded.resize(self.block, 0.0);
+        let mut all = self.comm.all_gather(&padded);
+        all.truncate(self.na);
+        Ok(all)
+    }
+}
+
+fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::Error> {
+    use ckpt::mpi::traits::Communicator;
+    let c = o.class;
+    let cfg = Config::from_env()?;
+    let mut ck = Checkpointer::new(world, cfg)?;
+    let (rank, size) = (world.rank(), world.size());
+    let t0 = Instant::now();
+    let na = c.na;
+    let block = na.div_ceil(size as usize);
+    let (lo, hi) = Ranks {
+        comm: ck.comm(),
+        na,
+        block,
+    }
+    .rows(rank as usize);
+    let a: Rows = matrix::generate(na, c.nonzer, c.shift, lo, hi);
+    let mut st = State {
+        x: vec![1.0; a.len()],
+        it: 0,
+        zeta: 0.0,
+    };
+    if rank == 0 {
+        println!(
+            "npb-cg: NAS CG class {}: size {na}, {} nonzeros per random vector, {} iterations, \
+             shift {}, {size} ranks",
+            c.name, c.nonzer, c.niter, c.shift
+        );
+    }
+    if ck.restarting() {
+        let r = ck.restore(&mut st)?;
+        if rank == 0 {
+            println!("npb-cg: restored epoch {} at iteration {}", r.epoch, st.it);
+        }
+    }
+    let mut scratch = Scratch::default();
+    while st.it < c.niter {
+        let team = Ranks {
+            comm: ck.comm(),
+            na,
+            block,
+        };
+        let (zeta, rnorm) = solver::outer_iteration(&a, c.shift, &mut st.x, &mut scratch, &team)?;
+        st.it += 1;
+        st.zeta = zeta;
+        if rank == 0 {
+            println!("{:5}   ||r|| = {rnorm:.14e}   zeta = {zeta:.13}", st.it);
+        }
+        if o.iter_ms > 0 {
+            std::thread::sleep(Duration::from_millis(o.iter_ms));
+        }
+        match ck.poll(&mut st) {
+            Ok(p) if p.should_exit() => return Ok(()),
+            Ok(_) => {}
+            // The epoch was not committed, but every rank got this same error and the previous
+            // epoch is intact: the job can go on.
+            Err(e) if e.is_recoverable() => {
+                warn(&format!("npb-cg: rank {rank}: warning: {e}; carrying on"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if rank == 0 {
+        println!(
+            "npb-cg: class {} on {size} ranks in {:.2} s",
+            c.name,
+            t0.elapsed().as_secs_f64()
+        );
+        println!("zeta = {:.13}", st.zeta);
+        println!("result: {:016x}", st.zeta.to_bits());
+        let verdict = if c.verifies(st.zeta) { "yes" } else { "no" };
+        println!("verified: {verdict}");
+    }
+    Ok(())
+}
+
+/// Prints `line` to stderr in one write, so that mpirun does not interleave it with other
+/// ranks' output.
+fn warn(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+fn main() -> ExitCode {
+    let o = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("npb-cg: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(universe) = mpi::initialize() else {
+        eprintln!("npb-cg: MPI was already initialised");
+        return ExitCode::FAILURE;
+    };
+    let world = universe.world();
+    match run(&world, o) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The error names the rank. Abort rather than return: MPI_Finalize waits for every
+            // rank, and the others may be blocked waiting for this one.
+            eprintln!("npb-cg: {e}");
+            use ckpt::mpi::traits::Communicator;
+            world.abort(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One process, no MPI.
+    struct Solo;
+
+    use std::convert::Infallible;
+
+    impl Team for Solo {
+        type Error = Infallible;
+        fn sums<const N: usize>(&self, local: [f64; N]) -> Result<[f64; N], Infallible> {
+            Ok(local)
+        }
+        fn whole(&self, local: &[f64]) -> Result<Vec<f64>, Infallible> {
+            Ok(local.to_vec())
+        }
+    }
+
+    fn zeta(c: &Class) -> f64 {
+        let a = matrix::generate(c.na, c.nonzer, c.shift, 0, c.na);
+        let mut x = vec![1.0; c.na];
+        let mut s = Scratch::default();
+        let mut zeta = 0.0;
+        for _ in 0..c.niter {
+            let Ok((z, _)) = solver::outer_iteration(&a, c.shift, &mut x, &mut s, &Solo);
+            zeta = z;
+        }
+        zeta
+    }
+
+    #[test]
+    fn class_s_verifies_on_one_process() {
+        let z = zeta(&CLASSES[0]);
+        assert!(CLASSES[0].verifies(z), "zeta {z:.13}");
+    }
+
+    #[test]
+    fn a_wrong_zeta_does_not_verify() {
+        let c = CLASSES[0];
+        assert!(!c.verifies(c.zeta * (1.0 + 2.0 * EPSILON)));
+        assert!(c.verifies(c.zeta * (1.0 + 0.5 * EPSILON)));
+    }
+}
