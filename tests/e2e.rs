@@ -2565,3 +2565,99 @@ fn an_emulated_node_killed_mid_run_loses_exactly_its_ranks_and_files() {
         verify.dump()
     );
 }
+
+/// The last line of `out`'s stdout that starts with `prefix`, without it.
+fn npb_line(out: &Output, prefix: &str) -> Option<String> {
+    out.stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(str::to_owned)
+}
+
+/// npb-cg's `result:` (the bits of zeta) in an uninterrupted class S run on `RANKS` ranks
+/// without checkpoints (once per test process).
+fn npb_cg_reference() -> &'static str {
+    static REF: OnceLock<String> = OnceLock::new();
+    REF.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let job = dir.path().join("ref");
+        let args = ["--class", "S"];
+        let out = Run::new(&job, RANKS, &["--every", "off"], &bin("npb-cg"), &args).output();
+        assert_npb_cg_verified(&out, "reference run");
+        npb_line(&out, "result: ").unwrap_or_else(|| panic!("no result\n{}", out.dump()))
+    })
+}
+
+/// The job succeeded, printed zeta and ended its output with `verified: yes`.
+fn assert_npb_cg_verified(out: &Output, ctx: &str) {
+    assert!(out.status.success(), "{ctx}: job failed\n{}", out.dump());
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("verified: yes"),
+        "{ctx}\n{}",
+        out.dump()
+    );
+    assert!(
+        npb_line(out, "zeta = ").is_some_and(|z| z.starts_with("8.59717750786")),
+        "{ctx}\n{}",
+        out.dump()
+    );
+}
+
+/// NPB CG class S verifies against the published zeta on 1, 2 and 4 ranks; with checkpoints
+/// every 5 iterations on 4 ranks it ends with the bits of the run without checkpoints.
+#[test]
+fn npb_cg_class_s_verifies_on_any_rank_count() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--class", "S"];
+    for n in [1, 2] {
+        let job = dir.path().join(format!("n{n}"));
+        let out = Run::new(&job, n, &["--every", "off"], &bin("npb-cg"), &args).output();
+        assert_npb_cg_verified(&out, &format!("{n} ranks"));
+    }
+    let job = dir.path().join("n4");
+    let out = Run::new(&job, RANKS, &["--every", "5"], &bin("npb-cg"), &args).output();
+    assert_npb_cg_verified(&out, "4 ranks, checkpoints");
+    assert_eq!(committed_epochs(&job), vec![1, 2, 3], "{}", out.dump());
+    assert_eq!(
+        npb_line(&out, "result: ").as_deref(),
+        Some(npb_cg_reference()),
+        "checkpoints changed the result\n{}",
+        out.dump()
+    );
+}
+
+/// NPB CG class S, SIGKILLed at seeded random moments (`CKPT_SEEDS=a,b` to replay) and
+/// restarted, still verifies, with the bits of an uninterrupted run.
+#[test]
+fn npb_cg_killed_at_random_moments_verifies_bit_identically() {
+    let Some(_mpi) = mpi() else { return };
+    for seed in seeds(&[21, 22, 23]) {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let args = ["--class", "S", "--iter-ms", "150"];
+        let flags = ["--every", "2", "--max-restarts", "2"];
+        let run = Run::new(&job, RANKS, &flags, &bin("npb-cg"), &args);
+        let (out, ctx) = kill_at_random(run, &job, RANKS, seed, Duration::from_millis(1500));
+        assert_npb_cg_verified(&out, &ctx);
+        assert_eq!(
+            npb_line(&out, "result: ").as_deref(),
+            Some(npb_cg_reference()),
+            "{ctx}: differs from the uninterrupted run\n{}",
+            out.dump()
+        );
+        assert_eq!(
+            restored_epochs(&job).len(),
+            1,
+            "{ctx}: expected one restore\n{}",
+            out.dump()
+        );
+        assert!(
+            out.stdout.contains("npb-cg: restored epoch"),
+            "{ctx}\n{}",
+            out.dump()
+        );
+    }
+}
