@@ -13,7 +13,8 @@
 //! with as many ranks ends bit-identical to an uninterrupted one.
 //!
 //! Options: `--class S|W|A` (default S), `--iter-ms MS` (sleep per outer iteration, to slow
-//! the run down for kill drills; default 0).
+//! the run down for kill drills; default 0), `--plain` (the same computation on plain rsmpi
+//! without ckpt, started with `mpirun` alone: the benchmark's baseline).
 //!
 //! Output (rank 0): a line per outer iteration (iteration, residual norm, zeta), then
 //! `zeta = <13 decimals>`, `result: <the f64 bits of zeta in hex>` and last `verified: yes`
@@ -88,15 +89,22 @@ impl Class {
 struct Opts {
     class: Class,
     iter_ms: u64,
+    /// Plain rsmpi, no ckpt (the benchmark's baseline).
+    plain: bool,
 }
 
 fn parse_opts() -> Result<Opts, String> {
     let mut o = Opts {
         class: CLASSES[0],
         iter_ms: 0,
+        plain: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--plain" {
+            o.plain = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--class" => {
@@ -111,7 +119,11 @@ fn parse_opts() -> Result<Opts, String> {
                     .parse()
                     .map_err(|_| format!("--iter-ms {value}: not a whole number"))?
             }
-            _ => return Err(format!("unknown option {flag} (use --class --iter-ms)")),
+            _ => {
+                return Err(format!(
+                    "unknown option {flag} (use --class --iter-ms --plain)"
+                ))
+            }
         }
     }
     Ok(o)
@@ -133,26 +145,40 @@ impl Protect for State {
     }
 }
 
-/// The ranks of `ck.comm()`, each holding a block of `block` rows (the last ones fewer).
-struct Ranks<'a> {
-    comm: &'a Comm,
+/// An all-gather of `f64` blocks of one length, in rank order: `ck.comm()`'s, or plain
+/// rsmpi's for the `--plain` baseline.
+trait AllGather {
+    /// Every rank's `local` (all of one length), concatenated in rank order.
+    fn all_gather_f64(&self, local: &[f64]) -> Vec<f64>;
+}
+
+impl AllGather for Comm {
+    fn all_gather_f64(&self, local: &[f64]) -> Vec<f64> {
+        self.all_gather(local)
+    }
+}
+
+impl AllGather for mpi::topology::SimpleCommunicator {
+    fn all_gather_f64(&self, local: &[f64]) -> Vec<f64> {
+        use ckpt::mpi::traits::{Communicator, CommunicatorCollectives};
+        let mut out = vec![0.0; local.len() * self.size() as usize];
+        self.all_gather_into(local, &mut out[..]);
+        out
+    }
+}
+
+/// The ranks of a communicator, each holding a block of `block` rows (the last ones fewer).
+struct Ranks<'a, C> {
+    comm: &'a C,
     na: usize,
     block: usize,
 }
 
-impl Ranks<'_> {
-    /// Rows `lo..hi` of `rank`.
-    fn rows(&self, rank: usize) -> (usize, usize) {
-        let lo = (rank * self.block).min(self.na);
-        (lo, (lo + self.block).min(self.na))
-    }
-}
-
-impl Team for Ranks<'_> {
+impl<C: AllGather> Team for Ranks<'_, C> {
     type Error = ckpt::Error;
 
     fn sums<const N: usize>(&self, local: [f64; N]) -> Result<[f64; N], ckpt::Error> {
-        let all = self.comm.all_gather(&local);
+        let all = self.comm.all_gather_f64(&local);
         let mut total = [0.0; N];
         for part in all.chunks_exact(N) {
             for (t, v) in total.iter_mut().zip(part) {
@@ -166,10 +192,78 @@ impl Team for Ranks<'_> {
         // All-gather needs blocks of one length: the short last blocks are padded.
         let mut padded = local.to_vec();
         padded.resize(self.block, 0.0);
-        let mut all = self.comm.all_gather(&padded);
+        let mut all = self.comm.all_gather_f64(&padded);
         all.truncate(self.na);
         Ok(all)
     }
+}
+
+/// This rank's part of the problem: its rows of the matrix, the block length, and the state
+/// at the start.
+struct Problem {
+    a: Rows,
+    block: usize,
+    st: State,
+}
+
+/// Generates `rank`'s rows of the class's matrix; rank 0 prints the header.
+fn set_up(c: &Class, rank: usize, size: usize) -> Problem {
+    let block = c.na.div_ceil(size);
+    let lo = (rank * block).min(c.na);
+    let a = matrix::generate(c.na, c.nonzer, c.shift, lo, (lo + block).min(c.na));
+    if rank == 0 {
+        println!(
+            "npb-cg: NAS CG class {}: size {}, {} nonzeros per random vector, {} iterations, \
+             shift {}, {size} ranks",
+            c.name, c.na, c.nonzer, c.niter, c.shift
+        );
+    }
+    let st = State {
+        x: vec![1.0; a.len()],
+        it: 0,
+        zeta: 0.0,
+    };
+    Problem { a, block, st }
+}
+
+/// One outer iteration over `comm`; rank 0 prints its line. Then sleeps `--iter-ms`.
+fn iterate<C: AllGather>(
+    p: &mut Problem,
+    c: &Class,
+    o: &Opts,
+    comm: &C,
+    rank: i32,
+    scratch: &mut Scratch,
+) -> Result<(), ckpt::Error> {
+    let team = Ranks {
+        comm,
+        na: c.na,
+        block: p.block,
+    };
+    let (zeta, rnorm) = solver::outer_iteration(&p.a, c.shift, &mut p.st.x, scratch, &team)?;
+    p.st.it += 1;
+    p.st.zeta = zeta;
+    if rank == 0 {
+        println!("{:5}   ||r|| = {rnorm:.14e}   zeta = {zeta:.13}", p.st.it);
+    }
+    if o.iter_ms > 0 {
+        std::thread::sleep(Duration::from_millis(o.iter_ms));
+    }
+    Ok(())
+}
+
+/// Rank 0 prints the times, zeta, its bits and the verdict (the last line).
+fn report(c: &Class, st: &State, size: i32, setup: Duration, iterations: Duration) {
+    println!(
+        "npb-cg: class {} on {size} ranks: matrix in {:.3} s, iterations in {:.3} s",
+        c.name,
+        setup.as_secs_f64(),
+        iterations.as_secs_f64()
+    );
+    println!("zeta = {:.13}", st.zeta);
+    println!("result: {:016x}", st.zeta.to_bits());
+    let verdict = if c.verifies(st.zeta) { "yes" } else { "no" };
+    println!("verified: {verdict}");
 }
 
 fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::Error> {
@@ -179,51 +273,23 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
     let mut ck = Checkpointer::new(world, cfg)?;
     let (rank, size) = (world.rank(), world.size());
     let t0 = Instant::now();
-    let na = c.na;
-    let block = na.div_ceil(size as usize);
-    let (lo, hi) = Ranks {
-        comm: ck.comm(),
-        na,
-        block,
-    }
-    .rows(rank as usize);
-    let a: Rows = matrix::generate(na, c.nonzer, c.shift, lo, hi);
-    let mut st = State {
-        x: vec![1.0; a.len()],
-        it: 0,
-        zeta: 0.0,
-    };
-    if rank == 0 {
-        println!(
-            "npb-cg: NAS CG class {}: size {na}, {} nonzeros per random vector, {} iterations, \
-             shift {}, {size} ranks",
-            c.name, c.nonzer, c.niter, c.shift
-        );
-    }
+    let mut p = set_up(&c, rank as usize, size as usize);
+    let setup = t0.elapsed();
     if ck.restarting() {
-        let r = ck.restore(&mut st)?;
+        let r = ck.restore(&mut p.st)?;
         if rank == 0 {
-            println!("npb-cg: restored epoch {} at iteration {}", r.epoch, st.it);
+            println!(
+                "npb-cg: restored epoch {} at iteration {}",
+                r.epoch, p.st.it
+            );
         }
     }
+    let t1 = Instant::now();
     let mut scratch = Scratch::default();
-    while st.it < c.niter {
-        let team = Ranks {
-            comm: ck.comm(),
-            na,
-            block,
-        };
-        let (zeta, rnorm) = solver::outer_iteration(&a, c.shift, &mut st.x, &mut scratch, &team)?;
-        st.it += 1;
-        st.zeta = zeta;
-        if rank == 0 {
-            println!("{:5}   ||r|| = {rnorm:.14e}   zeta = {zeta:.13}", st.it);
-        }
-        if o.iter_ms > 0 {
-            std::thread::sleep(Duration::from_millis(o.iter_ms));
-        }
-        match ck.poll(&mut st) {
-            Ok(p) if p.should_exit() => return Ok(()),
+    while p.st.it < c.niter {
+        iterate(&mut p, &c, &o, ck.comm(), rank, &mut scratch)?;
+        match ck.poll(&mut p.st) {
+            Ok(q) if q.should_exit() => return Ok(()),
             Ok(_) => {}
             // The epoch was not committed, but every rank got this same error and the previous
             // epoch is intact: the job can go on.
@@ -234,15 +300,26 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
         }
     }
     if rank == 0 {
-        println!(
-            "npb-cg: class {} on {size} ranks in {:.2} s",
-            c.name,
-            t0.elapsed().as_secs_f64()
-        );
-        println!("zeta = {:.13}", st.zeta);
-        println!("result: {:016x}", st.zeta.to_bits());
-        let verdict = if c.verifies(st.zeta) { "yes" } else { "no" };
-        println!("verified: {verdict}");
+        report(&c, &p.st, size, setup, t1.elapsed());
+    }
+    Ok(())
+}
+
+/// The `--plain` baseline: the same computation on plain rsmpi, without ckpt.
+fn run_plain(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::Error> {
+    use ckpt::mpi::traits::Communicator;
+    let c = o.class;
+    let (rank, size) = (world.rank(), world.size());
+    let t0 = Instant::now();
+    let mut p = set_up(&c, rank as usize, size as usize);
+    let setup = t0.elapsed();
+    let t1 = Instant::now();
+    let mut scratch = Scratch::default();
+    while p.st.it < c.niter {
+        iterate(&mut p, &c, &o, world, rank, &mut scratch)?;
+    }
+    if rank == 0 {
+        report(&c, &p.st, size, setup, t1.elapsed());
     }
     Ok(())
 }
@@ -267,7 +344,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let world = universe.world();
-    match run(&world, o) {
+    let result = if o.plain {
+        run_plain(&world, o)
+    } else {
+        run(&world, o)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The error names the rank. Abort rather than return: MPI_Finalize waits for every
