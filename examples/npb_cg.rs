@@ -93,13 +93,13 @@ struct Opts {
     plain: bool,
 }
 
-fn parse_opts() -> Result<Opts, String> {
+/// Parses the options (the program name already skipped).
+fn parse_opts(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
     let mut o = Opts {
         class: CLASSES[0],
         iter_ms: 0,
         plain: false,
     };
-    let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--plain" {
             o.plain = true;
@@ -332,7 +332,7 @@ fn warn(line: &str) {
 }
 
 fn main() -> ExitCode {
-    let o = match parse_opts() {
+    let o = match parse_opts(std::env::args().skip(1)) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("npb-cg: {e}");
@@ -396,6 +396,27 @@ mod tests {
     fn class_s_verifies_on_one_process() {
         let z = zeta(&CLASSES[0]);
         assert!(CLASSES[0].verifies(z), "zeta {z:.13}");
+    }
+
+    fn parse(args: &[&str]) -> Result<Opts, String> {
+        parse_opts(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn options_are_parsed_and_bad_ones_named() {
+        let o = parse(&["--class", "W", "--iter-ms", "7", "--plain"]).unwrap();
+        assert_eq!((o.class.name, o.iter_ms, o.plain), ('W', 7, true));
+        assert_eq!(parse(&[]).unwrap().class.name, 'S');
+        for (args, needle) in [
+            (&["--class", "B"][..], "--class B: expected S, W or A"),
+            (&["--class", "SW"][..], "--class SW: expected S, W or A"),
+            (&["--class"][..], "--class needs a value"),
+            (&["--iter-ms", "x"][..], "--iter-ms x: not a whole number"),
+            (&["--nx", "1"][..], "unknown option --nx"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
     }
 
     #[test]

@@ -2605,14 +2605,15 @@ fn assert_npb_cg_verified(out: &Output, ctx: &str) {
     );
 }
 
-/// NPB CG class S verifies against the published zeta on 1, 2 and 4 ranks; with checkpoints
-/// every 5 iterations on 4 ranks it ends with the bits of the run without checkpoints.
+/// NPB CG class S verifies against the published zeta on 1, 2, 3 (blocks of unequal length)
+/// and 4 ranks; with checkpoints every 5 iterations on 4 ranks it ends with the bits of the run
+/// without checkpoints.
 #[test]
 fn npb_cg_class_s_verifies_on_any_rank_count() {
     let Some(_mpi) = mpi() else { return };
     let dir = tempfile::tempdir().unwrap();
     let args = ["--class", "S"];
-    for n in [1, 2] {
+    for n in [1, 2, 3] {
         let job = dir.path().join(format!("n{n}"));
         let out = Run::new(&job, n, &["--every", "off"], &bin("npb-cg"), &args).output();
         assert_npb_cg_verified(&out, &format!("{n} ranks"));
