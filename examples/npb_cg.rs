@@ -5,8 +5,9 @@
 //! ckpt run -n 4 --every 5 -- npb-cg --class S
 //! ```
 //!
-//! It estimates the smallest eigenvalue of a random sparse symmetric matrix by inverse power
-//! iteration, each outer iteration solving with 25 conjugate gradient iterations, and checks
+//! It estimates the eigenvalue nearest the class's shift of a random sparse symmetric matrix
+//! by inverse power iteration, each outer iteration solving with 25 conjugate gradient
+//! iterations, and checks
 //! the result against the benchmark's published value. Rows (and so the vectors) are split in
 //! blocks over any number of ranks; the vector the product needs is all-gathered, and every
 //! sum over ranks is formed from an all-gather in rank order, so a run killed and restarted
