@@ -7,11 +7,10 @@
 //!
 //! It estimates the eigenvalue nearest the class's shift of a random sparse symmetric matrix
 //! by inverse power iteration, each outer iteration solving with 25 conjugate gradient
-//! iterations, and checks
-//! the result against the benchmark's published value. Rows (and so the vectors) are split in
-//! blocks over any number of ranks; the vector the product needs is all-gathered, and every
-//! sum over ranks is formed from an all-gather in rank order, so a run killed and restarted
-//! with as many ranks ends bit-identical to an uninterrupted one.
+//! iterations, and checks the result against the benchmark's published value. Rows (and so
+//! the vectors) are split in blocks over any number of ranks; the vector the product needs is
+//! all-gathered, and every sum over ranks is formed from an all-gather in rank order, so a run
+//! killed and restarted with as many ranks ends bit-identical to an uninterrupted one.
 //!
 //! Options: `--class S|W|A` (default S), `--iter-ms MS` (sleep per outer iteration, to slow
 //! the run down for kill drills; default 0), `--plain` (the same computation on plain rsmpi
