@@ -13,8 +13,10 @@
 //! killed and restarted with as many ranks ends bit-identical to an uninterrupted one.
 //!
 //! Options: `--class S|W|A` (default S), `--iter-ms MS` (sleep per outer iteration, to slow
-//! the run down for kill drills; default 0), `--plain` (the same computation on plain rsmpi
-//! without ckpt, started with `mpirun` alone: the benchmark's baseline).
+//! the run down for kill drills; default 0), `--poll-cg` (also poll after each of the 25 CG
+//! iterations of an outer iteration, so checkpoints fall inside a solve; `--every N` counts
+//! those polls too), `--plain` (the same computation on plain rsmpi without ckpt, started with
+//! `mpirun` alone: the benchmark's baseline).
 //!
 //! Output (rank 0): a line per outer iteration (iteration, residual norm, zeta), then
 //! `zeta = <13 decimals>`, `result: <the f64 bits of zeta in hex>` and last `verified: yes`
@@ -34,7 +36,7 @@ use ckpt::mpi;
 use ckpt::{Checkpointer, Comm, Config, Protect, Regions};
 
 use matrix::Rows;
-use solver::{Scratch, Team};
+use solver::{Solve, Team, CG_ITERATIONS};
 
 /// Relative tolerance of the verification, as the benchmark's.
 const EPSILON: f64 = 1e-10;
@@ -91,6 +93,8 @@ struct Opts {
     iter_ms: u64,
     /// Plain rsmpi, no ckpt (the benchmark's baseline).
     plain: bool,
+    /// Also poll after every CG iteration.
+    poll_cg: bool,
 }
 
 /// Parses the options (the program name already skipped).
@@ -99,10 +103,12 @@ fn parse_opts(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
         class: CLASSES[0],
         iter_ms: 0,
         plain: false,
+        poll_cg: false,
     };
     while let Some(flag) = args.next() {
-        if flag == "--plain" {
-            o.plain = true;
+        if flag == "--plain" || flag == "--poll-cg" {
+            o.plain |= flag == "--plain";
+            o.poll_cg |= flag == "--poll-cg";
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -121,7 +127,7 @@ fn parse_opts(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown option {flag} (use --class --iter-ms --plain)"
+                    "unknown option {flag} (use --class --iter-ms --plain --poll-cg)"
                 ))
             }
         }
@@ -129,12 +135,14 @@ fn parse_opts(mut args: impl Iterator<Item = String>) -> Result<Opts, String> {
     Ok(o)
 }
 
-/// What a checkpoint holds: this rank's rows of `x`, the outer iterations done and the last
-/// zeta. The matrix is regenerated at start; the CG vectors are rebuilt every iteration.
+/// What a checkpoint holds: this rank's rows of `x`, the outer iterations done, the last zeta,
+/// and the solve in progress (empty at the end of an outer iteration; with `--poll-cg` a
+/// checkpoint may fall inside one). The matrix is regenerated at start.
 struct State {
     x: Vec<f64>,
     it: u64,
     zeta: f64,
+    solve: Solve,
 }
 
 impl Protect for State {
@@ -142,6 +150,11 @@ impl Protect for State {
         r.vec("x", &mut self.x);
         r.value("iteration", &mut self.it);
         r.value("zeta", &mut self.zeta);
+        r.value("cg done", &mut self.solve.done);
+        r.value("cg rho", &mut self.solve.rho);
+        r.vec("cg z", &mut self.solve.z);
+        r.vec("cg r", &mut self.solve.r);
+        r.vec("cg p", &mut self.solve.p);
     }
 }
 
@@ -172,6 +185,12 @@ struct Ranks<'a, C> {
     comm: &'a C,
     na: usize,
     block: usize,
+}
+
+impl<'a, C> Ranks<'a, C> {
+    fn new(comm: &'a C, na: usize, block: usize) -> Self {
+        Ranks { comm, na, block }
+    }
 }
 
 impl<C: AllGather> Team for Ranks<'_, C> {
@@ -222,25 +241,22 @@ fn set_up(c: &Class, rank: usize, size: usize) -> Problem {
         x: vec![1.0; a.len()],
         it: 0,
         zeta: 0.0,
+        solve: Solve::default(),
     };
     Problem { a, block, st }
 }
 
-/// One outer iteration over `comm`; rank 0 prints its line. Then sleeps `--iter-ms`.
-fn iterate<C: AllGather>(
+/// Ends an outer iteration over `comm` (the solve done); rank 0 prints its line. Then sleeps
+/// `--iter-ms`.
+fn end_iteration<C: AllGather>(
     p: &mut Problem,
     c: &Class,
     o: &Opts,
     comm: &C,
     rank: i32,
-    scratch: &mut Scratch,
 ) -> Result<(), ckpt::Error> {
-    let team = Ranks {
-        comm,
-        na: c.na,
-        block: p.block,
-    };
-    let (zeta, rnorm) = solver::outer_iteration(&p.a, c.shift, &mut p.st.x, scratch, &team)?;
+    let team = Ranks::new(comm, c.na, p.block);
+    let (zeta, rnorm) = p.st.solve.finish(&p.a, c.shift, &mut p.st.x, &team)?;
     p.st.it += 1;
     p.st.zeta = zeta;
     if rank == 0 {
@@ -250,6 +266,19 @@ fn iterate<C: AllGather>(
         std::thread::sleep(Duration::from_millis(o.iter_ms));
     }
     Ok(())
+}
+
+/// Polls; whether the job is to stop. A recoverable error (the epoch was not committed, the
+/// same error on every rank, the previous epoch intact) is a warning and the job goes on.
+fn poll(ck: &mut Checkpointer, st: &mut State, rank: i32) -> Result<bool, ckpt::Error> {
+    match ck.poll(st) {
+        Ok(q) => Ok(q.should_exit()),
+        Err(e) if e.is_recoverable() => {
+            warn(&format!("npb-cg: rank {rank}: warning: {e}; carrying on"));
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Rank 0 prints the times, zeta, its bits and the verdict (the last line).
@@ -278,25 +307,33 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
     if ck.restarting() {
         let r = ck.restore(&mut p.st)?;
         if rank == 0 {
+            let inside = if p.st.solve.started() {
+                format!(", {} CG iterations into the next", p.st.solve.done)
+            } else {
+                String::new()
+            };
             println!(
-                "npb-cg: restored epoch {} at iteration {}",
+                "npb-cg: restored epoch {} at iteration {}{inside}",
                 r.epoch, p.st.it
             );
         }
     }
     let t1 = Instant::now();
-    let mut scratch = Scratch::default();
     while p.st.it < c.niter {
-        iterate(&mut p, &c, &o, ck.comm(), rank, &mut scratch)?;
-        match ck.poll(&mut p.st) {
-            Ok(q) if q.should_exit() => return Ok(()),
-            Ok(_) => {}
-            // The epoch was not committed, but every rank got this same error and the previous
-            // epoch is intact: the job can go on.
-            Err(e) if e.is_recoverable() => {
-                warn(&format!("npb-cg: rank {rank}: warning: {e}; carrying on"))
+        let block = p.block;
+        if !p.st.solve.started() {
+            p.st.solve
+                .start(&p.st.x, &Ranks::new(ck.comm(), c.na, block))?;
+        }
+        while p.st.solve.done < CG_ITERATIONS {
+            p.st.solve.step(&p.a, &Ranks::new(ck.comm(), c.na, block))?;
+            if o.poll_cg && poll(&mut ck, &mut p.st, rank)? {
+                return Ok(());
             }
-            Err(e) => return Err(e),
+        }
+        end_iteration(&mut p, &c, &o, ck.comm(), rank)?;
+        if poll(&mut ck, &mut p.st, rank)? {
+            return Ok(());
         }
     }
     if rank == 0 {
@@ -314,9 +351,13 @@ fn run_plain(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), c
     let mut p = set_up(&c, rank as usize, size as usize);
     let setup = t0.elapsed();
     let t1 = Instant::now();
-    let mut scratch = Scratch::default();
+    let team = Ranks::new(world, c.na, p.block);
     while p.st.it < c.niter {
-        iterate(&mut p, &c, &o, world, rank, &mut scratch)?;
+        p.st.solve.start(&p.st.x, &team)?;
+        while p.st.solve.done < CG_ITERATIONS {
+            p.st.solve.step(&p.a, &team)?;
+        }
+        end_iteration(&mut p, &c, &o, world, rank)?;
     }
     if rank == 0 {
         report(&c, &p.st, size, setup, t1.elapsed());
@@ -383,10 +424,14 @@ mod tests {
     fn zeta(c: &Class) -> f64 {
         let a = matrix::generate(c.na, c.nonzer, c.shift, 0, c.na);
         let mut x = vec![1.0; c.na];
-        let mut s = Scratch::default();
+        let mut s = Solve::default();
         let mut zeta = 0.0;
         for _ in 0..c.niter {
-            let Ok((z, _)) = solver::outer_iteration(&a, c.shift, &mut x, &mut s, &Solo);
+            let Ok(()) = s.start(&x, &Solo);
+            while s.done < CG_ITERATIONS {
+                let Ok(()) = s.step(&a, &Solo);
+            }
+            let Ok((z, _)) = s.finish(&a, c.shift, &mut x, &Solo);
             zeta = z;
         }
         zeta
@@ -405,7 +450,11 @@ mod tests {
     #[test]
     fn options_are_parsed_and_bad_ones_named() {
         let o = parse(&["--class", "W", "--iter-ms", "7", "--plain"]).unwrap();
-        assert_eq!((o.class.name, o.iter_ms, o.plain), ('W', 7, true));
+        assert_eq!(
+            (o.class.name, o.iter_ms, o.plain, o.poll_cg),
+            ('W', 7, true, false)
+        );
+        assert!(parse(&["--poll-cg"]).unwrap().poll_cg);
         assert_eq!(parse(&[]).unwrap().class.name, 'S');
         for (args, needle) in [
             (&["--class", "B"][..], "--class B: expected S, W or A"),

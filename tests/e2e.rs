@@ -2662,3 +2662,37 @@ fn npb_cg_killed_at_random_moments_verifies_bit_identically() {
         );
     }
 }
+
+/// With a poll after every CG iteration, a crash restarts from a checkpoint taken inside a
+/// solve (its vectors restored) and still ends with the uninterrupted run's bits.
+#[test]
+fn npb_cg_restarts_inside_a_solve_bit_identically() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    // 26 polls per outer iteration; epoch 14 is poll 98: 3 iterations and 20 CG iterations.
+    let flags = [
+        "--every",
+        "7",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "2:poll:100",
+    ];
+    let args = ["--class", "S", "--poll-cg"];
+    let out = Run::new(&job, RANKS, &flags, &bin("npb-cg"), &args).output();
+    assert_npb_cg_verified(&out, "killed at poll 100");
+    assert_eq!(restored_epochs(&job), vec![14], "{}", out.dump());
+    assert!(
+        out.stdout
+            .contains("restored epoch 14 at iteration 3, 20 CG iterations into the next"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(
+        npb_line(&out, "result: ").as_deref(),
+        Some(npb_cg_reference()),
+        "differs from the uninterrupted run\n{}",
+        out.dump()
+    );
+}

@@ -9,7 +9,7 @@
 use super::matrix::Rows;
 
 /// CG iterations per outer iteration.
-pub const CG_ITERATIONS: usize = 25;
+pub const CG_ITERATIONS: u64 = 25;
 
 /// What the solver needs from the ranks.
 pub trait Team {
@@ -27,61 +27,85 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Scratch vectors of one rank, rebuilt at every outer iteration (not state).
+/// One rank's part of a solve in progress: its rows of the CG vectors and how far the solve
+/// got. Empty between outer iterations. All but `q` is state a checkpoint may hold.
 #[derive(Debug, Default)]
-pub struct Scratch {
-    z: Vec<f64>,
-    r: Vec<f64>,
-    p: Vec<f64>,
+pub struct Solve {
+    /// CG iterations done.
+    pub done: u64,
+    /// The solution so far.
+    pub z: Vec<f64>,
+    /// The residual `x - A z`.
+    pub r: Vec<f64>,
+    /// The search direction.
+    pub p: Vec<f64>,
+    /// `r . r` over all rows.
+    pub rho: f64,
+    /// Scratch: `A p`.
     q: Vec<f64>,
 }
 
-/// Approximately solves `A z = x` from `z = 0`; returns `z` (in the scratch) and the
-/// residual norm `||x - A z||`.
-fn conj_grad<T: Team>(a: &Rows, x: &[f64], s: &mut Scratch, team: &T) -> Result<f64, T::Error> {
-    let n = x.len();
-    s.z = vec![0.0; n];
-    s.q = vec![0.0; n];
-    s.r = x.to_vec();
-    s.p = x.to_vec();
-    let [mut rho] = team.sums([dot(&s.r, &s.r)])?;
-    for _ in 0..CG_ITERATIONS {
-        a.mul(&team.whole(&s.p)?, &mut s.q);
-        let [pq] = team.sums([dot(&s.p, &s.q)])?;
-        let alpha = rho / pq;
-        for k in 0..n {
-            s.z[k] += alpha * s.p[k];
-            s.r[k] -= alpha * s.q[k];
-        }
-        let rho0 = rho;
-        [rho] = team.sums([dot(&s.r, &s.r)])?;
-        let beta = rho / rho0;
-        for k in 0..n {
-            s.p[k] = s.r[k] + beta * s.p[k];
-        }
+impl Solve {
+    /// Whether a solve is in progress.
+    pub fn started(&self) -> bool {
+        !self.z.is_empty()
     }
-    // The residual of the solve, with the true product (q as scratch for A z).
-    a.mul(&team.whole(&s.z)?, &mut s.q);
-    let local: f64 = x.iter().zip(&s.q).map(|(xi, azi)| (xi - azi).powi(2)).sum();
-    let [sum] = team.sums([local])?;
-    Ok(sum.sqrt())
-}
 
-/// One outer iteration: solves with `x`, replaces `x` by the normalised solution, and
-/// returns `(zeta, ||r||)`.
-pub fn outer_iteration<T: Team>(
-    a: &Rows,
-    shift: f64,
-    x: &mut [f64],
-    s: &mut Scratch,
-    team: &T,
-) -> Result<(f64, f64), T::Error> {
-    let rnorm = conj_grad(a, x, s, team)?;
-    let [xz, zz] = team.sums([dot(x, &s.z), dot(&s.z, &s.z)])?;
-    let zeta = shift + 1.0 / xz;
-    let scale = 1.0 / zz.sqrt();
-    for (xi, zi) in x.iter_mut().zip(&s.z) {
-        *xi = scale * zi;
+    /// Starts solving `A z = x` from `z = 0`.
+    pub fn start<T: Team>(&mut self, x: &[f64], team: &T) -> Result<(), T::Error> {
+        self.done = 0;
+        self.z = vec![0.0; x.len()];
+        self.r = x.to_vec();
+        self.p = x.to_vec();
+        [self.rho] = team.sums([dot(&self.r, &self.r)])?;
+        Ok(())
     }
-    Ok((zeta, rnorm))
+
+    /// One CG iteration.
+    pub fn step<T: Team>(&mut self, a: &Rows, team: &T) -> Result<(), T::Error> {
+        let n = self.z.len();
+        self.q.resize(n, 0.0);
+        a.mul(&team.whole(&self.p)?, &mut self.q);
+        let [pq] = team.sums([dot(&self.p, &self.q)])?;
+        let alpha = self.rho / pq;
+        for k in 0..n {
+            self.z[k] += alpha * self.p[k];
+            self.r[k] -= alpha * self.q[k];
+        }
+        let rho0 = self.rho;
+        [self.rho] = team.sums([dot(&self.r, &self.r)])?;
+        let beta = self.rho / rho0;
+        for k in 0..n {
+            self.p[k] = self.r[k] + beta * self.p[k];
+        }
+        self.done += 1;
+        Ok(())
+    }
+
+    /// Ends the outer iteration: replaces `x` by the normalised solution, empties the solve,
+    /// and returns `(zeta, ||x - A z||)`.
+    pub fn finish<T: Team>(
+        &mut self,
+        a: &Rows,
+        shift: f64,
+        x: &mut [f64],
+        team: &T,
+    ) -> Result<(f64, f64), T::Error> {
+        // The residual of the solve, with the true product.
+        self.q.resize(x.len(), 0.0);
+        a.mul(&team.whole(&self.z)?, &mut self.q);
+        let local: f64 = x
+            .iter()
+            .zip(&self.q)
+            .map(|(xi, azi)| (xi - azi).powi(2))
+            .sum();
+        let [sum, xz, zz] = team.sums([local, dot(x, &self.z), dot(&self.z, &self.z)])?;
+        let zeta = shift + 1.0 / xz;
+        let scale = 1.0 / zz.sqrt();
+        for (xi, zi) in x.iter_mut().zip(&self.z) {
+            *xi = scale * zi;
+        }
+        *self = Solve::default();
+        Ok((zeta, sum.sqrt()))
+    }
 }
