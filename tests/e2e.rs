@@ -2854,3 +2854,134 @@ fn every_collective_gives_known_results_across_kills_and_restarts() {
     );
     same(&run.output(), "stopped with --then-exit, then resumed");
 }
+
+/// The last line of `out`'s stdout that starts with `prefix`, without it.
+fn npb_line(out: &Output, prefix: &str) -> Option<String> {
+    out.stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(str::to_owned)
+}
+
+/// npb-cg's `result:` (the bits of zeta) in an uninterrupted class S run on `RANKS` ranks
+/// without checkpoints (once per test process).
+fn npb_cg_reference() -> &'static str {
+    static REF: OnceLock<String> = OnceLock::new();
+    REF.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let job = dir.path().join("ref");
+        let args = ["--class", "S"];
+        let out = Run::new(&job, RANKS, &["--every", "off"], &bin("npb-cg"), &args).output();
+        assert_npb_cg_verified(&out, "reference run");
+        npb_line(&out, "result: ").unwrap_or_else(|| panic!("no result\n{}", out.dump()))
+    })
+}
+
+/// The job succeeded, printed zeta and ended its output with `verified: yes`.
+fn assert_npb_cg_verified(out: &Output, ctx: &str) {
+    assert!(out.status.success(), "{ctx}: job failed\n{}", out.dump());
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("verified: yes"),
+        "{ctx}\n{}",
+        out.dump()
+    );
+    assert!(
+        npb_line(out, "zeta = ").is_some_and(|z| z.starts_with("8.59717750786")),
+        "{ctx}\n{}",
+        out.dump()
+    );
+}
+
+/// NPB CG class S verifies against the published zeta on 1, 2, 3 (blocks of unequal length)
+/// and 4 ranks; with checkpoints every 5 iterations on 4 ranks it ends with the bits of the run
+/// without checkpoints.
+#[test]
+fn npb_cg_class_s_verifies_on_any_rank_count() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--class", "S"];
+    for n in [1, 2, 3] {
+        let job = dir.path().join(format!("n{n}"));
+        let out = Run::new(&job, n, &["--every", "off"], &bin("npb-cg"), &args).output();
+        assert_npb_cg_verified(&out, &format!("{n} ranks"));
+    }
+    let job = dir.path().join("n4");
+    let out = Run::new(&job, RANKS, &["--every", "5"], &bin("npb-cg"), &args).output();
+    assert_npb_cg_verified(&out, "4 ranks, checkpoints");
+    assert_eq!(committed_epochs(&job), vec![1, 2, 3], "{}", out.dump());
+    assert_eq!(
+        npb_line(&out, "result: ").as_deref(),
+        Some(npb_cg_reference()),
+        "checkpoints changed the result\n{}",
+        out.dump()
+    );
+}
+
+/// NPB CG class S, SIGKILLed at seeded random moments (`CKPT_SEEDS=a,b` to replay) and
+/// restarted, still verifies, with the bits of an uninterrupted run.
+#[test]
+fn npb_cg_killed_at_random_moments_verifies_bit_identically() {
+    let Some(_mpi) = mpi() else { return };
+    for seed in seeds(&[21, 22, 23]) {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let args = ["--class", "S", "--iter-ms", "150"];
+        let flags = ["--every", "2", "--max-restarts", "2"];
+        let run = Run::new(&job, RANKS, &flags, &bin("npb-cg"), &args);
+        let (out, ctx) = kill_at_random(run, &job, RANKS, seed, Duration::from_millis(1500));
+        assert_npb_cg_verified(&out, &ctx);
+        assert_eq!(
+            npb_line(&out, "result: ").as_deref(),
+            Some(npb_cg_reference()),
+            "{ctx}: differs from the uninterrupted run\n{}",
+            out.dump()
+        );
+        assert_eq!(
+            restored_epochs(&job).len(),
+            1,
+            "{ctx}: expected one restore\n{}",
+            out.dump()
+        );
+        assert!(
+            out.stdout.contains("npb-cg: restored epoch"),
+            "{ctx}\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// With a poll after every CG iteration, a crash restarts from a checkpoint taken inside a
+/// solve (its vectors restored) and still ends with the uninterrupted run's bits.
+#[test]
+fn npb_cg_restarts_inside_a_solve_bit_identically() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    // 26 polls per outer iteration; epoch 14 is poll 98: 3 iterations and 20 CG iterations.
+    let flags = [
+        "--every",
+        "7",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "2:poll:100",
+    ];
+    let args = ["--class", "S", "--poll-cg"];
+    let out = Run::new(&job, RANKS, &flags, &bin("npb-cg"), &args).output();
+    assert_npb_cg_verified(&out, "killed at poll 100");
+    assert_eq!(restored_epochs(&job), vec![14], "{}", out.dump());
+    assert!(
+        out.stdout
+            .contains("restored epoch 14 at iteration 3, 20 CG iterations into the next"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(
+        npb_line(&out, "result: ").as_deref(),
+        Some(npb_cg_reference()),
+        "differs from the uninterrupted run\n{}",
+        out.dump()
+    );
+}
