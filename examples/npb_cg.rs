@@ -162,21 +162,21 @@ impl Protect for State {
 /// rsmpi's for the `--plain` baseline.
 trait AllGather {
     /// Every rank's `local` (all of one length), concatenated in rank order.
-    fn all_gather_f64(&self, local: &[f64]) -> Vec<f64>;
+    fn all_gather_f64(&self, local: &[f64]) -> Result<Vec<f64>, ckpt::Error>;
 }
 
 impl AllGather for Comm {
-    fn all_gather_f64(&self, local: &[f64]) -> Vec<f64> {
+    fn all_gather_f64(&self, local: &[f64]) -> Result<Vec<f64>, ckpt::Error> {
         self.all_gather(local)
     }
 }
 
 impl AllGather for mpi::topology::SimpleCommunicator {
-    fn all_gather_f64(&self, local: &[f64]) -> Vec<f64> {
+    fn all_gather_f64(&self, local: &[f64]) -> Result<Vec<f64>, ckpt::Error> {
         use ckpt::mpi::traits::{Communicator, CommunicatorCollectives};
         let mut out = vec![0.0; local.len() * self.size() as usize];
         self.all_gather_into(local, &mut out[..]);
-        out
+        Ok(out)
     }
 }
 
@@ -197,7 +197,7 @@ impl<C: AllGather> Team for Ranks<'_, C> {
     type Error = ckpt::Error;
 
     fn sums<const N: usize>(&self, local: [f64; N]) -> Result<[f64; N], ckpt::Error> {
-        let all = self.comm.all_gather_f64(&local);
+        let all = self.comm.all_gather_f64(&local)?;
         let mut total = [0.0; N];
         for part in all.chunks_exact(N) {
             for (t, v) in total.iter_mut().zip(part) {
@@ -211,7 +211,7 @@ impl<C: AllGather> Team for Ranks<'_, C> {
         // All-gather needs blocks of one length: the short last blocks are padded.
         let mut padded = local.to_vec();
         padded.resize(self.block, 0.0);
-        let mut all = self.comm.all_gather_f64(&padded);
+        let mut all = self.comm.all_gather_f64(&padded)?;
         all.truncate(self.na);
         Ok(all)
     }
