@@ -2581,6 +2581,17 @@ fn lose_node1(
     env: &[(&str, &str)],
     level: ckpt::Level,
 ) -> (Output, Vec<ckpt::events::Event>) {
+    lose_nodes(prog, args, env, (2, level), &["node1"])
+}
+
+/// [`lose_node1`] with the nodes `nodes`, once epoch `when.0` has level `when.1` complete.
+fn lose_nodes(
+    prog: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    when: (u64, ckpt::Level),
+    nodes: &[&str],
+) -> (Output, Vec<ckpt::events::Event>) {
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job");
     let flags = [
@@ -2589,38 +2600,37 @@ fn lose_node1(
         "--every",
         "40",
         "--max-restarts",
-        "2",
+        "3",
     ];
     let mut run = Run::new(&job, 8, &flags, prog, args);
     for (k, v) in env {
         run = run.env(k, v);
     }
     let running = run.spawn();
-    let complete = |e: &ckpt::events::Event| matches!(e, ckpt::events::Event::LevelComplete { epoch: 2, level: l, .. } if *l == level);
+    let complete = |e: &ckpt::events::Event| matches!(e, ckpt::events::Event::LevelComplete { epoch, level: l, .. } if *l == when.1 && *epoch == when.0);
     assert!(
         wait_for(Duration::from_secs(90), || events(&job)
             .iter()
             .any(complete)),
-        "{level:?} of epoch 2 never completed: {:?}",
+        "{:?} of epoch {} never completed: {:?}",
+        when.1,
+        when.0,
         events(&job)
     );
-    let kill = ckpt(&["kill-node", job.to_str().unwrap(), "node1"]);
-    assert!(kill.status.success(), "{}", kill.dump());
+    for node in nodes {
+        let kill = ckpt(&["kill-node", job.to_str().unwrap(), node]);
+        assert!(kill.status.success(), "{}", kill.dump());
+    }
     let out = running.wait();
     (out, events(&job))
 }
 
-/// The ranks `level` recovered, by rank, from the events (each onto node1).
+/// The ranks `level` recovered, from the events.
 fn recovered_by(events: &[ckpt::events::Event], level: ckpt::Level) -> Vec<u32> {
     let mut ranks: Vec<u32> = events
         .iter()
         .filter_map(|e| match e {
-            ckpt::events::Event::Recovered {
-                rank,
-                level: l,
-                node,
-                ..
-            } if *l == level && node == "node1" => Some(*rank),
+            ckpt::events::Event::Recovered { rank, level: l, .. } if *l == level => Some(*rank),
             _ => None,
         })
         .collect();
@@ -2984,4 +2994,111 @@ fn npb_cg_restarts_inside_a_solve_bit_identically() {
         "differs from the uninterrupted run\n{}",
         out.dump()
     );
+}
+
+/// With L2 and L4 off and L3 (XOR over groups of 4 ranks on distinct nodes) every epoch, a
+/// lost node's ranks are rebuilt from their groups' other members and parity.
+#[test]
+fn a_lost_node_is_rebuilt_from_parity_when_partners_are_off() {
+    let Some(_mpi) = mpi() else { return };
+    let env = [
+        ("CKPT_L2_EVERY", "0"),
+        ("CKPT_L3_EVERY", "1"),
+        ("CKPT_L4_EVERY", "0"),
+    ];
+    let (out, ev) = lose_node1(&heat2d(), HEAT_NODES, &env, ckpt::Level::Parity);
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(recovered_by(&ev, ckpt::Level::Parity), [2, 3], "{ev:?}");
+    assert!(out.stderr.contains("from L3 onto node1"), "{}", out.dump());
+}
+
+/// Two nodes lost at once (node1 and node2: ranks 2 to 5, two members of each group of 4):
+/// Reed-Solomon with 2 parity shards per set rebuilds all four (ring, with its logs).
+#[test]
+fn two_lost_nodes_are_rebuilt_with_reed_solomon() {
+    let Some(_mpi) = mpi() else { return };
+    let args = ["--iters", "240", "--lag", "3", "--step-ms", "15"];
+    let env = [
+        ("CKPT_L2_EVERY", "0"),
+        ("CKPT_L3_EVERY", "1"),
+        ("CKPT_L3_PARITY", "2"),
+        ("CKPT_L4_EVERY", "0"),
+    ];
+    let (out, ev) = lose_nodes(
+        &bin("ring"),
+        &args,
+        &env,
+        (2, ckpt::Level::Parity),
+        &["node1", "node2"],
+    );
+    assert!(out.status.success(), "{}", out.dump());
+    let dir = tempfile::tempdir().unwrap();
+    let reference = Run::new(
+        &dir.path().join("ref"),
+        8,
+        &["--every", "off"],
+        &bin("ring"),
+        &args,
+    )
+    .output();
+    let want = ring_digests(&reference);
+    let got = ring_digests(&out);
+    assert_eq!(&got[got.len() - want.len()..], &want[..], "{}", out.dump());
+    let mut rebuilt = recovered_by(&ev, ckpt::Level::Parity);
+    rebuilt.dedup();
+    assert_eq!(rebuilt, [2, 3, 4, 5], "{ev:?}");
+}
+
+/// Two nodes of one XOR group lost after epoch 3 (L2 off, L3 every epoch, L4 every 2nd): epoch
+/// 3 cannot be rebuilt (two members of each group gone, one tolerated) and has no L4 copy, so
+/// the restart says what is missing at each level and falls back to epoch 2, recovered from
+/// L4; the result is still bit-identical.
+#[test]
+fn too_many_losses_fall_back_to_an_epoch_on_shared_storage() {
+    let Some(_mpi) = mpi() else { return };
+    let env = [
+        ("CKPT_L2_EVERY", "0"),
+        ("CKPT_L3_EVERY", "1"),
+        ("CKPT_L4_EVERY", "2"),
+    ];
+    let (out, ev) = lose_nodes(
+        &heat2d(),
+        HEAT_NODES,
+        &env,
+        (3, ckpt::Level::Parity),
+        &["node1", "node2"],
+    );
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("epoch 3 is unusable"))
+        .unwrap_or_else(|| panic!("no fallback from epoch 3\n{}", out.dump()));
+    for needle in [
+        "falling back to epoch 2",
+        "no level holds it",
+        "L3: group 0 lost the files of ranks [2, 4]",
+        "1 tolerated",
+        "L4: not flushed for this epoch",
+    ] {
+        assert!(line.contains(needle), "{needle:?} not in: {line}");
+    }
+    let restored = ev.iter().find_map(|e| match e {
+        ckpt::events::Event::Restored { epoch, .. } => Some(*epoch),
+        _ => None,
+    });
+    assert_eq!(restored, Some(2), "{ev:?}");
+    assert_eq!(recovered_by(&ev, ckpt::Level::Pfs), [2, 3, 4, 5], "{ev:?}");
 }

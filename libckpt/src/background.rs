@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::format::{FileIdentity, RankFileReader};
-use crate::inflight::InFlight;
+use crate::inflight::{InFlight, RecvStream};
 use crate::manifest::{self, Level};
 use crate::placement::Partners;
 use crate::stall::{self, Watch};
@@ -930,20 +930,10 @@ fn write_copy(
     Ok(len)
 }
 
-/// One segment stream of an L3 set coming to its holder.
-struct SegIn {
-    src: i32,
-    len: u64,
-    posted: u64,
-    recvs: VecDeque<InFlight>,
-    got: VecDeque<Vec<u8>>,
-}
-
 /// A parity set this rank holds: the data members' segments arrive stripe by stripe and go to
 /// an encoder thread, which writes this rank's parity shard.
 struct SetIn {
-    tag: i32,
-    segs: Vec<SegIn>,
+    segs: Vec<RecvStream>,
     stripes: u64,
     next: u64,
     ready: Option<Vec<Vec<u8>>>,
@@ -958,16 +948,9 @@ impl SetIn {
         let (tx, rx) = mpsc::sync_channel(WINDOW);
         let encoder = Task::spawn(move || encode_set(&path, header, rx));
         SetIn {
-            tag,
             segs: srcs
                 .iter()
-                .map(|&(src, len)| SegIn {
-                    src,
-                    len,
-                    posted: 0,
-                    recvs: VecDeque::new(),
-                    got: VecDeque::new(),
-                })
+                .map(|&(src, len)| RecvStream::new(src, tag, len, CHUNK, WINDOW))
                 .collect(),
             stripes,
             next: 0,
@@ -980,7 +963,6 @@ impl SetIn {
 
     fn failed(e: String) -> SetIn {
         SetIn {
-            tag: 0,
             segs: Vec::new(),
             stripes: 0,
             next: 0,
@@ -992,9 +974,7 @@ impl SetIn {
     }
 
     fn received(&self) -> bool {
-        self.segs
-            .iter()
-            .all(|s| s.posted >= s.len && s.recvs.is_empty())
+        self.segs.iter().all(RecvStream::received)
     }
 
     fn done(&self) -> bool {
@@ -1003,38 +983,24 @@ impl SetIn {
 
     /// The data member whose segment this set still waits for.
     fn waiting_for(&self) -> Option<i32> {
-        self.segs
-            .iter()
-            .find(|s| s.posted < s.len || !s.recvs.is_empty())
-            .map(|s| s.src)
+        self.segs.iter().find(|s| !s.received()).map(|s| s.src)
     }
 
     fn progress(&mut self, comm: &SimpleCommunicator) {
         for s in &mut self.segs {
-            loop {
-                while s.posted < s.len && s.recvs.len() < WINDOW {
-                    let n = (s.len - s.posted).min(CHUNK as u64) as usize;
-                    s.recvs.push_back(InFlight::recv(comm, s.src, self.tag, n));
-                    s.posted += n as u64;
-                }
-                let Some(chunk) = s.recvs.front_mut().and_then(InFlight::test) else {
-                    break;
-                };
-                s.recvs.pop_front();
-                s.got.push_back(chunk);
-            }
+            s.progress(comm);
         }
         loop {
             if self.ready.is_none() && self.next < self.stripes {
                 let at = self.next * CHUNK as u64;
                 // Stripe `next` is ready when every segment that reaches it has its chunk.
-                if self.segs.iter().any(|s| s.len > at && s.got.is_empty()) {
+                if self.segs.iter().any(|s| s.len() > at && s.got.is_empty()) {
                     break;
                 }
                 let stripe = self
                     .segs
                     .iter_mut()
-                    .map(|s| match s.len > at {
+                    .map(|s| match s.len() > at {
                         true => s.got.pop_front().unwrap_or_default(),
                         false => Vec::new(),
                     })

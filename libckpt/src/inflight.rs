@@ -88,3 +88,62 @@ impl Drop for InFlight {
         }
     }
 }
+
+/// The receiving end of a stream of `len` bytes from `src` with `tag`, in messages of at most
+/// `chunk` bytes (the sender cuts the same way), at most `window` posted at once. Received
+/// chunks wait in `got`, in order.
+pub(crate) struct RecvStream {
+    /// The sender.
+    pub src: i32,
+    tag: i32,
+    len: u64,
+    posted: u64,
+    chunk: usize,
+    window: usize,
+    recvs: std::collections::VecDeque<InFlight>,
+    /// Chunks received and not yet taken.
+    pub got: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl RecvStream {
+    /// A stream to receive.
+    pub fn new(src: i32, tag: i32, len: u64, chunk: usize, window: usize) -> RecvStream {
+        RecvStream {
+            src,
+            tag,
+            len,
+            posted: 0,
+            chunk,
+            window,
+            recvs: Default::default(),
+            got: Default::default(),
+        }
+    }
+
+    /// Bytes of the whole stream.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Posts receives up to the window and moves completed ones to `got`, without blocking.
+    pub fn progress(&mut self, comm: &SimpleCommunicator) {
+        loop {
+            while self.posted < self.len && self.recvs.len() < self.window {
+                let n = (self.len - self.posted).min(self.chunk as u64) as usize;
+                self.recvs
+                    .push_back(InFlight::recv(comm, self.src, self.tag, n));
+                self.posted += n as u64;
+            }
+            let Some(chunk) = self.recvs.front_mut().and_then(InFlight::test) else {
+                break;
+            };
+            self.recvs.pop_front();
+            self.got.push_back(chunk);
+        }
+    }
+
+    /// Whether every byte of the stream was received.
+    pub fn received(&self) -> bool {
+        self.posted >= self.len && self.recvs.is_empty()
+    }
+}

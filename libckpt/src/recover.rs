@@ -16,13 +16,16 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::background::{parity_header_group, TAG_SET};
 use crate::events::{self, Event};
 use crate::format::{FileIdentity, RankFileReader};
-use crate::inflight::InFlight;
+use crate::inflight::{InFlight, RecvStream};
 use crate::manifest::{Level, Manifest};
 use crate::stall::{self, Watch};
 use crate::storage::copies::{self, CopyWriter, Places};
 use crate::storage::durable;
+use crate::storage::parity::{GroupLayout, ParityHeader, Rebuilder};
+use crate::storage::parity_sets::ParitySets;
 use crate::transport;
 use crate::Ctx;
 
@@ -30,8 +33,10 @@ use crate::Ctx;
 const CHUNK: usize = 4 << 20;
 const WINDOW: usize = 2;
 /// Tag of recovery data on the library's communicator (only recovery sends there while a
-/// restore runs, and each pair of ranks has at most one transfer).
+/// restore runs, and each pair of ranks has at most one transfer per tag): partner copies,
+/// and the shards of L3 set `p` with `TAG_REBUILD + p`.
 const TAG_RECOVER: i32 = 17;
+const TAG_REBUILD: i32 = TAG_SET + 100;
 
 /// What one rank found of epoch E's copies.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +49,8 @@ pub(crate) struct Found {
     pub shared: bool,
     /// Ranks whose L2 copies it holds, each matching the manifest.
     pub holds: Vec<u32>,
+    /// L3 parity shards it holds intact: (group, set).
+    pub parity: Vec<(u32, u32)>,
 }
 
 /// Where a rank's file comes from.
@@ -53,6 +60,8 @@ pub(crate) enum Source {
     Local,
     /// The partner copy held by this rank.
     Partner(u32),
+    /// A rebuild from the rank's L3 group.
+    Parity,
     /// The shared copy.
     Shared,
     /// No copy anywhere.
@@ -82,12 +91,59 @@ pub(crate) fn plan(m: &Manifest, found: &[Found]) -> Vec<Source> {
                     return Source::Partner(h);
                 }
             }
+            if m.has(Level::Parity) && rebuildable(m, found, r as u32) {
+                return Source::Parity;
+            }
             if m.has(Level::Pfs) && f.shared {
                 return Source::Shared;
             }
             Source::Lost
         })
         .collect()
+}
+
+/// `rank`'s L3 group in the manifest: its index, `rank`'s index among the members, the sets.
+fn group_of(m: &Manifest, rank: u32) -> Option<(usize, usize, ParitySets)> {
+    let g = m
+        .copies
+        .parity
+        .iter()
+        .position(|g| g.members.contains(&rank))?;
+    let group = &m.copies.parity[g];
+    let mi = group.members.iter().position(|&r| r == rank)?;
+    let sets = ParitySets::new(group.members.clone(), group.k).ok()?;
+    Some((g, mi, sets))
+}
+
+/// The shards of set `p` that are gone: data members without their L1 file, holders without
+/// their intact parity shard (shard indices: data in layout order, then parity).
+fn lost_shards(sets: &ParitySets, g: usize, p: usize, found: &[Found]) -> Vec<usize> {
+    let members = sets.members();
+    let has_l1 = |m: usize| found.get(members[m] as usize).is_some_and(|f| f.local);
+    let has_shard = |h: usize| {
+        found
+            .get(members[h] as usize)
+            .is_some_and(|f| f.parity.contains(&(g as u32, p as u32)))
+    };
+    let data = sets.data(p);
+    let mut lost: Vec<usize> = (0..data.len()).filter(|&i| !has_l1(data[i])).collect();
+    for (t, h) in sets.holders(p).into_iter().enumerate() {
+        if !has_shard(h) {
+            lost.push(data.len() + t);
+        }
+    }
+    lost
+}
+
+/// Whether `rank`'s file can be rebuilt from its group: in every set covering one of its
+/// segments, at most `k` shards are gone.
+fn rebuildable(m: &Manifest, found: &[Found], rank: u32) -> bool {
+    let Some((g, mi, sets)) = group_of(m, rank) else {
+        return false;
+    };
+    sets.sets_with_data(mi)
+        .iter()
+        .all(|&(p, _)| lost_shards(&sets, g, p, found).len() <= sets.k())
 }
 
 /// Whether `path` holds rank `rank`'s file of the epoch as the manifest records it (header,
@@ -119,24 +175,64 @@ fn look(ctx: &Ctx, places: &Places, m: &Manifest) -> Found {
     } else {
         Vec::new()
     };
+    let parity = match group_of(m, me).filter(|_| m.has(Level::Parity)) {
+        Some((g, mi, sets)) => (0..sets.count())
+            .filter(|&p| sets.shard_held(mi, p).is_some())
+            .filter(|&p| parity_intact(places, m, &sets, g, mi, p).is_some())
+            .map(|p| (g as u32, p as u32))
+            .collect(),
+        None => Vec::new(),
+    };
     Found {
         manifest: true,
         local,
         shared,
         holds,
+        parity,
     }
 }
 
+/// Where the parity shard this rank (member `mi`) holds of set `p` starts in its file, if the
+/// file is there with the header it must have and its full length.
+fn parity_intact(
+    places: &Places,
+    m: &Manifest,
+    sets: &ParitySets,
+    g: usize,
+    mi: usize,
+    p: usize,
+) -> Option<(std::path::PathBuf, u64, GroupLayout)> {
+    let path = places.parity_path(m.epoch, g as u32, p as u32);
+    let lens: Vec<u64> = sets
+        .members()
+        .iter()
+        .map(|&r| m.ranks[r as usize].len)
+        .collect();
+    let layout = sets.layout(p, &lens, CHUNK as u32).ok()?;
+    let mut file = durable::open_regular(&path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut head = vec![0u8; 40 + 12 * layout.members().len()];
+    file.read_exact(&mut head).ok()?;
+    let (h, hlen) = ParityHeader::decode(&head).ok()?;
+    let ok = h.epoch == m.epoch
+        && h.group == parity_header_group(g, p)
+        && Some(usize::from(h.index)) == sets.shard_held(mi, p)
+        && h.layout == layout
+        && size == hlen as u64 + layout.parity_len();
+    ok.then_some((path, hlen as u64, layout))
+}
+
 /// Recovers, on every rank that lacks it, its file of epoch `epoch` (collective; `m` is the
-/// epoch's manifest, if this rank could read it). Returns the plan, or `None` when every rank
-/// had its own file (the common case costs one gather and one broadcast of a few bytes) or a
-/// rank could not read the manifest (the restore then fails and falls back as before).
+/// epoch's manifest, if this rank could read it). Returns, when this rank's file is lost at
+/// every level, why (for its restore error); `None` otherwise, and when every rank had its
+/// own file (the common case costs one gather and one broadcast of a few bytes) or a rank
+/// could not read the manifest (the restore then fails and falls back as before).
 pub(crate) fn recover(
     ctx: &Ctx,
     epoch: u64,
     m: Option<&Manifest>,
     watch: &Watch,
-) -> Option<Vec<Source>> {
+) -> Option<String> {
     let places = Places::of(&ctx.cfg);
     let armed = ctx.io.arm(
         "checking copies in",
@@ -167,18 +263,67 @@ pub(crate) fn recover(
         return None;
     }
     let sources = plan(m, &found);
-    transfer(ctx, &places, m, &sources, watch);
-    Some(sources)
+    transfer(ctx, &places, m, &sources, &found, watch);
+    let me = ctx.rank as u32;
+    (sources.get(me as usize) == Some(&Source::Lost)).then(|| why_lost(m, &found, me))
+}
+
+/// Why no level holds `rank`'s file of the epoch: what each level lacks.
+pub(crate) fn why_lost(m: &Manifest, found: &[Found], rank: u32) -> String {
+    let mut why = vec![format!(
+        "no level holds it: L1 is not on this rank's node (written on {})",
+        m.ranks.get(rank as usize).map_or("?", |r| r.node.as_str())
+    )];
+    why.push(match m.copies.partner.get(rank as usize) {
+        Some(h) if m.has(Level::Partner) => {
+            format!("L2: its holder rank {h} has no intact copy")
+        }
+        _ => "L2: not complete for this epoch".into(),
+    });
+    why.push(match group_of(m, rank).filter(|_| m.has(Level::Parity)) {
+        Some((g, mi, sets)) => {
+            let worst = sets
+                .sets_with_data(mi)
+                .iter()
+                .map(|&(p, _)| lost_shards(&sets, g, p, found).len())
+                .max()
+                .unwrap_or(0);
+            let gone: Vec<u32> = sets
+                .members()
+                .iter()
+                .copied()
+                .filter(|&r| !found.get(r as usize).is_some_and(|f| f.local))
+                .collect();
+            format!(
+                "L3: group {g} lost the files of ranks {gone:?} ({worst} shards of a set gone, \
+                 {} tolerated)",
+                sets.k()
+            )
+        }
+        None => "L3: not complete for this epoch".into(),
+    });
+    why.push(match m.has(Level::Pfs) {
+        true => "L4: its copy is missing or damaged".into(),
+        false => "L4: not flushed for this epoch".into(),
+    });
+    why.join("; ")
 }
 
 /// One recovery transfer of this rank: a copy it sends, or its own file it receives.
 enum Transfer {
     Send {
         to: i32,
+        tag: i32,
         /// `None`: the copy could not be opened.
         file: Option<std::fs::File>,
         left: u64,
         sends: VecDeque<InFlight>,
+    },
+    /// This rank's file rebuilt from its L3 group, set by set.
+    Rebuild {
+        out: CopyWriter,
+        sets: VecDeque<RebuildSet>,
+        failed: Option<String>,
     },
     Recv {
         from: i32,
@@ -191,7 +336,14 @@ enum Transfer {
 
 /// Runs this rank's part of the plan: sends the partner copies it holds to their ranks,
 /// receives or copies its own file, and writes it back to node-local storage.
-fn transfer(ctx: &Ctx, places: &Places, m: &Manifest, sources: &[Source], watch: &Watch) {
+fn transfer(
+    ctx: &Ctx,
+    places: &Places,
+    m: &Manifest,
+    sources: &[Source],
+    found: &[Found],
+    watch: &Watch,
+) {
     let me = ctx.rank as u32;
     let epoch = m.epoch;
     let t0 = Instant::now();
@@ -209,11 +361,13 @@ fn transfer(ctx: &Ctx, places: &Places, m: &Manifest, sources: &[Source], watch:
             .ok();
         work.push(Transfer::Send {
             to: r as i32,
+            tag: TAG_RECOVER,
             file,
             left: m.ranks[r].len,
             sends: VecDeque::new(),
         });
     }
+    parity_sends(places, m, sources, found, me, &mut work, &mut errors);
     let dest = places.locate(Level::Local, epoch, me).unwrap_or_default();
     let level = match sources[me as usize] {
         Source::Partner(h) => match CopyWriter::create(&dest) {
@@ -229,6 +383,16 @@ fn transfer(ctx: &Ctx, places: &Places, m: &Manifest, sources: &[Source], watch:
             }
             Err(e) => {
                 errors.push(format!("cannot create {}: {e}", dest.display()));
+                None
+            }
+        },
+        Source::Parity => match rebuild_of(m, found, me, &dest) {
+            Ok(t) => {
+                work.push(t);
+                Some(Level::Parity)
+            }
+            Err(e) => {
+                errors.push(e);
                 None
             }
         },
@@ -251,11 +415,20 @@ fn transfer(ctx: &Ctx, places: &Places, m: &Manifest, sources: &[Source], watch:
     };
     run(ctx, &mut work, watch, epoch, &mut errors);
     for t in work {
-        if let Transfer::Recv { out, .. } = t {
-            let _armed = ctx.io.arm("writing back", out.dest(), epoch);
-            if let Err(e) = out.finish() {
-                errors.push(format!("cannot write back {}: {e}", dest.display()));
-            }
+        let out = match t {
+            Transfer::Recv { out, .. } => out,
+            Transfer::Rebuild { out, failed, .. } => match failed {
+                Some(e) => {
+                    errors.push(e);
+                    continue;
+                }
+                None => out,
+            },
+            Transfer::Send { .. } => continue,
+        };
+        let _armed = ctx.io.arm("writing back", out.dest(), epoch);
+        if let Err(e) = out.finish() {
+            errors.push(format!("cannot write back {}: {e}", dest.display()));
         }
     }
     for e in &errors {
@@ -301,6 +474,7 @@ fn run(ctx: &Ctx, work: &mut [Transfer], watch: &Watch, epoch: u64, errors: &mut
             match t {
                 Transfer::Send {
                     to,
+                    tag,
                     file,
                     left,
                     sends,
@@ -313,13 +487,24 @@ fn run(ctx: &Ctx, work: &mut [Transfer], watch: &Watch, epoch: u64, errors: &mut
                     }
                     while *left > 0 && sends.len() < WINDOW {
                         let n = (*left).min(CHUNK as u64) as usize;
-                        sends.push_back(InFlight::send(&ctx.lib, *to, TAG_RECOVER, fill(file, n)));
+                        sends.push_back(InFlight::send(&ctx.lib, *to, *tag, fill(file, n)));
                         *left -= n as u64;
                     }
                     if *left > 0 || !sends.is_empty() {
                         waiting.get_or_insert((
                             *to,
                             format!("the recovery of rank {to}'s file of epoch {epoch} (sending)"),
+                        ));
+                    }
+                }
+                Transfer::Rebuild { out, sets, failed } => {
+                    if let Some(late) = rebuild_step(&ctx.lib, out, sets, failed) {
+                        waiting.get_or_insert((
+                            late,
+                            format!(
+                                "the rebuild of this rank's file of epoch {epoch} from its L3 \
+                                 group (a shard from rank {late})"
+                            ),
                         ));
                     }
                 }
@@ -361,6 +546,200 @@ fn run(ctx: &Ctx, work: &mut [Transfer], watch: &Watch, epoch: u64, errors: &mut
             || step(work, errors).map(|w| w.0) != Some(late),
         );
     }
+}
+
+/// One L3 set of the rebuild of this rank's file.
+struct RebuildSet {
+    layout: GroupLayout,
+    rebuilder: Rebuilder,
+    /// The shards' streams, data then parity; `None` for lost shards.
+    inputs: Vec<Option<RecvStream>>,
+    /// This rank's position among the set's data members, and among its lost shards.
+    me_data: usize,
+    me_lost: usize,
+    next: u64,
+}
+
+/// The sends of L3 shards this rank owes the ranks rebuilt from its group: its segment of each
+/// set they need (from its L1 file) and its parity shard of those sets.
+fn parity_sends(
+    places: &Places,
+    m: &Manifest,
+    sources: &[Source],
+    found: &[Found],
+    me: u32,
+    work: &mut Vec<Transfer>,
+    errors: &mut Vec<String>,
+) {
+    let Some((g, my_mi, sets)) = group_of(m, me) else {
+        return;
+    };
+    let lens: Vec<u64> = sets
+        .members()
+        .iter()
+        .map(|&r| m.ranks[r as usize].len)
+        .collect();
+    let mine = found.get(me as usize).cloned().unwrap_or_default();
+    let open_at = |path: &std::path::Path, at: u64, errors: &mut Vec<String>| {
+        use std::io::{Seek, SeekFrom};
+        durable::open_regular(path)
+            .and_then(|mut f| f.seek(SeekFrom::Start(at)).map(|_| f))
+            .map_err(|e| errors.push(format!("cannot read {}: {e}", path.display())))
+            .ok()
+    };
+    for (r_mi, &r) in sets.members().iter().enumerate() {
+        if sources.get(r as usize) != Some(&Source::Parity) || r == me {
+            continue;
+        }
+        for (p, _) in sets.sets_with_data(r_mi) {
+            let tag = TAG_REBUILD + p as i32;
+            if let (Some(j), true) = (sets.segment_of(my_mi, p), mine.local) {
+                let range = sets.segment(lens[my_mi], j);
+                let l1 = places.locate(Level::Local, m.epoch, me).unwrap_or_default();
+                work.push(Transfer::Send {
+                    to: r as i32,
+                    tag,
+                    file: open_at(&l1, range.start, errors),
+                    left: range.end - range.start,
+                    sends: VecDeque::new(),
+                });
+            }
+            if mine.parity.contains(&(g as u32, p as u32)) {
+                if let Some((path, at, layout)) = parity_intact(places, m, &sets, g, my_mi, p) {
+                    work.push(Transfer::Send {
+                        to: r as i32,
+                        tag,
+                        file: open_at(&path, at, errors),
+                        left: layout.parity_len(),
+                        sends: VecDeque::new(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The rebuild of this rank's file into `dest`, set by set.
+fn rebuild_of(
+    m: &Manifest,
+    found: &[Found],
+    me: u32,
+    dest: &std::path::Path,
+) -> Result<Transfer, String> {
+    let (g, mi, sets) = group_of(m, me).ok_or("not in an L3 group")?;
+    let lens: Vec<u64> = sets
+        .members()
+        .iter()
+        .map(|&r| m.ranks[r as usize].len)
+        .collect();
+    let mut queue = VecDeque::new();
+    for (p, _) in sets.sets_with_data(mi) {
+        let layout = sets
+            .layout(p, &lens, CHUNK as u32)
+            .map_err(|e| e.to_string())?;
+        let lost = lost_shards(&sets, g, p, found);
+        let data = sets.data(p);
+        let me_data = data
+            .iter()
+            .position(|&d| d == mi)
+            .ok_or("not a data member")?;
+        let me_lost = lost.iter().position(|&s| s == me_data).ok_or("not lost")?;
+        let rebuilder = Rebuilder::new(layout.clone(), &lost).map_err(|e| e.to_string())?;
+        let tag = TAG_REBUILD + p as i32;
+        let members = sets.members();
+        let mut inputs: Vec<Option<RecvStream>> = data
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                (!lost.contains(&i)).then(|| {
+                    let len = layout.members()[i].len;
+                    RecvStream::new(members[d] as i32, tag, len, CHUNK, WINDOW)
+                })
+            })
+            .collect();
+        for (t, h) in sets.holders(p).into_iter().enumerate() {
+            inputs.push((!lost.contains(&(data.len() + t))).then(|| {
+                RecvStream::new(members[h] as i32, tag, layout.parity_len(), CHUNK, WINDOW)
+            }));
+        }
+        queue.push_back(RebuildSet {
+            layout,
+            rebuilder,
+            inputs,
+            me_data,
+            me_lost,
+            next: 0,
+        });
+    }
+    let out =
+        CopyWriter::create(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+    Ok(Transfer::Rebuild {
+        out,
+        sets: queue,
+        failed: None,
+    })
+}
+
+/// Advances the rebuild: receives the front set's shards, rebuilds the stripes that are
+/// complete and appends this rank's bytes of them. Returns the rank still waited for.
+fn rebuild_step(
+    comm: &mpi::topology::SimpleCommunicator,
+    out: &mut CopyWriter,
+    sets: &mut VecDeque<RebuildSet>,
+    failed: &mut Option<String>,
+) -> Option<i32> {
+    while let Some(set) = sets.front_mut() {
+        for s in set.inputs.iter_mut().flatten() {
+            s.progress(comm);
+        }
+        let chunk = u64::from(set.layout.chunk());
+        while set.next < set.layout.stripes() {
+            let at = set.next * chunk;
+            let ready = set
+                .inputs
+                .iter()
+                .flatten()
+                .all(|s| s.len() <= at || !s.got.is_empty());
+            if !ready {
+                break;
+            }
+            let stripe: Vec<Option<Vec<u8>>> = set
+                .inputs
+                .iter_mut()
+                .map(|s| {
+                    s.as_mut().map(|s| match s.len() > at {
+                        true => s.got.pop_front().unwrap_or_default(),
+                        false => Vec::new(),
+                    })
+                })
+                .collect();
+            let i = set.next;
+            set.next += 1;
+            if failed.is_some() {
+                continue;
+            }
+            let refs: Vec<Option<&[u8]>> = stripe.iter().map(|s| s.as_deref()).collect();
+            let want = set.layout.member_range(set.me_data, i);
+            match set.rebuilder.rebuild_stripe(i, &refs) {
+                Ok(outs) => {
+                    let bytes = &outs[set.me_lost][..(want.end - want.start) as usize];
+                    if let Err(e) = out.write(bytes) {
+                        *failed = Some(format!("cannot write {}: {e}", out.dest().display()));
+                    }
+                }
+                Err(e) => *failed = Some(format!("rebuild of stripe {i}: {e}")),
+            }
+        }
+        if let Some(s) = set.inputs.iter().flatten().find(|s| !s.received()) {
+            return Some(s.src);
+        }
+        if set.next < set.layout.stripes() {
+            // Everything received, so every stripe is ready: not reached.
+            return None;
+        }
+        sets.pop_front();
+    }
+    None
 }
 
 #[cfg(test)]
@@ -407,6 +786,7 @@ mod tests {
             local,
             shared,
             holds: holds.to_vec(),
+            parity: Vec::new(),
         }
     }
 

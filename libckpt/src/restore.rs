@@ -60,9 +60,25 @@ pub(crate) fn restore<P: Protect + ?Sized>(
             })
         };
         let census = Watch::of(&ctx.cfg).after_io(t0);
-        recover::recover(ctx, epoch, m.as_ref(), &census);
+        let lost = recover::recover(ctx, epoch, m.as_ref(), &census);
         // A failing rank's error reaches rank 0, which reports every reason in one line.
-        let local = restore_epoch(ctx, epoch, state);
+        let local = restore_epoch(ctx, epoch, state).map_err(|e| match (e, &lost) {
+            (
+                Error::Io {
+                    rank,
+                    op,
+                    path,
+                    source,
+                },
+                Some(why),
+            ) => Error::Io {
+                rank,
+                op,
+                path,
+                source: std::io::Error::new(source.kind(), format!("{source}; {why}")),
+            },
+            (e, _) => e,
+        });
         maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Restore, epoch);
         // Every collective of this epoch's restore waits for the others' reads (each under its
         // IO watchdog), and shares one key: whichever of them a rank waits in, a rank that
