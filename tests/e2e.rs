@@ -3102,3 +3102,61 @@ fn too_many_losses_fall_back_to_an_epoch_on_shared_storage() {
     assert_eq!(restored, Some(2), "{ev:?}");
     assert_eq!(recovered_by(&ev, ckpt::Level::Pfs), [2, 3, 4, 5], "{ev:?}");
 }
+
+/// Retention per level: `--keep 1` at L1 and `CKPT_KEEP_L4=3` with L4 every epoch leave epochs
+/// 4 and 5 on shared storage only (their manifests record just L4, their L1 files are gone) and
+/// epoch 6 on both; older epochs are gone at every level. When epoch 6 then proves damaged, the
+/// next run falls back to epoch 5 and restores it from shared storage, bit-identical.
+#[test]
+fn each_level_keeps_its_own_epochs_and_an_l4_only_epoch_restores() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = ["--every", "40", "--keep", "1"];
+    let env = [("CKPT_L4_EVERY", "1"), ("CKPT_KEEP_L4", "3")];
+    let run = |env: &[(&str, &str)]| {
+        let mut r = Run::new(&job, RANKS, &flags, &heat2d(), HEAT);
+        for (k, v) in env {
+            r = r.env(k, v);
+        }
+        r.output()
+    };
+    let out = run(&env);
+    assert_same_result(&out);
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), vec![6, 5, 4]);
+    let levels = |e| ckpt::manifest::load(&job, e).unwrap().levels;
+    assert_eq!(levels(6), [ckpt::Level::Local, ckpt::Level::Pfs]);
+    assert_eq!(levels(5), [ckpt::Level::Pfs]);
+    assert_eq!(levels(4), [ckpt::Level::Pfs]);
+    let id = job_id(&job);
+    let shared = job.join("shared").join(&id);
+    for e in 1..=6u64 {
+        let l4 = shared
+            .join(format!("epoch-{e:08}"))
+            .join("rank-000001.ckpt");
+        assert_eq!(l4.is_file(), e >= 4, "{l4:?}");
+    }
+    let l1 = |e: u64| rank_file(&job, e, 1);
+    assert!(l1(6).is_file());
+    let l1_of_5 = job
+        .join("local")
+        .join(&ckpt::manifest::load(&job, 5).unwrap().ranks[1].node)
+        .join(&ckpt::manifest::load(&job, 5).unwrap().ranks[1].file);
+    assert!(!l1_of_5.exists(), "{l1_of_5:?}");
+    // Epoch 6 damaged at L1 and L4: the run falls back to 5, restored from L4 on every rank.
+    damage_file(&l1(6), "bitflip");
+    damage_file(
+        &shared.join("epoch-00000006").join("rank-000001.ckpt"),
+        "bitflip",
+    );
+    let out = run(&env);
+    assert_same_result(&out);
+    let ev = events(&job);
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::Restored { epoch: 5, .. })),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(recovered_by(&ev, ckpt::Level::Pfs), [0, 1, 2, 3], "{ev:?}");
+}

@@ -21,6 +21,7 @@ use crate::format::{FileIdentity, RankFileWriter, RegionKind};
 use crate::identity;
 use crate::manifest::{self, Level, Manifest, RankRecord};
 use crate::region::{Protect, Regions, Site};
+use crate::retention::{self, KeepFrom};
 use crate::stall::Watch;
 use crate::storage::copies::Places;
 use crate::storage::{durable, local};
@@ -57,7 +58,7 @@ struct Vote {
 #[derive(Serialize, Deserialize)]
 struct Decision {
     committed: bool,
-    keep_from: u64,
+    keep_from: KeepFrom,
     failures: Vec<(i32, String)>,
     /// What rank 0 found instead of the job's directory, if it was deleted or replaced.
     job_dir_gone: Option<String>,
@@ -138,22 +139,24 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
         &ctx.cfg.local_dir,
         &ctx.cfg.job_id,
         ctx.rank,
-        decision.keep_from,
+        decision.keep_from.local,
     ) {
         eprintln!(
             "[ckpt rank {}] warning: cannot prune epochs before {} in {}: {e}",
             ctx.rank,
-            decision.keep_from,
+            decision.keep_from.local,
             ctx.cfg.local_dir.display()
         );
     }
-    // The copies of other levels this rank is responsible for go with their epochs.
+    // The copies of other levels this rank is responsible for, each level by its own window.
     let places = Places::of(&ctx.cfg);
     for level in [Level::Partner, Level::Parity, Level::Pfs] {
-        if let Err(e) = places.remove_before(level, ctx.rank as u32, decision.keep_from) {
+        let from = decision.keep_from.of(level);
+        if let Err(e) = places.remove_before(level, ctx.rank as u32, from) {
             eprintln!(
-                "[ckpt rank {}] warning: cannot prune {level:?} copies of epochs before {}: {e}",
-                ctx.rank, decision.keep_from
+                "[ckpt rank {}] warning: cannot prune {level:?} copies of epochs before {from}: \
+                 {e}",
+                ctx.rank
             );
         }
     }
@@ -305,7 +308,7 @@ fn decide_and_publish(
         );
         let d = Decision {
             committed: false,
-            keep_from: 0,
+            keep_from: KeepFrom::default(),
             failures: Vec::new(),
             job_dir_gone: Some(found),
             lens: Vec::new(),
@@ -326,7 +329,7 @@ fn decide_and_publish(
             Err(e) => failures.push((rank as i32, format!("unreadable vote: {e}"))),
         }
     }
-    let mut keep_from = 0;
+    let mut keep_from = KeepFrom::default();
     let lens: Vec<u64> = records.iter().map(|r| r.len).collect();
     if failures.is_empty() {
         maybe_die(fault, ctx.rank, Phase::BeforeManifest, epoch);
@@ -366,7 +369,7 @@ fn decide_and_publish(
                     },
                 );
                 match not_durable {
-                    None => keep_from = prune_manifests(ctx),
+                    None => keep_from = prune_manifests(ctx, epoch),
                     Some(e) => report_not_durable(ctx, epoch, e),
                 }
             }
@@ -395,21 +398,13 @@ fn decide_and_publish(
     postcard::to_stdvec(&d).unwrap_or_default()
 }
 
-/// Removes manifests beyond the retention count; returns the oldest epoch kept (0 = keep all).
-fn prune_manifests(ctx: &Ctx) -> u64 {
-    let committed = match manifest::committed(&ctx.cfg.job_dir) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("[ckpt rank 0] warning: cannot list manifests for pruning: {e}");
-            return 0;
-        }
-    };
-    let keep_from = manifest::keep_from(&committed, ctx.cfg.keep);
-    if let Err(e) = manifest::prune(&ctx.cfg.job_dir, keep_from) {
-        eprintln!("[ckpt rank 0] warning: cannot prune manifests before epoch {keep_from}: {e}");
-        return 0;
-    }
-    keep_from
+/// Applies retention per level to the manifests (see [`crate::retention`]); returns the
+/// thresholds below which the ranks remove their copies (`0`s: keep all, after an error).
+fn prune_manifests(ctx: &Ctx, epoch: u64) -> KeepFrom {
+    retention::apply(&ctx.cfg.job_dir, &ctx.cfg.keep_per_level(), epoch).unwrap_or_else(|e| {
+        eprintln!("[ckpt rank 0] warning: cannot apply retention: {e}");
+        KeepFrom::default()
+    })
 }
 
 /// Rank 0: publishes `m`. `Ok(None)`: committed and durable. `Ok(Some(e))`: committed (the

@@ -222,6 +222,15 @@ impl Config {
             cfg.levels.shared_every = n;
         }
         cfg.levels.shared_dir = get(env::SHARED_DIR).map(PathBuf::from);
+        if let Some(n) = parse_num(&get, env::KEEP_L2, 1)? {
+            cfg.levels.keep_partner = n as usize;
+        }
+        if let Some(n) = parse_num(&get, env::KEEP_L3, 1)? {
+            cfg.levels.keep_parity = n as usize;
+        }
+        if let Some(n) = parse_num(&get, env::KEEP_L4, 1)? {
+            cfg.levels.keep_shared = n as usize;
+        }
         if let Some(v) = get(env::GROUP_ACCESS) {
             cfg.access = Access::parse(&v).map_err(|reason| Error::Config {
                 var: env::GROUP_ACCESS,
@@ -266,6 +275,16 @@ impl Config {
             .shared_dir
             .clone()
             .unwrap_or_else(|| self.job_dir.join("shared"))
+    }
+
+    /// Epochs kept per level.
+    pub fn keep_per_level(&self) -> crate::retention::Keep {
+        crate::retention::Keep {
+            local: self.keep,
+            partner: self.levels.keep_partner,
+            parity: self.levels.keep_parity,
+            shared: self.levels.keep_shared,
+        }
     }
 
     /// Sets how many committed epochs are kept.

@@ -53,6 +53,12 @@ pub const L3_GROUP: &str = "CKPT_L3_GROUP";
 pub const L3_PARITY: &str = "CKPT_L3_PARITY";
 /// L4 copies on shared storage every this many epochs (`0` = off). Default 10.
 pub const L4_EVERY: &str = "CKPT_L4_EVERY";
+/// Epochs kept with their L2 copies (`CKPT_KEEP` is L1's). Default 1.
+pub const KEEP_L2: &str = "CKPT_KEEP_L2";
+/// Epochs kept with their L3 parity. Default 1.
+pub const KEEP_L3: &str = "CKPT_KEEP_L3";
+/// Epochs kept on shared storage (L4). Default 2.
+pub const KEEP_L4: &str = "CKPT_KEEP_L4";
 /// Base of L4 (shared) storage. Default `<job dir>/shared`.
 pub const SHARED_DIR: &str = "CKPT_SHARED_DIR";
 
@@ -81,6 +87,9 @@ pub const ALL: &[&str] = &[
     L3_PARITY,
     L4_EVERY,
     SHARED_DIR,
+    KEEP_L2,
+    KEEP_L3,
+    KEEP_L4,
 ];
 
 /// Reads a variable, treating an empty value as unset.

@@ -41,6 +41,12 @@ pub struct LevelPolicy {
     pub shared_every: u64,
     /// Base of L4 storage; `None`: `<job_dir>/shared`.
     pub shared_dir: Option<PathBuf>,
+    /// Epochs kept with their L2 copies (L1 keeps `Config::keep`).
+    pub keep_partner: usize,
+    /// Epochs kept with their L3 parity.
+    pub keep_parity: usize,
+    /// Epochs kept on shared storage.
+    pub keep_shared: usize,
 }
 
 impl Default for LevelPolicy {
@@ -52,6 +58,9 @@ impl Default for LevelPolicy {
             parity_k: DEFAULT_PARITY_K,
             shared_every: DEFAULT_SHARED_EVERY,
             shared_dir: None,
+            keep_partner: 1,
+            keep_parity: 1,
+            keep_shared: 2,
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod levels;
 pub mod manifest;
 pub mod placement;
 pub mod protocol;
+pub mod retention;
 pub mod storage;
 pub mod trigger;
 pub mod util;

@@ -535,6 +535,13 @@ pub fn prune(job_dir: &Path, keep_from: u64) -> io::Result<Vec<u64>> {
     Ok(pruned)
 }
 
+/// Removes epoch `epoch`'s manifest (nothing if it is gone) durably: from then on the epoch is
+/// not committed.
+pub fn remove(job_dir: &Path, epoch: u64) -> io::Result<()> {
+    remove_if_present(&path(job_dir, epoch))?;
+    durable::fsync_dir(&dir(job_dir))
+}
+
 /// Removes temporary files left by publications of epochs older than `keep_from` that did not
 /// finish (a crash between create and rename); returns whether there were any.
 fn remove_old_tmps(job_dir: &Path, keep_from: u64) -> io::Result<bool> {
