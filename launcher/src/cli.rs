@@ -152,6 +152,17 @@ pub struct RunArgs {
     /// (local base: --local-dir, else <job dir>/local). `ckpt kill-node` crashes one.
     #[arg(long, value_name = "N")]
     pub emulate_nodes: Option<u32>,
+    /// Partner copies (L2: each rank's file also on another node) every N epochs; 0 for none
+    /// [default: 1].
+    #[arg(long = "l2-every", value_name = "N")]
+    pub l2_every: Option<String>,
+    /// Copies on shared storage (L4) every N epochs; 0 for none [default: 10].
+    #[arg(long = "l4-every", value_name = "N")]
+    pub l4_every: Option<String>,
+    /// Base of shared storage for L4 copies, created private if missing; recorded in job.json
+    /// [default: the one job.json records, else <job dir>/shared].
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
     /// Inject a fault: rank RANK kills itself at PHASE (poll, before-write, mid-write,
     /// after-write, before-vote, before-manifest, after-commit, restore, drain), optionally at
     /// epoch/poll N; ACTION stop (SIGSTOP) or hang instead of kill; on the first launch, or
@@ -212,7 +223,7 @@ fn run_after_help() -> String {
          Environment:\n  {args}  extra mpirun arguments, split on whitespace, placed before \
          the --mpirun-arg values\n\n\
          Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
-         when given, {every}, {local}, {fault}. Each is forwarded with `mpirun -x`, as is any \
+         when given, {every}, {local}, {fault}, {l2}, {l4}, {shared}. Each is forwarded with `mpirun -x`, as is any \
          other CKPT_* variable already set ({node}, {stride}, {timeout}, {io_timeout}).\n\n\
          mpirun starts each rank as `ckpt exec-rank ... -- PROG`, which keeps the checkpoint \
          signal ({signal}, default SIGUSR1) blocked until the library handles it, so a signal \
@@ -236,6 +247,9 @@ fn run_after_help() -> String {
         every = env::EVERY,
         local = env::LOCAL_DIR,
         fault = env::FAULT,
+        l2 = env::L2_EVERY,
+        l4 = env::L4_EVERY,
+        shared = env::SHARED_DIR,
         node = env::NODE,
         stride = env::AGREE_STRIDE,
         signal = env::SIGNAL,
