@@ -203,6 +203,9 @@ pub struct ListArgs {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also show each rank: its node and where its copies beyond L1 are (the L2 holder).
+    #[arg(long)]
+    pub ranks: bool,
 }
 
 /// Parses the command line. Help and version requests come back as `Err` too (clap's

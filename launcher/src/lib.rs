@@ -125,7 +125,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
             let plan = plan::RunPlan::new(args, &plan::Context::current()?)?;
             supervise::run(&plan)
         }
-        cli::Command::List(args) => list::run(&args.job_dir, args.json),
+        cli::Command::List(args) => list::run(&args.job_dir, args.json, args.ranks),
         cli::Command::Checkpoint(args) => request::run(&args),
         cli::Command::Verify(args) => verify::run(&args.job_dir, args.local_dir.as_deref()),
         cli::Command::KillNode(args) => kill_node::run(&args.job_dir, &args.node),

@@ -29,6 +29,29 @@ pub fn manifest(epoch: u64, nranks: u32) -> Manifest {
     }
 }
 
+/// [`manifest`] of ranks placed in blocks on `nodes` nodes `node0`, `node1`, ..., with the
+/// levels beyond L1 `planned`, of which `complete` are complete on every rank (after L1). L2's
+/// holder of each rank is the rank at the same position on the next node.
+pub fn manifest_v2(
+    epoch: u64,
+    nranks: u32,
+    nodes: u32,
+    planned: &[Level],
+    complete: &[Level],
+) -> Manifest {
+    let mut m = manifest(epoch, nranks);
+    let per = nranks / nodes;
+    for (rank, rec) in m.ranks.iter_mut().enumerate() {
+        rec.node = format!("node{}", rank as u32 / per);
+    }
+    m.levels.extend_from_slice(complete);
+    m.copies.planned = planned.to_vec();
+    if complete.contains(&Level::Partner) {
+        m.copies.partner = (0..nranks).map(|r| (r + per) % nranks).collect();
+    }
+    m
+}
+
 /// A plan for `ranks` ranks of `/bin/true` in `job_dir`, with defaults elsewhere.
 pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
     crate::plan::RunPlan {
