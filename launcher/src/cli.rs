@@ -27,7 +27,9 @@ pub enum Command {
     List(ListArgs),
     /// Ask a running job to checkpoint now (and optionally stop), and wait for the epoch.
     Checkpoint(CheckpointArgs),
-    /// Read and check every committed epoch: manifests, rank files, every region's checksum.
+    /// Read and check every copy of every committed epoch at every level: manifests, rank
+    /// files, every region's checksum. Exit status 0 when every epoch is restorable from some
+    /// level, 1 when an epoch has a rank with no good copy (or a bad manifest).
     Verify(VerifyArgs),
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
     /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
@@ -108,6 +110,13 @@ pub struct VerifyArgs {
     /// $CKPT_LOCAL_DIR or $NODE_LOCAL_DIR, else <job dir>/local/<node>].
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
+    /// Base of shared storage (L4) [default: the --shared-dir recorded in job.json, else
+    /// $CKPT_SHARED_DIR, else <job dir>/shared].
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `ckpt checkpoint` flags.

@@ -127,7 +127,12 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
         }
         cli::Command::List(args) => list::run(&args.job_dir, args.json, args.ranks),
         cli::Command::Checkpoint(args) => request::run(&args),
-        cli::Command::Verify(args) => verify::run(&args.job_dir, args.local_dir.as_deref()),
+        cli::Command::Verify(args) => verify::run(
+            &args.job_dir,
+            args.local_dir.as_deref(),
+            args.shared_dir.as_deref(),
+            args.json,
+        ),
         cli::Command::KillNode(args) => kill_node::run(&args.job_dir, &args.node),
         cli::Command::ExecRank(args) => exec_rank::run(&args),
         cli::Command::Bench(args) => {

@@ -81,3 +81,45 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         access: ckpt::storage::durable::Access::Private,
     }
 }
+
+/// Writes real rank files for `m` in job directory `dir` as the ranks of a job without
+/// `job.json` would: each rank's L1 file under `<dir>/local/<node>`, and a copy at every other
+/// complete level (L2 under the holder's node, L4 under `<dir>/shared`); fills in their
+/// lengths and table CRCs and publishes `m`.
+pub fn write_epoch(dir: &std::path::Path, m: &mut Manifest) {
+    use ckpt::format::{FileIdentity, RankFileWriter, RegionKind};
+    use ckpt::storage::copies::Places;
+    let places = |node: &str| Places {
+        local_dir: dir.join("local").join(node),
+        shared_dir: dir.join("shared"),
+        job_id: m.job.clone(),
+    };
+    for rank in 0..m.ranks.len() {
+        let node = m.ranks[rank].node.clone();
+        let l1 = places(&node).locate(Level::Local, m.epoch, rank as u32).unwrap();
+        std::fs::create_dir_all(l1.parent().unwrap()).unwrap();
+        let id = FileIdentity {
+            job: m.job.clone(),
+            epoch: m.epoch,
+            rank: rank as u32,
+            nranks: m.nranks,
+        };
+        let mut w = RankFileWriter::create(&l1, id, &node).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i as u64 * m.epoch) as u8 ^ rank as u8).collect();
+        w.region("u", RegionKind::Bulk { elem_size: 1 }, &data).unwrap();
+        let summary = w.finish().unwrap();
+        let rec = &mut m.ranks[rank];
+        (rec.len, rec.table_crc, rec.payload) = (summary.len, summary.table_crc, summary.payload);
+        for &level in &m.levels {
+            let holder = match level {
+                Level::Partner => m.ranks[m.copies.partner[rank] as usize].node.clone(),
+                Level::Pfs => node.clone(),
+                _ => continue,
+            };
+            let copy = places(&holder).locate(level, m.epoch, rank as u32).unwrap();
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            std::fs::copy(&l1, &copy).unwrap();
+        }
+    }
+    ckpt::manifest::publish(dir, m).unwrap();
+}
