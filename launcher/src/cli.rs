@@ -31,6 +31,10 @@ pub enum Command {
     /// files, every region's checksum. Exit status 0 when every epoch is restorable from some
     /// level, 1 when an epoch has a rank with no good copy (or a bad manifest).
     Verify(VerifyArgs),
+    /// Remove all but the N newest committed epochs: manifests first, then their files at
+    /// every level (L1 and L2 under every node-local base reachable from here, L4). Refused
+    /// while a `ckpt run` holds the job directory.
+    Prune(PruneArgs),
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
     /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
     Bench(BenchArgs),
@@ -117,6 +121,26 @@ pub struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ckpt prune` flags.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The job directory.
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// Committed epochs to keep (the newest).
+    #[arg(long, value_name = "N")]
+    pub keep: u32,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Base of node-local storage [default: as for `ckpt verify`].
+    #[arg(long, value_name = "DIR")]
+    pub local_dir: Option<PathBuf>,
+    /// Base of shared storage (L4) [default: as for `ckpt verify`].
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
 }
 
 /// `ckpt checkpoint` flags.
