@@ -888,7 +888,11 @@ mod tests {
         ctx.inherited = vec![(env::L4_EVERY, "5".into()), (env::SHARED_DIR, "/s".into())];
         let p = plan(&ctx, "").unwrap();
         assert_eq!((p.levels.shared_every, vars(&p)), (5, "- - /s".into()));
-        assert_eq!(p.inherited, [env::L4_EVERY], "set by the launcher, not inherited");
+        assert_eq!(
+            p.inherited,
+            [env::L4_EVERY],
+            "set by the launcher, not inherited"
+        );
         assert_eq!(plan(&ctx, "--l4-every 7").unwrap().levels.shared_every, 7);
         // A resume without the flag keeps the recorded directory, before the inherited one.
         std::fs::create_dir(dir.path().join("job")).unwrap();

@@ -59,7 +59,9 @@ struct Plan {
 pub fn run(args: &PruneArgs) -> anyhow::Result<Outcome> {
     let dir = &args.job_dir;
     if args.keep == 0 {
-        return Err(UsageError("--keep 0: at least one committed epoch must be kept".into()).into());
+        return Err(
+            UsageError("--keep 0: at least one committed epoch must be kept".into()).into(),
+        );
     }
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
@@ -133,8 +135,8 @@ fn count_epochs(list: &[u64]) -> String {
 fn locate(dir: &Path, args: &PruneArgs) -> Where {
     let committed = manifest::committed(dir).unwrap_or_default();
     let newest = jobdir::newest_loadable(dir, &committed);
-    let job = jobdir::recorded_id(dir, newest.as_ref())
-        .unwrap_or_else(|| ckpt::identity::legacy_id(dir));
+    let job =
+        jobdir::recorded_id(dir, newest.as_ref()).unwrap_or_else(|| ckpt::identity::legacy_id(dir));
     Where {
         base: LocalBase::of(dir, args.local_dir.as_deref()),
         shared: jobdir::shared_base(dir, args.shared_dir.as_deref()),
@@ -153,7 +155,12 @@ fn plan(dir: &Path, at: &Where, keep: usize) -> anyhow::Result<Plan> {
     }
     let keep_from = manifest::keep_from(&listed.committed, keep);
     let mut plan = Plan {
-        kept: listed.committed.iter().copied().filter(|&e| e >= keep_from).collect(),
+        kept: listed
+            .committed
+            .iter()
+            .copied()
+            .filter(|&e| e >= keep_from)
+            .collect(),
         keep_from,
         ..Plan::default()
     };
@@ -291,10 +298,19 @@ fn lines(plan: &Plan, verb: &str) -> Vec<String> {
         ));
     }
     let files: usize = plan.dirs.iter().map(|d| d.files.len()).sum();
-    let bytes: u64 = plan.dirs.iter().flat_map(|d| &d.files).map(|(_, n)| n).sum();
+    let bytes: u64 = plan
+        .dirs
+        .iter()
+        .flat_map(|d| &d.files)
+        .map(|(_, n)| n)
+        .sum();
     out.push(format!(
         "{}: {} manifest{} or record{}, {} in {} epoch director{}, {}",
-        if verb == "removed" { "pruned" } else { "would prune" },
+        if verb == "removed" {
+            "pruned"
+        } else {
+            "would prune"
+        },
         plan.records.len(),
         if plan.records.len() == 1 { "" } else { "s" },
         if plan.records.len() == 1 { "" } else { "s" },
@@ -389,8 +405,11 @@ mod tests {
         let node0 = d.join("local/node0/job");
         fs::create_dir_all(node0.join("epoch-00000006")).unwrap();
         fs::write(node0.join("epoch-00000006/rank-000000.ckpt"), b"new").unwrap();
-        fs::write(node0.join("epoch-00000001/rank-000000.ckpt.0123456789abcdef.tmp"), b"t")
-            .unwrap();
+        fs::write(
+            node0.join("epoch-00000001/rank-000000.ckpt.0123456789abcdef.tmp"),
+            b"t",
+        )
+        .unwrap();
         let victim = tempfile::tempdir().unwrap();
         fs::write(victim.path().join("precious"), b"keep me").unwrap();
         std::os::unix::fs::symlink(
@@ -410,7 +429,10 @@ mod tests {
         // A dry run removes nothing and says what would go.
         let at = locate(d, &args(d, 2, true));
         let p = plan(d, &at, 2).unwrap();
-        assert_eq!((p.kept.clone(), p.epochs.clone(), p.keep_from), (vec![5, 4], vec![1, 2, 3], 4));
+        assert_eq!(
+            (p.kept.clone(), p.epochs.clone(), p.keep_from),
+            (vec![5, 4], vec![1, 2, 3], 4)
+        );
         let said: Vec<String> = lines(&p, "would remove")
             .iter()
             .map(|l| l.replace(&d.display().to_string(), "D"))
@@ -444,11 +466,20 @@ mod tests {
         let after = tree(d);
         let epoch = |e: u64| format!("epoch-{e:08}");
         for e in [1, 2, 3] {
-            assert!(!after.iter().any(|f| f.contains(&epoch(e))), "epoch {e}: {after:#?}");
+            assert!(
+                !after.iter().any(|f| f.contains(&epoch(e))),
+                "epoch {e}: {after:#?}"
+            );
         }
         for e in [4, 5] {
-            for l in ["local/node0/job/", "local/node1/job/partner/", "shared/job/"] {
-                let n = after.iter().filter(|f| f.starts_with(&format!("{l}{}", epoch(e))));
+            for l in [
+                "local/node0/job/",
+                "local/node1/job/partner/",
+                "shared/job/",
+            ] {
+                let n = after
+                    .iter()
+                    .filter(|f| f.starts_with(&format!("{l}{}", epoch(e))));
                 assert_eq!(n.count(), 2 + 2 * (l == "shared/job/") as usize, "{l} {e}");
             }
         }
@@ -456,7 +487,10 @@ mod tests {
         assert_eq!(manifest::committed(d).unwrap(), [5, 4]);
         assert!(manifest::quarantined(d).unwrap().is_empty());
         // Links were removed or left, never followed.
-        assert_eq!(fs::read(victim.path().join("precious")).unwrap(), b"keep me");
+        assert_eq!(
+            fs::read(victim.path().join("precious")).unwrap(),
+            b"keep me"
+        );
         assert!(fs::symlink_metadata(d.join("local/node0/job/epoch-00000000")).is_ok());
         // Nothing more to do.
         assert_eq!(run(&args(d, 2, false)).unwrap(), Outcome::Success);
@@ -474,8 +508,14 @@ mod tests {
             let e = run(&args(d, 1, dry_run)).unwrap_err();
             assert!(e.downcast_ref::<UsageError>().is_some());
             let e = e.to_string();
-            let want = format!("refusing to prune {}: a `ckpt run` holds it (pid ", d.display());
-            assert!(e.starts_with(&want) && e.ends_with("prune once it has ended"), "{e}");
+            let want = format!(
+                "refusing to prune {}: a `ckpt run` holds it (pid ",
+                d.display()
+            );
+            assert!(
+                e.starts_with(&want) && e.ends_with("prune once it has ended"),
+                "{e}"
+            );
         }
         assert_eq!(tree(d), before);
         drop(held);

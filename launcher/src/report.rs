@@ -800,10 +800,7 @@ mod tests {
         plan.levels.partner_every = 0;
         plan.levels.shared_every = 1;
         plan.levels.shared_dir = Some("/pfs/me".into());
-        check(
-            levels_policy(&plan),
-            "levels L1, L4 every epoch in /pfs/me",
-        );
+        check(levels_policy(&plan), "levels L1, L4 every epoch in /pfs/me");
         plan.levels.shared_every = 0;
         check(levels_policy(&plan), "levels L1");
         check(

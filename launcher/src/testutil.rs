@@ -96,7 +96,9 @@ pub fn write_epoch(dir: &std::path::Path, m: &mut Manifest) {
     };
     for rank in 0..m.ranks.len() {
         let node = m.ranks[rank].node.clone();
-        let l1 = places(&node).locate(Level::Local, m.epoch, rank as u32).unwrap();
+        let l1 = places(&node)
+            .locate(Level::Local, m.epoch, rank as u32)
+            .unwrap();
         std::fs::create_dir_all(l1.parent().unwrap()).unwrap();
         let id = FileIdentity {
             job: m.job.clone(),
@@ -105,8 +107,11 @@ pub fn write_epoch(dir: &std::path::Path, m: &mut Manifest) {
             nranks: m.nranks,
         };
         let mut w = RankFileWriter::create(&l1, id, &node).unwrap();
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i as u64 * m.epoch) as u8 ^ rank as u8).collect();
-        w.region("u", RegionKind::Bulk { elem_size: 1 }, &data).unwrap();
+        let data: Vec<u8> = (0..10_000u32)
+            .map(|i| (i as u64 * m.epoch) as u8 ^ rank as u8)
+            .collect();
+        w.region("u", RegionKind::Bulk { elem_size: 1 }, &data)
+            .unwrap();
         let summary = w.finish().unwrap();
         let rec = &mut m.ranks[rank];
         (rec.len, rec.table_crc, rec.payload) = (summary.len, summary.table_crc, summary.payload);

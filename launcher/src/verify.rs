@@ -124,7 +124,8 @@ impl Where {
         };
         let places = self.places(node.unwrap_or_default());
         let path = places.locate(level, m.epoch, rank as u32);
-        path.map(|p| (p, node)).ok_or_else(|| "no place for this level".into())
+        path.map(|p| (p, node))
+            .ok_or_else(|| "no place for this level".into())
     }
 }
 
@@ -360,7 +361,10 @@ fn text(epoch: u64, v: &Verdict) -> Vec<String> {
             [] => "no good copy at any level".to_owned(),
             from => format!("recoverable from {}", from.join("/")),
         };
-        format!("  {} rank {}{at}: {path}{}; {fate}", b.level, b.rank, b.error)
+        format!(
+            "  {} rank {}{at}: {path}{}; {fate}",
+            b.level, b.rank, b.error
+        )
     });
     std::iter::once(head).chain(details).collect()
 }
@@ -544,24 +548,37 @@ mod tests {
             "epoch 3: DAMAGED (1 of 4 rank files): no good copy of rank 1 at any level; levels \
              L1 L2 L4"
         );
-        assert!(got[1].ends_with("; no good copy at any level"), "{}", got[1]);
+        assert!(
+            got[1].ends_with("; no good copy at any level"),
+            "{}",
+            got[1]
+        );
         assert!(
             got[4].starts_with("  L4 rank 1: D/shared/job/epoch-00000003/rank-000001.ckpt: No"),
             "{}",
             got[4]
         );
-        assert_eq!(got[5], "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1 (L4 pending)");
+        assert_eq!(
+            got[5],
+            "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1 (L4 pending)"
+        );
         assert_eq!(run(d, None, None, false).unwrap(), Outcome::JobFailed);
 
         let v: serde_json::Value = {
             let entries = list::entries(d).unwrap();
-            let all: Vec<_> = entries.into_iter().map(|e| (e.epoch, verdict(d, &at, e))).collect();
+            let all: Vec<_> = entries
+                .into_iter()
+                .map(|e| (e.epoch, verdict(d, &at, e)))
+                .collect();
             serde_json::from_str(&json(&at, &all).unwrap()).unwrap()
         };
         assert_eq!(v["restorable"], false);
         assert_eq!(v["epochs"][0]["status"], "damaged");
         assert_eq!(v["epochs"][0]["lost_ranks"], serde_json::json!([1]));
-        assert_eq!(v["epochs"][0]["checked"], serde_json::json!(["L1", "L2", "L4"]));
+        assert_eq!(
+            v["epochs"][0]["checked"],
+            serde_json::json!(["L1", "L2", "L4"])
+        );
         let bad = &v["epochs"][0]["bad"];
         assert_eq!(bad.as_array().unwrap().len(), 4);
         assert_eq!(bad[1]["level"], "L2");
@@ -589,7 +606,10 @@ mod tests {
         };
         assert!(lines(d, &at(None))[0].contains("RECOVERABLE (4 of 12"));
         assert!(lines(d, &at(Some(&moved)))[0].starts_with("epoch 3: ok"));
-        let record = format!(r#"{{"job_id": "job", "shared_dir": "{}"}}"#, moved.display());
+        let record = format!(
+            r#"{{"job_id": "job", "shared_dir": "{}"}}"#,
+            moved.display()
+        );
         std::fs::write(d.join(jobdir::JOB_FILE), record).unwrap();
         assert!(lines(d, &at(None))[0].starts_with("epoch 3: ok"));
 
