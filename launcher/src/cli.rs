@@ -29,13 +29,17 @@ pub enum Command {
     List(ListArgs),
     /// Ask a running job to checkpoint now (and optionally stop), and wait for the epoch.
     Checkpoint(CheckpointArgs),
-    /// Read and check every copy of every committed epoch at every level: manifests, rank
-    /// files, every region's checksum. Exit status 0 when every epoch is restorable from some
-    /// level, 1 when an epoch has a rank with no good copy (or a bad manifest).
+    /// Read and check every copy of every committed epoch at every level.
+    ///
+    /// Manifests, rank files and their copies (L1, L2, L4), every region's checksum. Exit
+    /// status 0 when every epoch is restorable from some level, 1 when an epoch has a rank
+    /// with no good copy at any level (or a bad manifest).
     Verify(VerifyArgs),
-    /// Remove all but the N newest committed epochs: manifests first, then their files at
-    /// every level (L1 and L2 under every node-local base reachable from here, L4). Refused
-    /// while a `ckpt run` holds the job directory.
+    /// Remove all but the N newest committed epochs, at every level.
+    ///
+    /// Manifests first, then the epochs' files at every level (L1 and L2 under every
+    /// node-local base reachable from here, L4). Refused while a `ckpt run` holds the job
+    /// directory.
     Prune(PruneArgs),
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
     /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.

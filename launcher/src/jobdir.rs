@@ -7,7 +7,8 @@
 //! see [`ckpt::identity`]) and how the job was started, for people and for `ckpt list`-style
 //! tools. Read back: the id (kept for ever: a resumed, copied or renamed directory keeps it),
 //! `created_unix_ms`, `local_dir` and `emulate_nodes` (where `ckpt verify` looks for rank
-//! files, and which nodes `ckpt kill-node` knows).
+//! files, and which nodes `ckpt kill-node` knows), and `shared_dir` (`--shared-dir`, absent for
+//! the default `<job dir>/shared`: where L4 copies are for a resume, `verify` and `prune`).
 //!
 //! The id of a new job is random. A directory whose `job.json` records none (made by the
 //! library alone) keeps the id its newest committed epoch carries, so its epochs still restore.
