@@ -2431,6 +2431,7 @@ fn an_emulated_node_killed_mid_run_loses_exactly_its_ranks_and_files() {
     ];
     let running = Run::new(&job, 8, &flags, &heat2d(), &heat)
         .env("CKPT_L2_EVERY", "0")
+        .env("CKPT_L3_EVERY", "0")
         .env("CKPT_L4_EVERY", "0")
         .spawn();
     assert!(
@@ -2545,6 +2546,7 @@ fn an_emulated_node_killed_mid_run_loses_exactly_its_ranks_and_files() {
     let short = ["--nx", "64", "--ny", "64", "--steps", "80"];
     let out = Run::new(&job, 8, &flags, &heat2d(), &short)
         .env("CKPT_L2_EVERY", "0")
+        .env("CKPT_L3_EVERY", "0")
         .env("CKPT_L4_EVERY", "0")
         .output();
     assert!(out.status.success(), "{}", out.dump());
@@ -3159,4 +3161,238 @@ fn each_level_keeps_its_own_epochs_and_an_l4_only_epoch_restores() {
         out.dump()
     );
     assert_eq!(recovered_by(&ev, ckpt::Level::Pfs), [0, 1, 2, 3], "{ev:?}");
+}
+
+/// `--l2-every`, `--l4-every` and `--shared-dir` reach the ranks (`mpirun -x`) and the start
+/// line; the shared directory is created private and recorded in `job.json`, and a resume
+/// without the flag keeps it. A bad value is refused before anything starts.
+#[test]
+fn level_flags_reach_the_ranks_and_a_resume_keeps_the_shared_dir() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let shared = dir.path().join("pfs/me");
+    let shared_s = shared.to_str().unwrap();
+    let flags = [
+        "--every",
+        "40",
+        "--l2-every",
+        "0",
+        "--l4-every",
+        "1",
+        "--shared-dir",
+        shared_s,
+    ];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    let levels = format!("levels L1, L4 every epoch in {shared_s}");
+    assert!(out.stderr.contains(&levels), "{}", out.dump());
+    for var in ["CKPT_L2_EVERY", "CKPT_L4_EVERY", "CKPT_SHARED_DIR"] {
+        assert!(
+            out.stderr.contains(&format!("-x {var}")),
+            "{var}\n{}",
+            out.dump()
+        );
+    }
+    assert_eq!(std::fs::metadata(&shared).unwrap().mode() & 0o7777, 0o700);
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.join("job.json")).unwrap()).unwrap();
+    assert_eq!(recorded["shared_dir"], shared_s);
+
+    // A resume without the flag uses the recorded directory.
+    let out = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    let levels = format!("levels L1, L2 every epoch, L4 every 10 epochs in {shared_s}\n");
+    assert!(
+        out.stderr.contains(&levels) && out.stderr.contains("-x CKPT_SHARED_DIR"),
+        "{}",
+        out.dump()
+    );
+    let bad = Run::new(&job, RANKS, &["--l4-every", "-2"], &heat2d(), HEAT).output();
+    assert_eq!(bad.status.code(), Some(2), "{}", bad.dump());
+    assert!(
+        bad.stderr
+            .contains("--l4-every -2: expected a whole number of epochs >= 0 (0 turns L4 off)"),
+        "{}",
+        bad.dump()
+    );
+}
+
+/// On a real job's files (2 emulated nodes) given L2 and L4 copies by hand: `ckpt list`
+/// shows the levels and each rank's L2 holder; `ckpt verify` reads every copy, reports a lost
+/// node's files as recoverable from L2/L4 (exit 0) and only a rank with no good copy left as
+/// damaged (exit 1); `ckpt prune` is refused while a run holds the job, and otherwise removes
+/// the old epochs at every level, manifests first.
+#[test]
+fn list_verify_and_prune_see_every_level() {
+    use ckpt::Level::{Partner, Pfs};
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    // No level beyond L1 from the ranks themselves: every copy below is made by hand.
+    let flags = [
+        "--emulate-nodes",
+        "2",
+        "--every",
+        "40",
+        "--keep",
+        "3",
+        "--l2-every",
+        "0",
+        "--l4-every",
+        "0",
+    ];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), [6, 5, 4]);
+    let shared = job.join("shared");
+    for epoch in [4, 5] {
+        add_copies(&job, &shared, epoch, &[Partner, Pfs], &[Partner, Pfs]);
+    }
+    add_copies(&job, &shared, 6, &[Partner, Pfs], &[Partner]);
+
+    let list = ckpt(&["list", job_s, "--ranks"]);
+    assert!(list.status.success(), "{}", list.dump());
+    let row = |e: &str| list.stdout.lines().find(|l| l.starts_with(e)).unwrap_or("");
+    assert!(
+        row("6 ").contains(" L1 L2 (L4 pending) "),
+        "{}",
+        list.dump()
+    );
+    assert!(row("5 ").contains(" L1 L2 L4 "), "{}", list.dump());
+    assert!(
+        list.stdout
+            .contains("  rank 0  node0  L2 on node1 (rank 2)\n")
+            && list
+                .stdout
+                .contains("  rank 3  node1  L2 on node0 (rank 1)\n"),
+        "{}",
+        list.dump()
+    );
+    let json = ckpt(&["list", job_s, "--json", "--ranks"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v[0]["levels"], serde_json::json!(["L1", "L2"]));
+    assert_eq!(v[0]["planned"], serde_json::json!(["L2", "L4"]));
+    assert_eq!(v[0]["per_rank"][2]["l2_holder"], 0);
+
+    let verify = ckpt(&["verify", job_s]);
+    assert!(verify.status.success(), "{}", verify.dump());
+    for epoch in [4, 5] {
+        let ok = format!("epoch {epoch}: ok (4 ranks, ");
+        assert!(verify.stdout.contains(&ok), "{}", verify.dump());
+    }
+    assert!(
+        verify.stdout.contains("epoch 6: ok (4 ranks"),
+        "{}",
+        verify.dump()
+    );
+
+    // node1 is lost: its ranks' L1 files and the L2 copies it held.
+    let kill = ckpt(&["kill-node", job_s, "node1"]);
+    assert!(kill.status.success(), "{}", kill.dump());
+    let verify = ckpt(&["verify", job_s]);
+    assert!(verify.status.success(), "{}", verify.dump());
+    let l1 = rank_file(&job, 5, 2);
+    for needle in [
+        "epoch 6: RECOVERABLE (4 of 8 copies bad, every rank has a good one)".to_owned(),
+        "epoch 5: RECOVERABLE (4 of 12 copies bad, every rank has a good one)".to_owned(),
+        format!(
+            "  L1 rank 2 (node node1): {}: No such file or directory (os error 2); recoverable \
+             from L2/L4\n",
+            l1.display()
+        ),
+        "recoverable from L1/L4\n".to_owned(),
+    ] {
+        assert!(
+            verify.stdout.contains(&needle),
+            "{needle}\n{}",
+            verify.dump()
+        );
+    }
+    // Rank 2's remaining copies of epoch 5 are damaged too: nothing restores it.
+    let id = job_id(&job);
+    damage_file(
+        &job.join(format!(
+            "local/node0/{id}/partner/epoch-00000005/rank-000002.ckpt"
+        )),
+        "bitflip",
+    );
+    damage_file(
+        &shared.join(format!("{id}/epoch-00000005/rank-000002.ckpt")),
+        "truncate",
+    );
+    let verify = ckpt(&["verify", job_s]);
+    assert_eq!(verify.status.code(), Some(1), "{}", verify.dump());
+    assert!(
+        verify
+            .stdout
+            .contains("epoch 5: DAMAGED (1 of 4 rank files): no good copy of rank 2 at any level"),
+        "{}",
+        verify.dump()
+    );
+    let json = ckpt(&["verify", job_s, "--json"]);
+    assert_eq!(json.status.code(), Some(1), "{}", json.dump());
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["restorable"], false);
+    assert_eq!(v["epochs"][1]["lost_ranks"], serde_json::json!([2]));
+
+    // Refused while a run holds the job (another run of it, kept busy).
+    let busy = [
+        "--nx",
+        "64",
+        "--ny",
+        "64",
+        "--steps",
+        "1000000",
+        "--step-ms",
+        "5",
+    ];
+    let other = dir.path().join("busy");
+    let running = Run::new(&other, 2, &["--every", "off"], &heat2d(), &busy).spawn();
+    assert!(wait_for(Duration::from_secs(60), || started(&other)));
+    let refused = ckpt(&["prune", other.to_str().unwrap(), "--keep", "1"]);
+    signal(running.pid(), "INT");
+    let _ = running.wait();
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.dump());
+    assert!(
+        refused.stderr.contains("a `ckpt run` holds it (pid "),
+        "{}",
+        refused.dump()
+    );
+
+    let files = |e: u64| {
+        let name = format!("epoch-{e:08}");
+        [
+            job.join(format!("local/node0/{id}/{name}")),
+            job.join(format!("local/node0/{id}/partner/{name}")),
+            shared.join(format!("{id}/{name}")),
+        ]
+    };
+    let dry = ckpt(&["prune", job_s, "--keep", "1", "--dry-run"]);
+    assert!(dry.status.success(), "{}", dry.dump());
+    assert!(files(4).iter().all(|d| d.is_dir()), "{}", dry.dump());
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), [6, 5, 4]);
+    let pruned = ckpt(&["prune", job_s, "--keep", "1"]);
+    assert!(pruned.status.success(), "{}", pruned.dump());
+    assert_eq!(ckpt::manifest::committed(&job).unwrap(), [6]);
+    for e in [4, 5] {
+        for d in files(e) {
+            assert!(!d.exists(), "{}\n{}", d.display(), pruned.dump());
+            assert!(
+                pruned.stdout.contains(&d.display().to_string()),
+                "{}",
+                pruned.dump()
+            );
+        }
+    }
+    assert!(
+        files(6)[..2].iter().all(|d| d.is_dir()),
+        "{}",
+        pruned.dump()
+    );
+    let verify = ckpt(&["verify", job_s]);
+    assert!(verify.status.success(), "{}", verify.dump());
+    assert!(!verify.stdout.contains("epoch 5"), "{}", verify.dump());
 }

@@ -540,3 +540,46 @@ pub fn as_nobody(script: &str) -> Option<Output> {
     cmd.args(["sh", "-c", script]);
     Some(Running::spawn(cmd, Duration::from_secs(30)).wait())
 }
+
+/// Gives committed epoch `epoch` of a job (node-local files under `<job>/local/<node>`, as
+/// with `--emulate-nodes`) copies beyond L1 by hand, as the background levels would: the
+/// manifest plans `planned`, and for each level of `complete` every rank's L1 file is copied
+/// where that level keeps it (L2 on the node of its partner, `placement::partners` at distance
+/// 1; L4 under `shared`), then the manifest is republished with the level complete.
+pub fn add_copies(
+    job_dir: &Path,
+    shared: &Path,
+    epoch: u64,
+    planned: &[ckpt::Level],
+    complete: &[ckpt::Level],
+) {
+    use ckpt::placement::{partners, Placement};
+    use ckpt::storage::copies::{copy_file, Places};
+    let mut m = ckpt::manifest::load(job_dir, epoch).expect("manifest of a committed epoch");
+    let places = |node: &str| Places {
+        local_dir: job_dir.join("local").join(node),
+        shared_dir: shared.to_path_buf(),
+        job_id: m.job.clone(),
+    };
+    let placement = Placement::of_manifest(&m).expect("a valid placement");
+    let holders = partners(&placement, 1).expect("partners on more than one node");
+    for rank in 0..m.nranks {
+        let l1 = rank_file(job_dir, epoch, rank as usize);
+        for &level in complete {
+            let node = match level {
+                ckpt::Level::Partner => &m.ranks[holders.of(rank) as usize].node,
+                _ => &m.ranks[rank as usize].node,
+            };
+            let copy = places(node)
+                .locate(level, epoch, rank)
+                .expect("a level that keeps copies");
+            copy_file(&l1, &copy, 1 << 20).expect("copy of a rank file");
+        }
+    }
+    m.copies.planned = planned.to_vec();
+    m.levels.extend_from_slice(complete);
+    if complete.contains(&ckpt::Level::Partner) {
+        m.copies.partner = holders.as_slice().to_vec();
+    }
+    ckpt::manifest::publish(job_dir, &m).expect("manifest republished");
+}

@@ -18,6 +18,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of the `run` variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an MPI program under mpirun, restarting it from its last checkpoint when a rank dies.
@@ -27,8 +29,18 @@ pub enum Command {
     List(ListArgs),
     /// Ask a running job to checkpoint now (and optionally stop), and wait for the epoch.
     Checkpoint(CheckpointArgs),
-    /// Read and check every committed epoch: manifests, rank files, every region's checksum.
+    /// Read and check every copy of every committed epoch at every level.
+    ///
+    /// Manifests, rank files and their copies (L1, L2, L4), every region's checksum. Exit
+    /// status 0 when every epoch is restorable from some level, 1 when an epoch has a rank
+    /// with no good copy at any level (or a bad manifest).
     Verify(VerifyArgs),
+    /// Remove all but the N newest committed epochs, at every level.
+    ///
+    /// Manifests first, then the epochs' files at every level (L1 and L2 under every
+    /// node-local base reachable from here, L4). Refused while a `ckpt run` holds the job
+    /// directory.
+    Prune(PruneArgs),
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
     /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
     Bench(BenchArgs),
@@ -108,6 +120,33 @@ pub struct VerifyArgs {
     /// $CKPT_LOCAL_DIR or $NODE_LOCAL_DIR, else <job dir>/local/<node>].
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
+    /// Base of shared storage (L4) [default: the --shared-dir recorded in job.json, else
+    /// $CKPT_SHARED_DIR, else <job dir>/shared].
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ckpt prune` flags.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The job directory.
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// Committed epochs to keep (the newest).
+    #[arg(long, value_name = "N")]
+    pub keep: u32,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Base of node-local storage [default: as for `ckpt verify`].
+    #[arg(long, value_name = "DIR")]
+    pub local_dir: Option<PathBuf>,
+    /// Base of shared storage (L4) [default: as for `ckpt verify`].
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
 }
 
 /// `ckpt checkpoint` flags.
@@ -152,6 +191,17 @@ pub struct RunArgs {
     /// (local base: --local-dir, else <job dir>/local). `ckpt kill-node` crashes one.
     #[arg(long, value_name = "N")]
     pub emulate_nodes: Option<u32>,
+    /// Partner copies (L2: each rank's file also on another node) every N epochs; 0 for none
+    /// [default: 1].
+    #[arg(long = "l2-every", value_name = "N")]
+    pub l2_every: Option<String>,
+    /// Copies on shared storage (L4) every N epochs; 0 for none [default: 10].
+    #[arg(long = "l4-every", value_name = "N")]
+    pub l4_every: Option<String>,
+    /// Base of shared storage for L4 copies, created private if missing; recorded in job.json
+    /// [default: the one job.json records, else <job dir>/shared].
+    #[arg(long, value_name = "DIR")]
+    pub shared_dir: Option<PathBuf>,
     /// Inject a fault: rank RANK kills itself at PHASE (poll, before-write, mid-write,
     /// after-write, before-vote, before-manifest, after-commit, restore, drain), optionally at
     /// epoch/poll N; ACTION stop (SIGSTOP) or hang instead of kill; on the first launch, or
@@ -192,6 +242,9 @@ pub struct ListArgs {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also show each rank: its node and where its copies beyond L1 are (the L2 holder).
+    #[arg(long)]
+    pub ranks: bool,
 }
 
 /// Parses the command line. Help and version requests come back as `Err` too (clap's
@@ -212,7 +265,7 @@ fn run_after_help() -> String {
          Environment:\n  {args}  extra mpirun arguments, split on whitespace, placed before \
          the --mpirun-arg values\n\n\
          Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
-         when given, {every}, {local}, {fault}. Each is forwarded with `mpirun -x`, as is any \
+         when given, {every}, {local}, {fault}, {l2}, {l4}, {shared}. Each is forwarded with `mpirun -x`, as is any \
          other CKPT_* variable already set ({node}, {stride}, {timeout}, {io_timeout}).\n\n\
          mpirun starts each rank as `ckpt exec-rank ... -- PROG`, which keeps the checkpoint \
          signal ({signal}, default SIGUSR1) blocked until the library handles it, so a signal \
@@ -236,6 +289,9 @@ fn run_after_help() -> String {
         every = env::EVERY,
         local = env::LOCAL_DIR,
         fault = env::FAULT,
+        l2 = env::L2_EVERY,
+        l4 = env::L4_EVERY,
+        shared = env::SHARED_DIR,
         node = env::NODE,
         stride = env::AGREE_STRIDE,
         signal = env::SIGNAL,

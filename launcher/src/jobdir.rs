@@ -7,7 +7,8 @@
 //! see [`ckpt::identity`]) and how the job was started, for people and for `ckpt list`-style
 //! tools. Read back: the id (kept for ever: a resumed, copied or renamed directory keeps it),
 //! `created_unix_ms`, `local_dir` and `emulate_nodes` (where `ckpt verify` looks for rank
-//! files, and which nodes `ckpt kill-node` knows).
+//! files, and which nodes `ckpt kill-node` knows), and `shared_dir` (`--shared-dir`, absent for
+//! the default `<job dir>/shared`: where L4 copies are for a resume, `verify` and `prune`).
 //!
 //! The id of a new job is random. A directory whose `job.json` records none (made by the
 //! library alone) keeps the id its newest committed epoch carries, so its epochs still restore.
@@ -68,6 +69,10 @@ struct JobFile {
     /// `--emulate-nodes` (absent in files of older versions, and without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     emulate_nodes: Option<u32>,
+    /// Base of shared (L4) storage when not the default `<job dir>/shared` (absent in files
+    /// of older versions, and for the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shared_dir: Option<String>,
     fault: Option<String>,
     mpirun: String,
     mpirun_args: Vec<String>,
@@ -121,6 +126,12 @@ pub fn prepare(plan: &RunPlan, now_ms: u64) -> anyhow::Result<JobDir> {
             .map_or(1, |l| l + 1)
     };
     let job_id = job_id(dir, resume_from.as_ref())?;
+    if let Some(shared) = &plan.shared_dir {
+        let mine = shared.join(&job_id);
+        if std::fs::symlink_metadata(&mine).is_ok() {
+            durable_check(&mine, "shared directory of the job")?;
+        }
+    }
     write_job_file(plan, &job_id, now_ms)?;
     Ok(JobDir {
         resume_from,
@@ -159,6 +170,24 @@ pub fn recorded_local_dir(dir: &Path) -> Option<std::path::PathBuf> {
     job.get("local_dir")?.as_str().map(Into::into)
 }
 
+/// The base of shared (L4) storage recorded in `dir`'s `job.json` (`--shared-dir` of the run
+/// that wrote it), if any; `None` means the default, `<job dir>/shared`.
+pub fn recorded_shared_dir(dir: &Path) -> Option<std::path::PathBuf> {
+    let bytes = ckpt::identity::read_job_file(dir).ok()??;
+    let job: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    job.get("shared_dir")?.as_str().map(Into::into)
+}
+
+/// The base of shared (L4) storage of the job in `dir`: `given`, else the one `job.json`
+/// records, else `$CKPT_SHARED_DIR`, else `<dir>/shared` (where the ranks put it).
+pub fn shared_base(dir: &Path, given: Option<&Path>) -> std::path::PathBuf {
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| recorded_shared_dir(dir))
+        .or_else(|| ckpt::env::get(ckpt::env::SHARED_DIR).map(Into::into))
+        .unwrap_or_else(|| dir.join("shared"))
+}
+
 /// The number of emulated nodes recorded in `dir`'s `job.json` (`--emulate-nodes` of the run
 /// that wrote it), if any.
 pub fn recorded_emulation(dir: &Path) -> Option<u32> {
@@ -190,11 +219,25 @@ fn secure_dirs(plan: &RunPlan) -> anyhow::Result<()> {
     for local in bases {
         let mine = local.join(&plan.job_id);
         if std::fs::symlink_metadata(&mine).is_ok() {
-            durable::check_dir(&mine, "node-local directory")
-                .map_err(|e| UsageError(e.to_string()))?;
+            durable_check(&mine, "node-local directory")?;
         }
     }
+    if let Some(shared) = &plan.shared_dir {
+        // Created like the job directory (durably, private); an existing one must be ours.
+        durable::ensure_dir(shared, "shared directory").map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => UsageError(e.to_string()),
+            _ => UsageError(format!(
+                "--shared-dir {}: cannot create it: {e}",
+                shared.display()
+            )),
+        })?;
+    }
     Ok(())
+}
+
+/// [`ckpt::storage::durable::check_dir`], a refusal being a [`UsageError`].
+fn durable_check(dir: &Path, what: &str) -> anyhow::Result<()> {
+    ckpt::storage::durable::check_dir(dir, what).map_err(|e| UsageError(e.to_string()).into())
 }
 
 /// Largest `job.json` read back (a few KiB in practice).
@@ -236,6 +279,7 @@ fn write_job_file(plan: &RunPlan, job_id: &str, now_ms: u64) -> anyhow::Result<(
         max_restarts: plan.max_restarts,
         local_dir: plan.local_dir.as_deref().map(lossy),
         emulate_nodes: plan.emulate_nodes,
+        shared_dir: plan.shared_dir.as_deref().map(lossy),
         fault: plan.fault.clone(),
         mpirun: lossy(&plan.mpirun),
         mpirun_args: [plan.mpirun_env_args.as_slice(), &plan.mpirun_args].concat(),
@@ -383,6 +427,48 @@ mod tests {
         drop(job);
         let job = prepare(&testutil::plan(&dir, 2), 1_000).unwrap();
         assert_eq!(job.expired, None);
+    }
+
+    /// `--shared-dir` is created private if missing and recorded in `job.json`; one others
+    /// can write to, or a job directory in it that is not ours alone, is refused.
+    #[test]
+    fn the_shared_directory_is_created_private_recorded_and_checked() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("job");
+        let mut plan = testutil::plan(&dir, 2);
+        let shared = tmp.path().join("pfs/me");
+        plan.shared_dir = Some(shared.clone());
+        let job = prepare(&plan, 1_000).unwrap();
+        let mode = std::fs::metadata(&shared).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+        assert_eq!(recorded_shared_dir(&dir), Some(shared.clone()));
+        assert_eq!(shared_base(&dir, None), shared);
+        assert_eq!(shared_base(&dir, Some(Path::new("/x"))), Path::new("/x"));
+        let id = job.job_id.clone();
+        drop(job);
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let mine = shared.join(&id);
+        std::fs::create_dir(&mine).unwrap();
+        set(&mine, 0o757);
+        let e = format!("{:#}", prepare(&plan, 1_000).unwrap_err());
+        let want = format!(
+            "refusing shared directory of the job {}: owned by ",
+            mine.display()
+        );
+        assert!(e.starts_with(&want) && e.contains("mode 0757"), "{e}");
+        set(&mine, 0o700);
+        set(&shared, 0o777);
+        let e = format!("{:#}", prepare(&plan, 1_000).unwrap_err());
+        let want = format!("refusing shared directory {}: owned by ", shared.display());
+        assert!(e.starts_with(&want) && e.contains("mode 0777"), "{e}");
+        // Without the flag the default is recorded as nothing.
+        set(&shared, 0o700);
+        drop(prepare(&testutil::plan(&dir, 2), 1_000).unwrap());
+        assert_eq!(recorded_shared_dir(&dir), None);
+        assert_eq!(shared_base(&dir, None), dir.join("shared"));
     }
 
     /// A job directory, or this node's `<local>/<job_id>`, that others can write to is refused

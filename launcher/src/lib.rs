@@ -23,7 +23,9 @@
 //!   [`lock`]: whether a `ckpt run` holds a job directory; which run a request belongs to.
 //! - [`exec_rank`]: `ckpt exec-rank`, how each rank is started (checkpoint signal held,
 //!   emulated node set). [`kill_node`]: `ckpt kill-node`, an emulated node's crash.
-//! - [`list`]: `ckpt list`. [`verify`]: `ckpt verify`, every byte of every committed epoch. [`clock`]: UTC date formatting without a date library.
+//! - [`list`]: `ckpt list`. [`verify`]: `ckpt verify`, every byte of every copy of every
+//!   committed epoch. [`prune`]: `ckpt prune`, old epochs removed level by level, manifests
+//!   first. [`clock`]: UTC date formatting without a date library.
 //!
 //! **Invariants.** No module spells a `CKPT_*` variable of the rank contract: the names come
 //! from [`ckpt::env`]. Exit codes and the formatting of errors are decided in one place,
@@ -50,6 +52,7 @@ pub mod kill_node;
 pub mod list;
 pub mod lock;
 pub mod plan;
+pub mod prune;
 pub mod ranks;
 pub mod report;
 pub mod request;
@@ -125,9 +128,15 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
             let plan = plan::RunPlan::new(args, &plan::Context::current()?)?;
             supervise::run(&plan)
         }
-        cli::Command::List(args) => list::run(&args.job_dir, args.json),
+        cli::Command::List(args) => list::run(&args.job_dir, args.json, args.ranks),
         cli::Command::Checkpoint(args) => request::run(&args),
-        cli::Command::Verify(args) => verify::run(&args.job_dir, args.local_dir.as_deref()),
+        cli::Command::Verify(args) => verify::run(
+            &args.job_dir,
+            args.local_dir.as_deref(),
+            args.shared_dir.as_deref(),
+            args.json,
+        ),
+        cli::Command::Prune(args) => prune::run(&args),
         cli::Command::KillNode(args) => kill_node::run(&args.job_dir, &args.node),
         cli::Command::ExecRank(args) => exec_rank::run(&args),
         cli::Command::Bench(args) => {

@@ -1,13 +1,15 @@
-//! `ckpt list JOB_DIR [--json]`: a job's committed epochs, newest first, read from their
-//! manifests. A manifest that does not load is listed with its error (which names the file)
-//! and the listing goes on: a damaged epoch is exactly what a user runs this to find. Epochs a
-//! restart quarantined (found damaged; never restored again) are listed too, marked as such
-//! with the reasons.
+//! `ckpt list JOB_DIR [--json] [--ranks]`: a job's committed epochs, newest first, read from
+//! their manifests. A manifest that does not load is listed with its error (which names the
+//! file) and the listing goes on: a damaged epoch is exactly what a user runs this to find.
+//! Epochs a restart quarantined (found damaged; never restored again) are listed too, marked as
+//! such with the reasons. Each epoch shows the levels complete on every rank and the planned
+//! ones not (yet) complete (`L1 L2 (L4 pending)`); `--ranks` adds each rank's node and the
+//! node holding its L2 copy.
 
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use ckpt::manifest::{self, Manifest, Quarantine};
+use ckpt::manifest::{self, Level, Manifest, Quarantine};
 use ckpt::util::human_bytes;
 use serde::Serialize;
 
@@ -25,23 +27,23 @@ pub struct Entry {
     pub quarantine: Option<Result<Quarantine, String>>,
 }
 
-/// Prints the listing of `dir` to stdout.
-pub fn run(dir: &Path, as_json: bool) -> anyhow::Result<Outcome> {
+/// Prints the listing of `dir` to stdout (with `ranks`, each rank's node and copies).
+pub fn run(dir: &Path, as_json: bool, ranks: bool) -> anyhow::Result<Outcome> {
     let entries = entries(dir)?;
     if as_json {
         outln!(
             "{}",
-            json(&entries).context("cannot encode the listing as JSON")?
+            json(&entries, ranks).context("cannot encode the listing as JSON")?
         );
     } else if entries.is_empty() {
         outln!("no committed epochs in {}", dir.display());
     } else if entries.iter().all(|e| e.quarantine.is_some()) {
         outln!("no committed epochs in {}; quarantined:", dir.display());
-        for l in table(&entries) {
+        for l in table(&entries, ranks) {
             outln!("{l}");
         }
     } else {
-        for l in table(&entries) {
+        for l in table(&entries, ranks) {
             outln!("{l}");
         }
     }
@@ -127,12 +129,61 @@ fn placement_summary(m: &Manifest) -> String {
 /// Most nodes the table names one by one.
 const NAMED_NODES: usize = 4;
 
-fn levels(m: &Manifest) -> String {
-    m.levels
+/// The levels complete on every rank, then the planned ones not (yet) complete:
+/// `L1 L2 (L4 pending)`.
+pub fn levels(m: &Manifest) -> String {
+    let mut text = m
+        .levels
         .iter()
         .map(|&l| level(l))
         .collect::<Vec<_>>()
-        .join(",")
+        .join(" ");
+    let pending = pending(m);
+    if !pending.is_empty() {
+        let names: Vec<&str> = pending.iter().map(|&l| level(l)).collect();
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(&format!("({} pending)", names.join(" ")));
+    }
+    text
+}
+
+/// The levels planned for `m`'s epoch that are not complete on every rank.
+pub fn pending(m: &Manifest) -> Vec<Level> {
+    let planned = m.copies.planned.iter().copied();
+    planned.filter(|&l| !m.has(l)).collect()
+}
+
+/// The rank holding `rank`'s L2 copy and its node, once L2 is complete (`None` otherwise, or
+/// when the manifest names no such rank).
+pub fn partner_of(m: &Manifest, rank: usize) -> Option<(u32, &str)> {
+    if !m.has(Level::Partner) {
+        return None;
+    }
+    let holder = *m.copies.partner.get(rank)?;
+    let node = &m.ranks.get(holder as usize)?.node;
+    Some((holder, node))
+}
+
+/// Per-rank lines under an epoch's row: `  rank 0  node0  L2 on node1 (rank 2)`.
+fn rank_lines(m: &Manifest) -> Vec<String> {
+    let rank_w = m.ranks.len().saturating_sub(1).to_string().len();
+    let node_w = m.ranks.iter().map(|r| r.node.len()).max().unwrap_or(0);
+    let l2 = m.has(Level::Partner);
+    m.ranks
+        .iter()
+        .enumerate()
+        .map(|(rank, rec)| {
+            let copy = match partner_of(m, rank) {
+                Some((h, node)) => format!("L2 on {node} (rank {h})"),
+                None if l2 => "L2 holder not recorded".to_owned(),
+                None => String::new(),
+            };
+            let line = format!("  rank {rank:<rank_w$}  {:<node_w$}  {copy}", rec.node);
+            line.trim_end().to_owned()
+        })
+        .collect()
 }
 
 /// One epoch in `--json` output; fields in this order.
@@ -173,22 +224,57 @@ enum JsonBody<'a> {
         payload_bytes: u64,
         file_bytes: u64,
         total_secs: f64,
+        /// Levels complete on every rank.
         levels: Vec<&'static str>,
+        /// Levels beyond L1 planned for the epoch, complete or not.
+        planned: Vec<&'static str>,
         /// Each node's ranks.
         nodes: std::collections::BTreeMap<&'a str, Vec<u32>>,
+        /// With `--ranks`: each rank's node and L2 holder.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        per_rank: Option<Vec<JsonRank<'a>>>,
     },
     Error {
         error: &'a str,
     },
 }
 
-/// The listing as a pretty JSON array, one object per epoch (`epoch` and `error` only when
-/// its manifest does not load; `quarantined` only for a quarantined epoch).
-pub fn json(entries: &[Entry]) -> serde_json::Result<String> {
-    serde_json::to_string_pretty(&entries.iter().map(json_entry).collect::<Vec<_>>())
+/// One rank in `--json --ranks` output.
+#[derive(Serialize)]
+struct JsonRank<'a> {
+    rank: u32,
+    node: &'a str,
+    /// The rank whose node holds this rank's L2 copy, once L2 is complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l2_holder: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l2_node: Option<&'a str>,
 }
 
-fn json_entry(entry: &Entry) -> JsonEntry<'_> {
+fn json_ranks(m: &Manifest) -> Vec<JsonRank<'_>> {
+    let ranks = m.ranks.iter().enumerate();
+    ranks
+        .map(|(rank, rec)| {
+            let holder = partner_of(m, rank);
+            JsonRank {
+                rank: rank as u32,
+                node: &rec.node,
+                l2_holder: holder.map(|(h, _)| h),
+                l2_node: holder.map(|(_, n)| n),
+            }
+        })
+        .collect()
+}
+
+/// The listing as a pretty JSON array, one object per epoch (`epoch` and `error` only when
+/// its manifest does not load; `quarantined` only for a quarantined epoch; `per_rank` only
+/// with `ranks`).
+pub fn json(entries: &[Entry], ranks: bool) -> serde_json::Result<String> {
+    let all: Vec<JsonEntry> = entries.iter().map(|e| json_entry(e, ranks)).collect();
+    serde_json::to_string_pretty(&all)
+}
+
+fn json_entry(entry: &Entry, ranks: bool) -> JsonEntry<'_> {
     JsonEntry {
         epoch: entry.epoch,
         quarantined: entry.quarantine.as_ref().map(|q| match q {
@@ -212,15 +298,18 @@ fn json_entry(entry: &Entry) -> JsonEntry<'_> {
                 file_bytes: m.file_bytes(),
                 total_secs: m.total_secs,
                 levels: m.levels.iter().map(|&l| level(l)).collect(),
+                planned: m.copies.planned.iter().map(|&l| level(l)).collect(),
                 nodes: placement(m).into_iter().collect(),
+                per_rank: ranks.then(|| json_ranks(m)),
             },
             Err(e) => JsonBody::Error { error: e },
         },
     }
 }
 
-/// The listing as aligned text lines with a header.
-pub fn table(entries: &[Entry]) -> Vec<String> {
+/// The listing as aligned text lines with a header (with `ranks`, each epoch's rank lines
+/// under its row).
+pub fn table(entries: &[Entry], ranks: bool) -> Vec<String> {
     const HEAD: [&str; 9] = [
         "EPOCH",
         "COMMITTED",
@@ -269,12 +358,17 @@ pub fn table(entries: &[Entry]) -> Vec<String> {
             .collect();
         padded.join("  ").trim_end().to_owned()
     };
-    std::iter::once(line(&HEAD.map(String::from)))
-        .chain(rows.iter().map(|r| match r {
-            Ok(cells) => line(cells),
-            Err(text) => text.clone(),
-        }))
-        .collect()
+    let mut out = vec![line(&HEAD.map(String::from))];
+    for (row, entry) in rows.iter().zip(entries) {
+        match row {
+            Ok(cells) => out.push(line(cells)),
+            Err(text) => out.push(text.clone()),
+        }
+        if let (true, Ok(m), Ok(_)) = (ranks, &entry.manifest, row) {
+            out.extend(rank_lines(m));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -318,7 +412,7 @@ mod tests {
     fn table_lists_newest_first_with_errors() {
         let dir = job();
         check(
-            table(&entries(dir.path()).unwrap()),
+            table(&entries(dir.path()).unwrap(), false),
             dir.path(),
             &[
                 "EPOCH  COMMITTED             LAUNCH  POLL  RANKS  PAYLOAD  TOTAL   LEVELS  \
@@ -335,7 +429,7 @@ mod tests {
     #[test]
     fn json_lists_every_epoch() {
         let dir = job();
-        let text = json(&entries(dir.path()).unwrap()).unwrap();
+        let text = json(&entries(dir.path()).unwrap(), false).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let all = v.as_array().unwrap();
         assert_eq!(all.len(), 4);
@@ -358,6 +452,69 @@ mod tests {
         assert_eq!(all[1]["levels"], serde_json::json!(["L1"]));
         assert_eq!(all[1]["committed_utc"], "2026-04-20 14:03:12Z");
         assert_eq!(all[1]["nodes"], serde_json::json!({"n0": [0, 1, 2, 3]}));
+    }
+
+    #[test]
+    fn levels_complete_and_pending() {
+        use Level::*;
+        let m = |planned: &[Level], complete: &[Level]| {
+            levels(&testutil::manifest_v2(1, 4, 2, planned, complete))
+        };
+        assert_eq!(m(&[], &[]), "L1");
+        assert_eq!(m(&[Partner, Pfs], &[Partner]), "L1 L2 (L4 pending)");
+        assert_eq!(m(&[Partner, Pfs], &[]), "L1 (L2 L4 pending)");
+        assert_eq!(m(&[Partner, Pfs], &[Partner, Pfs]), "L1 L2 L4");
+        // L1 pruned before the L4 copy: only L4 remains.
+        let mut only4 = testutil::manifest_v2(1, 4, 2, &[Pfs], &[Pfs]);
+        only4.levels.retain(|&l| l != Local);
+        assert_eq!(levels(&only4), "L4");
+        only4.levels.clear();
+        assert_eq!(levels(&only4), "(L4 pending)");
+    }
+
+    #[test]
+    fn ranks_show_their_l2_holder() {
+        use Level::*;
+        let dir = tempfile::tempdir().unwrap();
+        let both = testutil::manifest_v2(2, 4, 2, &[Partner, Pfs], &[Partner]);
+        manifest::publish(dir.path(), &both).unwrap();
+        manifest::publish(dir.path(), &testutil::manifest_v2(1, 4, 2, &[Pfs], &[])).unwrap();
+        let all = entries(dir.path()).unwrap();
+        check(
+            table(&all, true),
+            dir.path(),
+            &[
+                "EPOCH  COMMITTED             LAUNCH  POLL  RANKS  PAYLOAD  TOTAL   LEVELS              \
+                 RANKS PER NODE",
+                "2      2026-04-20 14:03:12Z  1       20    4      4.0 MiB  0.25 s  L1 L2 (L4 \
+                 pending)  node0:2 node1:2",
+                "  rank 0  node0  L2 on node1 (rank 2)",
+                "  rank 1  node0  L2 on node1 (rank 3)",
+                "  rank 2  node1  L2 on node0 (rank 0)",
+                "  rank 3  node1  L2 on node0 (rank 1)",
+                "1      2026-04-20 14:03:12Z  1       10    4      4.0 MiB  0.25 s  L1 (L4 \
+                 pending)     node0:2 node1:2",
+                "  rank 0  node0",
+                "  rank 1  node0",
+                "  rank 2  node1",
+                "  rank 3  node1",
+            ],
+        );
+        assert_eq!(table(&all, false).len(), 3, "no rank lines without --ranks");
+        let v: serde_json::Value = serde_json::from_str(&json(&all, true).unwrap()).unwrap();
+        assert_eq!(v[0]["levels"], serde_json::json!(["L1", "L2"]));
+        assert_eq!(v[0]["planned"], serde_json::json!(["L2", "L4"]));
+        assert_eq!(
+            v[0]["per_rank"][1],
+            serde_json::json!({"rank": 1, "node": "node0", "l2_holder": 3, "l2_node": "node1"})
+        );
+        assert_eq!(
+            v[1]["per_rank"][3],
+            serde_json::json!({"rank": 3, "node": "node1"})
+        );
+        assert_eq!(v[1]["planned"], serde_json::json!(["L4"]));
+        let v: serde_json::Value = serde_json::from_str(&json(&all, false).unwrap()).unwrap();
+        assert!(v[0].get("per_rank").is_none());
     }
 
     #[test]

@@ -55,19 +55,38 @@ pub struct RunLock {
 /// Takes the run lock of `job_dir` and records this process in it. Another live run is a
 /// [`UsageError`] naming it.
 pub fn take_run(job_dir: &Path, now_ms: u64) -> anyhow::Result<RunLock> {
+    take(job_dir, now_ms, "", |who| {
+        format!(
+            "--job-dir {}: in use by a running `ckpt run` ({who})",
+            job_dir.display()
+        )
+    })
+}
+
+/// Takes the run lock of `job_dir` for `ckpt prune`, so that no run starts while it removes
+/// files (its record says `(ckpt prune)`). A live run is a [`UsageError`] naming it.
+pub fn take_for_prune(job_dir: &Path, now_ms: u64) -> anyhow::Result<RunLock> {
+    take(job_dir, now_ms, " (ckpt prune)", |who| {
+        format!(
+            "refusing to prune {}: a `ckpt run` holds it ({who}); prune once it has ended",
+            job_dir.display()
+        )
+    })
+}
+
+/// Takes the run lock, recording this process with `note`; `held` words the refusal.
+fn take(
+    job_dir: &Path,
+    now_ms: u64,
+    note: &str,
+    held: impl FnOnce(String) -> String,
+) -> anyhow::Result<RunLock> {
     let path = run_lock_path(job_dir);
     let mut file = open_lock(&path)?;
     let op = libc::LOCK_EX | libc::LOCK_NB;
     match flock(&file, op).with_context(|| format!("cannot lock {}", path.display()))? {
         Flock::Taken => {}
-        Flock::Held => {
-            return Err(UsageError(format!(
-                "--job-dir {}: in use by a running `ckpt run` ({})",
-                job_dir.display(),
-                record(&mut file)
-            ))
-            .into())
-        }
+        Flock::Held => return Err(UsageError(held(record(&mut file))).into()),
         Flock::Unsupported(e) => {
             say(format!(
                 "warning: cannot lock {} ({e}): concurrent runs of this job directory are not \
@@ -78,7 +97,7 @@ pub fn take_run(job_dir: &Path, now_ms: u64) -> anyhow::Result<RunLock> {
         }
     }
     let line = format!(
-        "pid {} on {}, started {}\n",
+        "pid {} on {}, started {}{note}\n",
         std::process::id(),
         ckpt::config::default_node(),
         clock::utc(now_ms)

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ckpt::fault::Fault;
+use ckpt::levels::LevelPolicy;
 use ckpt::storage::durable::Access;
 use ckpt::{env, Interval};
 
@@ -85,6 +86,18 @@ pub struct RunPlan {
     /// Emulated nodes (`--emulate-nodes`, `1..=ranks`): each rank gets its node and node-local
     /// directory from `ckpt exec-rank` (see [`crate::exec_rank`]).
     pub emulate_nodes: Option<u32>,
+    /// L2 partner copies every this many epochs (`--l2-every`, 0 = off); `None`: left to
+    /// the ranks (an inherited variable, else the library's default).
+    pub l2_every: Option<u64>,
+    /// L4 copies on shared storage every this many epochs (`--l4-every`, 0 = off); `None`:
+    /// left to the ranks.
+    pub l4_every: Option<u64>,
+    /// Absolute base of shared (L4) storage: `--shared-dir`, else the one `job.json` records
+    /// (a resume keeps it), else an inherited `CKPT_SHARED_DIR`; `None`: `<job dir>/shared`.
+    pub shared_dir: Option<PathBuf>,
+    /// The level policy the ranks will read (what the launcher sets, then inherited variables,
+    /// then the library's defaults), for the start line.
+    pub levels: LevelPolicy,
     /// Fault spec, checked by [`Fault::parse`] and against the rank count.
     pub fault: Option<String>,
     /// Say so when the job logs no event for this long (`--quiet-after`); `None`: never.
@@ -178,6 +191,16 @@ impl RunPlan {
         if let Some(dir) = &local_dir {
             check_dir_path("--local-dir", dir)?;
         }
+        let l2_every = args
+            .l2_every
+            .as_deref()
+            .map(|s| level_every("--l2-every", "L2", s))
+            .transpose()?;
+        let l4_every = args
+            .l4_every
+            .as_deref()
+            .map(|s| level_every("--l4-every", "L4", s))
+            .transpose()?;
 
         let job_dir = match &args.job_dir {
             Some(dir) => absolute(&ctx.cwd, dir),
@@ -204,6 +227,8 @@ impl RunPlan {
                     job_dir.display()
                 ))
             })?;
+
+        let shared_dir = shared_dir(args.shared_dir.as_deref(), &job_dir, ctx)?;
 
         let exit_signal = exit_signal(args.exit_signal.as_deref())?;
         let signal = match ctx.signal.as_deref() {
@@ -233,6 +258,10 @@ impl RunPlan {
             job_id,
             local_dir,
             emulate_nodes: args.emulate_nodes,
+            l2_every,
+            l4_every,
+            shared_dir,
+            levels: LevelPolicy::default(),
             fault: args.fault,
             quiet_after,
             mpirun,
@@ -263,7 +292,7 @@ impl RunPlan {
                     .into(),
             ));
         }
-        plan.check_rank_config(ctx)?;
+        plan.levels = plan.check_rank_config(ctx)?.levels;
         Ok(plan)
     }
 
@@ -277,15 +306,15 @@ impl RunPlan {
 
     /// Checks the configuration the ranks will read (what the launcher sets, then inherited
     /// `CKPT_*` variables) with the library's own parser, so that a value every rank would
-    /// refuse fails here, once, instead of in every launch.
-    fn check_rank_config(&self, ctx: &Context) -> Result<(), UsageError> {
+    /// refuse fails here, once, instead of in every launch. Returns it.
+    fn check_rank_config(&self, ctx: &Context) -> Result<ckpt::Config, UsageError> {
         let ours = self.rank_env(0);
         let get = |name: &str| {
             let set = ours.iter().find(|(k, _)| *k == name);
             let inherited = || ctx.inherited.iter().find(|(k, _)| *k == name);
             set.or_else(inherited).map(|(_, v)| v.clone())
         };
-        ckpt::Config::from_vars(get).map(drop).map_err(|e| {
+        ckpt::Config::from_vars(get).map_err(|e| {
             UsageError(format!(
                 "the ranks would refuse their {e} (from the environment)"
             ))
@@ -309,6 +338,15 @@ impl RunPlan {
         if let Some(fault) = &self.fault {
             vars.push((env::FAULT, fault.clone()));
         }
+        if let Some(n) = self.l2_every {
+            vars.push((env::L2_EVERY, n.to_string()));
+        }
+        if let Some(n) = self.l4_every {
+            vars.push((env::L4_EVERY, n.to_string()));
+        }
+        if let Some(dir) = &self.shared_dir {
+            vars.push((env::SHARED_DIR, dir.to_string_lossy().into_owned()));
+        }
         if self.access == Access::Group {
             vars.push((env::GROUP_ACCESS, "1".into()));
         }
@@ -330,6 +368,37 @@ fn every(s: &str) -> Result<Interval, UsageError> {
         )));
     }
     Interval::parse(s).map_err(|e| UsageError(format!("--every {s}: {e}")))
+}
+
+/// Parses `--l2-every` or `--l4-every`: a whole number of epochs, 0 turning the level off.
+fn level_every(flag: &str, level: &str, s: &str) -> Result<u64, UsageError> {
+    s.trim().parse::<u64>().map_err(|_| {
+        UsageError(format!(
+            "{flag} {s}: expected a whole number of epochs >= 0 (0 turns {level} off)"
+        ))
+    })
+}
+
+/// The base of shared (L4) storage: `--shared-dir`, else the one `job_dir`'s `job.json`
+/// records (a resume keeps it), else an inherited `CKPT_SHARED_DIR`; made absolute.
+fn shared_dir(
+    flag: Option<&Path>,
+    job_dir: &Path,
+    ctx: &Context,
+) -> Result<Option<PathBuf>, UsageError> {
+    let inherited = || {
+        let v = ctx.inherited.iter().find(|(k, _)| *k == env::SHARED_DIR);
+        v.map(|(_, v)| PathBuf::from(v))
+    };
+    let dir = flag
+        .map(Path::to_path_buf)
+        .or_else(|| crate::jobdir::recorded_shared_dir(job_dir))
+        .or_else(inherited)
+        .map(|d| absolute(&ctx.cwd, &d));
+    if let Some(d) = &dir {
+        check_dir_path("--shared-dir", d)?;
+    }
+    Ok(dir)
 }
 
 /// Parses `--exit-signal`: a signal name or number, or `off`; not one the launcher reserves.
@@ -777,6 +846,82 @@ mod tests {
         ];
         let expected: Vec<String> = expected.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(got, expected);
+    }
+
+    /// `--l2-every`, `--l4-every` and `--shared-dir` reach the ranks; the shared directory
+    /// is the flag's, else the one `job.json` records (a resume), else an inherited one.
+    #[test]
+    fn levels_reach_the_ranks() {
+        let (dir, mut ctx) = fixture();
+        let plan = |ctx: &Context, flags: &str| {
+            let argv = format!("ckpt run -n 2 --job-dir job {flags} -- prog");
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx).map_err(|e| e.to_string())
+        };
+        let vars = |p: &RunPlan| {
+            let d = dir.path().display().to_string();
+            let ours = p.rank_env(0);
+            [env::L2_EVERY, env::L4_EVERY, env::SHARED_DIR]
+                .map(|k| {
+                    let v = ours.iter().find(|(n, _)| *n == k);
+                    v.map_or("-".into(), |(_, v)| v.replace(&d, "D"))
+                })
+                .join(" ")
+        };
+        let p = plan(&ctx, "").unwrap();
+        assert_eq!(vars(&p), "- - -");
+        assert_eq!(p.levels, LevelPolicy::default());
+        let p = plan(&ctx, "--l2-every 0 --l4-every 3 --shared-dir pfs").unwrap();
+        assert_eq!(vars(&p), "0 3 D/pfs");
+        assert_eq!(
+            (p.levels.partner_every, p.levels.shared_every),
+            (0, 3),
+            "the policy the ranks will read"
+        );
+        assert_eq!(p.levels.shared_dir, Some(dir.path().join("pfs")));
+        // An inherited variable counts for the policy; the flag replaces it.
+        ctx.inherited = vec![(env::L4_EVERY, "5".into()), (env::SHARED_DIR, "/s".into())];
+        let p = plan(&ctx, "").unwrap();
+        assert_eq!((p.levels.shared_every, vars(&p)), (5, "- - /s".into()));
+        assert_eq!(
+            p.inherited,
+            [env::L4_EVERY],
+            "set by the launcher, not inherited"
+        );
+        assert_eq!(plan(&ctx, "--l4-every 7").unwrap().levels.shared_every, 7);
+        // A resume without the flag keeps the recorded directory, before the inherited one.
+        std::fs::create_dir(dir.path().join("job")).unwrap();
+        let recorded = r#"{"job_id": "x", "shared_dir": "/recorded"}"#;
+        std::fs::write(dir.path().join("job/job.json"), recorded).unwrap();
+        assert_eq!(vars(&plan(&ctx, "").unwrap()), "- - /recorded");
+        assert_eq!(vars(&plan(&ctx, "--shared-dir /new").unwrap()), "- - /new");
+        // Refused: not a whole number, a file in the way.
+        for (flags, want) in [
+            (
+                "--l2-every -1",
+                "--l2-every -1: expected a whole number of epochs >= 0 (0 turns L2 off)",
+            ),
+            (
+                "--l4-every 1.5",
+                "--l4-every 1.5: expected a whole number of epochs >= 0 (0 turns L4 off)",
+            ),
+            (
+                "--l4-every x",
+                "--l4-every x: expected a whole number of epochs >= 0 (0 turns L4 off)",
+            ),
+            (
+                "--shared-dir data/s",
+                "--shared-dir D/data/s: D/data exists and is not a directory",
+            ),
+        ] {
+            let e = plan(&ctx, flags).unwrap_err();
+            assert_eq!(e.replace(&dir.path().display().to_string(), "D"), want);
+        }
     }
 
     #[test]

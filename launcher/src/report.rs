@@ -77,15 +77,41 @@ pub fn header(plan: &RunPlan) -> String {
         Some(every) => format!("checkpoint every {every}"),
     };
     format!(
-        "job dir {}: {} ranks, {every}, keep {}, {}",
+        "job dir {}: {} ranks, {every}, keep {}, {}; {}",
         plan.job_dir.display(),
         plan.ranks,
         plan.keep,
         match plan.max_restarts {
             0 => "no restarts".to_owned(),
             n => format!("up to {}", count(n as u64, "restart", "restarts")),
-        }
+        },
+        levels_policy(plan)
     )
+}
+
+/// `levels L1, L2 every epoch, L4 every 10 epochs in DIR`: what the ranks will produce.
+pub fn levels_policy(plan: &RunPlan) -> String {
+    let p = &plan.levels;
+    let every = |n: u64| match n {
+        1 => "epoch".to_owned(),
+        n => format!("{n} epochs"),
+    };
+    let mut parts = vec!["levels L1".to_owned()];
+    if p.partner_every > 0 {
+        parts.push(format!("L2 every {}", every(p.partner_every)));
+    }
+    if p.shared_every > 0 {
+        let dir = p
+            .shared_dir
+            .clone()
+            .unwrap_or_else(|| plan.job_dir.join("shared"));
+        parts.push(format!(
+            "L4 every {} in {}",
+            every(p.shared_every),
+            dir.display()
+        ));
+    }
+    parts.join(", ")
 }
 
 /// The job directory already holds committed epochs: the first launch is a restart.
@@ -114,6 +140,11 @@ pub fn resume_hint(plan: &RunPlan) -> String {
         argv.extend(["--every".into(), every.to_string().into()]);
     }
     argv.extend(["--keep".into(), plan.keep.to_string().into()]);
+    for (flag, n) in [("--l2-every", plan.l2_every), ("--l4-every", plan.l4_every)] {
+        if let Some(n) = n {
+            argv.extend([flag.into(), n.to_string().into()]);
+        }
+    }
     argv.extend(["--job-dir".into(), plan.job_dir.clone().into()]);
     if let Some(dir) = &plan.local_dir {
         argv.extend(["--local-dir".into(), dir.clone().into()]);
@@ -753,6 +784,25 @@ mod tests {
             "to resume: ckpt run -n 2 --every 10 --keep 2 --job-dir /j --emulate-nodes 2 \
              --exit-signal=12 -- /bin/true 'a b'",
         );
+        usr2.l2_every = Some(0);
+        usr2.l4_every = Some(3);
+        check(
+            resume_hint(&usr2),
+            "to resume: ckpt run -n 2 --every 10 --keep 2 --l2-every 0 --l4-every 3 --job-dir \
+             /j --emulate-nodes 2 --exit-signal=12 -- /bin/true 'a b'",
+        );
+        let mut plan = crate::testutil::plan(std::path::Path::new("/j"), 4);
+        check(
+            header(&plan),
+            "job dir /j: 4 ranks, checkpoint every 10 polls, keep 2, up to 3 restarts; levels \
+             L1, L2 every epoch, L4 every 10 epochs in /j/shared",
+        );
+        plan.levels.partner_every = 0;
+        plan.levels.shared_every = 1;
+        plan.levels.shared_dir = Some("/pfs/me".into());
+        check(levels_policy(&plan), "levels L1, L4 every epoch in /pfs/me");
+        plan.levels.shared_every = 0;
+        check(levels_policy(&plan), "levels L1");
         check(
             restarting(1, 3, None),
             "restarting (1/3) from the beginning (no committed epoch)",

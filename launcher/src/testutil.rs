@@ -29,6 +29,29 @@ pub fn manifest(epoch: u64, nranks: u32) -> Manifest {
     }
 }
 
+/// [`manifest`] of ranks placed in blocks on `nodes` nodes `node0`, `node1`, ..., with the
+/// levels beyond L1 `planned`, of which `complete` are complete on every rank (after L1). L2's
+/// holder of each rank is the rank at the same position on the next node.
+pub fn manifest_v2(
+    epoch: u64,
+    nranks: u32,
+    nodes: u32,
+    planned: &[Level],
+    complete: &[Level],
+) -> Manifest {
+    let mut m = manifest(epoch, nranks);
+    let per = nranks / nodes;
+    for (rank, rec) in m.ranks.iter_mut().enumerate() {
+        rec.node = format!("node{}", rank as u32 / per);
+    }
+    m.levels.extend_from_slice(complete);
+    m.copies.planned = planned.to_vec();
+    if complete.contains(&Level::Partner) {
+        m.copies.partner = (0..nranks).map(|r| (r + per) % nranks).collect();
+    }
+    m
+}
+
 /// A plan for `ranks` ranks of `/bin/true` in `job_dir`, with defaults elsewhere.
 pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
     crate::plan::RunPlan {
@@ -40,6 +63,10 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         job_id: "job".into(),
         local_dir: None,
         emulate_nodes: None,
+        l2_every: None,
+        l4_every: None,
+        shared_dir: None,
+        levels: Default::default(),
         fault: None,
         quiet_after: None,
         mpirun: "/usr/bin/mpirun".into(),
@@ -53,4 +80,51 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         exec_rank: None,
         access: ckpt::storage::durable::Access::Private,
     }
+}
+
+/// Writes real rank files for `m` in job directory `dir` as the ranks of a job without
+/// `job.json` would: each rank's L1 file under `<dir>/local/<node>`, and a copy at every other
+/// complete level (L2 under the holder's node, L4 under `<dir>/shared`); fills in their
+/// lengths and table CRCs and publishes `m`.
+pub fn write_epoch(dir: &std::path::Path, m: &mut Manifest) {
+    use ckpt::format::{FileIdentity, RankFileWriter, RegionKind};
+    use ckpt::storage::copies::Places;
+    let places = |node: &str| Places {
+        local_dir: dir.join("local").join(node),
+        shared_dir: dir.join("shared"),
+        job_id: m.job.clone(),
+    };
+    for rank in 0..m.ranks.len() {
+        let node = m.ranks[rank].node.clone();
+        let l1 = places(&node)
+            .locate(Level::Local, m.epoch, rank as u32)
+            .unwrap();
+        std::fs::create_dir_all(l1.parent().unwrap()).unwrap();
+        let id = FileIdentity {
+            job: m.job.clone(),
+            epoch: m.epoch,
+            rank: rank as u32,
+            nranks: m.nranks,
+        };
+        let mut w = RankFileWriter::create(&l1, id, &node).unwrap();
+        let data: Vec<u8> = (0..10_000u32)
+            .map(|i| (i as u64 * m.epoch) as u8 ^ rank as u8)
+            .collect();
+        w.region("u", RegionKind::Bulk { elem_size: 1 }, &data)
+            .unwrap();
+        let summary = w.finish().unwrap();
+        let rec = &mut m.ranks[rank];
+        (rec.len, rec.table_crc, rec.payload) = (summary.len, summary.table_crc, summary.payload);
+        for &level in &m.levels {
+            let holder = match level {
+                Level::Partner => m.ranks[m.copies.partner[rank] as usize].node.clone(),
+                Level::Pfs => node.clone(),
+                _ => continue,
+            };
+            let copy = places(&holder).locate(level, m.epoch, rank as u32).unwrap();
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            std::fs::copy(&l1, &copy).unwrap();
+        }
+    }
+    ckpt::manifest::publish(dir, m).unwrap();
 }

@@ -1,0 +1,527 @@
+//! `ckpt prune JOB_DIR --keep N [--dry-run]`: keeps the N newest committed epochs and removes
+//! the older ones, manifests first (through [`manifest::prune`], which also takes the
+//! quarantine records of epochs older than everything kept), then their files at every level:
+//! L1 (`<base>/<job>/epoch-E`) and L2 (`<base>/<job>/partner/epoch-E`) under every node-local
+//! base reachable from here, and L4 (`<shared>/<job>/epoch-E`). Epoch directories older than
+//! the oldest kept epoch that no manifest names (a commit that failed, a crash before the
+//! manifest) go too: epoch numbers only increase, so no later epoch can be one of them.
+//!
+//! The bases are found as `ckpt verify` finds them ([`crate::verify`]): `--local-dir`, else
+//! the recorded one, else the environment; with the default `<job dir>/local/<node>` (and with
+//! emulated nodes, `<base>/<node>`) every node directory there. Node-local storage of other
+//! machines is out of reach: the ranks prune their own older files at their next commit.
+//!
+//! Refused while a `ckpt run` holds the job directory ([`lock`]); holding its run lock
+//! meanwhile, so no run starts while files go; refused too while ranks of an earlier launch
+//! live. Nothing is followed through a link: an epoch directory or a job's node directory that
+//! is a link is left alone, and a file that is a link is removed, never its target.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use ckpt::manifest::{self, Level};
+use ckpt::util::human_bytes;
+
+use crate::cli::PruneArgs;
+use crate::lock::{self, Liveness};
+use crate::report::{self, level};
+use crate::verify::{LocalBase, Where};
+use crate::{jobdir, Outcome, UsageError};
+
+/// An epoch directory of one level to remove, with its entries.
+#[derive(Debug, Clone, PartialEq)]
+struct EpochDir {
+    level: Level,
+    epoch: u64,
+    dir: PathBuf,
+    /// Files (rank files, temporaries) and their sizes.
+    files: Vec<(PathBuf, u64)>,
+}
+
+/// What `ckpt prune` removes.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Committed epochs kept, newest first.
+    kept: Vec<u64>,
+    /// Epochs whose manifest (or quarantine record) goes.
+    epochs: Vec<u64>,
+    /// The oldest epoch kept: everything older goes.
+    keep_from: u64,
+    /// Manifests and quarantine records that go.
+    records: Vec<PathBuf>,
+    /// Epoch directories that go, level by level.
+    dirs: Vec<EpochDir>,
+}
+
+/// Runs `ckpt prune`.
+pub fn run(args: &PruneArgs) -> anyhow::Result<Outcome> {
+    let dir = &args.job_dir;
+    if args.keep == 0 {
+        return Err(
+            UsageError("--keep 0: at least one committed epoch must be kept".into()).into(),
+        );
+    }
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => anyhow::bail!("{} is not a directory", dir.display()),
+        Err(e) => return Err(e).with_context(|| format!("job directory {}", dir.display())),
+    }
+    // Held until the end: no run starts while files go. A dry run only looks.
+    let _lock = if args.dry_run {
+        if let Liveness::Running(who) = lock::liveness(dir)? {
+            return Err(UsageError(format!(
+                "refusing to prune {}: a `ckpt run` holds it ({who}); prune once it has ended",
+                dir.display()
+            ))
+            .into());
+        }
+        None
+    } else {
+        Some(lock::take_for_prune(dir, ckpt::util::unix_ms())?)
+    };
+    if ckpt::storage::liveness::ranks_alive(dir).unwrap_or(false) {
+        return Err(UsageError(format!(
+            "refusing to prune {}: ranks of an earlier launch are still alive (they hold {})",
+            dir.display(),
+            ckpt::storage::liveness::lock_path(dir).display()
+        ))
+        .into());
+    }
+    let at = locate(dir, args);
+    let plan = plan(dir, &at, args.keep as usize)?;
+    if plan.epochs.is_empty() && plan.dirs.is_empty() {
+        outln!(
+            "nothing to prune in {}: {} kept (--keep {})",
+            dir.display(),
+            count_epochs(&plan.kept),
+            args.keep
+        );
+        return Ok(Outcome::Success);
+    }
+    outln!(
+        "{}: keeping {} (--keep {}); pruning everything older than epoch {}",
+        dir.display(),
+        count_epochs(&plan.kept),
+        args.keep,
+        plan.keep_from
+    );
+    let failed = if args.dry_run {
+        show(&plan, "would remove");
+        false
+    } else {
+        execute(dir, &plan)?
+    };
+    Ok(if failed {
+        Outcome::JobFailed
+    } else {
+        Outcome::Success
+    })
+}
+
+/// `epochs 5, 6` (or `no epochs`).
+fn count_epochs(list: &[u64]) -> String {
+    let mut sorted = list.to_vec();
+    sorted.sort_unstable();
+    match sorted.len() {
+        0 => "no epochs".into(),
+        1 => format!("epoch {}", sorted[0]),
+        _ => format!("epochs {}", report::epochs(&sorted)),
+    }
+}
+
+/// Where the job's copies are, as `ckpt verify` finds them.
+fn locate(dir: &Path, args: &PruneArgs) -> Where {
+    let committed = manifest::committed(dir).unwrap_or_default();
+    let newest = jobdir::newest_loadable(dir, &committed);
+    let job =
+        jobdir::recorded_id(dir, newest.as_ref()).unwrap_or_else(|| ckpt::identity::legacy_id(dir));
+    Where {
+        base: LocalBase::of(dir, args.local_dir.as_deref()),
+        shared: jobdir::shared_base(dir, args.shared_dir.as_deref()),
+        job,
+    }
+}
+
+/// What goes when `keep` committed epochs stay.
+fn plan(dir: &Path, at: &Where, keep: usize) -> anyhow::Result<Plan> {
+    let listed = manifest::listing(dir)
+        .with_context(|| format!("cannot list manifests in {}", dir.display()))?;
+    if listed.committed.is_empty() {
+        // Nothing committed: nothing older than a kept epoch, and files may still be needed
+        // (a job that never committed restarts from the beginning anyway).
+        return Ok(Plan::default());
+    }
+    let keep_from = manifest::keep_from(&listed.committed, keep);
+    let mut plan = Plan {
+        kept: listed
+            .committed
+            .iter()
+            .copied()
+            .filter(|&e| e >= keep_from)
+            .collect(),
+        keep_from,
+        ..Plan::default()
+    };
+    for &e in listed.committed.iter().filter(|&&e| e < keep_from) {
+        plan.epochs.push(e);
+        plan.records.push(manifest::path(dir, e));
+    }
+    for &e in listed.quarantined.iter().filter(|&&e| e < keep_from) {
+        plan.epochs.push(e);
+        let m = manifest::path(dir, e);
+        if fs::symlink_metadata(&m).is_ok() {
+            plan.records.push(m);
+        }
+        plan.records.push(manifest::quarantine_path(dir, e));
+    }
+    plan.epochs.sort_unstable();
+    // By name: by epoch, a manifest before its quarantine record.
+    plan.records.sort();
+    for (level, root) in roots(at) {
+        let found = epoch_dirs(&root, level, keep_from)
+            .with_context(|| format!("cannot list {}", root.display()))?;
+        plan.dirs.extend(found);
+    }
+    Ok(plan)
+}
+
+/// The directories holding each level's `epoch-E` directories: L1 and L2 under every
+/// node-local base reachable from here, then L4.
+fn roots(at: &Where) -> Vec<(Level, PathBuf)> {
+    let nodes: Vec<String> = match &at.base {
+        LocalBase::Given(_) => vec![String::new()],
+        LocalBase::PerNode(local) => node_dirs(local),
+    };
+    let root = |node: &str, level: Level| {
+        let places = at.places(node);
+        let copy = places.locate(level, 0, 0)?;
+        Some(copy.parent()?.parent()?.to_path_buf())
+    };
+    let mut out = Vec::new();
+    for level in [Level::Local, Level::Partner] {
+        for node in &nodes {
+            out.extend(root(node, level).map(|r| (level, r)));
+        }
+    }
+    out.extend(root("", Level::Pfs).map(|r| (Level::Pfs, r)));
+    out
+}
+
+/// The node directories under a per-node base (real directories only, sorted).
+fn node_dirs(local: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(local) else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// The `epoch-E` directories under `root` with `E < keep_from`, with their files; nothing if
+/// `root`, or for L2 the job's directory holding it, is missing or a link.
+fn epoch_dirs(root: &Path, level: Level, keep_from: u64) -> io::Result<Vec<EpochDir>> {
+    let job_dir_ok = level != Level::Partner || root.parent().is_some_and(is_real_dir);
+    if !is_real_dir(root) || !job_dir_ok {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(epoch) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("epoch-"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if epoch >= keep_from || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        for f in fs::read_dir(entry.path())? {
+            let f = f?;
+            let meta = f.metadata()?;
+            if !meta.is_dir() {
+                files.push((f.path(), meta.len()));
+            }
+        }
+        files.sort();
+        out.push(EpochDir {
+            level,
+            epoch,
+            dir: entry.path(),
+            files,
+        });
+    }
+    out.sort_by_key(|d| d.epoch);
+    Ok(out)
+}
+
+/// A directory, not a link to one.
+fn is_real_dir(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// Prints the plan, each line starting with `verb`.
+fn show(plan: &Plan, verb: &str) {
+    for line in lines(plan, verb) {
+        // A closed stdout only ends the listing of a dry run.
+        if report::print(line).is_err() {
+            return;
+        }
+    }
+}
+
+/// The report of `plan`: one line per record and per epoch directory, then a total.
+fn lines(plan: &Plan, verb: &str) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .records
+        .iter()
+        .map(|p| format!("{verb} {}", p.display()))
+        .collect();
+    for d in &plan.dirs {
+        let bytes: u64 = d.files.iter().map(|(_, n)| n).sum();
+        out.push(format!(
+            "{verb} {} epoch {} {} ({}, {})",
+            level(d.level),
+            d.epoch,
+            d.dir.display(),
+            report::count(d.files.len() as u64, "file", "files"),
+            human_bytes(bytes)
+        ));
+    }
+    let files: usize = plan.dirs.iter().map(|d| d.files.len()).sum();
+    let bytes: u64 = plan
+        .dirs
+        .iter()
+        .flat_map(|d| &d.files)
+        .map(|(_, n)| n)
+        .sum();
+    out.push(format!(
+        "{}: {} manifest{} or record{}, {} in {} epoch director{}, {}",
+        if verb == "removed" {
+            "pruned"
+        } else {
+            "would prune"
+        },
+        plan.records.len(),
+        if plan.records.len() == 1 { "" } else { "s" },
+        if plan.records.len() == 1 { "" } else { "s" },
+        report::count(files as u64, "file", "files"),
+        plan.dirs.len(),
+        if plan.dirs.len() == 1 { "y" } else { "ies" },
+        human_bytes(bytes)
+    ));
+    out
+}
+
+/// Removes what `plan` names, manifests first; prints what went. Returns whether anything
+/// could not be removed (each named).
+fn execute(dir: &Path, plan: &Plan) -> anyhow::Result<bool> {
+    manifest::prune(dir, plan.keep_from)
+        .with_context(|| format!("cannot prune the manifests in {}", dir.display()))?;
+    let mut failed = false;
+    for d in &plan.dirs {
+        for (f, _) in &d.files {
+            match fs::remove_file(f) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    outln!("cannot remove {}: {e}", f.display());
+                    failed = true;
+                }
+                _ => {}
+            }
+        }
+        match fs::remove_dir(&d.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                outln!("cannot remove {}: {e}", d.dir.display());
+                failed = true;
+            }
+            _ => {}
+        }
+    }
+    show(plan, "removed");
+    Ok(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil;
+    use Level::{Partner, Pfs};
+
+    fn args(dir: &Path, keep: u32, dry_run: bool) -> PruneArgs {
+        PruneArgs {
+            job_dir: dir.to_path_buf(),
+            keep,
+            dry_run,
+            local_dir: None,
+            shared_dir: None,
+        }
+    }
+
+    /// Every file under `dir`, relative, sorted.
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(e.path());
+                } else {
+                    let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                    out.push(rel);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Epochs 1, 3, 4 and 5 committed with L1, L2 and L4 copies; 2 quarantined; an
+    /// uncommitted epoch 6's L1 files; a temporary file and a link in epoch 1, a link posing
+    /// as epoch 0's directory.
+    fn job() -> (tempfile::TempDir, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for e in 1..=5 {
+            let mut m = testutil::manifest_v2(e, 4, 2, &[Partner, Pfs], &[Partner, Pfs]);
+            testutil::write_epoch(d, &mut m);
+        }
+        let q = manifest::Quarantine {
+            epoch: 2,
+            unix_ms: 1,
+            launch: 1,
+            reasons: vec!["rank 1: bad".into()],
+        };
+        manifest::quarantine(d, &q).unwrap();
+        let node0 = d.join("local/node0/job");
+        fs::create_dir_all(node0.join("epoch-00000006")).unwrap();
+        fs::write(node0.join("epoch-00000006/rank-000000.ckpt"), b"new").unwrap();
+        fs::write(
+            node0.join("epoch-00000001/rank-000000.ckpt.0123456789abcdef.tmp"),
+            b"t",
+        )
+        .unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        fs::write(victim.path().join("precious"), b"keep me").unwrap();
+        std::os::unix::fs::symlink(
+            victim.path().join("precious"),
+            node0.join("epoch-00000001/rank-000009.ckpt"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(victim.path(), node0.join("epoch-00000000")).unwrap();
+        (dir, victim)
+    }
+
+    #[test]
+    fn old_epochs_go_at_every_level_manifests_first() {
+        let (dir, victim) = job();
+        let d = dir.path();
+        let before = tree(d);
+        // A dry run removes nothing and says what would go.
+        let at = locate(d, &args(d, 2, true));
+        let p = plan(d, &at, 2).unwrap();
+        assert_eq!(
+            (p.kept.clone(), p.epochs.clone(), p.keep_from),
+            (vec![5, 4], vec![1, 2, 3], 4)
+        );
+        let said: Vec<String> = lines(&p, "would remove")
+            .iter()
+            .map(|l| l.replace(&d.display().to_string(), "D"))
+            .collect();
+        // 4 records, 3 epochs x (L1 and L2 on 2 nodes, L4), the total.
+        assert_eq!(said.len(), 4 + 3 * 5 + 1, "{said:#?}");
+        assert_eq!(
+            &said[..5],
+            [
+                "would remove D/manifests/epoch-00000001.manifest",
+                "would remove D/manifests/epoch-00000002.manifest",
+                "would remove D/manifests/epoch-00000002.quarantined",
+                "would remove D/manifests/epoch-00000003.manifest",
+                "would remove L1 epoch 1 D/local/node0/job/epoch-00000001 (4 files, 27.6 KiB)",
+            ]
+        );
+        for line in [
+            "would remove L2 epoch 3 D/local/node1/job/partner/epoch-00000003 (2 files, 27.6 KiB)",
+            "would remove L4 epoch 2 D/shared/job/epoch-00000002 (4 files, 55.2 KiB)",
+        ] {
+            assert!(said.contains(&line.to_owned()), "{line}: {said:#?}");
+        }
+        assert_eq!(
+            said.last().unwrap(),
+            "would prune: 4 manifests or records, 38 files in 15 epoch directories, 496.6 KiB"
+        );
+        assert_eq!(run(&args(d, 2, true)).unwrap(), Outcome::Success);
+        assert_eq!(tree(d), before, "a dry run removes nothing");
+
+        assert_eq!(run(&args(d, 2, false)).unwrap(), Outcome::Success);
+        let after = tree(d);
+        let epoch = |e: u64| format!("epoch-{e:08}");
+        for e in [1, 2, 3] {
+            assert!(
+                !after.iter().any(|f| f.contains(&epoch(e))),
+                "epoch {e}: {after:#?}"
+            );
+        }
+        for e in [4, 5] {
+            for l in [
+                "local/node0/job/",
+                "local/node1/job/partner/",
+                "shared/job/",
+            ] {
+                let n = after
+                    .iter()
+                    .filter(|f| f.starts_with(&format!("{l}{}", epoch(e))));
+                assert_eq!(n.count(), 2 + 2 * (l == "shared/job/") as usize, "{l} {e}");
+            }
+        }
+        assert!(after.contains(&"local/node0/job/epoch-00000006/rank-000000.ckpt".to_owned()));
+        assert_eq!(manifest::committed(d).unwrap(), [5, 4]);
+        assert!(manifest::quarantined(d).unwrap().is_empty());
+        // Links were removed or left, never followed.
+        assert_eq!(
+            fs::read(victim.path().join("precious")).unwrap(),
+            b"keep me"
+        );
+        assert!(fs::symlink_metadata(d.join("local/node0/job/epoch-00000000")).is_ok());
+        // Nothing more to do.
+        assert_eq!(run(&args(d, 2, false)).unwrap(), Outcome::Success);
+        assert_eq!(tree(d), after);
+        assert_eq!(plan(d, &at, 2).unwrap().dirs, []);
+    }
+
+    #[test]
+    fn a_running_job_is_refused() {
+        let (dir, _victim) = job();
+        let d = dir.path();
+        let held = lock::take_run(d, 1_776_693_792_000).unwrap();
+        let before = tree(d);
+        for dry_run in [false, true] {
+            let e = run(&args(d, 1, dry_run)).unwrap_err();
+            assert!(e.downcast_ref::<UsageError>().is_some());
+            let e = e.to_string();
+            let want = format!(
+                "refusing to prune {}: a `ckpt run` holds it (pid ",
+                d.display()
+            );
+            assert!(
+                e.starts_with(&want) && e.ends_with("prune once it has ended"),
+                "{e}"
+            );
+        }
+        assert_eq!(tree(d), before);
+        drop(held);
+        let e = run(&args(d, 0, false)).unwrap_err().to_string();
+        assert_eq!(e, "--keep 0: at least one committed epoch must be kept");
+        assert_eq!(run(&args(d, 1, false)).unwrap(), Outcome::Success);
+        assert_eq!(manifest::committed(d).unwrap(), [5]);
+    }
+}
