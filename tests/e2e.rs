@@ -3396,3 +3396,63 @@ fn list_verify_and_prune_see_every_level() {
     assert!(verify.status.success(), "{}", verify.dump());
     assert!(!verify.stdout.contains("epoch 5"), "{}", verify.dump());
 }
+
+/// `CKPT_LEVELS_BUSY=skip` with a checkpoint at every poll (far faster than L2 copies travel):
+/// epochs that come while the previous epoch's levels still run get L1 only (recorded as
+/// skipped, their manifests planning no level), the others get L2; the result is unchanged.
+#[test]
+fn checkpoints_faster_than_the_levels_skip_them_on_request() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let args = ["--nx", "64", "--ny", "64", "--steps", "60"];
+    let flags = ["--emulate-nodes", "4", "--every", "1", "--keep", "100"];
+    let out = Run::new(&job, 8, &flags, &heat2d(), &args)
+        .env("CKPT_LEVELS_BUSY", "skip")
+        .env("CKPT_L3_EVERY", "0")
+        .env("CKPT_L4_EVERY", "0")
+        .env("CKPT_KEEP_L2", "100")
+        .output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(&args)),
+        "{}",
+        out.dump()
+    );
+    let ev = events(&job);
+    let skipped: Vec<u64> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::LevelsBusy {
+                epoch,
+                skipped: true,
+                ..
+            } => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    let with_l2: Vec<u64> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::LevelComplete {
+                epoch,
+                level: ckpt::Level::Partner,
+                ..
+            } => Some(*epoch),
+            _ => None,
+        })
+        .collect();
+    assert!(!skipped.is_empty(), "no epoch skipped its levels: {ev:?}");
+    assert!(!with_l2.is_empty(), "no epoch got L2: {ev:?}");
+    for e in &skipped {
+        assert!(!with_l2.contains(e), "epoch {e} skipped and got L2");
+        let m = ckpt::manifest::load(&job, *e).unwrap();
+        assert!(m.copies.planned.is_empty(), "epoch {e}: {:?}", m.copies);
+    }
+    assert!(
+        out.stderr.contains("gets L1 only (CKPT_LEVELS_BUSY=skip)"),
+        "{}",
+        out.dump()
+    );
+}

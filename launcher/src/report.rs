@@ -257,6 +257,21 @@ pub fn event(e: &Event) -> String {
             level(*l),
             reasons.join("; ")
         ),
+        Event::LevelsBusy {
+            epoch,
+            previous,
+            waited,
+            skipped,
+        } => match skipped {
+            true => format!(
+                "epoch {epoch}: epoch {previous}'s background levels still running, so epoch \
+                 {epoch} gets L1 only (CKPT_LEVELS_BUSY=skip)"
+            ),
+            false => format!(
+                "epoch {epoch} waited {waited:.2} s for epoch {previous}'s background levels \
+                 (checkpoints come faster than the levels complete)"
+            ),
+        },
         Event::Recovered {
             epoch,
             rank,

@@ -222,6 +222,11 @@ impl Background {
         self.partners.is_some()
     }
 
+    /// The epoch whose levels are in flight.
+    pub fn epoch(&self) -> Option<u64> {
+        self.flight.as_ref().map(|f| f.epoch)
+    }
+
     /// Whether the placement supports L3 parity groups.
     pub fn parity_ok(&self) -> bool {
         self.grouping.is_some()
@@ -661,19 +666,18 @@ fn republish(
     level: Level,
     copies: manifest::Copies,
 ) -> Result<(), String> {
-    let path = manifest::path(job_dir, epoch);
-    let mut m = manifest::load(job_dir, epoch).map_err(|e| e.to_string())?;
-    if !m.levels.contains(&level) {
-        m.levels.push(level);
-    }
-    match level {
-        Level::Partner => m.copies.partner = copies.partner,
-        Level::Parity => m.copies.parity = copies.parity,
-        _ => {}
-    }
-    manifest::publish(job_dir, &m)
-        .map(|_| ())
-        .map_err(|e| format!("cannot republish {}: {e}", path.display()))
+    manifest::update(job_dir, epoch, |m| {
+        if !m.levels.contains(&level) {
+            m.levels.push(level);
+        }
+        match level {
+            Level::Partner => m.copies.partner = copies.partner,
+            Level::Parity => m.copies.parity = copies.parity,
+            _ => {}
+        }
+    })
+    .map(|_| ())
+    .map_err(|e| format!("cannot republish epoch {epoch}'s manifest: {e}"))
 }
 
 /// Copies the L1 file `src` to shared storage at `dest` and reads the copy back through the

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::identity;
+use crate::levels::Busy;
 use crate::manifest;
 use crate::placement::{self, Partners, Placement};
 use crate::protocol::agree::Agreement;
@@ -28,6 +29,9 @@ use crate::transport::{self, MpiFlagReduce};
 use crate::trigger::Triggers;
 use crate::watchdog::IoWatchdog;
 use crate::Ctx;
+
+/// A checkpoint that waited at least this long for the previous epoch's levels is reported.
+const BUSY_REPORTED: f64 = 0.05;
 
 /// How long a starting rank waits for the launcher's instant check of `control/ranks.lock`.
 const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -361,6 +365,7 @@ impl Checkpointer {
             });
         }
         self.cut("restore", "the cut before restore()", None)?;
+        // (Nothing runs in the background before the restore.)
         let mut r = restore::restore(&self.ctx, &self.committed_at_start, state)?;
         self.comm.restore_state(std::mem::take(&mut r.log));
         self.agree.resume_at(r.lib.polls);
@@ -465,12 +470,21 @@ impl Checkpointer {
             });
         }
         self.agree.begin_checkpoint();
-        // The previous epoch's background levels complete first: its L1 files may be pruned
-        // by this commit, and one epoch's levels are in flight at a time.
-        self.bg.finish(&self.ctx);
+        // One epoch's levels are in flight at a time: with the policy `wait` the previous
+        // epoch's complete first; with `skip`, if they still run on any rank (agreed at the
+        // cut), this epoch gets L1 only.
+        let previous = self.bg.epoch();
+        let waited = match self.ctx.cfg.levels.busy {
+            Busy::Wait => {
+                let t = Instant::now();
+                self.bg.finish(&self.ctx);
+                previous.map(|p| (p, t.elapsed().as_secs_f64()))
+            }
+            Busy::Skip => None,
+        };
         let t0 = Instant::now();
         let polls = self.agree.polls();
-        self.cut(
+        let (_, busy) = self.cut(
             &format!("checkpoint-{epoch}"),
             &format!("the checkpoint of epoch {epoch} at poll {polls}"),
             Some(epoch),
@@ -485,11 +499,18 @@ impl Checkpointer {
             messages: self.comm.logged() as u64,
         };
         self.checkpoints += 1;
-        let planned = self
-            .ctx
-            .cfg
-            .levels
-            .planned(epoch, self.bg.partner_ok(), self.bg.parity_ok());
+        let mut planned =
+            self.ctx
+                .cfg
+                .levels
+                .planned(epoch, self.bg.partner_ok(), self.bg.parity_ok());
+        if let Some(previous) = busy {
+            planned.clear();
+            self.report_busy(epoch, previous, 0.0, true);
+        }
+        if let Some((previous, secs)) = waited.filter(|w| w.1 >= BUSY_REPORTED) {
+            self.report_busy(epoch, previous, secs, false);
+        }
         let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, &planned, state);
         let result = result.map(|(stats, lens)| {
             self.agree.committed(Instant::now());
@@ -506,16 +527,41 @@ impl Checkpointer {
         Ok(stats)
     }
 
+    /// Rank 0: records that epoch `epoch` met `previous`'s levels still running.
+    fn report_busy(&self, epoch: u64, previous: u64, waited: f64, skipped: bool) {
+        if self.ctx.rank == 0 {
+            let _ = events::append(
+                &self.ctx.cfg.job_dir,
+                &Event::LevelsBusy {
+                    epoch,
+                    previous,
+                    waited,
+                    skipped,
+                },
+            );
+        }
+    }
+
     /// Brings communication to a consistent cut (`what` names it for people, `key` for the
     /// stall markers): one non-blocking all-to-all (waited for with the timeout, so a rank
     /// that does not come is named) carries each rank's bookmark for each peer (the next
     /// sequence number it would send) and whether it has a receive pending; then each rank
     /// takes every message numbered below its sender's bookmark out of MPI into its log.
     /// `epoch` is the checkpoint's, for fault injection at the drain.
-    fn cut(&mut self, key: &str, what: &str, epoch: Option<u64>) -> Result<DrainReport> {
+    ///
+    /// The exchange also carries whether each rank's background levels are still running
+    /// (bit 1 of the flag): returns, with the drain's report, the epoch of those levels if any
+    /// rank's are (the same answer on every rank; only the epoch a busy rank knows is sent).
+    fn cut(
+        &mut self,
+        key: &str,
+        what: &str,
+        epoch: Option<u64>,
+    ) -> Result<(DrainReport, Option<u64>)> {
         let ctx = &self.ctx;
         let pending = self.comm.pending_requests();
-        let flag = u64::from(!pending.is_empty());
+        // Bit 0: a receive pending; bit 1: background levels running; above: their epoch.
+        let flag = u64::from(!pending.is_empty()) | self.bg.epoch().map_or(0, |e| 2 | (e << 2));
         let send: Vec<u64> = self
             .comm
             .bookmark()
@@ -534,9 +580,14 @@ impl Checkpointer {
         let offenders: Vec<usize> = recv
             .chunks(2)
             .enumerate()
-            .filter(|(_, c)| c[1] != 0)
+            .filter(|(_, c)| c[1] & 1 != 0)
             .map(|(r, _)| r)
             .collect();
+        let busy = recv
+            .chunks(2)
+            .filter(|c| c[1] & 2 != 0)
+            .map(|c| c[1] >> 2)
+            .min();
         if !offenders.is_empty() {
             let mine = if pending.is_empty() {
                 String::new()
@@ -555,7 +606,7 @@ impl Checkpointer {
         if let Some(e) = epoch {
             maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Drain, e);
         }
-        Ok(self.comm.drain(&to_me, &watch, what))
+        Ok((self.comm.drain(&to_me, &watch, what), busy))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::env;
 use crate::error::{Error, Result};
 use crate::fault::Fault;
 use crate::identity;
-use crate::levels::LevelPolicy;
+use crate::levels::{Busy, LevelPolicy};
 use crate::protocol::agree::Stride;
 use crate::storage::durable::Access;
 
@@ -222,6 +222,13 @@ impl Config {
             cfg.levels.shared_every = n;
         }
         cfg.levels.shared_dir = get(env::SHARED_DIR).map(PathBuf::from);
+        if let Some(v) = get(env::LEVELS_BUSY) {
+            cfg.levels.busy = Busy::parse(v.trim()).ok_or_else(|| Error::Config {
+                var: env::LEVELS_BUSY,
+                value: v.clone(),
+                reason: "expected wait or skip".into(),
+            })?;
+        }
         if let Some(n) = parse_num(&get, env::KEEP_L2, 1)? {
             cfg.levels.keep_partner = n as usize;
         }

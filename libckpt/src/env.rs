@@ -59,6 +59,9 @@ pub const KEEP_L2: &str = "CKPT_KEEP_L2";
 pub const KEEP_L3: &str = "CKPT_KEEP_L3";
 /// Epochs kept on shared storage (L4). Default 2.
 pub const KEEP_L4: &str = "CKPT_KEEP_L4";
+/// What a checkpoint does while the previous epoch's background levels still run: `wait`
+/// (complete them first; default) or `skip` (the new epoch gets L1 only).
+pub const LEVELS_BUSY: &str = "CKPT_LEVELS_BUSY";
 /// Base of L4 (shared) storage. Default `<job dir>/shared`.
 pub const SHARED_DIR: &str = "CKPT_SHARED_DIR";
 
@@ -90,6 +93,7 @@ pub const ALL: &[&str] = &[
     KEEP_L2,
     KEEP_L3,
     KEEP_L4,
+    LEVELS_BUSY,
 ];
 
 /// Reads a variable, treating an empty value as unset.

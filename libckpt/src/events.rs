@@ -145,6 +145,19 @@ pub enum Event {
         /// What failed, naming rank and file.
         reasons: Vec<String>,
     },
+    /// A checkpoint came while an earlier epoch's background levels were still running on
+    /// some ranks: it waited for them (`CKPT_LEVELS_BUSY=wait`) or went on with L1 only
+    /// (`skip`).
+    LevelsBusy {
+        /// The new epoch.
+        epoch: u64,
+        /// The epoch whose levels were running.
+        previous: u64,
+        /// Seconds rank 0 waited (wait), or 0 (skip).
+        waited: f64,
+        /// Whether the new epoch got L1 only.
+        skipped: bool,
+    },
     /// A rank's file of the epoch being restored was missing or damaged on its node and was
     /// recovered from another level, then written back to the rank's node-local storage.
     Recovered {

@@ -26,6 +26,27 @@ pub const DEFAULT_PARITY_K: u16 = 1;
 /// Default period of L4 flushes to shared storage, in epochs.
 pub const DEFAULT_SHARED_EVERY: u64 = 10;
 
+/// What a checkpoint does when the previous epoch's background levels are still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// Complete them first (the application waits); every epoch gets its levels.
+    Wait,
+    /// Go on: the new epoch gets L1 only (on every rank, agreed at the cut), the earlier
+    /// epoch's levels go on in the background.
+    Skip,
+}
+
+impl Busy {
+    /// `wait` or `skip`.
+    pub fn parse(s: &str) -> Option<Busy> {
+        match s {
+            "wait" => Some(Busy::Wait),
+            "skip" => Some(Busy::Skip),
+            _ => None,
+        }
+    }
+}
+
 /// Which levels beyond L1 the epochs get.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LevelPolicy {
@@ -47,6 +68,8 @@ pub struct LevelPolicy {
     pub keep_parity: usize,
     /// Epochs kept on shared storage.
     pub keep_shared: usize,
+    /// A checkpoint while the previous epoch's levels run.
+    pub busy: Busy,
 }
 
 impl Default for LevelPolicy {
@@ -61,6 +84,7 @@ impl Default for LevelPolicy {
             keep_partner: 1,
             keep_parity: 1,
             keep_shared: 2,
+            busy: Busy::Wait,
         }
     }
 }

@@ -535,6 +535,24 @@ pub fn prune(job_dir: &Path, keep_from: u64) -> io::Result<Vec<u64>> {
     Ok(pruned)
 }
 
+/// Serialises read-modify-republish cycles of manifests within a process (rank 0's
+/// background levels add levels while its retention drops others).
+static UPDATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Loads epoch `epoch`'s manifest, applies `f`, and republishes it atomically (temp, fsync,
+/// rename, fsync directory), under a process-wide lock so two updates never lose each other's
+/// change. Returns the manifest as published.
+pub fn update(job_dir: &Path, epoch: u64, f: impl FnOnce(&mut Manifest)) -> Result<Manifest> {
+    let _one_at_a_time = UPDATE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut m = load(job_dir, epoch)?;
+    f(&mut m);
+    publish(job_dir, &m).map_err(|source| Error::ManifestIo {
+        path: path(job_dir, epoch),
+        source,
+    })?;
+    Ok(m)
+}
+
 /// Removes epoch `epoch`'s manifest (nothing if it is gone) durably: from then on the epoch is
 /// not committed.
 pub fn remove(job_dir: &Path, epoch: u64) -> io::Result<()> {

@@ -130,7 +130,7 @@ pub fn apply(job_dir: &Path, keep: &Keep, newest: u64) -> Result<KeepFrom, Strin
         .collect();
     let from = thresholds(&epochs, keep);
     let mut oldest_kept = u64::MAX;
-    for mut m in loaded {
+    for m in loaded {
         let kept = kept_levels(m.epoch, &m.levels, &from);
         if kept.is_empty() {
             manifest::remove(job_dir, m.epoch)
@@ -139,9 +139,12 @@ pub fn apply(job_dir: &Path, keep: &Keep, newest: u64) -> Result<KeepFrom, Strin
         }
         oldest_kept = oldest_kept.min(m.epoch);
         if kept.len() != m.levels.len() {
-            m.levels = kept;
-            manifest::publish(job_dir, &m)
-                .map_err(|e| format!("cannot republish epoch {}'s manifest: {e}", m.epoch))?;
+            // Through `update`: a level completed since the load is kept, not lost.
+            manifest::update(job_dir, m.epoch, |m| {
+                m.levels
+                    .retain(|l| kept.contains(l) || m.epoch >= from.of(*l))
+            })
+            .map_err(|e| format!("cannot republish epoch {}'s manifest: {e}", m.epoch))?;
         }
     }
     if oldest_kept != u64::MAX {
