@@ -1587,11 +1587,20 @@ fn a_resumed_run_waits_for_the_ranks_of_a_dead_launcher() {
     );
     let stopped = rank_pid(&job, 1).expect("rank 1 running");
     signal(stopped, "STOP");
+    // mpirun is stopped too, so that it cannot end the old ranks when the launcher dies (it
+    // would within about a second): whatever the machine's load, the resumed run finds them.
+    let mpirun = children_of(first.pid());
+    for &p in &mpirun {
+        signal(p, "STOP");
+    }
     kill9(first.pid());
     let _ = first.wait();
     let out = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT)
         .env(ckpt::env::RANK_EXIT_WAIT, "2")
         .output();
+    for &p in &mpirun {
+        kill9(p);
+    }
     assert_same_result(&out);
     let waited = "waiting up to 2 s for ranks of an earlier launch to exit:";
     assert!(

@@ -125,14 +125,26 @@ fn report_and_abort(
                 waited: timeout.as_secs_f64(),
             },
         );
+        // Reported: the other waiting ranks may abort now.
+        let _ = crate::storage::durable::create_regular(&dir.join(REPORTED), false);
     } else {
         eprintln!(
             "[ckpt rank {rank}] error: timed out after {} s waiting in {what}",
             timeout.as_secs()
         );
+        // The abort wakes stopped ranks (mpirun sends SIGCONT first), which then time out
+        // here too and leave their marker: the reporting rank must have listed the markers
+        // before that, so the others abort only once it reported (or after a while).
+        let t0 = Instant::now();
+        while !dir.join(REPORTED).exists() && t0.elapsed() < 4 * GRACE {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     comm.abort(3)
 }
+
+/// Marker the reporting rank of a stall leaves once it has named the missing ranks.
+const REPORTED: &str = "reported";
 
 /// Waits for `req` with [`wait_or_abort`].
 pub(crate) fn wait_request<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
