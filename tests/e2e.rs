@@ -2727,12 +2727,10 @@ fn a_lost_node_is_recovered_from_shared_storage_when_partners_are_off() {
     assert!(recovered_by(&ev, ckpt::Level::Partner).is_empty(), "{ev:?}");
 }
 
-/// A rank killed in the middle of its background level (its L2 copy of epoch 2 half sent):
-/// epoch 2 never records L2, the relaunch restores from L1 (epoch 2, or 1), and the result is
-/// bit-identical; later epochs get their L2 again.
-#[test]
-fn a_crash_during_a_background_level_leaves_that_copy_untrusted() {
-    let Some(_mpi) = mpi() else { return };
+/// A rank killed in the middle of its background level of epoch 2 (`env` picks the level):
+/// epoch 2 never records that level, the relaunch restores from L1 (epoch 2, or 1), the result
+/// is bit-identical, and epoch 3 gets the level again.
+fn crash_during(level: ckpt::Level, env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job");
     let flags = [
@@ -2743,7 +2741,11 @@ fn a_crash_during_a_background_level_leaves_that_copy_untrusted() {
         "--fault",
         "5:background:2",
     ];
-    let out = Run::new(&job, 8, &flags, &heat2d(), HEAT_NODES).output();
+    let mut run = Run::new(&job, 8, &flags, &heat2d(), HEAT_NODES);
+    for (k, v) in env {
+        run = run.env(k, v);
+    }
+    let out = run.output();
     assert!(out.status.success(), "{}", out.dump());
     assert_eq!(
         out.checksum(),
@@ -2752,14 +2754,40 @@ fn a_crash_during_a_background_level_leaves_that_copy_untrusted() {
         out.dump()
     );
     let ev = events(&job);
-    let l2_done = |e: u64| {
+    let done = |e: u64| {
         ev.iter().any(|x| {
-            matches!(x, ckpt::events::Event::LevelComplete { epoch, level: ckpt::Level::Partner, .. } if *epoch == e)
+            matches!(x, ckpt::events::Event::LevelComplete { epoch, level: l, .. } if *epoch == e && *l == level)
         })
     };
-    assert!(!l2_done(2), "{ev:?}");
-    assert!(l2_done(3), "{ev:?}");
+    assert!(!done(2), "{level:?} {ev:?}");
+    assert!(done(3), "{level:?} {ev:?}");
     assert_eq!(launches(&job), [0, 1], "{}", out.dump());
+}
+
+/// A crash while sending the L2 copy (partner transfer).
+#[test]
+fn a_crash_during_a_background_level_leaves_that_copy_untrusted() {
+    let Some(_mpi) = mpi() else { return };
+    crash_during(ckpt::Level::Partner, &[("CKPT_L3_EVERY", "0")]);
+}
+
+/// A crash while sending segments to the L3 holders (encode), and one as the L4 copy starts
+/// (flush).
+#[test]
+fn a_crash_during_parity_or_flush_leaves_that_level_untrusted() {
+    let Some(_mpi) = mpi() else { return };
+    let l3 = [
+        ("CKPT_L2_EVERY", "0"),
+        ("CKPT_L3_EVERY", "1"),
+        ("CKPT_L4_EVERY", "0"),
+    ];
+    crash_during(ckpt::Level::Parity, &l3);
+    let l4 = [
+        ("CKPT_L2_EVERY", "0"),
+        ("CKPT_L3_EVERY", "0"),
+        ("CKPT_L4_EVERY", "1"),
+    ];
+    crash_during(ckpt::Level::Pfs, &l4);
 }
 
 // ---- Collectives (issue 11, item 4) ----
