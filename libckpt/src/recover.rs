@@ -866,4 +866,39 @@ mod tests {
             assert_eq!(plan(&m, &f), want, "{name}");
         }
     }
+
+    /// One group of ranks 0-3 with XOR parity: set p is held by rank p.
+    #[test]
+    fn a_rebuild_needs_at_most_k_shards_gone_in_every_set() {
+        use Source::*;
+        let mut m = manifest(&[Level::Local, Level::Parity], &[]);
+        m.copies.parity = vec![crate::manifest::ParityGroup {
+            members: vec![0, 1, 2, 3],
+            k: 1,
+        }];
+        let with_shard = |local: bool, p: u32| Found {
+            parity: vec![(0, p)],
+            ..found(local, false, &[])
+        };
+        let one_lost = vec![
+            with_shard(true, 0),
+            with_shard(true, 1),
+            with_shard(false, 2),
+            with_shard(true, 3),
+        ];
+        assert_eq!(plan(&m, &one_lost), [Local, Local, Parity, Local]);
+        let mut two_lost = one_lost.clone();
+        two_lost[3].local = false;
+        assert_eq!(plan(&m, &two_lost), [Local, Local, Lost, Lost]);
+        // Rank 0 lost its shard of set 0, which covers a segment of rank 2: two shards gone.
+        let mut shard_gone = one_lost.clone();
+        shard_gone[0].parity.clear();
+        assert_eq!(plan(&m, &shard_gone), [Local, Local, Lost, Local]);
+        let why = why_lost(&m, &shard_gone, 2);
+        assert!(why.contains("2 shards of a set gone, 1 tolerated"), "{why}");
+        // Not recorded complete: not used.
+        let mut incomplete = m.clone();
+        incomplete.levels = vec![Level::Local];
+        assert_eq!(plan(&incomplete, &one_lost), [Local, Local, Lost, Local]);
+    }
 }
