@@ -303,6 +303,7 @@ impl Checkpointer {
         }
         let fault = self.ctx.cfg.active_fault();
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
+        self.comm.reap_sends();
         if self.comm.has_pending() {
             return Err(Error::Usage {
                 rank: self.ctx.rank,

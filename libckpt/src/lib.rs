@@ -51,7 +51,9 @@ mod watchdog;
 #[cfg(feature = "mpi")]
 pub use checkpointer::{Checkpointer, Poll};
 #[cfg(feature = "mpi")]
-pub use comm::{Comm, RecvRequest, Reduce, Source, Status, TagSel, Test};
+pub use comm::{
+    Comm, RecvRequest, Reduce, SendBuffers, SendRequest, SendTest, Source, Status, TagSel, Test,
+};
 #[cfg(feature = "mpi")]
 pub use commit::EpochStats;
 pub use config::{Config, Interval};
