@@ -166,6 +166,26 @@ pub enum Completion {
     Failed(Misuse),
 }
 
+/// What advancing receives did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Advance {
+    /// Nothing taken from the network.
+    Idle,
+    /// Took messages from the network.
+    Took,
+    /// Stopped: the message found belongs to an earlier waiting receive.
+    Yield,
+}
+
+/// No network (passes over the log only).
+enum N0 {}
+
+impl Network for N0 {
+    fn take(&mut self, _: Source, _: TagSel) -> Option<Raw> {
+        match *self {}
+    }
+}
+
 /// Numbers taken from one sender: all below `below`, and those in `above`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Window {
@@ -358,54 +378,105 @@ impl Endpoint {
     }
 
     /// Advances every waiting receive, in the order they were posted, from the log and then
-    /// the network.
+    /// the network. On return the receives are settled: none still waiting could take a
+    /// logged message (so a receive or probe that comes next sees what they left).
     pub fn progress(&mut self, net: &mut impl Network) -> Result<(), Fatal> {
+        let mut with_net = true;
+        loop {
+            let pass = if with_net {
+                self.pass(Some(&mut *net))?
+            } else {
+                self.pass(None::<&mut N0>)?
+            };
+            match pass {
+                // The earlier receive takes its message in the next pass.
+                Advance::Yield => continue,
+                Advance::Idle => return Ok(()),
+                // A message taken for a later receive may have filled the gap an earlier one
+                // waits on: once more, from the log only.
+                Advance::Took => with_net = false,
+            }
+        }
+    }
+
+    /// One pass over the waiting receives in post order: `Yield` as soon as one finds that
+    /// its message belongs to an earlier one, else `Took` if any took from the network.
+    fn pass<N: Network>(&mut self, mut net: Option<&mut N>) -> Result<Advance, Fatal> {
         let ids: Vec<u64> = self
             .posted
             .iter()
             .filter(|(_, p)| p.waiting())
             .map(|(&id, _)| id)
             .collect();
+        let mut took = false;
         for id in ids {
-            self.advance(id, net)?;
+            match self.advance(id, net.as_deref_mut())? {
+                Advance::Yield => return Ok(Advance::Yield),
+                Advance::Took => took = true,
+                Advance::Idle => {}
+            }
         }
-        Ok(())
+        Ok(if took { Advance::Took } else { Advance::Idle })
     }
 
-    fn advance(&mut self, id: u64, net: &mut impl Network) -> Result<(), Fatal> {
+    /// The first logged candidate for (`src`, `tag`) with nothing of its sender still in the
+    /// network below it, or else the sender of the first one blocked by such a gap.
+    fn ready_candidate(&self, src: Source, tag: TagSel) -> (Option<At>, Option<i32>) {
+        let mut blocked = None;
+        for (at, e) in self.log.candidates(src, tag) {
+            match e.seq {
+                Some(s) if self.windows[e.src as usize].missing_below(s) > 0 => {
+                    blocked.get_or_insert(e.src);
+                }
+                _ => return (Some(at), blocked),
+            }
+        }
+        (None, blocked)
+    }
+
+    /// Whether a waiting receive posted before `id` (all of them for `None`) matches the
+    /// logged entry at `at`.
+    fn earlier_wants(&self, id: Option<u64>, at: At) -> bool {
+        let Some(e) = self.log.get(at) else {
+            return false;
+        };
+        self.posted
+            .iter()
+            .take_while(|(&q, _)| id.is_none_or(|id| q < id))
+            .any(|(_, p)| p.waiting() && matches(p.src, p.tag, e.src, e.tag))
+    }
+
+    /// Advances receive `id`: from the log, then (given `net`) from the network.
+    fn advance<N: Network>(&mut self, id: u64, mut net: Option<&mut N>) -> Result<Advance, Fatal> {
+        let mut took = false;
         loop {
             let Some(p) = self.posted.get(&id).filter(|p| p.waiting()) else {
-                return Ok(());
+                break;
             };
             let (src, tag) = (p.src, p.tag);
-            // The first logged candidate with nothing of its sender still in the network
-            // below it; otherwise fill the first blocking gap, or take from the network.
-            let mut blocked = None;
-            let mut ready = None;
-            for (at, e) in self.log.candidates(src, tag) {
-                match e.seq {
-                    Some(s) if self.windows[e.src as usize].missing_below(s) > 0 => {
-                        blocked.get_or_insert(e.src);
-                    }
-                    _ => {
-                        ready = Some(at);
-                        break;
-                    }
-                }
-            }
+            let (ready, blocked) = self.ready_candidate(src, tag);
             if let Some(at) = ready {
+                if self.earlier_wants(Some(id), at) {
+                    return Ok(Advance::Yield);
+                }
                 self.give(id, at);
-                return Ok(());
+                break;
             }
+            // Fill the first blocking gap, or take from the network.
             let sel = match blocked {
                 Some(p) => (Source::Rank(p), TagSel::Any),
                 None => (src, tag),
             };
-            match net.take(sel.0, sel.1) {
-                Some(raw) => self.accept(raw, sel)?,
-                None => return Ok(()),
+            let Some(n) = net.as_deref_mut() else { break };
+            match n.take(sel.0, sel.1) {
+                Some(raw) => {
+                    self.accept(raw, sel)?;
+                    took = true;
+                }
+                None => break,
             }
         }
+        Ok(if took { Advance::Took } else { Advance::Idle })
     }
 
     /// Hands the logged entry at `at` to receive `id`, or fails the receive if the entry does
@@ -673,7 +744,7 @@ mod tests {
     /// Receives one message on `ep`; its payload length, or the refusal.
     fn recv(
         ep: &mut Endpoint,
-        wire: &mut Wire,
+        wire: &mut impl Network,
         sel: (Source, TagSel),
         fit: Fit,
     ) -> Result<usize, String> {
@@ -887,6 +958,60 @@ mod tests {
             Err(Fatal::BeyondBookmark { .. })
         ));
         assert!(matches!(rx.end_cut(&[3, 0]), Err(Fatal::Incomplete { .. })));
+    }
+
+    /// A network in which one message arrives only after `after` takes.
+    struct Late {
+        wire: Wire,
+        held: Option<Raw>,
+        takes: usize,
+        after: usize,
+    }
+
+    impl Network for Late {
+        fn take(&mut self, src: Source, tag: TagSel) -> Option<Raw> {
+            self.takes += 1;
+            if self.takes > self.after {
+                if let Some(m) = self.held.take() {
+                    self.wire.0[m.src as usize].push_front(m);
+                }
+            }
+            self.wire.take(src, tag)
+        }
+    }
+
+    #[test]
+    fn a_message_arriving_mid_progress_still_goes_to_the_earliest_receive() {
+        // Rank 0 sends g (seq 0, tag 7) then m (seq 1, tag 5); m comes first and waits in the
+        // log (a refused receive took it), g arrives while two receives for tag 5 advance.
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 7, &[1]);
+        send_all(&mut tx, &mut wire, 5, &[2]);
+        let g = wire.0[0].pop_front();
+        let mut net = Late {
+            wire,
+            held: g,
+            takes: 0,
+            after: 2,
+        };
+        let sel = (Source::Rank(0), TagSel::Tag(5));
+        let none = Fit {
+            max_bytes: Some(0),
+            elem: 1,
+        };
+        assert!(recv(&mut rx, &mut net, sel, none).is_err());
+        let first = rx.post(sel.0, sel.1, ANY).unwrap();
+        let second = rx.post(sel.0, sel.1, ANY).unwrap();
+        // The first receive finds the gap before m and nothing in the network; g arrives
+        // before the second one looks.
+        rx.progress(&mut net).unwrap();
+        assert!(net.takes > 2, "g never arrived");
+        let Completion::Done(e) = rx.complete(first) else {
+            panic!("the first receive did not get m")
+        };
+        assert_eq!(e.seq, Some(1));
+        assert!(matches!(rx.complete(second), Completion::Pending));
+        assert_eq!(recv(&mut rx, &mut net, (Source::Any, TagSel::Any), ANY), Ok(1));
     }
 
     #[test]

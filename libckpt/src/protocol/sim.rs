@@ -274,6 +274,9 @@ struct View<'a> {
 
 impl Network for View<'_> {
     fn take(&mut self, s: Source, t: TagSel) -> Option<Raw> {
+        // Time passes between two looks at the network, even within one call: a message may
+        // arrive between the takes of two receives.
+        self.tick += 1;
         let mut best: Option<(u64, usize, usize)> = None;
         for src in 0..self.wire.len() {
             if matches!(s, Source::Rank(r) if r as usize != src) {
