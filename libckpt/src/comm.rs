@@ -43,7 +43,9 @@ use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 use crate::error::{Error, Result};
-use crate::protocol::accounting::{Completion, Endpoint, Fatal, Fit, Misuse, Network, Raw};
+use crate::protocol::accounting::{
+    Completion, Endpoint, Fatal, Fit, Misuse, Network, Peek, Probed, Raw,
+};
 use crate::protocol::envelope::ENVELOPE_LEN;
 use crate::protocol::msglog::{CommState, Entry};
 pub use crate::protocol::msglog::{Source, TagSel};
@@ -70,7 +72,7 @@ impl Reduce {
     }
 }
 
-/// What a receive got: who sent it, with which tag, and how many bytes.
+/// What a receive got, or a probe found: who sent it, with which tag, and how many bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {
     /// Sender's rank.
@@ -79,6 +81,15 @@ pub struct Status {
     pub tag: i32,
     /// Payload length in bytes.
     pub bytes: usize,
+}
+
+impl Status {
+    /// The payload's length in elements of `T`; `None` if it is not a whole number of them
+    /// (a receive of `T` would refuse it).
+    pub fn count<T: Pod>(&self) -> Option<usize> {
+        let size = std::mem::size_of::<T>();
+        (size > 0 && self.bytes % size == 0).then(|| self.bytes / size)
+    }
 }
 
 /// A non-blocking receive posted with [`Comm::irecv`]; complete it with [`Comm::wait`] or
@@ -316,11 +327,7 @@ impl Sends {
         // SAFETY: `reqs[i]` is an active request; MPI_Test sets it to MPI_REQUEST_NULL when it
         // completes, and it is then removed with what it read from.
         unsafe {
-            mpi::ffi::MPI_Test(
-                &mut self.reqs[i],
-                &mut flag,
-                mpi::ffi::RSMPI_STATUS_IGNORE,
-            );
+            mpi::ffi::MPI_Test(&mut self.reqs[i], &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE);
         }
         if flag != 0 {
             self.remove(i);
@@ -786,6 +793,183 @@ impl Comm {
         }
     }
 
+    /// Completes whichever of `reqs` finishes first (the first in `reqs` if several have):
+    /// removes it from `reqs` and returns its former index with its message. A request
+    /// refused for its size is removed too and its error returned (its message stays
+    /// queued); the others stay in `reqs`, usable. Refuses an empty list, and a request of
+    /// another communicator (leaving `reqs` as it was).
+    pub fn wait_any<T: Pod>(
+        &self,
+        reqs: &mut Vec<RecvRequest<T>>,
+    ) -> Result<(usize, Vec<T>, Status)> {
+        if reqs.is_empty() {
+            return Err(self.usage(Misuse("wait_any: no receive requests to wait for".into())));
+        }
+        self.check_all(reqs)?;
+        self.reap_sends();
+        self.wait_until(|ep| reqs.iter().any(|r| !ep.is_waiting(r.id)));
+        let (i, v, st) = self
+            .take_first(reqs)
+            .ok_or_else(|| self.lost("wait_any"))??;
+        Ok((i, v, st))
+    }
+
+    /// Like [`Comm::wait_any`], without blocking: `None` if none of `reqs` has finished
+    /// (or `reqs` is empty).
+    pub fn test_any<T: Pod>(
+        &self,
+        reqs: &mut Vec<RecvRequest<T>>,
+    ) -> Result<Option<(usize, Vec<T>, Status)>> {
+        self.check_all(reqs)?;
+        {
+            let mut b = self.books.borrow_mut();
+            b.sends.reap();
+            if let Err(f) = b.ep.progress(&mut Mpi(&self.raw)) {
+                self.fatal(f)
+            }
+        }
+        self.take_first(reqs).transpose()
+    }
+
+    /// Completes every request of `reqs`, emptying it; the messages in the order of `reqs`.
+    /// If one is refused for its size, it alone is removed and its error returned once all
+    /// have finished (its message stays queued): the others stay in `reqs` with their
+    /// messages, to wait for again. Refuses a request of another communicator (leaving `reqs`
+    /// as it was).
+    pub fn wait_all<T: Pod>(
+        &self,
+        reqs: &mut Vec<RecvRequest<T>>,
+    ) -> Result<Vec<(Vec<T>, Status)>> {
+        self.check_all(reqs)?;
+        self.reap_sends();
+        self.wait_until(|ep| reqs.iter().all(|r| !ep.is_waiting(r.id)));
+        let mut b = self.books.borrow_mut();
+        let mut out = Vec::with_capacity(reqs.len());
+        let ids: Vec<u64> = reqs.iter().map(|r| r.id).collect();
+        if let Some(i) = ids.iter().position(|&id| b.ep.refused(id)) {
+            let req = reqs.remove(i);
+            return match b.ep.complete(req.id) {
+                Completion::Failed(m) => Err(self.usage(m)),
+                _ => Err(self.lost("wait_all")),
+            };
+        }
+        for req in reqs.drain(..) {
+            match b.ep.complete(req.id) {
+                Completion::Done(e) => out.push(to_vec(&e)),
+                _ => return Err(self.lost("wait_all")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes and completes the first of `reqs` that has its outcome.
+    fn take_first<T: Pod>(
+        &self,
+        reqs: &mut Vec<RecvRequest<T>>,
+    ) -> Option<Result<(usize, Vec<T>, Status)>> {
+        let mut b = self.books.borrow_mut();
+        let i = reqs.iter().position(|r| !b.ep.is_waiting(r.id))?;
+        let req = reqs.remove(i);
+        Some(match b.ep.complete(req.id) {
+            Completion::Done(e) => {
+                let (v, st) = to_vec(&e);
+                Ok((i, v, st))
+            }
+            Completion::Failed(m) => Err(self.usage(m)),
+            Completion::Pending => Err(self.lost("a request")),
+        })
+    }
+
+    /// An outcome that vanished between the wait and the completion: a bug.
+    fn lost(&self, what: &str) -> Error {
+        self.usage(Misuse(format!(
+            "{what}: a finished receive lost its outcome"
+        )))
+    }
+
+    fn check_all<T>(&self, reqs: &[RecvRequest<T>]) -> Result<()> {
+        reqs.iter().try_for_each(|r| self.check_mine(r.comm, r.id))
+    }
+
+    /// Advances the posted receives until `done` holds: blocks in MPI while a single receive
+    /// waits and nothing queued can serve it, otherwise polls politely.
+    fn wait_until(&self, mut done: impl FnMut(&Endpoint) -> bool) {
+        let mut backoff = Backoff(0);
+        loop {
+            let mut b = self.books.borrow_mut();
+            let ep = &mut b.ep;
+            if done(ep) {
+                return;
+            }
+            let step = match ep.sole_waiting() {
+                Some((_, src, tag)) => {
+                    let (msg, st) = self.matched_probe(src, tag);
+                    ep.accept(receive(msg, st), (src, tag))
+                }
+                None => ep.progress(&mut Mpi(&self.raw)),
+            };
+            if let Err(f) = step {
+                self.fatal(f)
+            }
+            if done(ep) {
+                return;
+            }
+            drop(b);
+            backoff.pause();
+        }
+    }
+
+    /// A blocking matched probe in MPI.
+    fn matched_probe(&self, src: Source, tag: TagSel) -> (Message, MpiStatus) {
+        let t = mpi_tag(tag);
+        match src {
+            Source::Rank(r) => self.raw.process_at_rank(r).matched_probe_with_tag(t),
+            Source::Any => self.raw.any_process().matched_probe_with_tag(t),
+        }
+    }
+
+    /// Blocks until a message matching (`src`, `tag`) can be received, and says what it is
+    /// without receiving it: the next receive of the same selector, or of its source and tag,
+    /// gets it (receives already posted come first, in post order; a message in the library's
+    /// log comes before MPI's). The message is taken out of MPI into the log, so a following
+    /// large receive is copied once more than without the probe. Refuses a negative tag, an
+    /// unknown rank, and any probe after `should_exit()`.
+    pub fn probe(&self, src: Source, tag: TagSel) -> Result<Status> {
+        let mut backoff = Backoff(0);
+        loop {
+            let mut b = self.books.borrow_mut();
+            b.sends.reap();
+            b.ep.check_probe(src, tag).map_err(|m| self.usage(m))?;
+            let sel = match b.ep.probe(src, tag, &mut Mpi(&self.raw)) {
+                Ok(Peek::Found(p)) => return Ok(probed(&p)),
+                Ok(Peek::Wait(s, t)) => (s, t),
+                Err(f) => self.fatal(f),
+            };
+            if b.ep.any_waiting() {
+                // Posted receives must advance too: poll.
+                drop(b);
+                backoff.pause();
+                continue;
+            }
+            let (msg, st) = self.matched_probe(sel.0, sel.1);
+            if let Err(f) = b.ep.accept(receive(msg, st), sel) {
+                self.fatal(f)
+            }
+        }
+    }
+
+    /// [`Comm::probe`] without blocking: `None` if no such message can be received yet.
+    pub fn iprobe(&self, src: Source, tag: TagSel) -> Result<Option<Status>> {
+        let mut b = self.books.borrow_mut();
+        b.sends.reap();
+        b.ep.check_probe(src, tag).map_err(|m| self.usage(m))?;
+        match b.ep.probe(src, tag, &mut Mpi(&self.raw)) {
+            Ok(Peek::Found(p)) => Ok(Some(probed(&p))),
+            Ok(Peek::Wait(..)) => Ok(None),
+            Err(f) => self.fatal(f),
+        }
+    }
+
     fn check_mine(&self, comm: u64, id: u64) -> Result<()> {
         if comm == self.id {
             Ok(())
@@ -805,31 +989,11 @@ impl Comm {
     /// Waits for receive `id`: blocks in MPI when it is the only receive waiting and nothing
     /// queued can serve it, otherwise advances every posted receive in order.
     fn wait_for(&self, id: u64) -> Result<Entry> {
-        let mut backoff = Backoff(0);
-        loop {
-            let mut b = self.books.borrow_mut();
-            let ep = &mut b.ep;
-            let step = match ep.blocking_selector(id) {
-                Some((src, tag)) => {
-                    let t = mpi_tag(tag);
-                    let (msg, st) = match src {
-                        Source::Rank(r) => self.raw.process_at_rank(r).matched_probe_with_tag(t),
-                        Source::Any => self.raw.any_process().matched_probe_with_tag(t),
-                    };
-                    ep.accept(receive(msg, st), (src, tag))
-                }
-                None => ep.progress(&mut Mpi(&self.raw)),
-            };
-            if let Err(f) = step {
-                self.fatal(f)
-            }
-            match ep.complete(id) {
-                Completion::Done(e) => return Ok(e),
-                Completion::Failed(m) => return Err(self.usage(m)),
-                Completion::Pending => {}
-            }
-            drop(b);
-            backoff.pause();
+        self.wait_until(|ep| !ep.is_waiting(id));
+        match self.books.borrow_mut().ep.complete(id) {
+            Completion::Done(e) => Ok(e),
+            Completion::Failed(m) => Err(self.usage(m)),
+            Completion::Pending => Err(self.lost("a receive")),
         }
     }
 
@@ -983,6 +1147,14 @@ impl Drop for Comm {
             o.buf.leak();
         }
         sends.reqs.clear();
+    }
+}
+
+fn probed(p: &Probed) -> Status {
+    Status {
+        source: p.src,
+        tag: p.tag,
+        bytes: p.len,
     }
 }
 

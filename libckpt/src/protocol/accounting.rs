@@ -166,6 +166,29 @@ pub enum Completion {
     Failed(Misuse),
 }
 
+/// A message found by [`Endpoint::probe`], still queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probed {
+    /// Sender.
+    pub src: i32,
+    /// Tag.
+    pub tag: i32,
+    /// Payload bytes.
+    pub len: usize,
+    /// Its number in the sender's stream (`None` if restored or from before `restore()`).
+    pub seq: Option<u64>,
+}
+
+/// What [`Endpoint::probe`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    /// The message the next matching receive gets.
+    Found(Probed),
+    /// Nothing yet: the next message needed is one matching this selector (the adapter may
+    /// block on it in the network and hand it to [`Endpoint::accept`] with the selector).
+    Wait(Source, TagSel),
+}
+
 /// What advancing receives did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Advance {
@@ -326,19 +349,23 @@ impl Endpoint {
         Ok(Envelope { era: self.era, seq }.encode())
     }
 
-    /// Posts a receive; returns its id. Fails on a bad rank, a negative tag, or after `stop`.
-    pub fn post(&mut self, src: Source, tag: TagSel, fit: Fit) -> Result<u64, Misuse> {
+    /// Refuses a bad rank, a negative tag, or any receive or probe after `stop`.
+    fn check_selector(&self, src: Source, tag: TagSel, what: &str) -> Result<(), Misuse> {
         self.check_open()?;
         if let Source::Rank(r) = src {
-            self.check_rank(r, "receive")?;
+            self.check_rank(r, what)?;
         }
-        if let TagSel::Tag(t) = tag {
-            if t < 0 {
-                return Err(Misuse(format!(
-                    "receive with tag {t}: tags are 0 or more (use TagSel::Any for any tag)"
-                )));
-            }
+        match tag {
+            TagSel::Tag(t) if t < 0 => Err(Misuse(format!(
+                "{what} with tag {t}: tags are 0 or more (use TagSel::Any for any tag)"
+            ))),
+            _ => Ok(()),
         }
+    }
+
+    /// Posts a receive; returns its id. Fails on a bad rank, a negative tag, or after `stop`.
+    pub fn post(&mut self, src: Source, tag: TagSel, fit: Fit) -> Result<u64, Misuse> {
+        self.check_selector(src, tag, "receive")?;
         let id = self.next_id;
         self.next_id += 1;
         self.posted.insert(
@@ -372,9 +399,84 @@ impl Endpoint {
     /// selector to block on in the network (the adapter may then wait in MPI and hand the
     /// message to [`Endpoint::accept`]).
     pub fn blocking_selector(&self, id: u64) -> Option<(Source, TagSel)> {
-        let p = self.posted.get(&id).filter(|p| p.waiting())?;
-        let alone = self.posted.values().filter(|q| q.waiting()).count() == 1;
-        (alone && self.log.candidates(p.src, p.tag).is_empty()).then_some((p.src, p.tag))
+        self.sole_waiting()
+            .filter(|&(only, _, _)| only == id)
+            .map(|(_, src, tag)| (src, tag))
+    }
+
+    /// Whether receive `id` is posted and still has no outcome (no message, no refusal).
+    pub fn is_waiting(&self, id: u64) -> bool {
+        self.posted.get(&id).is_some_and(|p| p.waiting())
+    }
+
+    /// Whether receive `id` was refused (for its size) and waits to be completed.
+    pub fn refused(&self, id: u64) -> bool {
+        self.posted
+            .get(&id)
+            .is_some_and(|p| matches!(p.state, State::Failed(_)))
+    }
+
+    /// Whether any posted receive still has no outcome.
+    pub fn any_waiting(&self) -> bool {
+        self.posted.values().any(|p| p.waiting())
+    }
+
+    /// If exactly one receive waits and nothing in the log could serve it: its selector, to
+    /// block on in the network (see [`Endpoint::blocking_selector`]).
+    pub fn sole_waiting(&self) -> Option<(u64, Source, TagSel)> {
+        let mut waiting = self.posted.iter().filter(|(_, p)| p.waiting());
+        let (&id, p) = waiting.next()?;
+        if waiting.next().is_some() || !self.log.candidates(p.src, p.tag).is_empty() {
+            return None;
+        }
+        Some((id, p.src, p.tag))
+    }
+
+    /// Refuses a probe with a bad rank or a negative tag, or after `stop`.
+    pub fn check_probe(&self, src: Source, tag: TagSel) -> Result<(), Misuse> {
+        self.check_selector(src, tag, "probe")
+    }
+
+    /// The message a receive of (`src`, `tag`) posted now would get, without receiving it:
+    /// the waiting receives are advanced first (they come earlier in post order), then the
+    /// first logged candidate is taken as a receive would take it, once nothing of its sender
+    /// is missing below it. What is taken out of the network for it stays in the log, so the
+    /// next receive that matches it (with the same selector, or its source and tag) gets it.
+    /// [`Peek::Wait`] names what to take from the network next.
+    pub fn probe(
+        &mut self,
+        src: Source,
+        tag: TagSel,
+        net: &mut impl Network,
+    ) -> Result<Peek, Fatal> {
+        loop {
+            self.progress(net)?;
+            let first = self.log.candidates(src, tag).first().map(|&(at, e)| {
+                let gap = e
+                    .seq
+                    .is_some_and(|s| self.windows[e.src as usize].missing_below(s) > 0);
+                (at, e.src, gap)
+            });
+            let sel = match first {
+                Some((at, _, false)) if !self.earlier_wants(None, at) => {
+                    let Some(e) = self.log.get(at) else { continue };
+                    return Ok(Peek::Found(Probed {
+                        src: e.src,
+                        tag: e.tag,
+                        len: e.payload().len(),
+                        seq: e.seq,
+                    }));
+                }
+                // Settled receives never want it; if one does, let it take it first.
+                Some((_, _, false)) => continue,
+                Some((_, p, true)) => (Source::Rank(p), TagSel::Any),
+                None => (src, tag),
+            };
+            match net.take(sel.0, sel.1) {
+                Some(raw) => self.accept(raw, sel)?,
+                None => return Ok(Peek::Wait(sel.0, sel.1)),
+            }
+        }
     }
 
     /// Advances every waiting receive, in the order they were posted, from the log and then
@@ -449,10 +551,7 @@ impl Endpoint {
     /// Advances receive `id`: from the log, then (given `net`) from the network.
     fn advance<N: Network>(&mut self, id: u64, mut net: Option<&mut N>) -> Result<Advance, Fatal> {
         let mut took = false;
-        loop {
-            let Some(p) = self.posted.get(&id).filter(|p| p.waiting()) else {
-                break;
-            };
+        while let Some(p) = self.posted.get(&id).filter(|p| p.waiting()) {
             let (src, tag) = (p.src, p.tag);
             let (ready, blocked) = self.ready_candidate(src, tag);
             if let Some(at) = ready {
@@ -1011,7 +1110,117 @@ mod tests {
         };
         assert_eq!(e.seq, Some(1));
         assert!(matches!(rx.complete(second), Completion::Pending));
-        assert_eq!(recv(&mut rx, &mut net, (Source::Any, TagSel::Any), ANY), Ok(1));
+        assert_eq!(
+            recv(&mut rx, &mut net, (Source::Any, TagSel::Any), ANY),
+            Ok(1)
+        );
+    }
+
+    fn found(ep: &mut Endpoint, net: &mut impl Network, src: Source, tag: TagSel) -> Probed {
+        match ep.probe(src, tag, net).unwrap() {
+            Peek::Found(p) => p,
+            Peek::Wait(..) => panic!("probe found nothing"),
+        }
+    }
+
+    #[test]
+    fn a_probe_shows_what_the_next_matching_receive_gets_and_takes_nothing() {
+        let (mut tx, mut rx, mut wire) = pair();
+        // Nothing sent yet: the probe says what to wait for.
+        let sel = (Source::Rank(0), TagSel::Tag(5));
+        assert_eq!(
+            rx.probe(sel.0, sel.1, &mut wire),
+            Ok(Peek::Wait(sel.0, sel.1))
+        );
+        send_all(&mut tx, &mut wire, 7, &[1]);
+        send_all(&mut tx, &mut wire, 5, &[2, 3]);
+        // Tag 5 first: seq 1, taken out of the network into the log.
+        let p = found(&mut rx, &mut wire, sel.0, sel.1);
+        assert_eq!((p.src, p.tag, p.len, p.seq), (0, 5, 2, Some(1)));
+        // Taken with the tag 7 message before it (the gap), tag 5's next still in the network.
+        assert_eq!(rx.logged(), 2);
+        // Probing again shows the same message; any tag shows the earlier one.
+        assert_eq!(found(&mut rx, &mut wire, sel.0, sel.1), p);
+        let any = (Source::Any, TagSel::Any);
+        assert_eq!(found(&mut rx, &mut wire, any.0, any.1).seq, Some(0));
+        assert_eq!(recv(&mut rx, &mut wire, any, ANY), Ok(1));
+        // A receive by the probed source and tag gets the probed message.
+        let p = found(&mut rx, &mut wire, any.0, any.1);
+        let exact = (Source::Rank(p.src), TagSel::Tag(p.tag));
+        assert_eq!(recv(&mut rx, &mut wire, exact, ANY), Ok(p.len));
+        assert_eq!(recv(&mut rx, &mut wire, sel, ANY), Ok(3));
+        assert_eq!(rx.logged(), 0);
+    }
+
+    #[test]
+    fn a_probe_comes_after_the_receives_already_posted_and_sees_the_log_first() {
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 5, &[1, 2]);
+        // Restored from a snapshot: both in the log; one more in the network.
+        let mut rx2 = checkpoint_and_restart(&tx, &mut rx, &mut wire);
+        tx.restore(CommState {
+            next_send: tx.bookmark().to_vec(),
+            recv_below: vec![0, 0],
+            log: MessageLog::default(),
+        });
+        send_all(&mut tx, &mut wire, 5, &[3]);
+        let sel = (Source::Rank(0), TagSel::Tag(5));
+        let first = rx2.post(sel.0, sel.1, ANY).unwrap();
+        // The posted receive gets the first message; the probe shows the second.
+        let p = found(&mut rx2, &mut wire, sel.0, sel.1);
+        assert_eq!((p.len, p.seq), (2, None));
+        assert!(!rx2.is_waiting(first));
+        let Completion::Done(e) = rx2.complete(first) else {
+            panic!("the posted receive did not get the first message")
+        };
+        assert_eq!(e.payload().len(), 1);
+        assert_eq!(recv(&mut rx2, &mut wire, sel, ANY), Ok(2));
+        assert_eq!(found(&mut rx2, &mut wire, sel.0, sel.1).len, 3);
+        assert_eq!(recv(&mut rx2, &mut wire, sel, ANY), Ok(3));
+    }
+
+    #[test]
+    fn a_probe_waits_for_an_earlier_message_of_the_same_sender() {
+        // g (seq 0, tag 7) is still on its way when m (seq 1, tag 5) waits in the log: a
+        // probe of any tag from rank 0 must not report m, which the receive would not get.
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 7, &[1]);
+        send_all(&mut tx, &mut wire, 5, &[2]);
+        let g = wire.0[0].pop_front();
+        let mut net = Late {
+            wire,
+            held: g,
+            takes: 0,
+            after: 2,
+        };
+        let none = Fit {
+            max_bytes: Some(0),
+            elem: 1,
+        };
+        let tag5 = (Source::Rank(0), TagSel::Tag(5));
+        assert!(recv(&mut rx, &mut net, tag5, none).is_err());
+        let any = (Source::Rank(0), TagSel::Any);
+        assert_eq!(
+            rx.probe(any.0, any.1, &mut net),
+            Ok(Peek::Wait(Source::Rank(0), TagSel::Any))
+        );
+        assert_eq!(found(&mut rx, &mut net, any.0, any.1).seq, Some(0));
+        assert_eq!(recv(&mut rx, &mut net, any, ANY), Ok(1));
+    }
+
+    #[test]
+    fn a_probe_with_a_bad_selector_or_after_stop_is_refused() {
+        let (_, mut rx, _) = pair();
+        let e = rx.check_probe(Source::Any, TagSel::Tag(-2)).unwrap_err();
+        assert!(e.0.contains("probe with tag -2"), "{e}");
+        let e = rx.check_probe(Source::Rank(5), TagSel::Any).unwrap_err();
+        assert!(e.0.contains("rank 5 does not exist"), "{e}");
+        assert!(rx.check_probe(Source::Rank(1), TagSel::Tag(0)).is_ok());
+        rx.stop("stopping".into());
+        assert_eq!(
+            rx.check_probe(Source::Any, TagSel::Any).unwrap_err().0,
+            "stopping"
+        );
     }
 
     #[test]

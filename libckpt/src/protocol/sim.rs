@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::accounting::{Completion, Endpoint, Fatal, Fit, Network, Raw};
+use super::accounting::{Completion, Endpoint, Fatal, Fit, Network, Peek, Probed, Raw};
 use super::msglog::{CommState, Source, TagSel};
 
 /// SplitMix64: small, seedable, good enough to draw schedules.
@@ -72,6 +72,9 @@ enum Op {
     Send(usize),
     /// A blocking receive.
     Recv(Source, TagSel),
+    /// A blocking probe before a `Recv` with the same selector, which must get the probed
+    /// message; with `true` the receive uses the probed source and tag instead.
+    Probe(Source, TagSel, bool),
     /// A blocking receive that must fail for its size, leaving the message queued.
     TooSmall(Source, TagSel, Fit),
     /// Post a receive into a slot.
@@ -164,6 +167,9 @@ fn receives(
             open.push(*slot);
             *slot += 1;
         } else {
+            if rng.chance(30) {
+                ops.push(Op::Probe(s, t, rng.chance(50)));
+            }
             ops.push(Op::Recv(s, t));
         }
         if !open.is_empty() && rng.chance(30) {
@@ -337,6 +343,9 @@ struct RankSim {
     slots: BTreeMap<usize, (u64, u64)>,
     /// The receive a blocking op posted and waits for, and its post order.
     blocking: Option<(u64, u64)>,
+    /// What the last probe found, for the next receive; whether it receives by the probed
+    /// source and tag.
+    probed: Option<(Probed, bool)>,
     posts: u64,
 }
 
@@ -350,6 +359,7 @@ impl RankSim {
             setup_received: Vec::new(),
             slots: BTreeMap::new(),
             blocking: None,
+            probed: None,
             posts: 0,
         }
     }
@@ -383,6 +393,7 @@ struct Stats {
     refused: usize,
     tested: usize,
     setup: usize,
+    probed: usize,
 }
 
 struct World<'p> {
@@ -586,10 +597,35 @@ impl<'p> World<'p> {
         match op {
             Op::Poll => return Ok(false),
             Op::Send(id) => self.send(rank, rng, self.prog.msgs[id], id as u64)?,
-            Op::Recv(s, t) => match self.blocking(rank, s, t, Fit::any(8))? {
-                None => return Ok(false),
-                Some((c, order)) => self.got_main(rank, c, order)?,
-            },
+            Op::Probe(s, t, exact) => {
+                let mut ep = std::mem::replace(&mut self.ranks[rank].ep, Endpoint::new(0, 1));
+                let checked = ep.check_probe(s, t);
+                let r = ep.probe(s, t, &mut self.view(rank));
+                self.ranks[rank].ep = ep;
+                checked.map_err(|e| format!("rank {rank}: probe refused: {e}"))?;
+                match r.map_err(|e| fatal(rank, e))? {
+                    Peek::Found(p) => {
+                        self.ranks[rank].probed = Some((p, exact));
+                        self.stats.probed += 1;
+                    }
+                    Peek::Wait(..) => return Ok(false),
+                }
+            }
+            Op::Recv(s, t) => {
+                let (s, t) = match self.ranks[rank].probed {
+                    Some((p, true)) => (Source::Rank(p.src), TagSel::Tag(p.tag)),
+                    _ => (s, t),
+                };
+                match self.blocking(rank, s, t, Fit::any(8))? {
+                    None => return Ok(false),
+                    Some((c, order)) => {
+                        if let Some((p, _)) = self.ranks[rank].probed.take() {
+                            check_probed(rank, &p, &c)?;
+                        }
+                        self.got_main(rank, c, order)?
+                    }
+                }
+            }
             Op::TooSmall(s, t, fit) => match self.blocking(rank, s, t, fit)? {
                 None => return Ok(false),
                 Some((Completion::Failed(_), _)) => self.stats.refused += 1,
@@ -801,6 +837,21 @@ impl<'p> World<'p> {
     }
 }
 
+/// The receive after a probe got the probed message.
+fn check_probed(rank: usize, p: &Probed, c: &Completion) -> Result<(), String> {
+    let got = match c {
+        Completion::Done(e) => Some((e.src, e.tag, e.payload().len(), e.seq)),
+        _ => None,
+    };
+    if got == Some((p.src, p.tag, p.len, p.seq)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "rank {rank}: probed {p:?}, but the next receive got {got:?}"
+        ))
+    }
+}
+
 fn fatal(rank: usize, e: Fatal) -> String {
     format!("rank {rank}: accounting error: {e}")
 }
@@ -940,6 +991,7 @@ fn accounting_simulation_over_many_seeds() {
                 t.refused += s.refused;
                 t.tested += s.tested;
                 t.setup += s.setup;
+                t.probed += s.probed;
             }
             Err(e) => panic!(
                 "seed {seed}: {e}\nreplay with: CKPT_SIM_SEED={seed} cargo test -p libckpt accounting_simulation"
@@ -956,7 +1008,7 @@ fn accounting_simulation_over_many_seeds() {
             "{t:?}"
         );
         assert!(
-            t.refused > n / 2 && t.tested > n / 10 && t.setup > n,
+            t.refused > n / 2 && t.tested > n / 10 && t.setup > n && t.probed > n,
             "{t:?}"
         );
     }
