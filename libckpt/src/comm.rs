@@ -17,6 +17,20 @@
 //!   the message stays first in line for the next matching receive.
 //! - Tags are 0 or more; `TagSel::Any` is the wildcard.
 //! - Every `irecv` is completed (`wait`, or `test` until `Done`) before `poll`.
+//!   [`Comm::wait_any`], [`Comm::test_any`] and [`Comm::wait_all`] take a list of requests
+//!   and remove each one they complete (so none is completed twice); a request refused for its
+//!   size is removed alone, the others stay usable; a request of another `Comm` refuses the
+//!   call and leaves the list as it was.
+//! - [`Comm::probe`]/[`Comm::iprobe`] report the message the next receive with the same
+//!   selector (or the status's source and tag) gets: receives already posted come first, the
+//!   library's log before MPI. The probed message is moved into the log (for a large message,
+//!   one copy more than a receive without a probe).
+//! - Sends complete on their own: a [`SendRequest`] (from `isend`, `isend_vec`) only lets the
+//!   application wait for that. It may be kept over `poll`: the cut completes every send (its
+//!   receiver drains it). Memory: the sends in flight, each held until MPI is done with it,
+//!   plus the reuse pool of completed sends' buffers, at most 8 MiB or 4 buffers, whichever is
+//!   more (and 64 buffers); completed sends are taken back at every send, receive, probe,
+//!   wait, test and poll with one `MPI_Testsome` ([`Comm::send_buffers`] shows both).
 //! - Traffic before `Checkpointer::restore` is allowed: `restore` makes a cut; messages sent
 //!   before it and not yet received are delivered after it, before any restored message.
 //! - Once `poll` returned `should_exit()`, sends and receives fail: the job is stopping and
@@ -138,8 +152,8 @@ pub struct SendBuffers {
     pub in_flight: usize,
     /// Their bytes (envelopes included).
     pub in_flight_bytes: usize,
-    /// Bytes of completed sends' buffers kept for reuse: at most
-    /// `max(POOL_BYTES, POOL_MIN_BUFFERS largest buffers)` (8 MiB, 4 buffers).
+    /// Bytes of completed sends' buffers kept for reuse: at most 8 MiB or 4 buffers,
+    /// whichever is more.
     pub pooled_bytes: usize,
 }
 
