@@ -8,13 +8,16 @@
 //! ```
 //!
 //! Iteration `i`: every rank sends its right neighbour three messages with `isend` (tags 1-3,
-//! lengths varying with `i`) and a 64 KiB one with `isend_vec` (tag 4), keeping one handle
-//! over `poll` (the cut completes it); it receives from its left neighbour by three `irecv`s
-//! completed with `wait_any`/`test_any` (even `i`) or `wait_all` (odd `i`), then sizes its
-//! buffer for tag 4 with `probe` and `Status::count`. Refused calls are checked: a negative
-//! tag, an unknown rank, an empty `wait_any`. Iteration 0 also sends a burst of 24 messages of
-//! 1 MiB to the right and receives the left's; once they completed, the rank must hold at
-//! most the pool's bound (8 MiB) in send buffers, which it prints.
+//! lengths varying with `i`) and a 64 KiB one with `isend_vec` (tag 4), whose handle it keeps
+//! over `poll` (the message is received at the next iteration, so it is in flight at every
+//! checkpoint, and the cut completes it); it receives from its left neighbour by three
+//! `irecv`s completed with `wait_any`/`test_any` (even `i`) or `wait_all` (odd `i`), then sizes
+//! its buffer for the left's tag 4 message of `i - 1` with `probe` and `Status::count`. Every
+//! fifth iteration the tag 2 receive is posted too small: the list call returns its refusal,
+//! the other requests stay usable, and a new receive gets the message. Refused calls are
+//! checked: a negative tag, an unknown rank, an empty `wait_any`. Iteration 0 also sends a
+//! burst of 24 messages of 1 MiB to the right and receives the left's; once they completed,
+//! the rank must hold at most the pool's bound (8 MiB) in send buffers, which it prints.
 //!
 //! Options: `--iters N` (30), `--step-ms MS` (0).
 
@@ -95,29 +98,60 @@ const BIG: usize = 16 << 10; // u32s: 64 KiB
 const BURST: usize = 24;
 const MIB: usize = 1 << 20;
 
+/// A refusal of the too-small tag 2 receive: its message stays queued.
+fn requeued(e: ckpt::Error) -> R<()> {
+    refused(Err::<(), _>(e), "stays queued")
+}
+
 /// Receives the three small messages of iteration `iter` from `left`, into the digest in tag
-/// order whatever order they complete in.
-fn small(comm: &Comm, left: i32, iter: u64, digest: u32) -> R<u32> {
+/// order whatever order they complete in. With `refuse`, the tag 2 receive is posted too
+/// small first.
+fn small(comm: &Comm, left: i32, iter: u64, digest: u32, refuse: bool) -> R<u32> {
+    let post = |tag: i32, max: usize| comm.irecv::<u32>(Source::Rank(left), TagSel::Tag(tag), max);
     let mut reqs = (1..=3)
-        .map(|tag| comm.irecv::<u32>(Source::Rank(left), TagSel::Tag(tag), 64))
+        .map(|tag| post(tag, if refuse && tag == 2 { 0 } else { 64 }))
         .collect::<ckpt::Result<Vec<_>>>()
         .map_err(|e| e.to_string())?;
     let mut got: Vec<(i32, Vec<u32>)> = Vec::new();
+    let mut refusals = 0;
     if iter % 2 == 0 {
         while !reqs.is_empty() {
-            let done = match ok(comm.test_any(&mut reqs))? {
-                Some(d) => d,
-                None => ok(comm.wait_any(&mut reqs))?,
+            let done = match comm.test_any(&mut reqs) {
+                Ok(Some(d)) => Ok(d),
+                Ok(None) => comm.wait_any(&mut reqs),
+                Err(e) => Err(e),
             };
-            got.push((done.2.tag, done.1));
+            match done {
+                Ok((_, v, st)) => got.push((st.tag, v)),
+                Err(e) => {
+                    requeued(e)?;
+                    refusals += 1;
+                    reqs.push(ok(post(2, 64))?);
+                }
+            }
         }
     } else {
-        for (v, st) in ok(comm.wait_all(&mut reqs))? {
+        let all = match comm.wait_all(&mut reqs) {
+            Ok(all) => all,
+            Err(e) => {
+                requeued(e)?;
+                refusals += 1;
+                if reqs.len() != 2 {
+                    return Err(format!("wait_all kept {} requests, not 2", reqs.len()));
+                }
+                reqs.push(ok(post(2, 64))?);
+                ok(comm.wait_all(&mut reqs))?
+            }
+        };
+        for (v, st) in all {
             got.push((st.tag, v));
         }
         if !reqs.is_empty() {
             return Err("wait_all left requests".into());
         }
+    }
+    if refusals != usize::from(refuse) {
+        return Err(format!("iteration {iter}: {refusals} refusals"));
     }
     got.sort_by_key(|g| g.0);
     let mut d = digest;
@@ -130,6 +164,18 @@ fn small(comm: &Comm, left: i32, iter: u64, digest: u32) -> R<u32> {
         d = mix(d, tag, &v);
     }
     Ok(d)
+}
+
+/// Receives the left's tag 4 message of iteration `iter`, sized by a probe.
+fn probed(comm: &Comm, left: i32, iter: u64, digest: u32) -> R<u32> {
+    let st = ok(comm.probe(Source::Rank(left), TagSel::Tag(4)))?;
+    let n = st.count::<u32>().ok_or("tag 4: not whole u32s")?;
+    let mut buf = vec![0u32; n];
+    let got = ok(comm.recv_into(Source::Rank(st.source), TagSel::Tag(st.tag), &mut buf))?;
+    if got != st || buf != words(left, iter, 4, BIG) {
+        return Err(format!("iteration {iter}: the probed message differs"));
+    }
+    Ok(mix(digest, 4, &buf))
 }
 
 /// Sends a burst of 1 MiB messages right, receives the left's, and checks what the rank's
@@ -175,6 +221,7 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> R<()> {
     }
     let (rank, size) = (ck.comm().rank(), ck.comm().size());
     let (left, right) = ((rank + size - 1) % size, (rank + 1) % size);
+    // The handle of the last tag 4 send, kept over `poll`.
     let mut kept = None;
     while d.iter < o.iters {
         let comm = ck.comm();
@@ -191,29 +238,24 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> R<()> {
             )?;
             refused(comm.wait_any::<u8>(&mut Vec::new()), "no receive requests")?;
         }
-        // The handle kept over the last poll: the cut (if there was one) completed it.
-        if let Some(h) = kept.take() {
-            ok(comm.wait_send(h))?;
-        }
         for tag in 1..=3 {
             let h = ok(comm.isend(right, tag, &words(rank, i, tag, len_of(i, tag))))?;
-            if tag == 1 {
-                kept = Some(h);
-            } else if let SendTest::Pending(h) = ok(comm.test_send(h))? {
-                ok(comm.wait_send(h))?;
+            if let SendTest::Pending(h) = ok(comm.test_send(h))? {
+                if tag == 1 {
+                    ok(comm.wait_send(h))?;
+                }
             }
         }
         let big = ok(comm.isend_vec(right, 4, words(rank, i, 4, BIG)))?;
-        d.digest = small(comm, left, i, d.digest)?;
-        let st = ok(comm.probe(Source::Rank(left), TagSel::Tag(4)))?;
-        let n = st.count::<u32>().ok_or("tag 4: not whole u32s")?;
-        let mut buf = vec![0u32; n];
-        let got = ok(comm.recv_into(Source::Rank(st.source), TagSel::Tag(st.tag), &mut buf))?;
-        if got != st || buf != words(left, i, 4, BIG) {
-            return Err(format!("iteration {i}: the probed message differs"));
+        d.digest = small(comm, left, i, d.digest, i % 5 == 3 || i % 10 == 0)?;
+        if i > 0 {
+            d.digest = probed(comm, left, i - 1, d.digest)?;
         }
-        d.digest = mix(d.digest, 4, &buf);
-        ok(comm.wait_send(big))?;
+        // The handle kept over the last poll (none after a restart: the message was in the
+        // snapshot); its receiver has just received it.
+        if let Some(h) = kept.replace(big) {
+            ok(comm.wait_send(h))?;
+        }
         if ok(comm.iprobe(Source::Any, TagSel::Tag(9)))?.is_some() {
             return Err("iprobe found a message nobody sent".into());
         }
@@ -222,6 +264,9 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> R<()> {
         if ok(ck.poll(&mut d))?.should_exit() {
             return Ok(());
         }
+    }
+    if o.iters > 0 {
+        d.digest = probed(ck.comm(), left, o.iters - 1, d.digest)?;
     }
     if let Some(h) = kept.take() {
         ok(ck.comm().wait_send(h))?;

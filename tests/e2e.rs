@@ -2596,6 +2596,13 @@ fn probes_request_lists_and_send_handles_survive_a_crash_and_memory_stays_bounde
     assert!(out.status.success(), "{}", out.dump());
     assert_eq!(out.checksum(), Some(want), "{}", out.dump());
     assert_eq!(restored_epochs(&job), vec![3], "{}", out.dump());
+    // Each rank's tag 4 send, whose handle it keeps over poll, is in flight at every
+    // checkpoint: the cut drains it into the snapshot.
+    for e in events(&job) {
+        if let Event::Committed { epoch, logged, .. } = e {
+            assert_eq!(logged, 3, "epoch {epoch}\n{}", out.dump());
+        }
+    }
     // A burst of 24 x 1 MiB sends, completed: nothing in flight, at most 8 MiB pooled, on
     // every rank of both launches.
     for o in [&reference, &out] {
