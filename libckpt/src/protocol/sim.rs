@@ -1,14 +1,16 @@
 //! A seeded, in-process simulation of the message accounting, with no MPI: every rank runs the
 //! real [`Endpoint`] (the one `Comm` adapts to MPI) over a simulated network with random
 //! delays and MPI's matching rules, through a generated program of sends, blocking receives,
-//! `irecv`/`test`/`wait`, receives refused for their size, and polls where checkpoints happen.
+//! `irecv`/`test`/`wait`/`wait_any`, receives refused for their size, probes (the next receive
+//! must get the probed message), and polls where checkpoints happen. Time passes between two
+//! takes from the network, so messages arrive in the middle of a call.
 //! Checkpoints make the real cut (bookmarks, drain, `end_cut`) and keep each rank's encoded
 //! state as the snapshot; crashes (at any step, drains included) lose the network and every
 //! rank's memory, and the job restarts: a set-up phase sends and receives messages before and
 //! after `restore()`, which makes its own cut and then takes over the decoded snapshot.
 //!
 //! Checked on every seed: no accounting error; a receive refused for its size never gets a
-//! message; in the surviving execution every message sent to a rank is received exactly once,
+//! message; the receive after a probe gets the probed message; in the surviving execution every message sent to a rank is received exactly once,
 //! and messages from one sender with one tag in the order they were sent; every set-up
 //! message of each run is received exactly once in that run, by a set-up receive; nothing is
 //! left in a log at the end.
@@ -83,6 +85,8 @@ enum Op {
     Test(usize),
     /// Wait for a slot (nothing if a test completed it).
     Wait(usize),
+    /// Wait for any open slot (`Comm::wait_any`): the first, in slot order, with an outcome.
+    WaitAny,
     /// End of a round: a poll, where a checkpoint may happen.
     Poll,
 }
@@ -174,6 +178,9 @@ fn receives(
         }
         if !open.is_empty() && rng.chance(30) {
             ops.push(Op::Test(open[rng.below(open.len() as u64) as usize]));
+        }
+        if !open.is_empty() && rng.chance(15) {
+            ops.push(Op::WaitAny);
         }
     }
     for s in open {
@@ -394,6 +401,7 @@ struct Stats {
     tested: usize,
     setup: usize,
     probed: usize,
+    waited_any: usize,
 }
 
 struct World<'p> {
@@ -646,6 +654,27 @@ impl<'p> World<'p> {
                         self.stats.tested += 1;
                         self.got_main(rank, c, order)?;
                     }
+                }
+            }
+            Op::WaitAny => {
+                let mut ep = std::mem::replace(&mut self.ranks[rank].ep, Endpoint::new(0, 1));
+                let r = ep.progress(&mut self.view(rank));
+                let first = self.ranks[rank]
+                    .slots
+                    .iter()
+                    .find(|(_, &(id, _))| !ep.is_waiting(id))
+                    .map(|(&slot, &(id, order))| (slot, id, order));
+                let c = first.map(|(_, id, _)| ep.complete(id));
+                self.ranks[rank].ep = ep;
+                r.map_err(|e| fatal(rank, e))?;
+                match (first, c) {
+                    (Some((slot, _, order)), Some(c)) => {
+                        self.ranks[rank].slots.remove(&slot);
+                        self.stats.waited_any += 1;
+                        self.got_main(rank, c, order)?;
+                    }
+                    _ if self.ranks[rank].slots.is_empty() => {}
+                    _ => return Ok(false),
                 }
             }
             Op::Wait(slot) => {
@@ -992,6 +1021,7 @@ fn accounting_simulation_over_many_seeds() {
                 t.tested += s.tested;
                 t.setup += s.setup;
                 t.probed += s.probed;
+                t.waited_any += s.waited_any;
             }
             Err(e) => panic!(
                 "seed {seed}: {e}\nreplay with: CKPT_SIM_SEED={seed} cargo test -p libckpt accounting_simulation"
@@ -1008,7 +1038,11 @@ fn accounting_simulation_over_many_seeds() {
             "{t:?}"
         );
         assert!(
-            t.refused > n / 2 && t.tested > n / 10 && t.setup > n && t.probed > n,
+            t.refused > n / 2
+                && t.tested > n / 10
+                && t.setup > n
+                && t.probed > n
+                && t.waited_any > n / 2,
             "{t:?}"
         );
     }
