@@ -3,8 +3,9 @@
 //! in (so its messages never match the library's).
 //!
 //! Sends are buffered: the envelope and the payload are copied into a library-owned buffer
-//! and sent with `MPI_Isend`, so `send` returns at once whatever the size, and a message can
-//! be in flight when its sender reaches `poll` (the quiescence drains it at the receiver).
+//! (or `send_vec` hands the application's vector over) and sent with `MPI_Isend`, so `send`
+//! returns at once whatever the size, and a message can be in flight when its sender reaches
+//! `poll` (the quiescence drains it at the receiver).
 //! Receives take messages out of MPI with matched probes (`MPI_Improbe`/`MPI_Mprobe` and
 //! `MPI_Mrecv`) into library-owned buffers: no MPI request ever points into application
 //! memory, a message is checked against the receive before the application sees it, and a
@@ -33,8 +34,8 @@
 //!   wait, test and poll with one `MPI_Testsome` ([`Comm::send_buffers`] shows both).
 //! - Traffic before `Checkpointer::restore` is allowed: `restore` makes a cut; messages sent
 //!   before it and not yet received are delivered after it, before any restored message.
-//! - Once `poll` returned `should_exit()`, sends and receives fail: the job is stopping and
-//!   its last epoch is already written. Collectives still work (they cannot cross a snapshot).
+//! - Once `poll` returned `should_exit()`, sends, receives and probes fail: the job is
+//!   stopping and its last epoch is already written. Collectives still work (they cannot cross a snapshot).
 //! - A `Comm` lives inside its `Checkpointer`: it cannot outlive it (the borrow checker
 //!   refuses it), and a request from another `Comm` is refused.
 //!
