@@ -393,6 +393,7 @@ impl Checkpointer {
         let fault = self.ctx.cfg.active_fault();
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
         self.bg.progress(&self.ctx);
+        self.comm.reap_sends();
         if self.comm.has_pending() {
             return Err(Error::Usage {
                 rank: self.ctx.rank,

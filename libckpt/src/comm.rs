@@ -3,8 +3,9 @@
 //! in (so its messages never match the library's).
 //!
 //! Sends are buffered: the envelope and the payload are copied into a library-owned buffer
-//! and sent with `MPI_Isend`, so `send` returns at once whatever the size, and a message can
-//! be in flight when its sender reaches `poll` (the quiescence drains it at the receiver).
+//! (or `send_vec` hands the application's vector over) and sent with `MPI_Isend`, so `send`
+//! returns at once whatever the size, and a message can be in flight when its sender reaches
+//! `poll` (the quiescence drains it at the receiver).
 //! Receives take messages out of MPI with matched probes (`MPI_Improbe`/`MPI_Mprobe` and
 //! `MPI_Mrecv`) into library-owned buffers: no MPI request ever points into application
 //! memory, a message is checked against the receive before the application sees it, and a
@@ -17,10 +18,25 @@
 //!   the message stays first in line for the next matching receive.
 //! - Tags are 0 or more; `TagSel::Any` is the wildcard.
 //! - Every `irecv` is completed (`wait`, or `test` until `Done`) before `poll`.
+//!   [`Comm::wait_any`], [`Comm::test_any`] and [`Comm::wait_all`] take a list of requests
+//!   and remove each one they complete (so none is completed twice); a request refused for its
+//!   size is removed alone, the others stay usable; a request of another `Comm` refuses the
+//!   call and leaves the list as it was.
+//! - [`Comm::probe`]/[`Comm::iprobe`] report the message the next receive with the same
+//!   selector (or the status's source and tag) gets: receives already posted come first, the
+//!   library's log before MPI. The probed message is moved into the log (for a large message,
+//!   one copy more than a receive without a probe).
+//! - Sends complete on their own: a [`SendRequest`] (from `isend`, `isend_vec`) only lets the
+//!   application wait for that. It may be kept over `poll`: the cut completes every send (its
+//!   receiver drains it). Memory: the sends in flight, each held until MPI is done with it,
+//!   plus the reuse pool of completed sends' buffers, at most 8 MiB or 4 buffers, whichever is
+//!   more (and 64 buffers); completed sends are taken back at every send, receive, probe,
+//!   wait, test and poll with one `MPI_Testsome` ([`Comm::send_buffers`] shows both).
 //! - Traffic before `Checkpointer::restore` is allowed: `restore` makes a cut; messages sent
 //!   before it and not yet received are delivered after it, before any restored message.
-//! - Once `poll` returned `should_exit()`, sends and receives fail: the job is stopping and
-//!   its last epoch is already written. Collectives fail too (see [`crate::collective`]).
+//! - Once `poll` returned `should_exit()`, sends, receives and probes fail: the job is
+//!   stopping and its last epoch is already written. Collectives fail too (see
+//!   [`crate::collective`]).
 //! - A `Comm` lives inside its `Checkpointer`: it cannot outlive it (the borrow checker
 //!   refuses it), and a request from another `Comm` is refused.
 //!
@@ -28,7 +44,6 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,18 +53,20 @@ use bytemuck::Pod;
 use mpi::datatype::{address_of, Equivalence, UserDatatype};
 use mpi::point_to_point::{Message, Source as _, Status as MpiStatus};
 use mpi::raw::{AsRaw, AsRawMut};
-use mpi::request::{Request, StaticScope};
+use mpi::request::StaticScope;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 use crate::error::{Error, Result};
-use crate::protocol::accounting::{Completion, Endpoint, Fatal, Fit, Misuse, Network, Raw};
+use crate::protocol::accounting::{
+    Completion, Endpoint, Fatal, Fit, Misuse, Network, Peek, Probed, Raw,
+};
 use crate::protocol::envelope::ENVELOPE_LEN;
 use crate::protocol::msglog::{CommState, Entry};
 pub use crate::protocol::msglog::{Source, TagSel};
 use crate::stall::{self, Watch};
 
-/// What a receive got: who sent it, with which tag, and how many bytes.
+/// What a receive got, or a probe found: who sent it, with which tag, and how many bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status {
     /// Sender's rank.
@@ -58,6 +75,15 @@ pub struct Status {
     pub tag: i32,
     /// Payload length in bytes.
     pub bytes: usize,
+}
+
+impl Status {
+    /// The payload's length in elements of `T`; `None` if it is not a whole number of them
+    /// (a receive of `T` would refuse it).
+    pub fn count<T: Pod>(&self) -> Option<usize> {
+        let size = std::mem::size_of::<T>();
+        (size > 0 && self.bytes % size == 0).then(|| self.bytes / size)
+    }
 }
 
 /// A non-blocking receive posted with [`Comm::irecv`]; complete it with [`Comm::wait`] or
@@ -80,6 +106,37 @@ pub enum Test<T> {
     Pending(RecvRequest<T>),
 }
 
+/// A send started with [`Comm::isend`] or [`Comm::isend_vec`]: wait for it with
+/// [`Comm::wait_send`] or test it with [`Comm::test_send`] (both take it by value). The send
+/// completes whether or not it is waited for, so dropping the handle is harmless; it may be
+/// outstanding at `poll`, whose checkpoint cut completes it (its receiver drains it).
+#[derive(Debug)]
+pub struct SendRequest {
+    id: u64,
+    comm: u64,
+}
+
+/// The outcome of [`Comm::test_send`].
+#[derive(Debug)]
+pub enum SendTest {
+    /// MPI is done with the message (the receiver has it, or MPI buffered it).
+    Done,
+    /// Not yet: the request, to test or wait for again.
+    Pending(SendRequest),
+}
+
+/// Memory held by a rank's sends, from [`Comm::send_buffers`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendBuffers {
+    /// Sends not known to be complete.
+    pub in_flight: usize,
+    /// Their bytes (envelopes included).
+    pub in_flight_bytes: usize,
+    /// Bytes of completed sends' buffers kept for reuse: at most 8 MiB or 4 buffers,
+    /// whichever is more.
+    pub pooled_bytes: usize,
+}
+
 /// A library-owned byte buffer handed to MPI for the duration of one send. Leaked while MPI
 /// may read it, reclaimed once the request completed.
 struct Owned(*mut [u8]);
@@ -89,7 +146,7 @@ impl Owned {
         let ptr = Box::into_raw(bytes);
         // SAFETY: `ptr` comes from Box::into_raw, so it is valid and uniquely owned; the
         // 'static reference is handed to MPI and the `Owned` is kept until the request
-        // completed, and only then is the box rebuilt (see `free`).
+        // completed, and only then is the box rebuilt (see `reclaim`).
         (Owned(ptr), unsafe { &*ptr })
     }
 
@@ -99,13 +156,6 @@ impl Owned {
         // so nothing else refers to it any more.
         unsafe { Box::from_raw(self.0) }
     }
-}
-
-struct Outgoing {
-    req: Request<'static, [u8], StaticScope>,
-    buf: Payload,
-    dest: i32,
-    bytes: usize,
 }
 
 /// What an outgoing send reads from until it completes: a copy in a library buffer, or a
@@ -138,15 +188,18 @@ impl Payload {
 }
 
 /// Send buffers whose sends completed, kept for the next sends (no allocation, no page
-/// faults on the hot path). At most [`POOL_BUFFERS`] buffers of at most [`POOL_BYTES`] in all.
+/// faults on the hot path). The bound: [`POOL_MIN_BUFFERS`] buffers whatever their size, more
+/// only while all of them together stay within [`POOL_BYTES`], and never more than
+/// [`POOL_MAX_BUFFERS`]; so at most `max(POOL_BYTES, POOL_MIN_BUFFERS x the largest message)`.
 #[derive(Default)]
 struct Pool {
     free: Vec<Box<[u8]>>,
     bytes: usize,
 }
 
-const POOL_BUFFERS: usize = 8;
-const POOL_BYTES: usize = 64 << 20;
+const POOL_MIN_BUFFERS: usize = 4;
+const POOL_MAX_BUFFERS: usize = 64;
+const POOL_BYTES: usize = 8 << 20;
 
 impl Pool {
     /// A buffer of at least `n` bytes: the smallest pooled one that fits, or a new one.
@@ -168,26 +221,136 @@ impl Pool {
         }
     }
 
-    /// Keeps `b` if there is room, else frees it (and, when full, the smallest kept one).
+    /// Whether `count` buffers of `bytes` in all are within the bound.
+    fn within(count: usize, bytes: usize) -> bool {
+        count <= POOL_MAX_BUFFERS && (count <= POOL_MIN_BUFFERS || bytes <= POOL_BYTES)
+    }
+
+    /// Keeps `b`, freeing the smallest kept buffers while the pool is beyond its bound (`b`
+    /// itself if it is the smallest).
     fn give(&mut self, b: Box<[u8]>) {
-        if b.len() > POOL_BYTES {
-            return;
-        }
-        while self.free.len() >= POOL_BUFFERS || self.bytes + b.len() > POOL_BYTES {
+        self.bytes += b.len();
+        self.free.push(b);
+        while !Self::within(self.free.len(), self.bytes) {
             let Some(i) = (0..self.free.len()).min_by_key(|&i| self.free[i].len()) else {
                 break;
             };
             self.bytes -= self.free.swap_remove(i).len();
         }
-        self.bytes += b.len();
-        self.free.push(b);
+    }
+}
+
+/// One send in flight.
+struct Outgoing {
+    id: u64,
+    buf: Payload,
+    dest: i32,
+    bytes: usize,
+}
+
+/// The rank's sends in flight (raw requests beside what each reads from, for
+/// `MPI_Testsome`) and the pool of completed sends' buffers.
+#[derive(Default)]
+struct Sends {
+    reqs: Vec<mpi::ffi::MPI_Request>,
+    out: Vec<Outgoing>,
+    next_id: u64,
+    pool: Pool,
+    /// Scratch for `MPI_Testsome`'s indices.
+    done: Vec<i32>,
+}
+
+impl Sends {
+    /// Records a send posted as `req`; returns its id.
+    fn push(&mut self, req: mpi::ffi::MPI_Request, buf: Payload, dest: i32, bytes: usize) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.reqs.push(req);
+        self.out.push(Outgoing {
+            id,
+            buf,
+            dest,
+            bytes,
+        });
+        id
+    }
+
+    /// Completes every send MPI is done with (one `MPI_Testsome` over all of them) and takes
+    /// their buffers back. Cheap when nothing is in flight.
+    fn reap(&mut self) {
+        if self.reqs.is_empty() {
+            return;
+        }
+        self.done.resize(self.reqs.len(), 0);
+        let mut n = 0;
+        // SAFETY: `reqs` holds `reqs.len()` active requests and `done` room for as many
+        // indices; statuses are ignored. Completed requests are set to MPI_REQUEST_NULL and
+        // removed below, with what they read from.
+        unsafe {
+            mpi::ffi::MPI_Testsome(
+                self.reqs.len() as i32,
+                self.reqs.as_mut_ptr(),
+                &mut n,
+                self.done.as_mut_ptr(),
+                mpi::ffi::RSMPI_STATUSES_IGNORE,
+            );
+        }
+        let mut done: Vec<usize> = self.done[..n.max(0) as usize]
+            .iter()
+            .map(|&i| i as usize)
+            .collect();
+        done.sort_unstable_by(|a, b| b.cmp(a));
+        for i in done {
+            self.remove(i);
+        }
+    }
+
+    /// Forgets completed send `i` and takes its buffer back.
+    fn remove(&mut self, i: usize) {
+        self.reqs.swap_remove(i);
+        self.out.swap_remove(i).buf.release(&mut self.pool);
+    }
+
+    fn index(&self, id: u64) -> Option<usize> {
+        self.out.iter().position(|o| o.id == id)
+    }
+
+    /// Tests send `i` once; completes it if MPI is done with it.
+    fn test(&mut self, i: usize) -> bool {
+        let mut flag = 0;
+        // SAFETY: `reqs[i]` is an active request; MPI_Test sets it to MPI_REQUEST_NULL when it
+        // completes, and it is then removed with what it read from.
+        unsafe {
+            mpi::ffi::MPI_Test(&mut self.reqs[i], &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE);
+        }
+        if flag != 0 {
+            self.remove(i);
+        }
+        flag != 0
+    }
+
+    /// Blocks until send `id` completed (nothing if it already did).
+    fn wait(&mut self, id: u64) {
+        let Some(i) = self.index(id) else { return };
+        // SAFETY: as in `test`; MPI_Wait returns once the request completed.
+        unsafe {
+            mpi::ffi::MPI_Wait(&mut self.reqs[i], mpi::ffi::RSMPI_STATUS_IGNORE);
+        }
+        self.remove(i);
+    }
+
+    fn usage(&self) -> SendBuffers {
+        SendBuffers {
+            in_flight: self.out.len(),
+            in_flight_bytes: self.out.iter().map(|o| o.bytes).sum(),
+            pooled_bytes: self.pool.bytes,
+        }
     }
 }
 
 pub(crate) struct Books {
     pub(crate) ep: Endpoint,
-    outgoing: VecDeque<Outgoing>,
-    pool: Pool,
+    sends: Sends,
 }
 
 /// Receives of at least this many bytes land straight in the application's buffer (the
@@ -269,8 +432,7 @@ impl Comm {
             id: NEXT_COMM.fetch_add(1, Ordering::Relaxed),
             books: RefCell::new(Books {
                 ep: Endpoint::new(rank, size as usize),
-                outgoing: VecDeque::new(),
-                pool: Pool::default(),
+                sends: Sends::default(),
             }),
         }
     }
@@ -310,13 +472,20 @@ impl Comm {
 
     /// Sends `data` to `dest` with `tag` (a tag >= 0). Buffered: returns at once.
     pub fn send<T: Pod>(&self, dest: i32, tag: i32, data: &[T]) -> Result<()> {
+        self.isend(dest, tag, data).map(drop)
+    }
+
+    /// Sends `data` to `dest` with `tag` (a tag >= 0), buffered like [`Comm::send`]; the
+    /// handle says when MPI is done with the message ([`Comm::wait_send`],
+    /// [`Comm::test_send`]). `data` may be reused at once.
+    pub fn isend<T: Pod>(&self, dest: i32, tag: i32, data: &[T]) -> Result<SendRequest> {
         let payload: &[u8] = bytemuck::cast_slice(data);
         let mut b = self.books.borrow_mut();
-        let env = b.ep.send(dest, tag).map_err(|m| self.usage(m))?;
         let b = &mut *b;
-        reap(&mut b.outgoing, &mut b.pool);
+        b.sends.reap();
+        let env = b.ep.send(dest, tag).map_err(|m| self.usage(m))?;
         let bytes = env.len() + payload.len();
-        let mut frame = b.pool.take(bytes);
+        let mut frame = b.sends.pool.take(bytes);
         frame[..env.len()].copy_from_slice(&env);
         frame[env.len()..bytes].copy_from_slice(payload);
         let (buf, view) = Owned::new(frame);
@@ -325,27 +494,30 @@ impl Comm {
             &view[..bytes],
             tag,
         );
-        b.outgoing.push_back(Outgoing {
-            req,
-            buf: Payload::Copied(buf),
-            dest,
-            bytes,
-        });
-        Ok(())
+        // SAFETY: the request reads the leaked buffer `buf`, kept in `sends` until the
+        // request completed.
+        let (req, _, _) = unsafe { req.into_raw() };
+        let id = b.sends.push(req, Payload::Copied(buf), dest, bytes);
+        Ok(self.send_request(id))
     }
 
     /// Sends `data` to `dest` with `tag` (a tag >= 0), handing the vector to the library:
     /// large payloads (32 KiB and more) go to MPI without a copy, and the vector is freed once
     /// MPI is done with it. Returns at once, like [`Comm::send`].
     pub fn send_vec<T: Pod>(&self, dest: i32, tag: i32, data: Vec<T>) -> Result<()> {
+        self.isend_vec(dest, tag, data).map(drop)
+    }
+
+    /// [`Comm::send_vec`] with a handle, as [`Comm::isend`].
+    pub fn isend_vec<T: Pod>(&self, dest: i32, tag: i32, data: Vec<T>) -> Result<SendRequest> {
         let len = std::mem::size_of_val(&data[..]);
         if len < DIRECT_MIN {
-            return self.send(dest, tag, &data);
+            return self.isend(dest, tag, &data);
         }
         let mut b = self.books.borrow_mut();
-        let env = Box::new(b.ep.send(dest, tag).map_err(|m| self.usage(m))?);
         let b = &mut *b;
-        reap(&mut b.outgoing, &mut b.pool);
+        b.sends.reap();
+        let env = Box::new(b.ep.send(dest, tag).map_err(|m| self.usage(m))?);
         let payload: &[u8] = bytemuck::cast_slice(&data[..]);
         let displs = [address_of(&env[0]) - address_of(&payload[0]), 0];
         let dt = UserDatatype::heterogeneous_indexed(
@@ -355,9 +527,9 @@ impl Comm {
         );
         let mut raw_req = MaybeUninit::uninit();
         // SAFETY: the datatype maps the 16 bytes of the boxed envelope and the `len` bytes of
-        // the vector's heap buffer, both moved into the `Outgoing` below (moving a box or a
-        // vector does not move its heap memory) and kept until the request completed. Freeing
-        // the datatype right after the send is posted is allowed by MPI.
+        // the vector's heap buffer, both moved into `sends` below (moving a box or a vector
+        // does not move its heap memory) and kept until the request completed. Freeing the
+        // datatype right after the send is posted is allowed by MPI.
         let req = unsafe {
             mpi::ffi::MPI_Isend(
                 payload.as_ptr().cast(),
@@ -368,18 +540,61 @@ impl Comm {
                 self.raw.as_raw(),
                 raw_req.as_mut_ptr(),
             );
-            Request::from_raw(raw_req.assume_init(), &[][..], StaticScope)
+            raw_req.assume_init()
         };
-        b.outgoing.push_back(Outgoing {
-            req,
-            buf: Payload::Given {
-                env,
-                data: Box::new(data),
-            },
-            dest,
-            bytes: len + ENVELOPE_LEN,
-        });
+        let buf = Payload::Given {
+            env,
+            data: Box::new(data),
+        };
+        let id = b.sends.push(req, buf, dest, len + ENVELOPE_LEN);
+        Ok(self.send_request(id))
+    }
+
+    fn send_request(&self, id: u64) -> SendRequest {
+        SendRequest { id, comm: self.id }
+    }
+
+    fn check_send(&self, req: &SendRequest) -> Result<()> {
+        if req.comm == self.id {
+            Ok(())
+        } else {
+            Err(self.usage(Misuse(format!(
+                "send request #{} belongs to another communicator",
+                req.id
+            ))))
+        }
+    }
+
+    /// Blocks until MPI is done with the message of `req` (as `MPI_Wait`: until its receiver
+    /// takes it, or MPI buffered it). Not bounded by a deadline: the receiver must receive.
+    pub fn wait_send(&self, req: SendRequest) -> Result<()> {
+        self.check_send(&req)?;
+        let mut b = self.books.borrow_mut();
+        b.sends.reap();
+        b.sends.wait(req.id);
         Ok(())
+    }
+
+    /// Whether MPI is done with the message of `req`.
+    pub fn test_send(&self, req: SendRequest) -> Result<SendTest> {
+        self.check_send(&req)?;
+        let mut b = self.books.borrow_mut();
+        b.sends.reap();
+        Ok(match b.sends.index(req.id) {
+            None => SendTest::Done,
+            Some(_) => SendTest::Pending(req),
+        })
+    }
+
+    /// The memory this rank's sends hold now. Completed sends are taken back at every send,
+    /// receive, probe, wait, test and poll; this call itself takes nothing back.
+    pub fn send_buffers(&self) -> SendBuffers {
+        self.books.borrow().sends.usage()
+    }
+
+    /// Takes back the buffers of completed sends (at `poll`).
+    pub(crate) fn reap_sends(&self) {
+        self.books.borrow_mut().sends.reap();
     }
 
     /// Blocking receive into `buf`; the message may be shorter than `buf`, never longer.
@@ -550,6 +765,7 @@ impl Comm {
     /// Completes a non-blocking receive.
     pub fn wait<T: Pod>(&self, req: RecvRequest<T>) -> Result<(Vec<T>, Status)> {
         self.check_mine(req.comm, req.id)?;
+        self.reap_sends();
         Ok(to_vec(&self.wait_for(req.id)?))
     }
 
@@ -557,6 +773,7 @@ impl Comm {
     pub fn test<T: Pod>(&self, req: RecvRequest<T>) -> Result<Test<T>> {
         self.check_mine(req.comm, req.id)?;
         let mut b = self.books.borrow_mut();
+        b.sends.reap();
         if let Err(f) = b.ep.progress(&mut Mpi(&self.raw)) {
             self.fatal(f)
         }
@@ -567,6 +784,183 @@ impl Comm {
                 Ok(Test::Done(v, st))
             }
             Completion::Failed(m) => Err(self.usage(m)),
+        }
+    }
+
+    /// Completes whichever of `reqs` finishes first (the first in `reqs` if several have):
+    /// removes it from `reqs` and returns its former index with its message. A request
+    /// refused for its size is removed too and its error returned (its message stays
+    /// queued); the others stay in `reqs`, usable. Refuses an empty list, and a request of
+    /// another communicator (leaving `reqs` as it was).
+    pub fn wait_any<T: Pod>(
+        &self,
+        reqs: &mut Vec<RecvRequest<T>>,
+    ) -> Result<(usize, Vec<T>, Status)> {
+        if reqs.is_empty() {
+            return Err(self.usage(Misuse("wait_any: no receive requests to wait for".into())));
+        }
+        self.check_all(reqs)?;
+        self.reap_sends();
+        self.wait_until(|ep| reqs.iter().any(|r| !ep.is_waiting(r.id)));
+        let (i, v, st) = self
+            .take_first(reqs)
+            .ok_or_else(|| self.lost("wait_any"))??;
+        Ok((i, v, st))
+    }
+
+    /// Like [`Comm::wait_any`], without blocking: `None` if none of `reqs` has finished
+    /// (or `reqs` is empty).
+    pub fn test_any<T: Pod>(
+        &self,
+        reqs: &mut Vec<RecvRequest<T>>,
+    ) -> Result<Option<(usize, Vec<T>, Status)>> {
+        self.check_all(reqs)?;
+        {
+            let mut b = self.books.borrow_mut();
+            b.sends.reap();
+            if let Err(f) = b.ep.progress(&mut Mpi(&self.raw)) {
+                self.fatal(f)
+            }
+        }
+        self.take_first(reqs).transpose()
+    }
+
+    /// Completes every request of `reqs`, emptying it; the messages in the order of `reqs`.
+    /// If one is refused for its size, it alone is removed and its error returned once all
+    /// have finished (its message stays queued): the others stay in `reqs` with their
+    /// messages, to wait for again. Refuses a request of another communicator (leaving `reqs`
+    /// as it was).
+    pub fn wait_all<T: Pod>(
+        &self,
+        reqs: &mut Vec<RecvRequest<T>>,
+    ) -> Result<Vec<(Vec<T>, Status)>> {
+        self.check_all(reqs)?;
+        self.reap_sends();
+        self.wait_until(|ep| reqs.iter().all(|r| !ep.is_waiting(r.id)));
+        let mut b = self.books.borrow_mut();
+        let mut out = Vec::with_capacity(reqs.len());
+        let ids: Vec<u64> = reqs.iter().map(|r| r.id).collect();
+        if let Some(i) = ids.iter().position(|&id| b.ep.refused(id)) {
+            let req = reqs.remove(i);
+            return match b.ep.complete(req.id) {
+                Completion::Failed(m) => Err(self.usage(m)),
+                _ => Err(self.lost("wait_all")),
+            };
+        }
+        for req in reqs.drain(..) {
+            match b.ep.complete(req.id) {
+                Completion::Done(e) => out.push(to_vec(&e)),
+                _ => return Err(self.lost("wait_all")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes and completes the first of `reqs` that has its outcome.
+    fn take_first<T: Pod>(
+        &self,
+        reqs: &mut Vec<RecvRequest<T>>,
+    ) -> Option<Result<(usize, Vec<T>, Status)>> {
+        let mut b = self.books.borrow_mut();
+        let i = reqs.iter().position(|r| !b.ep.is_waiting(r.id))?;
+        let req = reqs.remove(i);
+        Some(match b.ep.complete(req.id) {
+            Completion::Done(e) => {
+                let (v, st) = to_vec(&e);
+                Ok((i, v, st))
+            }
+            Completion::Failed(m) => Err(self.usage(m)),
+            Completion::Pending => Err(self.lost("a request")),
+        })
+    }
+
+    /// An outcome that vanished between the wait and the completion: a bug.
+    fn lost(&self, what: &str) -> Error {
+        self.usage(Misuse(format!(
+            "{what}: a finished receive lost its outcome"
+        )))
+    }
+
+    fn check_all<T>(&self, reqs: &[RecvRequest<T>]) -> Result<()> {
+        reqs.iter().try_for_each(|r| self.check_mine(r.comm, r.id))
+    }
+
+    /// Advances the posted receives until `done` holds: blocks in MPI while a single receive
+    /// waits and nothing queued can serve it, otherwise polls politely.
+    fn wait_until(&self, mut done: impl FnMut(&Endpoint) -> bool) {
+        let mut backoff = Backoff(0);
+        loop {
+            let mut b = self.books.borrow_mut();
+            let ep = &mut b.ep;
+            if done(ep) {
+                return;
+            }
+            let step = match ep.sole_waiting() {
+                Some((_, src, tag)) => {
+                    let (msg, st) = self.matched_probe(src, tag);
+                    ep.accept(receive(msg, st), (src, tag))
+                }
+                None => ep.progress(&mut Mpi(&self.raw)),
+            };
+            if let Err(f) = step {
+                self.fatal(f)
+            }
+            if done(ep) {
+                return;
+            }
+            drop(b);
+            backoff.pause();
+        }
+    }
+
+    /// A blocking matched probe in MPI.
+    fn matched_probe(&self, src: Source, tag: TagSel) -> (Message, MpiStatus) {
+        let t = mpi_tag(tag);
+        match src {
+            Source::Rank(r) => self.raw.process_at_rank(r).matched_probe_with_tag(t),
+            Source::Any => self.raw.any_process().matched_probe_with_tag(t),
+        }
+    }
+
+    /// Blocks until a message matching (`src`, `tag`) can be received, and says what it is
+    /// without receiving it: the next receive of the same selector, or of its source and tag,
+    /// gets it (receives already posted come first, in post order; a message in the library's
+    /// log comes before MPI's). The message is taken out of MPI into the log, so a following
+    /// large receive is copied once more than without the probe. Refuses a negative tag, an
+    /// unknown rank, and any probe after `should_exit()`.
+    pub fn probe(&self, src: Source, tag: TagSel) -> Result<Status> {
+        let mut backoff = Backoff(0);
+        loop {
+            let mut b = self.books.borrow_mut();
+            b.sends.reap();
+            b.ep.check_probe(src, tag).map_err(|m| self.usage(m))?;
+            let sel = match b.ep.probe(src, tag, &mut Mpi(&self.raw)) {
+                Ok(Peek::Found(p)) => return Ok(probed(&p)),
+                Ok(Peek::Wait(s, t)) => (s, t),
+                Err(f) => self.fatal(f),
+            };
+            if b.ep.any_waiting() {
+                // Posted receives must advance too: poll.
+                drop(b);
+                backoff.pause();
+                continue;
+            }
+            let (msg, st) = self.matched_probe(sel.0, sel.1);
+            if let Err(f) = b.ep.accept(receive(msg, st), sel) {
+                self.fatal(f)
+            }
+        }
+    }
+
+    /// [`Comm::probe`] without blocking: `None` if no such message can be received yet.
+    pub fn iprobe(&self, src: Source, tag: TagSel) -> Result<Option<Status>> {
+        let mut b = self.books.borrow_mut();
+        b.sends.reap();
+        b.ep.check_probe(src, tag).map_err(|m| self.usage(m))?;
+        match b.ep.probe(src, tag, &mut Mpi(&self.raw)) {
+            Ok(Peek::Found(p)) => Ok(Some(probed(&p))),
+            Ok(Peek::Wait(..)) => Ok(None),
+            Err(f) => self.fatal(f),
         }
     }
 
@@ -582,37 +976,18 @@ impl Comm {
 
     fn post(&self, src: Source, tag: TagSel, fit: Fit) -> Result<u64> {
         let mut b = self.books.borrow_mut();
+        b.sends.reap();
         b.ep.post(src, tag, fit).map_err(|m| self.usage(m))
     }
 
     /// Waits for receive `id`: blocks in MPI when it is the only receive waiting and nothing
     /// queued can serve it, otherwise advances every posted receive in order.
     fn wait_for(&self, id: u64) -> Result<Entry> {
-        let mut backoff = Backoff(0);
-        loop {
-            let mut b = self.books.borrow_mut();
-            let ep = &mut b.ep;
-            let step = match ep.blocking_selector(id) {
-                Some((src, tag)) => {
-                    let t = mpi_tag(tag);
-                    let (msg, st) = match src {
-                        Source::Rank(r) => self.raw.process_at_rank(r).matched_probe_with_tag(t),
-                        Source::Any => self.raw.any_process().matched_probe_with_tag(t),
-                    };
-                    ep.accept(receive(msg, st), (src, tag))
-                }
-                None => ep.progress(&mut Mpi(&self.raw)),
-            };
-            if let Err(f) = step {
-                self.fatal(f)
-            }
-            match ep.complete(id) {
-                Completion::Done(e) => return Ok(e),
-                Completion::Failed(m) => return Err(self.usage(m)),
-                Completion::Pending => {}
-            }
-            drop(b);
-            backoff.pause();
+        self.wait_until(|ep| !ep.is_waiting(id));
+        match self.books.borrow_mut().ep.complete(id) {
+            Completion::Done(e) => Ok(e),
+            Completion::Failed(m) => Err(self.usage(m)),
+            Completion::Pending => Err(self.lost("a receive")),
         }
     }
 
@@ -679,28 +1054,17 @@ impl Comm {
         }
         report.messages = (b.ep.logged() - before.0) as u64;
         report.bytes = b.ep.logged_bytes() - before.1;
-        for o in std::mem::take(&mut b.outgoing) {
+        let sends = &mut b.sends;
+        while let Some(o) = sends.out.last() {
             let (dest, bytes) = (o.dest, o.bytes);
-            let mut req = Some(o.req);
+            let i = sends.out.len() - 1;
             stall::wait_on_rank(
                 &self.raw,
                 watch,
-                o.dest,
-                || {
-                    format!(
-                        "{what}: a {}-byte message sent to rank {} was not taken",
-                        bytes, dest
-                    )
-                },
-                || match req.take().map(|r| r.test()) {
-                    Some(Ok(_)) | None => true,
-                    Some(Err(r)) => {
-                        req = Some(r);
-                        false
-                    }
-                },
+                dest,
+                || format!("{what}: a {bytes}-byte message sent to rank {dest} was not taken"),
+                || sends.test(i),
             );
-            o.buf.release(&mut b.pool);
         }
         report
     }
@@ -729,41 +1093,22 @@ pub(crate) struct DrainReport {
 impl Drop for Comm {
     fn drop(&mut self) {
         // Buffered sends still in flight complete when their receivers take them; a send
-        // whose receiver is gone (the job is failing) would block, so it is handed to MPI.
-        let b = self.books.get_mut();
-        for o in b.outgoing.drain(..) {
-            match o.req.test() {
-                Ok(_) => o.buf.release(&mut b.pool),
-                // SAFETY: the buffer is leaked, so MPI may still read it.
-                Err(r) => {
-                    o.buf.leak();
-                    let _ = unsafe { r.into_raw() };
-                }
-            }
+        // whose receiver is gone (the job is failing) would block, so its request and memory
+        // are left to MPI.
+        let sends = &mut self.books.get_mut().sends;
+        sends.reap();
+        for o in sends.out.drain(..) {
+            o.buf.leak();
         }
+        sends.reqs.clear();
     }
 }
 
-/// Takes back the buffers of completed sends into the pool: those at the front (sends mostly
-/// complete in order), and all of them once 16 are outstanding.
-fn reap(outgoing: &mut VecDeque<Outgoing>, pool: &mut Pool) {
-    while let Some(o) = outgoing.pop_front() {
-        match o.req.test() {
-            Ok(_) => o.buf.release(pool),
-            Err(req) => {
-                outgoing.push_front(Outgoing { req, ..o });
-                break;
-            }
-        }
-    }
-    if outgoing.len() < 16 {
-        return;
-    }
-    for o in std::mem::take(outgoing) {
-        match o.req.test() {
-            Ok(_) => o.buf.release(pool),
-            Err(req) => outgoing.push_back(Outgoing { req, ..o }),
-        }
+fn probed(p: &Probed) -> Status {
+    Status {
+        source: p.src,
+        tag: p.tag,
+        bytes: p.len,
     }
 }
 
@@ -778,4 +1123,41 @@ fn status(e: &Entry) -> Status {
 /// The payload as elements (the accounting checked that the size divides it).
 fn to_vec<T: Pod>(e: &Entry) -> (Vec<T>, Status) {
     (bytemuck::pod_collect_to_vec(e.payload()), status(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buf(n: usize) -> Box<[u8]> {
+        vec![0u8; n].into_boxed_slice()
+    }
+
+    #[test]
+    fn the_send_pool_keeps_8_mib_or_4_buffers_whichever_is_more() {
+        const MIB: usize = 1 << 20;
+        let mut p = Pool::default();
+        // A burst of 32 completed 1 MiB sends: 8 MiB kept, the rest freed.
+        for _ in 0..32 {
+            p.give(buf(MIB));
+        }
+        assert_eq!((p.free.len(), p.bytes), (8, 8 * MIB));
+        // 4 MiB halos: four are kept whatever their size; the smaller ones go first.
+        for _ in 0..10 {
+            p.give(buf(4 * MIB));
+        }
+        assert_eq!((p.free.len(), p.bytes), (4, 16 * MIB));
+        // Small messages: at most 64 buffers.
+        let mut p = Pool::default();
+        for _ in 0..1000 {
+            p.give(buf(1024));
+        }
+        assert_eq!((p.free.len(), p.bytes), (POOL_MAX_BUFFERS, 64 * 1024));
+        // A send takes the smallest buffer that fits, or a new one.
+        p.give(buf(MIB));
+        assert_eq!(p.take(2000).len(), MIB);
+        assert_eq!(p.take(100).len(), 1024);
+        assert_eq!(p.take(3 * MIB).len(), 3 * MIB);
+        assert_eq!(p.bytes, 62 * 1024);
+    }
 }

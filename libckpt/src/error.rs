@@ -185,13 +185,49 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether the job can go on after this error. Only [`Error::CommitFailed`] is: the epoch
-    /// was not committed, but every rank got the same error at the same point, the previous
-    /// epoch is intact, and the next checkpoint is attempted as usual; an application should
-    /// say so and carry on. Every other error leaves the ranks in states that may differ (or
-    /// the data unusable): abort the job (`world.abort`) and let the launcher restart it.
+    /// Whether the job can go on after this error (the same answer on every rank that gets
+    /// it). Only [`Error::CommitFailed`] is recoverable: the epoch was not committed, but every
+    /// rank got the same error at the same poll, the previous epoch is intact, and the next
+    /// checkpoint is attempted as usual; an application should say so and carry on (heat2d
+    /// and ring do). Every other error leaves the ranks in states that may differ, or the data
+    /// unusable: abort the job (`world.abort`, since `MPI_Finalize` would wait for ranks that
+    /// wait for this one) and let the launcher restart it or stop. Per variant:
+    ///
+    /// - [`Error::Config`]: no. A setting is invalid; every launch would fail the same way.
+    /// - [`Error::Io`]: no. One rank's file operation failed outside a commit (start-up,
+    ///   restore, the presence records); the others may be waiting for it in a collective.
+    ///   (A failed write of an epoch is reported as [`Error::CommitFailed`].)
+    /// - [`Error::Corrupt`], [`Error::Manifest`], [`Error::ManifestIo`]: no. Restore falls
+    ///   back to older epochs by itself; one of these reaching the application means the ranks
+    ///   could not agree on a state.
+    /// - [`Error::Region`]: no. The program's regions differ from the checkpoint's (another
+    ///   build or other arguments); every restart would fail the same way.
+    /// - [`Error::Protect`]: no. The program describes its state inconsistently (a bug):
+    ///   nothing can be saved.
+    /// - [`Error::CommitFailed`]: yes (above).
+    /// - [`Error::NoUsableEpoch`]: no. Nothing was restored and no older epoch is usable;
+    ///   the launcher stops rather than relaunch into the same failure.
+    /// - [`Error::JobDirGone`]: no. The job directory is no longer the job's; nothing more is
+    ///   written into it.
+    /// - [`Error::Usage`]: no. A call out of order or against a rule. A refused communicator
+    ///   call ([`crate::Comm`] send, receive, probe or wait) changed nothing (no message is
+    ///   lost; a refused message stays queued), so a program that expects the refusal may
+    ///   handle it at that call; but the same variant reports a misuse of `poll` or
+    ///   `restore` on one rank while the others went on, after which the ranks disagree.
     pub fn is_recoverable(&self) -> bool {
-        matches!(self, Error::CommitFailed { .. })
+        match self {
+            Error::CommitFailed { .. } => true,
+            Error::Config { .. }
+            | Error::Io { .. }
+            | Error::Corrupt { .. }
+            | Error::Region { .. }
+            | Error::Protect { .. }
+            | Error::ManifestIo { .. }
+            | Error::Manifest { .. }
+            | Error::NoUsableEpoch { .. }
+            | Error::JobDirGone { .. }
+            | Error::Usage { .. } => false,
+        }
     }
 }
 
@@ -210,14 +246,65 @@ mod tests {
             failed.to_string(),
             "epoch 3 not committed: rank 1: no space left on device"
         );
-        let none = Error::NoUsableEpoch {
-            tried: vec![(2, "rank 0: bad".into())],
+        let io = || std::io::Error::other("x");
+        let corruption = Corruption::Malformed {
+            what: "header",
+            detail: "x".into(),
         };
-        assert!(!none.is_recoverable());
-        let usage = Error::Usage {
-            rank: 0,
-            what: "x".into(),
-        };
-        assert!(!usage.is_recoverable());
+        let fatal = [
+            Error::Config {
+                var: "CKPT_EVERY",
+                value: "x".into(),
+                reason: "x".into(),
+            },
+            Error::Io {
+                rank: 0,
+                op: "read",
+                path: "f".into(),
+                source: io(),
+            },
+            Error::Corrupt {
+                rank: 0,
+                epoch: 1,
+                path: "f".into(),
+                cause: corruption.clone(),
+            },
+            Error::Region {
+                rank: 0,
+                epoch: 1,
+                path: "f".into(),
+                region: "u".into(),
+                cause: "x".into(),
+            },
+            Error::Protect {
+                rank: 0,
+                region: "u".into(),
+                cause: "x".into(),
+            },
+            Error::ManifestIo {
+                path: "m".into(),
+                source: io(),
+            },
+            Error::Manifest {
+                path: "m".into(),
+                cause: corruption,
+            },
+            Error::NoUsableEpoch {
+                tried: vec![(2, "rank 0: bad".into())],
+            },
+            Error::JobDirGone {
+                rank: 0,
+                dir: "d".into(),
+                job: "j".into(),
+                found: "x".into(),
+            },
+            Error::Usage {
+                rank: 0,
+                what: "x".into(),
+            },
+        ];
+        for e in &fatal {
+            assert!(!e.is_recoverable(), "{e:?}");
+        }
     }
 }

@@ -63,7 +63,9 @@ pub use checkpointer::{Checkpointer, Poll};
 #[cfg(feature = "mpi")]
 pub use collective::{AllReduceRequest, Reduce, ReduceTest};
 #[cfg(feature = "mpi")]
-pub use comm::{Comm, RecvRequest, Source, Status, TagSel, Test};
+pub use comm::{
+    Comm, RecvRequest, SendBuffers, SendRequest, SendTest, Source, Status, TagSel, Test,
+};
 #[cfg(feature = "mpi")]
 pub use commit::EpochStats;
 pub use config::{Config, Interval};

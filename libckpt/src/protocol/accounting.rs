@@ -166,6 +166,49 @@ pub enum Completion {
     Failed(Misuse),
 }
 
+/// A message found by [`Endpoint::probe`], still queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probed {
+    /// Sender.
+    pub src: i32,
+    /// Tag.
+    pub tag: i32,
+    /// Payload bytes.
+    pub len: usize,
+    /// Its number in the sender's stream (`None` if restored or from before `restore()`).
+    pub seq: Option<u64>,
+}
+
+/// What [`Endpoint::probe`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    /// The message the next matching receive gets.
+    Found(Probed),
+    /// Nothing yet: the next message needed is one matching this selector (the adapter may
+    /// block on it in the network and hand it to [`Endpoint::accept`] with the selector).
+    Wait(Source, TagSel),
+}
+
+/// What advancing receives did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Advance {
+    /// Nothing taken from the network.
+    Idle,
+    /// Took messages from the network.
+    Took,
+    /// Stopped: the message found belongs to an earlier waiting receive.
+    Yield,
+}
+
+/// No network (passes over the log only).
+enum N0 {}
+
+impl Network for N0 {
+    fn take(&mut self, _: Source, _: TagSel) -> Option<Raw> {
+        match *self {}
+    }
+}
+
 /// Numbers taken from one sender: all below `below`, and those in `above`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Window {
@@ -311,19 +354,23 @@ impl Endpoint {
         Ok(Envelope { era: self.era, seq }.encode())
     }
 
-    /// Posts a receive; returns its id. Fails on a bad rank, a negative tag, or after `stop`.
-    pub fn post(&mut self, src: Source, tag: TagSel, fit: Fit) -> Result<u64, Misuse> {
+    /// Refuses a bad rank, a negative tag, or any receive or probe after `stop`.
+    fn check_selector(&self, src: Source, tag: TagSel, what: &str) -> Result<(), Misuse> {
         self.check_open()?;
         if let Source::Rank(r) = src {
-            self.check_rank(r, "receive")?;
+            self.check_rank(r, what)?;
         }
-        if let TagSel::Tag(t) = tag {
-            if t < 0 {
-                return Err(Misuse(format!(
-                    "receive with tag {t}: tags are 0 or more (use TagSel::Any for any tag)"
-                )));
-            }
+        match tag {
+            TagSel::Tag(t) if t < 0 => Err(Misuse(format!(
+                "{what} with tag {t}: tags are 0 or more (use TagSel::Any for any tag)"
+            ))),
+            _ => Ok(()),
         }
+    }
+
+    /// Posts a receive; returns its id. Fails on a bad rank, a negative tag, or after `stop`.
+    pub fn post(&mut self, src: Source, tag: TagSel, fit: Fit) -> Result<u64, Misuse> {
+        self.check_selector(src, tag, "receive")?;
         let id = self.next_id;
         self.next_id += 1;
         self.posted.insert(
@@ -357,60 +404,183 @@ impl Endpoint {
     /// selector to block on in the network (the adapter may then wait in MPI and hand the
     /// message to [`Endpoint::accept`]).
     pub fn blocking_selector(&self, id: u64) -> Option<(Source, TagSel)> {
-        let p = self.posted.get(&id).filter(|p| p.waiting())?;
-        let alone = self.posted.values().filter(|q| q.waiting()).count() == 1;
-        (alone && self.log.candidates(p.src, p.tag).is_empty()).then_some((p.src, p.tag))
+        self.sole_waiting()
+            .filter(|&(only, _, _)| only == id)
+            .map(|(_, src, tag)| (src, tag))
+    }
+
+    /// Whether receive `id` is posted and still has no outcome (no message, no refusal).
+    pub fn is_waiting(&self, id: u64) -> bool {
+        self.posted.get(&id).is_some_and(|p| p.waiting())
+    }
+
+    /// Whether receive `id` was refused (for its size) and waits to be completed.
+    pub fn refused(&self, id: u64) -> bool {
+        self.posted
+            .get(&id)
+            .is_some_and(|p| matches!(p.state, State::Failed(_)))
+    }
+
+    /// Whether any posted receive still has no outcome.
+    pub fn any_waiting(&self) -> bool {
+        self.posted.values().any(|p| p.waiting())
+    }
+
+    /// If exactly one receive waits and nothing in the log could serve it: its selector, to
+    /// block on in the network (see [`Endpoint::blocking_selector`]).
+    pub fn sole_waiting(&self) -> Option<(u64, Source, TagSel)> {
+        let mut waiting = self.posted.iter().filter(|(_, p)| p.waiting());
+        let (&id, p) = waiting.next()?;
+        if waiting.next().is_some() || !self.log.candidates(p.src, p.tag).is_empty() {
+            return None;
+        }
+        Some((id, p.src, p.tag))
+    }
+
+    /// Refuses a probe with a bad rank or a negative tag, or after `stop`.
+    pub fn check_probe(&self, src: Source, tag: TagSel) -> Result<(), Misuse> {
+        self.check_selector(src, tag, "probe")
+    }
+
+    /// The message a receive of (`src`, `tag`) posted now would get, without receiving it:
+    /// the waiting receives are advanced first (they come earlier in post order), then the
+    /// first logged candidate is taken as a receive would take it, once nothing of its sender
+    /// is missing below it. What is taken out of the network for it stays in the log, so the
+    /// next receive that matches it (with the same selector, or its source and tag) gets it.
+    /// [`Peek::Wait`] names what to take from the network next.
+    pub fn probe(
+        &mut self,
+        src: Source,
+        tag: TagSel,
+        net: &mut impl Network,
+    ) -> Result<Peek, Fatal> {
+        loop {
+            self.progress(net)?;
+            let first = self.log.candidates(src, tag).first().map(|&(at, e)| {
+                let gap = e
+                    .seq
+                    .is_some_and(|s| self.windows[e.src as usize].missing_below(s) > 0);
+                (at, e.src, gap)
+            });
+            let sel = match first {
+                Some((at, _, false)) if !self.earlier_wants(None, at) => {
+                    let Some(e) = self.log.get(at) else { continue };
+                    return Ok(Peek::Found(Probed {
+                        src: e.src,
+                        tag: e.tag,
+                        len: e.payload().len(),
+                        seq: e.seq,
+                    }));
+                }
+                // Settled receives never want it; if one does, let it take it first.
+                Some((_, _, false)) => continue,
+                Some((_, p, true)) => (Source::Rank(p), TagSel::Any),
+                None => (src, tag),
+            };
+            match net.take(sel.0, sel.1) {
+                Some(raw) => self.accept(raw, sel)?,
+                None => return Ok(Peek::Wait(sel.0, sel.1)),
+            }
+        }
     }
 
     /// Advances every waiting receive, in the order they were posted, from the log and then
-    /// the network.
+    /// the network. On return the receives are settled: none still waiting could take a
+    /// logged message (so a receive or probe that comes next sees what they left).
     pub fn progress(&mut self, net: &mut impl Network) -> Result<(), Fatal> {
+        let mut with_net = true;
+        loop {
+            let pass = if with_net {
+                self.pass(Some(&mut *net))?
+            } else {
+                self.pass(None::<&mut N0>)?
+            };
+            match pass {
+                // The earlier receive takes its message in the next pass.
+                Advance::Yield => continue,
+                Advance::Idle => return Ok(()),
+                // A message taken for a later receive may have filled the gap an earlier one
+                // waits on: once more, from the log only.
+                Advance::Took => with_net = false,
+            }
+        }
+    }
+
+    /// One pass over the waiting receives in post order: `Yield` as soon as one finds that
+    /// its message belongs to an earlier one, else `Took` if any took from the network.
+    fn pass<N: Network>(&mut self, mut net: Option<&mut N>) -> Result<Advance, Fatal> {
         let ids: Vec<u64> = self
             .posted
             .iter()
             .filter(|(_, p)| p.waiting())
             .map(|(&id, _)| id)
             .collect();
+        let mut took = false;
         for id in ids {
-            self.advance(id, net)?;
+            match self.advance(id, net.as_deref_mut())? {
+                Advance::Yield => return Ok(Advance::Yield),
+                Advance::Took => took = true,
+                Advance::Idle => {}
+            }
         }
-        Ok(())
+        Ok(if took { Advance::Took } else { Advance::Idle })
     }
 
-    fn advance(&mut self, id: u64, net: &mut impl Network) -> Result<(), Fatal> {
-        loop {
-            let Some(p) = self.posted.get(&id).filter(|p| p.waiting()) else {
-                return Ok(());
-            };
-            let (src, tag) = (p.src, p.tag);
-            // The first logged candidate with nothing of its sender still in the network
-            // below it; otherwise fill the first blocking gap, or take from the network.
-            let mut blocked = None;
-            let mut ready = None;
-            for (at, e) in self.log.candidates(src, tag) {
-                match e.seq {
-                    Some(s) if self.windows[e.src as usize].missing_below(s) > 0 => {
-                        blocked.get_or_insert(e.src);
-                    }
-                    _ => {
-                        ready = Some(at);
-                        break;
-                    }
+    /// The first logged candidate for (`src`, `tag`) with nothing of its sender still in the
+    /// network below it, or else the sender of the first one blocked by such a gap.
+    fn ready_candidate(&self, src: Source, tag: TagSel) -> (Option<At>, Option<i32>) {
+        let mut blocked = None;
+        for (at, e) in self.log.candidates(src, tag) {
+            match e.seq {
+                Some(s) if self.windows[e.src as usize].missing_below(s) > 0 => {
+                    blocked.get_or_insert(e.src);
                 }
+                _ => return (Some(at), blocked),
             }
+        }
+        (None, blocked)
+    }
+
+    /// Whether a waiting receive posted before `id` (all of them for `None`) matches the
+    /// logged entry at `at`.
+    fn earlier_wants(&self, id: Option<u64>, at: At) -> bool {
+        let Some(e) = self.log.get(at) else {
+            return false;
+        };
+        self.posted
+            .iter()
+            .take_while(|(&q, _)| id.is_none_or(|id| q < id))
+            .any(|(_, p)| p.waiting() && matches(p.src, p.tag, e.src, e.tag))
+    }
+
+    /// Advances receive `id`: from the log, then (given `net`) from the network.
+    fn advance<N: Network>(&mut self, id: u64, mut net: Option<&mut N>) -> Result<Advance, Fatal> {
+        let mut took = false;
+        while let Some(p) = self.posted.get(&id).filter(|p| p.waiting()) {
+            let (src, tag) = (p.src, p.tag);
+            let (ready, blocked) = self.ready_candidate(src, tag);
             if let Some(at) = ready {
+                if self.earlier_wants(Some(id), at) {
+                    return Ok(Advance::Yield);
+                }
                 self.give(id, at);
-                return Ok(());
+                break;
             }
+            // Fill the first blocking gap, or take from the network.
             let sel = match blocked {
                 Some(p) => (Source::Rank(p), TagSel::Any),
                 None => (src, tag),
             };
-            match net.take(sel.0, sel.1) {
-                Some(raw) => self.accept(raw, sel)?,
-                None => return Ok(()),
+            let Some(n) = net.as_deref_mut() else { break };
+            match n.take(sel.0, sel.1) {
+                Some(raw) => {
+                    self.accept(raw, sel)?;
+                    took = true;
+                }
+                None => break,
             }
         }
+        Ok(if took { Advance::Took } else { Advance::Idle })
     }
 
     /// Hands the logged entry at `at` to receive `id`, or fails the receive if the entry does
@@ -678,7 +848,7 @@ mod tests {
     /// Receives one message on `ep`; its payload length, or the refusal.
     fn recv(
         ep: &mut Endpoint,
-        wire: &mut Wire,
+        wire: &mut impl Network,
         sel: (Source, TagSel),
         fit: Fit,
     ) -> Result<usize, String> {
@@ -892,6 +1062,170 @@ mod tests {
             Err(Fatal::BeyondBookmark { .. })
         ));
         assert!(matches!(rx.end_cut(&[3, 0]), Err(Fatal::Incomplete { .. })));
+    }
+
+    /// A network in which one message arrives only after `after` takes.
+    struct Late {
+        wire: Wire,
+        held: Option<Raw>,
+        takes: usize,
+        after: usize,
+    }
+
+    impl Network for Late {
+        fn take(&mut self, src: Source, tag: TagSel) -> Option<Raw> {
+            self.takes += 1;
+            if self.takes > self.after {
+                if let Some(m) = self.held.take() {
+                    self.wire.0[m.src as usize].push_front(m);
+                }
+            }
+            self.wire.take(src, tag)
+        }
+    }
+
+    #[test]
+    fn a_message_arriving_mid_progress_still_goes_to_the_earliest_receive() {
+        // Rank 0 sends g (seq 0, tag 7) then m (seq 1, tag 5); m comes first and waits in the
+        // log (a refused receive took it), g arrives while two receives for tag 5 advance.
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 7, &[1]);
+        send_all(&mut tx, &mut wire, 5, &[2]);
+        let g = wire.0[0].pop_front();
+        let mut net = Late {
+            wire,
+            held: g,
+            takes: 0,
+            after: 2,
+        };
+        let sel = (Source::Rank(0), TagSel::Tag(5));
+        let none = Fit {
+            max_bytes: Some(0),
+            elem: 1,
+        };
+        assert!(recv(&mut rx, &mut net, sel, none).is_err());
+        let first = rx.post(sel.0, sel.1, ANY).unwrap();
+        let second = rx.post(sel.0, sel.1, ANY).unwrap();
+        // The first receive finds the gap before m and nothing in the network; g arrives
+        // before the second one looks.
+        rx.progress(&mut net).unwrap();
+        assert!(net.takes > 2, "g never arrived");
+        let Completion::Done(e) = rx.complete(first) else {
+            panic!("the first receive did not get m")
+        };
+        assert_eq!(e.seq, Some(1));
+        assert!(matches!(rx.complete(second), Completion::Pending));
+        assert_eq!(
+            recv(&mut rx, &mut net, (Source::Any, TagSel::Any), ANY),
+            Ok(1)
+        );
+    }
+
+    fn found(ep: &mut Endpoint, net: &mut impl Network, src: Source, tag: TagSel) -> Probed {
+        match ep.probe(src, tag, net).unwrap() {
+            Peek::Found(p) => p,
+            Peek::Wait(..) => panic!("probe found nothing"),
+        }
+    }
+
+    #[test]
+    fn a_probe_shows_what_the_next_matching_receive_gets_and_takes_nothing() {
+        let (mut tx, mut rx, mut wire) = pair();
+        // Nothing sent yet: the probe says what to wait for.
+        let sel = (Source::Rank(0), TagSel::Tag(5));
+        assert_eq!(
+            rx.probe(sel.0, sel.1, &mut wire),
+            Ok(Peek::Wait(sel.0, sel.1))
+        );
+        send_all(&mut tx, &mut wire, 7, &[1]);
+        send_all(&mut tx, &mut wire, 5, &[2, 3]);
+        // Tag 5 first: seq 1, taken out of the network into the log.
+        let p = found(&mut rx, &mut wire, sel.0, sel.1);
+        assert_eq!((p.src, p.tag, p.len, p.seq), (0, 5, 2, Some(1)));
+        // Taken with the tag 7 message before it (the gap), tag 5's next still in the network.
+        assert_eq!(rx.logged(), 2);
+        // Probing again shows the same message; any tag shows the earlier one.
+        assert_eq!(found(&mut rx, &mut wire, sel.0, sel.1), p);
+        let any = (Source::Any, TagSel::Any);
+        assert_eq!(found(&mut rx, &mut wire, any.0, any.1).seq, Some(0));
+        assert_eq!(recv(&mut rx, &mut wire, any, ANY), Ok(1));
+        // A receive by the probed source and tag gets the probed message.
+        let p = found(&mut rx, &mut wire, any.0, any.1);
+        let exact = (Source::Rank(p.src), TagSel::Tag(p.tag));
+        assert_eq!(recv(&mut rx, &mut wire, exact, ANY), Ok(p.len));
+        assert_eq!(recv(&mut rx, &mut wire, sel, ANY), Ok(3));
+        assert_eq!(rx.logged(), 0);
+    }
+
+    #[test]
+    fn a_probe_comes_after_the_receives_already_posted_and_sees_the_log_first() {
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 5, &[1, 2]);
+        // Restored from a snapshot: both in the log; one more in the network.
+        let mut rx2 = checkpoint_and_restart(&tx, &mut rx, &mut wire);
+        tx.restore(CommState {
+            next_send: tx.bookmark().to_vec(),
+            recv_below: vec![0, 0],
+            log: MessageLog::default(),
+        });
+        send_all(&mut tx, &mut wire, 5, &[3]);
+        let sel = (Source::Rank(0), TagSel::Tag(5));
+        let first = rx2.post(sel.0, sel.1, ANY).unwrap();
+        // The posted receive gets the first message; the probe shows the second.
+        let p = found(&mut rx2, &mut wire, sel.0, sel.1);
+        assert_eq!((p.len, p.seq), (2, None));
+        assert!(!rx2.is_waiting(first));
+        let Completion::Done(e) = rx2.complete(first) else {
+            panic!("the posted receive did not get the first message")
+        };
+        assert_eq!(e.payload().len(), 1);
+        assert_eq!(recv(&mut rx2, &mut wire, sel, ANY), Ok(2));
+        assert_eq!(found(&mut rx2, &mut wire, sel.0, sel.1).len, 3);
+        assert_eq!(recv(&mut rx2, &mut wire, sel, ANY), Ok(3));
+    }
+
+    #[test]
+    fn a_probe_waits_for_an_earlier_message_of_the_same_sender() {
+        // g (seq 0, tag 7) is still on its way when m (seq 1, tag 5) waits in the log: a
+        // probe of any tag from rank 0 must not report m, which the receive would not get.
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 7, &[1]);
+        send_all(&mut tx, &mut wire, 5, &[2]);
+        let g = wire.0[0].pop_front();
+        let mut net = Late {
+            wire,
+            held: g,
+            takes: 0,
+            after: 2,
+        };
+        let none = Fit {
+            max_bytes: Some(0),
+            elem: 1,
+        };
+        let tag5 = (Source::Rank(0), TagSel::Tag(5));
+        assert!(recv(&mut rx, &mut net, tag5, none).is_err());
+        let any = (Source::Rank(0), TagSel::Any);
+        assert_eq!(
+            rx.probe(any.0, any.1, &mut net),
+            Ok(Peek::Wait(Source::Rank(0), TagSel::Any))
+        );
+        assert_eq!(found(&mut rx, &mut net, any.0, any.1).seq, Some(0));
+        assert_eq!(recv(&mut rx, &mut net, any, ANY), Ok(1));
+    }
+
+    #[test]
+    fn a_probe_with_a_bad_selector_or_after_stop_is_refused() {
+        let (_, mut rx, _) = pair();
+        let e = rx.check_probe(Source::Any, TagSel::Tag(-2)).unwrap_err();
+        assert!(e.0.contains("probe with tag -2"), "{e}");
+        let e = rx.check_probe(Source::Rank(5), TagSel::Any).unwrap_err();
+        assert!(e.0.contains("rank 5 does not exist"), "{e}");
+        assert!(rx.check_probe(Source::Rank(1), TagSel::Tag(0)).is_ok());
+        rx.stop("stopping".into());
+        assert_eq!(
+            rx.check_probe(Source::Any, TagSel::Any).unwrap_err().0,
+            "stopping"
+        );
     }
 
     #[test]

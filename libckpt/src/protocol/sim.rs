@@ -1,14 +1,16 @@
 //! A seeded, in-process simulation of the message accounting, with no MPI: every rank runs the
 //! real [`Endpoint`] (the one `Comm` adapts to MPI) over a simulated network with random
 //! delays and MPI's matching rules, through a generated program of sends, blocking receives,
-//! `irecv`/`test`/`wait`, receives refused for their size, and polls where checkpoints happen.
+//! `irecv`/`test`/`wait`/`wait_any`, receives refused for their size, probes (the next receive
+//! must get the probed message), and polls where checkpoints happen. Time passes between two
+//! takes from the network, so messages arrive in the middle of a call.
 //! Checkpoints make the real cut (bookmarks, drain, `end_cut`) and keep each rank's encoded
 //! state as the snapshot; crashes (at any step, drains included) lose the network and every
 //! rank's memory, and the job restarts: a set-up phase sends and receives messages before and
 //! after `restore()`, which makes its own cut and then takes over the decoded snapshot.
 //!
 //! Checked on every seed: no accounting error; a receive refused for its size never gets a
-//! message; in the surviving execution every message sent to a rank is received exactly once,
+//! message; the receive after a probe gets the probed message; in the surviving execution every message sent to a rank is received exactly once,
 //! and messages from one sender with one tag in the order they were sent; every set-up
 //! message of each run is received exactly once in that run, by a set-up receive; nothing is
 //! left in a log at the end.
@@ -17,7 +19,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::accounting::{Completion, Endpoint, Fatal, Fit, Network, Raw};
+use super::accounting::{Completion, Endpoint, Fatal, Fit, Network, Peek, Probed, Raw};
 use super::msglog::{CommState, Source, TagSel};
 
 /// SplitMix64: small, seedable, good enough to draw schedules.
@@ -72,6 +74,9 @@ enum Op {
     Send(usize),
     /// A blocking receive.
     Recv(Source, TagSel),
+    /// A blocking probe before a `Recv` with the same selector, which must get the probed
+    /// message; with `true` the receive uses the probed source and tag instead.
+    Probe(Source, TagSel, bool),
     /// A blocking receive that must fail for its size, leaving the message queued.
     TooSmall(Source, TagSel, Fit),
     /// Post a receive into a slot.
@@ -80,6 +85,8 @@ enum Op {
     Test(usize),
     /// Wait for a slot (nothing if a test completed it).
     Wait(usize),
+    /// Wait for any open slot (`Comm::wait_any`): the first, in slot order, with an outcome.
+    WaitAny,
     /// End of a round: a poll, where a checkpoint may happen.
     Poll,
 }
@@ -164,10 +171,16 @@ fn receives(
             open.push(*slot);
             *slot += 1;
         } else {
+            if rng.chance(30) {
+                ops.push(Op::Probe(s, t, rng.chance(50)));
+            }
             ops.push(Op::Recv(s, t));
         }
         if !open.is_empty() && rng.chance(30) {
             ops.push(Op::Test(open[rng.below(open.len() as u64) as usize]));
+        }
+        if !open.is_empty() && rng.chance(15) {
+            ops.push(Op::WaitAny);
         }
     }
     for s in open {
@@ -274,6 +287,9 @@ struct View<'a> {
 
 impl Network for View<'_> {
     fn take(&mut self, s: Source, t: TagSel) -> Option<Raw> {
+        // Time passes between two looks at the network, even within one call: a message may
+        // arrive between the takes of two receives.
+        self.tick += 1;
         let mut best: Option<(u64, usize, usize)> = None;
         for src in 0..self.wire.len() {
             if matches!(s, Source::Rank(r) if r as usize != src) {
@@ -334,6 +350,9 @@ struct RankSim {
     slots: BTreeMap<usize, (u64, u64)>,
     /// The receive a blocking op posted and waits for, and its post order.
     blocking: Option<(u64, u64)>,
+    /// What the last probe found, for the next receive; whether it receives by the probed
+    /// source and tag.
+    probed: Option<(Probed, bool)>,
     posts: u64,
 }
 
@@ -347,6 +366,7 @@ impl RankSim {
             setup_received: Vec::new(),
             slots: BTreeMap::new(),
             blocking: None,
+            probed: None,
             posts: 0,
         }
     }
@@ -380,6 +400,8 @@ struct Stats {
     refused: usize,
     tested: usize,
     setup: usize,
+    probed: usize,
+    waited_any: usize,
 }
 
 struct World<'p> {
@@ -583,10 +605,35 @@ impl<'p> World<'p> {
         match op {
             Op::Poll => return Ok(false),
             Op::Send(id) => self.send(rank, rng, self.prog.msgs[id], id as u64)?,
-            Op::Recv(s, t) => match self.blocking(rank, s, t, Fit::any(8))? {
-                None => return Ok(false),
-                Some((c, order)) => self.got_main(rank, c, order)?,
-            },
+            Op::Probe(s, t, exact) => {
+                let mut ep = std::mem::replace(&mut self.ranks[rank].ep, Endpoint::new(0, 1));
+                let checked = ep.check_probe(s, t);
+                let r = ep.probe(s, t, &mut self.view(rank));
+                self.ranks[rank].ep = ep;
+                checked.map_err(|e| format!("rank {rank}: probe refused: {e}"))?;
+                match r.map_err(|e| fatal(rank, e))? {
+                    Peek::Found(p) => {
+                        self.ranks[rank].probed = Some((p, exact));
+                        self.stats.probed += 1;
+                    }
+                    Peek::Wait(..) => return Ok(false),
+                }
+            }
+            Op::Recv(s, t) => {
+                let (s, t) = match self.ranks[rank].probed {
+                    Some((p, true)) => (Source::Rank(p.src), TagSel::Tag(p.tag)),
+                    _ => (s, t),
+                };
+                match self.blocking(rank, s, t, Fit::any(8))? {
+                    None => return Ok(false),
+                    Some((c, order)) => {
+                        if let Some((p, _)) = self.ranks[rank].probed.take() {
+                            check_probed(rank, &p, &c)?;
+                        }
+                        self.got_main(rank, c, order)?
+                    }
+                }
+            }
             Op::TooSmall(s, t, fit) => match self.blocking(rank, s, t, fit)? {
                 None => return Ok(false),
                 Some((Completion::Failed(_), _)) => self.stats.refused += 1,
@@ -607,6 +654,27 @@ impl<'p> World<'p> {
                         self.stats.tested += 1;
                         self.got_main(rank, c, order)?;
                     }
+                }
+            }
+            Op::WaitAny => {
+                let mut ep = std::mem::replace(&mut self.ranks[rank].ep, Endpoint::new(0, 1));
+                let r = ep.progress(&mut self.view(rank));
+                let first = self.ranks[rank]
+                    .slots
+                    .iter()
+                    .find(|(_, &(id, _))| !ep.is_waiting(id))
+                    .map(|(&slot, &(id, order))| (slot, id, order));
+                let c = first.map(|(_, id, _)| ep.complete(id));
+                self.ranks[rank].ep = ep;
+                r.map_err(|e| fatal(rank, e))?;
+                match (first, c) {
+                    (Some((slot, _, order)), Some(c)) => {
+                        self.ranks[rank].slots.remove(&slot);
+                        self.stats.waited_any += 1;
+                        self.got_main(rank, c, order)?;
+                    }
+                    _ if self.ranks[rank].slots.is_empty() => {}
+                    _ => return Ok(false),
                 }
             }
             Op::Wait(slot) => {
@@ -798,6 +866,21 @@ impl<'p> World<'p> {
     }
 }
 
+/// The receive after a probe got the probed message.
+fn check_probed(rank: usize, p: &Probed, c: &Completion) -> Result<(), String> {
+    let got = match c {
+        Completion::Done(e) => Some((e.src, e.tag, e.payload().len(), e.seq)),
+        _ => None,
+    };
+    if got == Some((p.src, p.tag, p.len, p.seq)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "rank {rank}: probed {p:?}, but the next receive got {got:?}"
+        ))
+    }
+}
+
 fn fatal(rank: usize, e: Fatal) -> String {
     format!("rank {rank}: accounting error: {e}")
 }
@@ -937,6 +1020,8 @@ fn accounting_simulation_over_many_seeds() {
                 t.refused += s.refused;
                 t.tested += s.tested;
                 t.setup += s.setup;
+                t.probed += s.probed;
+                t.waited_any += s.waited_any;
             }
             Err(e) => panic!(
                 "seed {seed}: {e}\nreplay with: CKPT_SIM_SEED={seed} cargo test -p libckpt accounting_simulation"
@@ -953,7 +1038,11 @@ fn accounting_simulation_over_many_seeds() {
             "{t:?}"
         );
         assert!(
-            t.refused > n / 2 && t.tested > n / 10 && t.setup > n,
+            t.refused > n / 2
+                && t.tested > n / 10
+                && t.setup > n
+                && t.probed > n
+                && t.waited_any > n / 2,
             "{t:?}"
         );
     }
