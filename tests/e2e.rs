@@ -3544,3 +3544,112 @@ fn probes_request_lists_and_send_handles_survive_a_crash_and_memory_stays_bounde
         assert!(held.iter().all(|&h| h <= 8 << 20), "{held:?}\n{}", o.dump());
     }
 }
+
+/// `ckpt migrate` on a running job of 8 ranks over 4 emulated nodes: rank 2 moves from node1
+/// to node3, then ranks 3 and 2 move to node0. Each migration is an agreed checkpoint, a stop
+/// and a relaunch with the new placement (not counted as a restart); a moved rank gets its file
+/// from its old node through a rank still running there, the others restore their own. The
+/// command prints its phases, the ranks report their new nodes, the manifests record the
+/// placement, and the result is bit-identical to an uninterrupted run.
+#[test]
+fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let args = [
+        "--nx",
+        "64",
+        "--ny",
+        "64",
+        "--steps",
+        "400",
+        "--step-ms",
+        "15",
+    ];
+    let flags = [
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--max-restarts",
+        "0",
+    ];
+    let running = Run::new(&job, 8, &flags, &heat2d(), &args).spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&2)),
+        "epoch 2 never committed"
+    );
+    let jd = job.to_str().unwrap();
+    let first = ckpt(&["migrate", jd, "--rank", "2", "--to", "node3"]);
+    assert!(first.status.success(), "{}", first.dump());
+    for needle in [
+        "migrating rank 2 node1 -> node3",
+        "checkpoint ",
+        "transfer ",
+        "rank 2 from its old node (L1)",
+        "total freeze",
+    ] {
+        assert!(
+            first.stdout.contains(needle),
+            "{needle:?}\n{}",
+            first.dump()
+        );
+    }
+    let second = ckpt(&["migrate", jd, "--rank", "3,2", "--to", "node0"]);
+    assert!(second.status.success(), "{}", second.dump());
+    assert!(
+        second
+            .stdout
+            .contains("migrating rank 3 node1 -> node0, rank 2 node3 -> node0"),
+        "{}",
+        second.dump()
+    );
+    let refused = ckpt(&["migrate", jd, "--rank", "1", "--to", "node9"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.dump());
+    assert!(
+        refused.stderr.contains("unknown node"),
+        "{}",
+        refused.dump()
+    );
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(&args)),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("migrating after epoch"),
+        "{}",
+        out.dump()
+    );
+    let ev = events(&job);
+    let node_of = |rank: u32, launch: u32| {
+        ev.iter().find_map(|e| match e {
+            Event::RankStarted {
+                rank: r,
+                node,
+                launch: l,
+                ..
+            } if *r == rank && *l == launch => Some(node.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(node_of(2, 0).as_deref(), Some("node1"));
+    assert_eq!(node_of(2, 1).as_deref(), Some("node3"));
+    assert_eq!(node_of(2, 2).as_deref(), Some("node0"));
+    assert_eq!(node_of(3, 2).as_deref(), Some("node0"));
+    assert_eq!(
+        node_of(4, 2).as_deref(),
+        Some("node2"),
+        "a rank that did not move"
+    );
+    let newest = *committed_epochs(&job).last().unwrap();
+    let m = ckpt::manifest::load(&job, newest).unwrap();
+    assert_eq!(m.ranks[2].node, "node0");
+    assert_eq!(m.ranks[3].node, "node0");
+    assert_eq!(m.ranks[1].node, "node0");
+    assert_eq!(m.ranks[5].node, "node2");
+}

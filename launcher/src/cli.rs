@@ -47,6 +47,10 @@ pub enum Command {
     /// Kill an emulated node of a job run with --emulate-nodes: SIGKILL its ranks and remove
     /// its node-local directory, as a node crash would.
     KillNode(KillNodeArgs),
+    /// Move ranks of a running job (emulated nodes) to another node: an agreed checkpoint, a
+    /// stop, a relaunch with the new placement; the moved ranks get their data from the
+    /// cheapest copy. Prints each phase with its time.
+    Migrate(MigrateArgs),
     /// How `ckpt run` starts each rank: block the checkpoint signal, give the rank its
     /// emulated node, then exec the program.
     #[command(hide = true)]
@@ -62,6 +66,23 @@ pub struct KillNodeArgs {
     /// The emulated node (node0, node1, ...).
     #[arg(value_name = "NODE")]
     pub node: String,
+}
+
+/// `ckpt migrate` flags.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The job directory of a running job run with --emulate-nodes.
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// The ranks to move: `2` or `2,3`.
+    #[arg(long = "rank", value_name = "R[,R2..]")]
+    pub ranks: String,
+    /// The node to move them to (node0, node1, ...).
+    #[arg(long, value_name = "NODE")]
+    pub to: String,
+    /// Seconds to wait for the checkpoint, and again for the relaunch to restore.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub wait: u64,
 }
 
 /// `ckpt exec-rank` flags (internal: mpirun runs it on every rank).
@@ -203,8 +224,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub shared_dir: Option<PathBuf>,
     /// Inject a fault: rank RANK kills itself at PHASE (poll, before-write, mid-write,
-    /// after-write, before-vote, before-manifest, after-commit, restore, drain), optionally at
-    /// epoch/poll N; ACTION stop (SIGSTOP) or hang instead of kill; on the first launch, or
+    /// after-write, before-vote, before-manifest, after-commit, restore, drain, background: in
+    /// the background levels), optionally at epoch/poll N; ACTION stop (SIGSTOP) or hang instead of kill; on the first launch, or
     /// launch L (restore: launch 1 by default). Or, instead of a crash, its write fails with
     /// ENOSPC (enospc) or rank 0's manifest directory fsync fails (publish-fsync).
     #[arg(long, value_name = "RANK:PHASE[:N][:ACTION][@L]")]

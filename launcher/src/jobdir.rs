@@ -188,6 +188,13 @@ pub fn shared_base(dir: &Path, given: Option<&Path>) -> std::path::PathBuf {
         .unwrap_or_else(|| dir.join("shared"))
 }
 
+/// The rank count recorded in `dir`'s `job.json`.
+pub fn recorded_ranks(dir: &Path) -> Option<u32> {
+    let bytes = ckpt::identity::read_job_file(dir).ok()??;
+    let job: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    u32::try_from(job.get("ranks")?.as_u64()?).ok()
+}
+
 /// The number of emulated nodes recorded in `dir`'s `job.json` (`--emulate-nodes` of the run
 /// that wrote it), if any.
 pub fn recorded_emulation(dir: &Path) -> Option<u32> {

@@ -21,7 +21,7 @@ use anyhow::{bail, Context as _};
 use ckpt::env;
 
 use crate::backend::mpirun;
-use crate::exec_rank::{self, node_name};
+use crate::exec_rank::node_name;
 use crate::{jobdir, Outcome, UsageError};
 
 /// A rank process of the node.
@@ -112,7 +112,7 @@ impl Proof {
         let size = num(mpirun::SIZE_VAR)?;
         let placed = self.nodes <= size
             && rank < size
-            && node_name(exec_rank::node_of(rank, size, self.nodes)) == self.node;
+            && crate::migrate::node_for(&self.job_dir, rank, size, self.nodes) == self.node;
         let same_dir = get(env::JOB_DIR).is_some_and(|d| same_dir(Path::new(d), &self.job_dir));
         (placed
             && same_dir

@@ -51,6 +51,7 @@ pub mod jobdir;
 pub mod kill_node;
 pub mod list;
 pub mod lock;
+pub mod migrate;
 pub mod plan;
 pub mod prune;
 pub mod ranks;
@@ -138,6 +139,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
         ),
         cli::Command::Prune(args) => prune::run(&args),
         cli::Command::KillNode(args) => kill_node::run(&args.job_dir, &args.node),
+        cli::Command::Migrate(args) => migrate::run(&args),
         cli::Command::ExecRank(args) => exec_rank::run(&args),
         cli::Command::Bench(args) => {
             let plan = plan::RunPlan::new(bench::run_args(&args)?, &plan::Context::current()?)?;

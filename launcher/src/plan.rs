@@ -588,7 +588,7 @@ mod tests {
             "-n 4 --fault 1:explode -- prog",
             "error: --fault 1:explode: \"1:explode\": unknown phase \"explode\" (one of poll, \
              before-write, mid-write, after-write, before-vote, before-manifest, after-commit, \
-             restore, drain, enospc, publish-fsync)",
+             restore, drain, enospc, publish-fsync, background)",
         );
         check("-n 4 -- nosuch", "error: PROG nosuch: not found in PATH");
         check("-n 4 -- data", "error: PROG data: not found in PATH");

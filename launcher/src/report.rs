@@ -170,6 +170,12 @@ pub fn resume_hint(plan: &RunPlan) -> String {
 /// One event from the job's log.
 pub fn event(e: &Event) -> String {
     match e {
+        Event::RankStarted {
+            rank,
+            pid,
+            node,
+            launch,
+        } => format!("rank {rank} started on {node} (pid {pid}, launch {launch})"),
         Event::Started { nranks, launch } => {
             format!("{nranks} ranks started (restart count {launch})")
         }

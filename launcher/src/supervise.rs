@@ -23,7 +23,7 @@ use ckpt::manifest;
 use crate::backend::mpirun::{self, Failure, Launch, Scanner};
 use crate::plan::RunPlan;
 use crate::report::{self, say};
-use crate::{jobdir, lock, ranks, signals, Outcome};
+use crate::{jobdir, lock, migrate, ranks, signals, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
 const POLL: Duration = Duration::from_millis(200);
@@ -79,6 +79,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     }
     let rank_exit_wait = ranks::wait_from_env()?;
     let mut n = 1;
+    // Relaunches for migrations, which do not count against --max-restarts.
+    let mut migrations = 0;
     loop {
         // Ranks of an earlier launch (of this run, or of a run whose launcher died) must be
         // gone before new ones write.
@@ -101,6 +103,22 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 return Ok(Outcome::Interrupted(sig));
             }
             Ended::Exited(status, ..) if status.success() => {
+                // A migration stopped the ranks: relaunch them with its placement.
+                if let (Some(epoch), Some(nodes)) = (tail_now.stopped, plan.emulate_nodes) {
+                    match migrate::take_pending(&plan.job_dir, plan.ranks, nodes) {
+                        Ok(Some(moves)) => {
+                            say(format!(
+                                "migrating after epoch {epoch}: {moves}; relaunching with the \
+                                 new placement"
+                            ));
+                            migrations += 1;
+                            n += 1;
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => say(format!("warning: the pending migration failed: {e:#}")),
+                    }
+                }
                 if let Some(epoch) = tail_now.stopped {
                     say(report::stopped(epoch, secs(start)));
                     say(report::resume_hint(plan));
@@ -141,7 +159,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
-        if n == total {
+        if n == total + migrations {
             say(report::gave_up(
                 plan.max_restarts,
                 &tail_now.committed,
@@ -467,6 +485,9 @@ impl Tail {
                         // Rank 0 prints this itself, with the fallback it takes; repeating it
                         // here would only double the line.
                         Event::EpochUnusable { .. } => continue,
+                        // One line per rank per launch: for tools (and `ckpt drill`), not
+                        // for the report.
+                        Event::RankStarted { .. } => continue,
                         // Reported once the launch has failed, with what the launcher does.
                         Event::NoUsableEpoch { tried, quarantined } => {
                             self.no_usable = Some((tried.clone(), quarantined.clone()));

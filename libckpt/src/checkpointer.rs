@@ -254,6 +254,15 @@ impl Checkpointer {
             }));
         }
         let (triggers, io, presence) = setup?;
+        let _ = events::append(
+            &cfg.job_dir,
+            &Event::RankStarted {
+                rank: rank as u32,
+                pid: std::process::id(),
+                node: cfg.node.clone(),
+                launch: cfg.restart_count,
+            },
+        );
         // The placement (every rank's node, gathered once per launch) decides which background
         // levels this launch can have and who holds whose L2 copy.
         let (partners, grouping) = startup_levels(&lib, &watch, &cfg, rank)?;

@@ -148,18 +148,24 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
             ctx.cfg.local_dir.display()
         );
     }
-    // The copies of other levels this rank is responsible for, each level by its own window.
+    // The copies of other levels this rank is responsible for, each level by its own window,
+    // on a thread: removing large files can take the file system a while, and the manifests
+    // no longer name them, so the application need not wait (a removal cut short by the end
+    // of the process is finished by a later commit). Only epochs older than every level's newest are touched,
+    // never the ones the background levels are writing.
     let places = Places::of(&ctx.cfg);
-    for level in [Level::Partner, Level::Parity, Level::Pfs] {
-        let from = decision.keep_from.of(level);
-        if let Err(e) = places.remove_before(level, ctx.rank as u32, from) {
-            eprintln!(
-                "[ckpt rank {}] warning: cannot prune {level:?} copies of epochs before {from}: \
-                 {e}",
-                ctx.rank
-            );
+    let (rank, keep_from) = (ctx.rank, decision.keep_from);
+    std::thread::spawn(move || {
+        for level in [Level::Partner, Level::Parity, Level::Pfs] {
+            let from = keep_from.of(level);
+            if let Err(e) = places.remove_before(level, rank as u32, from) {
+                eprintln!(
+                    "[ckpt rank {rank}] warning: cannot prune {level:?} copies of epochs \
+                     before {from}: {e}"
+                );
+            }
         }
-    }
+    });
     let stats = EpochStats {
         epoch,
         bytes: record.payload,

@@ -25,6 +25,18 @@ pub enum Event {
         /// Launch number (restart count).
         launch: u32,
     },
+    /// One rank started (every rank logs it, before rank 0's `started`): where it runs, so
+    /// tools and drills find ranks and nodes without scanning `/proc`.
+    RankStarted {
+        /// The rank.
+        rank: u32,
+        /// Its process id.
+        pid: u32,
+        /// Its node (`CKPT_NODE`, else `SLURMD_NODENAME`, else the host name).
+        node: String,
+        /// Launch number (restart count).
+        launch: u32,
+    },
     /// An epoch was committed.
     Committed {
         /// Epoch.

@@ -1,7 +1,9 @@
 //! Recovery of lost rank files at restart, before an epoch is restored: every rank checks its
 //! own L1 file; a rank whose file is missing or damaged on its node (the node was lost or
-//! replaced, or the rank now runs elsewhere) gets it from the cheapest copy that exists: the
-//! partner copy (L2, sent over MPI by its holder), else the shared copy (L4). The file is
+//! replaced, or the rank now runs elsewhere) gets it from the cheapest copy that exists: its
+//! L1 file on the node that wrote it (a migrated rank: sent by a rank running there now), the
+//! partner copy (L2, sent over MPI by its holder), a rebuild from its group (L3), else the
+//! shared copy (L4). The file is
 //! written back to the rank's node-local storage (durably, like an L1 write), so the restore
 //! then reads it as usual, with all its checks, and the next failure finds it there.
 //!
@@ -51,6 +53,9 @@ pub(crate) struct Found {
     pub holds: Vec<u32>,
     /// L3 parity shards it holds intact: (group, set).
     pub parity: Vec<(u32, u32)>,
+    /// Other ranks whose L1 files are intact in this rank's node-local directory (they were
+    /// written on this node; their ranks may run elsewhere now).
+    pub others: Vec<u32>,
 }
 
 /// Where a rank's file comes from.
@@ -58,6 +63,8 @@ pub(crate) struct Found {
 pub(crate) enum Source {
     /// Its own L1 file: nothing to do.
     Local,
+    /// Its L1 file on the node that wrote it, sent by this rank, which runs there now.
+    Moved(u32),
     /// The partner copy held by this rank.
     Partner(u32),
     /// A rebuild from the rank's L3 group.
@@ -76,6 +83,9 @@ pub(crate) fn plan(m: &Manifest, found: &[Found]) -> Vec<Source> {
             let f = &found[r];
             if f.local {
                 return Source::Local;
+            }
+            if let Some(h) = found.iter().position(|o| o.others.contains(&(r as u32))) {
+                return Source::Moved(h as u32);
             }
             let holder = m
                 .copies
@@ -183,12 +193,18 @@ fn look(ctx: &Ctx, places: &Places, m: &Manifest) -> Found {
             .collect(),
         None => Vec::new(),
     };
+    // Files written on this node by ranks that may have moved away.
+    let others = (0..m.nranks)
+        .filter(|&r| r != me && m.ranks[r as usize].node == ctx.cfg.node)
+        .filter(|&r| at(Level::Local, r).is_some_and(|p| intact(&p, m, r)))
+        .collect();
     Found {
         manifest: true,
         local,
         shared,
         holds,
         parity,
+        others,
     }
 }
 
@@ -367,10 +383,28 @@ fn transfer(
             sends: VecDeque::new(),
         });
     }
+    for (r, s) in sources.iter().enumerate() {
+        if *s != Source::Moved(me) {
+            continue;
+        }
+        let path = places
+            .locate(Level::Local, epoch, r as u32)
+            .unwrap_or_default();
+        let file = durable::open_regular(&path)
+            .map_err(|e| errors.push(format!("cannot read {}: {e}", path.display())))
+            .ok();
+        work.push(Transfer::Send {
+            to: r as i32,
+            tag: TAG_RECOVER,
+            file,
+            left: m.ranks[r].len,
+            sends: VecDeque::new(),
+        });
+    }
     parity_sends(places, m, sources, found, me, &mut work, &mut errors);
     let dest = places.locate(Level::Local, epoch, me).unwrap_or_default();
     let level = match sources[me as usize] {
-        Source::Partner(h) => match CopyWriter::create(&dest) {
+        Source::Moved(h) | Source::Partner(h) => match CopyWriter::create(&dest) {
             Ok(out) => {
                 work.push(Transfer::Recv {
                     from: h as i32,
@@ -379,7 +413,10 @@ fn transfer(
                     posted: 0,
                     recvs: VecDeque::new(),
                 });
-                Some(Level::Partner)
+                Some(match sources[me as usize] {
+                    Source::Moved(_) => Level::Local,
+                    _ => Level::Partner,
+                })
             }
             Err(e) => {
                 errors.push(format!("cannot create {}: {e}", dest.display()));
@@ -787,6 +824,7 @@ mod tests {
             shared,
             holds: holds.to_vec(),
             parity: Vec::new(),
+            others: Vec::new(),
         }
     }
 

@@ -1,0 +1,334 @@
+//! Rank migration on emulated nodes: `ckpt migrate JOB --rank R[,R2..] --to NODE`.
+//!
+//! The placement of a job's ranks on its emulated nodes is blocks of consecutive ranks
+//! ([`exec_rank::node_of`]) unless `control/placement` says otherwise: one line `RANK NODE` per
+//! rank, written by a migration. `ckpt exec-rank` and `ckpt kill-node` both place ranks with
+//! [`node_for`], so they always agree.
+//!
+//! A migration: the command checks the request (a run holds the job, the ranks exist, the
+//! node is one of the job's), writes the new placement to `control/placement.next`, and asks
+//! the job for a checkpoint-and-exit (the same request as `ckpt checkpoint --then-exit`). When
+//! the ranks have stopped after that epoch, the running `ckpt run` finds the pending placement
+//! ([`take_pending`]), puts it in force and relaunches: ranks that did not move restore from
+//! their own node-local files; a moved rank's file is not on its new node, so the restart
+//! recovers it from the cheapest copy (its old node, through a rank running there; its
+//! partner's; its group's parity; shared storage) and writes it to the new node. The command
+//! follows the job's events and prints each phase with its time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use ckpt::events::{self, Event};
+use ckpt::storage::durable;
+
+use crate::cli::{CheckpointArgs, MigrateArgs};
+use crate::exec_rank::{node_name, node_of};
+use crate::{jobdir, request, Outcome, UsageError};
+
+/// The placement in force, relative to the job directory.
+const PLACEMENT: &str = "control/placement";
+/// A placement waiting for the ranks to stop.
+const PENDING: &str = "control/placement.next";
+/// Largest placement file read.
+const MAX_BYTES: u64 = 16 << 20;
+
+/// The emulated node of `rank` among `nranks` ranks on `nodes` nodes: the job's placement
+/// file if it names the rank, else blocks ([`node_of`]).
+pub fn node_for(job_dir: &Path, rank: u32, nranks: u32, nodes: u32) -> String {
+    read(&job_dir.join(PLACEMENT))
+        .ok()
+        .and_then(|p| p.get(&rank).cloned())
+        .unwrap_or_else(|| node_name(node_of(rank, nranks, nodes)))
+}
+
+/// Parses a placement file: lines `RANK NODE`, a node being one plain name.
+pub fn parse(text: &str) -> Result<BTreeMap<u32, String>, String> {
+    let mut map = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(rank), Some(node), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!(
+                "line {}: expected `RANK NODE`, found {line:?}",
+                i + 1
+            ));
+        };
+        let rank: u32 = rank
+            .parse()
+            .map_err(|_| format!("line {}: {rank:?} is not a rank", i + 1))?;
+        if !plain(node) {
+            return Err(format!("line {}: {node:?} is not a node name", i + 1));
+        }
+        if map.insert(rank, node.to_owned()).is_some() {
+            return Err(format!("line {}: rank {rank} placed twice", i + 1));
+        }
+    }
+    Ok(map)
+}
+
+fn plain(node: &str) -> bool {
+    !node.is_empty()
+        && node != "."
+        && node != ".."
+        && node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn render(map: &BTreeMap<u32, String>) -> String {
+    map.iter().map(|(r, n)| format!("{r} {n}\n")).collect()
+}
+
+fn read(path: &Path) -> anyhow::Result<BTreeMap<u32, String>> {
+    let bytes = durable::read_capped(path, MAX_BYTES)?;
+    parse(&String::from_utf8_lossy(&bytes)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The launcher, after the ranks stopped: puts a pending placement in force. Returns the moves
+/// (`rank: from -> to`) it made, or `None` without a pending placement.
+pub fn take_pending(job_dir: &Path, nranks: u32, nodes: u32) -> anyhow::Result<Option<String>> {
+    let pending = job_dir.join(PENDING);
+    if !pending.exists() {
+        return Ok(None);
+    }
+    let next = read(&pending)?;
+    let moves: Vec<String> = next
+        .iter()
+        .filter_map(|(&r, to)| {
+            let from = node_for(job_dir, r, nranks, nodes);
+            (&from != to).then(|| format!("rank {r} {from} -> {to}"))
+        })
+        .collect();
+    durable::rename_durable(&pending, &job_dir.join(PLACEMENT))
+        .with_context(|| format!("cannot put {} in force", pending.display()))?;
+    Ok(Some(moves.join(", ")))
+}
+
+/// `ckpt migrate`.
+pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
+    let dir = &std::path::absolute(&args.job_dir)
+        .with_context(|| format!("cannot resolve {}", args.job_dir.display()))?;
+    let Some(nranks) = jobdir::recorded_ranks(dir) else {
+        return Err(UsageError(format!(
+            "{}: not a job directory of `ckpt run` (no job.json with its ranks)",
+            dir.display()
+        ))
+        .into());
+    };
+    let Some(nodes) = jobdir::recorded_emulation(dir) else {
+        return Err(UsageError(format!(
+            "{}: migration is supported on emulated nodes (`ckpt run --emulate-nodes N`) for \
+             now; this job runs on real nodes",
+            dir.display()
+        ))
+        .into());
+    };
+    let known: Vec<String> = (0..nodes).map(node_name).collect();
+    if !known.contains(&args.to) {
+        return Err(UsageError(format!(
+            "unknown node {:?}: the job's nodes are {}",
+            args.to,
+            known.join(", ")
+        ))
+        .into());
+    }
+    let ranks = parse_ranks(&args.ranks, nranks).map_err(UsageError)?;
+    let mut next: BTreeMap<u32, String> = (0..nranks)
+        .map(|r| (r, node_for(dir, r, nranks, nodes)))
+        .collect();
+    let mut moved = Vec::new();
+    for &r in &ranks {
+        let from = next.insert(r, args.to.clone()).unwrap_or_default();
+        if from == args.to {
+            return Err(UsageError(format!("rank {r} already runs on {}", args.to)).into());
+        }
+        moved.push(format!("rank {r} {from} -> {}", args.to));
+    }
+    let pending = dir.join(PENDING);
+    if pending.exists() {
+        bail!(
+            "a migration is already pending ({}); wait for it to take effect",
+            pending.display()
+        );
+    }
+    let (_, offset) = events::read_from(dir, 0).unwrap_or_default();
+    durable::write_atomic(&pending, render(&next).as_bytes())
+        .with_context(|| format!("cannot write {}", pending.display()))?;
+    outln!("migrating {}", moved.join(", "));
+    let t0 = Instant::now();
+    // The checkpoint and the stop: `ckpt checkpoint --then-exit` (refused without a run).
+    let asked = request::run(&CheckpointArgs {
+        job_dir: dir.clone(),
+        then_exit: true,
+        wait: args.wait,
+    });
+    match asked {
+        Ok(Outcome::Success) => {}
+        other => {
+            let _ = std::fs::remove_file(&pending);
+            return other.map_err(|e| e.context("the migration's checkpoint failed"));
+        }
+    }
+    let checkpointed = t0.elapsed();
+    follow(
+        dir,
+        offset,
+        &ranks,
+        t0,
+        checkpointed,
+        Duration::from_secs(args.wait),
+    )
+}
+
+/// Ranks `2` or `2,3`: each below `nranks`, no repeats.
+pub fn parse_ranks(s: &str, nranks: u32) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let r: u32 = part
+            .trim()
+            .parse()
+            .map_err(|_| format!("--rank {s}: {part:?} is not a rank"))?;
+        if r >= nranks {
+            return Err(format!(
+                "--rank {s}: rank {r} does not exist (ranks 0-{})",
+                nranks - 1
+            ));
+        }
+        if out.contains(&r) {
+            return Err(format!("--rank {s}: rank {r} given twice"));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Follows the events of the relaunch and prints the phases: checkpoint, stop (until the new
+/// launch started), transfer (the moved ranks' recoveries), restore, and the total freeze.
+fn follow(
+    dir: &Path,
+    mut offset: u64,
+    ranks: &[u32],
+    t0: Instant,
+    checkpointed: Duration,
+    limit: Duration,
+) -> anyhow::Result<Outcome> {
+    let mut started = None;
+    let mut transfer: Vec<(u32, String, f64)> = Vec::new();
+    let mut restored = None;
+    while restored.is_none() {
+        if t0.elapsed() > limit {
+            bail!(
+                "the job did not restore within {} s after the migration's checkpoint; see {}",
+                limit.as_secs(),
+                dir.join(crate::report::LOG_FILE).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let (new, off) = events::read_from(dir, offset)?;
+        offset = off;
+        for e in new {
+            match e {
+                Event::Started { .. } if started.is_none() => started = Some(t0.elapsed()),
+                Event::Recovered {
+                    rank, level, secs, ..
+                } if started.is_some() => transfer.push((rank, format!("{level:?}"), secs)),
+                Event::Restored { epoch, .. } if started.is_some() => {
+                    restored = Some((epoch, t0.elapsed()))
+                }
+                Event::NoUsableEpoch { .. } => bail!("the relaunch found no usable epoch"),
+                _ => {}
+            }
+        }
+    }
+    let (epoch, total) = restored.unwrap_or_default();
+    let started = started.unwrap_or_default();
+    outln!("checkpoint   {:>8.2} s", checkpointed.as_secs_f64());
+    outln!(
+        "stop         {:>8.2} s  (until the relaunch started)",
+        (started.saturating_sub(checkpointed)).as_secs_f64()
+    );
+    for (rank, level, secs) in &transfer {
+        let level = match level.as_str() {
+            "Partner" => "its partner (L2)",
+            "Parity" => "its group's parity (L3)",
+            "Pfs" => "shared storage (L4)",
+            _ => "its old node (L1)",
+        };
+        outln!("transfer     {secs:>8.2} s  rank {rank} from {level}");
+    }
+    outln!(
+        "restore      {:>8.2} s  (epoch {epoch})",
+        (total.saturating_sub(started)).as_secs_f64()
+    );
+    outln!("total freeze {:>8.2} s", total.as_secs_f64());
+    let missing: Vec<&u32> = ranks
+        .iter()
+        .filter(|r| !transfer.iter().any(|t| t.0 == **r))
+        .collect();
+    if !missing.is_empty() {
+        outln!("(ranks {missing:?} found their files on their new node already)");
+    }
+    Ok(Outcome::Success)
+}
+
+/// Where the placement file of a job is.
+pub fn placement_path(job_dir: &Path) -> PathBuf {
+    job_dir.join(PLACEMENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_files_parse_strictly() {
+        let p = parse("0 node0\n1 node3\n\n2   node1 \n").unwrap();
+        assert_eq!(p.get(&1).map(String::as_str), Some("node3"));
+        assert_eq!(render(&p), "0 node0\n1 node3\n2 node1\n");
+        for (bad, why) in [
+            ("0", "expected `RANK NODE`"),
+            ("0 a b", "expected `RANK NODE`"),
+            ("x node0", "is not a rank"),
+            ("0 ../x", "is not a node name"),
+            ("0 a\n0 b", "placed twice"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn ranks_are_checked() {
+        assert_eq!(parse_ranks("2,3", 8), Ok(vec![2, 3]));
+        assert!(parse_ranks("8", 8).unwrap_err().contains("does not exist"));
+        assert!(parse_ranks("1,1", 8).unwrap_err().contains("twice"));
+        assert!(parse_ranks("a", 8).unwrap_err().contains("not a rank"));
+    }
+
+    #[test]
+    fn the_file_overrides_the_blocks_and_pending_placements_take_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("control")).unwrap();
+        assert_eq!(node_for(dir.path(), 2, 8, 4), "node1");
+        std::fs::write(dir.path().join(PENDING), "0 node0\n2 node3\n").unwrap();
+        assert_eq!(
+            node_for(dir.path(), 2, 8, 4),
+            "node1",
+            "pending is not in force"
+        );
+        let moves = take_pending(dir.path(), 8, 4).unwrap();
+        assert_eq!(moves.as_deref(), Some("rank 2 node1 -> node3"));
+        assert_eq!(node_for(dir.path(), 2, 8, 4), "node3");
+        assert_eq!(
+            node_for(dir.path(), 5, 8, 4),
+            "node2",
+            "a rank the file omits"
+        );
+        assert_eq!(take_pending(dir.path(), 8, 4).unwrap(), None);
+    }
+}
