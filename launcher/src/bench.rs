@@ -1,15 +1,94 @@
 //! `ckpt bench`: runs the `ckpt-bench` rank program (built next to `ckpt`, from `examples/`)
-//! as an ordinary `ckpt run` job with checkpoints off and no restarts. The figures and what
+//! as ordinary `ckpt run` jobs with checkpoints off and no restarts. The figures and what
 //! they are compared with are described in `examples/bench.rs` and `BENCHMARKS.md`.
+//!
+//! `--levels` runs the levels benchmark on 2 emulated nodes as five launches: the blocking and
+//! completion times of each level policy (one launch, which leaves an epoch at L1, L2 and L4),
+//! a cold restart of that job from its own L1 files, one from L2 after `node1` was wiped, then
+//! a second job (L2 off, L4 every epoch) that writes one epoch and restarts from L4 after
+//! `node1` was wiped. Each restart checks which level its ranks recovered from.
 
-use crate::cli::{BenchArgs, RunArgs};
-use crate::UsageError;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::cli::{self, BenchArgs, Command, RunArgs};
+use crate::plan::{Context, RunPlan};
+use crate::{kill_node, supervise, Outcome, UsageError};
 
 /// Name of the rank program.
 pub const PROGRAM: &str = "ckpt-bench";
 
-/// The `ckpt run` arguments that run the benchmark.
-pub fn run_args(b: &BenchArgs) -> Result<RunArgs, UsageError> {
+/// The node `--levels` wipes before the restarts from L2 and L4.
+const WIPED: &str = "node1";
+
+/// Runs `ckpt bench`.
+pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
+    let ctx = Context::current()?;
+    if !b.levels {
+        return supervise::run(&RunPlan::new(run_args(b)?, &ctx)?);
+    }
+    if b.ranks < 2 {
+        return Err(UsageError(format!(
+            "-n {}: --levels needs at least 2 ranks (one per emulated node)",
+            b.ranks
+        ))
+        .into());
+    }
+    let mib = b.mib.to_string();
+    let reps = b.reps.to_string();
+    let step = b.step_us.to_string();
+    let compute = if b.idle { "sleep" } else { "spin" };
+    let measure = [
+        "--mode",
+        "levels",
+        "--mib",
+        &mib,
+        "--reps",
+        &reps,
+        "--step-us",
+        &step,
+        "--compute",
+        compute,
+    ];
+    let plan = RunPlan::new(levels_args(b, b.job_dir.as_deref(), &measure)?, &ctx)?;
+    let job = plan.job_dir.clone();
+    let l4_job = PathBuf::from(format!("{}-l4", job.display()));
+    let restart = |from| ["--mode", "restart", "--from", from, "--mib", &mib];
+    let write = [
+        "--mode",
+        "write",
+        "--l2-every",
+        "0",
+        "--l4-every",
+        "1",
+        "--mib",
+        &mib,
+    ];
+    let outcome = supervise::run(&plan)?;
+    if outcome != Outcome::Success {
+        return Ok(outcome);
+    }
+    // (job, whether node1 is lost first, the rank program's arguments)
+    let steps: [(&Path, bool, &[&str]); 4] = [
+        (&job, false, &restart("L1")),
+        (&job, true, &restart("L2")),
+        (&l4_job, false, &write),
+        (&l4_job, true, &restart("L4")),
+    ];
+    for (dir, wipe, args) in steps {
+        if wipe {
+            kill_node::run(dir, WIPED)?;
+        }
+        let outcome = supervise::run(&RunPlan::new(levels_args(b, Some(dir), args)?, &ctx)?)?;
+        if outcome != Outcome::Success {
+            return Ok(outcome);
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// Locates the rank program next to the running `ckpt`.
+fn program() -> Result<PathBuf, UsageError> {
     let exe = std::env::current_exe()
         .map_err(|e| UsageError(format!("cannot locate the ckpt executable: {e}")))?;
     let program = exe.with_file_name(PROGRAM);
@@ -20,27 +99,67 @@ pub fn run_args(b: &BenchArgs) -> Result<RunArgs, UsageError> {
             exe.display()
         )));
     }
-    Ok(RunArgs {
-        ranks: b.ranks,
-        every: Some("off".into()),
-        keep: 2,
-        max_restarts: 0,
-        job_dir: b.job_dir.clone(),
-        local_dir: b.local_dir.clone(),
-        emulate_nodes: None,
-        fault: None,
-        quiet_after: None,
-        exit_signal: None,
-        mpirun: "mpirun".into(),
-        mpirun_args: Vec::new(),
-        command: vec![
-            program.display().to_string(),
-            "--mib".into(),
-            b.mib.to_string(),
-            "--reps".into(),
-            b.reps.to_string(),
-            "--polls".into(),
-            b.polls.to_string(),
-        ],
-    })
+    Ok(program)
+}
+
+/// `ckpt run` arguments parsed as if typed, so flags `ckpt run` gains keep their defaults.
+fn parse_run(flags: Vec<String>) -> Result<RunArgs, UsageError> {
+    let argv = ["ckpt".to_string(), "run".to_string()]
+        .into_iter()
+        .chain(flags)
+        .map(OsString::from);
+    match cli::parse(argv) {
+        Ok(cli::Cli {
+            command: Command::Run(args),
+        }) => Ok(args),
+        Ok(_) => Err(UsageError("internal: not a `ckpt run` command line".into())),
+        Err(e) => Err(UsageError(format!(
+            "the benchmark's `ckpt run` arguments: {e}"
+        ))),
+    }
+}
+
+/// The flags every benchmark launch shares: ranks, checkpoints off, no restart, directories.
+fn common_flags(b: &BenchArgs, job_dir: Option<&Path>) -> Vec<String> {
+    let mut flags: Vec<String> = ["-n", &b.ranks.to_string(), "--every", "off"]
+        .iter()
+        .chain(&["--max-restarts", "0"])
+        .map(|s| s.to_string())
+        .collect();
+    for (flag, dir) in [
+        ("--job-dir", job_dir),
+        ("--local-dir", b.local_dir.as_deref()),
+    ] {
+        if let Some(d) = dir {
+            flags.push(flag.into());
+            flags.push(d.display().to_string());
+        }
+    }
+    flags
+}
+
+/// The `ckpt run` arguments that run the classic benchmark.
+pub fn run_args(b: &BenchArgs) -> Result<RunArgs, UsageError> {
+    let mut flags = common_flags(b, b.job_dir.as_deref());
+    flags.push("--".into());
+    flags.push(program()?.display().to_string());
+    for (flag, v) in [("--mib", b.mib), ("--reps", b.reps), ("--polls", b.polls)] {
+        flags.push(flag.into());
+        flags.push(v.to_string());
+    }
+    parse_run(flags)
+}
+
+/// The `ckpt run` arguments of one `--levels` launch: 2 emulated nodes, `args` for the rank
+/// program.
+fn levels_args(
+    b: &BenchArgs,
+    job_dir: Option<&Path>,
+    args: &[&str],
+) -> Result<RunArgs, UsageError> {
+    let mut flags = common_flags(b, job_dir);
+    flags.extend(["--emulate-nodes".into(), "2".into(), "--".into()]);
+    flags.push(program()?.display().to_string());
+    flags.extend(args.iter().map(|s| s.to_string()));
+    parse_run(flags)
 }

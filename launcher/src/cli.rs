@@ -79,8 +79,24 @@ pub struct ExecRankArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Number of ranks (use no more than the cores for timing).
-    #[arg(short = 'n', long = "np", value_name = "N", default_value_t = 2)]
+    #[arg(
+        short = 'n',
+        long = "np",
+        visible_alias = "ranks",
+        value_name = "N",
+        default_value_t = 2
+    )]
     pub ranks: u32,
+    /// The levels benchmark instead: blocking time per level policy, time until L2 and L4
+    /// are complete, restarts from L1, L2 and L4, on 2 emulated nodes (see BENCHMARKS.md).
+    #[arg(long)]
+    pub levels: bool,
+    /// With --levels: microseconds of compute between two polls while the levels run.
+    #[arg(long, value_name = "US", default_value_t = 1000, requires = "levels")]
+    pub step_us: u64,
+    /// With --levels: the ranks sleep between polls instead of computing (an idle CPU).
+    #[arg(long, requires = "levels")]
+    pub idle: bool,
     /// State per rank, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub mib: u64,
