@@ -12,6 +12,18 @@
 //!   one `MPI_Allreduce`;
 //! - quiescence (wait for all ranks, count exchange, drain of in-flight messages) and a whole
 //!   checkpoint of a tiny state, next to the same `MPI_Allreduce`.
+//!
+//! The levels benchmark (`ckpt bench --levels`, which runs the modes below as separate launches
+//! on 2 emulated nodes; each time is the slowest rank's):
+//! - `--mode levels`: for each level policy (L1 only, + L2, + L4, + L2 + L4) the time the
+//!   application is blocked in `checkpoint()`, then the time from the commit until each
+//!   background level is complete on every rank (`level_complete` in the event log, seen by
+//!   rank 0 between polls), while every rank polls with `--step-us` of compute (or sleep,
+//!   `--compute sleep`) between polls; next to plain write+fsync of the state once and twice.
+//! - `--mode restart --from L1|L2|L4`: a cold restore of the newest epoch (page cache dropped)
+//!   next to a cold plain read of the same bytes, checking the `recovered` events name the
+//!   level and the state is the one written.
+//! - `--mode write`: one checkpoint under `--l2-every`/`--l4-every`, for the L4 restart.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -48,6 +60,8 @@ struct Opts {
     step_us: u64,
     /// `--mode levels`: sleep for the step instead of computing (`--compute sleep`).
     idle: bool,
+    /// `--mode restart`: which launch this is (1 to `reps`).
+    sample: usize,
     /// `--mode write`: the level policy of the one epoch written.
     l2_every: u64,
     l4_every: u64,
@@ -99,6 +113,7 @@ fn parse() -> Result<Opts, String> {
         mode: Mode::Classic,
         step_us: 1000,
         idle: false,
+        sample: 1,
         l2_every: 1,
         l4_every: 1,
     };
@@ -114,6 +129,7 @@ fn parse() -> Result<Opts, String> {
             "--polls" => o.polls = num()?.max(1),
             "--reps" => o.reps = num()?.max(1) as usize,
             "--step-us" => o.step_us = num()?,
+            "--sample" => o.sample = num()? as usize,
             "--l2-every" => o.l2_every = num()?,
             "--l4-every" => o.l4_every = num()?,
             "--mode" => mode = v,
@@ -128,7 +144,7 @@ fn parse() -> Result<Opts, String> {
             _ => {
                 return Err(format!(
                     "unknown option {flag} (use --mib, --polls, --reps, --mode, --from, \
-                     --step-us, --compute, --l2-every, --l4-every)"
+                     --step-us, --compute, --sample, --l2-every, --l4-every)"
                 ))
             }
         }
@@ -957,28 +973,58 @@ fn restart(world: &SimpleCommunicator, o: &Opts, from: Level) -> BenchResult<()>
             )
             .into());
         }
-        let (name, target) = match from {
-            Level::Local => ("L1 (own files)", "target <= 1.10x"),
-            Level::Partner => ("L2 (node1 wiped)", "target <= 2x"),
-            _ => ("L4 (L2 off, node1 wiped)", "no target set"),
-        };
         let ranks: Vec<u32> = recovered.iter().map(|r| r.0).collect();
         println!(
-            "ckpt-bench restart: {} ranks x {} MiB, epoch {epoch}; {cold}",
+            "ckpt-bench restart {} of {}: {} ranks x {} MiB, epoch {epoch}, ranks {ranks:?} \
+             recovered; {cold}",
+            o.sample,
+            o.reps,
             world.size(),
             o.mib
         );
-        println!("  read, plain, cold                          {t_read:7.3} s");
-        println!(
-            "  restart from {name:<26}  {t:7.3} s  = {:.2}x plain  ({target}){}",
-            t / t_read,
-            if ranks.is_empty() {
-                String::new()
-            } else {
-                format!("; ranks {ranks:?} recovered")
-            }
-        );
+        report_restart(&cfg.job_dir, o, from, t_read, t)?;
     }
+    Ok(())
+}
+
+/// Rank 0 of `--mode restart`: records this launch's sample (plain cold read, restart) in the
+/// job directory; after the last one (`--sample` = `--reps`), prints the medians.
+fn report_restart(job_dir: &Path, o: &Opts, from: Level, t_read: f64, t: f64) -> BenchResult<()> {
+    let (name, short, target) = match from {
+        Level::Local => ("L1 (own files)", "l1", "target <= 1.10x"),
+        Level::Partner => ("L2 (node1 wiped)", "l2", "target <= 2x"),
+        _ => ("L4 (L2 off, node1 wiped)", "l4", "no target set"),
+    };
+    let path = job_dir.join(format!("bench-restart-{short}.samples"));
+    if o.sample <= 1 {
+        let _ = std::fs::remove_file(&path);
+    }
+    durable::open_append(&path)
+        .and_then(|mut f| writeln!(f, "{t_read} {t}"))
+        .map_err(io_error(0, "append to", &path))?;
+    println!("  read, plain, cold {t_read:.3} s; restart {t:.3} s");
+    if o.sample < o.reps {
+        return Ok(());
+    }
+    let text = durable::read_capped(&path, 1 << 20).map_err(io_error(0, "read", &path))?;
+    let samples: Vec<(f64, f64)> = String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(' ')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    let read = median(samples.iter().map(|s| s.0).collect());
+    let restart = median(samples.iter().map(|s| s.1).collect());
+    println!(
+        "ckpt-bench restart from {name}, median of {} launches:",
+        samples.len()
+    );
+    println!("  read, plain, cold                          {read:7.3} s");
+    println!(
+        "  restart from {name:<26}  {restart:7.3} s  = {:.2}x plain  ({target})",
+        restart / read
+    );
     Ok(())
 }
 

@@ -2,11 +2,12 @@
 //! as ordinary `ckpt run` jobs with checkpoints off and no restarts. The figures and what
 //! they are compared with are described in `examples/bench.rs` and `BENCHMARKS.md`.
 //!
-//! `--levels` runs the levels benchmark on 2 emulated nodes as five launches: the blocking and
-//! completion times of each level policy (one launch, which leaves an epoch at L1, L2 and L4),
-//! a cold restart of that job from its own L1 files, one from L2 after `node1` was wiped, then
-//! a second job (L2 off, L4 every epoch) that writes one epoch and restarts from L4 after
-//! `node1` was wiped. Each restart checks which level its ranks recovered from.
+//! `--levels` runs the levels benchmark on 2 emulated nodes as separate launches: the blocking
+//! and completion times of each level policy (one launch, which leaves an epoch at L1 and L2),
+//! a second job (L2 off, L4 every epoch) that writes one epoch, then `--reps` cold restarts of
+//! each kind: the first job from its own L1 files, the first job from L2 after `node1` was
+//! wiped, the second job from L4 after `node1` was wiped. Each restart checks which level its
+//! ranks recovered from; the last of each kind prints the medians.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,10 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
     let plan = RunPlan::new(levels_args(b, b.job_dir.as_deref(), &measure)?, &ctx)?;
     let job = plan.job_dir.clone();
     let l4_job = PathBuf::from(format!("{}-l4", job.display()));
-    let restart = |from| ["--mode", "restart", "--from", from, "--mib", &mib];
+    let outcome = supervise::run(&plan)?;
+    if outcome != Outcome::Success {
+        return Ok(outcome);
+    }
     let write = [
         "--mode",
         "write",
@@ -64,24 +68,26 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
         "--mib",
         &mib,
     ];
-    let outcome = supervise::run(&plan)?;
+    let outcome = supervise::run(&RunPlan::new(levels_args(b, Some(&l4_job), &write)?, &ctx)?)?;
     if outcome != Outcome::Success {
         return Ok(outcome);
     }
-    // (job, whether node1 is lost first, the rank program's arguments)
-    let steps: [(&Path, bool, &[&str]); 4] = [
-        (&job, false, &restart("L1")),
-        (&job, true, &restart("L2")),
-        (&l4_job, false, &write),
-        (&l4_job, true, &restart("L4")),
-    ];
-    for (dir, wipe, args) in steps {
-        if wipe {
-            kill_node::run(dir, WIPED)?;
-        }
-        let outcome = supervise::run(&RunPlan::new(levels_args(b, Some(dir), args)?, &ctx)?)?;
-        if outcome != Outcome::Success {
-            return Ok(outcome);
+    // Each restart `--reps` times, one launch each, the node lost before each from L2 or L4.
+    for (dir, from) in [(&job, "L1"), (&job, "L2"), (&l4_job, "L4")] {
+        for sample in 1..=b.reps.max(1) {
+            if from != "L1" {
+                kill_node::run(dir, WIPED)?;
+            }
+            let sample = sample.to_string();
+            let args = [
+                "--mode", "restart", "--from", from, "--mib", &mib, "--sample", &sample, "--reps",
+                &reps,
+            ];
+            let plan = RunPlan::new(levels_args(b, Some(dir), &args)?, &ctx)?;
+            let outcome = supervise::run(&plan)?;
+            if outcome != Outcome::Success {
+                return Ok(outcome);
+            }
         }
     }
     Ok(Outcome::Success)

@@ -30,7 +30,8 @@ pub enum Command {
     /// Read and check every committed epoch: manifests, rank files, every region's checksum.
     Verify(VerifyArgs),
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
-    /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
+    /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce;
+    /// with --levels, the storage levels (blocking time, time to complete, restarts).
     Bench(BenchArgs),
     /// Kill an emulated node of a job run with --emulate-nodes: SIGKILL its ranks and remove
     /// its node-local directory, as a node crash would.
@@ -109,7 +110,8 @@ pub struct BenchArgs {
     /// Storage to measure (the node-local checkpoint directory) [default: <job dir>/local/<node>].
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
-    /// Job directory for the benchmark run [default: ./ckpt-jobs/bench-<time>-<pid>].
+    /// Job directory for the benchmark run [default: ./ckpt-jobs/ckpt-bench-<time>-<pid>];
+    /// --levels also uses <job dir>-l4 for the restart from L4.
     #[arg(long, value_name = "DIR")]
     pub job_dir: Option<PathBuf>,
 }
