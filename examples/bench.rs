@@ -567,6 +567,10 @@ const POLICIES: [(&str, u64, u64); 4] = [
     ("L1 + L2 + L4", 1, 1),
 ];
 
+/// Checkpoints of each policy in `--mode levels` before the counted ones: with the default
+/// `--keep 2`, the first counted commit prunes an epoch of the same policy.
+const WARMUP: usize = 2;
+
 /// How long `--mode levels` waits for an epoch's levels before it gives up.
 const LEVEL_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -640,12 +644,11 @@ fn events_end(job_dir: &Path) -> BenchResult<u64> {
 fn level_run(
     world: &SimpleCommunicator,
     cfg: &Config,
-    levels: LevelPolicy,
+    ck: &mut Checkpointer,
     state: &mut State,
     o: &Opts,
 ) -> BenchResult<LevelRun> {
     let rank = world.rank();
-    let mut ck = Checkpointer::new(world, cfg.clone().levels(levels))?;
     let mut offset = if rank == 0 {
         events_end(&cfg.job_dir)?
     } else {
@@ -738,10 +741,10 @@ fn level_run(
 }
 
 /// `--mode levels`: for each level policy, the application's blocking time in `checkpoint()`
-/// and the time from the commit until each background level is complete on every rank, next
-/// to plain write+fsync of the state once (L1, L2 or L4 alone) and twice (L2 and L4 at once),
-/// on the same storage, the order rotating per repetition. Ends with one epoch at L1, L2 and
-/// L4, for the restarts that `ckpt bench --levels` runs next.
+/// (its commit prunes the copies of an older epoch of the same policy) and the time from the
+/// commit until each background level is complete on every rank, next to plain write+fsync of
+/// the state once (L1, L2 or L4 alone) and twice (L2 and L4 at once) on the same storage.
+/// Ends with one epoch at L1 and L2, for the restarts that `ckpt bench --levels` runs next.
 fn levels(world: &SimpleCommunicator, o: &Opts) -> BenchResult<()> {
     let cfg = Config::from_env()?.every(Interval::Off);
     let rank = world.rank();
@@ -756,16 +759,21 @@ fn levels(world: &SimpleCommunicator, o: &Opts) -> BenchResult<()> {
     let twice = [once[0].clone(), shared.join(format!("bench-new-{rank}"))];
     let (mut raw1, mut raw2) = (Vec::new(), Vec::new());
     let mut runs: Vec<Vec<LevelRun>> = POLICIES.iter().map(|_| Vec::new()).collect();
-    let n = POLICIES.len() + 2;
-    for rep in 0..o.reps {
-        for which in 0..n {
-            match (rep + which) % n {
-                0 => raw1.push(raw_writes(world, &once, &state.data)?),
-                1 => raw2.push(raw_writes(world, &twice, &state.data)?),
-                k => {
-                    let (_, l2, l4) = POLICIES[k - 2];
-                    let run = level_run(world, &cfg, policy(&cfg, l2, l4), &mut state, o)?;
-                    runs[k - 2].push(run);
+    // Each policy in its steady state: consecutive checkpoints, the first WARMUP not counted
+    // (their commits prune epochs of the previous policy, whose copies differ). After each
+    // counted one, the plain writes, in alternating order.
+    for (i, &(_, l2, l4)) in POLICIES.iter().enumerate() {
+        let mut ck = Checkpointer::new(world, cfg.clone().levels(policy(&cfg, l2, l4)))?;
+        for it in 0..WARMUP + o.reps {
+            let run = level_run(world, &cfg, &mut ck, &mut state, o)?;
+            if it < WARMUP {
+                continue;
+            }
+            runs[i].push(run);
+            for which in 0..2 {
+                match (it + which) % 2 {
+                    0 => raw1.push(raw_writes(world, &once, &state.data)?),
+                    _ => raw2.push(raw_writes(world, &twice, &state.data)?),
                 }
             }
         }
@@ -799,7 +807,7 @@ fn print_levels(o: &Opts, size: i32, cfg: &Config, raw1: f64, raw2: f64, runs: &
         if o.idle { "sleep" } else { "compute" }
     );
     println!(
-        "  L1 under {}, L4 under {}",
+        "  {WARMUP} checkpoints of each policy first, not counted; L1 under {}, L4 under {}",
         cfg.local_dir.display(),
         cfg.shared_dir().display()
     );
