@@ -35,6 +35,7 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
         ))
         .into());
     }
+    let prog = program()?;
     let mib = b.mib.to_string();
     let reps = b.reps.to_string();
     let step = b.step_us.to_string();
@@ -51,7 +52,7 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
         "--compute",
         compute,
     ];
-    let plan = RunPlan::new(levels_args(b, b.job_dir.as_deref(), &measure)?, &ctx)?;
+    let plan = RunPlan::new(levels_args(b, &prog, b.job_dir.as_deref(), &measure)?, &ctx)?;
     let job = plan.job_dir.clone();
     let l4_job = PathBuf::from(format!("{}-l4", job.display()));
     let outcome = supervise::run(&plan)?;
@@ -68,7 +69,10 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
         "--mib",
         &mib,
     ];
-    let outcome = supervise::run(&RunPlan::new(levels_args(b, Some(&l4_job), &write)?, &ctx)?)?;
+    let outcome = supervise::run(&RunPlan::new(
+        levels_args(b, &prog, Some(&l4_job), &write)?,
+        &ctx,
+    )?)?;
     if outcome != Outcome::Success {
         return Ok(outcome);
     }
@@ -83,7 +87,7 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
                 "--mode", "restart", "--from", from, "--mib", &mib, "--sample", &sample, "--reps",
                 &reps,
             ];
-            let plan = RunPlan::new(levels_args(b, Some(dir), &args)?, &ctx)?;
+            let plan = RunPlan::new(levels_args(b, &prog, Some(dir), &args)?, &ctx)?;
             let outcome = supervise::run(&plan)?;
             if outcome != Outcome::Success {
                 return Ok(outcome);
@@ -156,16 +160,68 @@ pub fn run_args(b: &BenchArgs) -> Result<RunArgs, UsageError> {
     parse_run(flags)
 }
 
-/// The `ckpt run` arguments of one `--levels` launch: 2 emulated nodes, `args` for the rank
-/// program.
+/// The `ckpt run` arguments of one `--levels` launch: 2 emulated nodes, `program` with
+/// `args`.
 fn levels_args(
     b: &BenchArgs,
+    program: &Path,
     job_dir: Option<&Path>,
     args: &[&str],
 ) -> Result<RunArgs, UsageError> {
     let mut flags = common_flags(b, job_dir);
     flags.extend(["--emulate-nodes".into(), "2".into(), "--".into()]);
-    flags.push(program()?.display().to_string());
+    flags.push(program.display().to_string());
     flags.extend(args.iter().map(|s| s.to_string()));
     parse_run(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench_args(argv: &[&str]) -> BenchArgs {
+        let argv = ["ckpt", "bench"].iter().chain(argv).map(OsString::from);
+        match cli::parse(argv) {
+            Ok(cli::Cli {
+                command: Command::Bench(b),
+            }) => b,
+            other => panic!("not a bench command line: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_levels_launch_runs_on_two_nodes_without_checkpoints_or_restarts() {
+        let b = bench_args(&["--levels", "--ranks", "4", "--local-dir", "/l"]);
+        let args = ["--mode", "restart", "--from", "L2"];
+        let run = levels_args(
+            &b,
+            Path::new("/bin/ckpt-bench"),
+            Some(Path::new("/j")),
+            &args,
+        )
+        .unwrap();
+        assert_eq!(run.ranks, 4);
+        assert_eq!(run.emulate_nodes, Some(2));
+        assert_eq!(run.every.as_deref(), Some("off"));
+        assert_eq!(run.max_restarts, 0);
+        assert_eq!(run.job_dir.as_deref(), Some(Path::new("/j")));
+        assert_eq!(run.local_dir.as_deref(), Some(Path::new("/l")));
+        let mut command = vec!["/bin/ckpt-bench"];
+        command.extend(args);
+        assert_eq!(run.command, command);
+    }
+
+    #[test]
+    fn the_levels_flags_need_levels() {
+        let b = bench_args(&["-n", "3"]);
+        assert!(!b.levels && !b.idle);
+        assert_eq!((b.ranks, b.step_us), (3, 1000));
+        for flags in [&["--step-us", "10"][..], &["--idle"]] {
+            let argv = ["ckpt", "bench"].iter().chain(flags).map(OsString::from);
+            assert!(
+                cli::parse(argv).is_err(),
+                "{flags:?} accepted without --levels"
+            );
+        }
+    }
 }
