@@ -12,20 +12,34 @@
 //!   one `MPI_Allreduce`;
 //! - quiescence (wait for all ranks, count exchange, drain of in-flight messages) and a whole
 //!   checkpoint of a tiny state, next to the same `MPI_Allreduce`.
+//!
+//! The levels benchmark (`ckpt bench --levels`, which runs the modes below as separate launches
+//! on 2 emulated nodes; each time is the slowest rank's):
+//! - `--mode levels`: for each level policy (L1 only, + L2, + L4, + L2 + L4) the time the
+//!   application is blocked in `checkpoint()`, then the time from the commit until each
+//!   background level is complete on every rank (`level_complete` in the event log, seen by
+//!   rank 0 between polls), while every rank polls with `--step-us` of compute (or sleep,
+//!   `--compute sleep`) between polls; next to plain write+fsync of the state once and twice.
+//! - `--mode restart --from L1|L2|L4`: a cold restore of the newest epoch (page cache dropped)
+//!   next to a cold plain read of the same bytes, checking the `recovered` events name the
+//!   level and the state is the one written.
+//! - `--mode write`: one checkpoint under `--l2-every`/`--l4-every`, for the L4 restart.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use ckpt::events::{self, Event};
+use ckpt::levels::LevelPolicy;
 use ckpt::mpi;
 use ckpt::mpi::collective::SystemOperation;
 use ckpt::mpi::point_to_point::Source as _;
 use ckpt::mpi::topology::SimpleCommunicator;
 use ckpt::mpi::traits::*;
 use ckpt::storage::durable;
-use ckpt::{Checkpointer, Config, Interval, Protect, Regions, Source, TagSel};
+use ckpt::{Checkpointer, Config, Interval, Level, Protect, Regions, Source, TagSel};
 
 struct State {
     data: Vec<u8>,
@@ -41,6 +55,49 @@ struct Opts {
     mib: usize,
     polls: u64,
     reps: usize,
+    mode: Mode,
+    /// `--mode levels`: microseconds of compute between two polls while the levels run.
+    step_us: u64,
+    /// `--mode levels`: sleep for the step instead of computing (`--compute sleep`).
+    idle: bool,
+    /// `--mode restart`: which launch this is (1 to `reps`).
+    sample: usize,
+    /// `--mode write`: the level policy of the one epoch written.
+    l2_every: u64,
+    l4_every: u64,
+}
+
+/// What the run measures.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Checkpoint and restore bandwidth, poll, quiescence, point-to-point (tables 1-3).
+    Classic,
+    /// Blocking time per level policy and the time until each background level is complete.
+    Levels,
+    /// One checkpoint with the policy of `--l2-every`/`--l4-every`, its levels completed.
+    Write,
+    /// A cold restart of the job, from the level given (checked against the `recovered`
+    /// events), next to a cold plain read.
+    Restart(Level),
+}
+
+fn parse_mode(v: &str, expect: Option<Level>) -> Result<Mode, String> {
+    Ok(match v {
+        "classic" => Mode::Classic,
+        "levels" => Mode::Levels,
+        "write" => Mode::Write,
+        "restart" => Mode::Restart(expect.unwrap_or(Level::Local)),
+        _ => return Err(format!("--mode {v}: use classic, levels, write or restart")),
+    })
+}
+
+fn parse_level(v: &str) -> Result<Level, String> {
+    Ok(match v {
+        "L1" => Level::Local,
+        "L2" => Level::Partner,
+        "L4" => Level::Pfs,
+        _ => return Err(format!("--from {v}: use L1, L2 or L4")),
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -53,23 +110,68 @@ fn parse() -> Result<Opts, String> {
         mib: 256,
         polls: 1_000_000,
         reps: 3,
+        mode: Mode::Classic,
+        step_us: 1000,
+        idle: false,
+        sample: 1,
+        l2_every: 1,
+        l4_every: 1,
     };
+    let (mut mode, mut from) = ("classic".to_string(), None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let v = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let n: u64 = v.parse().map_err(|_| format!("{flag} {v}: not a number"))?;
+        let num = || -> Result<u64, String> {
+            v.parse().map_err(|_| format!("{flag} {v}: not a number"))
+        };
         match flag.as_str() {
-            "--mib" => o.mib = n as usize,
-            "--polls" => o.polls = n.max(1),
-            "--reps" => o.reps = n.max(1) as usize,
+            "--mib" => o.mib = num()? as usize,
+            "--polls" => o.polls = num()?.max(1),
+            "--reps" => o.reps = num()?.max(1) as usize,
+            "--step-us" => o.step_us = num()?,
+            "--sample" => o.sample = num()? as usize,
+            "--l2-every" => o.l2_every = num()?,
+            "--l4-every" => o.l4_every = num()?,
+            "--mode" => mode = v,
+            "--from" => from = Some(parse_level(&v)?),
+            "--compute" => {
+                o.idle = match v.as_str() {
+                    "spin" => false,
+                    "sleep" => true,
+                    _ => return Err(format!("--compute {v}: use spin or sleep")),
+                }
+            }
             _ => {
                 return Err(format!(
-                    "unknown option {flag} (use --mib, --polls, --reps)"
+                    "unknown option {flag} (use --mib, --polls, --reps, --mode, --from, \
+                     --step-us, --compute, --sample, --l2-every, --l4-every)"
                 ))
             }
         }
     }
+    o.mode = parse_mode(&mode, from)?;
     Ok(o)
+}
+
+/// Rank `rank`'s state of `bytes` bytes (the same in every mode, so a restart can check it).
+fn pattern(bytes: usize, rank: i32) -> Vec<u8> {
+    (0..bytes)
+        .map(|i| (i as u64).wrapping_mul(0x9E37_79B9) as u8 ^ rank as u8)
+        .collect()
+}
+
+/// The job's own node-local directory, where the baselines' files go beside its checkpoints
+/// (the base may be shared with other users).
+fn own_dir(cfg: &Config, rank: i32) -> Result<PathBuf, ckpt::Error> {
+    durable::set_access(cfg.access);
+    let own = cfg.local_dir.join(&cfg.job_id);
+    durable::ensure_dir(&own, "node-local directory").map_err(|source| ckpt::Error::Io {
+        rank,
+        op: "create",
+        path: own.clone(),
+        source,
+    })?;
+    Ok(own)
 }
 
 /// Slowest rank's time for `f`, started together after a barrier.
@@ -113,20 +215,9 @@ fn run(world: &SimpleCommunicator, o: &Opts) -> Result<(), ckpt::Error> {
     let total = (bytes * size as usize) as f64;
     let gbs = |secs: f64| total / secs / 1e9;
     let mut state = State {
-        data: (0..bytes)
-            .map(|i| (i as u64).wrapping_mul(0x9E37_79B9) as u8 ^ rank as u8)
-            .collect(),
+        data: pattern(bytes, rank),
     };
-    // The baselines' files go in the job's own node-local directory, beside its checkpoints
-    // (the base may be shared with other users).
-    durable::set_access(cfg.access);
-    let own = cfg.local_dir.join(&cfg.job_id);
-    durable::ensure_dir(&own, "node-local directory").map_err(|source| ckpt::Error::Io {
-        rank,
-        op: "create",
-        path: own.clone(),
-        source,
-    })?;
+    let own = own_dir(&cfg, rank)?;
     let plain = own.join(format!("bench-plain-{rank}"));
     let io = |op: &'static str| {
         let path = plain.clone();
@@ -450,6 +541,531 @@ fn p2p_figures(
     Ok(out)
 }
 
+/// A failure of the levels modes: the library's, or what the benchmark checks.
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// An IO error of rank `rank` on `path`.
+fn io_error(
+    rank: i32,
+    op: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> ckpt::Error {
+    let path = path.to_path_buf();
+    move |source| ckpt::Error::Io {
+        rank,
+        op,
+        path,
+        source,
+    }
+}
+
+/// The level policies `--mode levels` compares: name, L2 period, L4 period.
+const POLICIES: [(&str, u64, u64); 4] = [
+    ("L1 only", 0, 0),
+    ("L1 + L2", 1, 0),
+    ("L1 + L4", 0, 1),
+    ("L1 + L2 + L4", 1, 1),
+];
+
+/// Checkpoints of each policy in `--mode levels` before the counted ones: with the default
+/// `--keep 2`, the first counted commit prunes an epoch of the same policy.
+const WARMUP: usize = 2;
+
+/// How long `--mode levels` waits for an epoch's levels before it gives up.
+const LEVEL_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A level policy with the job's L4 base.
+fn policy(cfg: &Config, l2: u64, l4: u64) -> LevelPolicy {
+    LevelPolicy {
+        partner_every: l2,
+        parity_every: 0,
+        shared_every: l4,
+        ..cfg.levels.clone()
+    }
+}
+
+/// One checkpoint under one level policy.
+struct LevelRun {
+    /// The application's time in `checkpoint()`, slowest rank.
+    block: f64,
+    /// Of which the write and fsync of the rank file, slowest rank.
+    write: f64,
+    /// Per background level: seconds from the commit until rank 0 saw it complete on every
+    /// rank (between two polls), and the seconds the library logged (`level_complete`).
+    complete: Vec<(Level, f64, f64)>,
+    /// Polls the application made until every level was complete.
+    polls: u64,
+    /// Levels logged complete that the epoch's manifest does not record (rank 0).
+    lost: Vec<Level>,
+}
+
+/// Spins for `us` microseconds reading the state (or sleeps, `idle`): the application's
+/// compute between polls.
+fn compute(state: &State, us: u64, idle: bool) {
+    if idle {
+        std::thread::sleep(std::time::Duration::from_micros(us));
+        return;
+    }
+    let t = Instant::now();
+    let n = state.data.len().max(1);
+    let (mut acc, mut i) = (0u64, 0usize);
+    while t.elapsed().as_micros() < u128::from(us) {
+        for _ in 0..256 {
+            acc = acc.wrapping_add(u64::from(state.data.get(i % n).copied().unwrap_or(0)));
+            i = i.wrapping_add(4093);
+        }
+    }
+    std::hint::black_box(acc);
+}
+
+/// Plain write + fsync of `bytes` to each of `paths` in turn (new files, removed after):
+/// the slowest rank's time.
+fn raw_writes(world: &SimpleCommunicator, paths: &[PathBuf], bytes: &[u8]) -> BenchResult<f64> {
+    let mut result = Ok(());
+    let t = timed(world, || {
+        result = paths
+            .iter()
+            .try_for_each(|p| write_fsync(p, bytes).map_err(io_error(world.rank(), "write", p)))
+    });
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
+    result?;
+    Ok(t)
+}
+
+/// Rank 0: the offset of the end of the job's event log.
+fn events_end(job_dir: &Path) -> BenchResult<u64> {
+    let log = events::path(job_dir);
+    Ok(events::read_from(job_dir, 0)
+        .map_err(io_error(0, "read", &log))?
+        .1)
+}
+
+/// Checkpoints `state` under `levels`, then polls (with `--step-us` of compute between polls)
+/// until every level the epoch got is complete on every rank, as the application would.
+fn level_run(
+    world: &SimpleCommunicator,
+    cfg: &Config,
+    ck: &mut Checkpointer,
+    state: &mut State,
+    o: &Opts,
+) -> BenchResult<LevelRun> {
+    let rank = world.rank();
+    let mut offset = if rank == 0 {
+        events_end(&cfg.job_dir)?
+    } else {
+        0
+    };
+    let (mut stats, mut t0) = (None, Instant::now());
+    let block = timed(world, || {
+        stats = Some(ck.checkpoint(state));
+        t0 = Instant::now();
+    });
+    let stats = stats.ok_or("the checkpoint did not run")??;
+    let epoch = stats.epoch;
+    let mut write = 0.0f64;
+    world.all_reduce_into(&stats.write_secs, &mut write, SystemOperation::max());
+    let planned = if rank == 0 {
+        ckpt::manifest::load(&cfg.job_dir, epoch)?.copies.planned
+    } else {
+        Vec::new()
+    };
+    let (mut complete, mut polls) = (Vec::new(), 0u64);
+    loop {
+        // Rank 0 says whether to go on (0), stop (1) or give up (2).
+        let mut flag = 0u8;
+        let mut failed = None;
+        if rank == 0 {
+            let (evs, next) = events::read_from(&cfg.job_dir, offset).map_err(io_error(
+                0,
+                "read",
+                &events::path(&cfg.job_dir),
+            ))?;
+            offset = next;
+            for ev in evs {
+                match ev {
+                    Event::LevelComplete {
+                        epoch: e,
+                        level,
+                        secs,
+                        ..
+                    } if e == epoch => complete.push((level, t0.elapsed().as_secs_f64(), secs)),
+                    Event::LevelFailed {
+                        epoch: e,
+                        level,
+                        reasons,
+                    } if e == epoch => {
+                        failed = Some(format!("{level:?} of epoch {epoch} failed: {reasons:?}"))
+                    }
+                    _ => {}
+                }
+            }
+            if failed.is_none() && t0.elapsed() > LEVEL_WAIT {
+                failed = Some(format!(
+                    "levels {planned:?} of epoch {epoch} not complete after {} s",
+                    LEVEL_WAIT.as_secs()
+                ));
+            }
+            flag = if failed.is_some() {
+                2
+            } else {
+                u8::from(complete.len() >= planned.len())
+            };
+        }
+        world.process_at_rank(0).broadcast_into(&mut flag);
+        match flag {
+            0 => {}
+            1 => break,
+            _ => {
+                return Err(failed
+                    .unwrap_or_else(|| format!("rank 0 gave up on the levels of epoch {epoch}"))
+                    .into())
+            }
+        }
+        let _ = ck.poll(state)?;
+        polls += 1;
+        compute(state, o.step_us, o.idle);
+    }
+    // Each level logged complete must be in the manifest (republished once per level).
+    let lost = if rank == 0 {
+        let recorded = ckpt::manifest::load(&cfg.job_dir, epoch)?.levels;
+        complete
+            .iter()
+            .filter(|c| !recorded.contains(&c.0))
+            .map(|c| c.0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(LevelRun {
+        block,
+        write,
+        complete,
+        polls,
+        lost,
+    })
+}
+
+/// `--mode levels`: for each level policy, the application's blocking time in `checkpoint()`
+/// (its commit prunes the copies of an older epoch of the same policy) and the time from the
+/// commit until each background level is complete on every rank, next to plain write+fsync of
+/// the state once (L1, L2 or L4 alone) and twice (L2 and L4 at once) on the same storage.
+/// Ends with one epoch at L1 and L2, for the restarts that `ckpt bench --levels` runs next.
+fn levels(world: &SimpleCommunicator, o: &Opts) -> BenchResult<()> {
+    let cfg = Config::from_env()?.every(Interval::Off);
+    let rank = world.rank();
+    let bytes = o.mib << 20;
+    let mut state = State {
+        data: pattern(bytes, rank),
+    };
+    let own = own_dir(&cfg, rank)?;
+    let shared = cfg.shared_dir().join(&cfg.job_id);
+    durable::create_dir_all(&shared).map_err(io_error(rank, "create", &shared))?;
+    let once = [own.join(format!("bench-new-{rank}"))];
+    let twice = [once[0].clone(), shared.join(format!("bench-new-{rank}"))];
+    let (mut raw1, mut raw2) = (Vec::new(), Vec::new());
+    let mut runs: Vec<Vec<LevelRun>> = POLICIES.iter().map(|_| Vec::new()).collect();
+    // Each policy in its steady state: consecutive checkpoints, the first WARMUP not counted
+    // (their commits prune epochs of the previous policy, whose copies differ). After each
+    // counted one, the plain writes, in alternating order.
+    for (i, &(_, l2, l4)) in POLICIES.iter().enumerate() {
+        let mut ck = Checkpointer::new(world, cfg.clone().levels(policy(&cfg, l2, l4)))?;
+        for it in 0..WARMUP + o.reps {
+            let run = level_run(world, &cfg, &mut ck, &mut state, o)?;
+            if it < WARMUP {
+                continue;
+            }
+            runs[i].push(run);
+            for which in 0..2 {
+                match (it + which) % 2 {
+                    0 => raw1.push(raw_writes(world, &once, &state.data)?),
+                    _ => raw2.push(raw_writes(world, &twice, &state.data)?),
+                }
+            }
+        }
+    }
+    // The newest epoch gets L2 for the restarts from L1 and L2 (dropping the checkpointer
+    // completes it); the restart from L4 uses a job of its own.
+    let mut ck = Checkpointer::new(world, cfg.clone().levels(policy(&cfg, 1, 0)))?;
+    let last = ck.checkpoint(&mut state)?.epoch;
+    drop(ck);
+    if rank == 0 {
+        let levels = ckpt::manifest::load(&cfg.job_dir, last)?.levels;
+        let (raw1, raw2) = (median(raw1), median(raw2));
+        print_levels(o, world.size(), &cfg, raw1, raw2, &runs);
+        println!("  epoch {last} left for the restarts, complete at {levels:?}");
+    }
+    Ok(())
+}
+
+/// Rank 0's table of `--mode levels`.
+fn print_levels(o: &Opts, size: i32, cfg: &Config, raw1: f64, raw2: f64, runs: &[Vec<LevelRun>]) {
+    let block: Vec<f64> = runs
+        .iter()
+        .map(|r| median(r.iter().map(|x| x.block).collect()))
+        .collect();
+    let gbs = |secs: f64| (o.mib << 20) as f64 * f64::from(size) / secs / 1e9;
+    println!(
+        "ckpt-bench levels: {size} ranks x {} MiB, median of {} runs, {} us of {} between polls",
+        o.mib,
+        o.reps,
+        o.step_us,
+        if o.idle { "sleep" } else { "compute" }
+    );
+    println!(
+        "  {WARMUP} checkpoints of each policy first, not counted; L1 under {}, L4 under {}",
+        cfg.local_dir.display(),
+        cfg.shared_dir().display()
+    );
+    println!(
+        "  write+fsync, plain, the state once (new files)   {raw1:7.3} s  {:6.2} GB/s",
+        gbs(raw1)
+    );
+    println!(
+        "  write+fsync, plain, the state twice (new files)  {raw2:7.3} s  {:6.2} GB/s",
+        gbs(raw2 / 2.0)
+    );
+    println!(
+        "  application blocked in checkpoint() [of which the rank file's write+fsync; the rest: \
+         quiescence, vote, manifest, pruning of the epoch before last]:"
+    );
+    for (i, (name, _, _)) in POLICIES.iter().enumerate() {
+        let write = median(runs[i].iter().map(|x| x.write).collect());
+        println!(
+            "    {name:<14} planned                        {:7.3} s  [{write:.3} + {:.3}]  = {:.2}x L1 only, {:.2}x plain once{}",
+            block[i],
+            block[i] - write,
+            block[i] / block[0],
+            block[i] / raw1,
+            if i == POLICIES.len() - 1 { "  (target <= 1.20x L1 only)" } else { "" }
+        );
+    }
+    println!(
+        "  from the commit until the level is complete on every rank [as the library logged it]:"
+    );
+    for (i, (name, l2, l4)) in POLICIES.iter().enumerate().skip(1) {
+        let both = *l2 > 0 && *l4 > 0;
+        let (raw, label) = if both {
+            (raw2, "twice")
+        } else {
+            (raw1, "once")
+        };
+        for level in [Level::Partner, Level::Pfs] {
+            let seen: Vec<&(Level, f64, f64)> = runs[i]
+                .iter()
+                .flat_map(|r| r.complete.iter().filter(|c| c.0 == level))
+                .collect();
+            if seen.is_empty() {
+                continue;
+            }
+            let at = median(seen.iter().map(|c| c.1).collect());
+            let logged = median(seen.iter().map(|c| c.2).collect());
+            let lv = if level == Level::Partner { "L2" } else { "L4" };
+            println!(
+                "    {lv} of {name:<14}                         {at:7.3} s  [{logged:.3}]  = {:.2}x plain {label}  (target <= 1.20x)",
+                at / raw
+            );
+        }
+        let polls = median(runs[i].iter().map(|r| r.polls as f64).collect());
+        println!("      polls until complete ({name}): {polls:.0}");
+        let lost: Vec<&Level> = runs[i].iter().flat_map(|r| &r.lost).collect();
+        if !lost.is_empty() {
+            println!(
+                "      WARNING: {} of {} runs logged a level complete that the manifest lost: {lost:?}",
+                runs[i].iter().filter(|r| !r.lost.is_empty()).count(),
+                runs[i].len()
+            );
+        }
+    }
+}
+
+/// Drops the page cache before a cold read: all of it (`/proc/sys/vm/drop_caches`, by rank 0)
+/// when permitted, else this rank's files under `dirs` (`posix_fadvise(DONTNEED)`). Returns
+/// how, for the report.
+fn go_cold(world: &SimpleCommunicator, dirs: &[PathBuf]) -> &'static str {
+    world.barrier();
+    let mut dropped = 0u8;
+    if world.rank() == 0 {
+        // Not a file of ours: the kernel's switch (root only). Clean pages only, and every
+        // file measured here was fsync'd.
+        let done = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/sys/vm/drop_caches")
+            .and_then(|mut f| f.write_all(b"3"));
+        dropped = u8::from(done.is_ok());
+    }
+    world.process_at_rank(0).broadcast_into(&mut dropped);
+    if dropped == 1 {
+        return "page cache dropped (/proc/sys/vm/drop_caches)";
+    }
+    for d in dirs {
+        evict_tree(d);
+    }
+    world.barrier();
+    "drop_caches not permitted: the files evicted with posix_fadvise(DONTNEED)"
+}
+
+/// Evicts every regular file under `dir` from the page cache (links are not followed).
+fn evict_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => evict_tree(&e.path()),
+            Ok(t) if t.is_file() => drop_cache(&e.path()),
+            _ => {}
+        }
+    }
+}
+
+/// `--mode restart`: restores the newest epoch cold and checks that it came from `from` (no
+/// rank recovered for L1; every recovered rank from `from` otherwise) and holds the state
+/// written; next to a cold plain read of a file of the same size by every rank.
+fn restart(world: &SimpleCommunicator, o: &Opts, from: Level) -> BenchResult<()> {
+    let cfg = Config::from_env()?.every(Interval::Off);
+    let rank = world.rank();
+    let bytes = o.mib << 20;
+    let own = own_dir(&cfg, rank)?;
+    let mut ck = Checkpointer::new(world, cfg.clone())?;
+    if !ck.restarting() {
+        return Err(format!(
+            "{}: no committed epoch to restart from",
+            cfg.job_dir.display()
+        )
+        .into());
+    }
+    let offset = if rank == 0 {
+        events_end(&cfg.job_dir)?
+    } else {
+        0
+    };
+    let plain = own.join(format!("bench-plain-{rank}"));
+    write_fsync(&plain, &pattern(bytes, rank)).map_err(io_error(rank, "write", &plain))?;
+    let dirs = [
+        cfg.local_dir.join(&cfg.job_id),
+        cfg.shared_dir().join(&cfg.job_id),
+    ];
+    let cold = go_cold(world, &dirs);
+    let mut buf = vec![0u8; bytes];
+    let mut read = Ok(());
+    let t_read = timed(world, || {
+        read = durable::open_regular(&plain).and_then(|mut f| f.read_exact(&mut buf))
+    });
+    read.map_err(io_error(rank, "read", &plain))?;
+    drop(buf);
+    let _ = std::fs::remove_file(&plain);
+    go_cold(world, &dirs);
+    let mut state = State { data: Vec::new() };
+    let mut restored = Ok(0);
+    let t = timed(world, || restored = ck.restore(&mut state).map(|r| r.epoch));
+    let epoch = restored?;
+    if state.data != pattern(bytes, rank) {
+        return Err(format!("rank {rank}: the state restored from epoch {epoch} differs").into());
+    }
+    if rank == 0 {
+        let (evs, _) = events::read_from(&cfg.job_dir, offset).map_err(io_error(
+            0,
+            "read",
+            &events::path(&cfg.job_dir),
+        ))?;
+        let recovered: Vec<(u32, Level)> = evs
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Recovered {
+                    epoch: e,
+                    rank,
+                    level,
+                    ..
+                } if e == epoch => Some((rank, level)),
+                _ => None,
+            })
+            .collect();
+        let expected = if from == Level::Local {
+            recovered.is_empty()
+        } else {
+            !recovered.is_empty() && recovered.iter().all(|r| r.1 == from)
+        };
+        if !expected {
+            return Err(format!(
+                "restart of epoch {epoch} expected from {from:?}, recovered: {recovered:?}"
+            )
+            .into());
+        }
+        let ranks: Vec<u32> = recovered.iter().map(|r| r.0).collect();
+        println!(
+            "ckpt-bench restart {} of {}: {} ranks x {} MiB, epoch {epoch}, ranks {ranks:?} \
+             recovered; {cold}",
+            o.sample,
+            o.reps,
+            world.size(),
+            o.mib
+        );
+        report_restart(&cfg.job_dir, o, from, t_read, t)?;
+    }
+    Ok(())
+}
+
+/// Rank 0 of `--mode restart`: records this launch's sample (plain cold read, restart) in the
+/// job directory; after the last one (`--sample` = `--reps`), prints the medians.
+fn report_restart(job_dir: &Path, o: &Opts, from: Level, t_read: f64, t: f64) -> BenchResult<()> {
+    let (name, short, target) = match from {
+        Level::Local => ("L1 (own files)", "l1", "target <= 1.10x"),
+        Level::Partner => ("L2 (node1 wiped)", "l2", "target <= 2x"),
+        _ => ("L4 (L2 off, node1 wiped)", "l4", "no target set"),
+    };
+    let path = job_dir.join(format!("bench-restart-{short}.samples"));
+    if o.sample <= 1 {
+        let _ = std::fs::remove_file(&path);
+    }
+    durable::open_append(&path)
+        .and_then(|mut f| writeln!(f, "{t_read} {t}"))
+        .map_err(io_error(0, "append to", &path))?;
+    println!("  read, plain, cold {t_read:.3} s; restart {t:.3} s");
+    if o.sample < o.reps {
+        return Ok(());
+    }
+    let text = durable::read_capped(&path, 1 << 20).map_err(io_error(0, "read", &path))?;
+    let samples: Vec<(f64, f64)> = String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(' ')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    let read = median(samples.iter().map(|s| s.0).collect());
+    let restart = median(samples.iter().map(|s| s.1).collect());
+    println!(
+        "ckpt-bench restart from {name}, median of {} launches:",
+        samples.len()
+    );
+    println!("  read, plain, cold                          {read:7.3} s");
+    println!(
+        "  restart from {name:<26}  {restart:7.3} s  = {:.2}x plain  ({target})",
+        restart / read
+    );
+    Ok(())
+}
+
+/// `--mode write`: one checkpoint under `--l2-every`/`--l4-every`, its levels completed.
+fn write_epoch(world: &SimpleCommunicator, o: &Opts) -> BenchResult<()> {
+    let cfg = Config::from_env()?.every(Interval::Off);
+    let rank = world.rank();
+    let mut state = State {
+        data: pattern(o.mib << 20, rank),
+    };
+    let levels = policy(&cfg, o.l2_every, o.l4_every);
+    let mut ck = Checkpointer::new(world, cfg.clone().levels(levels))?;
+    let epoch = ck.checkpoint(&mut state)?.epoch;
+    drop(ck);
+    if rank == 0 {
+        let levels = ckpt::manifest::load(&cfg.job_dir, epoch)?.levels;
+        println!("ckpt-bench: epoch {epoch} written, complete at {levels:?}");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let o = match parse() {
         Ok(o) => o,
@@ -463,7 +1079,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let world = universe.world();
-    match run(&world, &o) {
+    let result = match o.mode {
+        Mode::Classic => run(&world, &o).map_err(Into::into),
+        Mode::Levels => levels(&world, &o),
+        Mode::Write => write_epoch(&world, &o),
+        Mode::Restart(from) => restart(&world, &o, from),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Abort rather than return: MPI_Finalize would wait for the other ranks.

@@ -3653,3 +3653,50 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
     assert_eq!(m.ranks[1].node, "node0");
     assert_eq!(m.ranks[5].node, "node2");
 }
+
+/// `ckpt bench --levels` with tiny sizes, as a smoke test of the benchmark (its figures mean
+/// nothing here): all five launches run, the table has its rows, and each restart comes from
+/// the level it names (the rank program checks the `recovered` events and the restored state,
+/// and fails otherwise).
+#[test]
+fn bench_levels_runs_every_phase() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("bench");
+    let args = [
+        "bench",
+        "--levels",
+        "-n",
+        "2",
+        "--mib",
+        "1",
+        "--reps",
+        "1",
+        "--step-us",
+        "100",
+    ];
+    let out = ckpt(&[&args[..], &["--job-dir", job.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", out.dump());
+    for row in [
+        "L1 + L2 + L4   planned",
+        "L2 of L1 + L2 ",
+        "L4 of L1 + L4 ",
+        "L2 of L1 + L2 + L4",
+        "L4 of L1 + L2 + L4",
+        "restart from L1 (own files)",
+        "restart from L2 (node1 wiped)",
+        "restart from L4 (L2 off, node1 wiped)",
+    ] {
+        assert!(out.stdout.contains(row), "no row {row:?}\n{}", out.dump());
+    }
+    for level in ["L2", "L4"] {
+        let from = format!("from {level} onto node1");
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains("rank 1 recovered epoch") && l.contains(&from)),
+            "rank 1 not recovered from {level}\n{}",
+            out.dump()
+        );
+    }
+}

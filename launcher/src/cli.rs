@@ -42,7 +42,8 @@ pub enum Command {
     /// directory.
     Prune(PruneArgs),
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
-    /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce.
+    /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce;
+    /// with --levels, the storage levels (blocking time, time to complete, restarts).
     Bench(BenchArgs),
     /// Kill an emulated node of a job run with --emulate-nodes: SIGKILL its ranks and remove
     /// its node-local directory, as a node crash would.
@@ -112,8 +113,24 @@ pub struct ExecRankArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Number of ranks (use no more than the cores for timing).
-    #[arg(short = 'n', long = "np", value_name = "N", default_value_t = 2)]
+    #[arg(
+        short = 'n',
+        long = "np",
+        visible_alias = "ranks",
+        value_name = "N",
+        default_value_t = 2
+    )]
     pub ranks: u32,
+    /// The levels benchmark instead: blocking time per level policy, time until L2 and L4
+    /// are complete, restarts from L1, L2 and L4, on 2 emulated nodes (see BENCHMARKS.md).
+    #[arg(long)]
+    pub levels: bool,
+    /// With --levels: microseconds of compute between two polls while the levels run.
+    #[arg(long, value_name = "US", default_value_t = 1000, requires = "levels")]
+    pub step_us: u64,
+    /// With --levels: the ranks sleep between polls instead of computing (an idle CPU).
+    #[arg(long, requires = "levels")]
+    pub idle: bool,
     /// State per rank, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub mib: u64,
@@ -126,7 +143,8 @@ pub struct BenchArgs {
     /// Storage to measure (the node-local checkpoint directory) [default: <job dir>/local/<node>].
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
-    /// Job directory for the benchmark run [default: ./ckpt-jobs/bench-<time>-<pid>].
+    /// Job directory for the benchmark run [default: ./ckpt-jobs/ckpt-bench-<time>-<pid>];
+    /// --levels also uses <job dir>-l4 for the restart from L4.
     #[arg(long, value_name = "DIR")]
     pub job_dir: Option<PathBuf>,
 }

@@ -141,10 +141,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
         cli::Command::KillNode(args) => kill_node::run(&args.job_dir, &args.node),
         cli::Command::Migrate(args) => migrate::run(&args),
         cli::Command::ExecRank(args) => exec_rank::run(&args),
-        cli::Command::Bench(args) => {
-            let plan = plan::RunPlan::new(bench::run_args(&args)?, &plan::Context::current()?)?;
-            supervise::run(&plan)
-        }
+        cli::Command::Bench(args) => bench::run(&args),
     }
 }
 
