@@ -3621,7 +3621,7 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
         out.dump()
     );
     assert!(
-        out.stderr.contains("migrating after epoch"),
+        out.stderr.contains("migrating after epoch") && out.stderr.contains("job finished after"),
         "{}",
         out.dump()
     );

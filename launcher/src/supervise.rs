@@ -443,6 +443,8 @@ impl Tail {
     fn launched(&mut self, now: Instant, n: u32) {
         self.no_usable = None;
         self.started = false;
+        // A stop of an earlier launch (a migration's) says nothing about this one.
+        self.stopped = None;
         self.blame = None;
         self.quiet.launched(now, n);
     }
