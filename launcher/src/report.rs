@@ -520,12 +520,21 @@ pub fn restarting(k: u32, max: u32, from: Option<&Manifest>) -> String {
     }
 }
 
-/// The last line of a job that finished.
-pub fn finished(launches: u32, committed: &[u64], secs: f64) -> String {
+/// The last line of a job that finished (`migrations` of its relaunches were migrations, the
+/// others restarts after failures).
+pub fn finished(launches: u32, migrations: u32, committed: &[u64], secs: f64) -> String {
+    let moved = match migrations {
+        0 => String::new(),
+        m => format!(", {}", count(m as u64, "migration", "migrations")),
+    };
     format!(
-        "job finished after {}, {}; epochs committed: {}; wall time {secs:.1} s",
+        "job finished after {}, {}{moved}; epochs committed: {}; wall time {secs:.1} s",
         count(launches as u64, "launch", "launches"),
-        count(launches.saturating_sub(1) as u64, "restart", "restarts"),
+        count(
+            launches.saturating_sub(1 + migrations) as u64,
+            "restart",
+            "restarts"
+        ),
         epochs(committed)
     )
 }
@@ -829,13 +838,18 @@ mod tests {
             "restarting (1/3) from the beginning (no committed epoch)",
         );
         check(
-            finished(1, &[], 2.04),
+            finished(1, 0, &[], 2.04),
             "job finished after 1 launch, 0 restarts; epochs committed: none; wall time 2.0 s",
         );
         check(
-            finished(3, &[1, 2, 3, 4, 6, 7, 9], 10.0),
+            finished(3, 0, &[1, 2, 3, 4, 6, 7, 9], 10.0),
             "job finished after 3 launches, 2 restarts; epochs committed: 1-4, 6, 7, 9; wall \
              time 10.0 s",
+        );
+        check(
+            finished(4, 1, &[1, 2], 1.0),
+            "job finished after 4 launches, 2 restarts, 1 migration; epochs committed: 1, 2; \
+             wall time 1.0 s",
         );
         check(
             shell_words(&[

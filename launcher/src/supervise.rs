@@ -87,7 +87,12 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         ranks::ensure_gone(&plan.job_dir, rank_exit_wait)?;
         let restart_count = job.first_restart_count + n - 1;
         let launch = Launch::new(plan, restart_count, as_root);
-        say(report::launch(n, total, restart_count, launch.argv()));
+        say(report::launch(
+            n,
+            total + migrations,
+            restart_count,
+            launch.argv(),
+        ));
         let t0 = Instant::now();
         with(&tail, |t| t.launched(t0, n));
         let ended = run_once(&launch, plan, &mut watch, &tail, &mut exit_requested)?;
@@ -123,7 +128,12 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                     say(report::stopped(epoch, secs(start)));
                     say(report::resume_hint(plan));
                 } else {
-                    say(report::finished(n, &tail_now.committed, secs(start)));
+                    say(report::finished(
+                        n,
+                        migrations,
+                        &tail_now.committed,
+                        secs(start),
+                    ));
                 }
                 return Ok(Outcome::Success);
             }
@@ -177,7 +187,11 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         let committed = manifest::committed(&plan.job_dir).unwrap_or_default();
         let from = jobdir::newest_loadable(&plan.job_dir, &committed);
         with(&tail, |t| t.expected = from.as_ref().map(|m| m.epoch));
-        say(report::restarting(n, plan.max_restarts, from.as_ref()));
+        say(report::restarting(
+            n - migrations,
+            plan.max_restarts,
+            from.as_ref(),
+        ));
         n += 1;
     }
 }

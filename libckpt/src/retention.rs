@@ -140,9 +140,13 @@ pub fn apply(job_dir: &Path, keep: &Keep, newest: u64) -> Result<KeepFrom, Strin
         oldest_kept = oldest_kept.min(m.epoch);
         if kept.len() != m.levels.len() {
             // Through `update`: a level completed since the load is kept, not lost.
+            // The planned list loses the level too: `ckpt list` shows a planned level that is
+            // not complete as pending.
             manifest::update(job_dir, m.epoch, |m| {
-                m.levels
-                    .retain(|l| kept.contains(l) || m.epoch >= from.of(*l))
+                let epoch = m.epoch;
+                let keep = |l: &Level| kept.contains(l) || epoch >= from.of(*l);
+                m.levels.retain(keep);
+                m.copies.planned.retain(keep);
             })
             .map_err(|e| format!("cannot republish epoch {}'s manifest: {e}", m.epoch))?;
         }
