@@ -3186,7 +3186,10 @@ fn level_flags_reach_the_ranks_and_a_resume_keeps_the_shared_dir() {
     ];
     let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
     assert_same_result(&out);
-    let levels = format!("levels L1, L4 every epoch in {shared_s}");
+    let levels = format!(
+        "levels L1, L3 every 4 epochs (groups of 4, XOR), L4 every epoch in {shared_s}; keep 2 \
+         epochs at L1, 1 at L3, 2 at L4"
+    );
     assert!(out.stderr.contains(&levels), "{}", out.dump());
     for var in ["CKPT_L2_EVERY", "CKPT_L4_EVERY", "CKPT_SHARED_DIR"] {
         assert!(
@@ -3203,7 +3206,10 @@ fn level_flags_reach_the_ranks_and_a_resume_keeps_the_shared_dir() {
     // A resume without the flag uses the recorded directory.
     let out = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT).output();
     assert_same_result(&out);
-    let levels = format!("levels L1, L2 every epoch, L4 every 10 epochs in {shared_s}\n");
+    let levels = format!(
+        "levels L1, L2 every epoch, L3 every 4 epochs (groups of 4, XOR), L4 every 10 epochs in \
+         {shared_s}; keep 2 epochs at L1, 1 at L2, 1 at L3, 2 at L4\n"
+    );
     assert!(
         out.stderr.contains(&levels) && out.stderr.contains("-x CKPT_SHARED_DIR"),
         "{}",

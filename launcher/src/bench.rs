@@ -30,6 +30,7 @@ pub fn run_args(b: &BenchArgs) -> Result<RunArgs, UsageError> {
         emulate_nodes: None,
         l2_every: None,
         l4_every: None,
+        levels: Default::default(),
         shared_dir: None,
         fault: None,
         quiet_after: None,

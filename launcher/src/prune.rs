@@ -360,6 +360,9 @@ mod tests {
         PruneArgs {
             job_dir: dir.to_path_buf(),
             keep,
+            keep_l2: None,
+            keep_l3: None,
+            keep_l4: None,
             dry_run,
             local_dir: None,
             shared_dir: None,
