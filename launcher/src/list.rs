@@ -3,13 +3,13 @@
 //! file) and the listing goes on: a damaged epoch is exactly what a user runs this to find.
 //! Epochs a restart quarantined (found damaged; never restored again) are listed too, marked as
 //! such with the reasons. Each epoch shows the levels complete on every rank and the planned
-//! ones not (yet) complete (`L1 L2 (L4 pending)`); `--ranks` adds each rank's node and the
-//! node holding its L2 copy.
+//! ones not (yet) complete (`L1 L2 L3 (L4 pending)`); `--ranks` adds each rank's node, the
+//! node holding its L2 copy and its L3 group; `--json` has the L3 groups (`parity_groups`).
 
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use ckpt::manifest::{self, Level, Manifest, Quarantine};
+use ckpt::manifest::{self, Level, Manifest, ParityGroup, Quarantine};
 use ckpt::util::human_bytes;
 use serde::Serialize;
 
@@ -166,7 +166,29 @@ pub fn partner_of(m: &Manifest, rank: usize) -> Option<(u32, &str)> {
     Some((holder, node))
 }
 
-/// Per-rank lines under an epoch's row: `  rank 0  node0  L2 on node1 (rank 2)`.
+/// `rank`'s L3 group once L3 is complete: its index and the group.
+pub fn group_of(m: &Manifest, rank: usize) -> Option<(usize, &ParityGroup)> {
+    if !m.has(Level::Parity) {
+        return None;
+    }
+    let mut groups = m.copies.parity.iter().enumerate();
+    groups.find(|(_, g)| g.members.contains(&(rank as u32)))
+}
+
+/// `L3 group 0 (ranks 0, 2, 4, 6)`, or nothing.
+fn group_text(m: &Manifest, rank: usize) -> String {
+    match group_of(m, rank) {
+        Some((g, group)) => {
+            let ranks: Vec<String> = group.members.iter().map(u32::to_string).collect();
+            format!("L3 group {g} (ranks {})", ranks.join(", "))
+        }
+        None if m.has(Level::Parity) => "L3 group not recorded".to_owned(),
+        None => String::new(),
+    }
+}
+
+/// Per-rank lines under an epoch's row: `  rank 0  node0  L2 on node1 (rank 2)  L3 group 0
+/// (ranks 0, 2, 4, 6)`.
 fn rank_lines(m: &Manifest) -> Vec<String> {
     let rank_w = m.ranks.len().saturating_sub(1).to_string().len();
     let node_w = m.ranks.iter().map(|r| r.node.len()).max().unwrap_or(0);
@@ -180,7 +202,17 @@ fn rank_lines(m: &Manifest) -> Vec<String> {
                 None if l2 => "L2 holder not recorded".to_owned(),
                 None => String::new(),
             };
-            let line = format!("  rank {rank:<rank_w$}  {:<node_w$}  {copy}", rec.node);
+            let copies = [copy, group_text(m, rank)];
+            let copies: Vec<&str> = copies
+                .iter()
+                .map(String::as_str)
+                .filter(|c| !c.is_empty())
+                .collect();
+            let line = format!(
+                "  rank {rank:<rank_w$}  {:<node_w$}  {}",
+                rec.node,
+                copies.join("  ")
+            );
             line.trim_end().to_owned()
         })
         .collect()
@@ -230,6 +262,8 @@ enum JsonBody<'a> {
         planned: Vec<&'static str>,
         /// Each node's ranks.
         nodes: std::collections::BTreeMap<&'a str, Vec<u32>>,
+        /// The L3 groups, once L3 is complete (empty otherwise).
+        parity_groups: Vec<JsonGroup<'a>>,
         /// With `--ranks`: each rank's node and L2 holder.
         #[serde(skip_serializing_if = "Option::is_none")]
         per_rank: Option<Vec<JsonRank<'a>>>,
@@ -237,6 +271,30 @@ enum JsonBody<'a> {
     Error {
         error: &'a str,
     },
+}
+
+/// One L3 group in `--json` output.
+#[derive(Serialize)]
+struct JsonGroup<'a> {
+    group: usize,
+    /// The members' ranks, in group order.
+    members: &'a [u32],
+    /// Parity shards per set (lost members tolerated).
+    k: u16,
+}
+
+fn json_groups(m: &Manifest) -> Vec<JsonGroup<'_>> {
+    if !m.has(Level::Parity) {
+        return Vec::new();
+    }
+    let groups = m.copies.parity.iter().enumerate();
+    groups
+        .map(|(group, g)| JsonGroup {
+            group,
+            members: &g.members,
+            k: g.k,
+        })
+        .collect()
 }
 
 /// One rank in `--json --ranks` output.
@@ -249,6 +307,9 @@ struct JsonRank<'a> {
     l2_holder: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     l2_node: Option<&'a str>,
+    /// Its L3 group, once L3 is complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l3_group: Option<usize>,
 }
 
 fn json_ranks(m: &Manifest) -> Vec<JsonRank<'_>> {
@@ -261,6 +322,7 @@ fn json_ranks(m: &Manifest) -> Vec<JsonRank<'_>> {
                 node: &rec.node,
                 l2_holder: holder.map(|(h, _)| h),
                 l2_node: holder.map(|(_, n)| n),
+                l3_group: group_of(m, rank).map(|(g, _)| g),
             }
         })
         .collect()
@@ -300,6 +362,7 @@ fn json_entry(entry: &Entry, ranks: bool) -> JsonEntry<'_> {
                 levels: m.levels.iter().map(|&l| level(l)).collect(),
                 planned: m.copies.planned.iter().map(|&l| level(l)).collect(),
                 nodes: placement(m).into_iter().collect(),
+                parity_groups: json_groups(m),
                 per_rank: ranks.then(|| json_ranks(m)),
             },
             Err(e) => JsonBody::Error { error: e },
@@ -548,5 +611,38 @@ mod tests {
             err,
             format!("job directory {} does not exist", missing.display())
         );
+    }
+
+    /// L3 shows among the levels (complete or pending); `--ranks` gives each rank's group and
+    /// `--json` the groups.
+    #[test]
+    fn ranks_show_their_l3_group() {
+        use Level::*;
+        let dir = tempfile::tempdir().unwrap();
+        let mut both = testutil::manifest_v2(2, 4, 4, &[Partner, Parity], &[Partner, Parity]);
+        both.copies.parity = vec![ParityGroup {
+            members: vec![0, 1, 2, 3],
+            k: 1,
+        }];
+        manifest::publish(dir.path(), &both).unwrap();
+        let pending = testutil::manifest_v2(1, 4, 4, &[Parity], &[]);
+        manifest::publish(dir.path(), &pending).unwrap();
+        let all = entries(dir.path()).unwrap();
+        let t = table(&all, true);
+        assert!(t[1].contains(" L1 L2 L3 "), "{t:#?}");
+        assert_eq!(
+            t[2],
+            "  rank 0  node0  L2 on node1 (rank 1)  L3 group 0 (ranks 0, 1, 2, 3)"
+        );
+        assert!(t[6].contains(" L1 (L3 pending) "), "{t:#?}");
+        assert_eq!(t[7], "  rank 0  node0");
+        let v: serde_json::Value = serde_json::from_str(&json(&all, true).unwrap()).unwrap();
+        assert_eq!(
+            v[0]["parity_groups"],
+            serde_json::json!([{"group": 0, "members": [0, 1, 2, 3], "k": 1}])
+        );
+        assert_eq!(v[0]["per_rank"][3]["l3_group"], 0);
+        assert_eq!(v[1]["parity_groups"], serde_json::json!([]));
+        assert!(v[1]["per_rank"][3].get("l3_group").is_none());
     }
 }
