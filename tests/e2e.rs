@@ -3380,11 +3380,21 @@ fn list_verify_and_prune_see_every_level() {
     assert!(dry.status.success(), "{}", dry.dump());
     assert!(files(4).iter().all(|d| d.is_dir()), "{}", dry.dump());
     assert_eq!(ckpt::manifest::committed(&job).unwrap(), [6, 5, 4]);
+    // Each level keeps its newest epoch: 6 at L1 and L2, 5 at L4 (6 has none); epoch 4 had
+    // L3 from the ranks (every 4th epoch), which goes with its L1 files.
     let pruned = ckpt(&["prune", job_s, "--keep", "1"]);
     assert!(pruned.status.success(), "{}", pruned.dump());
-    assert_eq!(ckpt::manifest::committed(&job).unwrap(), [6]);
-    for e in [4, 5] {
-        for d in files(e) {
+    assert_eq!(
+        ckpt::manifest::committed(&job).unwrap(),
+        [6, 5],
+        "{}",
+        pruned.dump()
+    );
+    let m5 = ckpt::manifest::load(&job, 5).unwrap();
+    assert_eq!(m5.levels, [Pfs], "{}", pruned.dump());
+    assert!(files(5)[2].is_dir(), "{}", pruned.dump());
+    for d in files(4).into_iter().chain(files(5).into_iter().take(2)) {
+        {
             assert!(!d.exists(), "{}\n{}", d.display(), pruned.dump());
             assert!(
                 pruned.stdout.contains(&d.display().to_string()),
@@ -3398,9 +3408,18 @@ fn list_verify_and_prune_see_every_level() {
         "{}",
         pruned.dump()
     );
+    // Epoch 5 is left on L4 only, where rank 2's copy was damaged above.
     let verify = ckpt(&["verify", job_s]);
-    assert!(verify.status.success(), "{}", verify.dump());
-    assert!(!verify.stdout.contains("epoch 5"), "{}", verify.dump());
+    assert_eq!(verify.status.code(), Some(1), "{}", verify.dump());
+    assert!(
+        verify.stdout.contains("epoch 6: RECOVERABLE (")
+            && verify
+                .stdout
+                .contains("epoch 5: DAMAGED (1 of 4 rank files): no good copy of rank 2")
+            && !verify.stdout.contains("epoch 4"),
+        "{}",
+        verify.dump()
+    );
 }
 
 /// A real run on 4 emulated nodes with L3 every epoch (L2 and L4 off, one epoch kept):

@@ -222,6 +222,7 @@ const LEVELS: [Level; 4] = [Level::Local, Level::Partner, Level::Parity, Level::
 /// What goes when each level keeps `keep` of its epochs (`retention::thresholds` over the
 /// levels the manifests record): a manifest left with no level goes, one left with fewer
 /// levels is republished without them, and each level's files older than its threshold go.
+/// L3 goes with L1 (its parity rebuilds nothing without the other members' L1 files).
 /// A manifest that does not load is kept unless older than every kept epoch.
 fn plan(dir: &Path, at: &Where, keep: &Keep) -> anyhow::Result<Plan> {
     let listed = manifest::listing(dir)
@@ -244,7 +245,11 @@ fn plan(dir: &Path, at: &Where, keep: &Keep) -> anyhow::Result<Plan> {
     let from = retention::thresholds(&epochs, keep);
     let mut plan = Plan::default();
     for m in loaded {
-        let kept = retention::kept_levels(m.epoch, &m.levels, &from);
+        let mut kept = retention::kept_levels(m.epoch, &m.levels, &from);
+        // L3 rebuilds a rank from the other members' L1 files: without L1 it restores nothing.
+        if !kept.contains(&Level::Local) {
+            kept.retain(|&l| l != Level::Parity);
+        }
         if kept.is_empty() {
             plan.epochs.push(m.epoch);
             plan.records.push(manifest::path(dir, m.epoch));
