@@ -129,16 +129,16 @@ fn placement_summary(m: &Manifest) -> String {
 /// Most nodes the table names one by one.
 const NAMED_NODES: usize = 4;
 
-/// The levels complete on every rank, then the planned ones not (yet) complete:
-/// `L1 L2 (L4 pending)`.
-pub fn levels(m: &Manifest) -> String {
+/// The levels complete on every rank, then, for the newest epoch, the planned ones not (yet)
+/// complete: `L1 L2 (L4 pending)`.
+pub fn levels(m: &Manifest, newest: bool) -> String {
     let mut text = m
         .levels
         .iter()
         .map(|&l| level(l))
         .collect::<Vec<_>>()
         .join(" ");
-    let pending = pending(m);
+    let pending = pending(m, newest);
     if !pending.is_empty() {
         let names: Vec<&str> = pending.iter().map(|&l| level(l)).collect();
         if !text.is_empty() {
@@ -149,10 +149,25 @@ pub fn levels(m: &Manifest) -> String {
     text
 }
 
-/// The levels planned for `m`'s epoch that are not complete on every rank.
-pub fn pending(m: &Manifest) -> Vec<Level> {
+/// The levels planned for `m`'s epoch that are not complete on every rank, if it is the
+/// `newest` committed epoch. Only that one can have levels in progress (a job completes an
+/// epoch's levels before the next epoch's); in an older epoch a planned level not recorded
+/// failed or was dropped by retention.
+pub fn pending(m: &Manifest, newest: bool) -> Vec<Level> {
+    if !newest {
+        return Vec::new();
+    }
     let planned = m.copies.planned.iter().copied();
     planned.filter(|&l| !m.has(l)).collect()
+}
+
+/// The newest committed epoch whose manifest loads, not quarantined.
+pub fn newest(entries: &[Entry]) -> Option<u64> {
+    entries
+        .iter()
+        .filter(|e| e.quarantine.is_none() && e.manifest.is_ok())
+        .map(|e| e.epoch)
+        .max()
 }
 
 /// The rank holding `rank`'s L2 copy and its node, once L2 is complete (`None` otherwise, or
@@ -384,6 +399,7 @@ pub fn table(entries: &[Entry], ranks: bool) -> Vec<String> {
         "LEVELS",
         "RANKS PER NODE",
     ];
+    let newest = newest(entries);
     let rows: Vec<Result<[String; 9], String>> = entries
         .iter()
         .map(|e| (e.epoch, &e.manifest, &e.quarantine))
@@ -401,7 +417,7 @@ pub fn table(entries: &[Entry], ranks: bool) -> Vec<String> {
                 m.nranks.to_string(),
                 human_bytes(m.payload_bytes()),
                 secs(m.total_secs),
-                levels(m),
+                levels(m, Some(epoch) == newest),
                 placement_summary(m),
             ]),
             (Err(e), None) => Err(format!("{epoch:<w$}  error: {e}", w = HEAD[0].len())),
@@ -521,7 +537,7 @@ mod tests {
     fn levels_complete_and_pending() {
         use Level::*;
         let m = |planned: &[Level], complete: &[Level]| {
-            levels(&testutil::manifest_v2(1, 4, 2, planned, complete))
+            levels(&testutil::manifest_v2(1, 4, 2, planned, complete), true)
         };
         assert_eq!(m(&[], &[]), "L1");
         assert_eq!(m(&[Partner, Pfs], &[Partner]), "L1 L2 (L4 pending)");
@@ -530,9 +546,13 @@ mod tests {
         // L1 pruned before the L4 copy: only L4 remains.
         let mut only4 = testutil::manifest_v2(1, 4, 2, &[Pfs], &[Pfs]);
         only4.levels.retain(|&l| l != Local);
-        assert_eq!(levels(&only4), "L4");
+        assert_eq!(levels(&only4, true), "L4");
         only4.levels.clear();
-        assert_eq!(levels(&only4), "(L4 pending)");
+        assert_eq!(levels(&only4, true), "(L4 pending)");
+        // An older epoch has nothing in progress: a planned level not recorded failed, or
+        // retention dropped it (L2 kept for fewer epochs than L1).
+        let older = testutil::manifest_v2(1, 4, 2, &[Partner, Pfs], &[Pfs]);
+        assert_eq!(levels(&older, false), "L1 L4");
     }
 
     #[test]
@@ -543,6 +563,11 @@ mod tests {
         manifest::publish(dir.path(), &both).unwrap();
         manifest::publish(dir.path(), &testutil::manifest_v2(1, 4, 2, &[Pfs], &[])).unwrap();
         let all = entries(dir.path()).unwrap();
+        // An older epoch shows no level pending.
+        let older = format!(
+            "1      2026-04-20 14:03:12Z  1       10    4      4.0 MiB  0.25 s  L1{}node0:2 node1:2",
+            " ".repeat(18)
+        );
         check(
             table(&all, true),
             dir.path(),
@@ -555,8 +580,7 @@ mod tests {
                 "  rank 1  node0  L2 on node1 (rank 3)",
                 "  rank 2  node1  L2 on node0 (rank 0)",
                 "  rank 3  node1  L2 on node0 (rank 1)",
-                "1      2026-04-20 14:03:12Z  1       10    4      4.0 MiB  0.25 s  L1 (L4 \
-                 pending)     node0:2 node1:2",
+                older.as_str(),
                 "  rank 0  node0",
                 "  rank 1  node0",
                 "  rank 2  node1",
@@ -619,30 +643,30 @@ mod tests {
     fn ranks_show_their_l3_group() {
         use Level::*;
         let dir = tempfile::tempdir().unwrap();
-        let mut both = testutil::manifest_v2(2, 4, 4, &[Partner, Parity], &[Partner, Parity]);
+        let mut both = testutil::manifest_v2(1, 4, 4, &[Partner, Parity], &[Partner, Parity]);
         both.copies.parity = vec![ParityGroup {
             members: vec![0, 1, 2, 3],
             k: 1,
         }];
         manifest::publish(dir.path(), &both).unwrap();
-        let pending = testutil::manifest_v2(1, 4, 4, &[Parity], &[]);
+        let pending = testutil::manifest_v2(2, 4, 4, &[Parity], &[]);
         manifest::publish(dir.path(), &pending).unwrap();
         let all = entries(dir.path()).unwrap();
         let t = table(&all, true);
-        assert!(t[1].contains(" L1 L2 L3 "), "{t:#?}");
+        assert!(t[1].contains(" L1 (L3 pending) "), "{t:#?}");
+        assert_eq!(t[2], "  rank 0  node0");
+        assert!(t[6].contains(" L1 L2 L3 "), "{t:#?}");
         assert_eq!(
-            t[2],
+            t[7],
             "  rank 0  node0  L2 on node1 (rank 1)  L3 group 0 (ranks 0, 1, 2, 3)"
         );
-        assert!(t[6].contains(" L1 (L3 pending) "), "{t:#?}");
-        assert_eq!(t[7], "  rank 0  node0");
         let v: serde_json::Value = serde_json::from_str(&json(&all, true).unwrap()).unwrap();
         assert_eq!(
-            v[0]["parity_groups"],
+            v[1]["parity_groups"],
             serde_json::json!([{"group": 0, "members": [0, 1, 2, 3], "k": 1}])
         );
-        assert_eq!(v[0]["per_rank"][3]["l3_group"], 0);
-        assert_eq!(v[1]["parity_groups"], serde_json::json!([]));
-        assert!(v[1]["per_rank"][3].get("l3_group").is_none());
+        assert_eq!(v[1]["per_rank"][3]["l3_group"], 0);
+        assert_eq!(v[0]["parity_groups"], serde_json::json!([]));
+        assert!(v[0]["per_rank"][3].get("l3_group").is_none());
     }
 }

@@ -230,8 +230,9 @@ pub fn run(
             at.base.shown(),
             at.shared.display()
         );
+        let newest = newest_epoch(&verdicts);
         for (epoch, v) in &verdicts {
-            for line in text(*epoch, v) {
+            for line in text(*epoch, v, Some(*epoch) == newest) {
                 outln!("{line}");
             }
         }
@@ -345,8 +346,16 @@ fn ranks(list: &[u32]) -> String {
     format!("rank{s} {}", report::epochs(&wide))
 }
 
-/// The lines of one epoch.
-fn text(epoch: u64, v: &Verdict) -> Vec<String> {
+/// The newest committed epoch whose manifest was read (the one whose levels may be pending).
+fn newest_epoch(verdicts: &[(u64, Verdict)]) -> Option<u64> {
+    let checked = verdicts
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Checked(..)));
+    checked.map(|(e, _)| *e).max()
+}
+
+/// The lines of one epoch (`newest`: the newest committed epoch).
+fn text(epoch: u64, v: &Verdict, newest: bool) -> Vec<String> {
     let (m, c) = match v {
         Verdict::Quarantined(note) => {
             return vec![format!(
@@ -356,7 +365,7 @@ fn text(epoch: u64, v: &Verdict) -> Vec<String> {
         Verdict::Unreadable(e) => return vec![format!("epoch {epoch}: DAMAGED: {e}")],
         Verdict::Checked(m, c) => (m, c),
     };
-    let levels = list::levels(m);
+    let levels = list::levels(m, newest);
     let head = if !c.lost.is_empty() {
         format!(
             "epoch {epoch}: DAMAGED ({} of {} rank files): no good copy of {} at any level; \
@@ -468,6 +477,7 @@ struct JsonEpoch<'a> {
 }
 
 fn json(at: &Where, verdicts: &[(u64, Verdict)]) -> serde_json::Result<String> {
+    let newest = newest_epoch(verdicts);
     let names = |ls: &[Level]| ls.iter().map(|&l| level(l)).collect::<Vec<_>>();
     let epochs = verdicts
         .iter()
@@ -498,7 +508,7 @@ fn json(at: &Where, verdicts: &[(u64, Verdict)]) -> serde_json::Result<String> {
                     };
                     e.l3 = c.l3.as_ref();
                     e.levels = names(&m.levels);
-                    e.pending = names(&list::pending(m));
+                    e.pending = names(&list::pending(m, Some(*epoch) == newest));
                     e.checked = names(&c.checked);
                     e.bad = &c.bad;
                     e.lost_ranks = &c.lost;
@@ -543,7 +553,10 @@ mod tests {
         let d = dir.display().to_string();
         let entries = list::entries(dir).unwrap();
         let all = entries.into_iter().map(|e| (e.epoch, verdict(dir, at, e)));
-        all.flat_map(|(epoch, v)| text(epoch, &v))
+        let all: Vec<_> = all.collect();
+        let newest = newest_epoch(&all);
+        all.iter()
+            .flat_map(|(epoch, v)| text(*epoch, v, Some(*epoch) == newest))
             .map(|l| l.replace(&d, "D"))
             .collect()
     }
@@ -571,7 +584,7 @@ mod tests {
             lines(dir.path(), &at),
             [
                 "epoch 3: ok (4 ranks, 117.2 KiB verified); levels L1 L2 L4",
-                "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1 (L4 pending)",
+                "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1",
             ]
         );
         let outcome = run(dir.path(), None, None, false).unwrap();
@@ -630,7 +643,7 @@ mod tests {
         );
         assert_eq!(
             got[5],
-            "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1 (L4 pending)"
+            "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1"
         );
         assert_eq!(run(d, None, None, false).unwrap(), Outcome::JobFailed);
 
@@ -658,7 +671,8 @@ mod tests {
         assert_eq!(bad[2]["rank"], 2);
         assert_eq!(bad[2]["recoverable_from"], serde_json::json!(["L1", "L4"]));
         assert_eq!(v["epochs"][1]["status"], "ok");
-        assert_eq!(v["epochs"][1]["pending"], serde_json::json!(["L4"]));
+        // Only the newest epoch's levels can be in progress.
+        assert_eq!(v["epochs"][1]["pending"], serde_json::json!([]));
     }
 
     /// Copies are looked for where `job.json` says: under the recorded shared directory, and
