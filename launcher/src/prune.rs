@@ -1,10 +1,15 @@
-//! `ckpt prune JOB_DIR --keep N [--dry-run]`: keeps the N newest committed epochs and removes
-//! the older ones, manifests first (through [`manifest::prune`], which also takes the
-//! quarantine records of epochs older than everything kept), then their files at every level:
-//! L1 (`<base>/<job>/epoch-E`) and L2 (`<base>/<job>/partner/epoch-E`) under every node-local
-//! base reachable from here, and L4 (`<shared>/<job>/epoch-E`). Epoch directories older than
-//! the oldest kept epoch that no manifest names (a commit that failed, a crash before the
-//! manifest) go too: epoch numbers only increase, so no later epoch can be one of them.
+//! `ckpt prune JOB_DIR --keep N [--keep-l2 N] [--keep-l3 N] [--keep-l4 N] [--dry-run]`: each
+//! level keeps its own number of newest epochs (`--keep` for L1, and for any level whose flag
+//! is not given), through `retention::thresholds` as rank 0 applies it. Manifests first: a
+//! level that falls out of its window is dropped from older manifests (republished), a manifest
+//! with no level left is removed ([`manifest::remove`]), and [`manifest::prune`] takes the
+//! quarantine records and unloadable manifests older than every kept epoch; then each level's
+//! files below its threshold: L1 (`<base>/<job>/epoch-E`), L2 (`<base>/<job>/partner/epoch-E`)
+//! and L3 (`<base>/<job>/parity/epoch-E`) under every node-local base reachable from here, and
+//! L4 (`<shared>/<job>/epoch-E`). L3 goes with L1: its parity rebuilds nothing without the
+//! other members' L1 files. Epoch directories older than the oldest kept epoch that no manifest
+//! names (a commit that failed, a crash before the manifest) go too: epoch numbers only
+//! increase, so no later epoch can be one of them.
 //!
 //! The bases are found as `ckpt verify` finds them ([`crate::verify`]): `--local-dir`, else
 //! the recorded one, else the environment; with the default `<job dir>/local/<node>` (and with

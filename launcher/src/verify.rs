@@ -18,7 +18,7 @@
 //!   `$CKPT_SHARED_DIR`, else `<job dir>/shared`.
 //! - L3 parity files on each holder's node, under the same bases: each file's header and
 //!   length, and where every data member of a set has a good L1 file, the parity recomputed
-//!   from them and compared (see [`crate::verify_l3`]); a rank whose L1 file is bad counts as
+//!   from them and compared (see `verify_l3.rs`); a rank whose L1 file is bad counts as
 //!   recoverable from L3 when restart could rebuild it.
 //!
 //! Per epoch: `ok` when every copy is good; `RECOVERABLE` when some copy is bad or missing but
@@ -124,7 +124,7 @@ impl Where {
                 None => return Err("the manifest records no rank holding its L2 copy".into()),
             },
             Level::Pfs => None,
-            Level::Parity => return Err("L3 is not checked".into()),
+            Level::Parity => return Err("L3 holds parity, not copies (see verify_l3)".into()),
         };
         let places = self.places(node.unwrap_or_default());
         let path = places.locate(level, m.epoch, rank as u32);
