@@ -249,6 +249,8 @@ fn plan(dir: &Path, at: &Where, keep: &Keep) -> anyhow::Result<Plan> {
         loaded.iter().map(|m| (m.epoch, m.levels.clone())).collect();
     let from = retention::thresholds(&epochs, keep);
     let mut plan = Plan::default();
+    // The levels each kept epoch keeps.
+    let mut after: Vec<(u64, Vec<Level>)> = Vec::new();
     for m in loaded {
         let mut kept = retention::kept_levels(m.epoch, &m.levels, &from);
         // L3 rebuilds a rank from the other members' L1 files: without L1 it restores nothing.
@@ -261,6 +263,7 @@ fn plan(dir: &Path, at: &Where, keep: &Keep) -> anyhow::Result<Plan> {
             continue;
         }
         plan.kept.push(m.epoch);
+        after.push((m.epoch, kept.clone()));
         if kept.len() != m.levels.len() {
             let dropped = m.levels.iter().filter(|l| !kept.contains(l)).copied();
             let dropped = dropped.collect();
@@ -283,11 +286,22 @@ fn plan(dir: &Path, at: &Where, keep: &Keep) -> anyhow::Result<Plan> {
     plan.kept.sort_unstable_by(|a, b| b.cmp(a));
     plan.drops.sort_by_key(|d| d.manifest.epoch);
     plan.keep_from = keep_from;
+    // Each level's files stay from the oldest epoch that keeps it (else from its threshold),
+    // never above a kept manifest that does not load (its levels are unknown).
+    let cap = unreadable.iter().copied().filter(|&e| e >= keep_from).min();
+    let level_from = |l: Level| {
+        let keeping = after
+            .iter()
+            .filter(|(_, ls)| ls.contains(&l))
+            .map(|(e, _)| *e);
+        let from = keeping.min().unwrap_or(from.of(l)).max(keep_from);
+        cap.map_or(from, |c| from.min(c))
+    };
     plan.level_from = KeepFrom {
-        local: from.local.max(keep_from),
-        partner: from.partner.max(keep_from),
-        parity: from.parity.max(keep_from),
-        shared: from.shared.max(keep_from),
+        local: level_from(Level::Local),
+        partner: level_from(Level::Partner),
+        parity: level_from(Level::Parity),
+        shared: level_from(Level::Pfs),
     };
     for &e in listed.quarantined.iter().filter(|&&e| e < keep_from) {
         plan.epochs.push(e);
@@ -778,5 +792,33 @@ mod tests {
             e.to_string(),
             "--keep-l4 0: at least one committed epoch must be kept at L4"
         );
+    }
+
+    /// L3 is dropped with L1 (parity without the members' L1 files rebuilds nothing), and its
+    /// parity files go with it even where its own window would keep them: `--keep 1 --keep-l3
+    /// 2 --keep-l4 3` leaves epoch 4 at L4 only, without parity files.
+    #[test]
+    fn l3_goes_with_l1() {
+        use Level::{Local, Parity};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for e in 3..=5 {
+            let mut m = testutil::manifest_v2(e, 4, 4, &[Parity, Pfs], &[Pfs]);
+            testutil::write_epoch(d, &mut m);
+            testutil::write_parity(d, &mut m, &[vec![0, 1, 2, 3]], 1);
+        }
+        let mut a = args(d, 1, false);
+        (a.keep_l3, a.keep_l4) = (Some(2), Some(3));
+        assert_eq!(run(&a).unwrap(), Outcome::Success);
+        let levels = |e| manifest::load(d, e).unwrap().levels;
+        assert_eq!(levels(5), [Local, Pfs, Parity]);
+        assert_eq!(levels(4), [Pfs]);
+        assert_eq!(levels(3), [Pfs]);
+        let after = tree(d);
+        assert!(
+            !after.iter().any(|f| f.contains("parity/epoch-00000004")),
+            "{after:#?}"
+        );
+        assert!(after.iter().any(|f| f.contains("parity/epoch-00000005")));
     }
 }
