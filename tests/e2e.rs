@@ -3223,7 +3223,10 @@ fn level_flags_reach_the_ranks_and_a_resume_keeps_the_shared_dir() {
     ];
     let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
     assert_same_result(&out);
-    let levels = format!("levels L1, L4 every epoch in {shared_s}");
+    let levels = format!(
+        "levels L1, L3 every 4 epochs (groups of 4, XOR), L4 every epoch in {shared_s}; keep 2 \
+         epochs at L1, 1 at L3, 2 at L4"
+    );
     assert!(out.stderr.contains(&levels), "{}", out.dump());
     for var in ["CKPT_L2_EVERY", "CKPT_L4_EVERY", "CKPT_SHARED_DIR"] {
         assert!(
@@ -3240,7 +3243,10 @@ fn level_flags_reach_the_ranks_and_a_resume_keeps_the_shared_dir() {
     // A resume without the flag uses the recorded directory.
     let out = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), HEAT).output();
     assert_same_result(&out);
-    let levels = format!("levels L1, L2 every epoch, L4 every 10 epochs in {shared_s}\n");
+    let levels = format!(
+        "levels L1, L2 every epoch, L3 every 4 epochs (groups of 4, XOR), L4 every 10 epochs in \
+         {shared_s}; keep 2 epochs at L1, 1 at L2, 1 at L3, 2 at L4\n"
+    );
     assert!(
         out.stderr.contains(&levels) && out.stderr.contains("-x CKPT_SHARED_DIR"),
         "{}",
@@ -3411,11 +3417,21 @@ fn list_verify_and_prune_see_every_level() {
     assert!(dry.status.success(), "{}", dry.dump());
     assert!(files(4).iter().all(|d| d.is_dir()), "{}", dry.dump());
     assert_eq!(ckpt::manifest::committed(&job).unwrap(), [6, 5, 4]);
+    // Each level keeps its newest epoch: 6 at L1 and L2, 5 at L4 (6 has none); epoch 4 had
+    // L3 from the ranks (every 4th epoch), which goes with its L1 files.
     let pruned = ckpt(&["prune", job_s, "--keep", "1"]);
     assert!(pruned.status.success(), "{}", pruned.dump());
-    assert_eq!(ckpt::manifest::committed(&job).unwrap(), [6]);
-    for e in [4, 5] {
-        for d in files(e) {
+    assert_eq!(
+        ckpt::manifest::committed(&job).unwrap(),
+        [6, 5],
+        "{}",
+        pruned.dump()
+    );
+    let m5 = ckpt::manifest::load(&job, 5).unwrap();
+    assert_eq!(m5.levels, [Pfs], "{}", pruned.dump());
+    assert!(files(5)[2].is_dir(), "{}", pruned.dump());
+    for d in files(4).into_iter().chain(files(5).into_iter().take(2)) {
+        {
             assert!(!d.exists(), "{}\n{}", d.display(), pruned.dump());
             assert!(
                 pruned.stdout.contains(&d.display().to_string()),
@@ -3429,9 +3445,140 @@ fn list_verify_and_prune_see_every_level() {
         "{}",
         pruned.dump()
     );
+    // Epoch 5 is left on L4 only, where rank 2's copy was damaged above.
+    let verify = ckpt(&["verify", job_s]);
+    assert_eq!(verify.status.code(), Some(1), "{}", verify.dump());
+    assert!(
+        verify.stdout.contains("epoch 6: RECOVERABLE (")
+            && verify
+                .stdout
+                .contains("epoch 5: DAMAGED (1 of 4 rank files): no good copy of rank 2")
+            && !verify.stdout.contains("epoch 4"),
+        "{}",
+        verify.dump()
+    );
+}
+
+/// A real run on 4 emulated nodes with L3 every epoch (L2 and L4 off, one epoch kept):
+/// `ckpt list` shows L3 and each rank's group, `ckpt verify` checks every parity file and
+/// recomputes the parity; a flipped parity byte is named with its file (exit 0: every rank
+/// still has its L1 file); once node1 is lost after the run, its ranks are recoverable from
+/// L3 (exit 0).
+#[test]
+fn verify_checks_l3_parity_and_a_lost_node_is_recoverable_from_it() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let job_s = job.to_str().unwrap();
+    let flags = [
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--keep",
+        "1",
+        "--l3-every",
+        "1",
+        "--l2-every",
+        "0",
+        "--l4-every",
+        "0",
+    ];
+    let out = Run::new(&job, 8, &flags, &heat2d(), HEAT_NODES).output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(
+        out.stderr
+            .contains("levels L1, L3 every epoch (groups of 4, XOR); keep 1 epoch at L1, 1 at L3"),
+        "{}",
+        out.dump()
+    );
+    let committed = ckpt::manifest::committed(&job).unwrap();
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    let epoch = committed[0];
+    let m = ckpt::manifest::load(&job, epoch).unwrap();
+    assert_eq!(m.levels, [ckpt::Level::Local, ckpt::Level::Parity]);
+    assert!(!m.copies.parity.is_empty());
+
+    let list = ckpt(&["list", job_s, "--ranks"]);
+    assert!(list.status.success(), "{}", list.dump());
+    let group0 = &m.copies.parity[0].members;
+    let rank_line = format!("  rank {}  node", group0[0]);
+    let line = list.stdout.lines().find(|l| l.starts_with(&rank_line));
+    assert!(
+        line.is_some_and(|l| l.contains("L3 group 0")),
+        "{}",
+        list.dump()
+    );
+    let json = ckpt(&["list", job_s, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v[0]["levels"], serde_json::json!(["L1", "L3"]));
+    assert_eq!(
+        v[0]["parity_groups"][0]["members"],
+        serde_json::json!(group0)
+    );
+
     let verify = ckpt(&["verify", job_s]);
     assert!(verify.status.success(), "{}", verify.dump());
-    assert!(!verify.stdout.contains("epoch 5"), "{}", verify.dump());
+    let ok = format!("epoch {epoch}: ok (8 ranks, ");
+    assert!(
+        verify.stdout.contains(&ok) && verify.stdout.contains(" L3 parity files good, parity of "),
+        "{}",
+        verify.dump()
+    );
+
+    // Group 0's set 0 shard, held by its first member: one parity byte flipped.
+    let id = job_id(&job);
+    let holder = group0[0] as usize;
+    let shard = job.join(format!(
+        "local/{}/{id}/parity/epoch-{epoch:08}/group-000000-set-0000.prty",
+        m.ranks[holder].node
+    ));
+    let clean = std::fs::read(&shard).unwrap();
+    let mut bytes = clean.clone();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&shard, &bytes).unwrap();
+    let verify = ckpt(&["verify", job_s]);
+    assert!(verify.status.success(), "{}", verify.dump());
+    let named = format!(
+        "  L3 group 0 set 0 shard 0 (rank {holder} on node {}): {}: parity differs from the \
+         parity recomputed from the L1 files of ranks",
+        m.ranks[holder].node,
+        shard.display()
+    );
+    assert!(
+        verify
+            .stdout
+            .contains(&format!("epoch {epoch}: RECOVERABLE (1 of "))
+            && verify.stdout.contains(&named),
+        "{named}\n{}",
+        verify.dump()
+    );
+    std::fs::write(&shard, &clean).unwrap();
+
+    // node1 is lost after the run: its ranks' L1 files and the parity it held.
+    let kill = ckpt(&["kill-node", job_s, "node1"]);
+    assert!(kill.status.success(), "{}", kill.dump());
+    let verify = ckpt(&["verify", job_s]);
+    assert!(verify.status.success(), "{}", verify.dump());
+    assert!(
+        verify
+            .stdout
+            .contains(&format!("epoch {epoch}: RECOVERABLE (")),
+        "{}",
+        verify.dump()
+    );
+    for rank in [2, 3] {
+        let line = verify
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("  L1 rank {rank} (node node1): ")));
+        assert!(
+            line.is_some_and(|l| l.ends_with("; recoverable from L3")),
+            "{}",
+            verify.dump()
+        );
+    }
 }
 
 /// `CKPT_LEVELS_BUSY=skip` with a checkpoint at every poll (far faster than L2 copies travel):

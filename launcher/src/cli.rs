@@ -31,15 +31,17 @@ pub enum Command {
     Checkpoint(CheckpointArgs),
     /// Read and check every copy of every committed epoch at every level.
     ///
-    /// Manifests, rank files and their copies (L1, L2, L4), every region's checksum. Exit
+    /// Manifests, rank files and their copies (L1, L2, L4), every region's checksum, and the
+    /// L3 parity files (headers, and the parity recomputed from the members' files). Exit
     /// status 0 when every epoch is restorable from some level, 1 when an epoch has a rank
     /// with no good copy at any level (or a bad manifest).
     Verify(VerifyArgs),
     /// Remove all but the N newest committed epochs, at every level.
     ///
-    /// Manifests first, then the epochs' files at every level (L1 and L2 under every
-    /// node-local base reachable from here, L4). Refused while a `ckpt run` holds the job
-    /// directory.
+    /// Each level keeps its own number of epochs (--keep-l2/-l3/-l4, default --keep): a level
+    /// is dropped from older manifests before its files go, a manifest with no level left is
+    /// removed. Files go at every level (L1, L2 and L3 under every node-local base reachable
+    /// from here, L4). Refused while a `ckpt run` holds the job directory.
     Prune(PruneArgs),
     /// Measure checkpoint and restore bandwidth against plain write+fsync and read of the same
     /// bytes on the same storage, and the cost of poll and quiescence against MPI_Allreduce;
@@ -174,9 +176,18 @@ pub struct PruneArgs {
     /// The job directory.
     #[arg(value_name = "JOB_DIR")]
     pub job_dir: PathBuf,
-    /// Committed epochs to keep (the newest).
+    /// Committed epochs to keep (the newest) at L1, and at every level not given below.
     #[arg(long, value_name = "N")]
     pub keep: u32,
+    /// Epochs to keep with their L2 copies [default: --keep].
+    #[arg(long = "keep-l2", value_name = "N")]
+    pub keep_l2: Option<u32>,
+    /// Epochs to keep with their L3 parity [default: --keep].
+    #[arg(long = "keep-l3", value_name = "N")]
+    pub keep_l3: Option<u32>,
+    /// Epochs to keep with their L4 copies [default: --keep].
+    #[arg(long = "keep-l4", value_name = "N")]
+    pub keep_l4: Option<u32>,
     /// Say what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -212,7 +223,7 @@ pub struct RunArgs {
     /// none [default: the application's own setting].
     #[arg(long, value_name = "SPEC")]
     pub every: Option<String>,
-    /// Committed epochs to keep on storage.
+    /// Committed epochs to keep on node-local storage (L1).
     #[arg(long, value_name = "K", default_value_t = 2)]
     pub keep: u32,
     /// Relaunches allowed after failures (at most 1000).
@@ -237,6 +248,9 @@ pub struct RunArgs {
     /// Copies on shared storage (L4) every N epochs; 0 for none [default: 10].
     #[arg(long = "l4-every", value_name = "N")]
     pub l4_every: Option<String>,
+    /// L3 and the retention of each level.
+    #[command(flatten)]
+    pub levels: LevelArgs,
     /// Base of shared storage for L4 copies, created private if missing; recorded in job.json
     /// [default: the one job.json records, else <job dir>/shared].
     #[arg(long, value_name = "DIR")]
@@ -272,6 +286,31 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// `ckpt run` flags of L3 and of each level's retention, unvalidated.
+#[derive(Debug, Default, Args)]
+pub struct LevelArgs {
+    /// Parity over groups of ranks on distinct nodes (L3) every N epochs; 0 for none
+    /// [default: 4].
+    #[arg(long = "l3-every", value_name = "N")]
+    pub l3_every: Option<String>,
+    /// Ranks per L3 group, at least 2 [default: 4].
+    #[arg(long = "l3-group", value_name = "G")]
+    pub l3_group: Option<String>,
+    /// Parity shards per L3 set: lost members per group tolerated, 1 (XOR) to G-1
+    /// (Reed-Solomon) [default: 1].
+    #[arg(long = "l3-parity", value_name = "K")]
+    pub l3_parity: Option<String>,
+    /// Epochs kept with their L2 copies [default: 1].
+    #[arg(long = "keep-l2", value_name = "N")]
+    pub keep_l2: Option<String>,
+    /// Epochs kept with their L3 parity [default: 1].
+    #[arg(long = "keep-l3", value_name = "N")]
+    pub keep_l3: Option<String>,
+    /// Epochs kept with their L4 copies [default: 2].
+    #[arg(long = "keep-l4", value_name = "N")]
+    pub keep_l4: Option<String>,
+}
+
 /// `ckpt list` flags.
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -281,7 +320,8 @@ pub struct ListArgs {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Also show each rank: its node and where its copies beyond L1 are (the L2 holder).
+    /// Also show each rank: its node and where its copies beyond L1 are (the L2 holder, the
+    /// L3 group).
     #[arg(long)]
     pub ranks: bool,
 }
@@ -304,7 +344,7 @@ fn run_after_help() -> String {
          Environment:\n  {args}  extra mpirun arguments, split on whitespace, placed before \
          the --mpirun-arg values\n\n\
          Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
-         when given, {every}, {local}, {fault}, {l2}, {l4}, {shared}. Each is forwarded with `mpirun -x`, as is any \
+         when given, {every}, {local}, {fault}, {l2}, {l3}, {l3g}, {l3k}, {l4}, {keep2}, {keep3}, {keep4}, {shared}. Each is forwarded with `mpirun -x`, as is any \
          other CKPT_* variable already set ({node}, {stride}, {timeout}, {io_timeout}).\n\n\
          mpirun starts each rank as `ckpt exec-rank ... -- PROG`, which keeps the checkpoint \
          signal ({signal}, default SIGUSR1) blocked until the library handles it, so a signal \
@@ -329,7 +369,13 @@ fn run_after_help() -> String {
         local = env::LOCAL_DIR,
         fault = env::FAULT,
         l2 = env::L2_EVERY,
+        l3 = env::L3_EVERY,
+        l3g = env::L3_GROUP,
+        l3k = env::L3_PARITY,
         l4 = env::L4_EVERY,
+        keep2 = env::KEEP_L2,
+        keep3 = env::KEEP_L3,
+        keep4 = env::KEEP_L4,
         shared = env::SHARED_DIR,
         node = env::NODE,
         stride = env::AGREE_STRIDE,

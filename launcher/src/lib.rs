@@ -60,6 +60,7 @@ pub mod request;
 pub mod signals;
 pub mod supervise;
 pub mod verify;
+mod verify_l3;
 
 use std::ffi::OsString;
 use std::io::Write as _;

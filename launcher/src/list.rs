@@ -3,13 +3,13 @@
 //! file) and the listing goes on: a damaged epoch is exactly what a user runs this to find.
 //! Epochs a restart quarantined (found damaged; never restored again) are listed too, marked as
 //! such with the reasons. Each epoch shows the levels complete on every rank and the planned
-//! ones not (yet) complete (`L1 L2 (L4 pending)`); `--ranks` adds each rank's node and the
-//! node holding its L2 copy.
+//! ones not (yet) complete (`L1 L2 L3 (L4 pending)`); `--ranks` adds each rank's node, the
+//! node holding its L2 copy and its L3 group; `--json` has the L3 groups (`parity_groups`).
 
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use ckpt::manifest::{self, Level, Manifest, Quarantine};
+use ckpt::manifest::{self, Level, Manifest, ParityGroup, Quarantine};
 use ckpt::util::human_bytes;
 use serde::Serialize;
 
@@ -129,16 +129,16 @@ fn placement_summary(m: &Manifest) -> String {
 /// Most nodes the table names one by one.
 const NAMED_NODES: usize = 4;
 
-/// The levels complete on every rank, then the planned ones not (yet) complete:
-/// `L1 L2 (L4 pending)`.
-pub fn levels(m: &Manifest) -> String {
+/// The levels complete on every rank, then, for the newest epoch, the planned ones not (yet)
+/// complete: `L1 L2 (L4 pending)`.
+pub fn levels(m: &Manifest, newest: bool) -> String {
     let mut text = m
         .levels
         .iter()
         .map(|&l| level(l))
         .collect::<Vec<_>>()
         .join(" ");
-    let pending = pending(m);
+    let pending = pending(m, newest);
     if !pending.is_empty() {
         let names: Vec<&str> = pending.iter().map(|&l| level(l)).collect();
         if !text.is_empty() {
@@ -149,10 +149,25 @@ pub fn levels(m: &Manifest) -> String {
     text
 }
 
-/// The levels planned for `m`'s epoch that are not complete on every rank.
-pub fn pending(m: &Manifest) -> Vec<Level> {
+/// The levels planned for `m`'s epoch that are not complete on every rank, if it is the
+/// `newest` committed epoch. Only that one can have levels in progress (a job completes an
+/// epoch's levels before the next epoch's); in an older epoch a planned level not recorded
+/// failed or was dropped by retention.
+pub fn pending(m: &Manifest, newest: bool) -> Vec<Level> {
+    if !newest {
+        return Vec::new();
+    }
     let planned = m.copies.planned.iter().copied();
     planned.filter(|&l| !m.has(l)).collect()
+}
+
+/// The newest committed epoch whose manifest loads, not quarantined.
+pub fn newest(entries: &[Entry]) -> Option<u64> {
+    entries
+        .iter()
+        .filter(|e| e.quarantine.is_none() && e.manifest.is_ok())
+        .map(|e| e.epoch)
+        .max()
 }
 
 /// The rank holding `rank`'s L2 copy and its node, once L2 is complete (`None` otherwise, or
@@ -166,7 +181,29 @@ pub fn partner_of(m: &Manifest, rank: usize) -> Option<(u32, &str)> {
     Some((holder, node))
 }
 
-/// Per-rank lines under an epoch's row: `  rank 0  node0  L2 on node1 (rank 2)`.
+/// `rank`'s L3 group once L3 is complete: its index and the group.
+pub fn group_of(m: &Manifest, rank: usize) -> Option<(usize, &ParityGroup)> {
+    if !m.has(Level::Parity) {
+        return None;
+    }
+    let mut groups = m.copies.parity.iter().enumerate();
+    groups.find(|(_, g)| g.members.contains(&(rank as u32)))
+}
+
+/// `L3 group 0 (ranks 0, 2, 4, 6)`, or nothing.
+fn group_text(m: &Manifest, rank: usize) -> String {
+    match group_of(m, rank) {
+        Some((g, group)) => {
+            let ranks: Vec<String> = group.members.iter().map(u32::to_string).collect();
+            format!("L3 group {g} (ranks {})", ranks.join(", "))
+        }
+        None if m.has(Level::Parity) => "L3 group not recorded".to_owned(),
+        None => String::new(),
+    }
+}
+
+/// Per-rank lines under an epoch's row: `  rank 0  node0  L2 on node1 (rank 2)  L3 group 0
+/// (ranks 0, 2, 4, 6)`.
 fn rank_lines(m: &Manifest) -> Vec<String> {
     let rank_w = m.ranks.len().saturating_sub(1).to_string().len();
     let node_w = m.ranks.iter().map(|r| r.node.len()).max().unwrap_or(0);
@@ -180,7 +217,17 @@ fn rank_lines(m: &Manifest) -> Vec<String> {
                 None if l2 => "L2 holder not recorded".to_owned(),
                 None => String::new(),
             };
-            let line = format!("  rank {rank:<rank_w$}  {:<node_w$}  {copy}", rec.node);
+            let copies = [copy, group_text(m, rank)];
+            let copies: Vec<&str> = copies
+                .iter()
+                .map(String::as_str)
+                .filter(|c| !c.is_empty())
+                .collect();
+            let line = format!(
+                "  rank {rank:<rank_w$}  {:<node_w$}  {}",
+                rec.node,
+                copies.join("  ")
+            );
             line.trim_end().to_owned()
         })
         .collect()
@@ -230,6 +277,8 @@ enum JsonBody<'a> {
         planned: Vec<&'static str>,
         /// Each node's ranks.
         nodes: std::collections::BTreeMap<&'a str, Vec<u32>>,
+        /// The L3 groups, once L3 is complete (empty otherwise).
+        parity_groups: Vec<JsonGroup<'a>>,
         /// With `--ranks`: each rank's node and L2 holder.
         #[serde(skip_serializing_if = "Option::is_none")]
         per_rank: Option<Vec<JsonRank<'a>>>,
@@ -237,6 +286,30 @@ enum JsonBody<'a> {
     Error {
         error: &'a str,
     },
+}
+
+/// One L3 group in `--json` output.
+#[derive(Serialize)]
+struct JsonGroup<'a> {
+    group: usize,
+    /// The members' ranks, in group order.
+    members: &'a [u32],
+    /// Parity shards per set (lost members tolerated).
+    k: u16,
+}
+
+fn json_groups(m: &Manifest) -> Vec<JsonGroup<'_>> {
+    if !m.has(Level::Parity) {
+        return Vec::new();
+    }
+    let groups = m.copies.parity.iter().enumerate();
+    groups
+        .map(|(group, g)| JsonGroup {
+            group,
+            members: &g.members,
+            k: g.k,
+        })
+        .collect()
 }
 
 /// One rank in `--json --ranks` output.
@@ -249,6 +322,9 @@ struct JsonRank<'a> {
     l2_holder: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     l2_node: Option<&'a str>,
+    /// Its L3 group, once L3 is complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l3_group: Option<usize>,
 }
 
 fn json_ranks(m: &Manifest) -> Vec<JsonRank<'_>> {
@@ -261,6 +337,7 @@ fn json_ranks(m: &Manifest) -> Vec<JsonRank<'_>> {
                 node: &rec.node,
                 l2_holder: holder.map(|(h, _)| h),
                 l2_node: holder.map(|(_, n)| n),
+                l3_group: group_of(m, rank).map(|(g, _)| g),
             }
         })
         .collect()
@@ -300,6 +377,7 @@ fn json_entry(entry: &Entry, ranks: bool) -> JsonEntry<'_> {
                 levels: m.levels.iter().map(|&l| level(l)).collect(),
                 planned: m.copies.planned.iter().map(|&l| level(l)).collect(),
                 nodes: placement(m).into_iter().collect(),
+                parity_groups: json_groups(m),
                 per_rank: ranks.then(|| json_ranks(m)),
             },
             Err(e) => JsonBody::Error { error: e },
@@ -321,6 +399,7 @@ pub fn table(entries: &[Entry], ranks: bool) -> Vec<String> {
         "LEVELS",
         "RANKS PER NODE",
     ];
+    let newest = newest(entries);
     let rows: Vec<Result<[String; 9], String>> = entries
         .iter()
         .map(|e| (e.epoch, &e.manifest, &e.quarantine))
@@ -338,7 +417,7 @@ pub fn table(entries: &[Entry], ranks: bool) -> Vec<String> {
                 m.nranks.to_string(),
                 human_bytes(m.payload_bytes()),
                 secs(m.total_secs),
-                levels(m),
+                levels(m, Some(epoch) == newest),
                 placement_summary(m),
             ]),
             (Err(e), None) => Err(format!("{epoch:<w$}  error: {e}", w = HEAD[0].len())),
@@ -458,7 +537,7 @@ mod tests {
     fn levels_complete_and_pending() {
         use Level::*;
         let m = |planned: &[Level], complete: &[Level]| {
-            levels(&testutil::manifest_v2(1, 4, 2, planned, complete))
+            levels(&testutil::manifest_v2(1, 4, 2, planned, complete), true)
         };
         assert_eq!(m(&[], &[]), "L1");
         assert_eq!(m(&[Partner, Pfs], &[Partner]), "L1 L2 (L4 pending)");
@@ -467,9 +546,13 @@ mod tests {
         // L1 pruned before the L4 copy: only L4 remains.
         let mut only4 = testutil::manifest_v2(1, 4, 2, &[Pfs], &[Pfs]);
         only4.levels.retain(|&l| l != Local);
-        assert_eq!(levels(&only4), "L4");
+        assert_eq!(levels(&only4, true), "L4");
         only4.levels.clear();
-        assert_eq!(levels(&only4), "(L4 pending)");
+        assert_eq!(levels(&only4, true), "(L4 pending)");
+        // An older epoch has nothing in progress: a planned level not recorded failed, or
+        // retention dropped it (L2 kept for fewer epochs than L1).
+        let older = testutil::manifest_v2(1, 4, 2, &[Partner, Pfs], &[Pfs]);
+        assert_eq!(levels(&older, false), "L1 L4");
     }
 
     #[test]
@@ -480,6 +563,11 @@ mod tests {
         manifest::publish(dir.path(), &both).unwrap();
         manifest::publish(dir.path(), &testutil::manifest_v2(1, 4, 2, &[Pfs], &[])).unwrap();
         let all = entries(dir.path()).unwrap();
+        // An older epoch shows no level pending.
+        let older = format!(
+            "1      2026-04-20 14:03:12Z  1       10    4      4.0 MiB  0.25 s  L1{}node0:2 node1:2",
+            " ".repeat(18)
+        );
         check(
             table(&all, true),
             dir.path(),
@@ -492,8 +580,7 @@ mod tests {
                 "  rank 1  node0  L2 on node1 (rank 3)",
                 "  rank 2  node1  L2 on node0 (rank 0)",
                 "  rank 3  node1  L2 on node0 (rank 1)",
-                "1      2026-04-20 14:03:12Z  1       10    4      4.0 MiB  0.25 s  L1 (L4 \
-                 pending)     node0:2 node1:2",
+                older.as_str(),
                 "  rank 0  node0",
                 "  rank 1  node0",
                 "  rank 2  node1",
@@ -548,5 +635,38 @@ mod tests {
             err,
             format!("job directory {} does not exist", missing.display())
         );
+    }
+
+    /// L3 shows among the levels (complete or pending); `--ranks` gives each rank's group and
+    /// `--json` the groups.
+    #[test]
+    fn ranks_show_their_l3_group() {
+        use Level::*;
+        let dir = tempfile::tempdir().unwrap();
+        let mut both = testutil::manifest_v2(1, 4, 4, &[Partner, Parity], &[Partner, Parity]);
+        both.copies.parity = vec![ParityGroup {
+            members: vec![0, 1, 2, 3],
+            k: 1,
+        }];
+        manifest::publish(dir.path(), &both).unwrap();
+        let pending = testutil::manifest_v2(2, 4, 4, &[Parity], &[]);
+        manifest::publish(dir.path(), &pending).unwrap();
+        let all = entries(dir.path()).unwrap();
+        let t = table(&all, true);
+        assert!(t[1].contains(" L1 (L3 pending) "), "{t:#?}");
+        assert_eq!(t[2], "  rank 0  node0");
+        assert!(t[6].contains(" L1 L2 L3 "), "{t:#?}");
+        assert_eq!(
+            t[7],
+            "  rank 0  node0  L2 on node1 (rank 1)  L3 group 0 (ranks 0, 1, 2, 3)"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&all, true).unwrap()).unwrap();
+        assert_eq!(
+            v[1]["parity_groups"],
+            serde_json::json!([{"group": 0, "members": [0, 1, 2, 3], "k": 1}])
+        );
+        assert_eq!(v[1]["per_rank"][3]["l3_group"], 0);
+        assert_eq!(v[0]["parity_groups"], serde_json::json!([]));
+        assert!(v[0]["per_rank"][3].get("l3_group").is_none());
     }
 }

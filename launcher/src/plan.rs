@@ -17,7 +17,7 @@ use ckpt::storage::durable::Access;
 use ckpt::{env, Interval};
 
 use crate::backend::mpirun;
-use crate::cli::RunArgs;
+use crate::cli::{LevelArgs, RunArgs};
 use crate::clock;
 use crate::UsageError;
 
@@ -92,6 +92,8 @@ pub struct RunPlan {
     /// L4 copies on shared storage every this many epochs (`--l4-every`, 0 = off); `None`:
     /// left to the ranks.
     pub l4_every: Option<u64>,
+    /// L3 and per-level retention flags (`None`: left to the ranks).
+    pub level_flags: LevelFlags,
     /// Absolute base of shared (L4) storage: `--shared-dir`, else the one `job.json` records
     /// (a resume keeps it), else an inherited `CKPT_SHARED_DIR`; `None`: `<job dir>/shared`.
     pub shared_dir: Option<PathBuf>,
@@ -125,6 +127,109 @@ pub struct RunPlan {
     pub exec_rank: Option<PathBuf>,
     /// Who may read the job's files (`CKPT_GROUP_ACCESS`; private by default).
     pub access: Access,
+}
+
+/// `ckpt run`'s L3 and retention flags, validated; each `None` when not given (left to an
+/// inherited variable, else the library's default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LevelFlags {
+    /// `--l3-every` (0 = off).
+    pub l3_every: Option<u64>,
+    /// `--l3-group` (at least 2).
+    pub l3_group: Option<u64>,
+    /// `--l3-parity` (at least 1, less than the group).
+    pub l3_parity: Option<u64>,
+    /// `--keep-l2` (at least 1).
+    pub keep_l2: Option<u64>,
+    /// `--keep-l3` (at least 1).
+    pub keep_l3: Option<u64>,
+    /// `--keep-l4` (at least 1).
+    pub keep_l4: Option<u64>,
+}
+
+impl LevelFlags {
+    /// Validates the flags as typed (bounds of each alone; parity against the group is
+    /// checked on the policy the ranks will read, see [`check_parity`]).
+    fn new(a: &LevelArgs) -> Result<LevelFlags, UsageError> {
+        let at_least = |flag: &str, v: &Option<String>, min: u64, what: &str| {
+            v.as_deref()
+                .map(|s| match s.trim().parse::<u64>() {
+                    Ok(n) if n >= min => Ok(n),
+                    _ => Err(UsageError(format!("{flag} {s}: expected {what}"))),
+                })
+                .transpose()
+        };
+        let keep = "a whole number of epochs >= 1";
+        Ok(LevelFlags {
+            l3_every: a
+                .l3_every
+                .as_deref()
+                .map(|s| level_every("--l3-every", "L3", s))
+                .transpose()?,
+            l3_group: at_least("--l3-group", &a.l3_group, 2, "a whole number of ranks >= 2")?,
+            l3_parity: at_least(
+                "--l3-parity",
+                &a.l3_parity,
+                1,
+                "a whole number of parity shards >= 1",
+            )?,
+            keep_l2: at_least("--keep-l2", &a.keep_l2, 1, keep)?,
+            keep_l3: at_least("--keep-l3", &a.keep_l3, 1, keep)?,
+            keep_l4: at_least("--keep-l4", &a.keep_l4, 1, keep)?,
+        })
+    }
+
+    /// The variables these flags set for the ranks.
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        [
+            (env::L3_EVERY, self.l3_every),
+            (env::L3_GROUP, self.l3_group),
+            (env::L3_PARITY, self.l3_parity),
+            (env::KEEP_L2, self.keep_l2),
+            (env::KEEP_L3, self.keep_l3),
+            (env::KEEP_L4, self.keep_l4),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v.to_string())))
+        .collect()
+    }
+
+    /// The flags given, as typed, for the resume hint.
+    pub fn argv(&self) -> Vec<String> {
+        let flags = [
+            ("--l3-every", self.l3_every),
+            ("--l3-group", self.l3_group),
+            ("--l3-parity", self.l3_parity),
+            ("--keep-l2", self.keep_l2),
+            ("--keep-l3", self.keep_l3),
+            ("--keep-l4", self.keep_l4),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(f, v)| v.map(|v| [f.to_owned(), v.to_string()]))
+            .flatten()
+            .collect()
+    }
+}
+
+/// Refuses an L3 parity count the group cannot hold (at least one data segment per set),
+/// naming where each value comes from (flag, inherited variable, or default).
+fn check_parity(levels: &LevelPolicy, flags: &LevelFlags) -> Result<(), UsageError> {
+    let (k, g) = (usize::from(levels.parity_k), levels.parity_group);
+    if k < g {
+        return Ok(());
+    }
+    let from = |given: Option<u64>, flag: &str, var: &str| match given {
+        Some(_) => flag.to_owned(),
+        None => format!("{var} or the default"),
+    };
+    Err(UsageError(format!(
+        "L3 parity {k} ({}) in groups of {g} ({}): the parity shards per set must be fewer \
+         than the ranks per group (1 to {})",
+        from(flags.l3_parity, "--l3-parity", env::L3_PARITY),
+        from(flags.l3_group, "--l3-group", env::L3_GROUP),
+        g.saturating_sub(1)
+    )))
 }
 
 impl RunPlan {
@@ -201,6 +306,7 @@ impl RunPlan {
             .as_deref()
             .map(|s| level_every("--l4-every", "L4", s))
             .transpose()?;
+        let level_flags = LevelFlags::new(&args.levels)?;
 
         let job_dir = match &args.job_dir {
             Some(dir) => absolute(&ctx.cwd, dir),
@@ -260,6 +366,7 @@ impl RunPlan {
             emulate_nodes: args.emulate_nodes,
             l2_every,
             l4_every,
+            level_flags,
             shared_dir,
             levels: LevelPolicy::default(),
             fault: args.fault,
@@ -293,6 +400,7 @@ impl RunPlan {
             ));
         }
         plan.levels = plan.check_rank_config(ctx)?.levels;
+        check_parity(&plan.levels, &plan.level_flags)?;
         Ok(plan)
     }
 
@@ -344,6 +452,7 @@ impl RunPlan {
         if let Some(n) = self.l4_every {
             vars.push((env::L4_EVERY, n.to_string()));
         }
+        vars.extend(self.level_flags.vars());
         if let Some(dir) = &self.shared_dir {
             vars.push((env::SHARED_DIR, dir.to_string_lossy().into_owned()));
         }
@@ -922,6 +1031,106 @@ mod tests {
             let e = plan(&ctx, flags).unwrap_err();
             assert_eq!(e.replace(&dir.path().display().to_string(), "D"), want);
         }
+    }
+
+    /// `--l3-*` and `--keep-l*` reach the ranks and the policy; each bound is refused, naming
+    /// the flag, and parity against the group is checked on the values the ranks will read
+    /// (flags, else inherited variables, else defaults).
+    #[test]
+    fn l3_and_keeps_reach_the_ranks() {
+        let (_dir, mut ctx) = fixture();
+        let plan = |ctx: &Context, flags: &str| {
+            let argv = format!("ckpt run -n 8 --job-dir /j/x {flags} -- prog");
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx).map_err(|e| e.to_string())
+        };
+        let p = plan(&ctx, "").unwrap();
+        assert_eq!(p.level_flags, LevelFlags::default());
+        assert!(p.level_flags.argv().is_empty());
+        let p = plan(
+            &ctx,
+            "--l3-every 1 --l3-group 3 --l3-parity 2 --keep-l2 2 --keep-l3 3 --keep-l4 4",
+        )
+        .unwrap();
+        let vars: Vec<String> = p.rank_env(0)[4..]
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            vars,
+            [
+                "CKPT_L3_EVERY=1",
+                "CKPT_L3_GROUP=3",
+                "CKPT_L3_PARITY=2",
+                "CKPT_KEEP_L2=2",
+                "CKPT_KEEP_L3=3",
+                "CKPT_KEEP_L4=4"
+            ]
+        );
+        let l = &p.levels;
+        assert_eq!(
+            (l.parity_every, l.parity_group, l.parity_k),
+            (1, 3, 2),
+            "the policy the ranks will read"
+        );
+        assert_eq!((l.keep_partner, l.keep_parity, l.keep_shared), (2, 3, 4));
+        assert_eq!(
+            p.level_flags.argv().join(" "),
+            "--l3-every 1 --l3-group 3 --l3-parity 2 --keep-l2 2 --keep-l3 3 --keep-l4 4"
+        );
+        assert_eq!(plan(&ctx, "--l3-every 0").unwrap().levels.parity_every, 0);
+        for (flags, want) in [
+            (
+                "--l3-every x",
+                "--l3-every x: expected a whole number of epochs >= 0 (0 turns L3 off)",
+            ),
+            (
+                "--l3-group 1",
+                "--l3-group 1: expected a whole number of ranks >= 2",
+            ),
+            (
+                "--l3-parity 0",
+                "--l3-parity 0: expected a whole number of parity shards >= 1",
+            ),
+            (
+                "--keep-l2 0",
+                "--keep-l2 0: expected a whole number of epochs >= 1",
+            ),
+            (
+                "--keep-l3 -1",
+                "--keep-l3 -1: expected a whole number of epochs >= 1",
+            ),
+            (
+                "--keep-l4 1.5",
+                "--keep-l4 1.5: expected a whole number of epochs >= 1",
+            ),
+            (
+                "--l3-parity 4",
+                "L3 parity 4 (--l3-parity) in groups of 4 (CKPT_L3_GROUP or the default): the \
+                 parity shards per set must be fewer than the ranks per group (1 to 3)",
+            ),
+            (
+                "--l3-group 2 --l3-parity 2",
+                "L3 parity 2 (--l3-parity) in groups of 2 (--l3-group): the parity shards per \
+                 set must be fewer than the ranks per group (1 to 1)",
+            ),
+        ] {
+            assert_eq!(plan(&ctx, flags).unwrap_err(), want, "{flags}");
+        }
+        // Inherited values count; a flag replaces them.
+        ctx.inherited = vec![(env::L3_PARITY, "3".into())];
+        assert_eq!(
+            plan(&ctx, "--l3-group 3").unwrap_err(),
+            "L3 parity 3 (CKPT_L3_PARITY or the default) in groups of 3 (--l3-group): the \
+             parity shards per set must be fewer than the ranks per group (1 to 2)"
+        );
+        assert_eq!(plan(&ctx, "").unwrap().levels.parity_k, 3);
+        assert_eq!(plan(&ctx, "--l3-group 3 --l3-parity 1").map(drop), Ok(()));
     }
 
     #[test]

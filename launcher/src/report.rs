@@ -77,16 +77,35 @@ pub fn header(plan: &RunPlan) -> String {
         Some(every) => format!("checkpoint every {every}"),
     };
     format!(
-        "job dir {}: {} ranks, {every}, keep {}, {}; {}",
+        "job dir {}: {} ranks, {every}, {}; {}; {}",
         plan.job_dir.display(),
         plan.ranks,
-        plan.keep,
         match plan.max_restarts {
             0 => "no restarts".to_owned(),
             n => format!("up to {}", count(n as u64, "restart", "restarts")),
         },
-        levels_policy(plan)
+        levels_policy(plan),
+        keeps(plan)
     )
+}
+
+/// `keep 2 epochs at L1, 1 at L2, 2 at L4`: the retention of each level that is on.
+pub fn keeps(plan: &RunPlan) -> String {
+    let p = &plan.levels;
+    let mut parts = vec![format!(
+        "keep {} at L1",
+        count(u64::from(plan.keep), "epoch", "epochs")
+    )];
+    for (every, keep, name) in [
+        (p.partner_every, p.keep_partner, "L2"),
+        (p.parity_every, p.keep_parity, "L3"),
+        (p.shared_every, p.keep_shared, "L4"),
+    ] {
+        if every > 0 {
+            parts.push(format!("{keep} at {name}"));
+        }
+    }
+    parts.join(", ")
 }
 
 /// `levels L1, L2 every epoch, L4 every 10 epochs in DIR`: what the ranks will produce.
@@ -99,6 +118,17 @@ pub fn levels_policy(plan: &RunPlan) -> String {
     let mut parts = vec!["levels L1".to_owned()];
     if p.partner_every > 0 {
         parts.push(format!("L2 every {}", every(p.partner_every)));
+    }
+    if p.parity_every > 0 {
+        let code = match p.parity_k {
+            1 => "XOR".to_owned(),
+            k => format!("Reed-Solomon, {k} parity"),
+        };
+        parts.push(format!(
+            "L3 every {} (groups of {}, {code})",
+            every(p.parity_every),
+            p.parity_group
+        ));
     }
     if p.shared_every > 0 {
         let dir = p
@@ -145,6 +175,7 @@ pub fn resume_hint(plan: &RunPlan) -> String {
             argv.extend([flag.into(), n.to_string().into()]);
         }
     }
+    argv.extend(plan.level_flags.argv().into_iter().map(OsString::from));
     argv.extend(["--job-dir".into(), plan.job_dir.clone().into()]);
     if let Some(dir) = &plan.local_dir {
         argv.extend(["--local-dir".into(), dir.clone().into()]);
@@ -821,13 +852,34 @@ mod tests {
             "to resume: ckpt run -n 2 --every 10 --keep 2 --l2-every 0 --l4-every 3 --job-dir \
              /j --emulate-nodes 2 --exit-signal=12 -- /bin/true 'a b'",
         );
+        usr2.level_flags.l3_every = Some(1);
+        usr2.level_flags.l3_parity = Some(2);
+        usr2.level_flags.keep_l4 = Some(5);
+        check(
+            resume_hint(&usr2),
+            "to resume: ckpt run -n 2 --every 10 --keep 2 --l2-every 0 --l4-every 3 --l3-every \
+             1 --l3-parity 2 --keep-l4 5 --job-dir /j --emulate-nodes 2 --exit-signal=12 -- \
+             /bin/true 'a b'",
+        );
         let mut plan = crate::testutil::plan(std::path::Path::new("/j"), 4);
         check(
             header(&plan),
-            "job dir /j: 4 ranks, checkpoint every 10 polls, keep 2, up to 3 restarts; levels \
-             L1, L2 every epoch, L4 every 10 epochs in /j/shared",
+            "job dir /j: 4 ranks, checkpoint every 10 polls, up to 3 restarts; levels L1, L2 \
+             every epoch, L3 every 4 epochs (groups of 4, XOR), L4 every 10 epochs in /j/shared; \
+             keep 2 epochs at L1, 1 at L2, 1 at L3, 2 at L4",
         );
+        plan.levels.parity_k = 2;
+        plan.levels.parity_every = 1;
+        plan.levels.parity_group = 8;
+        plan.levels.keep_parity = 3;
         plan.levels.partner_every = 0;
+        plan.keep = 1;
+        check(
+            format!("{}; {}", levels_policy(&plan), keeps(&plan)),
+            "levels L1, L3 every epoch (groups of 8, Reed-Solomon, 2 parity), L4 every 10 \
+             epochs in /j/shared; keep 1 epoch at L1, 3 at L3, 2 at L4",
+        );
+        plan.levels.parity_every = 0;
         plan.levels.shared_every = 1;
         plan.levels.shared_dir = Some("/pfs/me".into());
         check(levels_policy(&plan), "levels L1, L4 every epoch in /pfs/me");

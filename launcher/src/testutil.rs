@@ -65,6 +65,7 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         emulate_nodes: None,
         l2_every: None,
         l4_every: None,
+        level_flags: Default::default(),
         shared_dir: None,
         levels: Default::default(),
         fault: None,
@@ -124,6 +125,68 @@ pub fn write_epoch(dir: &std::path::Path, m: &mut Manifest) {
             let copy = places(&holder).locate(level, m.epoch, rank as u32).unwrap();
             std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
             std::fs::copy(&l1, &copy).unwrap();
+        }
+    }
+    ckpt::manifest::publish(dir, m).unwrap();
+}
+
+/// Records L3 complete in `m` (written by [`write_epoch`]) with the parity groups `groups`
+/// (`k` parity shards per set) and writes every holder's parity file as the ranks would:
+/// header, then the shard encoded from the members' L1 segments. Republishes `m`.
+pub fn write_parity(dir: &std::path::Path, m: &mut Manifest, groups: &[Vec<u32>], k: u16) {
+    use ckpt::storage::copies::Places;
+    use ckpt::storage::parity::{self, ParityHeader};
+    use ckpt::storage::parity_sets::{header_group, ParitySets};
+    m.copies.parity = groups
+        .iter()
+        .map(|members| ckpt::manifest::ParityGroup {
+            members: members.clone(),
+            k,
+        })
+        .collect();
+    if !m.levels.contains(&Level::Parity) {
+        m.levels.push(Level::Parity);
+    }
+    let places = |node: &str| Places {
+        local_dir: dir.join("local").join(node),
+        shared_dir: dir.join("shared"),
+        job_id: m.job.clone(),
+    };
+    for (g, members) in groups.iter().enumerate() {
+        let sets = ParitySets::new(members.clone(), k).unwrap();
+        let files: Vec<Vec<u8>> = members
+            .iter()
+            .map(|&r| {
+                let node = &m.ranks[r as usize].node;
+                std::fs::read(places(node).locate(Level::Local, m.epoch, r).unwrap()).unwrap()
+            })
+            .collect();
+        let lens: Vec<u64> = files.iter().map(|f| f.len() as u64).collect();
+        for p in 0..sets.count() {
+            let layout = sets.layout(p, &lens, parity::DEFAULT_CHUNK).unwrap();
+            let segs: Vec<&[u8]> = sets
+                .data(p)
+                .iter()
+                .map(|&d| {
+                    let r = sets.segment(lens[d], sets.segment_of(d, p).unwrap());
+                    &files[d][r.start as usize..r.end as usize]
+                })
+                .collect();
+            let shards = parity::encode(&layout, &segs).unwrap();
+            for (t, h) in sets.holders(p).into_iter().enumerate() {
+                let header = ParityHeader {
+                    epoch: m.epoch,
+                    group: header_group(g, p),
+                    index: t as u16,
+                    layout: layout.clone(),
+                };
+                let node = &m.ranks[members[h] as usize].node;
+                let path = places(node).parity_path(m.epoch, g as u32, p as u32);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                let mut bytes = header.encode();
+                bytes.extend_from_slice(&shards[t]);
+                std::fs::write(path, bytes).unwrap();
+            }
         }
     }
     ckpt::manifest::publish(dir, m).unwrap();

@@ -16,7 +16,10 @@
 //!   base `--local-dir`, else the recorded one, else `<job dir>/local`.
 //! - L4 under the shared directory: `--shared-dir`, else the one recorded in `job.json`, else
 //!   `$CKPT_SHARED_DIR`, else `<job dir>/shared`.
-//! - L3 parity is not checked yet (said so per epoch).
+//! - L3 parity files on each holder's node, under the same bases: each file's header and
+//!   length, and where every data member of a set has a good L1 file, the parity recomputed
+//!   from them and compared (see `verify_l3.rs`); a rank whose L1 file is bad counts as
+//!   recoverable from L3 when restart could rebuild it.
 //!
 //! Per epoch: `ok` when every copy is good; `RECOVERABLE` when some copy is bad or missing but
 //! every rank has a good copy at some level (each bad copy is named with the levels it is
@@ -37,6 +40,7 @@ use ckpt::util::human_bytes;
 use serde::Serialize;
 
 use crate::report::{self, level};
+use crate::verify_l3::{self, L3Check};
 use crate::{jobdir, list, Outcome};
 
 /// Where rank files are looked for: one base for every node, or `<local>/<node>`.
@@ -107,7 +111,7 @@ impl Where {
 
     /// Where `level` keeps rank `rank`'s copy of `m`'s epoch and the node holding it (none
     /// for shared storage), or why that is unknown.
-    fn copy<'m>(
+    pub(crate) fn copy<'m>(
         &self,
         m: &'m Manifest,
         level: Level,
@@ -120,7 +124,7 @@ impl Where {
                 None => return Err("the manifest records no rank holding its L2 copy".into()),
             },
             Level::Pfs => None,
-            Level::Parity => return Err("L3 is not checked".into()),
+            Level::Parity => return Err("L3 holds parity, not copies (see verify_l3)".into()),
         };
         let places = self.places(node.unwrap_or_default());
         let path = places.locate(level, m.epoch, rank as u32);
@@ -147,12 +151,28 @@ struct BadCopy {
 /// What the check of one epoch's copies found.
 #[derive(Debug)]
 struct Checked {
-    /// Levels whose copies were read (complete ones, L3 aside).
+    /// Levels whose copies were read (complete ones).
     checked: Vec<Level>,
-    /// Every bad copy, by level then rank.
+    /// Every bad copy of a rank's file, by level then rank.
     bad: Vec<BadCopy>,
+    /// L3, when complete.
+    l3: Option<L3Check>,
     /// Ranks with no good copy at any level.
     lost: Vec<u32>,
+}
+
+impl Checked {
+    /// Bad copies and parity files, and problems with the L3 record.
+    fn bad_count(&self) -> usize {
+        let l3 = self.l3.as_ref().map_or(0, |c| c.bad.len() + c.errors.len());
+        self.bad.len() + l3
+    }
+
+    /// Copies of rank files and parity files checked.
+    fn copy_count(&self, nranks: usize) -> usize {
+        let rank_levels = self.checked.iter().filter(|&&l| l != Level::Parity).count();
+        nranks * rank_levels + self.l3.as_ref().map_or(0, |c| c.files)
+    }
 }
 
 /// The result for one epoch.
@@ -210,8 +230,9 @@ pub fn run(
             at.base.shown(),
             at.shared.display()
         );
+        let newest = newest_epoch(&verdicts);
         for (epoch, v) in &verdicts {
-            for line in text(*epoch, v) {
+            for line in text(*epoch, v, Some(*epoch) == newest) {
                 outln!("{line}");
             }
         }
@@ -240,17 +261,17 @@ fn verdict(dir: &Path, at: &Where, entry: list::Entry) -> Verdict {
     Verdict::Checked(Box::new(m), checked)
 }
 
-/// Reads every copy of every complete level of `m` (L3 aside).
+/// Reads every copy of every complete level of `m`, and checks its L3 parity.
 fn check_epoch(at: &Where, m: &Manifest) -> Checked {
     let mut checked: Vec<Level> = Vec::new();
     for &l in &m.levels {
-        if l != Level::Parity && !checked.contains(&l) {
+        if !checked.contains(&l) {
             checked.push(l);
         }
     }
     let mut good: Vec<Vec<&'static str>> = vec![Vec::new(); m.ranks.len()];
     let mut bad = Vec::new();
-    for &lvl in &checked {
+    for &lvl in checked.iter().filter(|&&l| l != Level::Parity) {
         for (rank, ok) in good.iter_mut().enumerate() {
             let found = at.copy(m, lvl, rank);
             let result = found
@@ -270,13 +291,28 @@ fn check_epoch(at: &Where, m: &Manifest) -> Checked {
             }
         }
     }
+    let l3 = checked.contains(&Level::Parity).then(|| {
+        let l1_good: Vec<bool> = good.iter().map(|g| g.contains(&"L1")).collect();
+        verify_l3::check(at, m, &l1_good)
+    });
+    for &r in l3.iter().flat_map(|c| &c.rebuildable) {
+        if let Some(g) = good.get_mut(r as usize) {
+            g.push(level(Level::Parity));
+            g.sort_unstable();
+        }
+    }
     for b in &mut bad {
         b.recoverable_from = good[b.rank as usize].clone();
     }
     let lost = (0..m.ranks.len() as u32)
         .filter(|&r| good[r as usize].is_empty())
         .collect();
-    Checked { checked, bad, lost }
+    Checked {
+        checked,
+        bad,
+        l3,
+        lost,
+    }
 }
 
 /// Restore's checks of one copy of rank `rank`'s file of `m`'s epoch, every byte read.
@@ -310,8 +346,16 @@ fn ranks(list: &[u32]) -> String {
     format!("rank{s} {}", report::epochs(&wide))
 }
 
-/// The lines of one epoch.
-fn text(epoch: u64, v: &Verdict) -> Vec<String> {
+/// The newest committed epoch whose manifest was read (the one whose levels may be pending).
+fn newest_epoch(verdicts: &[(u64, Verdict)]) -> Option<u64> {
+    let checked = verdicts
+        .iter()
+        .filter(|(_, v)| matches!(v, Verdict::Checked(..)));
+    checked.map(|(e, _)| *e).max()
+}
+
+/// The lines of one epoch (`newest`: the newest committed epoch).
+fn text(epoch: u64, v: &Verdict, newest: bool) -> Vec<String> {
     let (m, c) = match v {
         Verdict::Quarantined(note) => {
             return vec![format!(
@@ -321,10 +365,7 @@ fn text(epoch: u64, v: &Verdict) -> Vec<String> {
         Verdict::Unreadable(e) => return vec![format!("epoch {epoch}: DAMAGED: {e}")],
         Verdict::Checked(m, c) => (m, c),
     };
-    let mut levels = list::levels(m);
-    if m.has(Level::Parity) {
-        levels.push_str(" (L3 not checked)");
-    }
+    let levels = list::levels(m, newest);
     let head = if !c.lost.is_empty() {
         format!(
             "epoch {epoch}: DAMAGED ({} of {} rank files): no good copy of {} at any level; \
@@ -333,18 +374,25 @@ fn text(epoch: u64, v: &Verdict) -> Vec<String> {
             m.nranks,
             ranks(&c.lost)
         )
-    } else if !c.bad.is_empty() {
+    } else if c.bad_count() > 0 {
         format!(
             "epoch {epoch}: RECOVERABLE ({} of {} copies bad, every rank has a good one); \
              levels {levels}",
-            c.bad.len(),
-            m.ranks.len() * c.checked.len()
+            c.bad_count(),
+            c.copy_count(m.ranks.len())
         )
     } else {
+        let rank_levels = c.checked.iter().filter(|&&l| l != Level::Parity).count();
+        let l3 = c.l3.as_ref().map_or_else(String::new, |l3| {
+            format!(
+                ", {} L3 parity files good, parity of {} sets recomputed",
+                l3.files, l3.recomputed_sets
+            )
+        });
         format!(
-            "epoch {epoch}: ok ({} ranks, {} verified); levels {levels}",
+            "epoch {epoch}: ok ({} ranks, {} verified{l3}); levels {levels}",
             m.nranks,
-            human_bytes(m.payload_bytes() * c.checked.len() as u64)
+            human_bytes(m.payload_bytes() * rank_levels as u64)
         )
     };
     let details = c.bad.iter().map(|b| {
@@ -366,7 +414,33 @@ fn text(epoch: u64, v: &Verdict) -> Vec<String> {
             b.level, b.rank, b.error
         )
     });
-    std::iter::once(head).chain(details).collect()
+    let l3 = c.l3.iter().flat_map(l3_lines);
+    std::iter::once(head).chain(details).chain(l3).collect()
+}
+
+/// The lines naming what is wrong with an epoch's L3.
+fn l3_lines(c: &L3Check) -> Vec<String> {
+    let mut out: Vec<String> = c.errors.iter().map(|e| format!("  L3: {e}")).collect();
+    out.extend(c.bad.iter().map(|b| {
+        format!(
+            "  L3 group {} set {} shard {} (rank {} on node {}): {}: {}",
+            b.group,
+            b.set,
+            b.shard,
+            b.holder,
+            b.node,
+            b.path.display(),
+            b.error
+        )
+    }));
+    if c.unrecomputed_sets > 0 {
+        out.push(format!(
+            "  L3: parity of {} sets not recomputed (a data member's L1 file is bad; their \
+             headers and lengths were checked)",
+            c.unrecomputed_sets
+        ));
+    }
+    out
 }
 
 /// The whole result as `--json`.
@@ -395,11 +469,15 @@ struct JsonEpoch<'a> {
     pending: Vec<&'static str>,
     checked: Vec<&'static str>,
     bad: &'a [BadCopy],
+    /// L3's parity files, when L3 is complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l3: Option<&'a L3Check>,
     /// Ranks with no good copy at any level.
     lost_ranks: &'a [u32],
 }
 
 fn json(at: &Where, verdicts: &[(u64, Verdict)]) -> serde_json::Result<String> {
+    let newest = newest_epoch(verdicts);
     let names = |ls: &[Level]| ls.iter().map(|&l| level(l)).collect::<Vec<_>>();
     let epochs = verdicts
         .iter()
@@ -413,6 +491,7 @@ fn json(at: &Where, verdicts: &[(u64, Verdict)]) -> serde_json::Result<String> {
                 pending: Vec::new(),
                 checked: Vec::new(),
                 bad: &[],
+                l3: None,
                 lost_ranks: &[],
             };
             match v {
@@ -422,13 +501,14 @@ fn json(at: &Where, verdicts: &[(u64, Verdict)]) -> serde_json::Result<String> {
                 }
                 Verdict::Unreadable(err) => e.error = Some(err),
                 Verdict::Checked(m, c) => {
-                    e.status = match (c.lost.is_empty(), c.bad.is_empty()) {
+                    e.status = match (c.lost.is_empty(), c.bad_count() == 0) {
                         (false, _) => "damaged",
                         (true, false) => "recoverable",
                         (true, true) => "ok",
                     };
+                    e.l3 = c.l3.as_ref();
                     e.levels = names(&m.levels);
-                    e.pending = names(&list::pending(m));
+                    e.pending = names(&list::pending(m, Some(*epoch) == newest));
                     e.checked = names(&c.checked);
                     e.bad = &c.bad;
                     e.lost_ranks = &c.lost;
@@ -473,7 +553,10 @@ mod tests {
         let d = dir.display().to_string();
         let entries = list::entries(dir).unwrap();
         let all = entries.into_iter().map(|e| (e.epoch, verdict(dir, at, e)));
-        all.flat_map(|(epoch, v)| text(epoch, &v))
+        let all: Vec<_> = all.collect();
+        let newest = newest_epoch(&all);
+        all.iter()
+            .flat_map(|(epoch, v)| text(*epoch, v, Some(*epoch) == newest))
             .map(|l| l.replace(&d, "D"))
             .collect()
     }
@@ -501,7 +584,7 @@ mod tests {
             lines(dir.path(), &at),
             [
                 "epoch 3: ok (4 ranks, 117.2 KiB verified); levels L1 L2 L4",
-                "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1 (L4 pending)",
+                "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1",
             ]
         );
         let outcome = run(dir.path(), None, None, false).unwrap();
@@ -560,7 +643,7 @@ mod tests {
         );
         assert_eq!(
             got[5],
-            "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1 (L4 pending)"
+            "epoch 2: ok (4 ranks, 39.1 KiB verified); levels L1"
         );
         assert_eq!(run(d, None, None, false).unwrap(), Outcome::JobFailed);
 
@@ -588,7 +671,8 @@ mod tests {
         assert_eq!(bad[2]["rank"], 2);
         assert_eq!(bad[2]["recoverable_from"], serde_json::json!(["L1", "L4"]));
         assert_eq!(v["epochs"][1]["status"], "ok");
-        assert_eq!(v["epochs"][1]["pending"], serde_json::json!(["L4"]));
+        // Only the newest epoch's levels can be in progress.
+        assert_eq!(v["epochs"][1]["pending"], serde_json::json!([]));
     }
 
     /// Copies are looked for where `job.json` says: under the recorded shared directory, and
@@ -621,5 +705,157 @@ mod tests {
             got[1],
             "  L2 rank 3: the manifest records no rank holding its L2 copy; recoverable from L1/L4"
         );
+    }
+
+    /// Epoch 3 of 4 ranks on 4 nodes with L1 and L3 (one group of the 4, `k` parity shards
+    /// per set), every file written; the parity file of `set` held by shard `t`'s holder.
+    fn l3_job(k: u16) -> (tempfile::TempDir, Where) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = testutil::manifest_v2(3, 4, 4, &[Level::Parity], &[]);
+        testutil::write_epoch(dir.path(), &mut m);
+        testutil::write_parity(dir.path(), &mut m, &[vec![0, 1, 2, 3]], k);
+        let at = Where {
+            base: LocalBase::of(dir.path(), None),
+            shared: jobdir::shared_base(dir.path(), None),
+            job: "job".into(),
+        };
+        (dir, at)
+    }
+
+    fn parity_file(dir: &Path, set: u32, holder: u32) -> PathBuf {
+        Places {
+            local_dir: dir.join("local").join(format!("node{holder}")),
+            shared_dir: dir.join("shared"),
+            job_id: "job".into(),
+        }
+        .parity_path(3, 0, set)
+    }
+
+    /// Every parity file is found on its holder's node, its header checked and its parity
+    /// recomputed from the members' L1 files; a flipped parity byte and a damaged header are
+    /// each named with the file and the cause (the epoch stays restorable: exit 0).
+    #[test]
+    fn l3_parity_is_recomputed_and_a_bad_shard_named() {
+        let (dir, at) = l3_job(1);
+        let d = dir.path();
+        let got = lines(d, &at);
+        assert_eq!(
+            got,
+            [
+                "epoch 3: ok (4 ranks, 39.1 KiB verified, 4 L3 parity files good, parity of 4 \
+              sets recomputed); levels L1 L3"
+            ]
+        );
+        // Set 1's shard (held by rank 1): one parity byte flipped.
+        let p1 = parity_file(d, 1, 1);
+        let mut bytes = std::fs::read(&p1).unwrap();
+        let at_byte = bytes.len() - 10;
+        bytes[at_byte] ^= 4;
+        std::fs::write(&p1, bytes).unwrap();
+        // Set 2's shard (rank 2): header damaged.
+        let p2 = parity_file(d, 2, 2);
+        let mut bytes = std::fs::read(&p2).unwrap();
+        bytes[20] ^= 1;
+        std::fs::write(&p2, bytes).unwrap();
+        let got = lines(d, &at);
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert_eq!(
+            got[0],
+            "epoch 3: RECOVERABLE (2 of 8 copies bad, every rank has a good one); levels L1 L3"
+        );
+        assert_eq!(
+            got[1],
+            format!(
+                "  L3 group 0 set 1 shard 0 (rank 1 on node node1): \
+                 D/local/node1/job/parity/epoch-00000003/group-000000-set-0001.prty: parity \
+                 differs from the parity recomputed from the L1 files of ranks 0, 2, 3 at \
+                 byte {at_byte} (stripe 0)"
+            )
+        );
+        assert!(
+            got[2].starts_with(
+                "  L3 group 0 set 2 shard 0 (rank 2 on node node2): \
+                 D/local/node2/job/parity/epoch-00000003/group-000000-set-0002.prty: checksum \
+                 mismatch in parity header"
+            ),
+            "{}",
+            got[2]
+        );
+        assert_eq!(run(d, None, None, false).unwrap(), Outcome::Success);
+    }
+
+    /// A rank whose L1 file is gone is recoverable from L3 while every set covering it lost at
+    /// most k shards (its node's parity file gone too: a lost node); one more lost member is
+    /// too many for XOR: no good copy (exit 1), where Reed-Solomon with k = 2 still rebuilds.
+    #[test]
+    fn a_lost_member_is_recoverable_from_l3_up_to_k() {
+        for k in [1u16, 2] {
+            let (dir, at) = l3_job(k);
+            let d = dir.path();
+            let l1 = |r: u32| copy(d, Level::Local, 3, r, &format!("node{r}"));
+            std::fs::remove_dir_all(d.join("local/node2")).unwrap();
+            let got = lines(d, &at);
+            assert_eq!(
+                got[0],
+                format!(
+                    "epoch 3: RECOVERABLE ({} of {} copies bad, every rank has a good one); \
+                     levels L1 L3",
+                    1 + k,
+                    4 + 4 * k
+                )
+            );
+            assert_eq!(
+                got[1],
+                format!(
+                    "  L1 rank 2 (node node2): {}: No such file or directory (os error 2); \
+                     recoverable from L3",
+                    l1(2)
+                        .display()
+                        .to_string()
+                        .replace(&d.display().to_string(), "D")
+                )
+            );
+            let note = format!("parity of {} sets not recomputed", 4 - k);
+            assert!(got.last().unwrap().contains(&note), "{got:#?}");
+            assert_eq!(run(d, None, None, false).unwrap(), Outcome::Success);
+
+            std::fs::remove_file(l1(3)).unwrap();
+            let got = lines(d, &at);
+            let want = if k == 1 {
+                "epoch 3: DAMAGED (2 of 4 rank files): no good copy of ranks 2, 3 at any level; \
+                 levels L1 L3"
+            } else {
+                "epoch 3: RECOVERABLE (4 of 12 copies bad, every rank has a good one); levels \
+                 L1 L3"
+            };
+            assert_eq!(got[0], want, "k {k}: {got:#?}");
+            let want = if k == 1 {
+                Outcome::JobFailed
+            } else {
+                Outcome::Success
+            };
+            assert_eq!(run(d, None, None, false).unwrap(), want, "k {k}");
+        }
+        let (dir, at) = l3_job(1);
+        let v: serde_json::Value = {
+            std::fs::remove_file(parity_file(dir.path(), 0, 0)).unwrap();
+            let entries = list::entries(dir.path()).unwrap();
+            let all: Vec<_> = entries
+                .into_iter()
+                .map(|e| (e.epoch, verdict(dir.path(), &at, e)))
+                .collect();
+            serde_json::from_str(&json(&at, &all).unwrap()).unwrap()
+        };
+        let e = &v["epochs"][0];
+        assert_eq!(e["status"], "recoverable");
+        assert_eq!(e["checked"], serde_json::json!(["L1", "L3"]));
+        assert_eq!(e["l3"]["files"], 4);
+        assert_eq!(e["l3"]["recomputed_sets"], 3);
+        assert_eq!(e["l3"]["bad"][0]["set"], 0);
+        assert_eq!(e["l3"]["bad"][0]["holder"], 0);
+        assert!(e["l3"]["bad"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("No such file"));
     }
 }

@@ -178,7 +178,7 @@ impl Grouping {
 
 /// The `group` field of an L3 parity file's header: group index and set.
 pub(crate) fn parity_header_group(g: usize, p: usize) -> u32 {
-    ((g as u32) << 16) | p as u32
+    crate::storage::parity_sets::header_group(g, p)
 }
 
 /// The background levels of this rank: at most one epoch in flight.

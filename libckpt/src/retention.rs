@@ -86,10 +86,13 @@ pub fn thresholds(epochs: &[(u64, Vec<Level>)], keep: &Keep) -> KeepFrom {
             .copied()
             .unwrap_or(0)
     };
+    let local = at(Level::Local);
     KeepFrom {
-        local: at(Level::Local),
+        local,
         partner: at(Level::Partner),
-        parity: at(Level::Parity),
+        // Parity rebuilds a lost file from the other members' L1 files: without them it
+        // rebuilds nothing, so it never outlives L1.
+        parity: at(Level::Parity).max(local),
         shared: at(Level::Pfs),
     }
 }
@@ -202,6 +205,17 @@ mod tests {
             assert_eq!(kept_levels(e, levels, &from), want, "epoch {e}");
         }
         assert_eq!(from.oldest(), 2);
+        // L3 never outlives L1 (a window of 3 at L3, 1 at L1).
+        let l3 = thresholds(
+            &[(9, vec![Local, Parity]), (8, vec![Local, Parity])],
+            &Keep {
+                local: 1,
+                partner: 1,
+                parity: 3,
+                shared: 1,
+            },
+        );
+        assert_eq!((l3.local, l3.parity), (9, 9));
         // Fewer epochs than the window: everything stays.
         let few = thresholds(&epochs[..1], &keep);
         assert_eq!(kept_levels(10, &[Local], &few), [Local]);

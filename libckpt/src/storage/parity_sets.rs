@@ -16,6 +16,12 @@ use std::ops::Range;
 
 use super::parity::{GroupLayout, Member, ParityError};
 
+/// The `group` field of the parity header of set `p` of group `g` (`(g << 16) | p`), as the
+/// holders write it and restart and `ckpt verify` check it.
+pub fn header_group(g: usize, p: usize) -> u32 {
+    ((g as u32) << 16) | p as u32
+}
+
 /// The parity sets of one group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParitySets {
