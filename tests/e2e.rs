@@ -3169,7 +3169,9 @@ fn each_level_keeps_its_own_epochs_and_an_l4_only_epoch_restores() {
     assert_eq!(levels(4), [ckpt::Level::Pfs]);
     let id = job_id(&job);
     let shared = job.join("shared").join(&id);
-    for e in 1..=6u64 {
+    // Epoch 3 left the L4 window when epoch 6's L4 completed, after the last commit: its
+    // manifest is gone, its copies go at the next commit.
+    for e in (1..=2u64).chain(4..=6) {
         let l4 = shared
             .join(format!("epoch-{e:08}"))
             .join("rank-000001.ckpt");
@@ -3846,4 +3848,100 @@ fn bench_levels_runs_every_phase() {
             out.dump()
         );
     }
+}
+
+/// The other half of the level matrix: ring recovered from L2 (the default), and heat2d from
+/// L4 with L2 and L3 off, each bit-identical.
+#[test]
+fn ring_recovers_from_partners_and_heat2d_from_shared_storage() {
+    let Some(_mpi) = mpi() else { return };
+    let args = ["--iters", "240", "--lag", "3", "--step-ms", "15"];
+    let (out, ev) = lose_node1(
+        &bin("ring"),
+        &args,
+        &[("CKPT_L3_EVERY", "0")],
+        ckpt::Level::Partner,
+    );
+    assert!(out.status.success(), "{}", out.dump());
+    let dir = tempfile::tempdir().unwrap();
+    let reference = Run::new(
+        &dir.path().join("ref"),
+        8,
+        &["--every", "off"],
+        &bin("ring"),
+        &args,
+    )
+    .output();
+    let want = ring_digests(&reference);
+    let got = ring_digests(&out);
+    assert_eq!(&got[got.len() - want.len()..], &want[..], "{}", out.dump());
+    assert_eq!(recovered_by(&ev, ckpt::Level::Partner), [2, 3], "{ev:?}");
+
+    let env = [
+        ("CKPT_L2_EVERY", "0"),
+        ("CKPT_L3_EVERY", "0"),
+        ("CKPT_L4_EVERY", "1"),
+    ];
+    let (out, ev) = lose_node1(&heat2d(), HEAT_NODES, &env, ckpt::Level::Pfs);
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(recovered_by(&ev, ckpt::Level::Pfs), [2, 3], "{ev:?}");
+}
+
+/// A node lost while the newest epoch's L2 copies are still travelling (rank 5 stops in the
+/// middle of epoch 3's L2): epoch 3 has no L2 yet, so the restart falls back to epoch 2, whose
+/// L2 copies retention kept until epoch 3's would be complete, and recovers node1's ranks from
+/// them; bit-identical.
+#[test]
+fn a_node_lost_before_the_newest_epochs_copies_complete_falls_back_to_the_previous_ones() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let flags = [
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "5:background:3:stop",
+    ];
+    let running = Run::new(&job, 8, &flags, &heat2d(), HEAT_NODES)
+        .env("CKPT_L3_EVERY", "0")
+        .spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&3)),
+        "epoch 3 never committed"
+    );
+    // Rank 5 stopped in epoch 3's L2: give it a moment, then lose node1.
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = ckpt(&["kill-node", job.to_str().unwrap(), "node1"]);
+    assert!(kill.status.success(), "{}", kill.dump());
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    let ev = events(&job);
+    let restored = ev.iter().find_map(|e| match e {
+        Event::Restored { epoch, .. } => Some(*epoch),
+        _ => None,
+    });
+    assert_eq!(restored, Some(2), "{}", out.dump());
+    assert_eq!(recovered_by(&ev, ckpt::Level::Partner), [2, 3], "{ev:?}");
+    assert!(
+        out.stderr.contains("L2: not complete for this epoch"),
+        "{}",
+        out.dump()
+    );
 }

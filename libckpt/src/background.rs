@@ -35,6 +35,7 @@ use crate::format::{FileIdentity, RankFileReader};
 use crate::inflight::{InFlight, RecvStream};
 use crate::manifest::{self, Level};
 use crate::placement::Partners;
+use crate::retention;
 use crate::stall::{self, Watch};
 use crate::storage::copies::{self, CopyWriter, Places};
 use crate::storage::durable;
@@ -642,8 +643,15 @@ impl Flight {
                 }
                 _ => {}
             }
+            let keep = ctx.cfg.keep_per_level();
             t.publishing = Some(Task::spawn(move || {
-                republish(&job_dir, epoch, level, copies)
+                republish(&job_dir, epoch, level, copies)?;
+                // The level now counts for retention: an older epoch may lose it (its copies
+                // go at the next commit).
+                if let Err(e) = retention::apply(&job_dir, &keep) {
+                    eprintln!("[ckpt rank 0] warning: cannot apply retention: {e}");
+                }
+                Ok(())
             }));
         }
     }

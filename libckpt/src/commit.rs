@@ -375,7 +375,7 @@ fn decide_and_publish(
                     },
                 );
                 match not_durable {
-                    None => keep_from = prune_manifests(ctx, epoch),
+                    None => keep_from = prune_manifests(ctx),
                     Some(e) => report_not_durable(ctx, epoch, e),
                 }
             }
@@ -406,8 +406,8 @@ fn decide_and_publish(
 
 /// Applies retention per level to the manifests (see [`crate::retention`]); returns the
 /// thresholds below which the ranks remove their copies (`0`s: keep all, after an error).
-fn prune_manifests(ctx: &Ctx, epoch: u64) -> KeepFrom {
-    retention::apply(&ctx.cfg.job_dir, &ctx.cfg.keep_per_level(), epoch).unwrap_or_else(|e| {
+fn prune_manifests(ctx: &Ctx) -> KeepFrom {
+    retention::apply(&ctx.cfg.job_dir, &ctx.cfg.keep_per_level()).unwrap_or_else(|e| {
         eprintln!("[ckpt rank 0] warning: cannot apply retention: {e}");
         KeepFrom::default()
     })

@@ -106,12 +106,14 @@ pub fn kept_levels(epoch: u64, levels: &[Level], from: &KeepFrom) -> Vec<Level> 
         .collect()
 }
 
-/// Rank 0, after a durable commit of epoch `newest`: drops from older manifests the levels
-/// that fall out of their window (republished atomically), removes the manifests with no level
-/// left (and quarantine records older than every kept epoch), and returns the thresholds the
-/// ranks prune their copies below. The newest epoch counts with the levels planned for it
-/// (they are being produced), so a window of 3 holds 3 epochs once they complete, not 4.
-pub fn apply(job_dir: &Path, keep: &Keep, newest: u64) -> Result<KeepFrom, String> {
+/// Rank 0, after a durable commit and after each level completes: drops from older manifests
+/// the levels that fall out of their window (republished atomically), removes the manifests
+/// with no level left (and quarantine records older than every kept epoch), and returns the
+/// thresholds the ranks prune their copies below (at the commit; the copies of a level dropped
+/// when another completes go at the next commit). Only complete levels count: an epoch's
+/// earlier copies stay until its successor's are complete, so a node lost meanwhile is still
+/// recovered.
+pub fn apply(job_dir: &Path, keep: &Keep) -> Result<KeepFrom, String> {
     let committed = manifest::committed(job_dir).map_err(|e| e.to_string())?;
     let mut loaded = Vec::new();
     for &e in &committed {
@@ -121,16 +123,8 @@ pub fn apply(job_dir: &Path, keep: &Keep, newest: u64) -> Result<KeepFrom, Strin
             Err(_) => continue,
         }
     }
-    let epochs: Vec<(u64, Vec<Level>)> = loaded
-        .iter()
-        .map(|m| {
-            let mut levels = m.levels.clone();
-            if m.epoch == newest {
-                levels.extend(m.copies.planned.iter().filter(|l| !m.levels.contains(l)));
-            }
-            (m.epoch, levels)
-        })
-        .collect();
+    let epochs: Vec<(u64, Vec<Level>)> =
+        loaded.iter().map(|m| (m.epoch, m.levels.clone())).collect();
     let from = thresholds(&epochs, keep);
     let mut oldest_kept = u64::MAX;
     for m in loaded {
@@ -151,7 +145,19 @@ pub fn apply(job_dir: &Path, keep: &Keep, newest: u64) -> Result<KeepFrom, Strin
                 m.levels.retain(keep);
                 m.copies.planned.retain(keep);
             })
-            .map_err(|e| format!("cannot republish epoch {}'s manifest: {e}", m.epoch))?;
+            .or_else(|e| match e {
+                // Removed meanwhile by another pass (rank 0's commit and a completed level
+                // both apply retention): nothing left to drop.
+                crate::Error::ManifestIo { ref source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(m.clone())
+                }
+                e => Err(format!(
+                    "cannot republish epoch {}'s manifest: {e}",
+                    m.epoch
+                )),
+            })?;
         }
     }
     if oldest_kept != u64::MAX {
@@ -259,7 +265,7 @@ mod tests {
             parity: 1,
             shared: 1,
         };
-        let from = apply(dir.path(), &keep, 4).unwrap();
+        let from = apply(dir.path(), &keep).unwrap();
         assert_eq!((from.local, from.shared), (3, 1));
         assert_eq!(manifest::committed(dir.path()).unwrap(), vec![4, 3, 1]);
         assert_eq!(manifest::load(dir.path(), 1).unwrap().levels, [Pfs]);
