@@ -51,8 +51,10 @@ pub enum Command {
     /// seeded random faults, and compare each run's result with the reference.
     ///
     /// Exit status 0 when every run's result is identical, 1 when any differs, fails or hangs.
-    #[command(override_usage = "ckpt drill [OPTIONS] -n <N> --result-line <PREFIX> [--] <PROG> \
-                      [ARGS]...")]
+    #[command(
+        override_usage = "ckpt drill [OPTIONS] -n <N> --result-line <PREFIX> [--] <PROG> \
+                      [ARGS]..."
+    )]
     Drill(DrillArgs),
     /// How `ckpt run` starts each rank: block the checkpoint signal, give the rank its
     /// emulated node, then exec the program.
@@ -96,13 +98,21 @@ pub struct DrillArgs {
     pub faults_per_run: u32,
     /// The result: what follows PREFIX on the last stdout line starting with it (repeatable,
     /// e.g. one prefix per rank's digest).
-    #[arg(long = "result-line", value_name = "PREFIX", allow_hyphen_values = true)]
+    #[arg(
+        long = "result-line",
+        value_name = "PREFIX",
+        allow_hyphen_values = true
+    )]
     pub result_lines: Vec<String>,
     /// The result: a file the program writes (removed before each run, read after it).
     #[arg(long, value_name = "PATH")]
     pub result_file: Option<PathBuf>,
     /// The reference result, one value per --result-line, instead of a reference run.
-    #[arg(long = "reference-line", value_name = "VALUE", allow_hyphen_values = true)]
+    #[arg(
+        long = "reference-line",
+        value_name = "VALUE",
+        allow_hyphen_values = true
+    )]
     pub reference_lines: Vec<String>,
     /// Checkpoint interval of the faulty runs (as `ckpt run --every`) [default: the
     /// application's own].

@@ -116,7 +116,9 @@ impl DrillPlan {
             );
         }
         if let Some(p) = args.result_lines.iter().find(|p| p.is_empty()) {
-            return bad(format!("--result-line {p:?}: an empty prefix matches every line"));
+            return bad(format!(
+                "--result-line {p:?}: an empty prefix matches every line"
+            ));
         }
         let reference = if args.reference_lines.is_empty() {
             None
@@ -300,7 +302,11 @@ pub fn run(args: DrillArgs) -> anyhow::Result<Outcome> {
             if bad > 0 { " (exit 1)" } else { "" }
         );
     }
-    Ok(if ok { Outcome::Success } else { Outcome::JobFailed })
+    Ok(if ok {
+        Outcome::Success
+    } else {
+        Outcome::JobFailed
+    })
 }
 
 /// The reference result and, when measured, the reference run's time.
@@ -333,7 +339,11 @@ fn reference(plan: &DrillPlan) -> anyhow::Result<(Vec<Vec<u8>>, Option<f64>)> {
     })?;
     report::say(format!(
         "reference: {} in {}",
-        result.iter().map(|r| lossy(r)).collect::<Vec<_>>().join(" | "),
+        result
+            .iter()
+            .map(|r| lossy(r))
+            .collect::<Vec<_>>()
+            .join(" | "),
         report::secs(done.secs)
     ));
     Ok((result, Some(done.secs)))
@@ -432,7 +442,8 @@ fn result_of(plan: &DrillPlan, stdout: &str) -> anyhow::Result<Option<Vec<Vec<u8
             Ok(bytes) => values.push(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot read result file {}", path.display()))
+                return Err(e)
+                    .with_context(|| format!("cannot read result file {}", path.display()))
             }
         }
     }
@@ -519,7 +530,14 @@ fn levels_text(by: &BTreeMap<String, Vec<u32>>) -> String {
 
 /// The table: a header and one line per run.
 pub fn table(reports: &[RunReport]) -> Vec<String> {
-    let head = ["run", "faults", "restarts", "levels", "time lost", "identical"];
+    let head = [
+        "run",
+        "faults",
+        "restarts",
+        "levels",
+        "time lost",
+        "identical",
+    ];
     let rows: Vec<[String; 6]> = reports
         .iter()
         .map(|r| {
@@ -537,8 +555,7 @@ pub fn table(reports: &[RunReport]) -> Vec<String> {
                 faults.join(", "),
                 r.restarts.to_string(),
                 levels_text(&r.recovered),
-                r.lost_secs
-                    .map_or("-".into(), |s| format!("{s:+.2} s")),
+                r.lost_secs.map_or("-".into(), |s| format!("{s:+.2} s")),
                 if r.identical {
                     "yes".into()
                 } else {
@@ -619,7 +636,16 @@ mod tests {
         assert_eq!(p.command, ["./heat2d", "--steps", "10"]);
         assert_eq!(
             p.run_flags(Some("off"), 0),
-            ["-n", "8", "--emulate-nodes", "4", "--every", "off", "--max-restarts", "0"]
+            [
+                "-n",
+                "8",
+                "--emulate-nodes",
+                "4",
+                "--every",
+                "off",
+                "--max-restarts",
+                "0"
+            ]
         );
     }
 
@@ -640,20 +666,41 @@ mod tests {
     fn bad_drills_are_refused_naming_the_flag() {
         for (line, says) in [
             ("-n 0 --result-line x", "-n 0"),
-            ("-n 4 --emulate-nodes 5 --result-line x", "--emulate-nodes 5"),
+            (
+                "-n 4 --emulate-nodes 5 --result-line x",
+                "--emulate-nodes 5",
+            ),
             ("-n 4 --runs 0 --result-line x", "--runs 0"),
-            ("-n 4 --faults-per-run 0 --result-line x", "--faults-per-run 0"),
+            (
+                "-n 4 --faults-per-run 0 --result-line x",
+                "--faults-per-run 0",
+            ),
             ("-n 4 --timeout 0 --result-line x", "--timeout 0"),
-            ("-n 4 --faults kill-node --result-line x", "needs --emulate-nodes 2"),
+            (
+                "-n 4 --faults kill-node --result-line x",
+                "needs --emulate-nodes 2",
+            ),
             (
                 "-n 4 --emulate-nodes 1 --faults kill-node --result-line x",
                 "needs --emulate-nodes 2",
             ),
-            ("-n 4 --faults kill-rank,bogus --result-line x", "bogus: unknown fault"),
-            ("-n 4 --faults migrate --result-line x", "`ckpt migrate` is not in this build"),
-            ("-n 4 --faults phase --faults-per-run 2 --result-line x", "one --fault"),
+            (
+                "-n 4 --faults kill-rank,bogus --result-line x",
+                "bogus: unknown fault",
+            ),
+            (
+                "-n 4 --faults migrate --result-line x",
+                "`ckpt migrate` is not in this build",
+            ),
+            (
+                "-n 4 --faults phase --faults-per-run 2 --result-line x",
+                "one --fault",
+            ),
             ("-n 4", "no result to compare"),
-            ("-n 4 --result-line x --reference-line 1 --reference-line 2", "one value per prefix"),
+            (
+                "-n 4 --result-line x --reference-line 1 --reference-line 2",
+                "one value per prefix",
+            ),
             (
                 "-n 4 --result-line x --result-file f --reference-line 1",
                 "--reference-line with --result-file",
@@ -665,13 +712,19 @@ mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("old"), b"").unwrap();
-        let line = format!("-n 2 --result-line x --drill-dir {} {PROG}", tmp.path().display());
+        let line = format!(
+            "-n 2 --result-line x --drill-dir {} {PROG}",
+            tmp.path().display()
+        );
         assert!(plan(&line).unwrap_err().contains("is not empty"));
     }
 
     #[test]
     fn clap_refuses_missing_ranks_and_program() {
-        for line in ["ckpt drill --result-line x -- p", "ckpt drill -n 2 --result-line x"] {
+        for line in [
+            "ckpt drill --result-line x -- p",
+            "ckpt drill -n 2 --result-line x",
+        ] {
             let e = parse(line.split(' ').map(Into::into)).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{line}: {e}");
         }
@@ -699,8 +752,14 @@ mod tests {
             secs: 0.0,
         };
         let ev = [
-            Event::Started { nranks: 8, launch: 0 },
-            Event::Started { nranks: 8, launch: 1 },
+            Event::Started {
+                nranks: 8,
+                launch: 0,
+            },
+            Event::Started {
+                nranks: 8,
+                launch: 1,
+            },
             rec(3, Level::Partner),
             rec(2, Level::Partner),
             rec(5, Level::Pfs),
@@ -723,7 +782,10 @@ mod tests {
             lost_secs: Some(1.25),
             job_dir: "/d".into(),
         };
-        let t = table(&[row(1, true, "identical", true), row(2, false, "hung (killed after 9 s)", false)]);
+        let t = table(&[
+            row(1, true, "identical", true),
+            row(2, false, "hung (killed after 9 s)", false),
+        ]);
         assert_eq!(t.len(), 3);
         assert!(t[0].starts_with("run  faults"), "{t:?}");
         let cells = |l: &str| {
@@ -735,7 +797,14 @@ mod tests {
         };
         assert_eq!(
             cells(&t[1]),
-            ["1", "kill-node node1 +5ms, phase 1:drain:1", "2", "L2: 2,3; L4: 5", "+1.25 s", "yes"]
+            [
+                "1",
+                "kill-node node1 +5ms, phase 1:drain:1",
+                "2",
+                "L2: 2,3; L4: 5",
+                "+1.25 s",
+                "yes"
+            ]
         );
         assert!(t[2].contains("node1 +5ms (missed)"), "{t:?}");
         assert!(t[2].ends_with("NO: hung (killed after 9 s)"), "{t:?}");

@@ -198,17 +198,14 @@ pub fn committed_since(events: &[Event], mark: usize, beyond_l1: bool) -> bool {
     let from = if mark == 0 {
         Some(0)
     } else {
-        rest.iter()
-            .position(|e| matches!(e, Event::Started { .. }))
+        rest.iter().position(|e| matches!(e, Event::Started { .. }))
     };
     from.is_some_and(|i| {
-        rest[i..]
-            .iter()
-            .any(|e| match e {
-                Event::Committed { .. } => !beyond_l1,
-                Event::LevelComplete { .. } => beyond_l1,
-                _ => false,
-            })
+        rest[i..].iter().any(|e| match e {
+            Event::Committed { .. } => !beyond_l1,
+            Event::LevelComplete { .. } => beyond_l1,
+            _ => false,
+        })
     })
 }
 

@@ -71,7 +71,11 @@ pub enum Fault {
     /// `ckpt kill-node` of `node<node>`, timed as `KillRank`.
     KillNode { node: u32, after_ms: u64 },
     /// `--fault RANK:PHASE:N` (kill) on the first launch.
-    Phase { rank: u32, phase: &'static str, n: u64 },
+    Phase {
+        rank: u32,
+        phase: &'static str,
+        n: u64,
+    },
 }
 
 impl Fault {
@@ -287,7 +291,13 @@ mod tests {
         };
         for run in draw(3, 200, 3, &[FaultKind::Phase], &one) {
             assert_eq!(run.len(), 1, "a run takes one --fault");
-            assert!(!matches!(run[0], Fault::Phase { phase: "background", .. }));
+            assert!(!matches!(
+                run[0],
+                Fault::Phase {
+                    phase: "background",
+                    ..
+                }
+            ));
         }
     }
 
