@@ -248,6 +248,8 @@ pub fn run(args: DrillArgs) -> anyhow::Result<Outcome> {
     let id = ckpt::identity::new_id().context("cannot draw a seed")?;
     let random_seed = u64::from_str_radix(&id[..16], 16).unwrap_or(now);
     let plan = DrillPlan::new(args, &cwd, now, random_seed)?;
+    // SIGINT/SIGTERM end the job under way (in its own process group) before the drill.
+    crate::signals::install(None, None).context("cannot install signal handlers")?;
     ckpt::storage::durable::create_dir_all(&plan.dir)
         .with_context(|| format!("cannot create {}", plan.dir.display()))?;
     report::say(format!(
@@ -268,7 +270,15 @@ pub fn run(args: DrillArgs) -> anyhow::Result<Outcome> {
     );
     let mut reports = Vec::new();
     for (i, faults) in schedule.iter().enumerate() {
-        let r = faulty_run(&plan, i as u32 + 1, faults, &reference, reference_secs)?;
+        let (r, end) = faulty_run(&plan, i as u32 + 1, faults, &reference, reference_secs)?;
+        if let End::Interrupted(sig) = end {
+            report::say(format!(
+                "drill interrupted by {} during run {}; its job was killed",
+                crate::signals::name(sig),
+                r.run
+            ));
+            return Ok(Outcome::Interrupted(sig));
+        }
         report::say(format!(
             "run {}/{}: {}: {}",
             r.run,
@@ -322,6 +332,12 @@ fn reference(plan: &DrillPlan) -> anyhow::Result<(Vec<Vec<u8>>, Option<f64>)> {
     clear_result_file(plan)?;
     let job = Job::start(&dir, &plan.run_flags(Some("off"), 0), &plan.command)?;
     let done = job.finish(plan.timeout);
+    if let End::Interrupted(sig) = done.end {
+        return Err(anyhow::anyhow!(
+            "interrupted by {} during the reference run; its job was killed",
+            crate::signals::name(sig)
+        ));
+    }
     if done.end != End::Exited(Some(0)) {
         anyhow::bail!(
             "the reference run {}: {}\n{}",
@@ -356,7 +372,7 @@ fn faulty_run(
     faults: &[Fault],
     reference: &[Vec<u8>],
     reference_secs: Option<f64>,
-) -> anyhow::Result<RunReport> {
+) -> anyhow::Result<(RunReport, End)> {
     let dir = plan.dir.join(format!("run-{n:03}"));
     let mut flags = plan.run_flags(plan.every.as_deref(), faults.len() + 2);
     if let Some(f) = faults.iter().find_map(Fault::fault_flag) {
@@ -399,7 +415,7 @@ fn faulty_run(
         ));
     }
     let events = job::events(&dir);
-    Ok(RunReport {
+    let report = RunReport {
         run: n,
         faults: faults.iter().map(ToString::to_string).collect(),
         fired,
@@ -410,17 +426,17 @@ fn faulty_run(
         secs: done.secs,
         lost_secs: reference_secs.map(|r| done.secs - r),
         job_dir: dir,
-    })
-    .map(|r| keep_output(r, &done))
+    };
+    keep_output(&report, &done);
+    Ok((report, done.end))
 }
 
-/// Keeps what a run that went wrong printed, beside its job directory.
-fn keep_output(r: RunReport, done: &Finished) -> RunReport {
+/// Keeps what a run that went wrong printed, beside its job directory (`run-NNN.stdout`).
+fn keep_output(r: &RunReport, done: &Finished) {
     if !r.identical {
         let path = r.job_dir.with_extension("stdout");
         let _ = ckpt::storage::durable::write_atomic(&path, done.stdout.as_bytes());
     }
-    r
 }
 
 fn end_text(end: &End, timeout: Duration) -> String {
@@ -428,6 +444,7 @@ fn end_text(end: &End, timeout: Duration) -> String {
         End::Exited(Some(c)) => format!("failed (exit {c})"),
         End::Exited(None) => "failed (killed by a signal)".into(),
         End::Hung => format!("hung (killed after {} s)", timeout.as_secs()),
+        End::Interrupted(sig) => format!("interrupted by {}", crate::signals::name(*sig)),
     }
 }
 

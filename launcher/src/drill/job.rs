@@ -14,6 +14,7 @@ use ckpt::events::Event;
 use super::schedule::Fault;
 use crate::backend::mpirun;
 use crate::exec_rank::node_name;
+use crate::signals::Watch;
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +23,8 @@ pub enum End {
     Exited(Option<i32>),
     /// Still running at the deadline: killed with its process group.
     Hung,
+    /// The drill got this signal (SIGINT, SIGTERM): the job was killed with its group.
+    Interrupted(i32),
 }
 
 /// What a finished job left.
@@ -44,12 +47,16 @@ pub struct Job {
     dir: PathBuf,
     out: JoinHandle<String>,
     err: JoinHandle<String>,
+    /// SIGINT/SIGTERM to the drill (its handlers are installed by the caller).
+    watch: Watch,
+    interrupted: Option<i32>,
 }
 
 impl Job {
     /// Starts `ckpt run <flags> --job-dir DIR -- <command>` (this binary) in its own process
     /// group. `dir` must be absolute: ranks are found by it.
     pub fn start(dir: &Path, flags: &[String], command: &[String]) -> anyhow::Result<Job> {
+        let watch = Watch::new();
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.arg("run")
@@ -71,6 +78,8 @@ impl Job {
             dir: dir.to_path_buf(),
             out,
             err,
+            watch,
+            interrupted: None,
         })
     }
 
@@ -79,13 +88,26 @@ impl Job {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
-    /// Waits for the end; past `deadline` (from the start) the job is killed: SIGTERM to the
-    /// launcher (forwarded to mpirun), then SIGKILL to its process group and to every rank
-    /// still alive (Open MPI gives ranks process groups of their own).
+    /// Whether the drill was interrupted (looked at now).
+    fn interrupted(&mut self) -> bool {
+        if let Some(sig) = self.watch.take() {
+            self.interrupted = Some(sig);
+        }
+        self.interrupted.is_some()
+    }
+
+    /// Waits for the end; past `deadline` (from the start), or when the drill is interrupted,
+    /// the job is killed: SIGTERM to the launcher (forwarded to mpirun), then SIGKILL to its
+    /// process group and to every rank still alive (Open MPI gives ranks process groups of
+    /// their own).
     pub fn finish(mut self, deadline: Duration) -> Finished {
         let end = loop {
             match self.child.try_wait() {
                 Ok(Some(st)) => break End::Exited(st.code()),
+                Ok(None) if self.interrupted() => {
+                    self.kill_tree();
+                    break End::Interrupted(self.interrupted.unwrap_or(libc::SIGINT));
+                }
                 Ok(None) if self.started.elapsed() < deadline => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
@@ -135,7 +157,7 @@ impl Job {
     ) -> Option<(bool, usize)> {
         let after_ms = fault.timed()?;
         loop {
-            if self.done() || self.started.elapsed() > deadline {
+            if self.done() || self.interrupted() || self.started.elapsed() > deadline {
                 return None;
             }
             let node = matches!(fault, Fault::KillNode { .. });
@@ -144,7 +166,13 @@ impl Job {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(after_ms));
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(after_ms) {
+            if self.interrupted() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10).min(Duration::from_millis(after_ms)));
+        }
         let hit = match fault {
             Fault::KillRank { rank, .. } => self.kill_rank(*rank),
             Fault::KillNode { node, .. } => kill_node(&self.dir, &node_name(*node)),
