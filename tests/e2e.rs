@@ -3658,3 +3658,98 @@ fn drill_reports_an_application_that_forgets_state_as_differing() {
     assert!(run["faults"][0].as_str().unwrap().starts_with("kill-rank "));
     assert_eq!(run["fired"][0], true, "{}", out.dump());
 }
+
+/// A drill of ring with two faults per run (a phase fault and rank kills) and one result line
+/// per rank's digest: every run restarts twice and ends identical.
+#[test]
+fn drill_of_ring_with_two_faults_per_run_compares_every_ranks_digest() {
+    let Some(_mpi) = mpi() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("drill");
+    let ring = bin("ring");
+    let prefixes: Vec<String> = (0..RANKS).map(|r| format!("ring: rank {r} ")).collect();
+    let mut args = vec![
+        "-n",
+        "4",
+        "--emulate-nodes",
+        "2",
+        "--runs",
+        "2",
+        "--seed",
+        "11",
+        "--faults",
+        "kill-rank,phase",
+        "--faults-per-run",
+        "2",
+        "--every",
+        "10",
+        "--timeout",
+        "60",
+        "--drill-dir",
+        dir.to_str().unwrap(),
+        "--json",
+    ];
+    for p in &prefixes {
+        args.extend(["--result-line", p.as_str()]);
+    }
+    args.extend([
+        "--",
+        ring.to_str().unwrap(),
+        "--iters",
+        "150",
+        "--lag",
+        "3",
+        "--step-ms",
+        "20",
+    ]);
+    let out = drill(&args, &[], Duration::from_secs(120));
+    assert!(out.status.success(), "{}", out.dump());
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON report");
+    let reference = report["reference"].as_array().expect("reference values");
+    assert_eq!(reference.len(), RANKS as usize, "{}", out.dump());
+    assert!(reference
+        .iter()
+        .all(|v| v.as_str().unwrap().contains("digest")));
+    for run in report["runs"].as_array().unwrap() {
+        assert_eq!(run["identical"], true, "{}", out.dump());
+        assert_eq!(run["faults"].as_array().unwrap().len(), 2, "{}", out.dump());
+        assert_eq!(run["restarts"], 2, "{}", out.dump());
+    }
+}
+
+/// A run that hangs (heat2d --stall: a rank stops polling, its neighbours wait for its halos)
+/// is killed at --timeout with its process group, reported as hung, and the drill exits 1;
+/// no rank of it is left. `--reference-line` stands in for a reference run (which would hang
+/// too).
+#[test]
+fn drill_kills_a_hung_run_at_its_timeout_and_reports_it() {
+    let Some(_mpi) = mpi() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("drill");
+    let heat = heat2d();
+    let mut args = drill_flags(dir.to_str().unwrap(), "1", "1", "kill-rank");
+    let t = args.iter().position(|a| *a == "--timeout").unwrap();
+    args[t + 1] = "8";
+    args.extend(["--reference-line", "0", "--", heat.to_str().unwrap()]);
+    args.extend(DRILL_HEAT);
+    args.extend(["--stall", "1:20"]);
+    let out = drill(&args, &[], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .expect("row of run 1");
+    assert!(
+        row.ends_with("NO: hung (killed after 8 s)"),
+        "{}",
+        out.dump()
+    );
+    assert!(row.contains("(missed)"), "{}", out.dump());
+    let job = dir.join("run-001");
+    assert!(
+        wait_for(Duration::from_secs(5), || (0..8)
+            .all(|r| rank_pid(&job, r).is_none())),
+        "ranks of the hung run are left"
+    );
+}
