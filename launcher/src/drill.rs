@@ -759,6 +759,33 @@ mod tests {
     }
 
     #[test]
+    fn a_result_file_is_read_after_the_lines_and_cleared_before_a_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let line = format!("-n 2 --result-line c= --result-file out.txt {PROG}");
+        let mut p = DrillPlan::new(args(&line), tmp.path(), 0, 1).unwrap();
+        assert_eq!(
+            p.result_file.as_deref(),
+            Some(tmp.path().join("out.txt").as_path())
+        );
+        assert_eq!(result_of(&p, "c=1\n").unwrap(), None, "no file yet");
+        std::fs::write(tmp.path().join("out.txt"), b"state").unwrap();
+        assert_eq!(
+            result_of(&p, "c=1\n").unwrap(),
+            Some(vec![b"1".to_vec(), b"state".to_vec()])
+        );
+        assert_eq!(result_of(&p, "other\n").unwrap(), None, "no line");
+        clear_result_file(&p).unwrap();
+        assert!(!tmp.path().join("out.txt").exists());
+        clear_result_file(&p).unwrap();
+        // A link is not read through.
+        std::os::unix::fs::symlink("/etc/hostname", tmp.path().join("out.txt")).unwrap();
+        assert!(result_of(&p, "c=1\n").is_err());
+        p.result_lines.clear();
+        clear_result_file(&p).unwrap();
+        assert!(tmp.path().join("out.txt").symlink_metadata().is_err());
+    }
+
+    #[test]
     fn events_give_restarts_and_levels_and_the_table_shows_them() {
         let rec = |rank, level| Event::Recovered {
             epoch: 2,
