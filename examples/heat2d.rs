@@ -11,7 +11,10 @@
 //! `--step-ms MS` (sleep per step, to slow the run down for kill drills; default 0),
 //! `--slow-after STEP --slow-ms MS` (also sleep MS per step after step STEP: a fast set-up
 //! phase followed by slow steps, for the agreement latency test),
-//! `--stall RANK:STEP` (that rank stops polling after that step: a misuse drill).
+//! `--stall RANK:STEP` (that rank stops polling after that step: a misuse drill),
+//! `--forget-state` (deliberately broken: a heat source whose strength counts the steps this
+//! process ran, kept outside the registered regions, so a restarted run ends differently; the
+//! drill test's application that `ckpt drill` must report as differing).
 //!
 //! Each rank sends its boundary rows for the next step *before* `poll`, so checkpoints happen
 //! with halo messages in flight; the library drains them into the snapshot.
@@ -38,6 +41,8 @@ struct Opts {
     slow_ms: u64,
     /// `(rank, step)`: that rank stops polling after that step (misuse drill).
     stall: Option<(u64, u64)>,
+    /// Keep part of the state outside the registered regions (a broken application).
+    forget_state: bool,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -49,9 +54,14 @@ fn parse_opts() -> Result<Opts, String> {
         slow_after: 0,
         slow_ms: 0,
         stall: None,
+        forget_state: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--forget-state" {
+            o.forget_state = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         if flag == "--stall" {
             let (r, at) = value
@@ -74,7 +84,7 @@ fn parse_opts() -> Result<Opts, String> {
             _ => {
                 return Err(format!(
                     "unknown option {flag} (use --nx --ny --steps --step-ms --slow-after \
-                     --slow-ms --stall)"
+                     --slow-ms --stall --forget-state)"
                 ))
             }
         }
@@ -95,6 +105,9 @@ struct Heat {
     u: Vec<f64>,
     next: Vec<f64>,
     step: u64,
+    /// Steps run by this process: state the broken `--forget-state` mode uses but does not
+    /// register, so a restart resets it.
+    forgotten: u64,
 }
 
 impl Protect for Heat {
@@ -116,6 +129,7 @@ impl Heat {
             u: vec![0.0; (rows + 2) * o.nx],
             next: vec![0.0; (rows + 2) * o.nx],
             step: 0,
+            forgotten: 0,
         };
         // Initial field: a hot top edge (fixed boundary) and a warm off-centre disc.
         for i in 0..rows {
@@ -225,6 +239,11 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
     }
     while heat.step < o.steps {
         heat.step(ck.comm())?;
+        if o.forget_state {
+            // Broken on purpose: a source term from a counter no checkpoint holds.
+            heat.forgotten += 1;
+            heat.u[heat.nx + 1] += 1e-6 * heat.forgotten as f64;
+        }
         if heat.step < o.steps {
             heat.send_halos(ck.comm())?;
         }

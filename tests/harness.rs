@@ -609,3 +609,14 @@ pub fn children_of(pid: i32) -> Vec<i32> {
     }
     out
 }
+
+/// Runs `ckpt drill <args>` to its end (at most `timeout`), with the CKPT_* `env` it passes
+/// on to its jobs.
+pub fn drill(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut cmd = Command::new(bin("ckpt"));
+    cmd.arg("drill").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Running::spawn(cmd, timeout).wait()
+}

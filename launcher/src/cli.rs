@@ -54,6 +54,15 @@ pub enum Command {
     /// stop, a relaunch with the new placement; the moved ranks get their data from the
     /// cheapest copy. Prints each phase with its time.
     Migrate(MigrateArgs),
+    /// A fault-tolerance drill: run the program once without faults, then N times with
+    /// seeded random faults, and compare each run's result with the reference.
+    ///
+    /// Exit status 0 when every run's result is identical, 1 when any differs, fails or hangs.
+    #[command(
+        override_usage = "ckpt drill [OPTIONS] -n <N> --result-line <PREFIX> [--] <PROG> \
+                      [ARGS]..."
+    )]
+    Drill(DrillArgs),
     /// How `ckpt run` starts each rank: block the checkpoint signal, give the rank its
     /// emulated node, then exec the program.
     #[command(hide = true)]
@@ -86,6 +95,70 @@ pub struct MigrateArgs {
     /// Seconds to wait for the checkpoint, and again for the relaunch to restore.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub wait: u64,
+}
+
+/// `ckpt drill` flags, unvalidated ([`crate::drill::DrillPlan`] checks them).
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Number of ranks.
+    #[arg(short = 'n', long = "np", value_name = "N")]
+    pub ranks: u32,
+    /// Run the ranks on N emulated nodes (as `ckpt run --emulate-nodes`); needed by kill-node.
+    #[arg(long, value_name = "N")]
+    pub emulate_nodes: Option<u32>,
+    /// Faulty runs after the reference run.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub runs: u32,
+    /// Seed of the fault draw: the same seed draws the same faults [default: random, printed].
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<u64>,
+    /// Faults to draw from, comma-separated: kill-rank (SIGKILL a random rank at a random
+    /// moment after a commit), kill-node (`ckpt kill-node` of a random emulated node, likewise),
+    /// phase (`--fault RANK:PHASE:N` at a random protocol phase and epoch).
+    #[arg(long, value_name = "LIST", default_value = "kill-rank")]
+    pub faults: String,
+    /// Faults per run (at most one phase fault each).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub faults_per_run: u32,
+    /// The result: what follows PREFIX on the last stdout line starting with it (repeatable,
+    /// e.g. one prefix per rank's digest).
+    #[arg(
+        long = "result-line",
+        value_name = "PREFIX",
+        allow_hyphen_values = true
+    )]
+    pub result_lines: Vec<String>,
+    /// The result: a file the program writes (removed before each run, read after it).
+    #[arg(long, value_name = "PATH")]
+    pub result_file: Option<PathBuf>,
+    /// The reference result, one value per --result-line, instead of a reference run.
+    #[arg(
+        long = "reference-line",
+        value_name = "VALUE",
+        allow_hyphen_values = true
+    )]
+    pub reference_lines: Vec<String>,
+    /// Checkpoint interval of the faulty runs (as `ckpt run --every`) [default: the
+    /// application's own].
+    #[arg(long, value_name = "SPEC")]
+    pub every: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds a run may take; a run still going is killed and reported as hung.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+    /// Directory for the runs' job directories [default: ./ckpt-drills/<prog>-<UTC time>].
+    #[arg(long, value_name = "DIR")]
+    pub drill_dir: Option<PathBuf>,
+    /// The program and its arguments.
+    #[arg(
+        value_name = "PROG",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
 }
 
 /// `ckpt exec-rank` flags (internal: mpirun runs it on every rank).

@@ -23,6 +23,7 @@
 //!   [`lock`]: whether a `ckpt run` holds a job directory; which run a request belongs to.
 //! - [`exec_rank`]: `ckpt exec-rank`, how each rank is started (checkpoint signal held,
 //!   emulated node set). [`kill_node`]: `ckpt kill-node`, an emulated node's crash.
+//! - [`drill`]: `ckpt drill`, a reference run and seeded faulty runs compared with it.
 //! - [`list`]: `ckpt list`. [`verify`]: `ckpt verify`, every byte of every copy of every
 //!   committed epoch. [`prune`]: `ckpt prune`, old epochs removed level by level, manifests
 //!   first. [`clock`]: UTC date formatting without a date library.
@@ -46,6 +47,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod drill;
 pub mod exec_rank;
 pub mod jobdir;
 pub mod kill_node;
@@ -141,6 +143,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
         cli::Command::Prune(args) => prune::run(&args),
         cli::Command::KillNode(args) => kill_node::run(&args.job_dir, &args.node),
         cli::Command::Migrate(args) => migrate::run(&args),
+        cli::Command::Drill(args) => drill::run(args),
         cli::Command::ExecRank(args) => exec_rank::run(&args),
         cli::Command::Bench(args) => bench::run(&args),
     }
