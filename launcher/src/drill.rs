@@ -101,6 +101,13 @@ impl DrillPlan {
                     .into(),
             );
         }
+        if kinds.contains(&FaultKind::Migrate) && args.emulate_nodes.unwrap_or(1) < 2 {
+            return bad(
+                "--faults migrate: needs --emulate-nodes 2 or more (a rank moves to another \
+                 emulated node)"
+                    .into(),
+            );
+        }
         if args.faults_per_run > 1 && kinds == [FaultKind::Phase] {
             return bad(format!(
                 "--faults-per-run {} with only phase faults: a run takes one --fault; add \
@@ -707,7 +714,7 @@ mod tests {
             ),
             (
                 "-n 4 --faults migrate --result-line x",
-                "`ckpt migrate` is not in this build",
+                "--faults migrate: needs --emulate-nodes 2 or more",
             ),
             (
                 "-n 4 --faults phase --faults-per-run 2 --result-line x",

@@ -176,9 +176,35 @@ impl Job {
         let hit = match fault {
             Fault::KillRank { rank, .. } => self.kill_rank(*rank),
             Fault::KillNode { node, .. } => kill_node(&self.dir, &node_name(*node)),
+            Fault::Migrate { rank, shift, .. } => self.migrate(*rank, *shift),
             Fault::Phase { .. } => false,
         };
         Some((hit, events(&self.dir).len()))
+    }
+
+    /// `ckpt migrate` of `rank` to the node `shift` nodes after its current one; whether the
+    /// migration went through (its command waits for the relaunch's restore).
+    fn migrate(&mut self, rank: u32, shift: u32) -> bool {
+        let (Some(ranks), Some(nodes)) = (
+            crate::jobdir::recorded_ranks(&self.dir),
+            crate::jobdir::recorded_emulation(&self.dir),
+        ) else {
+            return false;
+        };
+        let from = crate::migrate::node_for(&self.dir, rank, ranks, nodes);
+        let k: u32 = from.trim_start_matches("node").parse().unwrap_or(0);
+        let to = node_name((k + shift) % nodes);
+        let Ok(exe) = std::env::current_exe() else {
+            return false;
+        };
+        Command::new(exe)
+            .arg("migrate")
+            .arg(&self.dir)
+            .args(["--rank", &rank.to_string(), "--to", &to])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success())
     }
 
     /// SIGKILLs rank `rank` (looking for it for up to 2 s: it may be between launches).

@@ -12,23 +12,21 @@ pub enum FaultKind {
     KillNode,
     /// `ckpt run --fault RANK:PHASE:N`: a rank killed at a protocol point.
     Phase,
+    /// `ckpt migrate` of a random rank to another emulated node at a random moment after a
+    /// commit.
+    Migrate,
 }
 
 impl FaultKind {
-    /// Parses one `--faults` item. `migrate` is the hook for `ckpt migrate` (issue 9 item 2):
-    /// named, and refused until that command exists.
+    /// Parses one `--faults` item.
     pub fn parse(s: &str) -> Result<FaultKind, String> {
         match s {
             "kill-rank" => Ok(FaultKind::KillRank),
             "kill-node" => Ok(FaultKind::KillNode),
             "phase" => Ok(FaultKind::Phase),
-            "migrate" => Err(
-                "--faults migrate: `ckpt migrate` is not in this build yet; the drill will \
-                 draw migrations once it is"
-                    .into(),
-            ),
+            "migrate" => Ok(FaultKind::Migrate),
             other => Err(format!(
-                "--faults {other}: unknown fault (use kill-rank, kill-node, phase)"
+                "--faults {other}: unknown fault (use kill-rank, kill-node, phase, migrate)"
             )),
         }
     }
@@ -76,6 +74,13 @@ pub enum Fault {
         phase: &'static str,
         n: u64,
     },
+    /// `ckpt migrate --rank RANK` to the node `shift` nodes further (1 to nodes-1) from
+    /// wherever the rank runs then, timed as `KillRank`.
+    Migrate {
+        rank: u32,
+        shift: u32,
+        after_ms: u64,
+    },
 }
 
 impl Fault {
@@ -90,7 +95,9 @@ impl Fault {
     /// Delay after a commit, for the faults the drill injects from outside.
     pub fn timed(&self) -> Option<u64> {
         match self {
-            Fault::KillRank { after_ms, .. } | Fault::KillNode { after_ms, .. } => Some(*after_ms),
+            Fault::KillRank { after_ms, .. }
+            | Fault::KillNode { after_ms, .. }
+            | Fault::Migrate { after_ms, .. } => Some(*after_ms),
             Fault::Phase { .. } => None,
         }
     }
@@ -102,6 +109,11 @@ impl fmt::Display for Fault {
             Fault::KillRank { rank, after_ms } => write!(f, "kill-rank {rank} +{after_ms}ms"),
             Fault::KillNode { node, after_ms } => write!(f, "kill-node node{node} +{after_ms}ms"),
             Fault::Phase { rank, phase, n } => write!(f, "phase {rank}:{phase}:{n}"),
+            Fault::Migrate {
+                rank,
+                shift,
+                after_ms,
+            } => write!(f, "migrate rank {rank} +{shift} nodes +{after_ms}ms"),
         }
     }
 }
@@ -189,6 +201,11 @@ fn draw_one(rng: &mut Rng, kind: FaultKind, shape: &Shape) -> Fault {
             node: rng.range(0, u64::from(shape.nodes.unwrap_or(1))) as u32,
             after_ms: rng.range(0, shape.window_ms),
         },
+        FaultKind::Migrate => Fault::Migrate {
+            rank: rng.range(0, u64::from(shape.ranks)) as u32,
+            shift: rng.range(1, u64::from(shape.nodes.unwrap_or(2).max(2))) as u32,
+            after_ms: rng.range(0, shape.window_ms),
+        },
         FaultKind::Phase => {
             let phases: Vec<&'static str> = PHASES
                 .iter()
@@ -233,7 +250,7 @@ mod tests {
             ("kill-rank,,phase", "empty item"),
             ("kill", "kill: unknown fault"),
             ("phase,phase", "phase given twice"),
-            ("migrate", "`ckpt migrate` is not in this build"),
+            ("explode", "unknown fault"),
         ] {
             let e = FaultKind::parse_list(bad).unwrap_err();
             assert!(e.contains(says), "{bad:?}: {e}");
@@ -256,7 +273,12 @@ mod tests {
 
     #[test]
     fn drawn_faults_stay_within_the_job() {
-        let kinds = [FaultKind::KillRank, FaultKind::KillNode, FaultKind::Phase];
+        let kinds = [
+            FaultKind::KillRank,
+            FaultKind::KillNode,
+            FaultKind::Phase,
+            FaultKind::Migrate,
+        ];
         let mut seen = std::collections::BTreeSet::new();
         for run in draw(1, 300, 1, &kinds, &shape()) {
             match &run[0] {
@@ -277,10 +299,18 @@ mod tests {
                     }
                     seen.insert(phase);
                 }
+                Fault::Migrate {
+                    rank,
+                    shift,
+                    after_ms,
+                } => {
+                    assert!(*rank < 8 && (1..4).contains(shift) && *after_ms < 500);
+                    seen.insert("migrate");
+                }
             }
         }
         // Every kind and every phase comes up in 300 draws.
-        assert_eq!(seen.len(), 2 + PHASES.len(), "{seen:?}");
+        assert_eq!(seen.len(), 3 + PHASES.len(), "{seen:?}");
     }
 
     #[test]
