@@ -365,31 +365,15 @@ fn transfer(
     let t0 = Instant::now();
     let mut work = Vec::new();
     let mut errors = Vec::new();
+    // Whole files this rank sends: partner copies it holds, and files written on its node by
+    // ranks that moved away.
     for (r, s) in sources.iter().enumerate() {
-        if *s != Source::Partner(me) {
-            continue;
-        }
-        let path = places
-            .locate(Level::Partner, epoch, r as u32)
-            .unwrap_or_default();
-        let file = durable::open_regular(&path)
-            .map_err(|e| errors.push(format!("cannot read {}: {e}", path.display())))
-            .ok();
-        work.push(Transfer::Send {
-            to: r as i32,
-            tag: TAG_RECOVER,
-            file,
-            left: m.ranks[r].len,
-            sends: VecDeque::new(),
-        });
-    }
-    for (r, s) in sources.iter().enumerate() {
-        if *s != Source::Moved(me) {
-            continue;
-        }
-        let path = places
-            .locate(Level::Local, epoch, r as u32)
-            .unwrap_or_default();
+        let level = match *s {
+            Source::Partner(h) if h == me => Level::Partner,
+            Source::Moved(h) if h == me => Level::Local,
+            _ => continue,
+        };
+        let path = places.locate(level, epoch, r as u32).unwrap_or_default();
         let file = durable::open_regular(&path)
             .map_err(|e| errors.push(format!("cannot read {}: {e}", path.display())))
             .ok();
