@@ -3735,7 +3735,8 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
     for needle in [
         "migrating rank 2 node1 -> node3",
         "checkpoint ",
-        "transfer ",
+        "restore ",
+        "  transfer ",
         "rank 2 from its old node (L1)",
         "total freeze",
     ] {
@@ -4181,4 +4182,45 @@ fn drill_of_migrations_ends_identical() {
         assert!(!row.contains("(missed)"), "{row}\n{}", out.dump());
         assert!(row.trim_end().ends_with("yes"), "{row}\n{}", out.dump());
     }
+}
+
+/// A migration that would empty a node while the newest epoch exists only at L1 there is
+/// refused, naming the node: no rank would be left to send those files.
+#[test]
+fn a_migration_that_strands_files_on_an_emptied_node_is_refused() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let args = [
+        "--nx",
+        "64",
+        "--ny",
+        "64",
+        "--steps",
+        "200",
+        "--step-ms",
+        "15",
+    ];
+    let flags = ["--emulate-nodes", "2", "--every", "40"];
+    let running = Run::new(&job, 4, &flags, &heat2d(), &args)
+        .env("CKPT_L2_EVERY", "0")
+        .env("CKPT_L3_EVERY", "0")
+        .env("CKPT_L4_EVERY", "0")
+        .spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&1)),
+        "epoch 1 never committed"
+    );
+    let jd = job.to_str().unwrap();
+    let refused = ckpt(&["migrate", jd, "--rank", "2,3", "--to", "node0"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.dump());
+    assert!(
+        refused.stderr.contains("would leave node1 without a rank"),
+        "{}",
+        refused.dump()
+    );
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(!job.join("control/placement").exists());
 }

@@ -149,6 +149,7 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
         }
         moved.push(format!("rank {r} {from} -> {}", args.to));
     }
+    check_reachable(dir, nranks, nodes, &next)?;
     let pending = dir.join(PENDING);
     if pending.exists() {
         bail!(
@@ -183,6 +184,48 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
         checkpointed,
         Duration::from_secs(args.wait),
     )
+}
+
+/// Refuses a placement that empties a node when the newest committed epoch has no level
+/// beyond L1: the files written there could then reach no one (no rank left on that node to
+/// send them, no copy elsewhere), and the relaunch could not restore.
+fn check_reachable(
+    dir: &Path,
+    nranks: u32,
+    nodes: u32,
+    next: &BTreeMap<u32, String>,
+) -> anyhow::Result<()> {
+    let now: Vec<String> = (0..nranks)
+        .map(|r| node_for(dir, r, nranks, nodes))
+        .collect();
+    let emptied: Vec<&String> = now
+        .iter()
+        .filter(|n| !next.values().any(|m| m == *n))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if emptied.is_empty() {
+        return Ok(());
+    }
+    let committed = ckpt::manifest::committed(dir).unwrap_or_default();
+    let newest = jobdir::newest_loadable(dir, &committed);
+    let redundant = newest.as_ref().is_some_and(|m| {
+        m.levels
+            .iter()
+            .any(|l| !matches!(l, ckpt::manifest::Level::Local))
+    });
+    if redundant {
+        return Ok(());
+    }
+    let names: Vec<&str> = emptied.iter().map(|s| s.as_str()).collect();
+    Err(UsageError(format!(
+        "this would leave {} without a rank while the newest epoch{} exists only there (L1): \
+         nothing could send its files to their ranks' new nodes; move fewer ranks, or wait for \
+         an epoch with L2, L3 or L4 complete (`ckpt list`)",
+        names.join(", "),
+        newest.map_or(String::new(), |m| format!(" ({})", m.epoch))
+    ))
+    .into())
 }
 
 /// Ranks `2` or `2,3`: each below `nranks`, no repeats.
@@ -237,21 +280,22 @@ fn follow(
                 Event::Recovered {
                     rank, level, secs, ..
                 } if started.is_some() => transfer.push((rank, format!("{level:?}"), secs)),
-                Event::Restored { epoch, .. } if started.is_some() => {
-                    restored = Some((epoch, t0.elapsed()))
-                }
+                Event::Restored {
+                    epoch, read_secs, ..
+                } if started.is_some() => restored = Some((epoch, read_secs, t0.elapsed())),
                 Event::NoUsableEpoch { .. } => bail!("the relaunch found no usable epoch"),
                 _ => {}
             }
         }
     }
-    let (epoch, total) = restored.unwrap_or_default();
+    let (epoch, restore_secs, total) = restored.unwrap_or_default();
     let started = started.unwrap_or_default();
     outln!("checkpoint   {:>8.2} s", checkpointed.as_secs_f64());
     outln!(
-        "stop         {:>8.2} s  (until the relaunch started)",
+        "stop         {:>8.2} s  (until the relaunch's ranks started)",
         (started.saturating_sub(checkpointed)).as_secs_f64()
     );
+    outln!("restore      {restore_secs:>8.2} s  (epoch {epoch}, slowest rank, of which:)");
     for (rank, level, secs) in &transfer {
         let level = match level.as_str() {
             "Partner" => "its partner (L2)",
@@ -259,12 +303,8 @@ fn follow(
             "Pfs" => "shared storage (L4)",
             _ => "its old node (L1)",
         };
-        outln!("transfer     {secs:>8.2} s  rank {rank} from {level}");
+        outln!("  transfer   {secs:>8.2} s  rank {rank} from {level}, written to its new node");
     }
-    outln!(
-        "restore      {:>8.2} s  (epoch {epoch})",
-        (total.saturating_sub(started)).as_secs_f64()
-    );
     outln!("total freeze {:>8.2} s", total.as_secs_f64());
     let missing: Vec<&u32> = ranks
         .iter()
