@@ -4224,3 +4224,40 @@ fn a_migration_that_strands_files_on_an_emptied_node_is_refused() {
     assert!(out.status.success(), "{}", out.dump());
     assert!(!job.join("control/placement").exists());
 }
+
+/// `slurm/checkpointed.sbatch` through `sbatch` on the local Slurm cluster (real slurmctld and
+/// slurmd): `ckpt run` inside the allocation checkpoints every 40 polls and ends with the
+/// uninterrupted run's checksum.
+#[test]
+fn the_checkpointed_job_script_runs_under_sbatch_with_an_identical_result() {
+    let Some(_slurm) = slurm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("slurm")
+        .join("checkpointed.sbatch");
+    let export = format!(
+        "--export=ALL,CKPT={},HEAT={},JOB_DIR={}",
+        bin("ckpt").display(),
+        heat2d().display(),
+        job.display()
+    );
+    let out = std::process::Command::new("sbatch")
+        .args(["--wait", "--job-name=ckpt-e2e", "--output=job.out"])
+        .arg(export)
+        .arg(&script)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "sbatch: {}\n{}\n{log}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checksum = log.lines().rev().find_map(|l| l.strip_prefix("checksum: "));
+    assert_eq!(checksum, Some(reference()), "{log}");
+    assert_eq!(committed_epochs(&job), vec![1, 2, 3, 4, 5, 6], "{log}");
+}

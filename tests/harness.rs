@@ -620,3 +620,28 @@ pub fn drill(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
     }
     Running::spawn(cmd, timeout).wait()
 }
+
+/// Set to `1` (by `scripts/test.sh` once it brought the local Slurm cluster up) to make a
+/// missing Slurm a failure instead of a skip.
+pub const REQUIRE_SLURM: &str = "CKPT_REQUIRE_SLURM";
+
+/// The local Slurm cluster (`scripts/slurm-up.sh`), if `SLURM_CONF` names one that answers:
+/// the MPI lock is held too, since its jobs run mpirun. `None` (the test skips, saying so)
+/// otherwise, unless [`REQUIRE_SLURM`] is `1`.
+pub fn slurm() -> Option<MutexGuard<'static, ()>> {
+    let up = std::env::var_os("SLURM_CONF").is_some()
+        && Command::new("sinfo")
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !up {
+        if std::env::var(REQUIRE_SLURM).is_ok_and(|v| v == "1") {
+            panic!("no Slurm cluster answers and {REQUIRE_SLURM}=1 (scripts/slurm-up.sh)");
+        }
+        eprintln!("SKIPPED: no local Slurm cluster (SLURM_CONF unset or sinfo fails)");
+        return None;
+    }
+    mpi()
+}
