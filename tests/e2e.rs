@@ -4261,3 +4261,104 @@ fn the_checkpointed_job_script_runs_under_sbatch_with_an_identical_result() {
     assert_eq!(checksum, Some(reference()), "{log}");
     assert_eq!(committed_epochs(&job), vec![1, 2, 3, 4, 5, 6], "{log}");
 }
+
+/// `slurm/requeue.sbatch` on the local Slurm cluster: the pre-timeout signal (delivered by
+/// `scancel --signal=USR1 --batch`, as Slurm's `--signal=B:USR1@T` would) reaches `ckpt run`
+/// through the batch script, the ranks checkpoint and stop, the script requeues the job, and
+/// its next run (SLURM_RESTART_COUNT 1) resumes from that epoch to the uninterrupted result.
+#[test]
+fn the_pre_timeout_signal_checkpoints_requeues_and_resumes_under_slurm() {
+    let Some(_slurm) = slurm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("slurm")
+        .join("requeue.sbatch");
+    let export = format!(
+        "--export=ALL,CKPT={},HEAT={},JOB_DIR={}",
+        bin("ckpt").display(),
+        heat2d().display(),
+        job.display()
+    );
+    let submitted = std::process::Command::new("sbatch")
+        .args([
+            "--parsable",
+            "--job-name=ckpt-e2e-requeue",
+            "--output=job.out",
+        ])
+        .arg(export)
+        .arg(&script)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(submitted.status.success(), "{submitted:?}");
+    let id = String::from_utf8_lossy(&submitted.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let log = || std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
+    let slurm_cmd = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&2)),
+        "epoch 2 never committed\n{}",
+        log()
+    );
+    let sent = slurm_cmd(&["scancel", "--signal=USR1", "--batch", &id]);
+    assert!(sent.status.success(), "{sent:?}");
+    // The requeued job waits for its begin time (Slurm delays a requeue): start it now.
+    assert!(
+        wait_for(Duration::from_secs(60), || log().contains("requeueing job")),
+        "no requeue\n{}",
+        log()
+    );
+    // (Once a second: the controller answers each update, and a requeued job is briefly
+    // completing before it is pending.)
+    let mut tries = 0;
+    let ran = loop {
+        let _ = slurm_cmd(&[
+            "scontrol",
+            "update",
+            &format!("jobid={id}"),
+            "starttime=now",
+        ]);
+        if wait_for(Duration::from_secs(1), || log().contains("run 1 of job")) {
+            break true;
+        }
+        tries += 1;
+        if tries == 60 {
+            break false;
+        }
+    };
+    assert!(ran, "the requeued job never ran\n{}", log());
+    assert!(
+        wait_for(Duration::from_secs(90), || log()
+            .contains("job finished after")),
+        "the requeued run did not finish\n{}",
+        log()
+    );
+    let text = log();
+    let stopped = text
+        .lines()
+        .find_map(|l| l.strip_prefix("[ckpt] job stopped on request after epoch "))
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("no stop on request\n{text}"))
+        .to_owned();
+    assert!(
+        text.contains(&format!("[ckpt] restored epoch {stopped} ")),
+        "the next run did not resume from epoch {stopped}\n{text}"
+    );
+    let checksum = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("checksum: "));
+    assert_eq!(checksum, Some(reference()), "{text}");
+}

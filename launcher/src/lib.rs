@@ -90,6 +90,25 @@ pub enum Outcome {
     JobFailed,
     /// The launcher was interrupted by this signal, forwarded to the job.
     Interrupted(i32),
+    /// The job stopped on request after a checkpoint, to be resumed: exit status
+    /// `CKPT_STOPPED_EXIT` (default 0).
+    Stopped,
+}
+
+/// The exit status of a run whose job stopped on request (`CKPT_STOPPED_EXIT`, 0 to 255;
+/// anything else is 0, said on stderr).
+fn stopped_exit() -> u8 {
+    match ckpt::env::get(ckpt::env::STOPPED_EXIT).map(|v| v.trim().parse::<u8>()) {
+        None => 0,
+        Some(Ok(code)) => code,
+        Some(Err(_)) => {
+            report::say(format!(
+                "warning: {} is not an exit status (0 to 255); exiting 0",
+                ckpt::env::STOPPED_EXIT
+            ));
+            0
+        }
+    }
 }
 
 /// Entry point of the `ckpt` binary.
@@ -113,6 +132,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::JobFailed) => ExitCode::from(1),
         Ok(Outcome::Interrupted(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
+        Ok(Outcome::Stopped) => ExitCode::from(stopped_exit()),
         // The reader went away (`ckpt list | head -1`): nothing more to say, as for SIGPIPE.
         Err(e) if report::is_broken_pipe(&e) => ExitCode::from(128 + libc::SIGPIPE as u8),
         Err(e) => {

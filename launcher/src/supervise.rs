@@ -127,6 +127,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 if let Some(epoch) = tail_now.stopped {
                     say(report::stopped(epoch, secs(start)));
                     say(report::resume_hint(plan));
+                    return Ok(Outcome::Stopped);
                 } else {
                     say(report::finished(
                         n,

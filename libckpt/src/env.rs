@@ -69,6 +69,11 @@ pub const SHARED_DIR: &str = "CKPT_SHARED_DIR";
 /// an earlier launch to exit before killing them (see `storage/liveness.rs`). Default 30.
 pub const RANK_EXIT_WAIT: &str = "CKPT_RANK_EXIT_WAIT";
 
+/// Read by the launcher only (not forwarded): the exit status of a `ckpt run` whose job
+/// stopped on request after a checkpoint (the exit signal, `ckpt checkpoint --then-exit`), so
+/// a job script can tell "resume me" from "finished" (e.g. requeue itself). Default 0.
+pub const STOPPED_EXIT: &str = "CKPT_STOPPED_EXIT";
+
 /// Every variable above that ranks read, for `ckpt` to print and forward (`mpirun -x`).
 pub const ALL: &[&str] = &[
     JOB_DIR,
