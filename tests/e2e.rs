@@ -4182,3 +4182,96 @@ fn drill_of_migrations_ends_identical() {
         assert!(row.trim_end().ends_with("yes"), "{row}\n{}", out.dump());
     }
 }
+
+/// `ckpt drain` on a running job of 8 ranks over 4 emulated nodes: node1's ranks 2 and 3 move
+/// to the nodes with the fewest ranks (node0, node2), node1 is then excluded (a second drain
+/// and a migration to it are refused), no later launch places a rank on it, and the result is
+/// bit-identical to an uninterrupted run.
+#[test]
+fn draining_a_node_moves_all_its_ranks_and_excludes_it() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let args = [
+        "--nx",
+        "64",
+        "--ny",
+        "64",
+        "--steps",
+        "400",
+        "--step-ms",
+        "15",
+    ];
+    let flags = [
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--max-restarts",
+        "0",
+    ];
+    let running = Run::new(&job, 8, &flags, &heat2d(), &args).spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&2)),
+        "epoch 2 never committed"
+    );
+    let jd = job.to_str().unwrap();
+    let unknown = ckpt(&["drain", jd, "--node", "node7"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", unknown.dump());
+    assert!(
+        unknown.stderr.contains("unknown node"),
+        "{}",
+        unknown.dump()
+    );
+    let drained = ckpt(&["drain", jd, "--node", "node1"]);
+    assert!(drained.status.success(), "{}", drained.dump());
+    for needle in [
+        "draining node1: rank 2 node1 -> node0, rank 3 node1 -> node2",
+        "node1 is excluded for the rest of the job",
+        "checkpoint ",
+        "transfer ",
+        "total freeze",
+    ] {
+        assert!(
+            drained.stdout.contains(needle),
+            "{needle:?}\n{}",
+            drained.dump()
+        );
+    }
+    let again = ckpt(&["drain", jd, "--node", "node1"]);
+    assert_eq!(again.status.code(), Some(2), "{}", again.dump());
+    assert!(
+        again.stderr.contains("already excluded"),
+        "{}",
+        again.dump()
+    );
+    let back = ckpt(&["migrate", jd, "--rank", "0", "--to", "node1"]);
+    assert_eq!(back.status.code(), Some(2), "{}", back.dump());
+    assert!(back.stderr.contains("excluded"), "{}", back.dump());
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(&args)),
+        "{}",
+        out.dump()
+    );
+    let ev = events(&job);
+    let later: Vec<(u32, String)> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::RankStarted {
+                rank, node, launch, ..
+            } if *launch >= 1 => Some((*rank, node.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(later.len(), 8, "{later:?}");
+    assert!(later.iter().all(|(_, n)| n != "node1"), "{later:?}");
+    let newest = *committed_epochs(&job).last().unwrap();
+    let m = ckpt::manifest::load(&job, newest).unwrap();
+    assert_eq!(m.ranks[2].node, "node0");
+    assert_eq!(m.ranks[3].node, "node2");
+    assert!(m.ranks.iter().all(|r| r.node != "node1"));
+}

@@ -54,6 +54,9 @@ pub enum Command {
     /// stop, a relaunch with the new placement; the moved ranks get their data from the
     /// cheapest copy. Prints each phase with its time.
     Migrate(MigrateArgs),
+    /// Move every rank off an emulated node of a running job (to the nodes with the fewest
+    /// ranks), as `ckpt migrate` does; the node is then excluded for the rest of the job.
+    Drain(DrainArgs),
     /// A fault-tolerance drill: run the program once without faults, then N times with
     /// seeded random faults, and compare each run's result with the reference.
     ///
@@ -92,6 +95,20 @@ pub struct MigrateArgs {
     /// The node to move them to (node0, node1, ...).
     #[arg(long, value_name = "NODE")]
     pub to: String,
+    /// Seconds to wait for the checkpoint, and again for the relaunch to restore.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub wait: u64,
+}
+
+/// `ckpt drain` flags.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The job directory of a running job run with --emulate-nodes.
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// The node to empty (node0, node1, ...).
+    #[arg(long, value_name = "NODE")]
+    pub node: String,
     /// Seconds to wait for the checkpoint, and again for the relaunch to restore.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub wait: u64,
