@@ -4275,3 +4275,127 @@ fn draining_a_node_moves_all_its_ranks_and_excludes_it() {
     assert_eq!(m.ranks[3].node, "node2");
     assert!(m.ranks.iter().all(|r| r.node != "node1"));
 }
+
+/// heat2d on 8 ranks over 4 emulated nodes with `flags` added; node1 is killed once epoch 2
+/// has its partner copies. Returns the job directory's parent, the job and the run's output.
+fn kill_node1_with(flags: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut all = vec![
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+    ];
+    all.extend_from_slice(flags);
+    let running = Run::new(&job, 8, &all, &heat2d(), HEAT_NODES).spawn();
+    let complete = |e: &Event| {
+        matches!(
+            e,
+            Event::LevelComplete {
+                epoch: 2,
+                level: ckpt::Level::Partner,
+                ..
+            }
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || events(&job)
+            .iter()
+            .any(complete)),
+        "L2 of epoch 2 never completed: {:?}",
+        events(&job)
+    );
+    let kill = ckpt(&["kill-node", job.to_str().unwrap(), "node1"]);
+    assert!(kill.status.success(), "{}", kill.dump());
+    let out = running.wait();
+    (dir, job, out)
+}
+
+/// `ckpt run --emulate-nodes 4 --spares 1`: the ranks start on node0-node2 (node3 is the
+/// spare, named in job.json); node1 is killed: the launcher names it, excludes it, moves its
+/// ranks 3, 4, 5 to node3 (they recover their files from partner copies), and the job ends
+/// bit-identical to an uninterrupted run with no rank on node1 after the loss.
+#[test]
+fn a_killed_node_is_replaced_by_a_spare() {
+    let Some(_mpi) = mpi() else { return };
+    let (_dir, job, out) = kill_node1_with(&["--spares", "1"]);
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr
+            .contains("node1 lost: ranks 3, 4, 5 move to spare node3; the node is excluded"),
+        "{}",
+        out.dump()
+    );
+    let job_json = std::fs::read_to_string(job.join("job.json")).unwrap();
+    assert!(job_json.contains("\"spares\": 1"), "{job_json}");
+    let list = ckpt(&["list", job.to_str().unwrap()]);
+    assert!(
+        list.stdout
+            .contains("spare nodes (no rank): none; excluded nodes: node1"),
+        "{}",
+        list.dump()
+    );
+    let started: Vec<(u32, String, u32)> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RankStarted {
+                rank, node, launch, ..
+            } => Some((rank, node, launch)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        started.iter().all(|(_, n, l)| *l > 0 || n != "node3"),
+        "the spare held a rank before the loss: {started:?}"
+    );
+    let after: Vec<&(u32, String, u32)> = started.iter().filter(|s| s.2 > 0).collect();
+    assert_eq!(after.len(), 8, "{started:?}");
+    for (rank, node, _) in after {
+        assert_ne!(node, "node1", "{started:?}");
+        if (3..=5).contains(rank) {
+            assert_eq!(node, "node3", "{started:?}");
+        }
+    }
+}
+
+/// `--spares 0` (node loss handled, no spare) and no `--spread-on-failure`: node1 is killed,
+/// the launcher stops with a clear message naming the node and its ranks, and the newest epoch
+/// is intact (`ckpt verify` finds a good copy of every rank of it).
+#[test]
+fn a_killed_node_without_a_spare_stops_the_job_with_the_newest_epoch_intact() {
+    let Some(_mpi) = mpi() else { return };
+    let (_dir, job, out) = kill_node1_with(&["--spares", "0"]);
+    assert!(!out.status.success(), "{}", out.dump());
+    let newest = *committed_epochs(&job).last().unwrap();
+    let stop = format!(
+        "node1 lost: ranks 2, 3 have nowhere to go: no spare node is left and \
+         --spread-on-failure was not given; stopping without a relaunch: the newest epoch, \
+         {newest}, is left intact"
+    );
+    assert!(out.stderr.contains(&stop), "{stop}\n{}", out.dump());
+    let launches = events(&job)
+        .iter()
+        .filter(|e| matches!(e, Event::RankStarted { rank: 0, .. }))
+        .count();
+    assert_eq!(launches, 1, "relaunched: {}", out.dump());
+    // Older epochs may have lost their only copies with node1; the newest has every rank.
+    let verify = ckpt(&["verify", job.to_str().unwrap()]);
+    let line = verify
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("epoch {newest}: ")));
+    assert!(
+        line.is_some_and(|l| l.contains("RECOVERABLE") && l.contains("every rank has a good one")),
+        "{}",
+        verify.dump()
+    );
+}

@@ -331,6 +331,15 @@ pub struct RunArgs {
     /// (local base: --local-dir, else <job dir>/local). `ckpt kill-node` crashes one.
     #[arg(long, value_name = "N")]
     pub emulate_nodes: Option<u32>,
+    /// Keep the last S emulated nodes as spares: ranks start on the first N-S, and the ranks
+    /// of a node lost in a failure move to a spare before the relaunch.
+    /// Giving it (even 0) turns on the handling of lost nodes.
+    #[arg(long, value_name = "S", requires = "emulate_nodes")]
+    pub spares: Option<u32>,
+    /// When a node is lost and no spare is left, spread its ranks over the surviving nodes
+    /// (else the job stops).
+    #[arg(long, requires = "emulate_nodes")]
+    pub spread_on_failure: bool,
     /// Partner copies (L2: each rank's file also on another node) every N epochs; 0 for none
     /// [default: 1].
     #[arg(long = "l2-every", value_name = "N")]

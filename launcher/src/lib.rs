@@ -60,6 +60,7 @@ pub mod ranks;
 pub mod report;
 pub mod request;
 pub mod signals;
+pub mod spares;
 pub mod supervise;
 pub mod verify;
 mod verify_l3;

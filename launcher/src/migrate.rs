@@ -82,7 +82,7 @@ fn plain(node: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-fn render(map: &BTreeMap<u32, String>) -> String {
+pub fn render(map: &BTreeMap<u32, String>) -> String {
     map.iter().map(|(r, n)| format!("{r} {n}\n")).collect()
 }
 
@@ -237,6 +237,16 @@ pub fn plan_drain(
             excluded.join(", ")
         ));
     }
+    Ok(spread(current, node, &up))
+}
+
+/// `current` with each rank of `node` (in order) moved to the node of `up` that then has the
+/// fewest ranks (the first such); `up` must not be empty for a rank to move.
+pub fn spread(
+    current: &BTreeMap<u32, String>,
+    node: &str,
+    up: &[&String],
+) -> BTreeMap<u32, String> {
     let mut load: Vec<(usize, &String)> = up
         .iter()
         .map(|k| (current.values().filter(|n| n == k).count(), *k))
@@ -249,7 +259,7 @@ pub fn plan_drain(
         slot.0 += 1;
         *n = slot.1.clone();
     }
-    Ok(next)
+    next
 }
 
 /// The nodes excluded for the rest of the job (`control/excluded`, one name a line).
@@ -416,6 +426,13 @@ fn follow(
         outln!("(ranks {missing:?} found their files on their new node already)");
     }
     Ok(Outcome::Success)
+}
+
+/// Puts `map` in force as the job's placement (the ranks of the job must be stopped).
+pub fn set_placement(job_dir: &Path, map: &BTreeMap<u32, String>) -> anyhow::Result<()> {
+    let path = job_dir.join(PLACEMENT);
+    durable::write_atomic(&path, render(map).as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Where the placement file of a job is.
