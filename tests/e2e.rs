@@ -4399,3 +4399,40 @@ fn a_killed_node_without_a_spare_stops_the_job_with_the_newest_epoch_intact() {
         verify.dump()
     );
 }
+
+/// `--spread-on-failure` without spares: node1's ranks 2 and 3 go to the survivors with the
+/// fewest ranks (node0, node2), and the job ends bit-identical to an uninterrupted run.
+#[test]
+fn a_killed_node_without_a_spare_spreads_its_ranks_when_allowed() {
+    let Some(_mpi) = mpi() else { return };
+    let (_dir, job, out) = kill_node1_with(&["--spread-on-failure"]);
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr
+            .contains("node1 lost: ranks 2, 3 spread over node0, node2, node3 (no spare left)"),
+        "{}",
+        out.dump()
+    );
+    let mut moved: Vec<(u32, String)> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RankStarted {
+                rank, node, launch, ..
+            } if launch > 0 && (rank == 2 || rank == 3) => Some((rank, node)),
+            _ => None,
+        })
+        .collect();
+    moved.sort();
+    assert_eq!(
+        moved,
+        [(2, "node0".to_owned()), (3, "node2".to_owned())],
+        "{}",
+        out.dump()
+    );
+}
