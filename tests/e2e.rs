@@ -4362,3 +4362,257 @@ fn the_pre_timeout_signal_checkpoints_requeues_and_resumes_under_slurm() {
         .find_map(|l| l.strip_prefix("checksum: "));
     assert_eq!(checksum, Some(reference()), "{text}");
 }
+
+/// `ckpt drain` on a running job of 8 ranks over 4 emulated nodes: node1's ranks 2 and 3 move
+/// to the nodes with the fewest ranks (node0, node2), node1 is then excluded (a second drain
+/// and a migration to it are refused), no later launch places a rank on it, and the result is
+/// bit-identical to an uninterrupted run.
+#[test]
+fn draining_a_node_moves_all_its_ranks_and_excludes_it() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let args = [
+        "--nx",
+        "64",
+        "--ny",
+        "64",
+        "--steps",
+        "400",
+        "--step-ms",
+        "15",
+    ];
+    let flags = [
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--max-restarts",
+        "0",
+    ];
+    let running = Run::new(&job, 8, &flags, &heat2d(), &args).spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&2)),
+        "epoch 2 never committed"
+    );
+    let jd = job.to_str().unwrap();
+    let unknown = ckpt(&["drain", jd, "--node", "node7"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", unknown.dump());
+    assert!(
+        unknown.stderr.contains("unknown node"),
+        "{}",
+        unknown.dump()
+    );
+    let drained = ckpt(&["drain", jd, "--node", "node1"]);
+    assert!(drained.status.success(), "{}", drained.dump());
+    for needle in [
+        "draining node1: rank 2 node1 -> node0, rank 3 node1 -> node2",
+        "node1 is excluded for the rest of the job",
+        "checkpoint ",
+        "transfer ",
+        "total freeze",
+    ] {
+        assert!(
+            drained.stdout.contains(needle),
+            "{needle:?}\n{}",
+            drained.dump()
+        );
+    }
+    let again = ckpt(&["drain", jd, "--node", "node1"]);
+    assert_eq!(again.status.code(), Some(2), "{}", again.dump());
+    assert!(
+        again.stderr.contains("already excluded"),
+        "{}",
+        again.dump()
+    );
+    let back = ckpt(&["migrate", jd, "--rank", "0", "--to", "node1"]);
+    assert_eq!(back.status.code(), Some(2), "{}", back.dump());
+    assert!(back.stderr.contains("excluded"), "{}", back.dump());
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(&args)),
+        "{}",
+        out.dump()
+    );
+    let ev = events(&job);
+    let later: Vec<(u32, String)> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::RankStarted {
+                rank, node, launch, ..
+            } if *launch >= 1 => Some((*rank, node.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(later.len(), 8, "{later:?}");
+    assert!(later.iter().all(|(_, n)| n != "node1"), "{later:?}");
+    let newest = *committed_epochs(&job).last().unwrap();
+    let m = ckpt::manifest::load(&job, newest).unwrap();
+    assert_eq!(m.ranks[2].node, "node0");
+    assert_eq!(m.ranks[3].node, "node2");
+    assert!(m.ranks.iter().all(|r| r.node != "node1"));
+}
+
+/// heat2d on 8 ranks over 4 emulated nodes with `flags` added; node1 is killed once epoch 2
+/// has its partner copies. Returns the job directory's parent, the job and the run's output.
+fn kill_node1_with(flags: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut all = vec![
+        "--emulate-nodes",
+        "4",
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+    ];
+    all.extend_from_slice(flags);
+    let running = Run::new(&job, 8, &all, &heat2d(), HEAT_NODES).spawn();
+    let complete = |e: &Event| {
+        matches!(
+            e,
+            Event::LevelComplete {
+                epoch: 2,
+                level: ckpt::Level::Partner,
+                ..
+            }
+        )
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || events(&job)
+            .iter()
+            .any(complete)),
+        "L2 of epoch 2 never completed: {:?}",
+        events(&job)
+    );
+    let kill = ckpt(&["kill-node", job.to_str().unwrap(), "node1"]);
+    assert!(kill.status.success(), "{}", kill.dump());
+    let out = running.wait();
+    (dir, job, out)
+}
+
+/// `ckpt run --emulate-nodes 4 --spares 1`: the ranks start on node0-node2 (node3 is the
+/// spare, named in job.json); node1 is killed: the launcher names it, excludes it, moves its
+/// ranks 3, 4, 5 to node3 (they recover their files from partner copies), and the job ends
+/// bit-identical to an uninterrupted run with no rank on node1 after the loss.
+#[test]
+fn a_killed_node_is_replaced_by_a_spare() {
+    let Some(_mpi) = mpi() else { return };
+    let (_dir, job, out) = kill_node1_with(&["--spares", "1"]);
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr
+            .contains("node1 lost: ranks 3, 4, 5 move to spare node3; the node is excluded"),
+        "{}",
+        out.dump()
+    );
+    let job_json = std::fs::read_to_string(job.join("job.json")).unwrap();
+    assert!(job_json.contains("\"spares\": 1"), "{job_json}");
+    let list = ckpt(&["list", job.to_str().unwrap()]);
+    assert!(
+        list.stdout
+            .contains("spare nodes (no rank): none; excluded nodes: node1"),
+        "{}",
+        list.dump()
+    );
+    let started: Vec<(u32, String, u32)> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RankStarted {
+                rank, node, launch, ..
+            } => Some((rank, node, launch)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        started.iter().all(|(_, n, l)| *l > 0 || n != "node3"),
+        "the spare held a rank before the loss: {started:?}"
+    );
+    let after: Vec<&(u32, String, u32)> = started.iter().filter(|s| s.2 > 0).collect();
+    assert_eq!(after.len(), 8, "{started:?}");
+    for (rank, node, _) in after {
+        assert_ne!(node, "node1", "{started:?}");
+        if (3..=5).contains(rank) {
+            assert_eq!(node, "node3", "{started:?}");
+        }
+    }
+}
+
+/// `--spares 0` (node loss handled, no spare) and no `--spread-on-failure`: node1 is killed,
+/// the launcher stops with a clear message naming the node and its ranks, and the newest epoch
+/// is intact (`ckpt verify` finds a good copy of every rank of it).
+#[test]
+fn a_killed_node_without_a_spare_stops_the_job_with_the_newest_epoch_intact() {
+    let Some(_mpi) = mpi() else { return };
+    let (_dir, job, out) = kill_node1_with(&["--spares", "0"]);
+    assert!(!out.status.success(), "{}", out.dump());
+    let newest = *committed_epochs(&job).last().unwrap();
+    let stop = format!(
+        "node1 lost: ranks 2, 3 have nowhere to go: no spare node is left and \
+         --spread-on-failure was not given; stopping without a relaunch: the newest epoch, \
+         {newest}, is left intact"
+    );
+    assert!(out.stderr.contains(&stop), "{stop}\n{}", out.dump());
+    let launches = events(&job)
+        .iter()
+        .filter(|e| matches!(e, Event::RankStarted { rank: 0, .. }))
+        .count();
+    assert_eq!(launches, 1, "relaunched: {}", out.dump());
+    // Older epochs may have lost their only copies with node1; the newest has every rank.
+    let verify = ckpt(&["verify", job.to_str().unwrap()]);
+    let line = verify
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("epoch {newest}: ")));
+    assert!(
+        line.is_some_and(|l| l.contains("RECOVERABLE") && l.contains("every rank has a good one")),
+        "{}",
+        verify.dump()
+    );
+}
+
+/// `--spread-on-failure` without spares: node1's ranks 2 and 3 go to the survivors with the
+/// fewest ranks (node0, node2), and the job ends bit-identical to an uninterrupted run.
+#[test]
+fn a_killed_node_without_a_spare_spreads_its_ranks_when_allowed() {
+    let Some(_mpi) = mpi() else { return };
+    let (_dir, job, out) = kill_node1_with(&["--spread-on-failure"]);
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(HEAT_NODES)),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr
+            .contains("node1 lost: ranks 2, 3 spread over node0, node2, node3 (no spare left)"),
+        "{}",
+        out.dump()
+    );
+    let mut moved: Vec<(u32, String)> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RankStarted {
+                rank, node, launch, ..
+            } if launch > 0 && (rank == 2 || rank == 3) => Some((rank, node)),
+            _ => None,
+        })
+        .collect();
+    moved.sort();
+    assert_eq!(
+        moved,
+        [(2, "node0".to_owned()), (3, "node2".to_owned())],
+        "{}",
+        out.dump()
+    );
+}

@@ -54,6 +54,9 @@ pub enum Command {
     /// stop, a relaunch with the new placement; the moved ranks get their data from the
     /// cheapest copy. Prints each phase with its time.
     Migrate(MigrateArgs),
+    /// Move every rank off an emulated node of a running job (to the nodes with the fewest
+    /// ranks), as `ckpt migrate` does; the node is then excluded for the rest of the job.
+    Drain(DrainArgs),
     /// A fault-tolerance drill: run the program once without faults, then N times with
     /// seeded random faults, and compare each run's result with the reference.
     ///
@@ -92,6 +95,20 @@ pub struct MigrateArgs {
     /// The node to move them to (node0, node1, ...).
     #[arg(long, value_name = "NODE")]
     pub to: String,
+    /// Seconds to wait for the checkpoint, and again for the relaunch to restore.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub wait: u64,
+}
+
+/// `ckpt drain` flags.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The job directory of a running job run with --emulate-nodes.
+    #[arg(value_name = "JOB_DIR")]
+    pub job_dir: PathBuf,
+    /// The node to empty (node0, node1, ...).
+    #[arg(long, value_name = "NODE")]
+    pub node: String,
     /// Seconds to wait for the checkpoint, and again for the relaunch to restore.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub wait: u64,
@@ -314,6 +331,15 @@ pub struct RunArgs {
     /// (local base: --local-dir, else <job dir>/local). `ckpt kill-node` crashes one.
     #[arg(long, value_name = "N")]
     pub emulate_nodes: Option<u32>,
+    /// Keep the last S emulated nodes as spares: ranks start on the first N-S, and the ranks
+    /// of a node lost in a failure move to a spare before the relaunch.
+    /// Giving it (even 0) turns on the handling of lost nodes.
+    #[arg(long, value_name = "S", requires = "emulate_nodes")]
+    pub spares: Option<u32>,
+    /// When a node is lost and no spare is left, spread its ranks over the surviving nodes
+    /// (else the job stops).
+    #[arg(long, requires = "emulate_nodes")]
+    pub spread_on_failure: bool,
     /// Partner copies (L2: each rank's file also on another node) every N epochs; 0 for none
     /// [default: 1].
     #[arg(long = "l2-every", value_name = "N")]

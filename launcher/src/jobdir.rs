@@ -69,6 +69,9 @@ struct JobFile {
     /// `--emulate-nodes` (absent in files of older versions, and without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     emulate_nodes: Option<u32>,
+    /// `--spares`: the last emulated nodes start without ranks (absent when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spares: Option<u32>,
     /// Base of shared (L4) storage when not the default `<job dir>/shared` (absent in files
     /// of older versions, and for the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +207,17 @@ pub fn recorded_emulation(dir: &Path) -> Option<u32> {
     u32::try_from(n).ok().filter(|&n| n > 0)
 }
 
+/// The number of spare emulated nodes recorded in `dir`'s `job.json` (`--spares`), 0 if none.
+pub fn recorded_spares(dir: &Path) -> u32 {
+    ckpt::identity::read_job_file(dir)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|job| job.get("spares")?.as_u64())
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
 /// Creates the job directory (durably and private: the ranks' manifests, made durable inside
 /// it, must not lose their directory), or checks an existing one: it, and this node's
 /// `<local_dir>/<job_id>` if it exists, must be ours and closed to others, else nobody could
@@ -286,6 +300,7 @@ fn write_job_file(plan: &RunPlan, job_id: &str, now_ms: u64) -> anyhow::Result<(
         max_restarts: plan.max_restarts,
         local_dir: plan.local_dir.as_deref().map(lossy),
         emulate_nodes: plan.emulate_nodes,
+        spares: plan.spares,
         shared_dir: plan.shared_dir.as_deref().map(lossy),
         fault: plan.fault.clone(),
         mpirun: lossy(&plan.mpirun),

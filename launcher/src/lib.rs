@@ -60,6 +60,7 @@ pub mod ranks;
 pub mod report;
 pub mod request;
 pub mod signals;
+pub mod spares;
 pub mod supervise;
 pub mod verify;
 mod verify_l3;
@@ -163,6 +164,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<Outcome> {
         cli::Command::Prune(args) => prune::run(&args),
         cli::Command::KillNode(args) => kill_node::run(&args.job_dir, &args.node),
         cli::Command::Migrate(args) => migrate::run(&args),
+        cli::Command::Drain(args) => migrate::drain(&args),
         cli::Command::Drill(args) => drill::run(args),
         cli::Command::ExecRank(args) => exec_rank::run(&args),
         cli::Command::Bench(args) => bench::run(&args),

@@ -47,6 +47,11 @@ pub fn run(dir: &Path, as_json: bool, ranks: bool) -> anyhow::Result<Outcome> {
             outln!("{l}");
         }
     }
+    if !as_json {
+        if let Some(nodes) = crate::spares::summary(dir) {
+            outln!("{nodes}");
+        }
+    }
     Ok(Outcome::Success)
 }
 

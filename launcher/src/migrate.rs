@@ -23,7 +23,7 @@ use anyhow::{bail, Context as _};
 use ckpt::events::{self, Event};
 use ckpt::storage::durable;
 
-use crate::cli::{CheckpointArgs, MigrateArgs};
+use crate::cli::{CheckpointArgs, DrainArgs, MigrateArgs};
 use crate::exec_rank::{node_name, node_of};
 use crate::{jobdir, request, Outcome, UsageError};
 
@@ -31,6 +31,8 @@ use crate::{jobdir, request, Outcome, UsageError};
 const PLACEMENT: &str = "control/placement";
 /// A placement waiting for the ranks to stop.
 const PENDING: &str = "control/placement.next";
+/// Nodes excluded for the rest of the job (drained or lost), one name a line.
+const EXCLUDED: &str = "control/excluded";
 /// Largest placement file read.
 const MAX_BYTES: u64 = 16 << 20;
 
@@ -80,7 +82,7 @@ fn plain(node: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
-fn render(map: &BTreeMap<u32, String>) -> String {
+pub fn render(map: &BTreeMap<u32, String>) -> String {
     map.iter().map(|(r, n)| format!("{r} {n}\n")).collect()
 }
 
@@ -109,38 +111,73 @@ pub fn take_pending(job_dir: &Path, nranks: u32, nodes: u32) -> anyhow::Result<O
     Ok(Some(moves.join(", ")))
 }
 
+/// A job open for a placement change: its directory, rank count and emulated nodes.
+struct Job {
+    dir: PathBuf,
+    nranks: u32,
+    nodes: u32,
+}
+
+impl Job {
+    /// Checks that `job_dir` is a job of `ckpt run` on emulated nodes.
+    fn open(job_dir: &Path, what: &str) -> anyhow::Result<Job> {
+        let dir = std::path::absolute(job_dir)
+            .with_context(|| format!("cannot resolve {}", job_dir.display()))?;
+        let Some(nranks) = jobdir::recorded_ranks(&dir) else {
+            return Err(UsageError(format!(
+                "{}: not a job directory of `ckpt run` (no job.json with its ranks)",
+                dir.display()
+            ))
+            .into());
+        };
+        let Some(nodes) = jobdir::recorded_emulation(&dir) else {
+            return Err(UsageError(format!(
+                "{}: {what} is supported on emulated nodes (`ckpt run --emulate-nodes N`) for \
+                 now; this job runs on real nodes",
+                dir.display()
+            ))
+            .into());
+        };
+        Ok(Job { dir, nranks, nodes })
+    }
+
+    fn known(&self) -> Vec<String> {
+        (0..self.nodes).map(node_name).collect()
+    }
+
+    /// Refuses a node that is not one of the job's.
+    fn check_known(&self, node: &str) -> Result<(), UsageError> {
+        let known = self.known();
+        if known.iter().any(|k| k == node) {
+            return Ok(());
+        }
+        Err(UsageError(format!(
+            "unknown node {node:?}: the job's nodes are {}",
+            known.join(", ")
+        )))
+    }
+
+    /// The placement in force, every rank named.
+    fn current(&self) -> BTreeMap<u32, String> {
+        (0..self.nranks)
+            .map(|r| (r, node_for(&self.dir, r, self.nranks, self.nodes)))
+            .collect()
+    }
+}
+
 /// `ckpt migrate`.
 pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
-    let dir = &std::path::absolute(&args.job_dir)
-        .with_context(|| format!("cannot resolve {}", args.job_dir.display()))?;
-    let Some(nranks) = jobdir::recorded_ranks(dir) else {
+    let job = Job::open(&args.job_dir, "migration")?;
+    job.check_known(&args.to)?;
+    if excluded(&job.dir).contains(&args.to) {
         return Err(UsageError(format!(
-            "{}: not a job directory of `ckpt run` (no job.json with its ranks)",
-            dir.display()
-        ))
-        .into());
-    };
-    let Some(nodes) = jobdir::recorded_emulation(dir) else {
-        return Err(UsageError(format!(
-            "{}: migration is supported on emulated nodes (`ckpt run --emulate-nodes N`) for \
-             now; this job runs on real nodes",
-            dir.display()
-        ))
-        .into());
-    };
-    let known: Vec<String> = (0..nodes).map(node_name).collect();
-    if !known.contains(&args.to) {
-        return Err(UsageError(format!(
-            "unknown node {:?}: the job's nodes are {}",
-            args.to,
-            known.join(", ")
+            "{} is excluded for the rest of the job (drained or lost)",
+            args.to
         ))
         .into());
     }
-    let ranks = parse_ranks(&args.ranks, nranks).map_err(UsageError)?;
-    let mut next: BTreeMap<u32, String> = (0..nranks)
-        .map(|r| (r, node_for(dir, r, nranks, nodes)))
-        .collect();
+    let ranks = parse_ranks(&args.ranks, job.nranks).map_err(UsageError)?;
+    let mut next = job.current();
     let mut moved = Vec::new();
     for &r in &ranks {
         let from = next.insert(r, args.to.clone()).unwrap_or_default();
@@ -149,7 +186,120 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
         }
         moved.push(format!("rank {r} {from} -> {}", args.to));
     }
-    check_reachable(dir, nranks, nodes, &next)?;
+    check_reachable(&job.dir, job.nranks, job.nodes, &next)?;
+    outln!("migrating {}", moved.join(", "));
+    change(&job, &next, &ranks, args.wait, None)
+}
+
+/// `ckpt drain`: every rank of the node moves, then the node is excluded.
+pub fn drain(args: &DrainArgs) -> anyhow::Result<Outcome> {
+    let job = Job::open(&args.job_dir, "draining")?;
+    job.check_known(&args.node)?;
+    let current = job.current();
+    let next =
+        plan_drain(&current, &job.known(), &excluded(&job.dir), &args.node).map_err(UsageError)?;
+    let ranks: Vec<u32> = current
+        .iter()
+        .filter(|(_, n)| **n == args.node)
+        .map(|(&r, _)| r)
+        .collect();
+    let moved: Vec<String> = ranks
+        .iter()
+        .map(|r| format!("rank {r} {} -> {}", args.node, next[r]))
+        .collect();
+    check_reachable(&job.dir, job.nranks, job.nodes, &next)?;
+    outln!("draining {}: {}", args.node, moved.join(", "));
+    change(&job, &next, &ranks, args.wait, Some(&args.node))
+}
+
+/// The placement after draining `node`: each of its ranks (in order) goes to the node that
+/// then has the fewest ranks (the first such in `known`), never to `node` or an excluded
+/// node. Refused when `node` is excluded, has no rank, or no other node is up.
+pub fn plan_drain(
+    current: &BTreeMap<u32, String>,
+    known: &[String],
+    excluded: &[String],
+    node: &str,
+) -> Result<BTreeMap<u32, String>, String> {
+    if excluded.iter().any(|e| e == node) {
+        return Err(format!(
+            "{node} is already excluded for the rest of the job"
+        ));
+    }
+    if !current.values().any(|n| n == node) {
+        return Err(format!("{node} has no rank of the job"));
+    }
+    let up: Vec<&String> = known
+        .iter()
+        .filter(|k| *k != node && !excluded.contains(k))
+        .collect();
+    if up.is_empty() {
+        return Err(format!(
+            "no node other than {node} is up (excluded: {})",
+            excluded.join(", ")
+        ));
+    }
+    Ok(spread(current, node, &up))
+}
+
+/// `current` with each rank of `node` (in order) moved to the node of `up` that then has the
+/// fewest ranks (the first such); `up` must not be empty for a rank to move.
+pub fn spread(
+    current: &BTreeMap<u32, String>,
+    node: &str,
+    up: &[&String],
+) -> BTreeMap<u32, String> {
+    let mut load: Vec<(usize, &String)> = up
+        .iter()
+        .map(|k| (current.values().filter(|n| n == k).count(), *k))
+        .collect();
+    let mut next = current.clone();
+    for (_, n) in next.iter_mut().filter(|(_, n)| *n == node) {
+        let Some(slot) = load.iter_mut().min_by_key(|(count, _)| *count) else {
+            break;
+        };
+        slot.0 += 1;
+        *n = slot.1.clone();
+    }
+    next
+}
+
+/// The nodes excluded for the rest of the job (`control/excluded`, one name a line).
+pub fn excluded(job_dir: &Path) -> Vec<String> {
+    durable::read_capped(&job_dir.join(EXCLUDED), MAX_BYTES)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .map(str::trim)
+                .filter(|l| plain(l))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Adds `node` to the job's excluded nodes.
+pub fn exclude(job_dir: &Path, node: &str) -> anyhow::Result<()> {
+    let mut all = excluded(job_dir);
+    if !all.iter().any(|e| e == node) {
+        all.push(node.to_owned());
+    }
+    let path = job_dir.join(EXCLUDED);
+    let text: String = all.iter().map(|n| format!("{n}\n")).collect();
+    durable::write_atomic(&path, text.as_bytes())
+        .with_context(|| format!("cannot record {node} as excluded in {}", path.display()))
+}
+
+/// Writes the pending placement `next`, asks the job for a checkpoint-and-exit, records
+/// `exclude` once the job acknowledged, and follows the relaunch.
+fn change(
+    job: &Job,
+    next: &BTreeMap<u32, String>,
+    ranks: &[u32],
+    wait: u64,
+    exclude_node: Option<&str>,
+) -> anyhow::Result<Outcome> {
+    let dir = &job.dir;
     let pending = dir.join(PENDING);
     if pending.exists() {
         bail!(
@@ -158,15 +308,14 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
         );
     }
     let (_, offset) = events::read_from(dir, 0).unwrap_or_default();
-    durable::write_atomic(&pending, render(&next).as_bytes())
+    durable::write_atomic(&pending, render(next).as_bytes())
         .with_context(|| format!("cannot write {}", pending.display()))?;
-    outln!("migrating {}", moved.join(", "));
     let t0 = Instant::now();
     // The checkpoint and the stop: `ckpt checkpoint --then-exit` (refused without a run).
     let asked = request::run(&CheckpointArgs {
         job_dir: dir.clone(),
         then_exit: true,
-        wait: args.wait,
+        wait,
     });
     match asked {
         Ok(Outcome::Success) => {}
@@ -175,14 +324,18 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
             return other.map_err(|e| e.context("the migration's checkpoint failed"));
         }
     }
+    if let Some(node) = exclude_node {
+        exclude(dir, node)?;
+        outln!("{node} is excluded for the rest of the job");
+    }
     let checkpointed = t0.elapsed();
     follow(
         dir,
         offset,
-        &ranks,
+        ranks,
         t0,
         checkpointed,
-        Duration::from_secs(args.wait),
+        Duration::from_secs(wait),
     )
 }
 
@@ -207,23 +360,26 @@ fn check_reachable(
     if emptied.is_empty() {
         return Ok(());
     }
+    // The relaunch restores the migration's own epoch, whose planned levels complete before
+    // the ranks stop, or falls back to an older one that has them: enough if any epoch plans
+    // or has a level beyond L1.
     let committed = ckpt::manifest::committed(dir).unwrap_or_default();
     let newest = jobdir::newest_loadable(dir, &committed);
-    let redundant = newest.as_ref().is_some_and(|m| {
-        m.levels
-            .iter()
-            .any(|l| !matches!(l, ckpt::manifest::Level::Local))
+    let beyond = |l: &ckpt::manifest::Level| !matches!(l, ckpt::manifest::Level::Local);
+    let redundant = committed.iter().any(|&e| {
+        ckpt::manifest::load(dir, e)
+            .is_ok_and(|m| m.levels.iter().any(beyond) || m.copies.planned.iter().any(beyond))
     });
     if redundant {
         return Ok(());
     }
     let names: Vec<&str> = emptied.iter().map(|s| s.as_str()).collect();
     Err(UsageError(format!(
-        "this would leave {} without a rank while the newest epoch{} exists only there (L1): \
-         nothing could send its files to their ranks' new nodes; move fewer ranks, or wait for \
-         an epoch with L2, L3 or L4 complete (`ckpt list`)",
+        "this would leave {} without a rank while the job's epochs (newest{}) exist only there \
+         (L1, no other level planned): nothing could send its files to their ranks' new \
+         nodes; move fewer ranks, or run the job with L2, L3 or L4 (`ckpt run --l2-every 1`)",
         names.join(", "),
-        newest.map_or(String::new(), |m| format!(" ({})", m.epoch))
+        newest.map_or(String::new(), |m| format!(" {}", m.epoch))
     ))
     .into())
 }
@@ -316,6 +472,13 @@ fn follow(
     Ok(Outcome::Success)
 }
 
+/// Puts `map` in force as the job's placement (the ranks of the job must be stopped).
+pub fn set_placement(job_dir: &Path, map: &BTreeMap<u32, String>) -> anyhow::Result<()> {
+    let path = job_dir.join(PLACEMENT);
+    durable::write_atomic(&path, render(map).as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Where the placement file of a job is.
 pub fn placement_path(job_dir: &Path) -> PathBuf {
     job_dir.join(PLACEMENT)
@@ -340,6 +503,60 @@ mod tests {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad:?}: {e}");
         }
+    }
+
+    fn nodes(n: u32) -> Vec<String> {
+        (0..n).map(node_name).collect()
+    }
+
+    #[test]
+    fn drains_go_to_the_fewest_ranks_first_and_skip_excluded_nodes() {
+        let blocks: BTreeMap<u32, String> =
+            (0..8).map(|r| (r, node_name(node_of(r, 8, 4)))).collect();
+        let next = plan_drain(&blocks, &nodes(4), &[], "node1").unwrap();
+        assert_eq!(next[&2], "node0");
+        assert_eq!(next[&3], "node2");
+        assert!(!next.values().any(|n| n == "node1"));
+        assert_eq!(next[&0], "node0", "ranks of other nodes stay");
+        let next = plan_drain(&next, &nodes(4), &["node1".into()], "node0").unwrap();
+        assert_eq!(
+            render(&next),
+            "0 node3\n1 node2\n2 node3\n3 node2\n4 node2\n5 node2\n6 node3\n7 node3\n"
+        );
+        assert!(!next.values().any(|n| n == "node1" || n == "node0"));
+    }
+
+    #[test]
+    fn drains_are_refused_with_a_reason() {
+        let two: BTreeMap<u32, String> = (0..4).map(|r| (r, node_name(node_of(r, 4, 2)))).collect();
+        for (excl, node, why) in [
+            (vec![], "node0", None),
+            (
+                vec!["node1".to_owned()],
+                "node0",
+                Some("no node other than node0 is up"),
+            ),
+            (vec!["node0".to_owned()], "node0", Some("already excluded")),
+        ] {
+            let got = plan_drain(&two, &nodes(2), &excl, node);
+            match why {
+                None => assert!(got.is_ok(), "{got:?}"),
+                Some(why) => assert!(got.unwrap_err().contains(why)),
+            }
+        }
+        let empty = plan_drain(&two, &nodes(3), &[], "node2").unwrap_err();
+        assert!(empty.contains("has no rank"), "{empty}");
+    }
+
+    #[test]
+    fn exclusions_accumulate() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("control")).unwrap();
+        assert!(excluded(dir.path()).is_empty());
+        exclude(dir.path(), "node1").unwrap();
+        exclude(dir.path(), "node3").unwrap();
+        exclude(dir.path(), "node1").unwrap();
+        assert_eq!(excluded(dir.path()), ["node1", "node3"]);
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub struct RunPlan {
     /// Emulated nodes (`--emulate-nodes`, `1..=ranks`): each rank gets its node and node-local
     /// directory from `ckpt exec-rank` (see [`crate::exec_rank`]).
     pub emulate_nodes: Option<u32>,
+    /// Spare emulated nodes (`--spares`, the last ones; fewer than `emulate_nodes`); given,
+    /// even 0, it turns on the handling of lost nodes ([`crate::spares`]).
+    pub spares: Option<u32>,
+    /// `--spread-on-failure`: a lost node's ranks may go to survivors when no spare is left.
+    pub spread_on_failure: bool,
     /// L2 partner copies every this many epochs (`--l2-every`, 0 = off); `None`: left to
     /// the ranks (an inherited variable, else the library's default).
     pub l2_every: Option<u64>,
@@ -291,6 +296,12 @@ impl RunPlan {
                     args.ranks
                 )));
             }
+            if let Some(s) = args.spares.filter(|&s| s >= n) {
+                return Err(UsageError(format!(
+                    "--spares {s}: give fewer spares than the {n} emulated nodes, so that a \
+                     node holds the ranks"
+                )));
+            }
         }
         let local_dir = args.local_dir.as_deref().map(|d| absolute(&ctx.cwd, d));
         if let Some(dir) = &local_dir {
@@ -364,6 +375,8 @@ impl RunPlan {
             job_id,
             local_dir,
             emulate_nodes: args.emulate_nodes,
+            spares: args.spares,
+            spread_on_failure: args.spread_on_failure,
             l2_every,
             l4_every,
             level_flags,
@@ -737,6 +750,11 @@ mod tests {
         check(
             "-n 4 --emulate-nodes 0 -- prog",
             "error: --emulate-nodes 0: give 1 to 4 nodes, so that each holds a rank",
+        );
+        check(
+            "-n 4 --emulate-nodes 2 --spares 2 -- prog",
+            "error: --spares 2: give fewer spares than the 2 emulated nodes, so that a node \
+             holds the ranks",
         );
     }
 

@@ -23,6 +23,7 @@ use ckpt::manifest;
 use crate::backend::mpirun::{self, Failure, Launch, Scanner};
 use crate::plan::RunPlan;
 use crate::report::{self, say};
+use crate::spares::{self, Verdict};
 use crate::{jobdir, lock, migrate, ranks, signals, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
@@ -77,6 +78,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             &job.committed,
         ));
     }
+    spares::Watch::prepare(plan)?;
+    let mut nodes_watch = spares::Watch::default();
     let rank_exit_wait = ranks::wait_from_env()?;
     let mut n = 1;
     // Relaunches for migrations, which do not count against --max-restarts.
@@ -169,6 +172,21 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::failed_after_exit_request(plan.exit_signal));
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
+        }
+        match nodes_watch.after_failure(plan, failure.as_ref().map(|f| f.rank))? {
+            Verdict::Unchanged => {}
+            Verdict::Moved(lines) => {
+                for line in lines {
+                    say(format!(
+                        "{line}; the node is excluded for the rest of the job"
+                    ));
+                }
+            }
+            Verdict::Stop(why) => {
+                say(spares::stop_message(&why, &plan.job_dir));
+                say(report::resume_hint(plan));
+                return Ok(Outcome::JobFailed);
+            }
         }
         if n == total + migrations {
             say(report::gave_up(
