@@ -49,6 +49,7 @@ pub mod cli;
 pub mod clock;
 pub mod drill;
 pub mod exec_rank;
+pub mod hostlist;
 pub mod jobdir;
 pub mod kill_node;
 pub mod list;
