@@ -55,6 +55,7 @@ pub mod kill_node;
 pub mod list;
 pub mod lock;
 pub mod migrate;
+pub mod placement;
 pub mod plan;
 pub mod prune;
 pub mod ranks;
