@@ -799,6 +799,7 @@ mod tests {
     fn job_lines() {
         let kill = Failure {
             rank: 2,
+            node: None,
             cause: Cause::Signal(9, "Killed".into()),
         };
         check(

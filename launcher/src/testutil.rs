@@ -63,6 +63,7 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         job_id: "job".into(),
         local_dir: None,
         emulate_nodes: None,
+        nodes: None,
         l2_every: None,
         l4_every: None,
         level_flags: Default::default(),
