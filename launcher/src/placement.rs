@@ -136,8 +136,8 @@ impl fmt::Display for PlaceError {
             } => {
                 write!(
                     f,
-                    "{ranks} ranks do not fit on {nodes} working node{} x {per_node} ranks per \
-                     node ({} slots)",
+                    "{ranks} ranks do not fit on {nodes} working node{} x {per_node} per node \
+                     ({} slots)",
                     plural(*nodes),
                     *nodes as u64 * u64::from(*per_node)
                 )?;
@@ -429,7 +429,7 @@ mod tests {
                 Some(2),
                 0,
                 "",
-                "5 ranks do not fit on 2 working nodes x 2 ranks per node (4 slots)",
+                "5 ranks do not fit on 2 working nodes x 2 per node (4 slots)",
             ),
             (
                 4,
@@ -437,7 +437,7 @@ mod tests {
                 Some(2),
                 1,
                 "n1 n3",
-                "4 ranks do not fit on 1 working node x 2 ranks per node (2 slots) with n1, \
+                "4 ranks do not fit on 1 working node x 2 per node (2 slots) with n1, \
                  n3 excluded",
             ),
             (

@@ -1252,4 +1252,76 @@ mod tests {
             "CKPT_GROUP_ACCESS=maybe: expected 1 (group may read) or 0 (private)"
         );
     }
+
+    /// `--nodes`: a hostlist whose names all resolve and hold every rank; each error names the
+    /// flag and the list. `--ranks-per-node` needs it, `--emulate-nodes` excludes it.
+    #[test]
+    fn nodes_are_checked_before_launch() {
+        let (_dir, mut ctx) = fixture();
+        let plan = |ctx: &Context, flags: &str| {
+            let argv = format!("ckpt run -n 4 {flags} -- prog");
+            let cli = cli::parse(argv.split_whitespace().map(OsString::from))
+                .map_err(|e| e.to_string())?;
+            let Command::Run(args) = cli.command else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx).map_err(|e| e.to_string())
+        };
+        let p = plan(&ctx, "--nodes n[1-2] --ranks-per-node 3").unwrap();
+        let nodes = p.nodes.clone().unwrap();
+        assert_eq!(
+            (nodes.names, nodes.ranks_per_node),
+            (vec!["n1".into(), "n2".into()], Some(3))
+        );
+        assert_eq!(
+            p.exec_rank,
+            Some(PathBuf::from("/opt/ckpt")),
+            "exec-rank names the node"
+        );
+        assert_eq!(plan(&ctx, "").unwrap().nodes, None);
+        ctx.resolves = |h| !h.ends_with(".invalid");
+        for (flags, want) in [
+            (
+                "--nodes n1,x[1-2].invalid",
+                "--nodes n1,x[1-2].invalid: cannot resolve x1.invalid, x2.invalid (no address \
+                 for them here: check the names, or /etc/hosts and DNS)",
+            ),
+            (
+                "--nodes y.invalid",
+                "--nodes y.invalid: cannot resolve y.invalid (no address for it here: check \
+                 the names, or /etc/hosts and DNS)",
+            ),
+            (
+                "--nodes n[2-1]",
+                "--nodes n[2-1]: \"n[2-1]\": range \"2-1\" runs backwards",
+            ),
+            (
+                "--nodes n[1-2",
+                "--nodes n[1-2: \"n[1-2\": unbalanced brackets",
+            ),
+            (
+                "--nodes n1,,n2",
+                "--nodes n1,,n2: \"n1,,n2\": an empty host name",
+            ),
+            ("--nodes n1,n1", "--nodes n1,n1: node n1 is listed twice"),
+            (
+                "--nodes n[1-3] --ranks-per-node 1",
+                "--nodes n[1-3]: 4 ranks do not fit on 3 working nodes x 1 per node (3 slots)",
+            ),
+            (
+                "--nodes n1 --ranks-per-node 0",
+                "--nodes n1: --ranks-per-node 0: a node holds at least 1",
+            ),
+        ] {
+            assert_eq!(plan(&ctx, flags).unwrap_err(), want, "{flags}");
+        }
+        let e = plan(&ctx, "--nodes n1 --emulate-nodes 2").unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = plan(&ctx, "--ranks-per-node 2").unwrap_err();
+        assert!(e.contains("--nodes"), "{e}");
+        // Without the ckpt executable no rank would learn its node's name.
+        ctx.exe = None;
+        let e = plan(&ctx, "--nodes n1").unwrap_err();
+        assert!(e.starts_with("--nodes: the ckpt executable"), "{e}");
+    }
 }

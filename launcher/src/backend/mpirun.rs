@@ -257,6 +257,7 @@ fn leading_int(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend;
     use crate::cli::{self, Command as Cmd};
     use crate::plan::{Context, RunPlan};
     use ckpt::env;
@@ -488,5 +489,81 @@ the job did. This can cause a job to hang indefinitely while it waits
             nodes.ends_with("/opt/ckpt exec-rank --emulate-nodes=3 --local-base=/l -- /bin/echo"),
             "{nodes}"
         );
+    }
+
+    /// Real nodes: a rankfile in the control directory, passed to mpirun and to exec-rank, and
+    /// no `--oversubscribe` (each rank has its slot).
+    #[test]
+    fn real_nodes_get_a_rankfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let mpirun = dir.path().join("mpirun");
+        std::fs::write(&mpirun, "").unwrap();
+        std::fs::set_permissions(&mpirun, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let ctx = Context {
+            cwd: dir.path().to_path_buf(),
+            path: Some(dir.path().into()),
+            mpirun_args: None,
+            inherited: vec![],
+            now_unix_s: 0,
+            pid: 1,
+            signal: Some("off".into()),
+            exe: Some("/opt/ckpt".into()),
+            group_access: None,
+            resolves: |_| true,
+        };
+        let argv = "ckpt run -n 5 --job-dir j --nodes n[1-2],login --ranks-per-node 2 -- /bin/echo";
+        let Cmd::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+            .unwrap()
+            .command
+        else {
+            panic!("not a run command")
+        };
+        let plan = RunPlan::new(args, &ctx).unwrap();
+        let placement = plan.nodes.as_ref().unwrap().place(5, None).unwrap();
+        let l = Mpirun { as_root: false }.launch(&plan, 0, Some(&placement));
+        let d = ctx.cwd.display().to_string();
+        let text: Vec<String> = l
+            .argv()
+            .iter()
+            .map(|a| a.to_string_lossy().replace(&d, "D").replace("CKPT_", ""))
+            .collect();
+        assert_eq!(
+            text.join(" "),
+            "D/mpirun --rankfile D/j/control/rankfile -n 5 -x JOB_DIR -x JOB_ID -x KEEP \
+             -x RESTART_COUNT /opt/ckpt exec-rank --rankfile=D/j/control/rankfile -- /bin/echo"
+        );
+        let rankfile = "rank 0=n1 slot=0\nrank 1=n1 slot=1\nrank 2=n2 slot=0\n\
+                        rank 3=n2 slot=1\nrank 4=login slot=0\n";
+        assert_eq!(
+            l.files(),
+            [(dir.path().join("j/control/rankfile"), rankfile.into())]
+        );
+        // exec-rank reads each rank's node back from it.
+        let hosts: Vec<_> = (0..6).map(|r| host_in_rankfile(rankfile, r)).collect();
+        assert_eq!(
+            hosts,
+            [
+                Some("n1"),
+                Some("n1"),
+                Some("n2"),
+                Some("n2"),
+                Some("login"),
+                None
+            ]
+        );
+        assert_eq!(
+            host_in_rankfile("rank 10=a slot=0\nrank 1=b slot=0", 1),
+            Some("b")
+        );
+        assert_eq!(host_in_rankfile("rank x=a\nrank 1=", 1), None);
+        // A previous placement (after a migration) is kept, slots counted per node.
+        let prev = [(0, "n2".into()), (1, "n1".into())].into();
+        let p = plan.nodes.as_ref().unwrap().place(2, Some(&prev)).unwrap();
+        assert_eq!(rankfile_text(&p), "rank 0=n2 slot=0\nrank 1=n1 slot=0\n");
+        // The same plan on this machine: no files, --oversubscribe as before.
+        let local = Mpirun { as_root: false }.launch(&plan, 0, None);
+        assert!(local.files().is_empty());
+        assert_eq!(local.argv()[1], "--oversubscribe");
     }
 }
