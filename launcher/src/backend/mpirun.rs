@@ -101,19 +101,14 @@ fn build(
     Launch { argv, env, files }
 }
 
-/// An Open MPI rankfile: `rank R=HOST slot=S` per rank, `S` the rank's position on its node
-/// (Open MPI binds each rank to its slot's core, so a node should have as many cores as it
-/// holds ranks).
+/// An Open MPI rankfile: `rank R=HOST slot=*:*` per rank. Open MPI binds the ranks of a
+/// rankfile to their slot's cores; `*:*` (every core of every socket) leaves the scheduler to
+/// spread them, whatever the node's cores and however many ranks it holds (a numbered slot
+/// that does not exist on the node fails the launch).
 pub fn rankfile_text(p: &Placement) -> String {
-    let mut on_node = std::collections::HashMap::<&str, u32>::new();
-    let mut text = String::new();
-    for r in 0..p.ranks() {
-        let Some(node) = p.node_of(r) else { continue };
-        let slot = on_node.entry(node).or_default();
-        text.push_str(&format!("rank {r}={node} slot={slot}\n"));
-        *slot += 1;
-    }
-    text
+    (0..p.ranks())
+        .filter_map(|r| Some(format!("rank {r}={} slot=*:*\n", p.node_of(r)?)))
+        .collect()
 }
 
 /// The host of `rank` in a rankfile's text (`rank R=HOST ...`).
@@ -533,8 +528,8 @@ the job did. This can cause a job to hang indefinitely while it waits
             "D/mpirun --rankfile D/j/control/rankfile -n 5 -x JOB_DIR -x JOB_ID -x KEEP \
              -x RESTART_COUNT /opt/ckpt exec-rank --rankfile=D/j/control/rankfile -- /bin/echo"
         );
-        let rankfile = "rank 0=n1 slot=0\nrank 1=n1 slot=1\nrank 2=n2 slot=0\n\
-                        rank 3=n2 slot=1\nrank 4=login slot=0\n";
+        let rankfile = "rank 0=n1 slot=*:*\nrank 1=n1 slot=*:*\nrank 2=n2 slot=*:*\n\
+                        rank 3=n2 slot=*:*\nrank 4=login slot=*:*\n";
         assert_eq!(
             l.files(),
             [(dir.path().join("j/control/rankfile"), rankfile.into())]
@@ -557,10 +552,13 @@ the job did. This can cause a job to hang indefinitely while it waits
             Some("b")
         );
         assert_eq!(host_in_rankfile("rank x=a\nrank 1=", 1), None);
-        // A previous placement (after a migration) is kept, slots counted per node.
+        // A previous placement (after a migration) is kept.
         let prev = [(0, "n2".into()), (1, "n1".into())].into();
         let p = plan.nodes.as_ref().unwrap().place(2, Some(&prev)).unwrap();
-        assert_eq!(rankfile_text(&p), "rank 0=n2 slot=0\nrank 1=n1 slot=0\n");
+        assert_eq!(
+            rankfile_text(&p),
+            "rank 0=n2 slot=*:*\nrank 1=n1 slot=*:*\n"
+        );
         // The same plan on this machine: no files, --oversubscribe as before.
         let local = Mpirun { as_root: false }.launch(&plan, 0, None);
         assert!(local.files().is_empty());
