@@ -9,7 +9,8 @@
 //! consecutive ranks (`ranks_per_node` each, or even blocks with the first `ranks % nodes`
 //! nodes one rank larger). With one, a rank whose node is still working and has room stays
 //! there (its node-local files are there); the others go, in rank order, to the working node
-//! with the fewest ranks (the first in list order on a tie).
+//! with the fewest ranks (the first in list order on a tie). A previous placement on none of
+//! the working nodes counts as none.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -188,7 +189,11 @@ pub fn place(req: &Request<'_>) -> Result<Placement, PlaceError> {
     }
     let of_rank = match req.previous {
         None => blocks(req.ranks, working.len(), req.ranks_per_node),
-        Some(prev) => keep_previous(req.ranks, &working, per_node, prev),
+        // A previous placement on other nodes (none kept) is no placement: blocks.
+        Some(prev) if prev.values().any(|n| working.contains(n)) => {
+            keep_previous(req.ranks, &working, per_node, prev)
+        }
+        Some(_) => blocks(req.ranks, working.len(), req.ranks_per_node),
     };
     let spare_part = &req.nodes[req.nodes.len() - req.spares as usize..];
     let spares = spare_part
@@ -410,7 +415,25 @@ mod tests {
                 Some("n1 n1 n1 gone"),
                 "n1:0,1 n2:2,3",
             ),
-            (3, "n[1-3]", Some(2), 0, "", Some("x x x"), "n1:0 n2:1 n3:2"),
+            (
+                3,
+                "n[1-3]",
+                Some(2),
+                0,
+                "",
+                Some("n1 x x"),
+                "n1:0 n2:1 n3:2",
+            ),
+            // A previous placement on none of the nodes (a job that ran elsewhere): blocks.
+            (
+                5,
+                "n[1-2]",
+                None,
+                0,
+                "",
+                Some("vm vm vm vm vm"),
+                "n1:0,1,2 n2:3,4",
+            ),
         ] {
             let got = show(ranks, nodes, per, spares, excl, prev);
             assert_eq!(

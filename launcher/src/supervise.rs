@@ -233,14 +233,14 @@ fn place(plan: &RunPlan, from: Option<&Manifest>) -> anyhow::Result<Option<Place
     Ok(Some(placement))
 }
 
-/// `ranks on nodes: n1 (0, 1), n2 (2, 3)`.
+/// `ranks on nodes: n1 (0, 1), n2 (2, 3)` (nodes without a rank left out).
 fn report_placement(p: &Placement) -> String {
     let nodes: Vec<String> = p
         .nodes()
         .iter()
-        .map(|n| {
+        .filter_map(|n| {
             let ranks: Vec<String> = p.ranks_on(n).iter().map(u32::to_string).collect();
-            format!("{n} ({})", ranks.join(", "))
+            (!ranks.is_empty()).then(|| format!("{n} ({})", ranks.join(", ")))
         })
         .collect();
     format!("ranks on nodes: {}", nodes.join(", "))

@@ -1,8 +1,9 @@
-//! Open MPI's `mpirun`: the command line for one launch, and the parsing of the messages
-//! mpirun prints on stderr when it aborts a job because a rank died.
+//! Open MPI's `mpirun` as a [`Backend`]: the command line for one launch (with a rankfile on
+//! real nodes), and the parsing of the messages mpirun prints on stderr when it aborts a job
+//! because a rank died.
 //!
-//! Everything here is pure: [`Launch::command`] builds a [`Command`] but never spawns it,
-//! and [`Scanner`] is fed lines by whoever reads the pipe.
+//! Everything here is pure: the [`Launch`] is spawned by the supervisor, and [`Scanner`] is
+//! fed lines by whoever reads the pipe.
 
 use std::ffi::OsString;
 
