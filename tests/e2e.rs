@@ -4616,3 +4616,55 @@ fn a_killed_node_without_a_spare_spreads_its_ranks_when_allowed() {
         out.dump()
     );
 }
+
+/// `--nodes localhost`: the ranks run from a rankfile on the one node, each named by it
+/// (`CKPT_NODE=localhost`, not the host name); a rank killed after a commit is restarted on the
+/// same node and the result is identical to an uninterrupted run.
+#[test]
+fn nodes_localhost_runs_from_a_rankfile_and_restarts() {
+    let Some(_mpi) = mpi() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job");
+    let flags = [
+        "--nodes",
+        "localhost",
+        "--every",
+        "40",
+        "--fault",
+        "1:after-commit:2",
+    ];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), HEAT).output();
+    assert_same_result(&out);
+    assert_eq!(launch_lines(&out.stderr), 2, "{}", out.dump());
+    let placed = "ranks on nodes: localhost (0, 1, 2, 3)";
+    assert_eq!(out.stderr.matches(placed).count(), 2, "{}", out.dump());
+    assert!(out.stderr.contains("--rankfile"), "{}", out.dump());
+    assert!(!out.stderr.contains("--oversubscribe"), "{}", out.dump());
+    let rankfile = std::fs::read_to_string(job.join("control/rankfile")).unwrap();
+    let want: String = (0..RANKS)
+        .map(|r| format!("rank {r}=localhost slot=*:*\n"))
+        .collect();
+    assert_eq!(rankfile, want);
+    let list = ckpt(&["list", job.to_str().unwrap()]);
+    assert!(list.stdout.contains("localhost:4"), "{}", list.dump());
+}
+
+/// `--nodes` with a name that does not resolve fails before anything starts, naming it.
+#[test]
+fn nodes_that_do_not_resolve_are_refused_before_launch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job");
+    let flags = ["--nodes", "localhost,nosuch[1-2].invalid"];
+    let out = Run::new(&job, 2, &flags, &heat2d(), HEAT).output();
+    assert_eq!(out.status.code(), Some(2), "{}", out.dump());
+    assert!(
+        out.stderr.contains(
+            "--nodes localhost,nosuch[1-2].invalid: cannot resolve nosuch1.invalid, \
+             nosuch2.invalid"
+        ),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(launch_lines(&out.stderr), 0, "{}", out.dump());
+    assert!(!job.exists(), "no job directory is made");
+}

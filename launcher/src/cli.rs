@@ -191,6 +191,10 @@ pub struct ExecRankArgs {
     /// Base of the emulated nodes' node-local directories.
     #[arg(long, value_name = "DIR", requires = "emulate_nodes")]
     pub local_base: Option<PathBuf>,
+    /// Real nodes: the launch's rankfile, whose line for this rank names its node (set as
+    /// CKPT_NODE).
+    #[arg(long, value_name = "FILE", conflicts_with = "emulate_nodes")]
+    pub rankfile: Option<PathBuf>,
     /// The program and its arguments.
     #[arg(
         value_name = "PROG",
@@ -340,6 +344,15 @@ pub struct RunArgs {
     /// (else the job stops).
     #[arg(long, requires = "emulate_nodes")]
     pub spread_on_failure: bool,
+    /// Run the ranks on these nodes, a hostlist in Slurm's syntax (n[1-4,7], rack[1-2]-n[01-08],
+    /// a,b); every name must resolve. Ranks go in blocks of consecutive ranks (see
+    /// --ranks-per-node); a resumed job's ranks stay on the nodes of its newest epoch where
+    /// they can. mpirun gets a rankfile in <job dir>/control/rankfile.
+    #[arg(long, value_name = "HOSTLIST", conflicts_with = "emulate_nodes")]
+    pub nodes: Option<String>,
+    /// With --nodes: at most K ranks on one node, filled in order [default: the even share].
+    #[arg(long, value_name = "K", requires = "nodes")]
+    pub ranks_per_node: Option<u32>,
     /// Partner copies (L2: each rank's file also on another node) every N epochs; 0 for none
     /// [default: 1].
     #[arg(long = "l2-every", value_name = "N")]

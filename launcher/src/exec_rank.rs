@@ -42,6 +42,9 @@ pub fn run(args: &ExecRankArgs) -> anyhow::Result<crate::Outcome> {
         cmd.env(ckpt::env::NODE, node)
             .env(ckpt::env::LOCAL_DIR, local);
     }
+    if let Some(rankfile) = &args.rankfile {
+        cmd.env(ckpt::env::NODE, placed(rankfile)?);
+    }
     if let Some(sig) = args.hold_signal {
         block(sig)?;
         // SAFETY: the closure runs in this process just before exec (std resets the signal
@@ -76,19 +79,31 @@ fn block(sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// One of Open MPI's rank variables, as a number.
+fn open_mpi_var(name: &str) -> anyhow::Result<u32> {
+    let v = std::env::var(name).with_context(|| {
+        format!("exec-rank: {name} is not set (not started by Open MPI's mpirun?)")
+    })?;
+    v.parse()
+        .with_context(|| format!("exec-rank: {name}={v:?} is not a rank number"))
+}
+
+/// This rank's node on real nodes: its line in the launch's rankfile.
+fn placed(rankfile: &Path) -> anyhow::Result<String> {
+    let rank = open_mpi_var(mpirun::RANK_VAR)?;
+    let text = ckpt::storage::durable::read_capped(rankfile, 64 << 20)
+        .with_context(|| format!("exec-rank: cannot read {}", rankfile.display()))?;
+    mpirun::host_in_rankfile(&String::from_utf8_lossy(&text), rank)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("exec-rank: {} places no rank {rank}", rankfile.display()))
+}
+
 /// This rank's emulated node name and node-local directory, from Open MPI's rank variables.
 fn emulated(nodes: u32, base: &Path) -> anyhow::Result<(String, std::path::PathBuf)> {
-    let var = |name: &str| -> anyhow::Result<u32> {
-        let v = std::env::var(name).with_context(|| {
-            format!(
-                "exec-rank --emulate-nodes: {name} is not set (not started by Open MPI's mpirun?)"
-            )
-        })?;
-        v.parse().with_context(|| {
-            format!("exec-rank --emulate-nodes: {name}={v:?} is not a rank number")
-        })
-    };
-    let (rank, size) = (var(mpirun::RANK_VAR)?, var(mpirun::SIZE_VAR)?);
+    let (rank, size) = (
+        open_mpi_var(mpirun::RANK_VAR)?,
+        open_mpi_var(mpirun::SIZE_VAR)?,
+    );
     if nodes == 0 || nodes > size || rank >= size {
         anyhow::bail!(
             "exec-rank: rank {rank} of {size} cannot be placed on {nodes} emulated nodes"

@@ -10,8 +10,11 @@
 //! - [`cli`]: raw flags (clap). [`plan`]: validates them into a [`plan::RunPlan`] that the
 //!   rest of the program trusts; the only module that reads the launcher's own environment.
 //! - [`jobdir`]: creates the job directory, writes `job.json`, detects a job to resume.
-//! - [`backend::mpirun`]: the mpirun command line and the parsing of mpirun's failure
-//!   messages. Pure functions; it spawns nothing.
+//! - [`backend`]: the [`backend::Backend`] interface (a launch on a placement, a reader of its
+//!   failures); [`backend::mpirun`] its mpirun implementation (command line, rankfile on real
+//!   nodes, failure messages). Pure functions; it spawns nothing.
+//! - [`hostlist`]: Slurm hostlists expanded and compressed. [`placement`]: ranks on real
+//!   nodes (ranks per node, spares, excluded nodes, the previous placement). Both pure.
 //! - [`supervise`]: the launch / watch / restart loop; all process handling lives here.
 //! - [`signals`]: handlers that only record the signal: SIGINT/SIGTERM, the exit signal
 //!   (checkpoint-and-exit), SIGHUP (ignored) and the checkpoint signal.
@@ -49,11 +52,13 @@ pub mod cli;
 pub mod clock;
 pub mod drill;
 pub mod exec_rank;
+pub mod hostlist;
 pub mod jobdir;
 pub mod kill_node;
 pub mod list;
 pub mod lock;
 pub mod migrate;
+pub mod placement;
 pub mod plan;
 pub mod prune;
 pub mod ranks;

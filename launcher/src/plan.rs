@@ -5,6 +5,7 @@
 //! This is the only module that reads the launcher's own environment (through [`Context`]),
 //! so validation is a pure function of the flags and a context that tests build by hand.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -19,6 +20,7 @@ use ckpt::{env, Interval};
 use crate::backend::mpirun;
 use crate::cli::{LevelArgs, RunArgs};
 use crate::clock;
+use crate::placement::{self, PlaceError, Placement};
 use crate::UsageError;
 
 /// What validation needs from the outside world.
@@ -43,6 +45,16 @@ pub struct Context {
     pub exe: Option<PathBuf>,
     /// The value of `CKPT_GROUP_ACCESS`, if set.
     pub group_access: Option<String>,
+    /// Whether a host name resolves (checked for `--nodes` before anything starts).
+    pub resolves: fn(&str) -> bool,
+}
+
+/// Whether `host` resolves to an address here (DNS, `/etc/hosts`).
+fn resolves(host: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    (host, 0)
+        .to_socket_addrs()
+        .is_ok_and(|mut a| a.next().is_some())
 }
 
 impl Context {
@@ -61,6 +73,7 @@ impl Context {
             signal: env::get(env::SIGNAL),
             exe: std::env::current_exe().ok(),
             group_access: env::get(env::GROUP_ACCESS),
+            resolves,
         })
     }
 }
@@ -91,6 +104,8 @@ pub struct RunPlan {
     pub spares: Option<u32>,
     /// `--spread-on-failure`: a lost node's ranks may go to survivors when no spare is left.
     pub spread_on_failure: bool,
+    /// Real nodes (`--nodes`, `--ranks-per-node`); `None`: this machine.
+    pub nodes: Option<RealNodes>,
     /// L2 partner copies every this many epochs (`--l2-every`, 0 = off); `None`: left to
     /// the ranks (an inherited variable, else the library's default).
     pub l2_every: Option<u64>,
@@ -132,6 +147,69 @@ pub struct RunPlan {
     pub exec_rank: Option<PathBuf>,
     /// Who may read the job's files (`CKPT_GROUP_ACCESS`; private by default).
     pub access: Access,
+}
+
+/// `--nodes` and `--ranks-per-node`, validated: distinct names that resolve, and room for
+/// every rank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealNodes {
+    /// The hostlist as given.
+    pub list: String,
+    /// Its names, in order.
+    pub names: Vec<String>,
+    /// `--ranks-per-node`.
+    pub ranks_per_node: Option<u32>,
+}
+
+impl RealNodes {
+    /// Validates `--nodes LIST` for `ranks` ranks; each error names the flag and the list.
+    fn new(
+        list: &str,
+        ranks_per_node: Option<u32>,
+        ranks: u32,
+        ctx: &Context,
+    ) -> Result<RealNodes, UsageError> {
+        let bad = |e: &dyn std::fmt::Display| UsageError(format!("--nodes {list}: {e}"));
+        let names = crate::hostlist::parse(list).map_err(|e| bad(&e))?;
+        let nodes = RealNodes {
+            list: list.to_owned(),
+            names,
+            ranks_per_node,
+        };
+        nodes.place(ranks, None).map_err(|e| bad(&e))?;
+        let unknown: Vec<&str> = nodes
+            .names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !(ctx.resolves)(n))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(bad(&format_args!(
+                "cannot resolve {} (no address for {} here: check the names, or /etc/hosts \
+                 and DNS)",
+                unknown.join(", "),
+                if unknown.len() == 1 { "it" } else { "them" }
+            )));
+        }
+        Ok(nodes)
+    }
+
+    /// The placement of `ranks` ranks, keeping ranks on their node in `previous` where they
+    /// fit.
+    pub fn place(
+        &self,
+        ranks: u32,
+        previous: Option<&BTreeMap<u32, String>>,
+    ) -> Result<Placement, PlaceError> {
+        placement::place(&placement::Request {
+            ranks,
+            nodes: &self.names,
+            ranks_per_node: self.ranks_per_node,
+            spares: 0,
+            excluded: &[],
+            previous,
+        })
+    }
 }
 
 /// `ckpt run`'s L3 and retention flags, validated; each `None` when not given (left to an
@@ -303,6 +381,11 @@ impl RunPlan {
                 )));
             }
         }
+        let nodes = args
+            .nodes
+            .as_deref()
+            .map(|list| RealNodes::new(list, args.ranks_per_node, args.ranks, ctx))
+            .transpose()?;
         let local_dir = args.local_dir.as_deref().map(|d| absolute(&ctx.cwd, d));
         if let Some(dir) = &local_dir {
             check_dir_path("--local-dir", dir)?;
@@ -377,6 +460,7 @@ impl RunPlan {
             emulate_nodes: args.emulate_nodes,
             spares: args.spares,
             spread_on_failure: args.spread_on_failure,
+            nodes: nodes.clone(),
             l2_every,
             l4_every,
             level_flags,
@@ -393,7 +477,7 @@ impl RunPlan {
             exec_rank: ctx
                 .exe
                 .clone()
-                .filter(|_| signal.is_some() || args.emulate_nodes.is_some()),
+                .filter(|_| signal.is_some() || args.emulate_nodes.is_some() || nodes.is_some()),
             signal,
             exit_signal,
             access,
@@ -408,6 +492,13 @@ impl RunPlan {
         if plan.emulate_nodes.is_some() && plan.exec_rank.is_none() {
             return Err(UsageError(
                 "--emulate-nodes: the ckpt executable, which places each rank on its node \
+                 (ckpt exec-rank), cannot be found"
+                    .into(),
+            ));
+        }
+        if plan.nodes.is_some() && plan.exec_rank.is_none() {
+            return Err(UsageError(
+                "--nodes: the ckpt executable, which gives each rank its node's name \
                  (ckpt exec-rank), cannot be found"
                     .into(),
             ));
@@ -632,6 +723,7 @@ mod tests {
             signal: None,
             exe: Some("/opt/ckpt".into()),
             group_access: None,
+            resolves: |_| true,
         };
         (dir, ctx)
     }
@@ -1177,5 +1269,77 @@ mod tests {
             plan(&ctx).unwrap_err(),
             "CKPT_GROUP_ACCESS=maybe: expected 1 (group may read) or 0 (private)"
         );
+    }
+
+    /// `--nodes`: a hostlist whose names all resolve and hold every rank; each error names the
+    /// flag and the list. `--ranks-per-node` needs it, `--emulate-nodes` excludes it.
+    #[test]
+    fn nodes_are_checked_before_launch() {
+        let (_dir, mut ctx) = fixture();
+        let plan = |ctx: &Context, flags: &str| {
+            let argv = format!("ckpt run -n 4 {flags} -- prog");
+            let cli = cli::parse(argv.split_whitespace().map(OsString::from))
+                .map_err(|e| e.to_string())?;
+            let Command::Run(args) = cli.command else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx).map_err(|e| e.to_string())
+        };
+        let p = plan(&ctx, "--nodes n[1-2] --ranks-per-node 3").unwrap();
+        let nodes = p.nodes.clone().unwrap();
+        assert_eq!(
+            (nodes.names, nodes.ranks_per_node),
+            (vec!["n1".into(), "n2".into()], Some(3))
+        );
+        assert_eq!(
+            p.exec_rank,
+            Some(PathBuf::from("/opt/ckpt")),
+            "exec-rank names the node"
+        );
+        assert_eq!(plan(&ctx, "").unwrap().nodes, None);
+        ctx.resolves = |h| !h.ends_with(".invalid");
+        for (flags, want) in [
+            (
+                "--nodes n1,x[1-2].invalid",
+                "--nodes n1,x[1-2].invalid: cannot resolve x1.invalid, x2.invalid (no address \
+                 for them here: check the names, or /etc/hosts and DNS)",
+            ),
+            (
+                "--nodes y.invalid",
+                "--nodes y.invalid: cannot resolve y.invalid (no address for it here: check \
+                 the names, or /etc/hosts and DNS)",
+            ),
+            (
+                "--nodes n[2-1]",
+                "--nodes n[2-1]: \"n[2-1]\": range \"2-1\" runs backwards",
+            ),
+            (
+                "--nodes n[1-2",
+                "--nodes n[1-2: \"n[1-2\": unbalanced brackets",
+            ),
+            (
+                "--nodes n1,,n2",
+                "--nodes n1,,n2: \"n1,,n2\": an empty host name",
+            ),
+            ("--nodes n1,n1", "--nodes n1,n1: node n1 is listed twice"),
+            (
+                "--nodes n[1-3] --ranks-per-node 1",
+                "--nodes n[1-3]: 4 ranks do not fit on 3 working nodes x 1 per node (3 slots)",
+            ),
+            (
+                "--nodes n1 --ranks-per-node 0",
+                "--nodes n1: --ranks-per-node 0: a node holds at least 1",
+            ),
+        ] {
+            assert_eq!(plan(&ctx, flags).unwrap_err(), want, "{flags}");
+        }
+        let e = plan(&ctx, "--nodes n1 --emulate-nodes 2").unwrap_err();
+        assert!(e.contains("cannot be used with"), "{e}");
+        let e = plan(&ctx, "--ranks-per-node 2").unwrap_err();
+        assert!(e.contains("--nodes"), "{e}");
+        // Without the ckpt executable no rank would learn its node's name.
+        ctx.exe = None;
+        let e = plan(&ctx, "--nodes n1").unwrap_err();
+        assert!(e.starts_with("--nodes: the ckpt executable"), "{e}");
     }
 }

@@ -183,6 +183,12 @@ pub fn resume_hint(plan: &RunPlan) -> String {
     if let Some(n) = plan.emulate_nodes {
         argv.extend(["--emulate-nodes".into(), n.to_string().into()]);
     }
+    if let Some(nodes) = &plan.nodes {
+        argv.extend(["--nodes".into(), nodes.list.clone().into()]);
+        if let Some(k) = nodes.ranks_per_node {
+            argv.extend(["--ranks-per-node".into(), k.to_string().into()]);
+        }
+    }
     for a in &plan.mpirun_args {
         argv.push(format!("--mpirun-arg={a}").into());
     }
@@ -799,6 +805,7 @@ mod tests {
     fn job_lines() {
         let kill = Failure {
             rank: 2,
+            node: None,
             cause: Cause::Signal(9, "Killed".into()),
         };
         check(
@@ -860,6 +867,18 @@ mod tests {
             "to resume: ckpt run -n 2 --every 10 --keep 2 --l2-every 0 --l4-every 3 --l3-every \
              1 --l3-parity 2 --keep-l4 5 --job-dir /j --emulate-nodes 2 --exit-signal=12 -- \
              /bin/true 'a b'",
+        );
+        let mut real = crate::testutil::plan(std::path::Path::new("/j"), 2);
+        real.mpirun_args.clear();
+        real.nodes = Some(crate::plan::RealNodes {
+            list: "n[1-2]".into(),
+            names: vec!["n1".into(), "n2".into()],
+            ranks_per_node: Some(1),
+        });
+        check(
+            resume_hint(&real),
+            "to resume: ckpt run -n 2 --every 10 --keep 2 --job-dir /j --nodes 'n[1-2]' \
+             --ranks-per-node 1 -- /bin/true 'a b'",
         );
         let mut plan = crate::testutil::plan(std::path::Path::new("/j"), 4);
         check(

@@ -18,9 +18,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ckpt::events::{self, Event};
-use ckpt::manifest;
+use ckpt::manifest::{self, Manifest};
+use ckpt::storage::durable;
 
-use crate::backend::mpirun::{self, Failure, Launch, Scanner};
+use crate::backend::mpirun::{self, Mpirun};
+use crate::backend::{Backend, Failure, Launch};
+use crate::placement::Placement;
 use crate::plan::RunPlan;
 use crate::report::{self, say};
 use crate::spares::{self, Verdict};
@@ -58,7 +61,11 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         plan.quiet_after,
     )));
     let mut exit_requested = false;
-    let as_root = mpirun::running_as_root();
+    let backend = Mpirun {
+        as_root: mpirun::running_as_root(),
+    };
+    // The epoch the next launch restores: on real nodes, its ranks stay where its files are.
+    let mut from = job.resume_from.clone();
     let total = plan.max_restarts + 1;
     let start = Instant::now();
 
@@ -89,7 +96,15 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         // gone before new ones write.
         ranks::ensure_gone(&plan.job_dir, rank_exit_wait)?;
         let restart_count = job.first_restart_count + n - 1;
-        let launch = Launch::new(plan, restart_count, as_root);
+        let placement = place(plan, from.as_ref())?;
+        if let Some(p) = &placement {
+            say(report_placement(p));
+        }
+        let launch = backend.launch(plan, restart_count, placement.as_ref());
+        for (path, text) in launch.files() {
+            durable::write_atomic(path, text.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         say(report::launch(
             n,
             total + migrations,
@@ -98,7 +113,15 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         ));
         let t0 = Instant::now();
         with(&tail, |t| t.launched(t0, n));
-        let ended = run_once(&launch, plan, &mut watch, &tail, &mut exit_requested)?;
+        let reader = backend.failure_reader();
+        let ended = run_once(
+            &launch,
+            reader,
+            plan,
+            &mut watch,
+            &tail,
+            &mut exit_requested,
+        )?;
         // Events written just before mpirun exited are reported before its outcome.
         let tail_now = with(&tail, |t| {
             t.drain();
@@ -204,7 +227,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             return Ok(Outcome::Interrupted(sig));
         }
         let committed = manifest::committed(&plan.job_dir).unwrap_or_default();
-        let from = jobdir::newest_loadable(&plan.job_dir, &committed);
+        from = jobdir::newest_loadable(&plan.job_dir, &committed);
         with(&tail, |t| t.expected = from.as_ref().map(|m| m.epoch));
         say(report::restarting(
             n - migrations,
@@ -213,6 +236,33 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         ));
         n += 1;
     }
+}
+
+/// The placement of a launch on real nodes (`None` on this machine): ranks stay on the nodes
+/// where `from`, the epoch they will restore, put them, where they fit.
+fn place(plan: &RunPlan, from: Option<&Manifest>) -> anyhow::Result<Option<Placement>> {
+    let Some(nodes) = &plan.nodes else {
+        return Ok(None);
+    };
+    let previous: Option<std::collections::BTreeMap<u32, String>> =
+        from.map(|m| (0..).zip(m.ranks.iter().map(|r| r.node.clone())).collect());
+    let placement = nodes
+        .place(plan.ranks, previous.as_ref())
+        .map_err(|e| anyhow::anyhow!("--nodes {}: {e}", nodes.list))?;
+    Ok(Some(placement))
+}
+
+/// `ranks on nodes: n1 (0, 1), n2 (2, 3)` (nodes without a rank left out).
+fn report_placement(p: &Placement) -> String {
+    let nodes: Vec<String> = p
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let ranks: Vec<String> = p.ranks_on(n).iter().map(u32::to_string).collect();
+            (!ranks.is_empty()).then(|| format!("{n} ({})", ranks.join(", ")))
+        })
+        .collect();
+    format!("ranks on nodes: {}", nodes.join(", "))
 }
 
 fn secs(since: Instant) -> f64 {
@@ -236,6 +286,7 @@ fn with<T>(tail: &Mutex<Tail>, f: impl FnOnce(&mut Tail) -> T) -> T {
 /// Spawns mpirun for `launch` and watches it until it exits.
 fn run_once(
     launch: &Launch,
+    reader: Box<dyn crate::backend::FailureReader + Send>,
     plan: &RunPlan,
     watch: &mut signals::Watch,
     tail: &Arc<Mutex<Tail>>,
@@ -246,7 +297,7 @@ fn run_once(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", launch.argv()[0].to_string_lossy()))?;
-    let scanner = Arc::new(Mutex::new(Scanner::default()));
+    let scanner = Arc::new(Mutex::new(reader));
     let mut readers = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         let tail = Arc::clone(tail);

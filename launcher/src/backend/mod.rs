@@ -1,5 +1,130 @@
-//! How jobs are started. Only Open MPI's `mpirun` for now; an `srun` backend would be a
-//! sibling with the same two duties (build the command, explain a failure), and a trait
-//! between them is worth adding when it exists.
+//! How jobs are started. A [`Backend`] has three duties: the command of one launch (with the
+//! files it needs, written into the job's control directory before it starts), the reading of
+//! its failure reports (which rank, which node, why), and giving each rank its node identity.
+//!
+//! [`mpirun::Mpirun`] is the one backend today. Ranks get their node identity from
+//! `ckpt exec-rank`, which sets `CKPT_NODE` (and, on emulated nodes, `CKPT_LOCAL_DIR`) before
+//! the program starts: on real nodes (`--nodes`) the name the placement gave the rank's node,
+//! so that manifests record the names placements are made of. An `srun` backend would start
+//! ranks with `SLURM_HOSTFILE` and `--distribution=arbitrary` from the same
+//! [`crate::placement::Placement`], read Slurm's reports, and leave the node identity to
+//! `SLURMD_NODENAME`, which the library reads already.
+//!
+//! Everything here is pure: [`Launch::command`] builds a [`Command`] but never spawns it.
 
 pub mod mpirun;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::placement::Placement;
+use crate::plan::RunPlan;
+
+/// What the supervisor needs of a way to start ranks.
+pub trait Backend {
+    /// The launch of `plan` with this restart count: on `placement` when the job runs on real
+    /// nodes (`--nodes`), else on this machine (emulated nodes as the plan says).
+    fn launch(&self, plan: &RunPlan, restart_count: u32, placement: Option<&Placement>) -> Launch;
+
+    /// A reader of the failure reports the launch prints on its stderr.
+    fn failure_reader(&self) -> Box<dyn FailureReader + Send>;
+}
+
+/// Reads a launch's stderr line by line and keeps the first failure it reports.
+pub trait FailureReader {
+    /// Feeds one line (with or without its newline).
+    fn feed(&mut self, line: &str);
+    /// The first failure reported, if any.
+    fn failure(&self) -> Option<&Failure>;
+    /// Whether the backend printed a banner that reads like success after a failure (Open
+    /// MPI's "Primary job terminated normally"), which the report explains.
+    fn normal_banner(&self) -> bool;
+}
+
+/// One launch: the command line, the variables set for it, and the files to write first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    /// The launcher program first (never empty), then its arguments.
+    argv: Vec<OsString>,
+    /// Variables set on the launcher program (and forwarded to the ranks).
+    env: Vec<(&'static str, String)>,
+    /// Files (absolute path in the job's control directory, contents) the command reads.
+    files: Vec<(PathBuf, String)>,
+}
+
+impl Launch {
+    /// The full command line, program first.
+    pub fn argv(&self) -> &[OsString] {
+        &self.argv
+    }
+
+    /// The variables set for the launch, in the order the ranks get them.
+    pub fn env(&self) -> &[(&'static str, String)] {
+        &self.env
+    }
+
+    /// The files to write (privately, atomically) before the command runs.
+    pub fn files(&self) -> &[(PathBuf, String)] {
+        &self.files
+    }
+
+    /// The command to spawn: stdout and stderr piped, for the supervisor to forward (and keep
+    /// when our own outputs are closed) and scan.
+    pub fn command(&self) -> Command {
+        // Backends always put the program first: an empty argv is a broken invariant.
+        let (prog, args) = self
+            .argv
+            .split_first()
+            .expect("argv starts with the program");
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+}
+
+/// Why a rank ended the job, as the backend reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// Killed by a signal: number and the backend's name for it.
+    Signal(i32, String),
+    /// Exited with a non-zero status.
+    Exit(i32),
+    /// Called `MPI_Abort`, with the error code if it was printed.
+    Abort(Option<i32>),
+    /// Exited (even with status 0) after `MPI_Init` without calling `MPI_Finalize`.
+    NoFinalize,
+}
+
+/// The rank that ended the job, its node when the report names it, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Rank in `MPI_COMM_WORLD`.
+    pub rank: u32,
+    /// The node the report names (its host name), if any.
+    pub node: Option<String>,
+    /// What happened to it.
+    pub cause: Cause,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rank {} ", self.rank)?;
+        match &self.cause {
+            Cause::Signal(n, name) => write!(f, "exited on signal {n} ({name})"),
+            Cause::Exit(code) => write!(f, "exited with code {code}"),
+            Cause::Abort(Some(code)) => write!(f, "called MPI_Abort with error code {code}"),
+            Cause::Abort(None) => write!(f, "called MPI_Abort"),
+            Cause::NoFinalize => write!(f, "exited without calling MPI_Finalize"),
+        }?;
+        match &self.node {
+            Some(node) => write!(f, " on node {node}"),
+            None => Ok(()),
+        }
+    }
+}

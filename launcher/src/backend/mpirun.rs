@@ -1,13 +1,15 @@
-//! Open MPI's `mpirun`: the command line for one launch, and the parsing of the messages
-//! mpirun prints on stderr when it aborts a job because a rank died.
+//! Open MPI's `mpirun` as a [`Backend`]: the command line for one launch (with a rankfile on
+//! real nodes), and the parsing of the messages mpirun prints on stderr when it aborts a job
+//! because a rank died.
 //!
-//! Everything here is pure: [`Launch::command`] builds a [`Command`] but never spawns it,
-//! and [`Scanner`] is fed lines by whoever reads the pipe.
+//! Everything here is pure: the [`Launch`] is spawned by the supervisor, and [`Scanner`] is
+//! fed lines by whoever reads the pipe.
 
 use std::ffi::OsString;
-use std::fmt;
-use std::process::{Command, Stdio};
 
+use super::{Backend, FailureReader};
+pub use super::{Cause, Failure, Launch};
+use crate::placement::Placement;
 use crate::plan::RunPlan;
 
 /// Environment variable with extra mpirun arguments, split on whitespace. The user's knob for
@@ -19,122 +21,110 @@ pub const RANK_VAR: &str = "OMPI_COMM_WORLD_RANK";
 /// Open MPI's variable holding the number of ranks in `MPI_COMM_WORLD`.
 pub const SIZE_VAR: &str = "OMPI_COMM_WORLD_SIZE";
 
-/// One launch: the full mpirun command line and the variables set for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Launch {
-    /// `mpirun ... PROG ARGS`, mpirun first (never empty).
-    argv: Vec<OsString>,
-    /// Variables set on the mpirun process (and forwarded to the ranks with `-x`).
-    env: Vec<(&'static str, String)>,
+/// The rankfile of a job on real nodes, relative to the job directory.
+pub const RANKFILE: &str = "control/rankfile";
+
+/// Open MPI's `mpirun`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mpirun {
+    /// Adds `--allow-run-as-root`, without which Open MPI refuses to start as root.
+    pub as_root: bool,
 }
 
-impl Launch {
-    /// The launch of `plan` with this restart count. `as_root` adds `--allow-run-as-root`,
-    /// without which Open MPI refuses to start as root.
-    pub fn new(plan: &RunPlan, restart_count: u32, as_root: bool) -> Launch {
-        let env = plan.rank_env(restart_count);
-        let mut argv: Vec<OsString> = vec![plan.mpirun.clone().into()];
-        if as_root {
-            argv.push("--allow-run-as-root".into());
-        }
-        argv.push("--oversubscribe".into());
-        argv.push("-n".into());
-        argv.push(plan.ranks.to_string().into());
-        let extra = plan.mpirun_env_args.iter().chain(&plan.mpirun_args);
-        argv.extend(extra.map(OsString::from));
-        let forwarded = env
-            .iter()
-            .map(|(k, _)| *k)
-            .chain(plan.inherited.iter().copied());
-        for name in forwarded {
-            argv.push("-x".into());
-            argv.push(name.into());
-        }
-        if let Some(exe) = &plan.exec_rank {
-            // Each rank starts with the checkpoint signal blocked and on its emulated node
-            // (see `exec_rank`).
-            argv.push(exe.clone().into());
-            argv.push("exec-rank".into());
-            if let Some(sig) = plan.signal {
-                argv.push(format!("--hold-signal={sig}").into());
-            }
-            if let Some(nodes) = plan.emulate_nodes {
-                argv.push(format!("--emulate-nodes={nodes}").into());
-                let mut base = OsString::from("--local-base=");
-                base.push(plan.local_base());
-                argv.push(base);
-            }
-            argv.push("--".into());
-        }
-        argv.push(plan.program.clone().into());
-        argv.extend(plan.args.iter().map(OsString::from));
-        Launch { argv, env }
+impl Backend for Mpirun {
+    fn launch(&self, plan: &RunPlan, restart_count: u32, placement: Option<&Placement>) -> Launch {
+        build(plan, restart_count, self.as_root, placement)
     }
 
-    /// `mpirun ... PROG ARGS`, mpirun first.
-    pub fn argv(&self) -> &[OsString] {
-        &self.argv
+    fn failure_reader(&self) -> Box<dyn FailureReader + Send> {
+        Box::new(Scanner::default())
     }
+}
 
-    /// The variables set for the launch, in the order of their `-x` flags.
-    pub fn env(&self) -> &[(&'static str, String)] {
-        &self.env
+/// The mpirun launch of `plan`. On real nodes each rank goes where `placement` says, through
+/// a rankfile; on this machine mpirun maps the ranks, oversubscribing its cores if need be.
+fn build(
+    plan: &RunPlan,
+    restart_count: u32,
+    as_root: bool,
+    placement: Option<&Placement>,
+) -> Launch {
+    let env = plan.rank_env(restart_count);
+    let mut argv: Vec<OsString> = vec![plan.mpirun.clone().into()];
+    if as_root {
+        argv.push("--allow-run-as-root".into());
     }
+    let mut files = Vec::new();
+    let rankfile = plan.job_dir.join(RANKFILE);
+    match placement {
+        Some(p) => {
+            argv.push("--rankfile".into());
+            argv.push(rankfile.clone().into());
+            files.push((rankfile.clone(), rankfile_text(p)));
+        }
+        None => argv.push("--oversubscribe".into()),
+    }
+    argv.push("-n".into());
+    argv.push(plan.ranks.to_string().into());
+    let extra = plan.mpirun_env_args.iter().chain(&plan.mpirun_args);
+    argv.extend(extra.map(OsString::from));
+    let forwarded = env
+        .iter()
+        .map(|(k, _)| *k)
+        .chain(plan.inherited.iter().copied());
+    for name in forwarded {
+        argv.push("-x".into());
+        argv.push(name.into());
+    }
+    if let Some(exe) = &plan.exec_rank {
+        // Each rank starts with the checkpoint signal blocked and with its node identity (see
+        // `exec_rank`).
+        argv.push(exe.clone().into());
+        argv.push("exec-rank".into());
+        if let Some(sig) = plan.signal {
+            argv.push(format!("--hold-signal={sig}").into());
+        }
+        if let Some(nodes) = plan.emulate_nodes {
+            argv.push(format!("--emulate-nodes={nodes}").into());
+            let mut base = OsString::from("--local-base=");
+            base.push(plan.local_base());
+            argv.push(base);
+        }
+        if placement.is_some() {
+            let mut arg = OsString::from("--rankfile=");
+            arg.push(&rankfile);
+            argv.push(arg);
+        }
+        argv.push("--".into());
+    }
+    argv.push(plan.program.clone().into());
+    argv.extend(plan.args.iter().map(OsString::from));
+    Launch { argv, env, files }
+}
 
-    /// The command to spawn: mpirun's stdout and stderr piped, for the supervisor to forward
-    /// (and keep when our own outputs are closed) and scan.
-    pub fn command(&self) -> Command {
-        // `new` always puts mpirun first: an empty argv is a broken invariant.
-        let (mpirun, args) = self.argv.split_first().expect("argv starts with mpirun");
-        let mut cmd = Command::new(mpirun);
-        cmd.args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::inherit())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        cmd
-    }
+/// An Open MPI rankfile: `rank R=HOST slot=*:*` per rank. Open MPI binds the ranks of a
+/// rankfile to their slot's cores; `*:*` (every core of every socket) leaves the scheduler to
+/// spread them, whatever the node's cores and however many ranks it holds (a numbered slot
+/// that does not exist on the node fails the launch).
+pub fn rankfile_text(p: &Placement) -> String {
+    (0..p.ranks())
+        .filter_map(|r| Some(format!("rank {r}={} slot=*:*\n", p.node_of(r)?)))
+        .collect()
+}
+
+/// The host of `rank` in a rankfile's text (`rank R=HOST ...`).
+pub fn host_in_rankfile(text: &str, rank: u32) -> Option<&str> {
+    text.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("rank ")?;
+        let (r, rest) = rest.split_once('=')?;
+        (r.trim().parse::<u32>().ok()? == rank).then(|| rest.split_whitespace().next())?
+    })
 }
 
 /// Whether the launcher runs as root (`geteuid() == 0`).
 pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Why a rank ended the job, as mpirun reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cause {
-    /// Killed by a signal: number and mpirun's name for it.
-    Signal(i32, String),
-    /// Exited with a non-zero status.
-    Exit(i32),
-    /// Called `MPI_Abort`, with the error code if it was printed.
-    Abort(Option<i32>),
-    /// Exited (even with status 0) after `MPI_Init` without calling `MPI_Finalize`.
-    NoFinalize,
-}
-
-/// The rank that ended the job and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// Rank in `MPI_COMM_WORLD`.
-    pub rank: u32,
-    /// What happened to it.
-    pub cause: Cause,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "rank {} ", self.rank)?;
-        match &self.cause {
-            Cause::Signal(n, name) => write!(f, "exited on signal {n} ({name})"),
-            Cause::Exit(code) => write!(f, "exited with code {code}"),
-            Cause::Abort(Some(code)) => write!(f, "called MPI_Abort with error code {code}"),
-            Cause::Abort(None) => write!(f, "called MPI_Abort"),
-            Cause::NoFinalize => write!(f, "exited without calling MPI_Finalize"),
-        }
-    }
 }
 
 /// Reads mpirun's stderr line by line and keeps the first failure it reports. Messages span
@@ -147,9 +137,8 @@ pub struct Scanner {
     normal_banner: bool,
 }
 
-impl Scanner {
-    /// Feeds one line (with or without its newline).
-    pub fn feed(&mut self, line: &str) {
+impl FailureReader for Scanner {
+    fn feed(&mut self, line: &str) {
         let line = line.trim();
         if line.starts_with(NORMAL_BANNER) {
             self.normal_banner = true;
@@ -172,6 +161,7 @@ impl Scanner {
             if let Some(code) = after(line, "Exit code:").and_then(|s| leading_int(s.trim())) {
                 self.found = Some(Failure {
                     rank,
+                    node: None,
                     cause: Cause::Exit(code as i32),
                 });
                 return;
@@ -186,12 +176,11 @@ impl Scanner {
 
     /// Whether mpirun printed its "Primary job terminated normally, but ..." banner, which
     /// it prints after a rank was killed too.
-    pub fn normal_banner(&self) -> bool {
+    fn normal_banner(&self) -> bool {
         self.normal_banner
     }
 
-    /// The first failure reported, if any.
-    pub fn failure(&self) -> Option<&Failure> {
+    fn failure(&self) -> Option<&Failure> {
         self.found.as_ref()
     }
 }
@@ -215,20 +204,26 @@ pub fn parse_line(line: &str) -> Option<Failure> {
             .split_once('(')
             .and_then(|(_, r)| r.split_once(')'))
             .map_or_else(|| format!("signal {n}"), |(name, _)| name.to_owned());
+        let node = after(rest, " on node ")
+            .and_then(|n| n.split_whitespace().next())
+            .map(str::to_owned);
         return Some(Failure {
             rank,
+            node,
             cause: Cause::Signal(n, name),
         });
     }
     if let Some(rest) = after(line, "MPI_ABORT was invoked on rank ") {
         return Some(Failure {
             rank: leading_int(rest)? as u32,
+            node: None,
             cause: Cause::Abort(None),
         });
     }
     if let Some(rest) = after(line, "mpirun has exited due to process rank ") {
         return Some(Failure {
             rank: leading_int(rest)? as u32,
+            node: None,
             cause: Cause::NoFinalize,
         });
     }
@@ -258,6 +253,7 @@ fn leading_int(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend;
     use crate::cli::{self, Command as Cmd};
     use crate::plan::{Context, RunPlan};
     use ckpt::env;
@@ -340,10 +336,13 @@ the job did. This can cause a job to hang indefinitely while it waits
 
     #[test]
     fn failures_from_real_messages() {
-        check(SIGKILL, Some("rank 2 exited on signal 9 (Killed)"));
+        check(
+            SIGKILL,
+            Some("rank 2 exited on signal 9 (Killed) on node vm"),
+        );
         check(
             SEGV,
-            Some("rank 3 exited on signal 11 (Segmentation fault)"),
+            Some("rank 3 exited on signal 11 (Segmentation fault) on node vm"),
         );
         check(EXIT3, Some("rank 2 exited with code 3"));
         check(ABORT, Some("rank 2 called MPI_Abort with error code 7"));
@@ -374,7 +373,7 @@ the job did. This can cause a job to hang indefinitely while it waits
         // Unknown signal names fall back to the number; garbage ranks are ignored.
         check(
             "mpirun noticed that process rank 0 with PID 9 on node a exited on signal 64.",
-            Some("rank 0 exited on signal 64 (signal 64)"),
+            Some("rank 0 exited on signal 64 (signal 64) on node a"),
         );
         check("mpirun noticed that process rank x with PID 9", None);
         check("  Process name: [[1,1],x]\n  Exit code: 3\n", None);
@@ -389,7 +388,7 @@ the job did. This can cause a job to hang indefinitely while it waits
             panic!("not a run command")
         };
         let plan = RunPlan::new(args, ctx).unwrap();
-        let l = Launch::new(&plan, restart_count, as_root);
+        let l = build(&plan, restart_count, as_root, None);
         // Every variable on the command line is also set on the mpirun process.
         let cmd = l.command();
         let mut set: Vec<_> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
@@ -420,6 +419,7 @@ the job did. This can cause a job to hang indefinitely while it waits
             signal: Some("off".into()),
             exe: Some("/opt/ckpt".into()),
             group_access: None,
+            resolves: |_| true,
         };
         let check = |ctx: &Context, argv: &str, count: u32, root: bool, expected: &str| {
             assert_eq!(launch(argv, ctx, count, root), expected, "{argv}");
@@ -485,5 +485,84 @@ the job did. This can cause a job to hang indefinitely while it waits
             nodes.ends_with("/opt/ckpt exec-rank --emulate-nodes=3 --local-base=/l -- /bin/echo"),
             "{nodes}"
         );
+    }
+
+    /// Real nodes: a rankfile in the control directory, passed to mpirun and to exec-rank, and
+    /// no `--oversubscribe` (each rank has its slot).
+    #[test]
+    fn real_nodes_get_a_rankfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let mpirun = dir.path().join("mpirun");
+        std::fs::write(&mpirun, "").unwrap();
+        std::fs::set_permissions(&mpirun, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let ctx = Context {
+            cwd: dir.path().to_path_buf(),
+            path: Some(dir.path().into()),
+            mpirun_args: None,
+            inherited: vec![],
+            now_unix_s: 0,
+            pid: 1,
+            signal: Some("off".into()),
+            exe: Some("/opt/ckpt".into()),
+            group_access: None,
+            resolves: |_| true,
+        };
+        let argv = "ckpt run -n 5 --job-dir j --nodes n[1-2],login --ranks-per-node 2 -- /bin/echo";
+        let Cmd::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+            .unwrap()
+            .command
+        else {
+            panic!("not a run command")
+        };
+        let plan = RunPlan::new(args, &ctx).unwrap();
+        let placement = plan.nodes.as_ref().unwrap().place(5, None).unwrap();
+        let l = Mpirun { as_root: false }.launch(&plan, 0, Some(&placement));
+        let d = ctx.cwd.display().to_string();
+        let text: Vec<String> = l
+            .argv()
+            .iter()
+            .map(|a| a.to_string_lossy().replace(&d, "D").replace("CKPT_", ""))
+            .collect();
+        assert_eq!(
+            text.join(" "),
+            "D/mpirun --rankfile D/j/control/rankfile -n 5 -x JOB_DIR -x JOB_ID -x KEEP \
+             -x RESTART_COUNT /opt/ckpt exec-rank --rankfile=D/j/control/rankfile -- /bin/echo"
+        );
+        let rankfile = "rank 0=n1 slot=*:*\nrank 1=n1 slot=*:*\nrank 2=n2 slot=*:*\n\
+                        rank 3=n2 slot=*:*\nrank 4=login slot=*:*\n";
+        assert_eq!(
+            l.files(),
+            [(dir.path().join("j/control/rankfile"), rankfile.into())]
+        );
+        // exec-rank reads each rank's node back from it.
+        let hosts: Vec<_> = (0..6).map(|r| host_in_rankfile(rankfile, r)).collect();
+        assert_eq!(
+            hosts,
+            [
+                Some("n1"),
+                Some("n1"),
+                Some("n2"),
+                Some("n2"),
+                Some("login"),
+                None
+            ]
+        );
+        assert_eq!(
+            host_in_rankfile("rank 10=a slot=0\nrank 1=b slot=0", 1),
+            Some("b")
+        );
+        assert_eq!(host_in_rankfile("rank x=a\nrank 1=", 1), None);
+        // A previous placement (after a migration) is kept.
+        let prev = [(0, "n2".into()), (1, "n1".into())].into();
+        let p = plan.nodes.as_ref().unwrap().place(2, Some(&prev)).unwrap();
+        assert_eq!(
+            rankfile_text(&p),
+            "rank 0=n2 slot=*:*\nrank 1=n1 slot=*:*\n"
+        );
+        // The same plan on this machine: no files, --oversubscribe as before.
+        let local = Mpirun { as_root: false }.launch(&plan, 0, None);
+        assert!(local.files().is_empty());
+        assert_eq!(local.argv()[1], "--oversubscribe");
     }
 }
