@@ -263,12 +263,31 @@ pub fn committed_since(events: &[Event], mark: usize, beyond_l1: bool) -> bool {
     })
 }
 
-/// The live rank processes of the job in `dir`, `(pid, rank)`, found through
-/// `/proc/*/environ` (the job directory and Open MPI's rank). The one place the drill finds
-/// ranks: the per-rank start events will replace it.
+/// The live rank processes of the job in `dir`, `(pid, rank)`: those of the newest launch that
+/// logged `rank_started`, each checked to be still that job's process (its environment names
+/// the job directory: a pid reused by another process is never signalled). Ranks that have not
+/// logged yet (still in `MPI_Init`) are found through `/proc/*/environ`, as a fallback, when
+/// the events name none.
 pub fn rank_pids(dir: &Path) -> Vec<(i32, u32)> {
-    let want_dir = format!("{}={}", env::JOB_DIR, dir.display());
-    let rank_var = format!("{}=", mpirun::RANK_VAR);
+    let started: Vec<(i32, u32, u32)> = events(dir)
+        .iter()
+        .filter_map(|e| match e {
+            Event::RankStarted {
+                rank, pid, launch, ..
+            } => Some((*pid as i32, *rank, *launch)),
+            _ => None,
+        })
+        .collect();
+    let newest = started.iter().map(|s| s.2).max();
+    let from_events: Vec<(i32, u32)> = started
+        .iter()
+        .filter(|s| Some(s.2) == newest)
+        .filter(|s| is_rank_of(s.0, dir) == Some(s.1))
+        .map(|s| (s.0, s.1))
+        .collect();
+    if !from_events.is_empty() {
+        return from_events;
+    }
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -277,21 +296,25 @@ pub fn rank_pids(dir: &Path) -> Vec<(i32, u32)> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
-        .filter_map(|pid| {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
-            if !vars.contains(&want_dir.as_bytes()) {
-                return None;
-            }
-            let rank = vars.iter().find_map(|v| {
-                std::str::from_utf8(v.strip_prefix(rank_var.as_bytes())?)
-                    .ok()?
-                    .parse()
-                    .ok()
-            })?;
-            Some((pid, rank))
-        })
+        .filter_map(|pid| is_rank_of(pid, dir).map(|rank| (pid, rank)))
         .collect()
+}
+
+/// The Open MPI rank of process `pid` if its environment proves it a rank of the job in `dir`.
+fn is_rank_of(pid: i32, dir: &Path) -> Option<u32> {
+    let want_dir = format!("{}={}", env::JOB_DIR, dir.display());
+    let rank_var = format!("{}=", mpirun::RANK_VAR);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    if !vars.contains(&want_dir.as_bytes()) {
+        return None;
+    }
+    vars.iter().find_map(|v| {
+        std::str::from_utf8(v.strip_prefix(rank_var.as_bytes())?)
+            .ok()?
+            .parse()
+            .ok()
+    })
 }
 
 /// Runs `ckpt kill-node DIR NODE`; whether it killed a rank.
