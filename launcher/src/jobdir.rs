@@ -547,28 +547,7 @@ mod tests {
         );
     }
 
-    /// Runs `body`, which changes process-wide state (the umask, the access of new files), in
-    /// a child process that runs only the test `name`, so no other test thread sees it.
-    fn isolated(name: &str, body: impl FnOnce()) {
-        if std::env::var_os("CKPT_TEST_ISOLATED").is_some() {
-            body();
-            return;
-        }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--test-threads", "1"])
-            .env("CKPT_TEST_ISOLATED", "1")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && text.contains("test result: ok. 1 passed;"),
-            "{text}"
-        );
-    }
+    use ckpt::util::isolated_test as isolated;
 
     fn unsafe_umask(m: u32) -> u32 {
         // SAFETY: umask(2) only swaps the process's file mode creation mask.

@@ -26,6 +26,32 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Test support (not part of the API): runs `body`, which changes process-wide state (the
+/// umask, the access of new files), in a child process of the current test binary that runs
+/// only the test `name`, so no other test thread sees it; fails unless that test passed.
+#[doc(hidden)]
+#[allow(clippy::unwrap_used)] // test support: a failed unwrap is a failed test
+pub fn isolated_test(name: &str, body: impl FnOnce()) {
+    if std::env::var_os("CKPT_TEST_ISOLATED").is_some() {
+        body();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads", "1"])
+        .env("CKPT_TEST_ISOLATED", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("test result: ok. 1 passed;"),
+        "{text}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -565,28 +565,7 @@ mod tests {
     /// Tests that set the process-wide access or umask, or check modes, take this.
     static MODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    /// Runs `body`, which changes process-wide state (the umask, the access of new files), in
-    /// a child process that runs only the test `name`, so no other test thread sees it.
-    fn isolated(name: &str, body: impl FnOnce()) {
-        if std::env::var_os("CKPT_TEST_ISOLATED").is_some() {
-            body();
-            return;
-        }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--test-threads", "1"])
-            .env("CKPT_TEST_ISOLATED", "1")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && text.contains("test result: ok. 1 passed;"),
-            "{text}"
-        );
-    }
+    use crate::util::isolated_test as isolated;
 
     fn modes() -> std::sync::MutexGuard<'static, ()> {
         MODES.lock().unwrap_or_else(|p| p.into_inner())
