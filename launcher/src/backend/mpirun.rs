@@ -61,6 +61,11 @@ fn build(
             argv.push("--rankfile".into());
             argv.push(rankfile.clone().into());
             files.push((rankfile.clone(), rankfile_text(p)));
+            // Names of one machine are one node to Open MPI, whose slots then do not hold
+            // the ranks given to each name.
+            if plan.nodes.as_ref().is_some_and(|n| n.one_machine) {
+                argv.push("--oversubscribe".into());
+            }
         }
         None => argv.push("--oversubscribe".into()),
     }
@@ -516,7 +521,7 @@ the job did. This can cause a job to hang indefinitely while it waits
             panic!("not a run command")
         };
         let plan = RunPlan::new(args, &ctx).unwrap();
-        let placement = plan.nodes.as_ref().unwrap().place(5, None).unwrap();
+        let placement = plan.nodes.as_ref().unwrap().place(5, None, &[]).unwrap();
         let l = Mpirun { as_root: false }.launch(&plan, 0, Some(&placement));
         let d = ctx.cwd.display().to_string();
         let text: Vec<String> = l
@@ -555,11 +560,25 @@ the job did. This can cause a job to hang indefinitely while it waits
         assert_eq!(host_in_rankfile("rank x=a\nrank 1=", 1), None);
         // A previous placement (after a migration) is kept.
         let prev = [(0, "n2".into()), (1, "n1".into())].into();
-        let p = plan.nodes.as_ref().unwrap().place(2, Some(&prev)).unwrap();
+        let p = plan
+            .nodes
+            .as_ref()
+            .unwrap()
+            .place(2, Some(&prev), &[])
+            .unwrap();
         assert_eq!(
             rankfile_text(&p),
             "rank 0=n2 slot=*:*\nrank 1=n1 slot=*:*\n"
         );
+        // Names of one machine (localhost and its host name): one node to Open MPI, so the
+        // rankfile's ranks need --oversubscribe.
+        let mut aliases = plan.clone();
+        if let Some(n) = aliases.nodes.as_mut() {
+            n.one_machine = true;
+        }
+        let l = Mpirun { as_root: false }.launch(&aliases, 0, Some(&placement));
+        let argv: Vec<_> = l.argv().iter().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(argv[1..4], ["--rankfile", &*argv[2], "--oversubscribe"]);
         // The same plan on this machine: no files, --oversubscribe as before.
         let local = Mpirun { as_root: false }.launch(&plan, 0, None);
         assert!(local.files().is_empty());
