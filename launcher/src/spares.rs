@@ -5,8 +5,8 @@
 //! emulated nodes the blocks are written as the job's placement, `control/placement`, before
 //! the first launch; on real nodes [`crate::placement::place`] leaves them out). Node-loss
 //! handling is on when `--spares` (even 0) or `--spread-on-failure` is given: after a failed
-//! launch, a node whose ranks failed twice is lost (the node the backend's failure report
-//! names, else the one the failed rank logged in its `rank_started` event, else the one the
+//! launch, a node whose ranks failed twice is lost (the node the failed rank logged in its
+//! `rank_started` event, else the one the backend's failure report names, else the one the
 //! placement gave it: [`failed_node`]); on emulated nodes so is a node holding ranks whose
 //! node-local directory `<base>/<node>/<job_id>` is gone (as a crash, or `ckpt kill-node`,
 //! leaves it). A lost node is excluded for the rest of the job (`control/excluded`) and its
@@ -198,20 +198,21 @@ fn nodes_of(plan: &RunPlan) -> Option<(Vec<String>, Option<u32>)> {
     }
 }
 
-/// The node a failure happened on: the one the backend names when it is one of `known` (a
-/// backend may name a machine by another of its names), else the failed rank's from its
-/// `rank_started` event, else from the placement in force.
+/// The node a failure happened on: the one the failed rank logged in its `rank_started`
+/// event (the name the placement gave it), else the one the backend names when it is one of
+/// `known`, else the rank's in the placement in force. The rank's own record comes first: a
+/// backend names a machine by its own name for it, which may be another of its names (on one
+/// machine, mpirun names every alias by the host name).
 pub fn failed_node(
     failed: &Failure,
     known: &[String],
     started: &BTreeMap<u32, String>,
     placement: &BTreeMap<u32, String>,
 ) -> Option<String> {
-    failed
-        .node
-        .clone()
-        .filter(|n| known.contains(n))
-        .or_else(|| started.get(&failed.rank).cloned())
+    started
+        .get(&failed.rank)
+        .cloned()
+        .or_else(|| failed.node.clone().filter(|n| known.contains(n)))
         .or_else(|| placement.get(&failed.rank).cloned())
 }
 
@@ -385,10 +386,10 @@ mod tests {
         assert_eq!(next[&4], "node4");
     }
 
-    /// The failed node: the backend's name when it is one of the job's, else the rank's own
-    /// record, else the placement.
+    /// The failed node: the rank's own record, else the backend's name when it is one of the
+    /// job's, else the placement.
     #[test]
-    fn the_failed_node_is_the_backends_else_the_ranks_own_record() {
+    fn the_failed_node_is_the_ranks_own_record_else_the_backends() {
         let k: Vec<String> = ["a", "b"].map(String::from).to_vec();
         let placement: BTreeMap<u32, String> = [(0, "a".to_owned()), (1, "b".to_owned())].into();
         let started: BTreeMap<u32, String> = [(1, "a".to_owned())].into();
@@ -404,7 +405,13 @@ mod tests {
         f.node = Some("b".into());
         assert_eq!(
             failed_node(&f, &k, &started, &placement).as_deref(),
-            Some("b")
+            Some("a"),
+            "mpirun's name for the machine may be another alias"
+        );
+        f.node = Some("a".into());
+        assert_eq!(
+            failed_node(&f, &k, &BTreeMap::new(), &placement).as_deref(),
+            Some("a")
         );
         f.rank = 7;
         f.node = None;
