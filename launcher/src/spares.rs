@@ -97,6 +97,17 @@ pub fn relocate(
     Ok((next, lines))
 }
 
+/// What a failed launch told about its nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Reported<'a> {
+    /// The rank failure the backend reported, if any.
+    pub failure: Option<&'a Failure>,
+    /// Nodes the backend reported lost (a node-local agent gone: the node died).
+    pub lost_nodes: &'a [String],
+    /// Each rank's node, from its `rank_started` event of the launch.
+    pub rank_nodes: &'a BTreeMap<u32, String>,
+}
+
 /// Node-loss handling of one `ckpt run`: failures counted per node.
 #[derive(Default)]
 pub struct Watch {
@@ -126,15 +137,14 @@ impl Watch {
         migrate::set_placement(&plan.job_dir, &initial(plan.ranks, nodes, spares))
     }
 
-    /// After a failed launch whose ranks had started (`failed`: what the backend reported,
-    /// `started`: each rank's node from its `rank_started` event of that launch): finds lost
-    /// nodes, excludes them and places their ranks elsewhere.
+    /// After a failed launch whose ranks had started: finds lost nodes, excludes them and
+    /// places their ranks elsewhere.
     pub fn after_failure(
         &mut self,
         plan: &RunPlan,
-        failed: Option<&Failure>,
-        started: &BTreeMap<u32, String>,
+        reported: &Reported<'_>,
     ) -> anyhow::Result<Verdict> {
+        let (failed, started) = (reported.failure, reported.rank_nodes);
         let Some((known, per_node)) = nodes_of(plan) else {
             return Ok(Verdict::Unchanged);
         };
@@ -153,11 +163,11 @@ impl Watch {
                 twice = Some(node);
             }
         }
-        if plan.emulate_nodes.is_some() {
-            for node in known.iter().filter(|k| placement.values().any(|n| n == *k)) {
-                if !plan.local_base().join(node).join(&plan.job_id).exists() {
-                    gone.push(node.clone());
-                }
+        for node in known.iter().filter(|k| placement.values().any(|n| n == *k)) {
+            let dir_gone = plan.emulate_nodes.is_some()
+                && !plan.local_base().join(node).join(&plan.job_id).exists();
+            if dir_gone || reported.lost_nodes.contains(node) {
+                gone.push(node.clone());
             }
         }
         let mut lost = gone.clone();
@@ -266,6 +276,18 @@ pub fn stop_message(why: &str, job_dir: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// A failed launch's report without lost nodes.
+    fn rep<'a>(
+        failure: Option<&'a Failure>,
+        rank_nodes: &'a BTreeMap<u32, String>,
+    ) -> Reported<'a> {
+        Reported {
+            failure,
+            lost_nodes: &[],
+            rank_nodes,
+        }
+    }
+
     /// Rank `rank` killed, reported on a machine name that is none of the job's nodes.
     fn killed(rank: u32) -> Failure {
         Failure {
@@ -334,10 +356,10 @@ mod tests {
         let plan = job(dir.path(), Some(1));
         let mut watch = Watch::default();
         assert!(matches!(
-            watch.after_failure(&plan, Some(&killed(3)), &BTreeMap::new()),
+            watch.after_failure(&plan, &rep(Some(&killed(3)), &BTreeMap::new())),
             Ok(Verdict::Unchanged)
         ));
-        match watch.after_failure(&plan, Some(&killed(4)), &BTreeMap::new()) {
+        match watch.after_failure(&plan, &rep(Some(&killed(4)), &BTreeMap::new())) {
             Ok(Verdict::Moved(lines)) => {
                 assert_eq!(lines, ["node1 lost: ranks 3, 4, 5 move to spare node3"])
             }
@@ -346,7 +368,7 @@ mod tests {
         assert_eq!(migrate::excluded(dir.path()), ["node1"]);
         assert_eq!(migrate::node_for(dir.path(), 4, 8, 4), "node3");
         std::fs::remove_dir_all(plan.local_base().join("node0").join("job")).unwrap();
-        match watch.after_failure(&plan, None, &BTreeMap::new()) {
+        match watch.after_failure(&plan, &rep(None, &BTreeMap::new())) {
             Ok(Verdict::Stop(why)) => {
                 assert!(why.starts_with("node0 lost: ranks 0, 1, 2"), "{why}")
             }
@@ -361,13 +383,13 @@ mod tests {
         let mut watch = Watch::default();
         std::fs::remove_dir_all(plan.local_base().join("node1").join("job")).unwrap();
         assert!(matches!(
-            watch.after_failure(&plan, Some(&killed(2)), &BTreeMap::new()),
+            watch.after_failure(&plan, &rep(Some(&killed(2)), &BTreeMap::new())),
             Ok(Verdict::Unchanged)
         ));
         let plan = job(dir.path(), Some(0));
         for _ in 0..3 {
             assert!(matches!(
-                watch.after_failure(&plan, Some(&killed(2)), &BTreeMap::new()),
+                watch.after_failure(&plan, &rep(Some(&killed(2)), &BTreeMap::new())),
                 Ok(Verdict::Unchanged)
             ));
         }
@@ -441,11 +463,11 @@ mod tests {
         let started = placed.clone();
         let mut watch = Watch::default();
         let once = watch
-            .after_failure(&plan, Some(&killed(3)), &started)
+            .after_failure(&plan, &rep(Some(&killed(3)), &started))
             .unwrap();
         assert!(matches!(once, Verdict::Unchanged));
         match watch
-            .after_failure(&plan, Some(&killed(2)), &started)
+            .after_failure(&plan, &rep(Some(&killed(2)), &started))
             .unwrap()
         {
             Verdict::Moved(lines) => assert_eq!(lines, ["b lost: ranks 2, 3 move to spare c"]),
@@ -460,7 +482,9 @@ mod tests {
         plan.spread_on_failure = true;
         let now = migrate::in_force(dir.path(), 4, None);
         for r in [0, 1] {
-            let v = watch.after_failure(&plan, Some(&killed(r)), &now).unwrap();
+            let v = watch
+                .after_failure(&plan, &rep(Some(&killed(r)), &now))
+                .unwrap();
             assert!(
                 matches!(v, Verdict::Unchanged),
                 "a has nowhere to go: it stays"
@@ -472,6 +496,48 @@ mod tests {
             "a lost: no room for the 2 ranks of a: the other nodes have 0 free slots \
              (--ranks-per-node 2)"
         );
+    }
+
+    /// A node the backend reports lost (its daemon gone) is lost at once; a name that is
+    /// none of the job's is ignored.
+    #[test]
+    fn a_node_the_backend_lost_goes_to_the_spare_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("control")).unwrap();
+        let mut plan = crate::testutil::plan(dir.path(), 4);
+        plan.spares = Some(1);
+        plan.nodes = Some(crate::plan::RealNodes {
+            list: "a,b,c".into(),
+            names: k3(),
+            ranks_per_node: None,
+            spares: 1,
+            one_machine: false,
+        });
+        let placed: BTreeMap<u32, String> = [(0, "a"), (1, "a"), (2, "b"), (3, "b")]
+            .map(|(r, n)| (r, n.to_owned()))
+            .into();
+        migrate::set_placement(dir.path(), &placed).unwrap();
+        let mut watch = Watch::default();
+        let none = BTreeMap::new();
+        let elsewhere = ["login".to_owned()];
+        let r = Reported {
+            failure: None,
+            lost_nodes: &elsewhere,
+            rank_nodes: &none,
+        };
+        assert!(matches!(
+            watch.after_failure(&plan, &r).unwrap(),
+            Verdict::Unchanged
+        ));
+        let b = ["b".to_owned()];
+        let r = Reported {
+            lost_nodes: &b,
+            ..r
+        };
+        match watch.after_failure(&plan, &r).unwrap() {
+            Verdict::Moved(lines) => assert_eq!(lines, ["b lost: ranks 2, 3 move to spare c"]),
+            _ => panic!("b was reported lost and not moved"),
+        }
     }
 
     fn k3() -> Vec<String> {

@@ -27,7 +27,7 @@ use crate::backend::{Backend, Failure, Launch};
 use crate::placement::Placement;
 use crate::plan::RunPlan;
 use crate::report::{self, say};
-use crate::spares::{self, Verdict};
+use crate::spares::{self, Reported, Verdict};
 use crate::{jobdir, lock, migrate, ranks, signals, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
@@ -128,7 +128,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             t.drain();
             t.summary()
         });
-        let (status, failure, banner) = match ended {
+        let (status, failure, banner, lost_nodes) = match ended {
             Ended::Interrupted(sig) => {
                 say(report::interrupted(&signals::name(sig)));
                 say(report::resume_hint(plan));
@@ -167,7 +167,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 }
                 return Ok(Outcome::Success);
             }
-            Ended::Exited(status, failure, banner) => (status, failure, banner),
+            Ended::Exited(status, failure, banner, lost) => (status, failure, banner, lost),
         };
         let blame = failure.as_ref().map(|f| f.to_string()).or(tail_now.blame);
         let blame = blame.or_else(|| (!tail_now.started).then(|| "no rank started".to_owned()));
@@ -199,7 +199,12 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
-        match nodes_watch.after_failure(plan, failure.as_ref(), &tail_now.rank_nodes)? {
+        let reported = Reported {
+            failure: failure.as_ref(),
+            lost_nodes: &lost_nodes,
+            rank_nodes: &tail_now.rank_nodes,
+        };
+        match nodes_watch.after_failure(plan, &reported)? {
             Verdict::Unchanged => {}
             Verdict::Moved(lines) => {
                 for line in lines {
@@ -280,9 +285,9 @@ fn secs(since: Instant) -> f64 {
 
 /// How one launch ended.
 enum Ended {
-    /// mpirun exited on its own, with the failure its stderr reported (if any) and whether it
-    /// printed Open MPI's "Primary job terminated normally" banner.
-    Exited(ExitStatus, Option<Failure>, bool),
+    /// mpirun exited on its own, with the failure its stderr reported (if any), whether it
+    /// printed Open MPI's "Primary job terminated normally" banner, and the nodes it lost.
+    Exited(ExitStatus, Option<Failure>, bool, Vec<String>),
     /// The launcher received this signal and forwarded it; mpirun has exited since.
     Interrupted(i32),
 }
@@ -381,13 +386,19 @@ fn run_once(
     while readers.iter().any(|r| !r.is_finished()) && t0.elapsed() < STDERR_DRAIN {
         thread::sleep(Duration::from_millis(20));
     }
-    let (failure, banner) = scanner
+    let (failure, banner, lost) = scanner
         .lock()
-        .map(|s| (s.failure().cloned(), s.normal_banner()))
+        .map(|s| {
+            (
+                s.failure().cloned(),
+                s.normal_banner(),
+                s.lost_nodes().to_vec(),
+            )
+        })
         .unwrap_or_default();
     Ok(match signalled {
         Some((sig, _)) => Ended::Interrupted(sig),
-        None => Ended::Exited(status, failure, banner),
+        None => Ended::Exited(status, failure, banner, lost),
     })
 }
 

@@ -140,6 +140,8 @@ pub struct Scanner {
     pending_exit: Option<u32>,
     found: Option<Failure>,
     normal_banner: bool,
+    /// Nodes whose daemon mpirun lost (`Remote daemon: [[J,0],D] on node NODE`).
+    lost: Vec<String>,
 }
 
 impl FailureReader for Scanner {
@@ -147,6 +149,12 @@ impl FailureReader for Scanner {
         let line = line.trim();
         if line.starts_with(NORMAL_BANNER) {
             self.normal_banner = true;
+        }
+        if let Some(node) = lost_daemon_node(line) {
+            if !self.lost.contains(&node) {
+                self.lost.push(node);
+            }
+            return;
         }
         match &mut self.found {
             // `MPI_ABORT was invoked on rank R ...` is followed by `with errorcode E.`
@@ -188,6 +196,19 @@ impl FailureReader for Scanner {
     fn failure(&self) -> Option<&Failure> {
         self.found.as_ref()
     }
+
+    /// Nodes whose daemon mpirun lost: Open MPI 4 says `ORTE has lost communication with a
+    /// remote daemon`, then names the node on a `Remote daemon:` line.
+    fn lost_nodes(&self) -> &[String] {
+        &self.lost
+    }
+}
+
+/// The node of a `Remote daemon: [[40219,0],2] on node n02` line.
+fn lost_daemon_node(line: &str) -> Option<String> {
+    let rest = after(line, "Remote daemon:")?;
+    let node = after(rest, " on node ")?.split_whitespace().next()?;
+    Some(node.to_owned())
 }
 
 /// The start of the banner Open MPI 4 prints when a rank of a job ends with a non-zero status
@@ -271,6 +292,21 @@ a non-zero exit code. Per user-direction, the job has been aborted.
 --------------------------------------------------------------------------
 --------------------------------------------------------------------------
 mpirun noticed that process rank 2 with PID 0 on node vm exited on signal 9 (Killed).
+--------------------------------------------------------------------------
+";
+
+    /// A node gone (Open MPI 4.1's `node-died` message, from help-errmgr-base.txt).
+    const NODE_DIED: &str = "\
+--------------------------------------------------------------------------
+ORTE has lost communication with a remote daemon.
+
+  HNP daemon   : [[40219,0],0] on node login
+  Remote daemon: [[40219,0],2] on node n02
+
+This is usually due to either a failure of the TCP network
+connection to the node, or possibly an internal failure of
+the daemon itself. We cannot recover from this failure, and
+therefore will terminate the job.
 --------------------------------------------------------------------------
 ";
 
@@ -382,6 +418,29 @@ the job did. This can cause a job to hang indefinitely while it waits
         );
         check("mpirun noticed that process rank x with PID 9", None);
         check("  Process name: [[1,1],x]\n  Exit code: 3\n", None);
+    }
+
+    /// A node whose daemon mpirun lost (a node that died) is named, once, beside any rank
+    /// failure; nothing else names a node lost.
+    #[test]
+    fn lost_daemons_name_their_node() {
+        let mut s = Scanner::default();
+        for l in NODE_DIED
+            .lines()
+            .chain(SIGKILL.lines())
+            .chain(NODE_DIED.lines())
+        {
+            s.feed(l);
+        }
+        assert_eq!(s.lost_nodes(), ["n02"]);
+        assert_eq!(
+            s.failure().map(|f| f.rank),
+            Some(2),
+            "a rank failure is still read"
+        );
+        let mut s = Scanner::default();
+        SIGKILL.lines().for_each(|l| s.feed(l));
+        assert!(s.lost_nodes().is_empty());
     }
 
     fn launch(argv: &str, ctx: &Context, restart_count: u32, as_root: bool) -> String {
