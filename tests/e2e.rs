@@ -4701,7 +4701,7 @@ fn assert_drill_identical(out: &Output, runs: usize, kinds: &[&str]) {
 
 /// The drill on heat2d: 10 seeded runs on 8 ranks and 4 emulated nodes, each with one
 /// fault drawn from rank kills, node kills and migrations; every run ends identical to the
-/// reference. (Measured on 2 shared cores: about 100 s.)
+/// reference. (Measured on 2 shared cores: 73 s.)
 #[test]
 fn drill_of_ten_runs_of_heat2d_mixing_kills_and_migrations_ends_identical() {
     let Some(_mpi) = mpi() else { return };
@@ -4719,7 +4719,7 @@ fn drill_of_ten_runs_of_heat2d_mixing_kills_and_migrations_ends_identical() {
 
 /// The drill on ring: 10 seeded runs on 4 ranks and 2 emulated nodes mixing rank
 /// kills, node kills and migrations, each rank's digest compared; all identical. (Measured on
-/// 2 shared cores: about 70 s.)
+/// 2 shared cores: 61 s.)
 #[test]
 fn drill_of_ten_runs_of_ring_mixing_kills_and_migrations_ends_identical() {
     let Some(_mpi) = mpi() else { return };
