@@ -645,3 +645,55 @@ pub fn slurm() -> Option<MutexGuard<'static, ()>> {
     }
     mpi()
 }
+
+/// Three names of this machine that Open MPI starts ranks on locally, while ckpt takes them
+/// for three nodes: `localhost`, the host name and `127.0.0.1`. `None` (saying why) when the
+/// host name is `localhost` or does not resolve.
+pub fn local_node_names() -> Option<[String; 3]> {
+    use std::net::ToSocketAddrs;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let resolves = (host.as_str(), 0)
+        .to_socket_addrs()
+        .is_ok_and(|mut a| a.next().is_some());
+    if host.is_empty() || host == "localhost" || host == "127.0.0.1" || !resolves {
+        eprintln!(
+            "SKIPPED: this machine's host name {host:?} is not a second name for it that \
+             resolves; the test needs localhost, the host name and 127.0.0.1 as three nodes"
+        );
+        return None;
+    }
+    Some(["localhost".into(), host, "127.0.0.1".into()])
+}
+
+/// The pid rank `rank` logged in its `rank_started` event of launch `launch`, if it did.
+pub fn started_pid(job_dir: &Path, rank: u32, launch: u32) -> Option<i32> {
+    events(job_dir).into_iter().find_map(|e| match e {
+        Event::RankStarted {
+            rank: r,
+            pid,
+            launch: l,
+            ..
+        } if r == rank && l == launch => i32::try_from(pid).ok(),
+        _ => None,
+    })
+}
+
+/// Each rank's node from the `rank_started` events of launch `launch`, in rank order.
+pub fn started_nodes(job_dir: &Path, launch: u32) -> Vec<(u32, String)> {
+    let mut nodes: Vec<(u32, String)> = events(job_dir)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::RankStarted {
+                rank,
+                node,
+                launch: l,
+                ..
+            } if l == launch => Some((rank, node)),
+            _ => None,
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}

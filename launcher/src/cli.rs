@@ -50,12 +50,12 @@ pub enum Command {
     /// Kill an emulated node of a job run with --emulate-nodes: SIGKILL its ranks and remove
     /// its node-local directory, as a node crash would.
     KillNode(KillNodeArgs),
-    /// Move ranks of a running job (emulated nodes) to another node: an agreed checkpoint, a
-    /// stop, a relaunch with the new placement; the moved ranks get their data from the
-    /// cheapest copy. Prints each phase with its time.
+    /// Move ranks of a running job (emulated or real nodes) to another node: an agreed
+    /// checkpoint, a stop, a relaunch with the new placement; the moved ranks get their data
+    /// from the cheapest copy. Prints each phase with its time.
     Migrate(MigrateArgs),
-    /// Move every rank off an emulated node of a running job (to the nodes with the fewest
-    /// ranks), as `ckpt migrate` does; the node is then excluded for the rest of the job.
+    /// Move every rank off a node of a running job (to the nodes with the fewest ranks and
+    /// room), as `ckpt migrate` does; the node is then excluded for the rest of the job.
     Drain(DrainArgs),
     /// A fault-tolerance drill: run the program once without faults, then N times with
     /// seeded random faults, and compare each run's result with the reference.
@@ -86,13 +86,14 @@ pub struct KillNodeArgs {
 /// `ckpt migrate` flags.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// The job directory of a running job run with --emulate-nodes.
+    /// The job directory of a running job run with --emulate-nodes or --nodes.
     #[arg(value_name = "JOB_DIR")]
     pub job_dir: PathBuf,
     /// The ranks to move: `2` or `2,3`.
     #[arg(long = "rank", value_name = "R[,R2..]")]
     pub ranks: String,
-    /// The node to move them to (node0, node1, ...).
+    /// The node to move them to (node0, node1, ... or one of --nodes); refused when full
+    /// (holding --ranks-per-node ranks).
     #[arg(long, value_name = "NODE")]
     pub to: String,
     /// Seconds to wait for the checkpoint, and again for the relaunch to restore.
@@ -103,10 +104,10 @@ pub struct MigrateArgs {
 /// `ckpt drain` flags.
 #[derive(Debug, Args)]
 pub struct DrainArgs {
-    /// The job directory of a running job run with --emulate-nodes.
+    /// The job directory of a running job run with --emulate-nodes or --nodes.
     #[arg(value_name = "JOB_DIR")]
     pub job_dir: PathBuf,
-    /// The node to empty (node0, node1, ...).
+    /// The node to empty (node0, node1, ... or one of --nodes).
     #[arg(long, value_name = "NODE")]
     pub node: String,
     /// Seconds to wait for the checkpoint, and again for the relaunch to restore.
@@ -335,14 +336,14 @@ pub struct RunArgs {
     /// (local base: --local-dir, else <job dir>/local). `ckpt kill-node` crashes one.
     #[arg(long, value_name = "N")]
     pub emulate_nodes: Option<u32>,
-    /// Keep the last S emulated nodes as spares: ranks start on the first N-S, and the ranks
-    /// of a node lost in a failure move to a spare before the relaunch.
+    /// Keep the last S nodes (--emulate-nodes or --nodes) as spares: ranks start on the
+    /// others, and the ranks of a node lost in a failure move to a spare before the relaunch.
     /// Giving it (even 0) turns on the handling of lost nodes.
-    #[arg(long, value_name = "S", requires = "emulate_nodes")]
+    #[arg(long, value_name = "S")]
     pub spares: Option<u32>,
     /// When a node is lost and no spare is left, spread its ranks over the surviving nodes
-    /// (else the job stops).
-    #[arg(long, requires = "emulate_nodes")]
+    /// with room (else the job stops).
+    #[arg(long)]
     pub spread_on_failure: bool,
     /// Run the ranks on these nodes, a hostlist in Slurm's syntax (n[1-4,7], rack[1-2]-n[01-08],
     /// a,b); every name must resolve. Ranks go in blocks of consecutive ranks (see

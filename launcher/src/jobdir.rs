@@ -72,6 +72,12 @@ struct JobFile {
     /// `--spares`: the last emulated nodes start without ranks (absent when none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     spares: Option<u32>,
+    /// `--nodes` as given (a hostlist; absent without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nodes: Option<String>,
+    /// `--ranks-per-node`: the slots of each of `nodes` (absent without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ranks_per_node: Option<u32>,
     /// Base of shared (L4) storage when not the default `<job dir>/shared` (absent in files
     /// of older versions, and for the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,7 +213,31 @@ pub fn recorded_emulation(dir: &Path) -> Option<u32> {
     u32::try_from(n).ok().filter(|&n| n > 0)
 }
 
-/// The number of spare emulated nodes recorded in `dir`'s `job.json` (`--spares`), 0 if none.
+/// The real nodes of a job run with `--nodes`, as its `job.json` records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedNodes {
+    /// The names, in order (spares last).
+    pub names: Vec<String>,
+    /// `--ranks-per-node`: each node's slots.
+    pub ranks_per_node: Option<u32>,
+}
+
+/// The real nodes recorded in `dir`'s `job.json` (`--nodes`, `--ranks-per-node`), if any.
+pub fn recorded_nodes(dir: &Path) -> Option<RecordedNodes> {
+    let bytes = ckpt::identity::read_job_file(dir).ok()??;
+    let job: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let names = crate::hostlist::parse(job.get("nodes")?.as_str()?).ok()?;
+    let ranks_per_node = job
+        .get("ranks_per_node")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|k| u32::try_from(k).ok());
+    Some(RecordedNodes {
+        names,
+        ranks_per_node,
+    })
+}
+
+/// The number of spare nodes recorded in `dir`'s `job.json` (`--spares`), 0 if none.
 pub fn recorded_spares(dir: &Path) -> u32 {
     ckpt::identity::read_job_file(dir)
         .ok()
@@ -301,6 +331,8 @@ fn write_job_file(plan: &RunPlan, job_id: &str, now_ms: u64) -> anyhow::Result<(
         local_dir: plan.local_dir.as_deref().map(lossy),
         emulate_nodes: plan.emulate_nodes,
         spares: plan.spares,
+        nodes: plan.nodes.as_ref().map(|n| n.list.clone()),
+        ranks_per_node: plan.nodes.as_ref().and_then(|n| n.ranks_per_node),
         shared_dir: plan.shared_dir.as_deref().map(lossy),
         fault: plan.fault.clone(),
         mpirun: lossy(&plan.mpirun),

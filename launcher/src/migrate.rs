@@ -1,19 +1,22 @@
-//! Rank migration on emulated nodes: `ckpt migrate JOB --rank R[,R2..] --to NODE`.
+//! Rank migration: `ckpt migrate JOB --rank R[,R2..] --to NODE` and `ckpt drain JOB --node
+//! NODE`, on emulated nodes (`--emulate-nodes`) and on real nodes (`--nodes`).
 //!
-//! The placement of a job's ranks on its emulated nodes is blocks of consecutive ranks
-//! ([`exec_rank::node_of`]) unless `control/placement` says otherwise: one line `RANK NODE` per
-//! rank, written by a migration. `ckpt exec-rank` and `ckpt kill-node` both place ranks with
-//! [`node_for`], so they always agree.
+//! The placement in force is `control/placement`: one line `RANK NODE` per rank. On real nodes
+//! the launcher writes it before every launch (the placement the backend starts the ranks
+//! with). On emulated nodes it is written by a migration (or `--spares`); without it ranks sit
+//! in blocks of consecutive ranks ([`exec_rank::node_of`]). `ckpt exec-rank` and `ckpt
+//! kill-node` place emulated ranks with [`node_for`], so they always agree.
 //!
 //! A migration: the command checks the request (a run holds the job, the ranks exist, the
-//! node is one of the job's), writes the new placement to `control/placement.next`, and asks
-//! the job for a checkpoint-and-exit (the same request as `ckpt checkpoint --then-exit`). When
-//! the ranks have stopped after that epoch, the running `ckpt run` finds the pending placement
-//! ([`take_pending`]), puts it in force and relaunches: ranks that did not move restore from
-//! their own node-local files; a moved rank's file is not on its new node, so the restart
-//! recovers it from the cheapest copy (its old node, through a rank running there; its
-//! partner's; its group's parity; shared storage) and writes it to the new node. The command
-//! follows the job's events and prints each phase with its time.
+//! node is one of the job's, not excluded and not full: see
+//! [`crate::placement::check_room`]), writes the new placement to `control/placement.next`,
+//! and asks the job for a checkpoint-and-exit (the same request as `ckpt checkpoint
+//! --then-exit`). When the ranks have stopped after that epoch, the running `ckpt run` finds
+//! the pending placement ([`take_pending`]), puts it in force and relaunches: ranks that did
+//! not move restore from their own node-local files; a moved rank's file is not on its new
+//! node, so the restart recovers it from the cheapest copy (its old node, through a rank
+//! running there; its partner's; its group's parity; shared storage) and writes it to the new
+//! node. The command follows the job's events and prints each phase with its time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ use ckpt::storage::durable;
 
 use crate::cli::{CheckpointArgs, DrainArgs, MigrateArgs};
 use crate::exec_rank::{node_name, node_of};
+use crate::placement;
 use crate::{jobdir, request, Outcome, UsageError};
 
 /// The placement in force, relative to the job directory.
@@ -91,9 +95,29 @@ fn read(path: &Path) -> anyhow::Result<BTreeMap<u32, String>> {
     parse(&String::from_utf8_lossy(&bytes)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// The placement in force of a job of `nranks` ranks: on `emulated` nodes every rank by
+/// [`node_for`]; on real nodes `control/placement` as the last launch wrote it (empty before
+/// the first launch).
+pub fn in_force(job_dir: &Path, nranks: u32, emulated: Option<u32>) -> BTreeMap<u32, String> {
+    match emulated {
+        Some(nodes) => (0..nranks)
+            .map(|r| (r, node_for(job_dir, r, nranks, nodes)))
+            .collect(),
+        None => read(&job_dir.join(PLACEMENT)).unwrap_or_default(),
+    }
+}
+
+/// The placement file as written, if there is one that parses.
+pub fn placement_file(job_dir: &Path) -> Option<BTreeMap<u32, String>> {
+    read(&job_dir.join(PLACEMENT)).ok()
+}
+
 /// The launcher, after the ranks stopped: puts a pending placement in force. Returns the moves
-/// (`rank: from -> to`) it made, or `None` without a pending placement.
-pub fn take_pending(job_dir: &Path, nranks: u32, nodes: u32) -> anyhow::Result<Option<String>> {
+/// (`rank: from -> to`) it made from `current`, or `None` without a pending placement.
+pub fn take_pending(
+    job_dir: &Path,
+    current: &BTreeMap<u32, String>,
+) -> anyhow::Result<Option<String>> {
     let pending = job_dir.join(PENDING);
     if !pending.exists() {
         return Ok(None);
@@ -102,8 +126,8 @@ pub fn take_pending(job_dir: &Path, nranks: u32, nodes: u32) -> anyhow::Result<O
     let moves: Vec<String> = next
         .iter()
         .filter_map(|(&r, to)| {
-            let from = node_for(job_dir, r, nranks, nodes);
-            (&from != to).then(|| format!("rank {r} {from} -> {to}"))
+            let from = current.get(&r).map_or("?", String::as_str);
+            (from != to).then(|| format!("rank {r} {from} -> {to}"))
         })
         .collect();
     durable::rename_durable(&pending, &job_dir.join(PLACEMENT))
@@ -111,15 +135,21 @@ pub fn take_pending(job_dir: &Path, nranks: u32, nodes: u32) -> anyhow::Result<O
     Ok(Some(moves.join(", ")))
 }
 
-/// A job open for a placement change: its directory, rank count and emulated nodes.
+/// A job open for a placement change.
 struct Job {
     dir: PathBuf,
     nranks: u32,
-    nodes: u32,
+    /// The job's nodes: `node0..` when emulated, else the `--nodes` names (spares included).
+    known: Vec<String>,
+    /// Each node's slots (`--ranks-per-node`); `None`: no limit.
+    per_node: Option<u32>,
+    /// The placement in force, every rank named.
+    current: BTreeMap<u32, String>,
 }
 
 impl Job {
-    /// Checks that `job_dir` is a job of `ckpt run` on emulated nodes.
+    /// Checks that `job_dir` is a job of `ckpt run` on emulated or real nodes, and reads its
+    /// placement.
     fn open(job_dir: &Path, what: &str) -> anyhow::Result<Job> {
         let dir = std::path::absolute(job_dir)
             .with_context(|| format!("cannot resolve {}", job_dir.display()))?;
@@ -130,38 +160,46 @@ impl Job {
             ))
             .into());
         };
-        let Some(nodes) = jobdir::recorded_emulation(&dir) else {
+        let emulated = jobdir::recorded_emulation(&dir);
+        let (known, per_node) = match (emulated, jobdir::recorded_nodes(&dir)) {
+            (Some(n), _) => ((0..n).map(node_name).collect(), None),
+            (None, Some(real)) => (real.names, real.ranks_per_node),
+            (None, None) => {
+                return Err(UsageError(format!(
+                    "{}: {what} needs a job run on nodes (`ckpt run --nodes HOSTLIST` or \
+                     `--emulate-nodes N`); this one runs on this machine only",
+                    dir.display()
+                ))
+                .into())
+            }
+        };
+        let current = in_force(&dir, nranks, emulated);
+        if (0..nranks).any(|r| !current.contains_key(&r)) {
             return Err(UsageError(format!(
-                "{}: {what} is supported on emulated nodes (`ckpt run --emulate-nodes N`) for \
-                 now; this job runs on real nodes",
-                dir.display()
+                "{}: no placement of every rank in {} yet (the job has not been launched)",
+                dir.display(),
+                PLACEMENT
             ))
             .into());
-        };
-        Ok(Job { dir, nranks, nodes })
-    }
-
-    fn known(&self) -> Vec<String> {
-        (0..self.nodes).map(node_name).collect()
+        }
+        Ok(Job {
+            dir,
+            nranks,
+            known,
+            per_node,
+            current,
+        })
     }
 
     /// Refuses a node that is not one of the job's.
     fn check_known(&self, node: &str) -> Result<(), UsageError> {
-        let known = self.known();
-        if known.iter().any(|k| k == node) {
+        if self.known.iter().any(|k| k == node) {
             return Ok(());
         }
         Err(UsageError(format!(
             "unknown node {node:?}: the job's nodes are {}",
-            known.join(", ")
+            crate::hostlist::compress(&self.known)
         )))
-    }
-
-    /// The placement in force, every rank named.
-    fn current(&self) -> BTreeMap<u32, String> {
-        (0..self.nranks)
-            .map(|r| (r, node_for(&self.dir, r, self.nranks, self.nodes)))
-            .collect()
     }
 }
 
@@ -177,7 +215,7 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
         .into());
     }
     let ranks = parse_ranks(&args.ranks, job.nranks).map_err(UsageError)?;
-    let mut next = job.current();
+    let mut next = job.current.clone();
     let mut moved = Vec::new();
     for &r in &ranks {
         let from = next.insert(r, args.to.clone()).unwrap_or_default();
@@ -186,7 +224,10 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
         }
         moved.push(format!("rank {r} {from} -> {}", args.to));
     }
-    check_reachable(&job.dir, job.nranks, job.nodes, &next)?;
+    let moving: BTreeMap<u32, String> = ranks.iter().map(|&r| (r, args.to.clone())).collect();
+    placement::check_room(&job.current, &moving, job.per_node)
+        .map_err(|full| UsageError(format!("cannot move rank(s) {}: {full}", args.ranks)))?;
+    check_reachable(&job.dir, &job.current, &next)?;
     outln!("migrating {}", moved.join(", "));
     change(&job, &next, &ranks, args.wait, None)
 }
@@ -195,9 +236,15 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
 pub fn drain(args: &DrainArgs) -> anyhow::Result<Outcome> {
     let job = Job::open(&args.job_dir, "draining")?;
     job.check_known(&args.node)?;
-    let current = job.current();
-    let next =
-        plan_drain(&current, &job.known(), &excluded(&job.dir), &args.node).map_err(UsageError)?;
+    let current = &job.current;
+    let next = plan_drain(
+        current,
+        &job.known,
+        &excluded(&job.dir),
+        &args.node,
+        job.per_node,
+    )
+    .map_err(UsageError)?;
     let ranks: Vec<u32> = current
         .iter()
         .filter(|(_, n)| **n == args.node)
@@ -207,19 +254,21 @@ pub fn drain(args: &DrainArgs) -> anyhow::Result<Outcome> {
         .iter()
         .map(|r| format!("rank {r} {} -> {}", args.node, next[r]))
         .collect();
-    check_reachable(&job.dir, job.nranks, job.nodes, &next)?;
+    check_reachable(&job.dir, current, &next)?;
     outln!("draining {}: {}", args.node, moved.join(", "));
     change(&job, &next, &ranks, args.wait, Some(&args.node))
 }
 
 /// The placement after draining `node`: each of its ranks (in order) goes to the node that
-/// then has the fewest ranks (the first such in `known`), never to `node` or an excluded
-/// node. Refused when `node` is excluded, has no rank, or no other node is up.
+/// then has the fewest ranks and room (`per_node` slots a node; the first such in `known`),
+/// never to `node` or an excluded node. Refused when `node` is excluded, has no rank, no
+/// other node is up, or the others lack the room.
 pub fn plan_drain(
     current: &BTreeMap<u32, String>,
     known: &[String],
     excluded: &[String],
     node: &str,
+    per_node: Option<u32>,
 ) -> Result<BTreeMap<u32, String>, String> {
     if excluded.iter().any(|e| e == node) {
         return Err(format!(
@@ -239,29 +288,7 @@ pub fn plan_drain(
             excluded.join(", ")
         ));
     }
-    Ok(spread(current, node, &up))
-}
-
-/// `current` with each rank of `node` (in order) moved to the node of `up` that then has the
-/// fewest ranks (the first such); `up` must not be empty for a rank to move.
-pub fn spread(
-    current: &BTreeMap<u32, String>,
-    node: &str,
-    up: &[&String],
-) -> BTreeMap<u32, String> {
-    let mut load: Vec<(usize, &String)> = up
-        .iter()
-        .map(|k| (current.values().filter(|n| n == k).count(), *k))
-        .collect();
-    let mut next = current.clone();
-    for (_, n) in next.iter_mut().filter(|(_, n)| *n == node) {
-        let Some(slot) = load.iter_mut().min_by_key(|(count, _)| *count) else {
-            break;
-        };
-        slot.0 += 1;
-        *n = slot.1.clone();
-    }
-    next
+    placement::spread(current, node, &up, per_node).map_err(|e| e.to_string())
 }
 
 /// The nodes excluded for the rest of the job (`control/excluded`, one name a line).
@@ -344,15 +371,11 @@ fn change(
 /// send them, no copy elsewhere), and the relaunch could not restore.
 fn check_reachable(
     dir: &Path,
-    nranks: u32,
-    nodes: u32,
+    now: &BTreeMap<u32, String>,
     next: &BTreeMap<u32, String>,
 ) -> anyhow::Result<()> {
-    let now: Vec<String> = (0..nranks)
-        .map(|r| node_for(dir, r, nranks, nodes))
-        .collect();
     let emptied: Vec<&String> = now
-        .iter()
+        .values()
         .filter(|n| !next.values().any(|m| m == *n))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
@@ -513,12 +536,12 @@ mod tests {
     fn drains_go_to_the_fewest_ranks_first_and_skip_excluded_nodes() {
         let blocks: BTreeMap<u32, String> =
             (0..8).map(|r| (r, node_name(node_of(r, 8, 4)))).collect();
-        let next = plan_drain(&blocks, &nodes(4), &[], "node1").unwrap();
+        let next = plan_drain(&blocks, &nodes(4), &[], "node1", None).unwrap();
         assert_eq!(next[&2], "node0");
         assert_eq!(next[&3], "node2");
         assert!(!next.values().any(|n| n == "node1"));
         assert_eq!(next[&0], "node0", "ranks of other nodes stay");
-        let next = plan_drain(&next, &nodes(4), &["node1".into()], "node0").unwrap();
+        let next = plan_drain(&next, &nodes(4), &["node1".into()], "node0", None).unwrap();
         assert_eq!(
             render(&next),
             "0 node3\n1 node2\n2 node3\n3 node2\n4 node2\n5 node2\n6 node3\n7 node3\n"
@@ -538,14 +561,31 @@ mod tests {
             ),
             (vec!["node0".to_owned()], "node0", Some("already excluded")),
         ] {
-            let got = plan_drain(&two, &nodes(2), &excl, node);
+            let got = plan_drain(&two, &nodes(2), &excl, node, None);
             match why {
                 None => assert!(got.is_ok(), "{got:?}"),
                 Some(why) => assert!(got.unwrap_err().contains(why)),
             }
         }
-        let empty = plan_drain(&two, &nodes(3), &[], "node2").unwrap_err();
+        let empty = plan_drain(&two, &nodes(3), &[], "node2", None).unwrap_err();
         assert!(empty.contains("has no rank"), "{empty}");
+    }
+
+    /// With `--ranks-per-node` a drain spreads only onto nodes with room, and is refused when
+    /// the others lack it.
+    #[test]
+    fn drains_spread_only_onto_nodes_with_room() {
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let now: BTreeMap<u32, String> = [(0, "a"), (1, "a"), (2, "b"), (3, "b"), (4, "c")]
+            .map(|(r, n)| (r, n.to_owned()))
+            .into();
+        let next = plan_drain(&now, &names, &[], "a", Some(3)).unwrap();
+        assert_eq!(render(&next), "0 c\n1 b\n2 b\n3 b\n4 c\n");
+        let e = plan_drain(&now, &names, &[], "a", Some(2)).unwrap_err();
+        assert_eq!(
+            e,
+            "no room for the 2 ranks of a: the other nodes have 1 free slot (--ranks-per-node 2)"
+        );
     }
 
     #[test]
@@ -578,7 +618,7 @@ mod tests {
             "node1",
             "pending is not in force"
         );
-        let moves = take_pending(dir.path(), 8, 4).unwrap();
+        let moves = take_pending(dir.path(), &in_force(dir.path(), 8, Some(4))).unwrap();
         assert_eq!(moves.as_deref(), Some("rank 2 node1 -> node3"));
         assert_eq!(node_for(dir.path(), 2, 8, 4), "node3");
         assert_eq!(
@@ -586,6 +626,6 @@ mod tests {
             "node2",
             "a rank the file omits"
         );
-        assert_eq!(take_pending(dir.path(), 8, 4).unwrap(), None);
+        assert_eq!(take_pending(dir.path(), &BTreeMap::new()).unwrap(), None);
     }
 }

@@ -4,13 +4,18 @@
 //!
 //! Rules: the first `nodes - spares` nodes are the working nodes, the last `spares` hold no
 //! rank; an excluded working node (down, drained) is replaced by the first spare not excluded.
-//! Each working node holds at most `ranks_per_node` ranks (default: the even share,
-//! `ceil(ranks / working nodes)`). Without a previous placement, ranks go in blocks of
-//! consecutive ranks (`ranks_per_node` each, or even blocks with the first `ranks % nodes`
-//! nodes one rank larger). With one, a rank whose node is still working and has room stays
-//! there (its node-local files are there); the others go, in rank order, to the working node
-//! with the fewest ranks (the first in list order on a tie). A previous placement on none of
-//! the working nodes counts as none.
+//! A node's slots are `ranks_per_node` (`--ranks-per-node`); a node holding that many is
+//! *full*. Without it a node has no fixed number of slots. Without a previous placement, ranks
+//! go in blocks of consecutive ranks (`ranks_per_node` each, or even blocks with the first
+//! `ranks % nodes` nodes one rank larger). With one, a rank whose node is still working and
+//! not full stays there (its node-local files are there, and a migration put it there); the
+//! others go, in rank order, to the working node with the fewest ranks that is not full (the
+//! first in list order on a tie). A previous placement on none of the working nodes counts as
+//! none.
+//!
+//! [`room`], [`check_room`] and [`spread`] are the capacity rules `ckpt migrate`, `ckpt
+//! drain` and the recovery of lost nodes apply to a placement as a map (rank → node name),
+//! whatever the backend.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -167,7 +172,8 @@ pub fn place(req: &Request<'_>) -> Result<Placement, PlaceError> {
     let per_node = match req.ranks_per_node {
         Some(0) => return Err(PlaceError::ZeroPerNode),
         Some(k) => k,
-        None => req.ranks.div_ceil(working.len() as u32),
+        // No fixed slots: the even share always fits, and kept ranks are never moved.
+        None => u32::MAX,
     };
     let excluded_here = || {
         let mut e: Vec<String> = req
@@ -230,7 +236,14 @@ fn working_nodes(req: &Request<'_>) -> Result<Vec<String>, PlaceError> {
     let usable = |n: &&String| !req.excluded.contains(n);
     let lost = main.iter().filter(|n| !usable(n)).count();
     let mut working: Vec<String> = main.iter().filter(usable).cloned().collect();
-    working.extend(spare.iter().filter(usable).take(lost).cloned());
+    // Spares the previous placement put ranks on (a migration, a drain, a lost node's
+    // replacement) are in use; further ones replace the excluded nodes not yet replaced.
+    let holds = |n: &&String| req.previous.is_some_and(|p| p.values().any(|m| m == *n));
+    let in_use: Vec<String> = spare.iter().filter(usable).filter(holds).cloned().collect();
+    let more = lost.saturating_sub(in_use.len());
+    working.extend(in_use);
+    let idle = spare.iter().filter(usable).filter(|n| !holds(n));
+    working.extend(idle.take(more).cloned());
     if working.is_empty() {
         return Err(PlaceError::NoNodeLeft {
             excluded: req.excluded.to_vec(),
@@ -287,6 +300,152 @@ fn keep_previous(
             })
         })
         .collect()
+}
+
+/// Free slots of `node` in `placement` with `per_node` slots a node (`None`: no limit).
+pub fn room(placement: &BTreeMap<u32, String>, node: &str, per_node: Option<u32>) -> Option<u32> {
+    let held = placement.values().filter(|n| *n == node).count() as u32;
+    per_node.map(|k| k.saturating_sub(held))
+}
+
+/// A node that cannot take the ranks sent to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Full {
+    /// The node.
+    pub node: String,
+    /// Ranks it holds now.
+    pub holds: u32,
+    /// Its slots.
+    pub slots: u32,
+    /// Ranks that were to move there.
+    pub moving: u32,
+}
+
+impl fmt::Display for Full {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let free = self.slots.saturating_sub(self.holds);
+        write!(
+            f,
+            "{} is full: it holds {} rank{} in its {} slot{} (--ranks-per-node {}), {} free, \
+             {} to move there",
+            self.node,
+            self.holds,
+            plural(self.holds as usize),
+            self.slots,
+            plural(self.slots as usize),
+            self.slots,
+            free,
+            self.moving
+        )
+    }
+}
+
+/// Refuses moving the ranks `moving` (rank → new node) onto a node of `current` without the
+/// room for them; ranks already on their target count as staying.
+pub fn check_room(
+    current: &BTreeMap<u32, String>,
+    moving: &BTreeMap<u32, String>,
+    per_node: Option<u32>,
+) -> Result<(), Full> {
+    let Some(slots) = per_node else {
+        return Ok(());
+    };
+    let mut targets: BTreeMap<&str, u32> = BTreeMap::new();
+    for (r, to) in moving {
+        if current.get(r) != Some(to) {
+            *targets.entry(to).or_default() += 1;
+        }
+    }
+    for (node, coming) in targets {
+        // Ranks leaving `node` in the same move free their slots.
+        let leaving = moving
+            .iter()
+            .filter(|(r, to)| current.get(r).is_some_and(|n| n == node) && *to != node)
+            .count() as u32;
+        let holds = current.values().filter(|n| *n == node).count() as u32;
+        if holds - leaving + coming > slots {
+            return Err(Full {
+                node: node.to_owned(),
+                holds,
+                slots,
+                moving: coming,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why [`spread`] cannot place the ranks of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoRoom {
+    /// The node being emptied.
+    pub node: String,
+    /// Its ranks.
+    pub ranks: u32,
+    /// Free slots on the other nodes.
+    pub free: u32,
+    /// Slots a node.
+    pub slots: u32,
+}
+
+impl fmt::Display for NoRoom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no room for the {} rank{} of {}: the other nodes have {} free slot{} \
+             (--ranks-per-node {})",
+            self.ranks,
+            plural(self.ranks as usize),
+            self.node,
+            self.free,
+            plural(self.free as usize),
+            self.slots
+        )
+    }
+}
+
+/// `current` with each rank of `node` (in rank order) moved to the node of `up` that then
+/// holds the fewest ranks and is not full (the first such in `up`).
+pub fn spread(
+    current: &BTreeMap<u32, String>,
+    node: &str,
+    up: &[&String],
+    per_node: Option<u32>,
+) -> Result<BTreeMap<u32, String>, NoRoom> {
+    let mut load: Vec<(u32, &String)> = up
+        .iter()
+        .map(|k| (current.values().filter(|n| n == k).count() as u32, *k))
+        .collect();
+    let limit = per_node.unwrap_or(u32::MAX);
+    let mut next = current.clone();
+    for (_, n) in next.iter_mut().filter(|(_, n)| *n == node) {
+        let Some(slot) = load
+            .iter_mut()
+            .filter(|(count, _)| *count < limit)
+            .min_by_key(|(count, _)| *count)
+        else {
+            let ranks = current.values().filter(|n| *n == node).count() as u32;
+            let free = up.iter().filter_map(|k| room(current, k, per_node)).sum();
+            return Err(NoRoom {
+                node: node.to_owned(),
+                ranks,
+                free,
+                slots: limit,
+            });
+        };
+        slot.0 += 1;
+        *n = slot.1.clone();
+    }
+    Ok(next)
+}
+
+/// Whether two of `names` share an address (`addresses` resolves a name): names of one
+/// machine, which Open MPI folds into one node.
+pub fn shares_address<A: PartialEq>(names: &[String], addresses: impl Fn(&str) -> Vec<A>) -> bool {
+    let all: Vec<Vec<A>> = names.iter().map(|n| addresses(n)).collect();
+    all.iter()
+        .enumerate()
+        .any(|(i, a)| all[..i].iter().any(|b| a.iter().any(|x| b.contains(x))))
 }
 
 #[cfg(test)]
@@ -375,6 +534,26 @@ mod tests {
                 Some("n1 n1 n2 n2"),
                 "n2:2,3 n3:0,1 | spares: n4",
             ),
+            // A spare a migration put ranks on is in use.
+            (
+                4,
+                "n[1-3]",
+                Some(2),
+                1,
+                "",
+                Some("n1 n3 n2 n2"),
+                "n1:0 n2:2,3 n3:1",
+            ),
+            // A spare already replacing an excluded node is not replaced again.
+            (
+                4,
+                "n[1-4]",
+                None,
+                2,
+                "n1",
+                Some("n3 n3 n2 n2"),
+                "n2:2,3 n3:0,1 | spares: n4",
+            ),
             // An excluded spare is skipped.
             (
                 4,
@@ -405,7 +584,9 @@ mod tests {
                 Some("n2 n1 n1 n2"),
                 "n1:1,2 n2:0,3",
             ),
-            // A rank whose previous node is unknown or full goes to the least loaded node.
+            // Without --ranks-per-node no node is full: ranks stay where they were (a
+            // migration put them there); a rank whose node is unknown goes to the least
+            // loaded node.
             (
                 4,
                 "n[1-2]",
@@ -413,6 +594,16 @@ mod tests {
                 0,
                 "",
                 Some("n1 n1 n1 gone"),
+                "n1:0,1,2 n2:3",
+            ),
+            // A full node keeps only its slots' worth of its previous ranks.
+            (
+                4,
+                "n[1-2]",
+                Some(2),
+                0,
+                "",
+                Some("n1 n1 n1 n1"),
                 "n1:0,1 n2:2,3",
             ),
             (
@@ -526,5 +717,86 @@ mod tests {
         );
         assert_eq!(p.to_map().values().collect::<Vec<_>>(), ["n2", "n2", "n2"]);
         assert_eq!((p.node_of(2), p.node_of(3)), (Some("n2"), None));
+    }
+
+    fn map(list: &str) -> BTreeMap<u32, String> {
+        list.split_whitespace()
+            .enumerate()
+            .map(|(r, n)| (r as u32, n.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_node_is_full_when_it_holds_its_slots() {
+        let now = map("n1 n1 n2 n3");
+        assert_eq!(room(&now, "n1", Some(2)), Some(0));
+        assert_eq!(room(&now, "n2", Some(2)), Some(1));
+        assert_eq!(room(&now, "n4", Some(2)), Some(2));
+        assert_eq!(room(&now, "n1", None), None);
+        let to = |r: u32, n: &str| BTreeMap::from([(r, n.to_owned())]);
+        // Onto a full node: refused, naming it, its slots and what was to move.
+        let e = check_room(&now, &to(2, "n1"), Some(2)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "n1 is full: it holds 2 ranks in its 2 slots (--ranks-per-node 2), 0 free, 1 to \
+             move there"
+        );
+        // Without --ranks-per-node nothing is full.
+        assert_eq!(check_room(&now, &to(2, "n1"), None), Ok(()));
+        assert_eq!(check_room(&now, &to(0, "n2"), Some(2)), Ok(()));
+        // Two ranks onto a node with one free slot.
+        let both = BTreeMap::from([(0, "n2".to_owned()), (3, "n2".to_owned())]);
+        let e = check_room(&now, &both, Some(2)).unwrap_err();
+        assert_eq!((e.node.as_str(), e.holds, e.moving), ("n2", 1, 2));
+        // A swap frees the slots it fills.
+        let swap = BTreeMap::from([(0, "n2".to_owned()), (2, "n1".to_owned())]);
+        assert_eq!(check_room(&now, &swap, Some(2)), Ok(()));
+        // A rank sent where it already is takes no slot.
+        assert_eq!(check_room(&now, &to(0, "n1"), Some(2)), Ok(()));
+    }
+
+    #[test]
+    fn spreading_uses_only_nodes_with_room() {
+        let names: Vec<String> = names("n[1-4]");
+        let up: Vec<&String> = names.iter().filter(|n| *n != "n1").collect();
+        let now = map("n1 n1 n1 n2 n2 n3");
+        // Unlimited: the least loaded first (n4, then n3/n4, ...).
+        let next = spread(&now, "n1", &up, None).unwrap();
+        assert_eq!(
+            next.values().collect::<Vec<_>>(),
+            ["n4", "n3", "n4", "n2", "n2", "n3"]
+        );
+        // 2 slots a node: n2 is full, n3 has 1, n4 has 2: exactly enough.
+        let next = spread(&now, "n1", &up, Some(2)).unwrap();
+        assert_eq!(
+            next.values().collect::<Vec<_>>(),
+            ["n4", "n3", "n4", "n2", "n2", "n3"]
+        );
+        assert!(next.values().all(|n| n != "n1"));
+        // Without n4 there is one free slot for three ranks.
+        let up3: Vec<&String> = up.iter().copied().filter(|n| *n != "n4").collect();
+        let e = spread(&now, "n1", &up3, Some(2)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no room for the 3 ranks of n1: the other nodes have 1 free slot (--ranks-per-node 2)"
+        );
+    }
+
+    #[test]
+    fn names_of_one_machine_share_an_address() {
+        let addr = |n: &str| match n {
+            "localhost" | "vm" => vec![1, 2],
+            "lo6" => vec![2],
+            "n1" => vec![3],
+            _ => vec![],
+        };
+        let list = |l: &str| names(l);
+        assert!(shares_address(&list("localhost,vm"), addr));
+        assert!(shares_address(&list("n1,localhost,lo6"), addr));
+        assert!(!shares_address(&list("n1,localhost"), addr));
+        assert!(
+            !shares_address(&list("x,y"), addr),
+            "unresolved names share nothing"
+        );
     }
 }

@@ -49,6 +49,15 @@ pub struct Context {
     pub resolves: fn(&str) -> bool,
 }
 
+/// The addresses `host` resolves to here (none when it does not).
+fn addresses(host: &str) -> Vec<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    (host, 0)
+        .to_socket_addrs()
+        .map(|a| a.map(|a| a.ip()).collect())
+        .unwrap_or_default()
+}
+
 /// Whether `host` resolves to an address here (DNS, `/etc/hosts`).
 fn resolves(host: &str) -> bool {
     use std::net::ToSocketAddrs;
@@ -157,8 +166,13 @@ pub struct RealNodes {
     pub list: String,
     /// Its names, in order.
     pub names: Vec<String>,
-    /// `--ranks-per-node`.
+    /// `--ranks-per-node`: each node's slots.
     pub ranks_per_node: Option<u32>,
+    /// `--spares`: the last names hold no rank until a node is lost.
+    pub spares: u32,
+    /// Whether two of the names are one machine (they share an address): Open MPI folds them
+    /// into one node whose slots do not add up, so the launch needs `--oversubscribe`.
+    pub one_machine: bool,
 }
 
 impl RealNodes {
@@ -166,17 +180,21 @@ impl RealNodes {
     fn new(
         list: &str,
         ranks_per_node: Option<u32>,
+        spares: u32,
         ranks: u32,
         ctx: &Context,
     ) -> Result<RealNodes, UsageError> {
         let bad = |e: &dyn std::fmt::Display| UsageError(format!("--nodes {list}: {e}"));
         let names = crate::hostlist::parse(list).map_err(|e| bad(&e))?;
+        let one_machine = placement::shares_address(&names, addresses);
         let nodes = RealNodes {
             list: list.to_owned(),
             names,
             ranks_per_node,
+            spares,
+            one_machine,
         };
-        nodes.place(ranks, None).map_err(|e| bad(&e))?;
+        nodes.place(ranks, None, &[]).map_err(|e| bad(&e))?;
         let unknown: Vec<&str> = nodes
             .names
             .iter()
@@ -194,19 +212,20 @@ impl RealNodes {
         Ok(nodes)
     }
 
-    /// The placement of `ranks` ranks, keeping ranks on their node in `previous` where they
-    /// fit.
+    /// The placement of `ranks` ranks off the `excluded` nodes, keeping ranks on their node
+    /// in `previous` where they fit.
     pub fn place(
         &self,
         ranks: u32,
         previous: Option<&BTreeMap<u32, String>>,
+        excluded: &[String],
     ) -> Result<Placement, PlaceError> {
         placement::place(&placement::Request {
             ranks,
             nodes: &self.names,
             ranks_per_node: self.ranks_per_node,
-            spares: 0,
-            excluded: &[],
+            spares: self.spares,
+            excluded,
             previous,
         })
     }
@@ -381,10 +400,25 @@ impl RunPlan {
                 )));
             }
         }
+        if args.emulate_nodes.is_none() && args.nodes.is_none() {
+            let flag = match (args.spares, args.spread_on_failure) {
+                (Some(_), _) => Some("--spares"),
+                (None, true) => Some("--spread-on-failure"),
+                (None, false) => None,
+            };
+            if let Some(flag) = flag {
+                return Err(UsageError(format!(
+                    "{flag}: needs nodes to choose from (--nodes HOSTLIST or --emulate-nodes N)"
+                )));
+            }
+        }
         let nodes = args
             .nodes
             .as_deref()
-            .map(|list| RealNodes::new(list, args.ranks_per_node, args.ranks, ctx))
+            .map(|list| {
+                let spares = args.spares.unwrap_or(0);
+                RealNodes::new(list, args.ranks_per_node, spares, args.ranks, ctx)
+            })
             .transpose()?;
         let local_dir = args.local_dir.as_deref().map(|d| absolute(&ctx.cwd, d));
         if let Some(dir) = &local_dir {
@@ -848,6 +882,15 @@ mod tests {
             "error: --spares 2: give fewer spares than the 2 emulated nodes, so that a node \
              holds the ranks",
         );
+        check(
+            "-n 4 --spares 1 -- prog",
+            "error: --spares: needs nodes to choose from (--nodes HOSTLIST or --emulate-nodes N)",
+        );
+        check(
+            "-n 4 --spread-on-failure -- prog",
+            "error: --spread-on-failure: needs nodes to choose from (--nodes HOSTLIST or \
+             --emulate-nodes N)",
+        );
     }
 
     #[test]
@@ -1285,6 +1328,18 @@ mod tests {
             };
             RunPlan::new(args, ctx).map_err(|e| e.to_string())
         };
+        let e = plan(&ctx, "--nodes n[1-2] --spares 2").unwrap_err();
+        assert_eq!(
+            e,
+            "--nodes n[1-2]: --spares 2 with 2 nodes: no node left to run ranks on"
+        );
+        let e = plan(&ctx, "--nodes n[1-3] --ranks-per-node 2 --spares 2").unwrap_err();
+        assert!(
+            e.contains("4 ranks do not fit on 1 working node x 2"),
+            "{e}"
+        );
+        let p = plan(&ctx, "--nodes n[1-3] --spares 1").unwrap();
+        assert_eq!(p.nodes.map(|n| n.spares), Some(1));
         let p = plan(&ctx, "--nodes n[1-2] --ranks-per-node 3").unwrap();
         let nodes = p.nodes.clone().unwrap();
         assert_eq!(

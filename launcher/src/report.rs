@@ -189,6 +189,12 @@ pub fn resume_hint(plan: &RunPlan) -> String {
             argv.extend(["--ranks-per-node".into(), k.to_string().into()]);
         }
     }
+    if let Some(s) = plan.spares {
+        argv.extend(["--spares".into(), s.to_string().into()]);
+    }
+    if plan.spread_on_failure {
+        argv.push("--spread-on-failure".into());
+    }
     for a in &plan.mpirun_args {
         argv.push(format!("--mpirun-arg={a}").into());
     }
@@ -874,6 +880,8 @@ mod tests {
             list: "n[1-2]".into(),
             names: vec!["n1".into(), "n2".into()],
             ranks_per_node: Some(1),
+            spares: 0,
+            one_machine: false,
         });
         check(
             resume_hint(&real),

@@ -9,6 +9,7 @@
 //! a restart. With `--quiet-after`, a job that logs no event for that long is reported (not
 //! stopped: the ranks' own deadlines end a job that waits on a rank that stopped).
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -26,7 +27,7 @@ use crate::backend::{Backend, Failure, Launch};
 use crate::placement::Placement;
 use crate::plan::RunPlan;
 use crate::report::{self, say};
-use crate::spares::{self, Verdict};
+use crate::spares::{self, Reported, Verdict};
 use crate::{jobdir, lock, migrate, ranks, signals, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
@@ -127,7 +128,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             t.drain();
             t.summary()
         });
-        let (status, failure, banner) = match ended {
+        let (status, failure, banner, lost_nodes) = match ended {
             Ended::Interrupted(sig) => {
                 say(report::interrupted(&signals::name(sig)));
                 say(report::resume_hint(plan));
@@ -135,8 +136,10 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             }
             Ended::Exited(status, ..) if status.success() => {
                 // A migration stopped the ranks: relaunch them with its placement.
-                if let (Some(epoch), Some(nodes)) = (tail_now.stopped, plan.emulate_nodes) {
-                    match migrate::take_pending(&plan.job_dir, plan.ranks, nodes) {
+                let on_nodes = plan.emulate_nodes.is_some() || plan.nodes.is_some();
+                if let (Some(epoch), true) = (tail_now.stopped, on_nodes) {
+                    let current = migrate::in_force(&plan.job_dir, plan.ranks, plan.emulate_nodes);
+                    match migrate::take_pending(&plan.job_dir, &current) {
                         Ok(Some(moves)) => {
                             say(format!(
                                 "migrating after epoch {epoch}: {moves}; relaunching with the \
@@ -164,7 +167,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 }
                 return Ok(Outcome::Success);
             }
-            Ended::Exited(status, failure, banner) => (status, failure, banner),
+            Ended::Exited(status, failure, banner, lost) => (status, failure, banner, lost),
         };
         let blame = failure.as_ref().map(|f| f.to_string()).or(tail_now.blame);
         let blame = blame.or_else(|| (!tail_now.started).then(|| "no rank started".to_owned()));
@@ -196,7 +199,12 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
-        match nodes_watch.after_failure(plan, failure.as_ref().map(|f| f.rank))? {
+        let reported = Reported {
+            failure: failure.as_ref(),
+            lost_nodes: &lost_nodes,
+            rank_nodes: &tail_now.rank_nodes,
+        };
+        match nodes_watch.after_failure(plan, &reported)? {
             Verdict::Unchanged => {}
             Verdict::Moved(lines) => {
                 for line in lines {
@@ -238,17 +246,23 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     }
 }
 
-/// The placement of a launch on real nodes (`None` on this machine): ranks stay on the nodes
-/// where `from`, the epoch they will restore, put them, where they fit.
+/// The placement of a launch on real nodes (`None` on this machine), put in force as
+/// `control/placement`: ranks stay where the placement in force put them (the last launch, a
+/// migration, a lost node's replacement), else on the nodes where `from`, the epoch they will
+/// restore, put them, where they fit and their node is not excluded.
 fn place(plan: &RunPlan, from: Option<&Manifest>) -> anyhow::Result<Option<Placement>> {
     let Some(nodes) = &plan.nodes else {
         return Ok(None);
     };
-    let previous: Option<std::collections::BTreeMap<u32, String>> =
-        from.map(|m| (0..).zip(m.ranks.iter().map(|r| r.node.clone())).collect());
+    let dir = &plan.job_dir;
+    let previous = migrate::placement_file(dir)
+        .filter(|p| !p.is_empty())
+        .or_else(|| from.map(|m| (0..).zip(m.ranks.iter().map(|r| r.node.clone())).collect()));
     let placement = nodes
-        .place(plan.ranks, previous.as_ref())
+        .place(plan.ranks, previous.as_ref(), &migrate::excluded(dir))
         .map_err(|e| anyhow::anyhow!("--nodes {}: {e}", nodes.list))?;
+    durable::create_dir_all(&dir.join("control"))?;
+    migrate::set_placement(dir, &placement.to_map())?;
     Ok(Some(placement))
 }
 
@@ -271,9 +285,9 @@ fn secs(since: Instant) -> f64 {
 
 /// How one launch ended.
 enum Ended {
-    /// mpirun exited on its own, with the failure its stderr reported (if any) and whether it
-    /// printed Open MPI's "Primary job terminated normally" banner.
-    Exited(ExitStatus, Option<Failure>, bool),
+    /// mpirun exited on its own, with the failure its stderr reported (if any), whether it
+    /// printed Open MPI's "Primary job terminated normally" banner, and the nodes it lost.
+    Exited(ExitStatus, Option<Failure>, bool, Vec<String>),
     /// The launcher received this signal and forwarded it; mpirun has exited since.
     Interrupted(i32),
 }
@@ -372,13 +386,19 @@ fn run_once(
     while readers.iter().any(|r| !r.is_finished()) && t0.elapsed() < STDERR_DRAIN {
         thread::sleep(Duration::from_millis(20));
     }
-    let (failure, banner) = scanner
+    let (failure, banner, lost) = scanner
         .lock()
-        .map(|s| (s.failure().cloned(), s.normal_banner()))
+        .map(|s| {
+            (
+                s.failure().cloned(),
+                s.normal_banner(),
+                s.lost_nodes().to_vec(),
+            )
+        })
         .unwrap_or_default();
     Ok(match signalled {
         Some((sig, _)) => Ended::Interrupted(sig),
-        None => Ended::Exited(status, failure, banner),
+        None => Ended::Exited(status, failure, banner, lost),
     })
 }
 
@@ -492,6 +512,8 @@ struct Tail {
     stopped: Option<u64>,
     /// What the ranks of the current launch reported when no epoch was usable.
     no_usable: Option<NoUsable>,
+    /// Each rank's node, from its `rank_started` event of the current launch.
+    rank_nodes: BTreeMap<u32, String>,
     warned: bool,
     /// When the job last showed progress (`--quiet-after`).
     quiet: Quiet,
@@ -505,6 +527,8 @@ struct Summary {
     committed: Vec<u64>,
     stopped: Option<u64>,
     no_usable: Option<NoUsable>,
+    /// Each rank's node, as it logged it.
+    rank_nodes: BTreeMap<u32, String>,
 }
 
 impl Tail {
@@ -518,6 +542,7 @@ impl Tail {
             committed: Vec::new(),
             stopped: None,
             no_usable: None,
+            rank_nodes: BTreeMap::new(),
             warned: false,
             quiet: Quiet::new(quiet_after, Instant::now()),
         }
@@ -530,6 +555,7 @@ impl Tail {
         // A stop of an earlier launch (a migration's) says nothing about this one.
         self.stopped = None;
         self.blame = None;
+        self.rank_nodes.clear();
         self.quiet.launched(now, n);
     }
 
@@ -541,6 +567,7 @@ impl Tail {
             committed: self.committed.clone(),
             stopped: self.stopped,
             no_usable: self.no_usable.clone(),
+            rank_nodes: self.rank_nodes.clone(),
         }
     }
 
@@ -573,7 +600,10 @@ impl Tail {
                         Event::EpochUnusable { .. } => continue,
                         // One line per rank per launch: for tools (and `ckpt drill`), not
                         // for the report.
-                        Event::RankStarted { .. } => continue,
+                        Event::RankStarted { rank, node, .. } => {
+                            self.rank_nodes.insert(*rank, node.clone());
+                            continue;
+                        }
                         // Reported once the launch has failed, with what the launcher does.
                         Event::NoUsableEpoch { tried, quarantined } => {
                             self.no_usable = Some((tried.clone(), quarantined.clone()));

@@ -41,6 +41,10 @@ pub trait FailureReader {
     /// Whether the backend printed a banner that reads like success after a failure (Open
     /// MPI's "Primary job terminated normally"), which the report explains.
     fn normal_banner(&self) -> bool;
+    /// Nodes the backend reported lost (its agent there gone), by the backend's names for them.
+    fn lost_nodes(&self) -> &[String] {
+        &[]
+    }
 }
 
 /// One launch: the command line, the variables set for it, and the files to write first.

@@ -61,6 +61,11 @@ fn build(
             argv.push("--rankfile".into());
             argv.push(rankfile.clone().into());
             files.push((rankfile.clone(), rankfile_text(p)));
+            // Names of one machine are one node to Open MPI, whose slots then do not hold
+            // the ranks given to each name.
+            if plan.nodes.as_ref().is_some_and(|n| n.one_machine) {
+                argv.push("--oversubscribe".into());
+            }
         }
         None => argv.push("--oversubscribe".into()),
     }
@@ -135,6 +140,8 @@ pub struct Scanner {
     pending_exit: Option<u32>,
     found: Option<Failure>,
     normal_banner: bool,
+    /// Nodes whose daemon mpirun lost (`Remote daemon: [[J,0],D] on node NODE`).
+    lost: Vec<String>,
 }
 
 impl FailureReader for Scanner {
@@ -142,6 +149,12 @@ impl FailureReader for Scanner {
         let line = line.trim();
         if line.starts_with(NORMAL_BANNER) {
             self.normal_banner = true;
+        }
+        if let Some(node) = lost_daemon_node(line) {
+            if !self.lost.contains(&node) {
+                self.lost.push(node);
+            }
+            return;
         }
         match &mut self.found {
             // `MPI_ABORT was invoked on rank R ...` is followed by `with errorcode E.`
@@ -183,6 +196,19 @@ impl FailureReader for Scanner {
     fn failure(&self) -> Option<&Failure> {
         self.found.as_ref()
     }
+
+    /// Nodes whose daemon mpirun lost: Open MPI 4 says `ORTE has lost communication with a
+    /// remote daemon`, then names the node on a `Remote daemon:` line.
+    fn lost_nodes(&self) -> &[String] {
+        &self.lost
+    }
+}
+
+/// The node of a `Remote daemon: [[40219,0],2] on node n02` line.
+fn lost_daemon_node(line: &str) -> Option<String> {
+    let rest = after(line, "Remote daemon:")?;
+    let node = after(rest, " on node ")?.split_whitespace().next()?;
+    Some(node.to_owned())
 }
 
 /// The start of the banner Open MPI 4 prints when a rank of a job ends with a non-zero status
@@ -266,6 +292,21 @@ a non-zero exit code. Per user-direction, the job has been aborted.
 --------------------------------------------------------------------------
 --------------------------------------------------------------------------
 mpirun noticed that process rank 2 with PID 0 on node vm exited on signal 9 (Killed).
+--------------------------------------------------------------------------
+";
+
+    /// A node gone (Open MPI 4.1's `node-died` message, from help-errmgr-base.txt).
+    const NODE_DIED: &str = "\
+--------------------------------------------------------------------------
+ORTE has lost communication with a remote daemon.
+
+  HNP daemon   : [[40219,0],0] on node login
+  Remote daemon: [[40219,0],2] on node n02
+
+This is usually due to either a failure of the TCP network
+connection to the node, or possibly an internal failure of
+the daemon itself. We cannot recover from this failure, and
+therefore will terminate the job.
 --------------------------------------------------------------------------
 ";
 
@@ -377,6 +418,29 @@ the job did. This can cause a job to hang indefinitely while it waits
         );
         check("mpirun noticed that process rank x with PID 9", None);
         check("  Process name: [[1,1],x]\n  Exit code: 3\n", None);
+    }
+
+    /// A node whose daemon mpirun lost (a node that died) is named, once, beside any rank
+    /// failure; nothing else names a node lost.
+    #[test]
+    fn lost_daemons_name_their_node() {
+        let mut s = Scanner::default();
+        for l in NODE_DIED
+            .lines()
+            .chain(SIGKILL.lines())
+            .chain(NODE_DIED.lines())
+        {
+            s.feed(l);
+        }
+        assert_eq!(s.lost_nodes(), ["n02"]);
+        assert_eq!(
+            s.failure().map(|f| f.rank),
+            Some(2),
+            "a rank failure is still read"
+        );
+        let mut s = Scanner::default();
+        SIGKILL.lines().for_each(|l| s.feed(l));
+        assert!(s.lost_nodes().is_empty());
     }
 
     fn launch(argv: &str, ctx: &Context, restart_count: u32, as_root: bool) -> String {
@@ -516,7 +580,7 @@ the job did. This can cause a job to hang indefinitely while it waits
             panic!("not a run command")
         };
         let plan = RunPlan::new(args, &ctx).unwrap();
-        let placement = plan.nodes.as_ref().unwrap().place(5, None).unwrap();
+        let placement = plan.nodes.as_ref().unwrap().place(5, None, &[]).unwrap();
         let l = Mpirun { as_root: false }.launch(&plan, 0, Some(&placement));
         let d = ctx.cwd.display().to_string();
         let text: Vec<String> = l
@@ -555,11 +619,25 @@ the job did. This can cause a job to hang indefinitely while it waits
         assert_eq!(host_in_rankfile("rank x=a\nrank 1=", 1), None);
         // A previous placement (after a migration) is kept.
         let prev = [(0, "n2".into()), (1, "n1".into())].into();
-        let p = plan.nodes.as_ref().unwrap().place(2, Some(&prev)).unwrap();
+        let p = plan
+            .nodes
+            .as_ref()
+            .unwrap()
+            .place(2, Some(&prev), &[])
+            .unwrap();
         assert_eq!(
             rankfile_text(&p),
             "rank 0=n2 slot=*:*\nrank 1=n1 slot=*:*\n"
         );
+        // Names of one machine (localhost and its host name): one node to Open MPI, so the
+        // rankfile's ranks need --oversubscribe.
+        let mut aliases = plan.clone();
+        if let Some(n) = aliases.nodes.as_mut() {
+            n.one_machine = true;
+        }
+        let l = Mpirun { as_root: false }.launch(&aliases, 0, Some(&placement));
+        let argv: Vec<_> = l.argv().iter().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(argv[1..4], ["--rankfile", &*argv[2], "--oversubscribe"]);
         // The same plan on this machine: no files, --oversubscribe as before.
         let local = Mpirun { as_root: false }.launch(&plan, 0, None);
         assert!(local.files().is_empty());
