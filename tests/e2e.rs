@@ -4935,3 +4935,44 @@ fn a_real_node_whose_ranks_fail_twice_is_replaced_by_a_spare() {
         list_out.dump()
     );
 }
+
+/// `CKPT_LEVELS_BUSY=skip` with a checkpoint at every poll and the default L1 retention (2
+/// epochs): later epochs commit, and prune, while an earlier epoch's L2 copies still travel.
+/// The L1 files those copies are sent from are kept until they arrived, so no L2 copy fails
+/// (a recycled file under a copy would fail its holder's checks), every epoch given L2 gets it,
+/// and the result is unchanged.
+#[test]
+fn l1_files_an_earlier_epochs_levels_still_send_are_not_pruned() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let args = ["--nx", "256", "--ny", "256", "--steps", "60"];
+    let flags = ["--emulate-nodes", "4", "--every", "1"];
+    let out = Run::new(&job, 8, &flags, &heat2d(), &args)
+        .env("CKPT_LEVELS_BUSY", "skip")
+        .env("CKPT_L3_EVERY", "0")
+        .env("CKPT_L4_EVERY", "0")
+        .output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat8_reference(&args)),
+        "{}",
+        out.dump()
+    );
+    let ev = events(&job);
+    let failed: Vec<&Event> = ev
+        .iter()
+        .filter(|e| matches!(e, Event::LevelFailed { .. }))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}\n{}", out.dump());
+    let skipped = ev
+        .iter()
+        .filter(|e| matches!(e, Event::LevelsBusy { skipped: true, .. }))
+        .count();
+    let completed = ev
+        .iter()
+        .filter(|e| matches!(e, Event::LevelComplete { .. }))
+        .count();
+    assert!(skipped > 0 && completed > 0, "{ev:?}");
+}

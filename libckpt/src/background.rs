@@ -3,10 +3,10 @@
 //!
 //! MPI is driven from [`crate::Checkpointer::poll`] only (most codes initialise MPI
 //! single-threaded; non-blocking requests on the library's own duplicate communicator, tested
-//! at each poll), and file IO runs on helper threads that never call MPI (reading the rank's
-//! L1 file in chunks, writing a received copy, copying to shared storage, rank 0's republishing
-//! of the manifest). So a poll costs a few `MPI_Test`s while a level is in progress, and the
-//! application blocks only for L1.
+//! at each poll), and file IO runs on helper threads that never call MPI (writing a received
+//! copy, copying to shared storage, rank 0's republishing of the manifest); sends come straight
+//! from a read-only mapping of the rank's L1 file. So a poll costs a few `MPI_Test`s while a
+//! level is in progress, and the application blocks only for L1.
 //!
 //! One epoch's levels are in flight at a time. A checkpoint due while the previous epoch's
 //! levels are still running first completes them (policy *wait*: each wait under a deadline
@@ -20,7 +20,6 @@
 //! leaves the level unrecorded: partial copies are temporary files, pruned with their epoch.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::time::Instant;
@@ -32,13 +31,12 @@ use serde::{Deserialize, Serialize};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::format::{FileIdentity, RankFileReader};
-use crate::inflight::{InFlight, RecvStream};
+use crate::inflight::{InFlight, RecvStream, SendStream};
 use crate::manifest::{self, Level};
 use crate::placement::Partners;
 use crate::retention;
 use crate::stall::{self, Watch};
 use crate::storage::copies::{self, CopyWriter, Places};
-use crate::storage::durable;
 use crate::storage::parity::{Encoder, GroupLayout, ParityHeader};
 use crate::storage::parity_sets::ParitySets;
 use crate::Ctx;
@@ -47,6 +45,11 @@ use crate::Ctx;
 const CHUNK: usize = 4 << 20;
 /// Chunks of one stream in MPI at once (and as many queued to or from its IO thread).
 const WINDOW: usize = 2;
+/// Chunks of one incoming L2 stream posted or waiting for its writer thread.
+const RECV_WINDOW: usize = 4;
+/// Chunks sent from a mapped file at once per stream (they cost no memory: the pages are the
+/// file's); a poll moves up to this many to the receiver.
+const SEND_WINDOW: usize = 8;
 /// Tags on the background communicator.
 const TAG_HEADER: i32 = 1;
 const TAG_DATA: i32 = 2;
@@ -93,14 +96,10 @@ impl<T: Send + 'static> Task<T> {
 /// Bytes of this rank's L1 file going to another rank: the whole file to its partner (L2), or
 /// a segment to a parity holder (L3).
 struct OutStream {
-    dest: i32,
-    tag: i32,
-    len: u64,
-    chunks: Receiver<Result<Vec<u8>, String>>,
-    reader: Option<Task<()>>,
-    sends: VecDeque<InFlight>,
-    sent: u64,
-    error: Option<String>,
+    /// The length header (L2 only), then the bytes.
+    header: Option<InFlight>,
+    data: SendStream,
+    reported: bool,
 }
 
 /// A partner's file coming to this rank.
@@ -482,8 +481,8 @@ impl Background {
         let e = f.epoch;
         if let Some(o) = f.out.as_ref().filter(|o| !o.done()) {
             return Some((
-                o.dest,
-                format!("the L2 copy of epoch {e} sent to rank {}", o.dest),
+                o.data.dest,
+                format!("the L2 copy of epoch {e} sent to rank {}", o.data.dest),
             ));
         }
         if let Some(s) = f.ins.iter().find(|s| !matches!(s.state, InState::Done)) {
@@ -494,8 +493,8 @@ impl Background {
         }
         if let Some(o) = f.set_outs.iter().find(|o| !o.done()) {
             return Some((
-                o.dest,
-                format!("an L3 segment of epoch {e} sent to rank {}", o.dest),
+                o.data.dest,
+                format!("an L3 segment of epoch {e} sent to rank {}", o.data.dest),
             ));
         }
         if let Some(src) = f.set_ins.iter().find_map(SetIn::waiting_for) {
@@ -648,7 +647,7 @@ impl Flight {
                 republish(&job_dir, epoch, level, copies)?;
                 // The level now counts for retention: an older epoch may lose it (its copies
                 // go at the next commit).
-                if let Err(e) = retention::apply(&job_dir, &keep) {
+                if let Err(e) = retention::apply(&job_dir, &keep, None) {
                     eprintln!("[ckpt rank 0] warning: cannot apply retention: {e}");
                 }
                 Ok(())
@@ -715,110 +714,39 @@ impl OutStream {
         header.extend_from_slice(&[0u8; 8]);
         let first = InFlight::send(comm, dest, TAG_HEADER, header);
         let mut out = OutStream::range(dest, l1, 0..len, TAG_DATA);
-        out.sends.push_back(first);
+        out.header = Some(first);
         out
     }
 
     /// Bytes `range` of `path` to `dest` with `tag`, no header (the receiver knows the length).
     fn range(dest: i32, path: PathBuf, range: std::ops::Range<u64>, tag: i32) -> OutStream {
-        let len = range.end - range.start;
-        let (tx, rx) = mpsc::sync_channel(WINDOW);
-        let reader = Task::spawn(move || read_chunks(&path, range, tx));
         OutStream {
-            dest,
-            tag,
-            len,
-            chunks: rx,
-            reader: Some(reader),
-            sends: VecDeque::new(),
-            sent: 0,
-            error: None,
+            header: None,
+            data: SendStream::open(dest, tag, &path, range, CHUNK, SEND_WINDOW),
+            reported: false,
         }
     }
 
     fn progress(&mut self, comm: &SimpleCommunicator, ctx: &Ctx, epoch: u64) {
-        for s in &mut self.sends {
-            s.test();
+        if let Some(h) = &mut self.header {
+            h.test();
         }
-        while self.sends.front().is_some_and(InFlight::done) {
-            self.sends.pop_front();
+        if self.header.as_ref().is_some_and(InFlight::done) {
+            self.header = None;
         }
-        while self.sent < self.len && self.sends.len() <= WINDOW {
-            match self.chunks.try_recv() {
-                Ok(Ok(chunk)) => {
-                    self.sent += chunk.len() as u64;
-                    self.sends
-                        .push_back(InFlight::send(comm, self.dest, self.tag, chunk));
-                    maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Background, epoch);
-                }
-                Ok(Err(e)) => {
-                    // The holder is waiting for the rest: send zeros so it can finish; its
-                    // check of the copy fails, and it reports the copy as failed.
-                    if self.error.is_none() {
-                        eprintln!("[ckpt rank {}] L2 copy of epoch {epoch}: {e}", ctx.rank);
-                    }
-                    self.error = Some(e);
-                    let rest = (self.len - self.sent).min(CHUNK as u64) as usize;
-                    self.sent += rest as u64;
-                    self.sends
-                        .push_back(InFlight::send(comm, self.dest, self.tag, vec![0; rest]));
-                }
-                Err(_) => break,
-            }
+        for _ in 0..self.data.progress(comm) {
+            maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Background, epoch);
         }
-        if self.sent >= self.len {
-            if let Some(r) = &self.reader {
-                if r.try_take(|| ()).is_some() {
-                    self.reader = None;
-                }
-            }
+        if let (Some(e), false) = (self.data.error(), self.reported) {
+            // The holder gets zeros instead: its check of the copy fails, and it reports the
+            // copy as failed.
+            eprintln!("[ckpt rank {}] L2 copy of epoch {epoch}: {e}", ctx.rank);
+            self.reported = true;
         }
     }
 
     fn done(&self) -> bool {
-        self.sent >= self.len && self.sends.is_empty()
-    }
-}
-
-/// Reads bytes `range` of `path` in chunks into `tx` (the window bounds memory).
-fn read_chunks(path: &Path, range: std::ops::Range<u64>, tx: SyncSender<Result<Vec<u8>, String>>) {
-    use std::io::{Seek, SeekFrom};
-    let opened = durable::open_regular(path)
-        .and_then(|mut f| f.seek(SeekFrom::Start(range.start)).map(|_| f));
-    let mut f = match opened {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = tx.send(Err(format!("cannot read {}: {e}", path.display())));
-            return;
-        }
-    };
-    let mut left = range.end - range.start;
-    while left > 0 {
-        let want = left.min(CHUNK as u64) as usize;
-        let mut buf = vec![0u8; want];
-        let mut n = 0;
-        while n < want {
-            match f.read(&mut buf[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) => {
-                    let _ = tx.send(Err(format!("cannot read {}: {e}", path.display())));
-                    return;
-                }
-            }
-        }
-        if n < want {
-            let _ = tx.send(Err(format!(
-                "{} ended {} bytes early",
-                path.display(),
-                left - n as u64
-            )));
-            return;
-        }
-        left -= n as u64;
-        if tx.send(Ok(buf)).is_err() {
-            return;
-        }
+        self.header.is_none() && self.data.done()
     }
 }
 
@@ -862,7 +790,9 @@ impl InStream {
             return None;
         };
         loop {
-            while *posted < *len && recvs.len() < WINDOW {
+            // Received chunks wait for the writer within the same window: memory per
+            // incoming stream stays under (RECV_WINDOW + WINDOW + 1) chunks.
+            while *posted < *len && recvs.len() + queued.len() < RECV_WINDOW {
                 let n = (*len - *posted).min(CHUNK as u64) as usize;
                 recvs.push_back(InFlight::recv(comm, src, TAG_DATA, n));
                 *posted += n as u64;

@@ -521,7 +521,13 @@ impl Checkpointer {
         if let Some((previous, secs)) = waited.filter(|w| w.1 >= BUSY_REPORTED) {
             self.report_busy(epoch, previous, secs, false);
         }
-        let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, &planned, state);
+        // With `skip`, the previous epoch's levels may still read its L1 files.
+        let reading = self.bg.epoch();
+        let levels = commit::LevelPlan {
+            planned: &planned,
+            reading,
+        };
+        let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, levels, state);
         let result = result.map(|(stats, lens)| {
             self.agree.committed(Instant::now());
             self.bg.start(&self.ctx, epoch, planned, lens);

@@ -82,13 +82,22 @@ pub struct EpochStats {
     pub total_secs: f64,
 }
 
+/// The background levels of an epoch being committed.
+pub(crate) struct LevelPlan<'a> {
+    /// The levels the epoch plans beyond L1.
+    pub planned: &'a [Level],
+    /// An earlier epoch whose background levels still run (policy `skip`): its L1 files and
+    /// manifest, and those of later epochs, are not pruned.
+    pub reading: Option<u64>,
+}
+
 /// Writes epoch `epoch` on every rank and commits it. Collective.
 pub(crate) fn checkpoint<P: Protect + ?Sized>(
     ctx: &Ctx,
     epoch: u64,
     lib: &LibState,
     msglog: &LogSection,
-    planned: &[Level],
+    levels: LevelPlan<'_>,
     state: &mut P,
 ) -> Result<(EpochStats, Vec<u64>)> {
     let t0 = Instant::now();
@@ -113,7 +122,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     let votes = transport::gather_bytes(&ctx.lib, &watch, &vote_label, 0, &vote_bytes);
 
     let decision = match votes {
-        Some(votes) => decide_and_publish(ctx, epoch, lib, planned, votes, t0, fault),
+        Some(votes) => decide_and_publish(ctx, epoch, lib, &levels, votes, t0, fault),
         None => Vec::new(),
     };
     let decision_label = || (key(), format!("the commit decision of epoch {epoch}"));
@@ -135,16 +144,15 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     let record = local?;
     let job_local = ctx.cfg.local_dir.join(&ctx.cfg.job_id);
     let _armed = ctx.io.arm("pruning old epochs in", &job_local, epoch);
-    if let Err(e) = local::prune(
-        &ctx.cfg.local_dir,
-        &ctx.cfg.job_id,
-        ctx.rank,
-        decision.keep_from.local,
-    ) {
+    // Never the L1 files that an earlier epoch's background levels still send or copy.
+    let prune_before = levels.reading.map_or(decision.keep_from.local, |r| {
+        r.min(decision.keep_from.local)
+    });
+    if let Err(e) = local::prune(&ctx.cfg.local_dir, &ctx.cfg.job_id, ctx.rank, prune_before) {
         eprintln!(
             "[ckpt rank {}] warning: cannot prune epochs before {} in {}: {e}",
             ctx.rank,
-            decision.keep_from.local,
+            prune_before,
             ctx.cfg.local_dir.display()
         );
     }
@@ -298,7 +306,7 @@ fn decide_and_publish(
     ctx: &Ctx,
     epoch: u64,
     lib: &LibState,
-    planned: &[Level],
+    levels: &LevelPlan<'_>,
     votes: Vec<Vec<u8>>,
     t0: Instant,
     fault: Option<&crate::fault::Fault>,
@@ -351,7 +359,7 @@ fn decide_and_publish(
             ranks: records,
             total_secs: 0.0,
             copies: manifest::Copies {
-                planned: planned.to_vec(),
+                planned: levels.planned.to_vec(),
                 ..Default::default()
             },
         };
@@ -375,7 +383,7 @@ fn decide_and_publish(
                     },
                 );
                 match not_durable {
-                    None => keep_from = prune_manifests(ctx),
+                    None => keep_from = prune_manifests(ctx, levels.reading),
                     Some(e) => report_not_durable(ctx, epoch, e),
                 }
             }
@@ -406,8 +414,9 @@ fn decide_and_publish(
 
 /// Applies retention per level to the manifests (see [`crate::retention`]); returns the
 /// thresholds below which the ranks remove their copies (`0`s: keep all, after an error).
-fn prune_manifests(ctx: &Ctx) -> KeepFrom {
-    retention::apply(&ctx.cfg.job_dir, &ctx.cfg.keep_per_level()).unwrap_or_else(|e| {
+fn prune_manifests(ctx: &Ctx, reading: Option<u64>) -> KeepFrom {
+    let keep = ctx.cfg.keep_per_level();
+    retention::apply(&ctx.cfg.job_dir, &keep, reading).unwrap_or_else(|e| {
         eprintln!("[ckpt rank 0] warning: cannot apply retention: {e}");
         KeepFrom::default()
     })

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::background::{parity_header_group, TAG_SET};
 use crate::events::{self, Event};
 use crate::format::{FileIdentity, RankFileReader};
-use crate::inflight::{InFlight, RecvStream};
+use crate::inflight::{InFlight, RecvStream, SendStream};
 use crate::manifest::{Level, Manifest};
 use crate::stall::{self, Watch};
 use crate::storage::copies::{self, CopyWriter, Places};
@@ -33,7 +33,7 @@ use crate::Ctx;
 
 /// Bytes per message of a recovery transfer, and messages in flight per transfer.
 const CHUNK: usize = 4 << 20;
-const WINDOW: usize = 2;
+const WINDOW: usize = 4;
 /// Tag of recovery data on the library's communicator (only recovery sends there while a
 /// restore runs, and each pair of ranks has at most one transfer per tag): partner copies,
 /// and the shards of L3 set `p` with `TAG_REBUILD + p`.
@@ -327,14 +327,9 @@ pub(crate) fn why_lost(m: &Manifest, found: &[Found], rank: u32) -> String {
 
 /// One recovery transfer of this rank: a copy it sends, or its own file it receives.
 enum Transfer {
-    Send {
-        to: i32,
-        tag: i32,
-        /// `None`: the copy could not be opened.
-        file: Option<std::fs::File>,
-        left: u64,
-        sends: VecDeque<InFlight>,
-    },
+    /// Bytes of a file this rank holds (zeros if it cannot be read: the receiver's checks
+    /// fail and it reports why).
+    Send(SendStream),
     /// This rank's file rebuilt from its L3 group, set by set.
     Rebuild {
         out: CopyWriter,
@@ -374,16 +369,13 @@ fn transfer(
             _ => continue,
         };
         let path = places.locate(level, epoch, r as u32).unwrap_or_default();
-        let file = durable::open_regular(&path)
-            .map_err(|e| errors.push(format!("cannot read {}: {e}", path.display())))
-            .ok();
-        work.push(Transfer::Send {
-            to: r as i32,
-            tag: TAG_RECOVER,
-            file,
-            left: m.ranks[r].len,
-            sends: VecDeque::new(),
-        });
+        work.push(send_from(
+            &path,
+            r as i32,
+            TAG_RECOVER,
+            0..m.ranks[r].len,
+            &mut errors,
+        ));
     }
     parity_sends(places, m, sources, found, me, &mut work, &mut errors);
     let dest = places.locate(Level::Local, epoch, me).unwrap_or_default();
@@ -445,7 +437,7 @@ fn transfer(
                 }
                 None => out,
             },
-            Transfer::Send { .. } => continue,
+            Transfer::Send(_) => continue,
         };
         let _armed = ctx.io.arm("writing back", out.dest(), epoch);
         if let Err(e) = out.finish() {
@@ -471,19 +463,20 @@ fn transfer(
     }
 }
 
-/// Reads up to `n` bytes from `file`, padded with zeros past its end, on an error, or without
-/// a file (the receiver is waiting for the bytes; zeros fail its checks).
-fn fill(file: &mut Option<std::fs::File>, n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    let Some(file) = file else { return buf };
-    let mut got = 0;
-    while got < n {
-        match file.read(&mut buf[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => got += k,
-        }
+/// Bytes `range` of `path` sent to `to` with `tag`; a file that cannot be read is reported in
+/// `errors` (zeros go instead, and the receiver's checks fail).
+fn send_from(
+    path: &std::path::Path,
+    to: i32,
+    tag: i32,
+    range: std::ops::Range<u64>,
+    errors: &mut Vec<String>,
+) -> Transfer {
+    let s = SendStream::open(to, tag, path, range, CHUNK, WINDOW);
+    if let Some(e) = s.error() {
+        errors.push(e.to_owned());
     }
-    buf
+    Transfer::Send(s)
 }
 
 /// Drives every transfer of this rank together (a rank may send a copy and receive its own
@@ -493,27 +486,12 @@ fn run(ctx: &Ctx, work: &mut [Transfer], watch: &Watch, epoch: u64, errors: &mut
         let mut waiting = None;
         for t in work.iter_mut() {
             match t {
-                Transfer::Send {
-                    to,
-                    tag,
-                    file,
-                    left,
-                    sends,
-                } => {
-                    for s in sends.iter_mut() {
-                        s.test();
-                    }
-                    while sends.front().is_some_and(InFlight::done) {
-                        sends.pop_front();
-                    }
-                    while *left > 0 && sends.len() < WINDOW {
-                        let n = (*left).min(CHUNK as u64) as usize;
-                        sends.push_back(InFlight::send(&ctx.lib, *to, *tag, fill(file, n)));
-                        *left -= n as u64;
-                    }
-                    if *left > 0 || !sends.is_empty() {
+                Transfer::Send(send) => {
+                    send.progress(&ctx.lib);
+                    if !send.done() {
+                        let to = send.dest;
                         waiting.get_or_insert((
-                            *to,
+                            to,
                             format!("the recovery of rank {to}'s file of epoch {epoch} (sending)"),
                         ));
                     }
@@ -601,13 +579,6 @@ fn parity_sends(
         .map(|&r| m.ranks[r as usize].len)
         .collect();
     let mine = found.get(me as usize).cloned().unwrap_or_default();
-    let open_at = |path: &std::path::Path, at: u64, errors: &mut Vec<String>| {
-        use std::io::{Seek, SeekFrom};
-        durable::open_regular(path)
-            .and_then(|mut f| f.seek(SeekFrom::Start(at)).map(|_| f))
-            .map_err(|e| errors.push(format!("cannot read {}: {e}", path.display())))
-            .ok()
-    };
     for (r_mi, &r) in sets.members().iter().enumerate() {
         if sources.get(r as usize) != Some(&Source::Parity) || r == me {
             continue;
@@ -617,23 +588,12 @@ fn parity_sends(
             if let (Some(j), true) = (sets.segment_of(my_mi, p), mine.local) {
                 let range = sets.segment(lens[my_mi], j);
                 let l1 = places.locate(Level::Local, m.epoch, me).unwrap_or_default();
-                work.push(Transfer::Send {
-                    to: r as i32,
-                    tag,
-                    file: open_at(&l1, range.start, errors),
-                    left: range.end - range.start,
-                    sends: VecDeque::new(),
-                });
+                work.push(send_from(&l1, r as i32, tag, range, errors));
             }
             if mine.parity.contains(&(g as u32, p as u32)) {
                 if let Some((path, at, layout)) = parity_intact(places, m, &sets, g, my_mi, p) {
-                    work.push(Transfer::Send {
-                        to: r as i32,
-                        tag,
-                        file: open_at(&path, at, errors),
-                        left: layout.parity_len(),
-                        sends: VecDeque::new(),
-                    });
+                    let range = at..at + layout.parity_len();
+                    work.push(send_from(&path, r as i32, tag, range, errors));
                 }
             }
         }

@@ -112,8 +112,9 @@ pub fn kept_levels(epoch: u64, levels: &[Level], from: &KeepFrom) -> Vec<Level> 
 /// thresholds the ranks prune their copies below (at the commit; the copies of a level dropped
 /// when another completes go at the next commit). Only complete levels count: an epoch's
 /// earlier copies stay until its successor's are complete, so a node lost meanwhile is still
-/// recovered.
-pub fn apply(job_dir: &Path, keep: &Keep) -> Result<KeepFrom, String> {
+/// recovered. Epoch `pending` (whose background levels are still running) and newer keep their
+/// L1: the running levels read its files and republish its manifest.
+pub fn apply(job_dir: &Path, keep: &Keep, pending: Option<u64>) -> Result<KeepFrom, String> {
     let committed = manifest::committed(job_dir).map_err(|e| e.to_string())?;
     let mut loaded = Vec::new();
     for &e in &committed {
@@ -125,7 +126,10 @@ pub fn apply(job_dir: &Path, keep: &Keep) -> Result<KeepFrom, String> {
     }
     let epochs: Vec<(u64, Vec<Level>)> =
         loaded.iter().map(|m| (m.epoch, m.levels.clone())).collect();
-    let from = thresholds(&epochs, keep);
+    let mut from = thresholds(&epochs, keep);
+    if let Some(p) = pending {
+        from.local = from.local.min(p);
+    }
     let mut oldest_kept = u64::MAX;
     for m in loaded {
         let kept = kept_levels(m.epoch, &m.levels, &from);
@@ -265,7 +269,7 @@ mod tests {
             parity: 1,
             shared: 1,
         };
-        let from = apply(dir.path(), &keep).unwrap();
+        let from = apply(dir.path(), &keep, None).unwrap();
         assert_eq!((from.local, from.shared), (3, 1));
         assert_eq!(manifest::committed(dir.path()).unwrap(), vec![4, 3, 1]);
         assert_eq!(manifest::load(dir.path(), 1).unwrap().levels, [Pfs]);

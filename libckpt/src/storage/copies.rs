@@ -17,6 +17,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::hints::Writeback;
 use super::{durable, local};
 use crate::manifest::Level;
 
@@ -147,6 +148,7 @@ pub struct CopyWriter {
     tmp: PathBuf,
     dest: PathBuf,
     written: u64,
+    writeback: Writeback,
 }
 
 impl CopyWriter {
@@ -161,6 +163,7 @@ impl CopyWriter {
             tmp,
             dest: dest.to_owned(),
             written: 0,
+            writeback: Writeback::default(),
         })
     }
 
@@ -172,6 +175,8 @@ impl CopyWriter {
             .ok_or_else(|| io::Error::other("copy finished"))?;
         f.write_all(bytes)?;
         self.written += bytes.len() as u64;
+        // The fsync in `finish` then waits only for the last few MiB.
+        self.writeback.wrote(f, self.written);
         Ok(())
     }
 
@@ -215,9 +220,12 @@ impl Drop for CopyWriter {
 pub fn copy_file(src: &Path, dest: &Path, chunk: usize) -> io::Result<u64> {
     use std::io::Read;
     let mut from = durable::open_regular(src)?;
+    let len = from.metadata()?.len();
+    let mut ahead = super::hints::ReadAhead::default();
     let mut to = CopyWriter::create(dest)?;
     let mut buf = vec![0u8; chunk.max(4096)];
     loop {
+        ahead.at(&from, to.written(), len);
         let n = from.read(&mut buf)?;
         if n == 0 {
             break;
