@@ -335,15 +335,20 @@ pub struct RunArgs {
     /// (local base: --local-dir, else <job dir>/local). `ckpt kill-node` crashes one.
     #[arg(long, value_name = "N")]
     pub emulate_nodes: Option<u32>,
-    /// Keep the last S emulated nodes as spares: ranks start on the first N-S, and the ranks
-    /// of a node lost in a failure move to a spare before the relaunch.
-    /// Giving it (even 0) turns on the handling of lost nodes.
-    #[arg(long, value_name = "S", requires = "emulate_nodes")]
+    /// Keep the last S emulated nodes (or, under srun, nodes of the allocation) as spares:
+    /// ranks start on the others, and the ranks of a node lost in a failure move to a spare
+    /// before the relaunch. Giving it (even 0) turns on the handling of lost nodes.
+    #[arg(long, value_name = "S")]
     pub spares: Option<u32>,
     /// When a node is lost and no spare is left, spread its ranks over the surviving nodes
     /// (else the job stops).
-    #[arg(long, requires = "emulate_nodes")]
+    #[arg(long)]
     pub spread_on_failure: bool,
+    /// How to start the ranks: mpirun, srun (inside a Slurm allocation: its nodes, a hostfile
+    /// per launch, --mpi=pmix), or auto: srun when SLURM_JOB_ID is set and srun is found,
+    /// unless --emulate-nodes is given; else mpirun.
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    pub backend: String,
     /// Run the ranks on these nodes, a hostlist in Slurm's syntax (n[1-4,7], rack[1-2]-n[01-08],
     /// a,b); every name must resolve. Ranks go in blocks of consecutive ranks (see
     /// --ranks-per-node); a resumed job's ranks stay on the nodes of its newest epoch where

@@ -22,6 +22,7 @@ use ckpt::manifest::{self, Manifest};
 use ckpt::storage::durable;
 
 use crate::backend::mpirun::{self, Mpirun};
+use crate::backend::srun::{self, Srun};
 use crate::backend::{Backend, Failure, Launch};
 use crate::placement::Placement;
 use crate::plan::RunPlan;
@@ -61,9 +62,16 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         plan.quiet_after,
     )));
     let mut exit_requested = false;
-    let backend = Mpirun {
-        as_root: mpirun::running_as_root(),
+    let backend: Box<dyn Backend> = match &plan.srun {
+        Some(alloc) => Box::new(Srun {
+            alloc: alloc.clone(),
+        }),
+        None => Box::new(Mpirun {
+            as_root: mpirun::running_as_root(),
+        }),
     };
+    // Under srun: the nodes lost so far inside the allocation.
+    let mut srun_nodes = srun::Nodes::default();
     // The epoch the next launch restores: on real nodes, its ranks stay where its files are.
     let mut from = job.resume_from.clone();
     let total = plan.max_restarts + 1;
@@ -96,7 +104,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         // gone before new ones write.
         ranks::ensure_gone(&plan.job_dir, rank_exit_wait)?;
         let restart_count = job.first_restart_count + n - 1;
-        let placement = place(plan, from.as_ref())?;
+        let placement = place(plan, from.as_ref(), &srun_nodes)?;
         if let Some(p) = &placement {
             say(report_placement(p));
         }
@@ -113,10 +121,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         ));
         let t0 = Instant::now();
         with(&tail, |t| t.launched(t0, n));
-        let reader = backend.failure_reader();
         let ended = run_once(
             &launch,
-            reader,
+            backend.as_ref(),
             plan,
             &mut watch,
             &tail,
@@ -127,7 +134,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             t.drain();
             t.summary()
         });
-        let (status, failure, banner) = match ended {
+        let (status, failure, banner, failed_nodes) = match ended {
             Ended::Interrupted(sig) => {
                 say(report::interrupted(&signals::name(sig)));
                 say(report::resume_hint(plan));
@@ -164,11 +171,20 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 }
                 return Ok(Outcome::Success);
             }
-            Ended::Exited(status, failure, banner) => (status, failure, banner),
+            Ended::Exited(status, failure, banner, failed_nodes) => {
+                (status, failure, banner, failed_nodes)
+            }
         };
-        let blame = failure.as_ref().map(|f| f.to_string()).or(tail_now.blame);
+        let blame = srun::blame(&failed_nodes, failure.as_ref())
+            .or_else(|| failure.as_ref().map(|f| f.to_string()))
+            .or(tail_now.blame);
         let blame = blame.or_else(|| (!tail_now.started).then(|| "no rank started".to_owned()));
-        say(report::failed(n, secs(t0), blame, status));
+        let launcher = if plan.srun.is_some() {
+            "srun"
+        } else {
+            "mpirun"
+        };
+        say(report::failed(n, secs(t0), blame, launcher, status));
         if banner {
             say(report::normal_banner());
         }
@@ -196,7 +212,18 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
-        match nodes_watch.after_failure(plan, failure.as_ref().map(|f| f.rank))? {
+        let verdict = match (&plan.srun, &placement) {
+            (Some(alloc), Some(used)) => srun_nodes.after_failure(
+                plan,
+                alloc,
+                used,
+                failure.as_ref(),
+                &failed_nodes,
+                srun::Nodes::current(alloc).as_deref(),
+            ),
+            _ => nodes_watch.after_failure(plan, failure.as_ref().map(|f| f.rank))?,
+        };
+        match verdict {
             Verdict::Unchanged => {}
             Verdict::Moved(lines) => {
                 for line in lines {
@@ -238,14 +265,22 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     }
 }
 
-/// The placement of a launch on real nodes (`None` on this machine): ranks stay on the nodes
-/// where `from`, the epoch they will restore, put them, where they fit.
-fn place(plan: &RunPlan, from: Option<&Manifest>) -> anyhow::Result<Option<Placement>> {
+/// The placement of a launch on real nodes or under srun (`None` on this machine): ranks stay
+/// on the nodes where `from`, the epoch they will restore, put them, where they fit.
+fn place(
+    plan: &RunPlan,
+    from: Option<&Manifest>,
+    srun_nodes: &srun::Nodes,
+) -> anyhow::Result<Option<Placement>> {
+    let previous: Option<std::collections::BTreeMap<u32, String>> =
+        from.map(|m| (0..).zip(m.ranks.iter().map(|r| r.node.clone())).collect());
+    if let Some(alloc) = &plan.srun {
+        let p = srun_nodes.place(plan, alloc, previous.as_ref());
+        return p.map(Some).map_err(anyhow::Error::msg);
+    }
     let Some(nodes) = &plan.nodes else {
         return Ok(None);
     };
-    let previous: Option<std::collections::BTreeMap<u32, String>> =
-        from.map(|m| (0..).zip(m.ranks.iter().map(|r| r.node.clone())).collect());
     let placement = nodes
         .place(plan.ranks, previous.as_ref())
         .map_err(|e| anyhow::anyhow!("--nodes {}: {e}", nodes.list))?;
@@ -271,9 +306,10 @@ fn secs(since: Instant) -> f64 {
 
 /// How one launch ended.
 enum Ended {
-    /// mpirun exited on its own, with the failure its stderr reported (if any) and whether it
-    /// printed Open MPI's "Primary job terminated normally" banner.
-    Exited(ExitStatus, Option<Failure>, bool),
+    /// mpirun (or srun) exited on its own, with the failure its stderr reported (if any),
+    /// whether it printed Open MPI's "Primary job terminated normally" banner, and the nodes
+    /// it reported failed.
+    Exited(ExitStatus, Option<Failure>, bool, Vec<String>),
     /// The launcher received this signal and forwarded it; mpirun has exited since.
     Interrupted(i32),
 }
@@ -286,7 +322,7 @@ fn with<T>(tail: &Mutex<Tail>, f: impl FnOnce(&mut Tail) -> T) -> T {
 /// Spawns mpirun for `launch` and watches it until it exits.
 fn run_once(
     launch: &Launch,
-    reader: Box<dyn crate::backend::FailureReader + Send>,
+    backend: &dyn Backend,
     plan: &RunPlan,
     watch: &mut signals::Watch,
     tail: &Arc<Mutex<Tail>>,
@@ -297,7 +333,7 @@ fn run_once(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", launch.argv()[0].to_string_lossy()))?;
-    let scanner = Arc::new(Mutex::new(reader));
+    let scanner = Arc::new(Mutex::new(backend.failure_reader()));
     let mut readers = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         let tail = Arc::clone(tail);
@@ -327,7 +363,7 @@ fn run_once(
                 signals::name(sig),
                 child.id()
             ));
-            if let Err(e) = signals::send(child.id(), sig) {
+            if let Err(e) = signals::send(child.id(), backend.forwarded(sig)) {
                 say(format!("warning: cannot signal mpirun: {e}"));
             }
             signalled.get_or_insert((sig, Instant::now()));
@@ -372,13 +408,13 @@ fn run_once(
     while readers.iter().any(|r| !r.is_finished()) && t0.elapsed() < STDERR_DRAIN {
         thread::sleep(Duration::from_millis(20));
     }
-    let (failure, banner) = scanner
+    let (failure, banner, failed_nodes) = scanner
         .lock()
-        .map(|s| (s.failure().cloned(), s.normal_banner()))
+        .map(|s| (s.failure().cloned(), s.normal_banner(), s.failed_nodes()))
         .unwrap_or_default();
     Ok(match signalled {
         Some((sig, _)) => Ended::Interrupted(sig),
-        None => Ended::Exited(status, failure, banner),
+        None => Ended::Exited(status, failure, banner, failed_nodes),
     })
 }
 
