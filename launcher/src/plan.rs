@@ -405,7 +405,8 @@ impl RunPlan {
             Some(a) => {
                 if let Some(arg) = args.mpirun_args.first() {
                     return Err(UsageError(format!(
-                        "--mpirun-arg {arg}: srun starts the ranks (inside Slurm job {}); give                          --backend mpirun to use mpirun",
+                        "--mpirun-arg {arg}: srun starts the ranks (inside Slurm job {}); give \
+                         --backend mpirun to use mpirun",
                         a.job_id
                     )));
                 }
@@ -415,12 +416,14 @@ impl RunPlan {
         if alloc.is_none() && args.emulate_nodes.is_none() {
             if let Some(s) = args.spares {
                 return Err(UsageError(format!(
-                    "--spares {s}: spare nodes need --emulate-nodes or the srun backend (inside                      a Slurm allocation)"
+                    "--spares {s}: spare nodes need --emulate-nodes or the srun backend (inside \
+                     a Slurm allocation)"
                 )));
             }
             if args.spread_on_failure {
                 return Err(UsageError(
-                    "--spread-on-failure: lost nodes are handled with --emulate-nodes or the                      srun backend (inside a Slurm allocation)"
+                    "--spread-on-failure: lost nodes are handled with --emulate-nodes or the \
+                     srun backend (inside a Slurm allocation)"
                         .into(),
                 ));
             }

@@ -843,4 +843,221 @@ srun: error: n1: tasks 0-1: Killed
         // A node outside the allocation without ranks is no harm.
         assert_eq!(alloc.check(&placed(&["n1", "n9"], 0, &[], 1)), Ok(()));
     }
+
+    fn alloc() -> Allocation {
+        choose(Choice::Srun, &env(), false).unwrap().unwrap()
+    }
+
+    fn shown(p: &Placement) -> String {
+        let nodes: Vec<String> = p
+            .nodes()
+            .iter()
+            .map(|n| format!("{n}:{}", list(&p.ranks_on(n))))
+            .collect();
+        format!("{} | spares {}", nodes.join(" "), p.spares().join(","))
+    }
+
+    fn kill(rank: u32, node: &str) -> Failure {
+        Failure {
+            rank,
+            node: Some(node.into()),
+            cause: Cause::Signal(9, "Killed".into()),
+        }
+    }
+
+    /// A node that left the allocation: its ranks go to the spare, and it is never used
+    /// again; with no spare left the job stops naming the node, unless spreading is allowed.
+    #[test]
+    fn a_node_that_left_the_allocation_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = crate::testutil::plan(dir.path(), 4);
+        plan.spares = Some(1);
+        let a = alloc();
+        let mut nodes = Nodes::default();
+        let used = nodes.place(&plan, &a, None).unwrap();
+        assert_eq!(shown(&used), "n1:0, 1 n2:2, 3 | spares n3");
+        // A rank killed on a node still in the allocation: relaunch in place.
+        let n1_n2_n3: Vec<String> = a.nodes.clone();
+        let v = nodes.after_failure(&plan, &a, &used, Some(&kill(2, "n2")), &[], Some(&n1_n2_n3));
+        assert!(matches!(v, Verdict::Unchanged));
+        // n2 left the allocation (set down in a --no-kill job).
+        let left = ["n1".to_string(), "n3".to_string()];
+        let v = nodes.after_failure(&plan, &a, &used, None, &["n2".into()], Some(&left));
+        let Verdict::Moved(lines) = v else {
+            panic!("not moved")
+        };
+        assert_eq!(
+            lines,
+            ["n2 left the allocation: ranks 2, 3 move to spare n3"]
+        );
+        let prev = used.to_map();
+        let next = nodes.place(&plan, &a, Some(&prev)).unwrap();
+        assert_eq!(shown(&next), "n1:0, 1 n3:2, 3 | spares ");
+        // Then n3 fails too: no spare is left.
+        let v = nodes.after_failure(&plan, &a, &next, None, &["n3".into()], Some(&left));
+        let Verdict::Stop(why) = v else {
+            panic!("not stopped")
+        };
+        assert_eq!(
+            why,
+            "n3 failed (Slurm job 12): ranks 2, 3 have nowhere to go: no spare node is left \
+             and --spread-on-failure was not given"
+        );
+        // With --spread-on-failure they go over the survivors (2 CPUs each: n1 is full).
+        plan.spread_on_failure = true;
+        plan.ranks = 2;
+        let used = nodes.place(&plan, &a, None).unwrap();
+        assert_eq!(shown(&used), "n1:0 n3:1 | spares ");
+        let v = nodes.after_failure(&plan, &a, &used, None, &["n3".into()], Some(&left));
+        let Verdict::Moved(lines) = v else {
+            panic!("not moved")
+        };
+        assert_eq!(lines, ["n3 failed: ranks 1 spread over n1 (no spare left)"]);
+        assert_eq!(
+            shown(&nodes.place(&plan, &a, None).unwrap()),
+            "n1:0, 1 | spares "
+        );
+    }
+
+    /// A node whose ranks failed twice is excluded when lost nodes are handled (--spares or
+    /// --spread-on-failure), and kept when there is nowhere to go.
+    #[test]
+    fn a_node_whose_ranks_failed_twice_is_excluded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = crate::testutil::plan(dir.path(), 4);
+        let a = alloc();
+        let all = a.nodes.clone();
+        let mut nodes = Nodes::default();
+        let used = nodes.place(&plan, &a, None).unwrap();
+        assert_eq!(shown(&used), "n1:0, 1 n2:2 n3:3 | spares ");
+        for _ in 0..3 {
+            let v = nodes.after_failure(&plan, &a, &used, Some(&kill(3, "n3")), &[], Some(&all));
+            assert!(
+                matches!(v, Verdict::Unchanged),
+                "no handling without the flags"
+            );
+        }
+        plan.spares = Some(1);
+        let mut nodes = Nodes::default();
+        let used = nodes.place(&plan, &a, None).unwrap();
+        let f = kill(2, "n2");
+        let v = nodes.after_failure(&plan, &a, &used, Some(&f), &[], Some(&all));
+        assert!(matches!(v, Verdict::Unchanged), "once is no pattern");
+        let v = nodes.after_failure(&plan, &a, &used, Some(&f), &[], Some(&all));
+        let Verdict::Moved(lines) = v else {
+            panic!("not moved")
+        };
+        assert_eq!(
+            lines,
+            ["n2 its ranks failed twice: ranks 2, 3 move to spare n3"]
+        );
+        // Twice again on n3, no spare left and no spreading: it stays.
+        let used = nodes.place(&plan, &a, Some(&used.to_map())).unwrap();
+        let f = kill(2, "n3");
+        for _ in 0..2 {
+            let v = nodes.after_failure(&plan, &a, &used, Some(&f), &[], Some(&all));
+            assert!(matches!(v, Verdict::Unchanged));
+        }
+        // Slurm did not answer: only srun's reports count.
+        let v = nodes.after_failure(&plan, &a, &used, None, &["n1".into()], None);
+        assert!(matches!(v, Verdict::Stop(_)));
+    }
+
+    /// `ckpt run` flags under srun, validated against an allocation of n[1-3].
+    fn run(argv: &str) -> Result<RunPlan, String> {
+        use crate::cli::{self, Command as Cmd};
+        use crate::plan::Context;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = Context {
+            cwd: dir.path().to_path_buf(),
+            path: Some("/bin:/usr/bin".into()),
+            mpirun_args: None,
+            inherited: vec![],
+            now_unix_s: 0,
+            pid: 1,
+            signal: None,
+            exe: Some("/opt/ckpt".into()),
+            group_access: None,
+            resolves: |_| false,
+            slurm: env(),
+        };
+        let full = format!("ckpt run {argv}");
+        let Cmd::Run(args) = cli::parse(full.split_whitespace().map(OsString::from))
+            .unwrap()
+            .command
+        else {
+            panic!("not a run command")
+        };
+        RunPlan::new(args, &ctx).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn run_flags_under_srun() {
+        let p = run("-n 4 --spares 1 --job-dir j -- /bin/true").unwrap();
+        assert_eq!(p.srun.as_ref().map(|a| a.nodes.len()), Some(3));
+        // mpirun need not exist; --mpirun-arg is refused.
+        let p = run("-n 4 --mpirun /no/mpirun --job-dir j -- /bin/true").unwrap();
+        assert!(p.srun.is_some());
+        assert_eq!(
+            run("-n 4 --mpirun-arg --oversubscribe --job-dir j -- /bin/true").unwrap_err(),
+            "--mpirun-arg --oversubscribe: srun starts the ranks (inside Slurm job 12); give \
+             --backend mpirun to use mpirun"
+        );
+        // --nodes: a subset of the allocation (Slurm's names need not resolve here).
+        let p = run("-n 4 --nodes n[2-3] --job-dir j -- /bin/true").unwrap();
+        assert_eq!(p.nodes.unwrap().names, ["n2", "n3"]);
+        assert_eq!(
+            run("-n 4 --nodes n[3-5] --job-dir j -- /bin/true").unwrap_err(),
+            "--nodes n[3-5]: n4, n5 not in the allocation of Slurm job 12 (n[1-3])"
+        );
+        // Emulated nodes stay with mpirun (auto), and --backend srun refuses them.
+        let p = run("-n 4 --emulate-nodes 2 --mpirun /bin/true --job-dir j -- /bin/true");
+        assert!(p.unwrap().srun.is_none());
+        assert!(
+            run("-n 4 --backend srun --emulate-nodes 2 --job-dir j -- /bin/true")
+                .unwrap_err()
+                .contains("--emulate-nodes")
+        );
+        assert_eq!(
+            run("-n 4 --backend slurm --job-dir j -- /bin/true").unwrap_err(),
+            "--backend slurm: expected mpirun, srun or auto"
+        );
+        // mpirun chosen: spares need emulated nodes.
+        assert_eq!(
+            run("-n 4 --backend mpirun --mpirun /bin/true --spares 1 --job-dir j -- /bin/true")
+                .unwrap_err(),
+            "--spares 1: spare nodes need --emulate-nodes or the srun backend (inside a Slurm \
+             allocation)"
+        );
+    }
+
+    /// The srun command line: the hostfile in the control directory, passed through
+    /// SLURM_HOSTFILE, the job script's tasks per node unset.
+    #[test]
+    fn the_srun_command_line() {
+        let p = run("-n 3 --job-dir j -- /bin/true").unwrap();
+        let a = p.srun.clone().unwrap();
+        let placement = Nodes::default().place(&p, &a, None).unwrap();
+        let l = Srun { alloc: a }.launch(&p, 2, Some(&placement));
+        let d = p.job_dir.parent().unwrap().display().to_string();
+        let argv: Vec<String> = l
+            .argv()
+            .iter()
+            .map(|s| s.to_string_lossy().replace(&d, "D"))
+            .collect();
+        assert_eq!(
+            argv.join(" "),
+            "/usr/bin/srun --mpi=pmix --ntasks=3 --nodes=3 --distribution=arbitrary \
+             --kill-on-bad-exit=1 /opt/ckpt exec-rank --hold-signal=10 -- /bin/true"
+        );
+        let hostfile = p.job_dir.join(HOSTFILE);
+        assert_eq!(l.files(), [(hostfile.clone(), "n1\nn2\nn3\n".to_owned())]);
+        assert!(l
+            .env()
+            .contains(&(HOSTFILE_VAR, hostfile.display().to_string())));
+        assert!(l.env().contains(&(ckpt::env::RESTART_COUNT, "2".into())));
+        let cmd = l.command();
+        let removed: Vec<_> = cmd.get_envs().filter(|(_, v)| v.is_none()).collect();
+        assert_eq!(removed, [(std::ffi::OsStr::new(TASKS_PER_NODE_VAR), None)]);
+    }
 }
