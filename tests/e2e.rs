@@ -4886,3 +4886,65 @@ fn the_spares_job_script_survives_a_node_set_down() {
     let said = format!("{lost} left the allocation: ranks 2, 3 move to spare {spare}");
     assert!(text.contains(&said), "{said}\n{text}");
 }
+
+/// `slurm/drill.sbatch` through `sbatch`: a seeded drill (migrations, node and rank kills on
+/// emulated nodes of the batch node) whose runs all end identical to the reference.
+#[test]
+fn the_drill_job_script_runs_under_sbatch_with_every_run_identical() {
+    let Some(_slurm) = slurm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("slurm")
+        .join("drill.sbatch");
+    let export = format!(
+        "--export=ALL,CKPT={},HEAT={},DRILL_DIR={},RUNS=2",
+        bin("ckpt").display(),
+        heat2d().display(),
+        dir.path().join("drill").display()
+    );
+    let mut cmd = std::process::Command::new("sbatch");
+    cmd.args(["--wait", "--job-name=ckpt-e2e-drill", "--output=job.out"])
+        .arg(export)
+        .arg(&script)
+        .current_dir(dir.path());
+    let out = Running::spawn(cmd, Duration::from_secs(90)).wait();
+    let log = std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{log}", out.dump());
+    assert!(log.contains("seed 7: 2 of 2 runs identical"), "{log}");
+}
+
+/// The srun backend's refusals, before anything starts (exit 2, no job directory): asked for
+/// outside an allocation, and (inside one of 1 CPU) an allocation too small for the ranks.
+#[test]
+fn the_srun_backend_refuses_outside_slurm_and_in_a_too_small_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut run = Run::new(&job, 2, &["--backend", "srun"], &heat2d(), HEAT);
+    run = run.env_remove("SLURM_JOB_ID");
+    let out = run.output();
+    assert_eq!(out.status.code(), Some(2), "{}", out.dump());
+    assert!(
+        out.stderr.contains(
+            "--backend srun: not inside a Slurm allocation (SLURM_JOB_ID is not set): run ckpt \
+             in a job script (sbatch) or under salloc, or use --backend mpirun"
+        ),
+        "{}",
+        out.dump()
+    );
+    assert!(!job.exists());
+    let Some(_slurm) = slurm() else { return };
+    let alloc = ["-N1", "--ntasks=1"];
+    let t = Duration::from_secs(60);
+    let out = salloc_run(&alloc, &job, RANKS, &[], &heat2d(), HEAT, t).wait();
+    assert_eq!(out.status.code(), Some(2), "{}", out.dump());
+    assert!(
+        out.stderr.contains("is too small for the placement: n")
+            && out
+                .stderr
+                .contains("would hold 4 ranks but has 1 CPU allocated"),
+        "{}",
+        out.dump()
+    );
+    assert!(!job.exists());
+}

@@ -707,3 +707,11 @@ pub fn hostfile_node(job_dir: &Path, rank: usize) -> Option<String> {
     let text = std::fs::read_to_string(job_dir.join("control/hostfile")).ok()?;
     text.lines().nth(rank).map(str::to_owned)
 }
+
+impl Run {
+    /// Removes a variable from the launcher's environment (e.g. `SLURM_JOB_ID`).
+    pub fn env_remove(mut self, k: &str) -> Run {
+        self.cmd.env_remove(k);
+        self
+    }
+}

@@ -565,6 +565,13 @@ impl RunPlan {
                     .into(),
             ));
         }
+        if let Some(alloc) = &plan.srun {
+            // A fresh job's placement must fit the allocation (a resumed one's is checked at
+            // each launch, kept where its files are).
+            srun::Nodes::default()
+                .place(&plan, alloc, None)
+                .map_err(|e| UsageError(format!("-n {}: {e}", plan.ranks)))?;
+        }
         plan.levels = plan.check_rank_config(ctx)?.levels;
         check_parity(&plan.levels, &plan.level_flags)?;
         Ok(plan)

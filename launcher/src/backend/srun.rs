@@ -995,6 +995,19 @@ srun: error: n1: tasks 0-1: Killed
     fn run_flags_under_srun() {
         let p = run("-n 4 --spares 1 --job-dir j -- /bin/true").unwrap();
         assert_eq!(p.srun.as_ref().map(|a| a.nodes.len()), Some(3));
+        // The placement must fit the CPUs Slurm allocated (2 per node here).
+        assert_eq!(
+            run("-n 7 --job-dir j -- /bin/true").unwrap_err(),
+            "-n 7: the allocation of Slurm job 12 is too small for the placement: n1 would \
+             hold 3 ranks but has 2 CPUs allocated (SLURM_JOB_CPUS_PER_NODE); ask for more \
+             CPUs per node (e.g. --ntasks-per-node=3) or more nodes"
+        );
+        assert_eq!(
+            run("-n 4 --spares 2 --job-dir j -- /bin/true").unwrap_err(),
+            "-n 4: the allocation of Slurm job 12 is too small for the placement: n1 would \
+             hold 4 ranks but has 2 CPUs allocated (SLURM_JOB_CPUS_PER_NODE); ask for more \
+             CPUs per node (e.g. --ntasks-per-node=4) or more nodes"
+        );
         // mpirun need not exist; --mpirun-arg is refused.
         let p = run("-n 4 --mpirun /no/mpirun --job-dir j -- /bin/true").unwrap();
         assert!(p.srun.is_some());
