@@ -462,7 +462,9 @@ fn run_after_help() -> String {
          the --mpirun-arg values\n\n\
          Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
          when given, {every}, {local}, {fault}, {l2}, {l3}, {l3g}, {l3k}, {l4}, {keep2}, {keep3}, {keep4}, {shared}. Each is forwarded with `mpirun -x`, as is any \
-         other CKPT_* variable already set ({node}, {stride}, {timeout}, {io_timeout}).\n\n\
+         other CKPT_* variable already set ({node}, {stride}, {timeout}, {io_timeout}). Inside a \
+         Slurm allocation (--backend auto or srun) srun starts the ranks instead, passing the \
+         whole environment.\n\n\
          mpirun starts each rank as `ckpt exec-rank ... -- PROG`, which keeps the checkpoint \
          signal ({signal}, default SIGUSR1) blocked until the library handles it, so a signal \
          during start-up does not kill a rank.\n\n\
