@@ -4858,6 +4858,7 @@ fn the_spares_job_script_survives_a_node_set_down() {
         heat2d().display(),
         job.display()
     );
+    let _cancel = CancelJobs("ckpt-e2e-spares");
     let mut cmd = std::process::Command::new("sbatch");
     cmd.args(["--wait", "--job-name=ckpt-e2e-spares", "--output=job.out"])
         .arg(export)
@@ -4903,6 +4904,7 @@ fn the_drill_job_script_runs_under_sbatch_with_every_run_identical() {
         heat2d().display(),
         dir.path().join("drill").display()
     );
+    let _cancel = CancelJobs("ckpt-e2e-drill");
     let mut cmd = std::process::Command::new("sbatch");
     cmd.args(["--wait", "--job-name=ckpt-e2e-drill", "--output=job.out"])
         .arg(export)

@@ -715,3 +715,15 @@ impl Run {
         self
     }
 }
+
+/// Cancels the local Slurm cluster's jobs of this name when dropped: a test that times out
+/// while `sbatch --wait` runs leaves no job behind holding nodes.
+pub struct CancelJobs(pub &'static str);
+
+impl Drop for CancelJobs {
+    fn drop(&mut self) {
+        let _ = Command::new("scancel")
+            .arg(format!("--name={}", self.0))
+            .output();
+    }
+}
