@@ -537,7 +537,10 @@ impl Nodes {
         }
         let handling = plan.spares.is_some() || plan.spread_on_failure;
         let mut twice = None;
-        if let Some(node) = failure.and_then(|f| f.node.as_ref()) {
+        // When a node failed, the other ranks srun names were killed with the step: their
+        // nodes are not to blame.
+        let counted = failure.filter(|_| failed_nodes.is_empty());
+        if let Some(node) = counted.and_then(|f| f.node.as_ref()) {
             let count = self.failures.entry(node.clone()).or_default();
             *count += 1;
             if *count >= 2 && handling && !lost.iter().any(|(n, _)| n == node) {
@@ -958,9 +961,20 @@ srun: error: n1: tasks 0-1: Killed
             let v = nodes.after_failure(&plan, &a, &used, Some(&f), &[], Some(&all));
             assert!(matches!(v, Verdict::Unchanged));
         }
+        // Ranks killed with the step of a failed node do not count against their node.
+        let mut nodes = Nodes::default();
+        let used = nodes.place(&plan, &a, None).unwrap();
+        let f = kill(2, "n2");
+        for _ in 0..2 {
+            let v = nodes.after_failure(&plan, &a, &used, Some(&f), &["n9".into()], Some(&all));
+            assert!(matches!(v, Verdict::Unchanged));
+        }
         // Slurm did not answer: only srun's reports count.
         let v = nodes.after_failure(&plan, &a, &used, None, &["n1".into()], None);
-        assert!(matches!(v, Verdict::Stop(_)));
+        let Verdict::Moved(lines) = v else {
+            panic!("not moved")
+        };
+        assert_eq!(lines, ["n1 failed: ranks 0, 1 move to spare n3"]);
     }
 
     /// `ckpt run` flags under srun, validated against an allocation of n[1-3].
