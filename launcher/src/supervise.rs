@@ -334,6 +334,10 @@ fn run_once(
         .spawn()
         .with_context(|| format!("cannot start {}", launch.argv()[0].to_string_lossy()))?;
     let scanner = Arc::new(Mutex::new(backend.failure_reader()));
+    // mpirun or srun, as reports name it.
+    let prog = Path::new(&launch.argv()[0])
+        .file_name()
+        .map_or_else(|| "mpirun".into(), |n| n.to_string_lossy().into_owned());
     let mut readers = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         let tail = Arc::clone(tail);
@@ -354,17 +358,26 @@ fn run_once(
     let mut signalled: Option<(i32, Instant)> = None;
     let mut killed = false;
     let status = loop {
-        if let Some(status) = child.try_wait().context("cannot wait for mpirun")? {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("cannot wait for {prog}"))?
+        {
             break status;
         }
         if let Some(sig) = watch.take() {
+            let to = backend.forwarded(sig);
+            let alias = if to == sig {
+                String::new()
+            } else {
+                format!(" as {}", signals::name(to))
+            };
             say(format!(
-                "received {}: forwarding it to mpirun (pid {}); no restart will follow",
+                "received {}: forwarding it to {prog} (pid {}){alias}; no restart will follow",
                 signals::name(sig),
                 child.id()
             ));
-            if let Err(e) = signals::send(child.id(), backend.forwarded(sig)) {
-                say(format!("warning: cannot signal mpirun: {e}"));
+            if let Err(e) = signals::send(child.id(), to) {
+                say(format!("warning: cannot signal {prog}: {e}"));
             }
             signalled.get_or_insert((sig, Instant::now()));
         }
@@ -387,7 +400,7 @@ fn run_once(
         if let Some((_, at)) = signalled {
             if !killed && at.elapsed() > GRACE {
                 say(format!(
-                    "mpirun still running {} s after the signal: killing it",
+                    "{prog} still running {} s after the signal: killing it",
                     GRACE.as_secs()
                 ));
                 let _ = child.kill();
