@@ -4976,3 +4976,285 @@ fn l1_files_an_earlier_epochs_levels_still_send_are_not_pruned() {
         .count();
     assert!(skipped > 0 && completed > 0, "{ev:?}");
 }
+
+/// Whether some epoch of the job has its partner copies (L2) on every rank: a node lost
+/// after that loses no data.
+fn l2_complete(job: &Path) -> bool {
+    events(job).iter().any(|e| {
+        matches!(
+            e,
+            ckpt::events::Event::LevelComplete {
+                level: ckpt::Level::Partner,
+                ..
+            }
+        )
+    })
+}
+
+/// heat2d's checksum for 4 ranks without checkpoints (run with mpirun, outside Slurm).
+fn heat4_reference(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Run::new(
+        &dir.path().join("ref"),
+        4,
+        &["--every", "off"],
+        &heat2d(),
+        args,
+    )
+    .output();
+    assert!(out.status.success(), "{}", out.dump());
+    out.checksum().unwrap()
+}
+
+/// Each rank's node, from its latest `rank_started` event.
+fn started_nodes(job: &Path) -> std::collections::BTreeMap<u32, String> {
+    events(job)
+        .into_iter()
+        .filter_map(|e| match e {
+            ckpt::events::Event::RankStarted { rank, node, .. } => Some((rank, node)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Inside a Slurm allocation of 3 nodes `ckpt run` starts the ranks with srun (no flag: the
+/// backend is chosen from SLURM_JOB_ID), each on the node its hostfile line names, which is
+/// the node the rank reports (SLURMD_NODENAME); the result is the uninterrupted run's.
+#[test]
+fn the_srun_backend_runs_heat2d_on_three_nodes_with_an_identical_result() {
+    let Some(_slurm) = slurm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let alloc = ["-N3", "--ntasks-per-node=2"];
+    let flags = ["--every", "40"];
+    let t = Duration::from_secs(90);
+    let out = salloc_run(&alloc, &job, RANKS, &flags, &heat2d(), HEAT, t).wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum().as_deref(),
+        Some(reference()),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr
+            .contains("/srun --mpi=pmix --ntasks=4 --nodes=3 --distribution=arbitrary"),
+        "{}",
+        out.dump()
+    );
+    let nodes = started_nodes(&job);
+    let hostfile: Vec<String> = (0..4).filter_map(|r| hostfile_node(&job, r)).collect();
+    assert_eq!(
+        nodes.values().cloned().collect::<Vec<_>>(),
+        hostfile,
+        "{}",
+        out.dump()
+    );
+    let mut distinct = hostfile.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{hostfile:?}");
+    assert_eq!(
+        committed_epochs(&job),
+        vec![1, 2, 3, 4, 5, 6],
+        "{}",
+        out.dump()
+    );
+}
+
+/// A rank killed under srun: the launcher names the rank and its node from srun's report
+/// (`srun: error: nX: task 3: Killed`), relaunches on the same nodes, and the job ends with the
+/// uninterrupted run's result.
+#[test]
+fn a_rank_killed_under_srun_is_named_with_its_node_and_the_job_ends_identical() {
+    let Some(_slurm) = slurm() else { return };
+    let reference = heat4_reference(HEAT_NODES);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let alloc = ["-N2", "--ntasks-per-node=2"];
+    let flags = ["--every", "40"];
+    let t = Duration::from_secs(90);
+    let running = salloc_run(&alloc, &job, RANKS, &flags, &heat2d(), HEAT_NODES, t);
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&1)),
+        "epoch 1 never committed"
+    );
+    let pid = events(&job).into_iter().find_map(|e| match e {
+        ckpt::events::Event::RankStarted { rank: 3, pid, .. } => Some(pid as i32),
+        _ => None,
+    });
+    let node = hostfile_node(&job, 3).unwrap();
+    kill9(pid.unwrap());
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(out.checksum(), Some(reference), "{}", out.dump());
+    assert!(
+        out.stderr.contains("launch 1 failed after")
+            && out.stderr.contains(&format!(
+                "rank 3 exited on signal 9 (Killed) on node {node} (srun exited with status"
+            )),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(hostfile_node(&job, 3), Some(node), "relaunched in place");
+}
+
+/// A node set down mid-job in a `--no-kill` allocation of 2 nodes: it leaves the allocation,
+/// the launcher names it and, with `--spread-on-failure`, relaunches its ranks on the other
+/// node (their files from the partner copies there); identical result. The node is resumed
+/// afterwards.
+#[test]
+fn a_node_set_down_under_srun_has_its_ranks_spread_over_the_survivor() {
+    let Some(_slurm) = slurm() else { return };
+    let reference = heat4_reference(HEAT_NODES);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let alloc = ["-N2", "--ntasks-per-node=4", "--no-kill", "--exclusive"];
+    let flags = ["--every", "40", "--spread-on-failure"];
+    let t = Duration::from_secs(90);
+    let running = salloc_run(&alloc, &job, RANKS, &flags, &heat2d(), HEAT_NODES, t);
+    assert!(
+        wait_for(Duration::from_secs(60), || l2_complete(&job)),
+        "no epoch had its partner copies"
+    );
+    let (first, lost) = (
+        hostfile_node(&job, 0).unwrap(),
+        hostfile_node(&job, 2).unwrap(),
+    );
+    assert_ne!(first, lost);
+    let down = NodeDown::set(&lost);
+    let out = running.wait();
+    drop(down);
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(out.checksum(), Some(reference), "{}", out.dump());
+    let said = format!(
+        "{lost} left the allocation: ranks 2, 3 spread over {first} (no spare left); the node \
+         is excluded for the rest of the job"
+    );
+    assert!(out.stderr.contains(&said), "{said}\n{}", out.dump());
+    assert!(
+        out.stderr
+            .contains(&format!("ranks on nodes: {first} (0, 1, 2, 3)")),
+        "{}",
+        out.dump()
+    );
+    for rank in [2, 3] {
+        assert!(
+            out.stderr.contains(&format!("rank {rank} recovered epoch")),
+            "{}",
+            out.dump()
+        );
+    }
+}
+
+/// `slurm/spares.sbatch` through `sbatch`: 3 nodes, the ranks on the first 2, the third a
+/// spare; the node of ranks 2 and 3 is set down mid-job, its ranks move to the spare, and the
+/// job ends with the uninterrupted run's result.
+#[test]
+fn the_spares_job_script_survives_a_node_set_down() {
+    let Some(_slurm) = slurm() else { return };
+    let reference = heat4_reference(HEAT_NODES);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("slurm")
+        .join("spares.sbatch");
+    let export = format!(
+        "--export=ALL,CKPT={},HEAT={},JOB_DIR={}",
+        bin("ckpt").display(),
+        heat2d().display(),
+        job.display()
+    );
+    let _cancel = CancelJobs("ckpt-e2e-spares");
+    let mut cmd = std::process::Command::new("sbatch");
+    cmd.args(["--wait", "--job-name=ckpt-e2e-spares", "--output=job.out"])
+        .arg(export)
+        .arg(&script)
+        .current_dir(dir.path());
+    let running = Running::spawn(cmd, Duration::from_secs(90));
+    let log = || std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(60), || l2_complete(&job)),
+        "no epoch had its partner copies\n{}",
+        log()
+    );
+    let lost = hostfile_node(&job, 2).unwrap();
+    let down = NodeDown::set(&lost);
+    let out = running.wait();
+    drop(down);
+    let text = log();
+    assert!(out.status.success(), "{}\n{text}", out.dump());
+    let checksum = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("checksum: "));
+    assert_eq!(checksum, Some(reference.as_str()), "{text}");
+    let spare = hostfile_node(&job, 2).unwrap();
+    assert_ne!(spare, lost, "{text}");
+    let said = format!("{lost} left the allocation: ranks 2, 3 move to spare {spare}");
+    assert!(text.contains(&said), "{said}\n{text}");
+}
+
+/// `slurm/drill.sbatch` through `sbatch`: a seeded drill (migrations, node and rank kills on
+/// emulated nodes of the batch node) whose runs all end identical to the reference.
+#[test]
+fn the_drill_job_script_runs_under_sbatch_with_every_run_identical() {
+    let Some(_slurm) = slurm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("slurm")
+        .join("drill.sbatch");
+    let export = format!(
+        "--export=ALL,CKPT={},HEAT={},DRILL_DIR={},RUNS=2",
+        bin("ckpt").display(),
+        heat2d().display(),
+        dir.path().join("drill").display()
+    );
+    let _cancel = CancelJobs("ckpt-e2e-drill");
+    let mut cmd = std::process::Command::new("sbatch");
+    cmd.args(["--wait", "--job-name=ckpt-e2e-drill", "--output=job.out"])
+        .arg(export)
+        .arg(&script)
+        .current_dir(dir.path());
+    let out = Running::spawn(cmd, Duration::from_secs(90)).wait();
+    let log = std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{log}", out.dump());
+    assert!(log.contains("seed 7: 2 of 2 runs identical"), "{log}");
+}
+
+/// The srun backend's refusals, before anything starts (exit 2, no job directory): asked for
+/// outside an allocation, and (inside one of 1 CPU) an allocation too small for the ranks.
+#[test]
+fn the_srun_backend_refuses_outside_slurm_and_in_a_too_small_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let mut run = Run::new(&job, 2, &["--backend", "srun"], &heat2d(), HEAT);
+    run = run.env_remove("SLURM_JOB_ID");
+    let out = run.output();
+    assert_eq!(out.status.code(), Some(2), "{}", out.dump());
+    assert!(
+        out.stderr.contains(
+            "--backend srun: not inside a Slurm allocation (SLURM_JOB_ID is not set): run ckpt \
+             in a job script (sbatch) or under salloc, or use --backend mpirun"
+        ),
+        "{}",
+        out.dump()
+    );
+    assert!(!job.exists());
+    let Some(_slurm) = slurm() else { return };
+    let alloc = ["-N1", "--ntasks=1"];
+    let t = Duration::from_secs(60);
+    let out = salloc_run(&alloc, &job, RANKS, &[], &heat2d(), HEAT, t).wait();
+    assert_eq!(out.status.code(), Some(2), "{}", out.dump());
+    assert!(
+        out.stderr.contains("is too small for the placement: n")
+            && out
+                .stderr
+                .contains("would hold 4 ranks but has 1 CPU allocated"),
+        "{}",
+        out.dump()
+    );
+    assert!(!job.exists());
+}

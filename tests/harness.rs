@@ -697,3 +697,85 @@ pub fn started_nodes(job_dir: &Path, launch: u32) -> Vec<(u32, String)> {
     nodes.sort();
     nodes
 }
+
+/// `salloc <alloc> -- ckpt run -n <n> --job-dir <job_dir> <flags> -- <prog> <args>` on the
+/// local Slurm cluster: the launcher runs inside the allocation (the srun backend), in its own
+/// process group, killed past `timeout`.
+pub fn salloc_run(
+    alloc: &[&str],
+    job_dir: &Path,
+    n: u32,
+    flags: &[&str],
+    prog: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Running {
+    let mut cmd = Command::new("salloc");
+    cmd.args(alloc)
+        .arg("--job-name=ckpt-e2e")
+        .arg("--")
+        .arg(bin("ckpt"))
+        .arg("run")
+        .arg("-n")
+        .arg(n.to_string())
+        .arg("--job-dir")
+        .arg(job_dir)
+        .args(flags)
+        .arg("--")
+        .arg(prog)
+        .args(args);
+    Running::spawn(cmd, timeout)
+}
+
+/// A node of the local Slurm cluster set down (`scontrol update nodename=N state=down`) for
+/// a test, resumed when dropped (also when the test fails), so other jobs get it back.
+pub struct NodeDown(pub String);
+
+impl NodeDown {
+    /// Sets `node` down with reason `ckpt-e2e`.
+    pub fn set(node: &str) -> NodeDown {
+        let out = Command::new("scontrol")
+            .args(["update", &format!("nodename={node}"), "state=down"])
+            .arg("reason=ckpt-e2e")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run scontrol: {e}"));
+        assert!(out.status.success(), "scontrol: {out:?}");
+        NodeDown(node.to_owned())
+    }
+}
+
+impl Drop for NodeDown {
+    fn drop(&mut self) {
+        // The node may already be back (ReturnToService=2 with its slurmd still answering):
+        // then resume is refused, which is fine.
+        let _ = Command::new("scontrol")
+            .args(["update", &format!("nodename={}", self.0), "state=resume"])
+            .output();
+    }
+}
+
+/// The node of `rank` in a job's srun hostfile (`control/hostfile`), once it is written.
+pub fn hostfile_node(job_dir: &Path, rank: usize) -> Option<String> {
+    let text = std::fs::read_to_string(job_dir.join("control/hostfile")).ok()?;
+    text.lines().nth(rank).map(str::to_owned)
+}
+
+impl Run {
+    /// Removes a variable from the launcher's environment (e.g. `SLURM_JOB_ID`).
+    pub fn env_remove(mut self, k: &str) -> Run {
+        self.cmd.env_remove(k);
+        self
+    }
+}
+
+/// Cancels the local Slurm cluster's jobs of this name when dropped: a test that times out
+/// while `sbatch --wait` runs leaves no job behind holding nodes.
+pub struct CancelJobs(pub &'static str);
+
+impl Drop for CancelJobs {
+    fn drop(&mut self) {
+        let _ = Command::new("scancel")
+            .arg(format!("--name={}", self.0))
+            .output();
+    }
+}

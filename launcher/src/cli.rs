@@ -336,15 +336,21 @@ pub struct RunArgs {
     /// (local base: --local-dir, else <job dir>/local). `ckpt kill-node` crashes one.
     #[arg(long, value_name = "N")]
     pub emulate_nodes: Option<u32>,
-    /// Keep the last S nodes (--emulate-nodes or --nodes) as spares: ranks start on the
-    /// others, and the ranks of a node lost in a failure move to a spare before the relaunch.
-    /// Giving it (even 0) turns on the handling of lost nodes.
+    /// Keep the last S nodes (--emulate-nodes or --nodes, or under srun nodes of the
+    /// allocation) as spares: ranks start on the others, and the ranks of a node lost in a
+    /// failure move to a spare before the relaunch. Giving it (even 0) turns on the handling of
+    /// lost nodes.
     #[arg(long, value_name = "S")]
     pub spares: Option<u32>,
     /// When a node is lost and no spare is left, spread its ranks over the surviving nodes
     /// with room (else the job stops).
     #[arg(long)]
     pub spread_on_failure: bool,
+    /// How to start the ranks: mpirun, srun (inside a Slurm allocation: its nodes, a hostfile
+    /// per launch, --mpi=pmix), or auto: srun when SLURM_JOB_ID is set and srun is found,
+    /// unless --emulate-nodes is given; else mpirun.
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    pub backend: String,
     /// Run the ranks on these nodes, a hostlist in Slurm's syntax (n[1-4,7], rack[1-2]-n[01-08],
     /// a,b); every name must resolve. Ranks go in blocks of consecutive ranks (see
     /// --ranks-per-node); a resumed job's ranks stay on the nodes of its newest epoch where
@@ -458,7 +464,9 @@ fn run_after_help() -> String {
          the --mpirun-arg values\n\n\
          Ranks get {dir}, {id}, {keep}, {count} (0 on the first launch, +1 per restart) and, \
          when given, {every}, {local}, {fault}, {l2}, {l3}, {l3g}, {l3k}, {l4}, {keep2}, {keep3}, {keep4}, {shared}. Each is forwarded with `mpirun -x`, as is any \
-         other CKPT_* variable already set ({node}, {stride}, {timeout}, {io_timeout}).\n\n\
+         other CKPT_* variable already set ({node}, {stride}, {timeout}, {io_timeout}). Inside a \
+         Slurm allocation (--backend auto or srun) srun starts the ranks instead, passing the \
+         whole environment.\n\n\
          mpirun starts each rank as `ckpt exec-rank ... -- PROG`, which keeps the checkpoint \
          signal ({signal}, default SIGUSR1) blocked until the library handles it, so a signal \
          during start-up does not kill a rank.\n\n\

@@ -18,6 +18,7 @@ use ckpt::storage::durable::Access;
 use ckpt::{env, Interval};
 
 use crate::backend::mpirun;
+use crate::backend::srun::{self, Allocation, SlurmEnv};
 use crate::cli::{LevelArgs, RunArgs};
 use crate::clock;
 use crate::placement::{self, PlaceError, Placement};
@@ -47,6 +48,8 @@ pub struct Context {
     pub group_access: Option<String>,
     /// Whether a host name resolves (checked for `--nodes` before anything starts).
     pub resolves: fn(&str) -> bool,
+    /// Slurm's allocation, if the launcher runs inside one (the srun backend).
+    pub slurm: SlurmEnv,
 }
 
 /// The addresses `host` resolves to here (none when it does not).
@@ -83,6 +86,13 @@ impl Context {
             exe: std::env::current_exe().ok(),
             group_access: env::get(env::GROUP_ACCESS),
             resolves,
+            slurm: SlurmEnv {
+                job_id: env::get(srun::JOB_ID_VAR),
+                nodelist: env::get(srun::NODELIST_VAR),
+                cpus_per_node: env::get(srun::CPUS_VAR),
+                srun: find_in_path("srun", std::env::var_os("PATH").as_deref()),
+                mpi_list: srun::plugins,
+            },
         })
     }
 }
@@ -113,8 +123,11 @@ pub struct RunPlan {
     pub spares: Option<u32>,
     /// `--spread-on-failure`: a lost node's ranks may go to survivors when no spare is left.
     pub spread_on_failure: bool,
-    /// Real nodes (`--nodes`, `--ranks-per-node`); `None`: this machine.
+    /// Real nodes (`--nodes`, `--ranks-per-node`); `None`: this machine (or, under srun,
+    /// the whole allocation).
     pub nodes: Option<RealNodes>,
+    /// The Slurm allocation the ranks start in with srun (`--backend`); `None`: mpirun.
+    pub srun: Option<Allocation>,
     /// L2 partner copies every this many epochs (`--l2-every`, 0 = off); `None`: left to
     /// the ranks (an inherited variable, else the library's default).
     pub l2_every: Option<u64>,
@@ -183,6 +196,7 @@ impl RealNodes {
         spares: u32,
         ranks: u32,
         ctx: &Context,
+        alloc: Option<&Allocation>,
     ) -> Result<RealNodes, UsageError> {
         let bad = |e: &dyn std::fmt::Display| UsageError(format!("--nodes {list}: {e}"));
         let names = crate::hostlist::parse(list).map_err(|e| bad(&e))?;
@@ -195,6 +209,24 @@ impl RealNodes {
             one_machine,
         };
         nodes.place(ranks, None, &[]).map_err(|e| bad(&e))?;
+        if let Some(alloc) = alloc {
+            // Slurm knows its nodes by these names; they need not resolve here.
+            let outside: Vec<&str> = nodes
+                .names
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !alloc.nodes.iter().any(|a| a == n))
+                .collect();
+            if !outside.is_empty() {
+                return Err(bad(&format_args!(
+                    "{} not in the allocation of Slurm job {} ({})",
+                    outside.join(", "),
+                    alloc.job_id,
+                    alloc.list
+                )));
+            }
+            return Ok(nodes);
+        }
         let unknown: Vec<&str> = nodes
             .names
             .iter()
@@ -385,7 +417,36 @@ impl RunPlan {
             UsageError("no program given (ckpt run -n N -- PROG [ARGS...])".into())
         })?;
         let program = resolve("PROG", Path::new(prog), ctx)?;
-        let mpirun = resolve("--mpirun", &args.mpirun, ctx)?;
+        let choice = srun::Choice::parse(&args.backend)?;
+        let alloc = srun::choose(choice, &ctx.slurm, args.emulate_nodes.is_some())?;
+        let mpirun = match &alloc {
+            None => resolve("--mpirun", &args.mpirun, ctx)?,
+            Some(a) => {
+                if let Some(arg) = args.mpirun_args.first() {
+                    return Err(UsageError(format!(
+                        "--mpirun-arg {arg}: srun starts the ranks (inside Slurm job {}); give \
+                         --backend mpirun to use mpirun",
+                        a.job_id
+                    )));
+                }
+                args.mpirun.clone()
+            }
+        };
+        if alloc.is_none() && args.emulate_nodes.is_none() {
+            if let Some(s) = args.spares {
+                return Err(UsageError(format!(
+                    "--spares {s}: spare nodes need --emulate-nodes or the srun backend (inside \
+                     a Slurm allocation)"
+                )));
+            }
+            if args.spread_on_failure {
+                return Err(UsageError(
+                    "--spread-on-failure: lost nodes are handled with --emulate-nodes or the \
+                     srun backend (inside a Slurm allocation)"
+                        .into(),
+                ));
+            }
+        }
         if let Some(n) = args.emulate_nodes {
             if n == 0 || n > args.ranks {
                 return Err(UsageError(format!(
@@ -417,7 +478,7 @@ impl RunPlan {
             .as_deref()
             .map(|list| {
                 let spares = args.spares.unwrap_or(0);
-                RealNodes::new(list, args.ranks_per_node, spares, args.ranks, ctx)
+                RealNodes::new(list, args.ranks_per_node, spares, args.ranks, ctx, alloc.as_ref())
             })
             .transpose()?;
         let local_dir = args.local_dir.as_deref().map(|d| absolute(&ctx.cwd, d));
@@ -495,6 +556,7 @@ impl RunPlan {
             spares: args.spares,
             spread_on_failure: args.spread_on_failure,
             nodes: nodes.clone(),
+            srun: alloc,
             l2_every,
             l4_every,
             level_flags,
@@ -530,12 +592,19 @@ impl RunPlan {
                     .into(),
             ));
         }
-        if plan.nodes.is_some() && plan.exec_rank.is_none() {
+        if plan.nodes.is_some() && plan.srun.is_none() && plan.exec_rank.is_none() {
             return Err(UsageError(
                 "--nodes: the ckpt executable, which gives each rank its node's name \
                  (ckpt exec-rank), cannot be found"
                     .into(),
             ));
+        }
+        if let Some(alloc) = &plan.srun {
+            // A fresh job's placement must fit the allocation (a resumed one's is checked at
+            // each launch, kept where its files are).
+            srun::Nodes::default()
+                .place(&plan, alloc, None)
+                .map_err(|e| UsageError(format!("-n {}: {e}", plan.ranks)))?;
         }
         plan.levels = plan.check_rank_config(ctx)?.levels;
         check_parity(&plan.levels, &plan.level_flags)?;
@@ -727,10 +796,20 @@ fn resolve(flag: &str, name: &Path, ctx: &Context) -> Result<PathBuf, UsageError
     dirs.into_iter()
         .flatten()
         .map(|dir| absolute(&ctx.cwd, &dir.join(name)))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|p| is_executable(p))
         .ok_or_else(|| UsageError(format!("{flag} {shown}: not found in PATH")))
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The first executable `name` in the absolute directories of `path`.
+fn find_in_path(name: &str, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    std::env::split_paths(path?)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 #[cfg(test)]
@@ -758,6 +837,7 @@ mod tests {
             exe: Some("/opt/ckpt".into()),
             group_access: None,
             resolves: |_| true,
+            slurm: SlurmEnv::none(),
         };
         (dir, ctx)
     }

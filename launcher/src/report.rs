@@ -455,11 +455,18 @@ pub fn launch(n: u32, total: u32, restart_count: u32, argv: &[OsString]) -> Stri
 
 /// `launch 2 failed after 3.1 s: rank 2 exited on signal 9 (Killed) (mpirun exited with status 137)`.
 /// `who`: mpirun's [`crate::backend::mpirun::Failure`], else what the job's events say.
-pub fn failed(n: u32, secs: f64, who: Option<String>, status: ExitStatus) -> String {
+/// `launcher`: the program that started the ranks (mpirun, srun).
+pub fn failed(
+    n: u32,
+    secs: f64,
+    who: Option<String>,
+    launcher: &str,
+    status: ExitStatus,
+) -> String {
     let who = who.unwrap_or_else(|| "unknown rank".to_owned());
     format!(
         "launch {n} failed after {secs:.1} s: {who} ({})",
-        exit_status(status)
+        exit_status(launcher, status)
     )
 }
 
@@ -531,11 +538,11 @@ pub fn restored(e: &Event, fell_back_from: Option<u64>) -> String {
 }
 
 /// `mpirun exited with status 137` or `mpirun was killed by signal 9`.
-pub fn exit_status(status: ExitStatus) -> String {
+pub fn exit_status(launcher: &str, status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
-        (Some(code), _) => format!("mpirun exited with status {code}"),
-        (None, Some(sig)) => format!("mpirun was killed by signal {sig}"),
-        (None, None) => format!("mpirun ended with {status}"),
+        (Some(code), _) => format!("{launcher} exited with status {code}"),
+        (None, Some(sig)) => format!("{launcher} was killed by signal {sig}"),
+        (None, None) => format!("{launcher} ended with {status}"),
     }
 }
 
@@ -819,14 +826,15 @@ mod tests {
                 1,
                 3.12,
                 Some(kill.to_string()),
+                "mpirun",
                 ExitStatus::from_raw(137 << 8),
             ),
             "launch 1 failed after 3.1 s: rank 2 exited on signal 9 (Killed) (mpirun exited \
              with status 137)",
         );
         check(
-            failed(2, 0.5, None, ExitStatus::from_raw(libc::SIGKILL)),
-            "launch 2 failed after 0.5 s: unknown rank (mpirun was killed by signal 9)",
+            failed(2, 0.5, None, "srun", ExitStatus::from_raw(libc::SIGKILL)),
+            "launch 2 failed after 0.5 s: unknown rank (srun was killed by signal 9)",
         );
         check(
             restarting(2, 3, Some(&crate::testutil::manifest(4, 2))),

@@ -23,6 +23,7 @@ use ckpt::manifest::{self, Manifest};
 use ckpt::storage::durable;
 
 use crate::backend::mpirun::{self, Mpirun};
+use crate::backend::srun::{self, Srun};
 use crate::backend::{Backend, Failure, Launch};
 use crate::placement::Placement;
 use crate::plan::RunPlan;
@@ -62,9 +63,16 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         plan.quiet_after,
     )));
     let mut exit_requested = false;
-    let backend = Mpirun {
-        as_root: mpirun::running_as_root(),
+    let backend: Box<dyn Backend> = match &plan.srun {
+        Some(alloc) => Box::new(Srun {
+            alloc: alloc.clone(),
+        }),
+        None => Box::new(Mpirun {
+            as_root: mpirun::running_as_root(),
+        }),
     };
+    // Under srun: the nodes lost so far inside the allocation.
+    let mut srun_nodes = srun::Nodes::default();
     // The epoch the next launch restores: on real nodes, its ranks stay where its files are.
     let mut from = job.resume_from.clone();
     let total = plan.max_restarts + 1;
@@ -97,7 +105,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         // gone before new ones write.
         ranks::ensure_gone(&plan.job_dir, rank_exit_wait)?;
         let restart_count = job.first_restart_count + n - 1;
-        let placement = place(plan, from.as_ref())?;
+        let placement = place(plan, from.as_ref(), &srun_nodes)?;
         if let Some(p) = &placement {
             say(report_placement(p));
         }
@@ -114,10 +122,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         ));
         let t0 = Instant::now();
         with(&tail, |t| t.launched(t0, n));
-        let reader = backend.failure_reader();
         let ended = run_once(
             &launch,
-            reader,
+            backend.as_ref(),
             plan,
             &mut watch,
             &tail,
@@ -169,9 +176,17 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             }
             Ended::Exited(status, failure, banner, lost) => (status, failure, banner, lost),
         };
-        let blame = failure.as_ref().map(|f| f.to_string()).or(tail_now.blame);
+        let blame = (plan.srun.as_ref())
+            .and_then(|_| srun::blame(&lost_nodes, failure.as_ref()))
+            .or_else(|| failure.as_ref().map(|f| f.to_string()))
+            .or(tail_now.blame);
         let blame = blame.or_else(|| (!tail_now.started).then(|| "no rank started".to_owned()));
-        say(report::failed(n, secs(t0), blame, status));
+        let launcher = if plan.srun.is_some() {
+            "srun"
+        } else {
+            "mpirun"
+        };
+        say(report::failed(n, secs(t0), blame, launcher, status));
         if banner {
             say(report::normal_banner());
         }
@@ -204,7 +219,18 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             lost_nodes: &lost_nodes,
             rank_nodes: &tail_now.rank_nodes,
         };
-        match nodes_watch.after_failure(plan, &reported)? {
+        let verdict = match (&plan.srun, &placement) {
+            (Some(alloc), Some(used)) => srun_nodes.after_failure(
+                plan,
+                alloc,
+                used,
+                failure.as_ref(),
+                &lost_nodes,
+                srun::Nodes::current(alloc).as_deref(),
+            ),
+            _ => nodes_watch.after_failure(plan, &reported)?,
+        };
+        match verdict {
             Verdict::Unchanged => {}
             Verdict::Moved(lines) => {
                 for line in lines {
@@ -246,18 +272,29 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     }
 }
 
-/// The placement of a launch on real nodes (`None` on this machine), put in force as
-/// `control/placement`: ranks stay where the placement in force put them (the last launch, a
-/// migration, a lost node's replacement), else on the nodes where `from`, the epoch they will
-/// restore, put them, where they fit and their node is not excluded.
-fn place(plan: &RunPlan, from: Option<&Manifest>) -> anyhow::Result<Option<Placement>> {
+/// The placement of a launch on real nodes or under srun (`None` on this machine), put in
+/// force as `control/placement` on real nodes: ranks stay where the placement in force put them
+/// (the last launch, a migration, a lost node's replacement), else on the nodes where `from`,
+/// the epoch they will restore, put them, where they fit and their node is not excluded.
+fn place(
+    plan: &RunPlan,
+    from: Option<&Manifest>,
+    srun_nodes: &srun::Nodes,
+) -> anyhow::Result<Option<Placement>> {
+    let restored = || -> Option<std::collections::BTreeMap<u32, String>> {
+        from.map(|m| (0..).zip(m.ranks.iter().map(|r| r.node.clone())).collect())
+    };
+    if let Some(alloc) = &plan.srun {
+        let p = srun_nodes.place(plan, alloc, restored().as_ref());
+        return p.map(Some).map_err(anyhow::Error::msg);
+    }
     let Some(nodes) = &plan.nodes else {
         return Ok(None);
     };
     let dir = &plan.job_dir;
     let previous = migrate::placement_file(dir)
         .filter(|p| !p.is_empty())
-        .or_else(|| from.map(|m| (0..).zip(m.ranks.iter().map(|r| r.node.clone())).collect()));
+        .or_else(restored);
     let placement = nodes
         .place(plan.ranks, previous.as_ref(), &migrate::excluded(dir))
         .map_err(|e| anyhow::anyhow!("--nodes {}: {e}", nodes.list))?;
@@ -285,8 +322,9 @@ fn secs(since: Instant) -> f64 {
 
 /// How one launch ended.
 enum Ended {
-    /// mpirun exited on its own, with the failure its stderr reported (if any), whether it
-    /// printed Open MPI's "Primary job terminated normally" banner, and the nodes it lost.
+    /// mpirun (or srun) exited on its own, with the failure its stderr reported (if any),
+    /// whether it printed Open MPI's "Primary job terminated normally" banner, and the nodes
+    /// it reported lost or failed.
     Exited(ExitStatus, Option<Failure>, bool, Vec<String>),
     /// The launcher received this signal and forwarded it; mpirun has exited since.
     Interrupted(i32),
@@ -300,7 +338,7 @@ fn with<T>(tail: &Mutex<Tail>, f: impl FnOnce(&mut Tail) -> T) -> T {
 /// Spawns mpirun for `launch` and watches it until it exits.
 fn run_once(
     launch: &Launch,
-    reader: Box<dyn crate::backend::FailureReader + Send>,
+    backend: &dyn Backend,
     plan: &RunPlan,
     watch: &mut signals::Watch,
     tail: &Arc<Mutex<Tail>>,
@@ -311,7 +349,11 @@ fn run_once(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", launch.argv()[0].to_string_lossy()))?;
-    let scanner = Arc::new(Mutex::new(reader));
+    let scanner = Arc::new(Mutex::new(backend.failure_reader()));
+    // mpirun or srun, as reports name it.
+    let prog = Path::new(&launch.argv()[0])
+        .file_name()
+        .map_or_else(|| "mpirun".into(), |n| n.to_string_lossy().into_owned());
     let mut readers = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         let tail = Arc::clone(tail);
@@ -332,17 +374,26 @@ fn run_once(
     let mut signalled: Option<(i32, Instant)> = None;
     let mut killed = false;
     let status = loop {
-        if let Some(status) = child.try_wait().context("cannot wait for mpirun")? {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("cannot wait for {prog}"))?
+        {
             break status;
         }
         if let Some(sig) = watch.take() {
+            let to = backend.forwarded(sig);
+            let alias = if to == sig {
+                String::new()
+            } else {
+                format!(" as {}", signals::name(to))
+            };
             say(format!(
-                "received {}: forwarding it to mpirun (pid {}); no restart will follow",
+                "received {}: forwarding it to {prog} (pid {}){alias}; no restart will follow",
                 signals::name(sig),
                 child.id()
             ));
-            if let Err(e) = signals::send(child.id(), sig) {
-                say(format!("warning: cannot signal mpirun: {e}"));
+            if let Err(e) = signals::send(child.id(), to) {
+                say(format!("warning: cannot signal {prog}: {e}"));
             }
             signalled.get_or_insert((sig, Instant::now()));
         }
@@ -365,7 +416,7 @@ fn run_once(
         if let Some((_, at)) = signalled {
             if !killed && at.elapsed() > GRACE {
                 say(format!(
-                    "mpirun still running {} s after the signal: killing it",
+                    "{prog} still running {} s after the signal: killing it",
                     GRACE.as_secs()
                 ));
                 let _ = child.kill();

@@ -66,6 +66,7 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         spares: None,
         spread_on_failure: false,
         nodes: None,
+        srun: None,
         l2_every: None,
         l4_every: None,
         level_flags: Default::default(),

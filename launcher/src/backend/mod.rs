@@ -2,17 +2,18 @@
 //! files it needs, written into the job's control directory before it starts), the reading of
 //! its failure reports (which rank, which node, why), and giving each rank its node identity.
 //!
-//! [`mpirun::Mpirun`] is the one backend today. Ranks get their node identity from
-//! `ckpt exec-rank`, which sets `CKPT_NODE` (and, on emulated nodes, `CKPT_LOCAL_DIR`) before
-//! the program starts: on real nodes (`--nodes`) the name the placement gave the rank's node,
-//! so that manifests record the names placements are made of. An `srun` backend would start
-//! ranks with `SLURM_HOSTFILE` and `--distribution=arbitrary` from the same
-//! [`crate::placement::Placement`], read Slurm's reports, and leave the node identity to
-//! `SLURMD_NODENAME`, which the library reads already.
+//! [`mpirun::Mpirun`]: ranks get their node identity from `ckpt exec-rank`, which sets
+//! `CKPT_NODE` (and, on emulated nodes, `CKPT_LOCAL_DIR`) before the program starts: on real
+//! nodes (`--nodes`) the name the placement gave the rank's node, so that manifests record the
+//! names placements are made of. [`srun::Srun`], inside a Slurm allocation: ranks start with
+//! `SLURM_HOSTFILE` and `--distribution=arbitrary` from the same
+//! [`crate::placement::Placement`], failures come from srun's reports, and the node identity
+//! is `SLURMD_NODENAME`, which the library reads.
 //!
 //! Everything here is pure: [`Launch::command`] builds a [`Command`] but never spawns it.
 
 pub mod mpirun;
+pub mod srun;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -30,6 +31,11 @@ pub trait Backend {
 
     /// A reader of the failure reports the launch prints on its stderr.
     fn failure_reader(&self) -> Box<dyn FailureReader + Send>;
+
+    /// The signal to send the launch when the launcher receives `sig` (SIGINT, SIGTERM).
+    fn forwarded(&self, sig: i32) -> i32 {
+        sig
+    }
 }
 
 /// Reads a launch's stderr line by line and keeps the first failure it reports.
@@ -41,7 +47,8 @@ pub trait FailureReader {
     /// Whether the backend printed a banner that reads like success after a failure (Open
     /// MPI's "Primary job terminated normally"), which the report explains.
     fn normal_banner(&self) -> bool;
-    /// Nodes the backend reported lost (its agent there gone), by the backend's names for them.
+    /// Nodes the backend reported lost or failed (its agent there gone, or the node down: not
+    /// only a rank on them), by the backend's names for them, in order.
     fn lost_nodes(&self) -> &[String] {
         &[]
     }
@@ -56,6 +63,8 @@ pub struct Launch {
     env: Vec<(&'static str, String)>,
     /// Files (absolute path in the job's control directory, contents) the command reads.
     files: Vec<(PathBuf, String)>,
+    /// Variables of the launcher's environment the launcher program must not see.
+    unset: Vec<&'static str>,
 }
 
 impl Launch {
@@ -83,6 +92,9 @@ impl Launch {
             .split_first()
             .expect("argv starts with the program");
         let mut cmd = Command::new(prog);
+        for name in &self.unset {
+            cmd.env_remove(name);
+        }
         cmd.args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::inherit())
@@ -103,6 +115,8 @@ pub enum Cause {
     Abort(Option<i32>),
     /// Exited (even with status 0) after `MPI_Init` without calling `MPI_Finalize`.
     NoFinalize,
+    /// Ended because its node failed (Slurm's report).
+    NodeFailure,
 }
 
 /// The rank that ended the job, its node when the report names it, and why.
@@ -125,6 +139,7 @@ impl fmt::Display for Failure {
             Cause::Abort(Some(code)) => write!(f, "called MPI_Abort with error code {code}"),
             Cause::Abort(None) => write!(f, "called MPI_Abort"),
             Cause::NoFinalize => write!(f, "exited without calling MPI_Finalize"),
+            Cause::NodeFailure => write!(f, "was lost with its node (Slurm: node failure)"),
         }?;
         match &self.node {
             Some(node) => write!(f, " on node {node}"),

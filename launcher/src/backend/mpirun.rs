@@ -104,7 +104,12 @@ fn build(
     }
     argv.push(plan.program.clone().into());
     argv.extend(plan.args.iter().map(OsString::from));
-    Launch { argv, env, files }
+    Launch {
+        argv,
+        env,
+        files,
+        unset: Vec::new(),
+    }
 }
 
 /// An Open MPI rankfile: `rank R=HOST slot=*:*` per rank. Open MPI binds the ranks of a
@@ -484,6 +489,7 @@ the job did. This can cause a job to hang indefinitely while it waits
             exe: Some("/opt/ckpt".into()),
             group_access: None,
             resolves: |_| true,
+            slurm: crate::backend::srun::SlurmEnv::none(),
         };
         let check = |ctx: &Context, argv: &str, count: u32, root: bool, expected: &str| {
             assert_eq!(launch(argv, ctx, count, root), expected, "{argv}");
@@ -571,6 +577,7 @@ the job did. This can cause a job to hang indefinitely while it waits
             exe: Some("/opt/ckpt".into()),
             group_access: None,
             resolves: |_| true,
+            slurm: crate::backend::srun::SlurmEnv::none(),
         };
         let argv = "ckpt run -n 5 --job-dir j --nodes n[1-2],login --ranks-per-node 2 -- /bin/echo";
         let Cmd::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
