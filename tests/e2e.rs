@@ -5007,7 +5007,7 @@ fn heat4_reference(args: &[&str]) -> String {
 }
 
 /// Each rank's node, from its latest `rank_started` event.
-fn started_nodes(job: &Path) -> std::collections::BTreeMap<u32, String> {
+fn last_started_nodes(job: &Path) -> std::collections::BTreeMap<u32, String> {
     events(job)
         .into_iter()
         .filter_map(|e| match e {
@@ -5042,7 +5042,7 @@ fn the_srun_backend_runs_heat2d_on_three_nodes_with_an_identical_result() {
         "{}",
         out.dump()
     );
-    let nodes = started_nodes(&job);
+    let nodes = last_started_nodes(&job);
     let hostfile: Vec<String> = (0..4).filter_map(|r| hostfile_node(&job, r)).collect();
     assert_eq!(
         nodes.values().cloned().collect::<Vec<_>>(),

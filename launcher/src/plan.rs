@@ -432,21 +432,6 @@ impl RunPlan {
                 args.mpirun.clone()
             }
         };
-        if alloc.is_none() && args.emulate_nodes.is_none() {
-            if let Some(s) = args.spares {
-                return Err(UsageError(format!(
-                    "--spares {s}: spare nodes need --emulate-nodes or the srun backend (inside \
-                     a Slurm allocation)"
-                )));
-            }
-            if args.spread_on_failure {
-                return Err(UsageError(
-                    "--spread-on-failure: lost nodes are handled with --emulate-nodes or the \
-                     srun backend (inside a Slurm allocation)"
-                        .into(),
-                ));
-            }
-        }
         if let Some(n) = args.emulate_nodes {
             if n == 0 || n > args.ranks {
                 return Err(UsageError(format!(
@@ -461,7 +446,7 @@ impl RunPlan {
                 )));
             }
         }
-        if args.emulate_nodes.is_none() && args.nodes.is_none() {
+        if alloc.is_none() && args.emulate_nodes.is_none() && args.nodes.is_none() {
             let flag = match (args.spares, args.spread_on_failure) {
                 (Some(_), _) => Some("--spares"),
                 (None, true) => Some("--spread-on-failure"),
@@ -469,7 +454,8 @@ impl RunPlan {
             };
             if let Some(flag) = flag {
                 return Err(UsageError(format!(
-                    "{flag}: needs nodes to choose from (--nodes HOSTLIST or --emulate-nodes N)"
+                    "{flag}: needs nodes to choose from (--nodes HOSTLIST, --emulate-nodes N, or \
+                     the srun backend inside a Slurm allocation)"
                 )));
             }
         }
@@ -478,7 +464,14 @@ impl RunPlan {
             .as_deref()
             .map(|list| {
                 let spares = args.spares.unwrap_or(0);
-                RealNodes::new(list, args.ranks_per_node, spares, args.ranks, ctx, alloc.as_ref())
+                RealNodes::new(
+                    list,
+                    args.ranks_per_node,
+                    spares,
+                    args.ranks,
+                    ctx,
+                    alloc.as_ref(),
+                )
             })
             .transpose()?;
         let local_dir = args.local_dir.as_deref().map(|d| absolute(&ctx.cwd, d));
@@ -964,12 +957,13 @@ mod tests {
         );
         check(
             "-n 4 --spares 1 -- prog",
-            "error: --spares: needs nodes to choose from (--nodes HOSTLIST or --emulate-nodes N)",
+            "error: --spares: needs nodes to choose from (--nodes HOSTLIST, --emulate-nodes N, or \
+             the srun backend inside a Slurm allocation)",
         );
         check(
             "-n 4 --spread-on-failure -- prog",
-            "error: --spread-on-failure: needs nodes to choose from (--nodes HOSTLIST or \
-             --emulate-nodes N)",
+            "error: --spread-on-failure: needs nodes to choose from (--nodes HOSTLIST, \
+             --emulate-nodes N, or the srun backend inside a Slurm allocation)",
         );
     }
 

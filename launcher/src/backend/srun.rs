@@ -703,15 +703,15 @@ srun: Force Terminated StepId=8.0
             s.failure().map(ToString::to_string).as_deref(),
             Some("rank 3 exited on signal 9 (Killed) on node n2")
         );
-        assert!(s.failed_nodes().is_empty());
+        assert!(s.lost_nodes().is_empty());
         let s = scan(NODE_DOWN);
         assert_eq!(
             s.failure().map(ToString::to_string).as_deref(),
             Some("rank 2 was lost with its node (Slurm: node failure) on node n2")
         );
-        assert_eq!(s.failed_nodes(), ["n2"]);
+        assert_eq!(s.lost_nodes(), ["n2"]);
         assert_eq!(
-            blame(&s.failed_nodes(), s.failure()).as_deref(),
+            blame(s.lost_nodes(), s.failure()).as_deref(),
             Some("rank 2 was lost with its node (Slurm: node failure) on node n2")
         );
         // The failed node's own tasks not reported: the node first, then what srun said.
@@ -721,7 +721,7 @@ srun: error: n1: tasks 0-1: Killed
 ",
         );
         assert_eq!(
-            blame(&s.failed_nodes(), s.failure()).as_deref(),
+            blame(s.lost_nodes(), s.failure()).as_deref(),
             Some("node n2 failed (Slurm's report); then rank 0 exited on signal 9 (Killed) on node n1")
         );
         assert_eq!(blame(&[], s.failure()), None);
@@ -1049,12 +1049,12 @@ srun: error: n1: tasks 0-1: Killed
             run("-n 4 --backend slurm --job-dir j -- /bin/true").unwrap_err(),
             "--backend slurm: expected mpirun, srun or auto"
         );
-        // mpirun chosen: spares need emulated nodes.
+        // mpirun chosen: spares need nodes to choose from.
         assert_eq!(
             run("-n 4 --backend mpirun --mpirun /bin/true --spares 1 --job-dir j -- /bin/true")
                 .unwrap_err(),
-            "--spares 1: spare nodes need --emulate-nodes or the srun backend (inside a Slurm \
-             allocation)"
+            "--spares: needs nodes to choose from (--nodes HOSTLIST, --emulate-nodes N, or the \
+             srun backend inside a Slurm allocation)"
         );
     }
 
