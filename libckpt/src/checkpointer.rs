@@ -350,6 +350,42 @@ impl Checkpointer {
     /// [`Checkpointer::comm`] it borrows the checkpointer; `h` itself does not, so keep the
     /// handle across `poll` and look the communicator up each time. Refuses a handle of
     /// another checkpointer.
+    ///
+    /// ```no_run
+    /// # struct S;
+    /// # impl ckpt::Protect for S { fn protect(&mut self, _: &mut ckpt::Regions<'_>) {} }
+    /// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+    /// let mut ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+    /// let row = ck.comm().split(0, 0)?;
+    /// ck.sub(row)?.send(0, 0, &[1u8])?;
+    /// ck.poll(&mut S)?;
+    /// ck.sub(row)?.send(0, 0, &[2u8])?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A communicator held over `poll` is refused by the compiler:
+    ///
+    /// ```compile_fail,E0502
+    /// # struct S;
+    /// # impl ckpt::Protect for S { fn protect(&mut self, _: &mut ckpt::Regions<'_>) {} }
+    /// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+    /// let mut ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+    /// let row = ck.sub(ck.comm().split(0, 0)?)?;
+    /// ck.poll(&mut S)?;
+    /// row.send(0, 0, &[2u8])?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// and so is one used after the checkpointer was dropped:
+    ///
+    /// ```compile_fail,E0505
+    /// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+    /// let ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+    /// let row = ck.sub(ck.comm().split(0, 0)?)?;
+    /// drop(ck);
+    /// row.send(0, 0, &[2u8])?;
+    /// # Ok(()) }
+    /// ```
     pub fn sub(&self, h: SubComm) -> Result<&Comm> {
         self.family.of(h)
     }
