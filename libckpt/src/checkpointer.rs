@@ -450,15 +450,14 @@ impl Checkpointer {
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
         self.bg.progress(&self.ctx);
         self.family.reap_sends();
-        let pending = self.family.pending_requests();
-        if !pending.is_empty() {
+        if self.family.has_pending() {
             return Err(Error::Usage {
                 rank: self.ctx.rank,
                 what: format!(
                     "receives still pending at poll {}: {}; complete every irecv with \
                      Comm::wait or Comm::test before poll()",
                     self.agree.polls() + 1,
-                    pending.join(", ")
+                    self.family.pending_requests().join(", ")
                 ),
             });
         }

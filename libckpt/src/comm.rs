@@ -1046,6 +1046,11 @@ impl Comm {
         }
     }
 
+    /// Whether the application has a receive posted and not completed.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.books.borrow().ep.has_posted()
+    }
+
     /// Descriptions of the application's receives still pending (for the misuse report).
     pub(crate) fn pending_requests(&self) -> Vec<String> {
         self.books.borrow().ep.posted_descriptions()

@@ -162,6 +162,22 @@ impl Family {
         (0..self.len()).filter_map(|i| self.get(i)).collect()
     }
 
+    /// Calls `f` on every communicator in creation order, without allocating (`poll`'s path).
+    fn for_each(&self, mut f: impl FnMut(&Comm)) {
+        for i in 0..self.len() {
+            if let Some(c) = self.get(i) {
+                f(c);
+            }
+        }
+    }
+
+    /// Whether any communicator has a receive posted and not completed.
+    pub(crate) fn has_pending(&self) -> bool {
+        let mut any = false;
+        self.for_each(|c| any |= c.has_pending());
+        any
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.comms.borrow().len()
     }
@@ -195,7 +211,7 @@ impl Family {
 
     /// Completes finished sends on every communicator.
     pub(crate) fn reap_sends(&self) {
-        self.all().iter().for_each(|c| c.reap_sends());
+        self.for_each(Comm::reap_sends);
     }
 
     /// Refuses every communicator's calls from now on.
