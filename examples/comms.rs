@@ -9,7 +9,8 @@
 //!
 //! Cases: ranks creating in a different order (`dup` on rank 0, `split` elsewhere); a `cart`
 //! with another periodicity on rank 0; a negative color on the last rank; `coords` on a
-//! communicator that is not Cartesian; a checkpoint while rank 0 holds one communicator more.
+//! communicator that is not Cartesian; a collective's root that a sub-communicator does not
+//! have; a checkpoint while rank 0 holds one communicator more.
 
 use std::process::ExitCode;
 
@@ -91,6 +92,11 @@ fn run(world: &mpi::topology::SimpleCommunicator) -> Result<(), Surprise> {
         )));
     }
     round(ringc)?;
+    refused(
+        ringc,
+        "a collective's root on a sub-communicator",
+        ringc.gather(size, &[rank]),
+    )?;
     round(ck.comm())?;
     // One communicator more on rank 0 alone (a dup of its own single-rank split).
     let own = ck.sub(ck.comm().split(rank, 0)?)?;

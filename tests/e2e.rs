@@ -4783,6 +4783,8 @@ fn sub_communicator_creation_mismatches_are_refused_on_every_rank() {
          its arguments to split()",
         "refused coords off a grid: rank 0: communicator #0: coords: not a Cartesian \
          communicator",
+        "refused a collective's root on a sub-communicator: rank 0: communicator #1 (rank 0 \
+         of 4): gather: root 4 does not exist (ranks 0..3)",
         "the ranks hold different numbers of communicators (by rank: [4, 3, 3, 3])",
         "comms: all cases refused as expected",
     ] {
