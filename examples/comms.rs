@@ -7,6 +7,10 @@
 //! ckpt run -n 4 -- comms
 //! ```
 //!
+//! With `--different-parents`, after those cases rank 0 creates a communicator from the root
+//! communicator while the others create one from another: they wait for each other until
+//! `CKPT_TIMEOUT` names the ranks that did not come, and the job is aborted.
+//!
 //! Cases: ranks creating in a different order (`dup` on rank 0, `split` elsewhere); a `cart`
 //! with another periodicity on rank 0; a negative color on the last rank; `coords` on a
 //! communicator that is not Cartesian; a collective's root that a sub-communicator does not
@@ -108,6 +112,15 @@ fn run(world: &mpi::topology::SimpleCommunicator) -> Result<(), Surprise> {
     round(ck.comm())?;
     if rank == 0 {
         println!("comms: all cases refused as expected");
+    }
+    if std::env::args().any(|a| a == "--different-parents") {
+        // Rank 0 creates from the root communicator, the others from the ring: each waits
+        // for the others until the deadline names them and the job is aborted.
+        let parent = if rank == 0 { ck.comm() } else { ck.sub(ring)? };
+        parent.dup()?;
+        return Err(Surprise(
+            "creations on different parents went through".into(),
+        ));
     }
     Ok(())
 }

@@ -4795,3 +4795,33 @@ fn sub_communicator_creation_mismatches_are_refused_on_every_rank() {
         );
     }
 }
+
+/// Ranks that create communicators from different parents wait for each other until the
+/// deadline, which names the ranks that did not come; the job is aborted, not left hanging.
+#[test]
+fn sub_communicators_created_on_different_parents_are_named_at_the_deadline() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let run = Run::new(
+        &job,
+        RANKS,
+        &["--max-restarts", "0"],
+        &bin("comms"),
+        &["--different-parents"],
+    );
+    let out = short_deadlines(run, "1").output();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(!out.stderr.contains("went through"), "{}", out.dump());
+    // Rank 0 (which holds one communicator more, from the earlier case) waited on the root
+    // communicator for the others, which waited on the ring (communicator #1) for rank 0.
+    assert!(
+        out.stderr.contains(
+            "ranks [1, 2, 3] did not reach the creation of communicator #4 from communicator #0"
+        ) || out.stderr.contains(
+            "ranks [0] did not reach the creation of communicator #3 from communicator #1"
+        ),
+        "{}",
+        out.dump()
+    );
+}
