@@ -62,7 +62,7 @@ static NEXT_FAMILY: AtomicU64 = AtomicU64::new(1);
 /// Every communicator of one checkpointer, in creation order; owns them.
 pub(crate) struct Family {
     id: u64,
-    /// Boxed communicators (`Box::into_raw`), never moved nor freed before the family.
+    /// Boxed communicators (leaked by `boxed`), never moved nor freed before the family.
     comms: RefCell<Vec<NonNull<Comm>>>,
     /// Restored states of communicators not created yet, by index.
     restored: RefCell<(u64, Vec<Option<CommState>>)>,
@@ -143,9 +143,9 @@ impl Family {
     /// Communicator `index`, if there is one.
     pub(crate) fn get(&self, index: usize) -> Option<&Comm> {
         let p = *self.comms.borrow().get(index)?;
-        // SAFETY: `p` comes from `Box::into_raw` and is freed only when the family drops, so
-        // it is valid for as long as `&self`; communicators are only ever used through shared
-        // references.
+        // SAFETY: `p` comes from `Box::leak` (`boxed`) and is freed only when the family
+        // drops, so it is valid for as long as `&self`; communicators are only ever used
+        // through shared references.
         Some(unsafe { p.as_ref() })
     }
 
@@ -338,8 +338,8 @@ impl Drop for Family {
     fn drop(&mut self) {
         // The newest first: sub-communicators before their parents.
         for p in self.comms.get_mut().drain(..).rev() {
-            // SAFETY: `p` comes from `Box::into_raw` and is dropped once, here; no reference
-            // to it outlives the family (they borrow it).
+            // SAFETY: `p` comes from `Box::leak` (`boxed`) and is dropped once, here; no
+            // reference to it outlives the family (they borrow it).
             drop(unsafe { Box::from_raw(p.as_ptr()) });
         }
     }

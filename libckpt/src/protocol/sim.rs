@@ -15,11 +15,11 @@
 //! each communicator.
 //!
 //! Checked on every seed: no accounting error; every message is received on the communicator
-//! it was sent on; a receive refused for its size never gets a
-//! message; the receive after a probe gets the probed message; in the surviving execution every message sent to a rank is received exactly once,
-//! and messages from one sender with one tag in the order they were sent; every set-up
-//! message of each run is received exactly once in that run, by a set-up receive; nothing is
-//! left in a log at the end.
+//! it was sent on; a receive refused for its size never gets a message; the receive after a
+//! probe gets the probed message; in the surviving execution every message sent to a rank is
+//! received exactly once, and messages from one sender with one tag on one communicator in
+//! the order they were sent; every set-up message of each run is received exactly once in
+//! that run, by a set-up receive; nothing is left in a log at the end.
 //!
 //! `CKPT_SIM_SEEDS=N` runs N seeds (default 1000); `CKPT_SIM_SEED=S` replays one seed.
 
