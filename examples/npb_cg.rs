@@ -7,10 +7,15 @@
 //!
 //! It estimates the eigenvalue nearest the class's shift of a random sparse symmetric matrix
 //! by inverse power iteration, each outer iteration solving with 25 conjugate gradient
-//! iterations, and checks the result against the benchmark's published value. Rows (and so
-//! the vectors) are split in blocks over any number of ranks; the vector the product needs is
-//! all-gathered, and every sum over ranks is formed from an all-gather in rank order, so a run
-//! killed and restarted with as many ranks ends bit-identical to an uninterrupted one.
+//! iterations, and checks the result against the benchmark's published value. The ranks form
+//! the benchmark's 2-D process grid (`nprows` x `npcols`, the most square with `nprows <=
+//! npcols`; a `cart` communicator with row and column sub-communicators): rank `(i, j)` holds
+//! the block of the matrix in row block `i` and column block `j`, and the vectors' row block
+//! `i` (the same on every rank of a grid row). A product all-gathers the vector over the
+//! column (whose ranks hold every row block), multiplies the block, and sums the row's
+//! partial products from an all-gather over the row in column order; every sum over rows is
+//! formed from an all-gather over the column in rank order. So a run killed and restarted
+//! with as many ranks ends bit-identical to an uninterrupted one.
 //!
 //! Options: `--class S|W|A` (default S), `--iter-ms MS` (sleep per outer iteration, to slow
 //! the run down for kill drills; default 0), `--poll-cg` (also poll after each of the 25 CG
@@ -33,7 +38,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ckpt::mpi;
-use ckpt::{Checkpointer, Comm, Config, Protect, Regions};
+use ckpt::{Checkpointer, Comm, Config, Protect, Regions, SubComm};
 
 use matrix::Rows;
 use solver::{Solve, Team, CG_ITERATIONS};
@@ -180,24 +185,42 @@ impl AllGather for mpi::topology::SimpleCommunicator {
     }
 }
 
-/// The ranks of a communicator, each holding a block of `block` rows (the last ones fewer).
-struct Ranks<'a, C> {
-    comm: &'a C,
+/// The 2-D process grid's shape for `size` ranks: the most square `nprows` x `npcols`,
+/// `nprows <= npcols`.
+fn grid_dims(size: usize) -> [usize; 2] {
+    let rows = (1..=size)
+        .filter(|p| size % p == 0 && p * p <= size)
+        .max()
+        .unwrap_or(1);
+    [rows, size / rows]
+}
+
+/// This rank's row and column communicators on the process grid, each holding a block of
+/// `block` rows of the vectors (the last ones fewer).
+struct GridTeam<'a, C> {
+    row: &'a C,
+    col: &'a C,
     na: usize,
     block: usize,
 }
 
-impl<'a, C> Ranks<'a, C> {
-    fn new(comm: &'a C, na: usize, block: usize) -> Self {
-        Ranks { comm, na, block }
+impl<'a, C> GridTeam<'a, C> {
+    fn new(row: &'a C, col: &'a C, na: usize, block: usize) -> Self {
+        GridTeam {
+            row,
+            col,
+            na,
+            block,
+        }
     }
 }
 
-impl<C: AllGather> Team for Ranks<'_, C> {
+impl<C: AllGather> Team for GridTeam<'_, C> {
     type Error = ckpt::Error;
 
     fn sums<const N: usize>(&self, local: [f64; N]) -> Result<[f64; N], ckpt::Error> {
-        let all = self.comm.all_gather_f64(&local)?;
+        // The ranks of a column hold every row block once.
+        let all = self.col.all_gather_f64(&local)?;
         let mut total = [0.0; N];
         for part in all.chunks_exact(N) {
             for (t, v) in total.iter_mut().zip(part) {
@@ -211,9 +234,23 @@ impl<C: AllGather> Team for Ranks<'_, C> {
         // All-gather needs blocks of one length: the short last blocks are padded.
         let mut padded = local.to_vec();
         padded.resize(self.block, 0.0);
-        let mut all = self.comm.all_gather_f64(&padded)?;
+        let mut all = self.col.all_gather_f64(&padded)?;
         all.truncate(self.na);
         Ok(all)
+    }
+
+    fn product(&self, a: &Rows, v: &[f64], out: &mut [f64]) -> Result<(), ckpt::Error> {
+        let mut partial = vec![0.0; out.len()];
+        a.mul(&self.whole(v)?, &mut partial);
+        // Every rank of the row holds the same rows: partial products of one length.
+        let all = self.row.all_gather_f64(&partial)?;
+        out.fill(0.0);
+        for part in all.chunks_exact(out.len().max(1)) {
+            for (o, x) in out.iter_mut().zip(part) {
+                *o += x;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -225,16 +262,22 @@ struct Problem {
     st: State,
 }
 
-/// Generates `rank`'s rows of the class's matrix; rank 0 prints the header.
+/// Generates the block of the class's matrix of `rank` (row-major on the process grid
+/// `dims`); rank 0 prints the header.
 fn set_up(c: &Class, rank: usize, size: usize) -> Problem {
-    let block = c.na.div_ceil(size);
-    let lo = (rank * block).min(c.na);
-    let a = matrix::generate(c.na, c.nonzer, c.shift, lo, (lo + block).min(c.na));
+    let dims = grid_dims(size);
+    let (i, j) = (rank / dims[1], rank % dims[1]);
+    let block = c.na.div_ceil(dims[0]);
+    let lo = (i * block).min(c.na);
+    let cblock = c.na.div_ceil(dims[1]);
+    let clo = (j * cblock).min(c.na);
+    let a = matrix::generate(c.na, c.nonzer, c.shift, lo, (lo + block).min(c.na))
+        .columns(clo, (clo + cblock).min(c.na));
     if rank == 0 {
         println!(
             "npb-cg: NAS CG class {}: size {}, {} nonzeros per random vector, {} iterations, \
-             shift {}, {size} ranks",
-            c.name, c.na, c.nonzer, c.niter, c.shift
+             shift {}, {size} ranks on a {}x{} process grid",
+            c.name, c.na, c.nonzer, c.niter, c.shift, dims[0], dims[1]
         );
     }
     let st = State {
@@ -246,17 +289,16 @@ fn set_up(c: &Class, rank: usize, size: usize) -> Problem {
     Problem { a, block, st }
 }
 
-/// Ends an outer iteration over `comm` (the solve done); rank 0 prints its line. Then sleeps
+/// Ends an outer iteration over `team` (the solve done); rank 0 prints its line. Then sleeps
 /// `--iter-ms`.
 fn end_iteration<C: AllGather>(
     p: &mut Problem,
     c: &Class,
     o: &Opts,
-    comm: &C,
+    team: &GridTeam<'_, C>,
     rank: i32,
 ) -> Result<(), ckpt::Error> {
-    let team = Ranks::new(comm, c.na, p.block);
-    let (zeta, rnorm) = p.st.solve.finish(&p.a, c.shift, &mut p.st.x, &team)?;
+    let (zeta, rnorm) = p.st.solve.finish(&p.a, c.shift, &mut p.st.x, team)?;
     p.st.it += 1;
     p.st.zeta = zeta;
     if rank == 0 {
@@ -303,6 +345,7 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
     let (rank, size) = (world.rank(), world.size());
     let t0 = Instant::now();
     let mut p = set_up(&c, rank as usize, size as usize);
+    let (row, col) = grid_comms(&ck)?;
     let setup = t0.elapsed();
     if ck.restarting() {
         let r = ck.restore(&mut p.st)?;
@@ -323,15 +366,22 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
         let block = p.block;
         if !p.st.solve.started() {
             p.st.solve
-                .start(&p.st.x, &Ranks::new(ck.comm(), c.na, block))?;
+                .start(&p.st.x, &grid_team(&ck, (row, col), c.na, block)?)?;
         }
         while p.st.solve.done < CG_ITERATIONS {
-            p.st.solve.step(&p.a, &Ranks::new(ck.comm(), c.na, block))?;
+            p.st.solve
+                .step(&p.a, &grid_team(&ck, (row, col), c.na, block)?)?;
             if o.poll_cg && poll(&mut ck, &mut p.st, rank)? {
                 return Ok(());
             }
         }
-        end_iteration(&mut p, &c, &o, ck.comm(), rank)?;
+        end_iteration(
+            &mut p,
+            &c,
+            &o,
+            &grid_team(&ck, (row, col), c.na, block)?,
+            rank,
+        )?;
         if poll(&mut ck, &mut p.st, rank)? {
             return Ok(());
         }
@@ -342,8 +392,28 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
     Ok(())
 }
 
+/// The team of the grid's row and column communicators `rc`.
+fn grid_team(
+    ck: &Checkpointer,
+    rc: (SubComm, SubComm),
+    na: usize,
+    block: usize,
+) -> Result<GridTeam<'_, Comm>, ckpt::Error> {
+    Ok(GridTeam::new(ck.sub(rc.0)?, ck.sub(rc.1)?, na, block))
+}
+
+/// The grid's row and column communicators (collective; the same order in every run).
+fn grid_comms(ck: &Checkpointer) -> Result<(SubComm, SubComm), ckpt::Error> {
+    let dims = grid_dims(ck.size() as usize).map(|d| d as i32);
+    let grid = ck.comm().cart(&dims, &[false, false])?;
+    let g = ck.sub(grid)?;
+    let at = g.coords()?;
+    Ok((g.split(at[0], at[1])?, g.split(at[1], at[0])?))
+}
+
 /// The `--plain` baseline: the same computation on plain rsmpi, without ckpt.
 fn run_plain(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::Error> {
+    use ckpt::mpi::topology::Color;
     use ckpt::mpi::traits::Communicator;
     let c = o.class;
     let (rank, size) = (world.rank(), world.size());
@@ -351,13 +421,24 @@ fn run_plain(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), c
     let mut p = set_up(&c, rank as usize, size as usize);
     let setup = t0.elapsed();
     let t1 = Instant::now();
-    let team = Ranks::new(world, c.na, p.block);
+    let dims = grid_dims(size as usize);
+    let (i, j) = (rank / dims[1] as i32, rank % dims[1] as i32);
+    let split = |color: i32, key: i32| {
+        world
+            .split_by_color_with_key(Color::with_value(color), key)
+            .ok_or_else(|| ckpt::Error::Usage {
+                rank,
+                what: "MPI gave no communicator for a grid row or column".into(),
+            })
+    };
+    let (row, col) = (split(i, j)?, split(j, i)?);
+    let team = GridTeam::new(&row, &col, c.na, p.block);
     while p.st.it < c.niter {
         p.st.solve.start(&p.st.x, &team)?;
         while p.st.solve.done < CG_ITERATIONS {
             p.st.solve.step(&p.a, &team)?;
         }
-        end_iteration(&mut p, &c, &o, world, rank)?;
+        end_iteration(&mut p, &c, &o, &team, rank)?;
     }
     if rank == 0 {
         report(&c, &p.st, size, setup, t1.elapsed());

@@ -5258,3 +5258,160 @@ fn the_srun_backend_refuses_outside_slurm_and_in_a_too_small_allocation() {
     );
     assert!(!job.exists());
 }
+
+/// cart2d arguments: a 64 x 48 grid on a 2 x 2 process grid, with row and column
+/// sub-communicators (issue 11).
+const CART: &[&str] = &["--nx", "64", "--ny", "48", "--steps", "120"];
+
+/// Checksum of an uninterrupted cart2d run without checkpoints.
+fn cart_reference() -> &'static str {
+    static REF: OnceLock<String> = OnceLock::new();
+    REF.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let job = dir.path().join("ref");
+        let out = Run::new(&job, RANKS, &["--every", "off"], &bin("cart2d"), CART).output();
+        assert!(out.status.success(), "reference run failed\n{}", out.dump());
+        out.checksum()
+            .unwrap_or_else(|| panic!("no checksum\n{}", out.dump()))
+    })
+}
+
+fn assert_cart_result(out: &Output, ctx: &str) {
+    assert!(out.status.success(), "{ctx}\n{}", out.dump());
+    assert!(!out.stderr.contains("crossed:"), "{ctx}\n{}", out.dump());
+    assert_eq!(
+        out.checksum().as_deref(),
+        Some(cart_reference()),
+        "{ctx}: differs from the uninterrupted run\n{}",
+        out.dump()
+    );
+}
+
+/// Checkpoints with messages of four communicators in flight (halos on the grid, sums on the
+/// row, column and root communicators, all sums with tag 0) leave the result unchanged, and
+/// every such message is drained.
+#[test]
+fn sub_communicators_messages_in_flight_are_drained_at_checkpoints() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let out = Run::new(&job, RANKS, &["--every", "25"], &bin("cart2d"), CART).output();
+    assert_cart_result(&out, "no kill");
+    let logged: Vec<u64> = events(&job)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Committed { logged, .. } => Some(logged),
+            _ => None,
+        })
+        .collect();
+    // Per rank: 2 halos (a 2 x 2 grid), a row, a column and a root-communicator sum.
+    assert_eq!(logged, vec![20; 4], "{}", out.dump());
+}
+
+/// cart2d killed at seeded random moments (`CKPT_SEEDS=a,b` to replay), with its
+/// sub-communicators created before `restore()` and after it: bit-identical to an
+/// uninterrupted run, and no message of a row or column communicator is received on another
+/// communicator (cart2d checks each message's communicator and step, `crossed:` otherwise).
+#[test]
+fn sub_communicators_killed_at_random_moments_restart_to_the_same_result() {
+    let Some(_mpi) = mpi() else { return };
+    for (i, seed) in seeds(&[21, 22, 23, 24]).into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let mut args = CART.to_vec();
+        args.extend(["--step-ms", "5"]);
+        if i % 2 == 1 {
+            args.push("--late-comms");
+        }
+        let flags = ["--every", "15", "--max-restarts", "2"];
+        let run = Run::new(&job, RANKS, &flags, &bin("cart2d"), &args);
+        let (out, ctx) = kill_at_random(run, &job, RANKS, seed, Duration::from_millis(300));
+        let ctx = format!("{ctx} ({})", args.join(" "));
+        assert_cart_result(&out, &ctx);
+        assert_eq!(restored_epochs(&job).len(), 1, "{ctx}\n{}", out.dump());
+    }
+}
+
+/// Crashes injected in the drain of a cut and between checkpoints, with the sub-communicators
+/// created after `restore()`: the restored epoch is the expected one and the result identical.
+#[test]
+fn sub_communicators_injected_crashes_restart_to_the_same_result() {
+    let Some(_mpi) = mpi() else { return };
+    for (fault, restored) in [("2:drain:3", 2u64), ("1:poll:70", 4)] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job");
+        let mut args = CART.to_vec();
+        args.push("--late-comms");
+        let flags = ["--every", "15", "--max-restarts", "1", "--fault", fault];
+        let out = Run::new(&job, RANKS, &flags, &bin("cart2d"), &args).output();
+        assert_cart_result(&out, fault);
+        assert_eq!(
+            restored_epochs(&job),
+            vec![restored],
+            "{fault}\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// Creation rules: ranks creating in a different order or shape, a refused color, `coords`
+/// off a grid and a checkpoint with different numbers of communicators are refused on every
+/// rank with `Error::Communicator`/`Usage` (not recoverable); the communicators still work.
+#[test]
+fn sub_communicator_creation_mismatches_are_refused_on_every_rank() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let out = Run::new(&job, RANKS, &["--max-restarts", "0"], &bin("comms"), &[]).output();
+    assert!(out.status.success(), "{}", out.dump());
+    for want in [
+        "refused different order: rank 0: communicator #1: rank 1 of communicator #0 creates \
+         its communicator #1 by split(), this rank its communicator #1 by dup()",
+        "refused different shape: rank 0: communicator #1: rank 1 of communicator #0 creates \
+         its communicator #1 by cart() of 1 dimensions (another shape)",
+        "refused negative color: rank 0: communicator #1: rank 3 of communicator #0 refused \
+         its arguments to split()",
+        "refused coords off a grid: rank 0: communicator #0: coords: not a Cartesian \
+         communicator",
+        "refused a collective's root on a sub-communicator: rank 0: communicator #1 (rank 0 \
+         of 4): gather: root 4 does not exist (ranks 0..3)",
+        "the ranks hold different numbers of communicators (by rank: [4, 3, 3, 3])",
+        "comms: all cases refused as expected",
+    ] {
+        assert!(
+            out.stdout.contains(want),
+            "missing {want:?}\n{}",
+            out.dump()
+        );
+    }
+}
+
+/// Ranks that create communicators from different parents wait for each other until the
+/// deadline, which names the ranks that did not come; the job is aborted, not left hanging.
+#[test]
+fn sub_communicators_created_on_different_parents_are_named_at_the_deadline() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let run = Run::new(
+        &job,
+        RANKS,
+        &["--max-restarts", "0"],
+        &bin("comms"),
+        &["--different-parents"],
+    );
+    let out = short_deadlines(run, "1").output();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(!out.stderr.contains("went through"), "{}", out.dump());
+    // Rank 0 (which holds one communicator more, from the earlier case) waited on the root
+    // communicator for the others, which waited on the ring (communicator #1) for rank 0.
+    assert!(
+        out.stderr.contains(
+            "ranks [1, 2, 3] did not reach the creation of communicator #4 from communicator #0"
+        ) || out.stderr.contains(
+            "ranks [0] did not reach the creation of communicator #3 from communicator #1"
+        ),
+        "{}",
+        out.dump()
+    );
+}

@@ -32,6 +32,25 @@ impl Rows {
         self.start.len() - 1
     }
 
+    /// The entries of columns `lo..hi` alone (the block of a 2-D process grid).
+    pub fn columns(&self, lo: usize, hi: usize) -> Rows {
+        let mut out = Rows {
+            start: vec![0],
+            cols: Vec::new(),
+            vals: Vec::new(),
+        };
+        for k in 0..self.len() {
+            for i in self.start[k]..self.start[k + 1] {
+                if (lo..hi).contains(&(self.cols[i] as usize)) {
+                    out.cols.push(self.cols[i]);
+                    out.vals.push(self.vals[i]);
+                }
+            }
+            out.start.push(out.cols.len());
+        }
+        out
+    }
+
     /// `out[k] = sum_j A[k][j] * v[j]` (k counting the rows held) for the rows held, each row summed in column order.
     pub fn mul(&self, v: &[f64], out: &mut [f64]) {
         for (k, o) in out.iter_mut().enumerate() {
@@ -155,5 +174,34 @@ mod tests {
         let bottom = generate(na, nonzer, shift, 100, na);
         assert_eq!(top.cols, whole.cols[..whole.start[100]]);
         assert_eq!(bottom.vals, whole.vals[whole.start[100]..]);
+    }
+
+    /// Column blocks hold each row's entries of their columns, in order: side by side they
+    /// are the whole row.
+    #[test]
+    fn column_blocks_partition_each_row() {
+        let (na, nonzer, shift) = (300, 5, 10.0);
+        let rows = generate(na, nonzer, shift, 50, 120);
+        let blocks = [
+            rows.columns(0, 100),
+            rows.columns(100, 200),
+            rows.columns(200, na),
+        ];
+        for k in 0..rows.len() {
+            let mut joined: Vec<(u32, f64)> = Vec::new();
+            for (b, lo) in blocks.iter().zip([0u32, 100, 200]) {
+                let entries = b.start[k]..b.start[k + 1];
+                assert!(b.cols[entries.clone()]
+                    .iter()
+                    .all(|&c| c >= lo && c < lo + 100));
+                joined.extend(entries.map(|i| (b.cols[i], b.vals[i])));
+            }
+            let whole: Vec<(u32, f64)> = (rows.start[k]..rows.start[k + 1])
+                .map(|i| (rows.cols[i], rows.vals[i]))
+                .collect();
+            assert_eq!(joined, whole, "row {k}");
+        }
+        assert_eq!(rows.columns(0, 0).cols.len(), 0);
+        assert_eq!(rows.columns(0, 0).len(), rows.len());
     }
 }

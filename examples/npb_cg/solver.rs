@@ -2,9 +2,9 @@
 //! iteration solves `A z = x` approximately with 25 unpreconditioned CG iterations from
 //! `z = 0`, then sets `zeta = shift + 1 / (x . z)` and `x = z / ||z||`.
 //!
-//! Vectors are distributed by rows (each rank holds the rows of its [`Rows`]); the
-//! communication goes through [`Team`], so the solver runs alike on MPI ranks and in a unit
-//! test on one process.
+//! Vectors are distributed by rows (each rank holds the rows of its [`Rows`], possibly the
+//! same rows as other ranks on a 2-D process grid); the communication goes through [`Team`],
+//! so the solver runs alike on MPI ranks and in a unit test on one process.
 
 use super::matrix::Rows;
 
@@ -20,6 +20,12 @@ pub trait Team {
     fn sums<const N: usize>(&self, local: [f64; N]) -> Result<[f64; N], Self::Error>;
     /// The whole vector, from each rank's rows.
     fn whole(&self, local: &[f64]) -> Result<Vec<f64>, Self::Error>;
+    /// `out = A v` for this rank's rows of `A` (`a`), `v` given by this rank's rows; the
+    /// same on every rank and in every run with as many ranks.
+    fn product(&self, a: &Rows, v: &[f64], out: &mut [f64]) -> Result<(), Self::Error> {
+        a.mul(&self.whole(v)?, out);
+        Ok(())
+    }
 }
 
 /// Dot product of two local blocks, summed in index order.
@@ -65,7 +71,7 @@ impl Solve {
     pub fn step<T: Team>(&mut self, a: &Rows, team: &T) -> Result<(), T::Error> {
         let n = self.z.len();
         self.q.resize(n, 0.0);
-        a.mul(&team.whole(&self.p)?, &mut self.q);
+        team.product(a, &self.p, &mut self.q)?;
         let [pq] = team.sums([dot(&self.p, &self.q)])?;
         let alpha = self.rho / pq;
         for k in 0..n {
@@ -93,7 +99,7 @@ impl Solve {
     ) -> Result<(f64, f64), T::Error> {
         // The residual of the solve, with the true product.
         self.q.resize(x.len(), 0.0);
-        a.mul(&team.whole(&self.z)?, &mut self.q);
+        team.product(a, &self.z, &mut self.q)?;
         let local: f64 = x
             .iter()
             .zip(&self.q)

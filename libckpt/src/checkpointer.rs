@@ -2,6 +2,7 @@
 //! together over two private duplicates of the application's communicator (one for the
 //! application's own traffic through [`Comm`], one for the library's).
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -25,6 +26,7 @@ use crate::stall::{self, Watch};
 use crate::storage::copies::Places;
 use crate::storage::durable;
 use crate::storage::liveness::Presence;
+use crate::subcomm::{Family, SubComm};
 use crate::transport::{self, MpiFlagReduce};
 use crate::trigger::Triggers;
 use crate::watchdog::IoWatchdog;
@@ -62,7 +64,8 @@ impl Poll {
 /// communicator; `poll`, `checkpoint` and `restore` are collective.
 pub struct Checkpointer {
     ctx: Ctx,
-    comm: Comm,
+    /// The application's communicators: `comm()` and the sub-communicators made from it.
+    family: Rc<Family>,
     agree: Agreement,
     reduce: MpiFlagReduce,
     triggers: Triggers,
@@ -174,7 +177,7 @@ impl Checkpointer {
     pub fn new<C: Communicator>(comm: &C, cfg: Config) -> Result<Self> {
         durable::set_access(cfg.access);
         let lib: SimpleCommunicator = comm.duplicate();
-        let app = Comm::new(comm.duplicate());
+        let family = Family::new(comm.duplicate(), Watch::of(&cfg));
         let rank = lib.rank();
         let nranks = lib.size();
         // Both start-up collectives share one key (the root may be in the second while others
@@ -290,7 +293,7 @@ impl Checkpointer {
                 cfg,
                 io,
             },
-            comm: app,
+            family,
             agree,
             reduce,
             triggers,
@@ -340,7 +343,51 @@ impl Checkpointer {
     /// # Ok(()) }
     /// ```
     pub fn comm(&self) -> &Comm {
-        &self.comm
+        self.family.root()
+    }
+
+    /// The communicator `h` made by [`Comm::dup`], [`Comm::split`] or [`Comm::cart`]. Like
+    /// [`Checkpointer::comm`] it borrows the checkpointer; `h` itself does not, so keep the
+    /// handle across `poll` and look the communicator up each time. Refuses a handle of
+    /// another checkpointer.
+    ///
+    /// ```no_run
+    /// # struct S;
+    /// # impl ckpt::Protect for S { fn protect(&mut self, _: &mut ckpt::Regions<'_>) {} }
+    /// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+    /// let mut ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+    /// let row = ck.comm().split(0, 0)?;
+    /// ck.sub(row)?.send(0, 0, &[1u8])?;
+    /// ck.poll(&mut S)?;
+    /// ck.sub(row)?.send(0, 0, &[2u8])?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A communicator held over `poll` is refused by the compiler:
+    ///
+    /// ```compile_fail,E0502
+    /// # struct S;
+    /// # impl ckpt::Protect for S { fn protect(&mut self, _: &mut ckpt::Regions<'_>) {} }
+    /// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+    /// let mut ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+    /// let row = ck.sub(ck.comm().split(0, 0)?)?;
+    /// ck.poll(&mut S)?;
+    /// row.send(0, 0, &[2u8])?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// and so is one used after the checkpointer was dropped:
+    ///
+    /// ```compile_fail,E0505
+    /// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+    /// let ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+    /// let row = ck.sub(ck.comm().split(0, 0)?)?;
+    /// drop(ck);
+    /// row.send(0, 0, &[2u8])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sub(&self, h: SubComm) -> Result<&Comm> {
+        self.family.of(h)
     }
 
     /// Whether the job has a committed epoch to restart from (same answer on every rank).
@@ -376,7 +423,7 @@ impl Checkpointer {
         self.cut("restore", "the cut before restore()", None)?;
         // (Nothing runs in the background before the restore.)
         let mut r = restore::restore(&self.ctx, &self.committed_at_start, state)?;
-        self.comm.restore_state(std::mem::take(&mut r.log));
+        self.family.restore(std::mem::take(&mut r.log), r.epoch)?;
         self.agree.resume_at(r.lib.polls);
         self.agree.checkpointed(Instant::now());
         self.restored = Some(r.epoch);
@@ -402,15 +449,15 @@ impl Checkpointer {
         let fault = self.ctx.cfg.active_fault();
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
         self.bg.progress(&self.ctx);
-        self.comm.reap_sends();
-        if self.comm.has_pending() {
+        self.family.reap_sends();
+        if self.family.has_pending() {
             return Err(Error::Usage {
                 rank: self.ctx.rank,
                 what: format!(
                     "receives still pending at poll {}: {}; complete every irecv with \
                      Comm::wait or Comm::test before poll()",
                     self.agree.polls() + 1,
-                    self.comm.pending_requests().join(", ")
+                    self.family.pending_requests().join(", ")
                 ),
             });
         }
@@ -464,7 +511,7 @@ impl Checkpointer {
             "the job is stopping: poll() returned should_exit() (its last epoch is {epoch}); \
              leave the loop without further sends, receives or polls"
         );
-        self.comm.stop(why.clone());
+        self.family.stop(&why);
         self.stopped = Some(why);
     }
 
@@ -505,8 +552,8 @@ impl Checkpointer {
             epoch,
         };
         let log = LogSection {
-            bytes: self.comm.encode_state(),
-            messages: self.comm.logged() as u64,
+            bytes: self.family.encode_state(),
+            messages: self.family.logged() as u64,
         };
         self.checkpoints += 1;
         let mut planned =
@@ -575,14 +622,16 @@ impl Checkpointer {
         epoch: Option<u64>,
     ) -> Result<(DrainReport, Option<u64>)> {
         let ctx = &self.ctx;
-        let pending = self.comm.pending_requests();
+        let pending = self.family.pending_requests();
         // Bit 0: a receive pending; bit 1: background levels running; above: their epoch.
         let flag = u64::from(!pending.is_empty()) | self.bg.epoch().map_or(0, |e| 2 | (e << 2));
+        let ncomms = self.family.len() as u64;
         let send: Vec<u64> = self
-            .comm
+            .family
+            .root()
             .bookmark()
             .iter()
-            .flat_map(|&s| [s, flag])
+            .flat_map(|&s| [s, flag, ncomms])
             .collect();
         let mut recv = vec![0u64; send.len()];
         let watch = Watch::of(&ctx.cfg);
@@ -594,13 +643,13 @@ impl Checkpointer {
             stall::wait_request(&ctx.lib, &watch, label, req);
         });
         let offenders: Vec<usize> = recv
-            .chunks(2)
+            .chunks(3)
             .enumerate()
             .filter(|(_, c)| c[1] & 1 != 0)
             .map(|(r, _)| r)
             .collect();
         let busy = recv
-            .chunks(2)
+            .chunks(3)
             .filter(|c| c[1] & 2 != 0)
             .map(|c| c[1] >> 2)
             .min();
@@ -618,11 +667,23 @@ impl Checkpointer {
                 ),
             });
         }
-        let to_me: Vec<u64> = recv.chunks(2).map(|c| c[0]).collect();
+        let counts: Vec<u64> = recv.chunks(3).map(|c| c[2]).collect();
+        if counts.iter().any(|&n| n != ncomms) {
+            return Err(Error::Communicator {
+                rank: ctx.rank,
+                index: ncomms as usize,
+                what: format!(
+                    "at {what}, the ranks hold different numbers of communicators (by rank: \
+                     {counts:?}): every rank must create the same communicators before it"
+                ),
+            });
+        }
+        let to_me: Vec<u64> = recv.chunks(3).map(|c| c[0]).collect();
         if let Some(e) = epoch {
             maybe_die(ctx.cfg.active_fault(), ctx.rank, Phase::Drain, e);
         }
-        Ok((self.comm.drain(&to_me, &watch, what), busy))
+        let report = self.family.drain_all(&ctx.lib, &watch, key, what, &to_me);
+        Ok((report, busy))
     }
 }
 

@@ -146,12 +146,26 @@ struct Args {
     call: &'static str,
     rank: i32,
     size: i32,
+    /// For errors: the job rank, and the communicator's index (0: the root one).
+    named: (i32, usize),
 }
 
 impl Args {
-    /// The checks of `call`; refuses it at once when the job is stopping (`stopped`).
-    fn new(call: &'static str, rank: i32, size: i32, stopped: Option<&str>) -> Result<Args> {
-        let a = Args { call, rank, size };
+    /// The checks of `call` by `rank` of `size` on a communicator (`named`: the job rank and
+    /// the communicator's index, for errors); refuses it at once when the job is stopping
+    /// (`stopped`).
+    fn new(
+        call: &'static str,
+        (rank, size): (i32, i32),
+        named: (i32, usize),
+        stopped: Option<&str>,
+    ) -> Result<Args> {
+        let a = Args {
+            call,
+            rank,
+            size,
+            named,
+        };
         match stopped {
             Some(why) => Err(a.refuse(format!("refused: {why}"))),
             None => Ok(a),
@@ -159,9 +173,16 @@ impl Args {
     }
 
     fn refuse(&self, what: impl Display) -> Error {
+        let what = match self.named.1 {
+            0 => format!("{}: {what}", self.call),
+            i => format!(
+                "communicator #{i} (rank {} of {}): {}: {what}",
+                self.rank, self.size, self.call
+            ),
+        };
         Error::Usage {
-            rank: self.rank,
-            what: format!("{}: {what}", self.call),
+            rank: self.named.0,
+            what,
         }
     }
 
@@ -289,7 +310,9 @@ impl Args {
 impl Comm {
     /// The checks of collective `call` on this rank, under the stop rule of sends and receives.
     fn args(&self, call: &'static str) -> Result<Args> {
-        Args::new(call, self.rank, self.size, self.books.borrow().ep.stopped())
+        let named = (self.world_rank(), self.index());
+        let stopped = self.books.borrow().ep.stopped().map(str::to_owned);
+        Args::new(call, (self.rank, self.size), named, stopped.as_deref())
     }
 
     /// Blocks until every rank has called it.
@@ -720,13 +743,25 @@ mod tests {
     }
 
     fn args(call: &'static str) -> Args {
-        Args::new(call, 2, 4, None).unwrap()
+        Args::new(call, (2, 4), (2, 0), None).unwrap()
+    }
+
+    #[test]
+    fn a_refusal_on_a_sub_communicator_names_it_and_the_job_rank() {
+        let a = Args::new("gather", (0, 4), (5, 2), None).unwrap();
+        match a.root(9) {
+            Err(Error::Usage { rank: 5, what }) => assert_eq!(
+                what,
+                "communicator #2 (rank 0 of 4): gather: root 9 does not exist (ranks 0..3)"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn after_stop_every_call_is_refused_with_the_reason() {
         let why = "the job is stopping: poll() returned should_exit() (its last epoch is 3)";
-        let m = refused(Args::new("all_reduce", 2, 4, Some(why)));
+        let m = refused(Args::new("all_reduce", (2, 4), (2, 0), Some(why)));
         assert_eq!(m, format!("all_reduce: refused: {why}"));
     }
 

@@ -46,6 +46,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
+use std::rc::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -57,6 +58,7 @@ use mpi::request::StaticScope;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
+use crate::cart::Grid;
 use crate::error::{Error, Result};
 use crate::protocol::accounting::{
     Completion, Endpoint, Fatal, Fit, Misuse, Network, Peek, Probed, Raw,
@@ -65,6 +67,7 @@ use crate::protocol::envelope::ENVELOPE_LEN;
 use crate::protocol::msglog::{CommState, Entry};
 pub use crate::protocol::msglog::{Source, TagSel};
 use crate::stall::{self, Watch};
+use crate::subcomm::Family;
 
 /// What a receive got, or a probe found: who sent it, with which tag, and how many bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,6 +368,14 @@ pub struct Comm {
     pub(crate) size: i32,
     id: u64,
     pub(crate) books: RefCell<Books>,
+    /// The checkpointer's communicators, this one among them (see [`crate::subcomm`]).
+    family: Weak<Family>,
+    /// Index in creation order (0: the root communicator).
+    index: usize,
+    /// The job rank of each rank of this communicator.
+    members: Vec<i32>,
+    /// The grid of a Cartesian communicator.
+    grid: Option<Grid>,
 }
 
 fn any_tag() -> i32 {
@@ -423,7 +434,14 @@ impl Backoff {
 static NEXT_COMM: AtomicU64 = AtomicU64::new(1);
 
 impl Comm {
-    pub(crate) fn new(raw: SimpleCommunicator) -> Self {
+    /// Communicator `index` of `family` over `raw`, whose ranks are the job's ranks `members`.
+    pub(crate) fn new(
+        raw: SimpleCommunicator,
+        family: Weak<Family>,
+        index: usize,
+        members: Vec<i32>,
+        grid: Option<Grid>,
+    ) -> Self {
         let (rank, size) = (raw.rank(), raw.size());
         Comm {
             raw,
@@ -434,7 +452,37 @@ impl Comm {
                 ep: Endpoint::new(rank, size as usize),
                 sends: Sends::default(),
             }),
+            family,
+            index,
+            members,
+            grid,
         }
+    }
+
+    /// Its index in creation order (0: `ck.comm()`).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub(crate) fn family(&self) -> &Weak<Family> {
+        &self.family
+    }
+
+    /// The job rank of each of its ranks.
+    pub(crate) fn members(&self) -> &[i32] {
+        &self.members
+    }
+
+    pub(crate) fn grid(&self) -> Option<&Grid> {
+        self.grid.as_ref()
+    }
+
+    /// This rank's rank in the job.
+    pub(crate) fn world_rank(&self) -> i32 {
+        self.members
+            .get(self.rank as usize)
+            .copied()
+            .unwrap_or(self.rank)
     }
 
     /// This rank.
@@ -454,9 +502,16 @@ impl Comm {
     }
 
     fn usage(&self, m: Misuse) -> Error {
+        let what = match self.index {
+            0 => m.0,
+            i => format!(
+                "communicator #{i} (rank {} of {}): {}",
+                self.rank, self.size, m.0
+            ),
+        };
         Error::Usage {
-            rank: self.rank,
-            what: m.0,
+            rank: self.world_rank(),
+            what,
         }
     }
 
@@ -1067,12 +1122,6 @@ impl Comm {
             );
         }
         report
-    }
-
-    /// Messages in the log after the drain, encoded for the snapshot with the sequence
-    /// numbers of every pair.
-    pub(crate) fn encode_state(&self) -> Vec<u8> {
-        self.books.borrow().ep.encode_state()
     }
 
     /// Takes over the state restored from a snapshot (after the restore cut).

@@ -174,6 +174,18 @@ pub enum Error {
         /// What was found instead.
         found: String,
     },
+    /// The ranks disagree about a communicator: they create sub-communicators in a different
+    /// order or with a different shape, hold different numbers of them at a checkpoint, or
+    /// create them differently from the run whose checkpoint is restored.
+    #[error("rank {rank}: communicator #{index}: {what}")]
+    Communicator {
+        /// Rank (in the job).
+        rank: i32,
+        /// The communicator's index in creation order (0: `ck.comm()`).
+        index: usize,
+        /// What differs.
+        what: String,
+    },
     /// The API was used out of order (e.g. `restore` without a checkpoint to restore).
     #[error("rank {rank}: {what}")]
     Usage {
@@ -209,6 +221,9 @@ impl Error {
     ///   the launcher stops rather than relaunch into the same failure.
     /// - [`Error::JobDirGone`]: no. The job directory is no longer the job's; nothing more is
     ///   written into it.
+    /// - [`Error::Communicator`]: no. Every rank of the communicator refused the same
+    ///   creation (nothing was created), but the ranks' programs have diverged; at a
+    ///   checkpoint or restore, the ranks hold communicators that do not correspond.
     /// - [`Error::Usage`]: no. A call out of order or against a rule. A refused communicator
     ///   call ([`crate::Comm`] send, receive, probe or wait) changed nothing (no message is
     ///   lost; a refused message stays queued), so a program that expects the refusal may
@@ -226,6 +241,7 @@ impl Error {
             | Error::Manifest { .. }
             | Error::NoUsableEpoch { .. }
             | Error::JobDirGone { .. }
+            | Error::Communicator { .. }
             | Error::Usage { .. } => false,
         }
     }
@@ -297,6 +313,11 @@ mod tests {
                 dir: "d".into(),
                 job: "j".into(),
                 found: "x".into(),
+            },
+            Error::Communicator {
+                rank: 0,
+                index: 1,
+                what: "x".into(),
             },
             Error::Usage {
                 rank: 0,

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cart;
 pub mod config;
 pub mod env;
 pub mod error;
@@ -54,6 +55,8 @@ mod restore;
 #[cfg(feature = "mpi")]
 mod stall;
 #[cfg(feature = "mpi")]
+mod subcomm;
+#[cfg(feature = "mpi")]
 mod transport;
 #[cfg(feature = "mpi")]
 mod watchdog;
@@ -75,6 +78,8 @@ pub use manifest::{Level, Manifest};
 pub use region::{Protect, Regions};
 #[cfg(feature = "mpi")]
 pub use restore::Restored;
+#[cfg(feature = "mpi")]
+pub use subcomm::SubComm;
 
 /// Re-exported so applications can derive `Pod` for their bulk element types.
 pub use bytemuck;

@@ -19,7 +19,7 @@ use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::format::{FileIdentity, RankFileReader, RegionKind};
 use crate::manifest::{self, Manifest};
-use crate::protocol::msglog::CommState;
+use crate::protocol::msglog::LogSet;
 use crate::recover;
 use crate::region::{file_error, Protect, Regions, Site};
 use crate::stall::Watch;
@@ -38,7 +38,7 @@ pub struct Restored {
     /// Seconds this rank spent restoring.
     pub read_secs: f64,
     pub(crate) lib: LibState,
-    pub(crate) log: CommState,
+    pub(crate) log: LogSet,
 }
 
 /// Restores the newest usable epoch among `candidates` (newest first). Collective.
@@ -285,7 +285,7 @@ fn restore_epoch<P: Protect + ?Sized>(
     ctx: &Ctx,
     epoch: u64,
     state: &mut P,
-) -> Result<(LibState, CommState, u64, Manifest)> {
+) -> Result<(LibState, LogSet, u64, Manifest)> {
     let armed = ctx
         .io
         .arm("reading", &manifest::path(&ctx.cfg.job_dir, epoch), epoch);
@@ -370,7 +370,7 @@ fn restore_epoch<P: Protect + ?Sized>(
             detail: e.to_string(),
         },
     })?;
-    let log = CommState::decode(&log_bytes, ctx.nranks as usize).map_err(|e| Error::Corrupt {
+    let log = LogSet::decode(&log_bytes, ctx.nranks as usize).map_err(|e| Error::Corrupt {
         rank: ctx.rank,
         epoch,
         path: path.clone(),

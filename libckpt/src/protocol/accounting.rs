@@ -729,6 +729,13 @@ impl Endpoint {
         CommState::encode_parts(&self.next_send, &below, &self.log)
     }
 
+    /// What a snapshot holds of this endpoint (after a cut): the next sequence number to send
+    /// to each rank, the next expected from each, and the log.
+    pub fn state(&self) -> (&[u64], Vec<u64>, &MessageLog) {
+        let below = self.windows.iter().map(|w| w.below).collect();
+        (&self.next_send, below, &self.log)
+    }
+
     /// Takes over a restored state after the restore cut: what is left in the log from before
     /// comes first, then the restored messages; a new era starts.
     pub fn restore(&mut self, state: CommState) {

@@ -25,6 +25,27 @@
 //! ```
 //! Version 1 (no sequence numbers: counters restarted from zero at every checkpoint) is still
 //! read: its messages, with every sequence number zero.
+//!
+//! # Version 3: every communicator ([`LogSet`])
+//!
+//! The snapshot holds the state of each communicator of the rank, in the order the
+//! application created them (0: the root communicator `ck.comm()`), and each logged message
+//! names its communicator:
+//!
+//! ```text
+//! 0   4  magic "CKML"
+//! 4   4  version (3)
+//! 8   4  communicators c (at least 1)
+//! then per communicator: 4 ranks n, 8n next to send to each rank, 8n next expected
+//! ..  8  number of messages
+//! then per message, communicator by communicator, each in the order receives match them:
+//!     4  communicator (index above)
+//!     4  source rank in that communicator
+//!     4  tag
+//!     8  payload length
+//!     ..  payload
+//! ```
+//! Versions 1 and 2 read as the root communicator alone.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -247,7 +268,7 @@ pub struct CommState {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
     /// Wrong magic or version.
-    #[error("not a message log of version 1 or 2 (found magic {magic:02x?}, version {version})")]
+    #[error("not a message log of version 1 to 3 (found magic {magic:02x?}, version {version})")]
     Header {
         /// Magic found.
         magic: Vec<u8>,
@@ -272,6 +293,148 @@ pub enum LogError {
 
 const LOG_MAGIC: [u8; 4] = *b"CKML";
 const LOG_VERSION: u32 = 2;
+const LOG_VERSION_SET: u32 = 3;
+
+/// One communicator's part of a [`LogSet`] to encode: next sequence numbers to send, next
+/// expected, and the log.
+pub type StateParts<'a> = (&'a [u64], &'a [u64], &'a MessageLog);
+
+/// The state of every communicator of a rank, in creation order (0: the root one): the
+/// snapshot section in version 3.
+#[derive(Debug, Clone, Default)]
+pub struct LogSet {
+    /// One state per communicator.
+    pub comms: Vec<CommState>,
+}
+
+impl LogSet {
+    /// Encodes the states (version 3).
+    pub fn encode(&self) -> Vec<u8> {
+        let parts: Vec<StateParts<'_>> = self
+            .comms
+            .iter()
+            .map(|c| (&c.next_send[..], &c.recv_below[..], &c.log))
+            .collect();
+        Self::encode_parts(&parts)
+    }
+
+    /// Encodes states from their parts (`next_send` and `recv_below` of equal length).
+    pub fn encode_parts(parts: &[StateParts<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&LOG_MAGIC);
+        out.extend_from_slice(&LOG_VERSION_SET.to_le_bytes());
+        out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+        for (next_send, recv_below, _) in parts {
+            out.extend_from_slice(&(next_send.len() as u32).to_le_bytes());
+            for x in next_send.iter().chain(recv_below.iter()) {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        let count: usize = parts.iter().map(|p| p.2.len()).sum();
+        out.extend_from_slice(&(count as u64).to_le_bytes());
+        for (c, (_, _, log)) in parts.iter().enumerate() {
+            for e in log.iter() {
+                out.extend_from_slice(&(c as u32).to_le_bytes());
+                out.extend_from_slice(&e.src.to_le_bytes());
+                out.extend_from_slice(&e.tag.to_le_bytes());
+                out.extend_from_slice(&(e.payload().len() as u64).to_le_bytes());
+                out.extend_from_slice(e.payload());
+            }
+        }
+        out
+    }
+
+    /// Decodes the section of a job of `nranks` ranks (the root communicator's size): version
+    /// 3, or versions 1 and 2 as the root communicator alone; empty input is one empty root
+    /// state. Never allocates more than the input's length.
+    pub fn decode(bytes: &[u8], nranks: usize) -> Result<LogSet, LogError> {
+        let version = match bytes.get(4..8) {
+            Some(v) if bytes[..4] == LOG_MAGIC => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+            _ => 0,
+        };
+        if version != LOG_VERSION_SET {
+            return Ok(LogSet {
+                comms: vec![CommState::decode(bytes, nranks)?],
+            });
+        }
+        let mut r = Reader { bytes, pos: 8 };
+        let seqs = |what: String| LogError::Seqs(what);
+        let ncomms = r
+            .u32()
+            .ok_or_else(|| seqs("no communicator count".into()))? as usize;
+        if ncomms == 0 {
+            return Err(seqs("no communicator".into()));
+        }
+        let mut comms = Vec::new();
+        for c in 0..ncomms {
+            let n = r
+                .u32()
+                .ok_or_else(|| seqs(format!("communicator {c}: no rank count")))?
+                as usize;
+            if c == 0 && n != nranks {
+                return Err(seqs(format!(
+                    "the root communicator was written for {n} ranks, this job has {nranks}"
+                )));
+            }
+            if (n as u64).saturating_mul(16) > (bytes.len() - r.pos) as u64 {
+                return Err(seqs(format!("communicator {c}: input ends in its numbers")));
+            }
+            let mut next = || r.u64().unwrap_or_default();
+            let next_send: Vec<u64> = (0..n).map(|_| next()).collect();
+            let recv_below: Vec<u64> = (0..n).map(|_| next()).collect();
+            comms.push(CommState {
+                next_send,
+                recv_below,
+                log: MessageLog::default(),
+            });
+        }
+        let count = r.u64().ok_or(LogError::Truncated {
+            index: 0,
+            detail: "no message count".into(),
+        })?;
+        for index in 0..count {
+            let short = |what: &str| LogError::Truncated {
+                index,
+                detail: format!("input ends in its {what}"),
+            };
+            let comm = r.u32().ok_or_else(|| short("communicator"))? as usize;
+            let src = r.u32().ok_or_else(|| short("source"))? as i32;
+            let tag = r.u32().ok_or_else(|| short("tag"))? as i32;
+            let Some(state) = comms.get_mut(comm) else {
+                return Err(LogError::Truncated {
+                    index,
+                    detail: format!("communicator {comm} of {ncomms}"),
+                });
+            };
+            let n = state.next_send.len();
+            if src < 0 || tag < 0 || src as usize >= n {
+                return Err(LogError::Truncated {
+                    index,
+                    detail: format!(
+                        "source {src} or tag {tag} impossible in communicator {comm} of {n} ranks"
+                    ),
+                });
+            }
+            let len = r.u64().ok_or_else(|| short("length"))?;
+            let remaining = (bytes.len() - r.pos) as u64;
+            if len > remaining {
+                return Err(LogError::Truncated {
+                    index,
+                    detail: format!("payload of {len} bytes, only {remaining} left"),
+                });
+            }
+            let data = r
+                .take(len as usize)
+                .ok_or_else(|| short("payload"))?
+                .to_vec();
+            state.log.insert(Entry::restored(src, tag, data));
+        }
+        if r.pos != bytes.len() {
+            return Err(LogError::Trailing(bytes.len() - r.pos));
+        }
+        Ok(LogSet { comms })
+    }
+}
 
 impl CommState {
     /// Encodes the state (see the module documentation).
@@ -557,5 +720,110 @@ mod tests {
             let err = CommState::decode(&s.encode(), 2).unwrap_err();
             assert!(err.to_string().contains("message 0: source"), "{err}");
         }
+    }
+
+    fn order(l: &MessageLog) -> Vec<(i32, i32, Vec<u8>)> {
+        l.iter()
+            .map(|e| (e.src, e.tag, e.payload().to_vec()))
+            .collect()
+    }
+
+    fn three_comms() -> LogSet {
+        let state = |n: usize, entries: &[Entry]| CommState {
+            next_send: (0..n as u64).collect(),
+            recv_below: (10..10 + n as u64).collect(),
+            log: log_of(entries),
+        };
+        LogSet {
+            comms: vec![
+                state(4, &[restored(1, 5, 1), restored(0, 5, 2)]),
+                state(2, &[]),
+                // Same source and tag as the root's messages: told apart by communicator.
+                state(2, &[restored(1, 5, 3), Entry::restored(0, 7, vec![4; 100])]),
+            ],
+        }
+    }
+
+    #[test]
+    fn version_3_keeps_each_communicators_numbers_and_messages() {
+        let set = three_comms();
+        let bytes = set.encode();
+        assert_eq!(&bytes[4..8], &3u32.to_le_bytes());
+        let back = LogSet::decode(&bytes, 4).unwrap();
+        assert_eq!(back.comms.len(), 3);
+        for (a, b) in back.comms.iter().zip(&set.comms) {
+            assert_eq!(a.next_send, b.next_send);
+            assert_eq!(a.recv_below, b.recv_below);
+            assert_eq!(order(&a.log), order(&b.log));
+        }
+        assert_eq!(back.encode(), bytes);
+        for cut in 1..bytes.len() {
+            assert!(LogSet::decode(&bytes[..cut], 4).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            LogSet::decode(&longer, 4),
+            Err(LogError::Trailing(1))
+        ));
+        // The root communicator's size is the job's.
+        assert!(matches!(LogSet::decode(&bytes, 3), Err(LogError::Seqs(_))));
+    }
+
+    #[test]
+    fn version_3_refuses_a_message_of_no_communicator_or_outside_its_communicator() {
+        let one = |comm: u32, src: i32| {
+            let mut b = Vec::new();
+            b.extend_from_slice(b"CKML");
+            b.extend_from_slice(&3u32.to_le_bytes());
+            b.extend_from_slice(&2u32.to_le_bytes());
+            for n in [4u32, 2] {
+                b.extend_from_slice(&n.to_le_bytes());
+                b.extend(std::iter::repeat_n(0u8, 16 * n as usize));
+            }
+            b.extend_from_slice(&1u64.to_le_bytes());
+            b.extend_from_slice(&comm.to_le_bytes());
+            b.extend_from_slice(&src.to_le_bytes());
+            b.extend_from_slice(&0i32.to_le_bytes());
+            b.extend_from_slice(&0u64.to_le_bytes());
+            LogSet::decode(&b, 4)
+        };
+        assert!(one(1, 1).is_ok());
+        assert!(one(0, 3).is_ok());
+        let err = one(2, 0).unwrap_err().to_string();
+        assert!(err.contains("communicator 2 of 2"), "{err}");
+        let err = one(1, 3).unwrap_err().to_string();
+        assert!(err.contains("communicator 1 of 2 ranks"), "{err}");
+        // A hostile rank count does not allocate.
+        let mut b = Vec::new();
+        b.extend_from_slice(b"CKML");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(LogSet::decode(&b, u32::MAX as usize).is_err());
+    }
+
+    #[test]
+    fn versions_1_and_2_read_as_the_root_communicator_alone() {
+        let v2 = CommState {
+            next_send: vec![3, 4],
+            recv_below: vec![5, 6],
+            log: log_of(&[restored(1, 2, 7)]),
+        }
+        .encode();
+        assert_eq!(&v2[4..8], &2u32.to_le_bytes());
+        let set = LogSet::decode(&v2, 2).unwrap();
+        assert_eq!(set.comms.len(), 1);
+        assert_eq!(set.comms[0].next_send, vec![3, 4]);
+        assert_eq!(order(&set.comms[0].log), vec![(1, 2, vec![7])]);
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(b"CKML");
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&0u64.to_le_bytes());
+        assert_eq!(LogSet::decode(&v1, 2).unwrap().comms.len(), 1);
+        assert_eq!(
+            LogSet::decode(&[], 2).unwrap().comms[0].next_send,
+            vec![0, 0]
+        );
     }
 }
