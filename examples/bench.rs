@@ -14,12 +14,13 @@
 //!   checkpoint of a tiny state, next to the same `MPI_Allreduce`.
 //!
 //! The levels benchmark (`ckpt bench --levels`, which runs the modes below as separate launches
-//! on 2 emulated nodes; each time is the slowest rank's):
-//! - `--mode levels`: for each level policy (L1 only, + L2, + L4, + L2 + L4) the time the
+//! on one emulated node per rank; each time is the slowest rank's):
+//! - `--mode levels`: for each level policy (L1 only, + L2, + L3, + L4, all four) the time the
 //!   application is blocked in `checkpoint()`, then the time from the commit until each
 //!   background level is complete on every rank (`level_complete` in the event log, seen by
 //!   rank 0 between polls), while every rank polls with `--step-us` of compute (or sleep,
-//!   `--compute sleep`) between polls; next to plain write+fsync of the state once and twice.
+//!   `--compute sleep`) between polls; next to plain write+fsync of the bytes each level
+//!   writes (the state once for L2 or L4, one rank's parity for L3, all of them together).
 //! - `--mode restart --from L1|L2|L4`: a cold restore of the newest epoch (page cache dropped)
 //!   next to a cold plain read of the same bytes, checking the `recovered` events name the
 //!   level and the state is the one written.
@@ -560,11 +561,13 @@ fn io_error(
 }
 
 /// The level policies `--mode levels` compares: name, L2 period, L4 period.
-const POLICIES: [(&str, u64, u64); 4] = [
-    ("L1 only", 0, 0),
-    ("L1 + L2", 1, 0),
-    ("L1 + L4", 0, 1),
-    ("L1 + L2 + L4", 1, 1),
+/// The level policies of `--mode levels`: name, and L2, L3, L4 every this many epochs.
+const POLICIES: [(&str, u64, u64, u64); 5] = [
+    ("L1 only", 0, 0, 0),
+    ("L1 + L2", 1, 0, 0),
+    ("L1 + L3", 0, 1, 0),
+    ("L1 + L4", 0, 0, 1),
+    ("L1+L2+L3+L4", 1, 1, 1),
 ];
 
 /// Checkpoints of each policy in `--mode levels` before the counted ones: with the default
@@ -575,10 +578,14 @@ const WARMUP: usize = 2;
 const LEVEL_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A level policy with the job's L4 base.
-fn policy(cfg: &Config, l2: u64, l4: u64) -> LevelPolicy {
+/// L2 and L4 every `l2`/`l4` epochs, L3 every `l3` epochs over one XOR group of all `size`
+/// ranks (one per emulated node).
+fn policy(cfg: &Config, size: i32, (l2, l3, l4): (u64, u64, u64)) -> LevelPolicy {
     LevelPolicy {
         partner_every: l2,
-        parity_every: 0,
+        parity_every: l3,
+        parity_group: size.max(2) as usize,
+        parity_k: 1,
         shared_every: l4,
         ..cfg.levels.clone()
     }
@@ -618,16 +625,24 @@ fn compute(state: &State, us: u64, idle: bool) {
     std::hint::black_box(acc);
 }
 
-/// Plain write + fsync of `bytes` to each of `paths` in turn (new files, removed after):
-/// the slowest rank's time.
-fn raw_writes(world: &SimpleCommunicator, paths: &[PathBuf], bytes: &[u8]) -> BenchResult<f64> {
+/// Plain write + fsync of the first `len` bytes of `bytes` to each `(path, len)` in turn (new
+/// files, removed after): the slowest rank's time.
+fn raw_writes(
+    world: &SimpleCommunicator,
+    files: &[(PathBuf, usize)],
+    bytes: &[u8],
+) -> BenchResult<f64> {
     let mut result = Ok(());
     let t = timed(world, || {
-        result = paths
-            .iter()
-            .try_for_each(|p| write_fsync(p, bytes).map_err(io_error(world.rank(), "write", p)))
+        result = files.iter().try_for_each(|(p, len)| {
+            write_fsync(p, &bytes[..(*len).min(bytes.len())]).map_err(io_error(
+                world.rank(),
+                "write",
+                p,
+            ))
+        })
     });
-    for p in paths {
+    for (p, _) in files {
         let _ = std::fs::remove_file(p);
     }
     result?;
@@ -762,75 +777,103 @@ fn levels(world: &SimpleCommunicator, o: &Opts) -> BenchResult<()> {
     let own = own_dir(&cfg, rank)?;
     let shared = cfg.shared_dir().join(&cfg.job_id);
     durable::create_dir_all(&shared).map_err(io_error(rank, "create", &shared))?;
-    let once = [own.join(format!("bench-new-{rank}"))];
-    let twice = [once[0].clone(), shared.join(format!("bench-new-{rank}"))];
-    let (mut raw1, mut raw2) = (Vec::new(), Vec::new());
+    // The plain writes each policy is compared with: the state once (L2 or L4 alone), the
+    // parity one rank writes for L3 (its share of one XOR group of all ranks), and all of
+    // them (L2 + L3 + L4).
+    let parity = bytes.div_ceil((world.size() as usize).max(2) - 1);
+    let local = own.join(format!("bench-new-{rank}"));
+    let raw_sets: [Vec<(PathBuf, usize)>; 3] = [
+        vec![(local.clone(), bytes)],
+        vec![(local.clone(), parity)],
+        vec![
+            (local.clone(), bytes),
+            (own.join(format!("bench-parity-{rank}")), parity),
+            (shared.join(format!("bench-new-{rank}")), bytes),
+        ],
+    ];
+    let mut raws: [Vec<f64>; 3] = Default::default();
     let mut runs: Vec<Vec<LevelRun>> = POLICIES.iter().map(|_| Vec::new()).collect();
     // Each policy in its steady state: consecutive checkpoints, the first WARMUP not counted
     // (their commits prune epochs of the previous policy, whose copies differ). After each
-    // counted one, the plain writes, in alternating order.
-    for (i, &(_, l2, l4)) in POLICIES.iter().enumerate() {
-        let mut ck = Checkpointer::new(world, cfg.clone().levels(policy(&cfg, l2, l4)))?;
+    // counted one, the plain writes, in rotating order.
+    for (i, &(_, l2, l3, l4)) in POLICIES.iter().enumerate() {
+        let levels = policy(&cfg, world.size(), (l2, l3, l4));
+        let mut ck = Checkpointer::new(world, cfg.clone().levels(levels))?;
         for it in 0..WARMUP + o.reps {
             let run = level_run(world, &cfg, &mut ck, &mut state, o)?;
             if it < WARMUP {
                 continue;
             }
             runs[i].push(run);
-            for which in 0..2 {
-                match (it + which) % 2 {
-                    0 => raw1.push(raw_writes(world, &once, &state.data)?),
-                    _ => raw2.push(raw_writes(world, &twice, &state.data)?),
-                }
+            for which in 0..raw_sets.len() {
+                let k = (it + which) % raw_sets.len();
+                raws[k].push(raw_writes(world, &raw_sets[k], &state.data)?);
             }
         }
     }
     // The newest epoch gets L2 for the restarts from L1 and L2 (dropping the checkpointer
     // completes it); the restart from L4 uses a job of its own.
-    let mut ck = Checkpointer::new(world, cfg.clone().levels(policy(&cfg, 1, 0)))?;
+    let levels = policy(&cfg, world.size(), (1, 0, 0));
+    let mut ck = Checkpointer::new(world, cfg.clone().levels(levels))?;
     let last = ck.checkpoint(&mut state)?.epoch;
     drop(ck);
     if rank == 0 {
         let levels = ckpt::manifest::load(&cfg.job_dir, last)?.levels;
-        let (raw1, raw2) = (median(raw1), median(raw2));
-        print_levels(o, world.size(), &cfg, raw1, raw2, &runs);
+        let raws = raws.map(median);
+        print_levels(o, world.size(), &cfg, raws, parity, &runs);
         println!("  epoch {last} left for the restarts, complete at {levels:?}");
     }
     Ok(())
 }
 
-/// Rank 0's table of `--mode levels`.
-fn print_levels(o: &Opts, size: i32, cfg: &Config, raw1: f64, raw2: f64, runs: &[Vec<LevelRun>]) {
+/// Rank 0's table of `--mode levels`: `raws` are the plain writes of the state once, of one
+/// rank's parity (`parity` bytes), and of all three levels' bytes.
+fn print_levels(
+    o: &Opts,
+    size: i32,
+    cfg: &Config,
+    raws: [f64; 3],
+    parity: usize,
+    runs: &[Vec<LevelRun>],
+) {
+    let [raw1, raw3, raw_all] = raws;
     let block: Vec<f64> = runs
         .iter()
         .map(|r| median(r.iter().map(|x| x.block).collect()))
         .collect();
-    let gbs = |secs: f64| (o.mib << 20) as f64 * f64::from(size) / secs / 1e9;
+    let total = |per_rank: usize| per_rank as f64 * f64::from(size);
+    let gbs = |bytes: f64, secs: f64| bytes / secs / 1e9;
+    let state = o.mib << 20;
     println!(
-        "ckpt-bench levels: {size} ranks x {} MiB, median of {} runs, {} us of {} between polls",
+        "ckpt-bench levels: {size} ranks x {} MiB on {size} emulated nodes, median of {} runs, {} us of {} between polls",
         o.mib,
         o.reps,
         o.step_us,
         if o.idle { "sleep" } else { "compute" }
     );
     println!(
-        "  {WARMUP} checkpoints of each policy first, not counted; L1 under {}, L4 under {}",
+        "  {WARMUP} checkpoints of each policy first, not counted; L1 under {}, L4 under {}; L3: one XOR group of all {size} ranks",
         cfg.local_dir.display(),
         cfg.shared_dir().display()
     );
     println!(
-        "  write+fsync, plain, the state once (new files)   {raw1:7.3} s  {:6.2} GB/s",
-        gbs(raw1)
+        "  write+fsync, plain, the state once (new files)               {raw1:7.3} s  {:6.2} GB/s",
+        gbs(total(state), raw1)
     );
     println!(
-        "  write+fsync, plain, the state twice (new files)  {raw2:7.3} s  {:6.2} GB/s",
-        gbs(raw2 / 2.0)
+        "  write+fsync, plain, the L3 parity ({:.1} MiB per rank)         {raw3:7.3} s  {:6.2} GB/s",
+        parity as f64 / f64::from(1 << 20),
+        gbs(total(parity), raw3)
+    );
+    println!(
+        "  write+fsync, plain, all of them (state twice + parity)        {raw_all:7.3} s  {:6.2} GB/s",
+        gbs(total(2 * state + parity), raw_all)
     );
     println!(
         "  application blocked in checkpoint() [of which the rank file's write+fsync; the rest: \
          quiescence, vote, manifest, pruning of the epoch before last]:"
     );
-    for (i, (name, _, _)) in POLICIES.iter().enumerate() {
+    for (i, (name, ..)) in POLICIES.iter().enumerate() {
         let write = median(runs[i].iter().map(|x| x.write).collect());
         println!(
             "    {name:<14} planned                        {:7.3} s  [{write:.3} + {:.3}]  = {:.2}x L1 only, {:.2}x plain once{}",
@@ -844,14 +887,19 @@ fn print_levels(o: &Opts, size: i32, cfg: &Config, raw1: f64, raw2: f64, runs: &
     println!(
         "  from the commit until the level is complete on every rank [as the library logged it]:"
     );
-    for (i, (name, l2, l4)) in POLICIES.iter().enumerate().skip(1) {
-        let both = *l2 > 0 && *l4 > 0;
-        let (raw, label) = if both {
-            (raw2, "twice")
-        } else {
-            (raw1, "once")
-        };
-        for level in [Level::Partner, Level::Pfs] {
+    for (i, &(name, l2, l3, l4)) in POLICIES.iter().enumerate().skip(1) {
+        let several = [l2, l3, l4].iter().filter(|&&e| e > 0).count() > 1;
+        for level in [Level::Partner, Level::Parity, Level::Pfs] {
+            let (lv, alone, label) = match level {
+                Level::Partner => ("L2", raw1, "the state once"),
+                Level::Parity => ("L3", raw3, "the parity"),
+                _ => ("L4", raw1, "the state once"),
+            };
+            let (raw, label) = if several {
+                (raw_all, "all levels' bytes")
+            } else {
+                (alone, label)
+            };
             let seen: Vec<&(Level, f64, f64)> = runs[i]
                 .iter()
                 .flat_map(|r| r.complete.iter().filter(|c| c.0 == level))
@@ -861,9 +909,8 @@ fn print_levels(o: &Opts, size: i32, cfg: &Config, raw1: f64, raw2: f64, runs: &
             }
             let at = median(seen.iter().map(|c| c.1).collect());
             let logged = median(seen.iter().map(|c| c.2).collect());
-            let lv = if level == Level::Partner { "L2" } else { "L4" };
             println!(
-                "    {lv} of {name:<14}                         {at:7.3} s  [{logged:.3}]  = {:.2}x plain {label}  (target <= 1.20x)",
+                "    {lv} of {name:<14}                         {at:7.3} s  [{logged:.3}]  = {:.2}x plain write of {label}  (target <= 1.20x)",
                 at / raw
             );
         }
@@ -1055,7 +1102,7 @@ fn write_epoch(world: &SimpleCommunicator, o: &Opts) -> BenchResult<()> {
     let mut state = State {
         data: pattern(o.mib << 20, rank),
     };
-    let levels = policy(&cfg, o.l2_every, o.l4_every);
+    let levels = policy(&cfg, world.size(), (o.l2_every, 0, o.l4_every));
     let mut ck = Checkpointer::new(world, cfg.clone().levels(levels))?;
     let epoch = ck.checkpoint(&mut state)?.epoch;
     drop(ck);

@@ -3828,11 +3828,13 @@ fn bench_levels_runs_every_phase() {
     let out = ckpt(&[&args[..], &["--job-dir", job.to_str().unwrap()]].concat());
     assert!(out.status.success(), "{}", out.dump());
     for row in [
-        "L1 + L2 + L4   planned",
+        "L1+L2+L3+L4    planned",
         "L2 of L1 + L2 ",
+        "L3 of L1 + L3 ",
         "L4 of L1 + L4 ",
-        "L2 of L1 + L2 + L4",
-        "L4 of L1 + L2 + L4",
+        "L2 of L1+L2+L3+L4",
+        "L3 of L1+L2+L3+L4",
+        "L4 of L1+L2+L3+L4",
         "restart from L1 (own files)",
         "restart from L2 (node1 wiped)",
         "restart from L4 (L2 off, node1 wiped)",

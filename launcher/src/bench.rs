@@ -2,7 +2,7 @@
 //! as ordinary `ckpt run` jobs with checkpoints off and no restarts. The figures and what
 //! they are compared with are described in `examples/bench.rs` and `BENCHMARKS.md`.
 //!
-//! `--levels` runs the levels benchmark on 2 emulated nodes as separate launches: the blocking
+//! `--levels` runs the levels benchmark on one emulated node per rank, as separate launches: the blocking
 //! and completion times of each level policy (one launch, which leaves an epoch at L1 and L2),
 //! a second job (L2 off, L4 every epoch) that writes one epoch, then `--reps` cold restarts of
 //! each kind: the first job from its own L1 files, the first job from L2 after `node1` was
@@ -160,8 +160,8 @@ pub fn run_args(b: &BenchArgs) -> Result<RunArgs, UsageError> {
     parse_run(flags)
 }
 
-/// The `ckpt run` arguments of one `--levels` launch: 2 emulated nodes, `program` with
-/// `args`.
+/// The `ckpt run` arguments of one `--levels` launch: one emulated node per rank (so one L3
+/// group can hold every rank), `program` with `args`.
 fn levels_args(
     b: &BenchArgs,
     program: &Path,
@@ -169,7 +169,7 @@ fn levels_args(
     args: &[&str],
 ) -> Result<RunArgs, UsageError> {
     let mut flags = common_flags(b, job_dir);
-    flags.extend(["--emulate-nodes".into(), "2".into(), "--".into()]);
+    flags.extend(["--emulate-nodes".into(), b.ranks.to_string(), "--".into()]);
     flags.push(program.display().to_string());
     flags.extend(args.iter().map(|s| s.to_string()));
     parse_run(flags)
@@ -190,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn a_levels_launch_runs_on_two_nodes_without_checkpoints_or_restarts() {
+    fn a_levels_launch_runs_one_node_per_rank_without_checkpoints_or_restarts() {
         let b = bench_args(&["--levels", "--ranks", "4", "--local-dir", "/l"]);
         let args = ["--mode", "restart", "--from", "L2"];
         let run = levels_args(
@@ -201,7 +201,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(run.ranks, 4);
-        assert_eq!(run.emulate_nodes, Some(2));
+        assert_eq!(run.emulate_nodes, Some(4));
         assert_eq!(run.every.as_deref(), Some("off"));
         assert_eq!(run.max_restarts, 0);
         assert_eq!(run.job_dir.as_deref(), Some(Path::new("/j")));

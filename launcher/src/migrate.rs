@@ -450,7 +450,7 @@ fn follow(
                 dir.join(crate::report::LOG_FILE).display()
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
         let (new, off) = events::read_from(dir, offset)?;
         offset = off;
         for e in new {

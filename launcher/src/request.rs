@@ -19,7 +19,7 @@ use crate::report::{self, say};
 use crate::{Outcome, UsageError};
 
 /// How often the event log is read while waiting.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(25);
 /// How often the wait checks that the run is still there.
 const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 

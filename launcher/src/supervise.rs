@@ -32,7 +32,7 @@ use crate::spares::{self, Reported, Verdict};
 use crate::{jobdir, lock, migrate, ranks, signals, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(50);
 /// Pause between a failed launch and the next one.
 const PAUSE: Duration = Duration::from_millis(200);
 /// How long mpirun may take to exit after a forwarded signal before it is killed.

@@ -299,7 +299,6 @@ impl Background {
             }
         }
         self.flight = Some(f);
-        self.progress(ctx);
     }
 
     /// L3 of `f.epoch`: this rank's segments go to their sets' holders, and for each set it

@@ -37,7 +37,7 @@ use crate::protocol::agree::{CHECKPOINT, EXIT};
 use crate::storage::durable;
 
 /// How often rank 0 looks at the control file.
-pub const CONTROL_EVERY: Duration = Duration::from_millis(100);
+pub const CONTROL_EVERY: Duration = Duration::from_millis(25);
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
@@ -318,7 +318,7 @@ struct Control {
     seen: u64,
     taken: Taken,
     last_check: Option<Instant>,
-    /// The last read error reported, so a broken file is reported once, not every 100 ms.
+    /// The last read error reported, so a broken file is reported once, not at every read.
     reported: Option<String>,
 }
 
