@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::format::{FileIdentity, RankFileReader};
-use crate::inflight::{InFlight, RecvStream, SendStream};
+use crate::inflight::{self, InFlight, RecvStream, SendStream};
 use crate::manifest::{self, Level};
 use crate::placement::Partners;
 use crate::retention;
@@ -46,7 +46,11 @@ const CHUNK: usize = 4 << 20;
 /// Chunks of one stream in MPI at once (and as many queued to or from its IO thread).
 const WINDOW: usize = 2;
 /// Chunks of one incoming L2 stream posted or waiting for its writer thread.
-const RECV_WINDOW: usize = 4;
+const RECV_WINDOW: usize = 8;
+/// Chunks of one incoming L3 segment stream posted at once.
+const SET_WINDOW: usize = 4;
+/// Longest a poll keeps moving background transfers while they complete.
+const PROGRESS_BUDGET: std::time::Duration = std::time::Duration::from_millis(2);
 /// Chunks sent from a mapped file at once per stream (they cost no memory: the pages are the
 /// file's); a poll moves up to this many to the receiver.
 const SEND_WINDOW: usize = 8;
@@ -356,6 +360,23 @@ impl Background {
 
     /// Advances the levels in flight without blocking; called at every poll.
     pub fn progress(&mut self, ctx: &Ctx) {
+        // Passes while transfers complete, for at most PROGRESS_BUDGET: a poll moves what its
+        // peers already posted (many chunks when polls are rare) instead of one step per
+        // poll, and costs one pass when nothing moves.
+        let t0 = Instant::now();
+        loop {
+            let done = inflight::completions();
+            self.progress_once(ctx);
+            if self.flight.is_none()
+                || inflight::completions() == done
+                || t0.elapsed() >= PROGRESS_BUDGET
+            {
+                return;
+            }
+        }
+    }
+
+    fn progress_once(&mut self, ctx: &Ctx) {
         let Background {
             comm,
             partners,
@@ -891,7 +912,7 @@ impl SetIn {
         SetIn {
             segs: srcs
                 .iter()
-                .map(|&(src, len)| RecvStream::new(src, tag, len, CHUNK, WINDOW))
+                .map(|&(src, len)| RecvStream::new(src, tag, len, CHUNK, SET_WINDOW))
                 .collect(),
             stripes,
             next: 0,

@@ -17,6 +17,15 @@ use mpi::traits::*;
 use crate::storage::durable;
 use crate::storage::hints::ReadAhead;
 
+/// Requests completed by this process so far (see [`completions`]).
+static COMPLETIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many transfers completed in this process so far: a caller that drives transfers in
+/// passes compares it before and after a pass to tell whether anything moved.
+pub(crate) fn completions() -> u64 {
+    COMPLETIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What MPI reads from or writes into.
 enum Buf {
     /// A heap buffer from `Box::into_raw`, freed only once the request completed.
@@ -91,17 +100,20 @@ impl InFlight {
     pub fn test(&mut self) -> Option<Vec<u8>> {
         let req = self.req.take()?;
         match req.test() {
-            Ok(status) => match self.buf.take() {
-                Some(Buf::Owned(raw)) => {
-                    // SAFETY: the request completed, so MPI no longer uses the buffer, which
-                    // came from Box::into_raw and is freed only here.
-                    let mut v = unsafe { Box::from_raw(raw) }.into_vec();
-                    let n = status.count(u8::equivalent_datatype()).max(0) as usize;
-                    v.truncate(n.min(v.len()));
-                    Some(v)
+            Ok(status) => {
+                COMPLETIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match self.buf.take() {
+                    Some(Buf::Owned(raw)) => {
+                        // SAFETY: the request completed, so MPI no longer uses the buffer,
+                        // which came from Box::into_raw and is freed only here.
+                        let mut v = unsafe { Box::from_raw(raw) }.into_vec();
+                        let n = status.count(u8::equivalent_datatype()).max(0) as usize;
+                        v.truncate(n.min(v.len()));
+                        Some(v)
+                    }
+                    Some(Buf::Mapped(_)) | None => Some(Vec::new()),
                 }
-                Some(Buf::Mapped(_)) | None => Some(Vec::new()),
-            },
+            }
             Err(req) => {
                 self.req = Some(req);
                 None
