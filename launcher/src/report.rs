@@ -496,9 +496,8 @@ pub fn failed_before_start() -> String {
 }
 
 /// A launch that failed after the exit signal asked it to checkpoint and stop.
-pub fn failed_after_exit_request(sig: Option<i32>) -> String {
-    let name = sig.map_or_else(|| "the exit signal".to_owned(), crate::signals::name);
-    format!("not relaunching: {name} asked the job to stop")
+pub fn failed_after_exit_request(who: &str) -> String {
+    format!("not relaunching: {who} asked the job to stop")
 }
 
 /// SIGHUP to the launcher (a closed terminal): ignored, as mpirun ignores it.

@@ -24,6 +24,7 @@ use ckpt::storage::durable;
 
 use crate::backend::mpirun::{self, Mpirun};
 use crate::backend::{Backend, Failure, Launch};
+use crate::deadline::{self, EndSource, Schedule};
 use crate::placement::Placement;
 use crate::plan::RunPlan;
 use crate::report::{self, say};
@@ -61,7 +62,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         job.events_offset,
         plan.quiet_after,
     )));
-    let mut exit_requested = false;
+    // Who asked the job to checkpoint and stop (the exit signal, the end time), if anyone.
+    let mut exit_requested: Option<String> = None;
     let backend = Mpirun {
         as_root: mpirun::running_as_root(),
     };
@@ -86,6 +88,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             &job.committed,
         ));
     }
+    let mut schedule = end_schedule(plan);
     spares::Watch::prepare(plan)?;
     let mut nodes_watch = spares::Watch::default();
     let rank_exit_wait = ranks::wait_from_env()?;
@@ -122,6 +125,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             &mut watch,
             &tail,
             &mut exit_requested,
+            schedule.as_mut(),
         )?;
         // Events written just before mpirun exited are reported before its outcome.
         let tail_now = with(&tail, |t| {
@@ -194,8 +198,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
-        if exit_requested {
-            say(report::failed_after_exit_request(plan.exit_signal));
+        if let Some(who) = &exit_requested {
+            say(report::failed_after_exit_request(who));
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
@@ -228,6 +232,14 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
+        if let Some(s) = schedule.as_ref().filter(|s| s.due(ckpt::util::unix_ms())) {
+            say(format!(
+                "{}: no time left for a relaunch; stopping, to resume from the newest epoch",
+                s.firing(ckpt::util::unix_ms())
+            ));
+            say(report::resume_hint(plan));
+            return Ok(Outcome::Stopped);
+        }
         thread::sleep(PAUSE);
         if let Some(sig) = watch.take() {
             say(report::interrupted(&signals::name(sig)));
@@ -244,6 +256,42 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         ));
         n += 1;
     }
+}
+
+/// The schedule of the last checkpoint before the job's end time (`--end-time`), said; `None`
+/// when there is no end time (one too close already never fires). The estimate starts from the
+/// slowest checkpoint in the job's whole event log (earlier runs of a requeued job included).
+fn end_schedule(plan: &RunPlan) -> Option<Schedule> {
+    let (end, source) = match &plan.end_time {
+        EndSource::None => return None,
+        EndSource::At(end, source) => (*end, *source),
+        EndSource::Squeue(id) => match deadline::query_squeue(id) {
+            Ok(Some(end)) => (end, "squeue"),
+            Ok(None) => return None,
+            Err(e) => {
+                say(format!(
+                    "warning: cannot read Slurm job {id}'s end time: {e}; no last checkpoint \
+                     is scheduled (--end-time UNIX_SECONDS gives it)"
+                ));
+                return None;
+            }
+        },
+    };
+    let mut slowest = None;
+    if let Ok((all, _)) = events::read_from(&plan.job_dir, 0) {
+        for e in all {
+            if let Event::Committed {
+                epoch, total_secs, ..
+            } = e
+            {
+                slowest = deadline::slower(slowest, total_secs, epoch);
+            }
+        }
+    }
+    let now = ckpt::util::unix_ms();
+    let (schedule, line) = Schedule::start(end, source, plan.end_margin, slowest, now);
+    say(line);
+    Some(schedule)
 }
 
 /// The placement of a launch on real nodes (`None` on this machine), put in force as
@@ -304,7 +352,8 @@ fn run_once(
     plan: &RunPlan,
     watch: &mut signals::Watch,
     tail: &Arc<Mutex<Tail>>,
-    exit_requested: &mut bool,
+    exit_requested: &mut Option<String>,
+    mut schedule: Option<&mut Schedule>,
 ) -> anyhow::Result<Ended> {
     let mut cmd = launch.command();
     die_with_parent(&mut cmd);
@@ -347,9 +396,31 @@ fn run_once(
             signalled.get_or_insert((sig, Instant::now()));
         }
         if let (n @ 1.., Some(sig)) = (watch.take_exit(), plan.exit_signal) {
-            if !*exit_requested {
-                *exit_requested = true;
-                say(request_exit(&plan.job_dir, &signals::name(sig), n));
+            if exit_requested.is_none() {
+                let name = signals::name(sig);
+                let times = if n == 1 {
+                    String::new()
+                } else {
+                    format!(" ({n} times)")
+                };
+                say(request_exit(
+                    &plan.job_dir,
+                    &format!("received {name}{times}"),
+                ));
+                *exit_requested = Some(name);
+            }
+        }
+        if let Some(s) = schedule.as_deref_mut() {
+            if let Some((secs, epoch)) = with(tail, |t| t.slowest) {
+                s.committed(secs, epoch);
+            }
+            let now = ckpt::util::unix_ms();
+            if exit_requested.is_some() {
+                s.done();
+            } else if s.due(now) {
+                s.done();
+                say(request_exit(&plan.job_dir, &s.firing(now)));
+                *exit_requested = Some("the end time".into());
             }
         }
         if watch.take_hup() > 0 {
@@ -402,28 +473,21 @@ fn run_once(
     })
 }
 
-/// Asks the job in `job_dir` to checkpoint and stop (the exit signal `name` arrived `n`
-/// times), through its control file as `ckpt checkpoint --then-exit` does. Returns the line
-/// to report.
-fn request_exit(job_dir: &Path, name: &str, n: usize) -> String {
-    let times = if n == 1 {
-        String::new()
-    } else {
-        format!(" ({n} times)")
-    };
+/// Asks the job in `job_dir` to checkpoint and stop (`why`: the exit signal arrived, the end
+/// time is near), through its control file as `ckpt checkpoint --then-exit` does. Returns the
+/// line to report.
+fn request_exit(job_dir: &Path, why: &str) -> String {
     let written = lock::take_requests(job_dir).and_then(|_requests| {
         ckpt::trigger::write_control(job_dir, true, ckpt::util::unix_ms()).map_err(Into::into)
     });
     match written {
         Ok(req) => format!(
-            "received {name}{times}: asking the job to checkpoint and stop (request {}); \
-             no restart will follow",
+            "{why}: asking the job to checkpoint and stop (request {}); no restart will follow",
             req.seq
         ),
-        Err(e) => format!(
-            "received {name}{times}, but cannot ask the job to checkpoint and stop: {e:#}; \
-             the job goes on"
-        ),
+        Err(e) => {
+            format!("{why}, but cannot ask the job to checkpoint and stop: {e:#}; the job goes on")
+        }
     }
 }
 
@@ -510,6 +574,8 @@ struct Tail {
     committed: Vec<u64>,
     /// Epoch after which the ranks stopped on request, if they did.
     stopped: Option<u64>,
+    /// The slowest checkpoint committed since the launcher started (`total_secs`, epoch).
+    slowest: deadline::Slowest,
     /// What the ranks of the current launch reported when no epoch was usable.
     no_usable: Option<NoUsable>,
     /// Each rank's node, from its `rank_started` event of the current launch.
@@ -541,6 +607,7 @@ impl Tail {
             expected: None,
             committed: Vec::new(),
             stopped: None,
+            slowest: None,
             no_usable: None,
             rank_nodes: BTreeMap::new(),
             warned: false,
@@ -593,7 +660,12 @@ impl Tail {
                             say(report::restored(&e, expected.filter(|x| x != epoch)));
                             continue;
                         }
-                        Event::Committed { epoch, .. } => self.committed.push(*epoch),
+                        Event::Committed {
+                            epoch, total_secs, ..
+                        } => {
+                            self.committed.push(*epoch);
+                            self.slowest = deadline::slower(self.slowest, *total_secs, *epoch);
+                        }
                         Event::Stopping { epoch } => self.stopped = Some(*epoch),
                         // Rank 0 prints this itself, with the fallback it takes; repeating it
                         // here would only double the line.
