@@ -207,7 +207,7 @@ fn estimate_text(slowest: Slowest) -> String {
     let e = estimate(slowest).as_secs_f64();
     match slowest {
         Some((secs, epoch)) => {
-            format!("estimate {e:.1} s: {SAFETY} x {secs:.2} s of epoch {epoch}")
+            format!("estimate {e:.2} s: {SAFETY} x {secs:.2} s of epoch {epoch}")
         }
         None => format!("estimate {e:.0} s, the default before a first checkpoint"),
     }
@@ -447,7 +447,7 @@ mod tests {
         assert!(!s.due(now + 66_999) && s.due(now + 67_000));
         assert_eq!(
             s.firing(now + 67_000),
-            "end time 2026-11-26 15:48:20Z (squeue) in 33 s (estimate 3.0 s: 2 x 1.50 s of \
+            "end time 2026-11-26 15:48:20Z (squeue) in 33 s (estimate 3.00 s: 2 x 1.50 s of \
              epoch 1; margin 30 s)"
         );
         s.committed(f64::NAN, 4);
@@ -470,7 +470,7 @@ mod tests {
         assert_eq!(
             line,
             "end time 2026-11-26 15:47:11Z (--end-time) in 31 s: too close for a last \
-             checkpoint (margin 30 s + estimate 2.0 s: 2 x 1.00 s of epoch 3); running \
+             checkpoint (margin 30 s + estimate 2.00 s: 2 x 1.00 s of epoch 3); running \
              without one"
         );
         assert!(!s.due(now + 1_000_000));
