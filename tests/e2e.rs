@@ -4980,8 +4980,9 @@ fn l1_files_an_earlier_epochs_levels_still_send_are_not_pruned() {
 /// `--end-time` outside Slurm: a heat2d run that needs about 24 s, given an end 24 s away and a
 /// 4 s margin, is asked by the launcher to checkpoint and stop before that time (once its
 /// first checkpoint measured the estimate), exits with `CKPT_STOPPED_EXIT`, and a resumed run
-/// restores that epoch and ends with the uninterrupted run's result. (With `--end-time off`
-/// the same run finishes instead: exit 0, no stop.)
+/// restores that epoch and ends with the uninterrupted run's result. The stop's time (request
+/// to the ranks' exit) is logged, and the resumed run's estimate is taken from it. (With the
+/// schedule never due, the first run finishes instead: exit 0, no stop.)
 #[test]
 fn the_launcher_stops_the_job_with_a_checkpoint_before_its_end_time() {
     let Some(_mpi) = mpi() else { return };
@@ -5030,7 +5031,29 @@ fn the_launcher_stops_the_job_with_a_checkpoint_before_its_end_time() {
         .and_then(|r| r.split(';').next())
         .unwrap_or_else(|| panic!("no stop on request\n{}", out.dump()))
         .to_owned();
-    let resumed = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), &args).output();
+    let took = events(&job).into_iter().find_map(|e| match e {
+        Event::StopTook { epoch: e, secs } if e.to_string() == epoch => Some(secs),
+        _ => None,
+    });
+    assert!(
+        took.is_some_and(|s| s > 0.0 && s < 20.0)
+            && out
+                .stderr
+                .contains(&format!("[ckpt] the stop after epoch {epoch} took ")),
+        "the stop's time is not logged ({took:?})\n{}",
+        out.dump()
+    );
+    // The resumed run, with an end an hour away, estimates from that stop.
+    let far = (now() + 3600).to_string();
+    let flags = ["--every", "40", "--end-time", &far];
+    let resumed = Run::new(&job, RANKS, &flags, &heat2d(), &args).output();
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("s, the stop after epoch {epoch}; margin 30 s)")),
+        "the estimate is not the measured stop\n{}",
+        resumed.dump()
+    );
     assert!(
         resumed
             .stderr

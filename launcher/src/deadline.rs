@@ -3,11 +3,13 @@
 //! Where the end is known (`--end-time UNIX_SECONDS`, or inside a Slurm allocation
 //! `SLURM_JOB_END_TIME`, else what `squeue -h -o %e -j $SLURM_JOB_ID` says), the launcher asks
 //! the job to checkpoint and stop at `end - margin - estimate`: the stop then goes exactly as
-//! after the exit signal. `estimate` is [`SAFETY`] times the slowest checkpoint of the job so
-//! far (`total_secs` of its `committed` events, earlier runs included), or
-//! [`DEFAULT_ESTIMATE`] before the first; `margin` (`--end-margin`) covers the request
-//! reaching the ranks, their quiescence and the stop. A slow checkpoint moves the firing time
-//! earlier, a fast one later.
+//! after the exit signal. `estimate` is [`SAFETY`] times the slowest of the job so far, earlier
+//! runs included: its checkpoints (`total_secs` of its `committed` events) and its stops on
+//! request (`stop_took`: from the launcher's request to the ranks' exit, which includes the
+//! request reaching the ranks and their quiescence), or [`DEFAULT_ESTIMATE`] before any;
+//! `margin` (`--end-margin`) covers what the estimate does not measure (the request's way to
+//! the ranks and their quiescence until a stop was measured, the stop). A slow checkpoint moves
+//! the firing time earlier, a fast one later.
 //!
 //! When the firing time has already passed as the run starts, nothing is scheduled: the job
 //! runs anyway (its periodic checkpoints still save progress), since stopping at once would
@@ -18,6 +20,8 @@
 
 use std::process::Command;
 use std::time::Duration;
+
+use ckpt::events::Event;
 
 use crate::clock;
 
@@ -172,23 +176,59 @@ pub fn query_squeue(id: &str) -> Result<Option<u64>, String> {
     parse_slurm_time(line).map_err(|e| format!("squeue -h -o %e -j {id}: {e}"))
 }
 
-/// The slowest committed checkpoint seen: its `total_secs` and epoch.
-pub type Slowest = Option<(f64, u64)>;
+/// One measured time: a committed checkpoint's `total_secs`, or a stop on request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds.
+    pub secs: f64,
+    /// The epoch committed, or stopped after.
+    pub epoch: u64,
+    /// Whether it is a whole stop (`stop_took`) rather than a checkpoint.
+    pub stop: bool,
+}
 
-/// `slowest`, or `(secs, epoch)` when that checkpoint was slower.
-pub fn slower(slowest: Slowest, secs: f64, epoch: u64) -> Slowest {
-    match slowest {
-        Some((s, _)) if s >= secs => slowest,
-        _ if !secs.is_finite() || secs < 0.0 => slowest,
-        _ => Some((secs, epoch)),
+/// The slowest sample seen, if any.
+pub type Slowest = Option<Sample>;
+
+/// The sample of `event`, if it measures a checkpoint or a stop.
+pub fn sample(event: &Event) -> Option<Sample> {
+    match *event {
+        Event::Committed {
+            epoch, total_secs, ..
+        } => Some(Sample {
+            secs: total_secs,
+            epoch,
+            stop: false,
+        }),
+        Event::StopTook { epoch, secs } => Some(Sample {
+            secs,
+            epoch,
+            stop: true,
+        }),
+        _ => None,
     }
 }
 
-/// The estimate of one checkpoint: [`SAFETY`] times the slowest, else [`DEFAULT_ESTIMATE`].
+/// `slowest`, or `new` when it is slower (a time that is no number, or negative, is ignored).
+pub fn slower(slowest: Slowest, new: Sample) -> Slowest {
+    match slowest {
+        Some(s) if s.secs >= new.secs => slowest,
+        _ if !new.secs.is_finite() || new.secs < 0.0 => slowest,
+        _ => Some(new),
+    }
+}
+
+/// The slowest sample of `events`.
+pub fn slowest_of<'a>(events: impl IntoIterator<Item = &'a Event>) -> Slowest {
+    events.into_iter().filter_map(sample).fold(None, slower)
+}
+
+/// The estimate of the last checkpoint and stop: [`SAFETY`] times the slowest sample, else
+/// [`DEFAULT_ESTIMATE`].
 pub fn estimate(slowest: Slowest) -> Duration {
     match slowest {
-        Some((secs, _)) if secs.is_finite() && secs >= 0.0 => {
-            Duration::from_secs_f64((secs * SAFETY).min(1e9))
+        Some(s) if s.secs.is_finite() && s.secs >= 0.0 => {
+            Duration::from_secs_f64((s.secs * SAFETY).min(1e9))
         }
         _ => DEFAULT_ESTIMATE,
     }
@@ -202,13 +242,21 @@ pub fn fire_at_ms(end_s: u64, margin: Duration, estimate: Duration) -> u64 {
     })
 }
 
-/// `estimate 3.2 s from epoch 4` or `estimate 10 s, the default before a first checkpoint`.
+/// `estimate 3.20 s: 2 x 1.60 s of epoch 4`, `estimate 4.60 s: 2 x 2.30 s, the stop after
+/// epoch 5`, or `estimate 10 s, the default before a first checkpoint`.
 fn estimate_text(slowest: Slowest) -> String {
     let e = estimate(slowest).as_secs_f64();
     match slowest {
-        Some((secs, epoch)) => {
-            format!("estimate {e:.2} s: {SAFETY} x {secs:.2} s of epoch {epoch}")
-        }
+        Some(Sample {
+            secs,
+            epoch,
+            stop: false,
+        }) => format!("estimate {e:.2} s: {SAFETY} x {secs:.2} s of epoch {epoch}"),
+        Some(Sample {
+            secs,
+            epoch,
+            stop: true,
+        }) => format!("estimate {e:.2} s: {SAFETY} x {secs:.2} s, the stop after epoch {epoch}"),
         None => format!("estimate {e:.0} s, the default before a first checkpoint"),
     }
 }
@@ -278,9 +326,9 @@ impl Schedule {
         fire_at_ms(self.end_s, self.margin, estimate(self.slowest))
     }
 
-    /// A checkpoint of `secs` was committed as `epoch`.
-    pub fn committed(&mut self, secs: f64, epoch: u64) {
-        self.slowest = slower(self.slowest, secs, epoch);
+    /// A checkpoint or stop took this long (the slowest one is kept).
+    pub fn measured(&mut self, sample: Sample) {
+        self.slowest = slower(self.slowest, sample);
     }
 
     /// Whether a request is still to be made and due at `now_ms`.
@@ -411,15 +459,65 @@ mod tests {
         );
     }
 
+    fn ck(secs: f64, epoch: u64) -> Sample {
+        Sample {
+            secs,
+            epoch,
+            stop: false,
+        }
+    }
+
+    fn stop(secs: f64, epoch: u64) -> Sample {
+        Sample {
+            secs,
+            epoch,
+            stop: true,
+        }
+    }
+
+    /// Checkpoints and stops of every run in the log count; other events do not.
+    #[test]
+    fn the_slowest_of_a_log() {
+        let committed = |epoch, total_secs| Event::Committed {
+            epoch,
+            poll: 40 * epoch,
+            bytes: 1,
+            logged: 0,
+            write_secs: 0.0,
+            total_secs,
+        };
+        let restored = Event::Restored {
+            epoch: 2,
+            bytes: 1,
+            read_secs: 99.0,
+        };
+        let log = [
+            committed(1, 0.4),
+            committed(2, 0.9),
+            Event::Stopping { epoch: 3 },
+            committed(3, 0.2),
+            Event::StopTook {
+                epoch: 3,
+                secs: 1.7,
+            },
+            restored,
+            committed(4, 1.1),
+        ];
+        assert_eq!(slowest_of(&log[..2]), Some(ck(0.9, 2)));
+        assert_eq!(slowest_of(&log), Some(stop(1.7, 3)));
+        assert_eq!(slowest_of(&log[5..]), Some(ck(1.1, 4)));
+        assert_eq!(slowest_of(&log[5..6]), None);
+    }
+
     #[test]
     fn estimates_and_firing_times() {
         let m = Duration::from_secs(30);
         for (slowest, est_ms, fire_ms) in [
             (None, 10_000, 960_000),
-            (Some((1.6, 4)), 3_200, 966_800),
-            (Some((0.0, 1)), 0, 970_000),
-            (Some((f64::NAN, 1)), 10_000, 960_000),
-            (Some((2000.0, 9)), 4_000_000, 0),
+            (Some(ck(1.6, 4)), 3_200, 966_800),
+            (Some(stop(0.0, 1)), 0, 970_000),
+            (Some(ck(f64::NAN, 1)), 10_000, 960_000),
+            (Some(ck(2000.0, 9)), 4_000_000, 0),
         ] {
             let e = estimate(slowest);
             assert_eq!(e.as_millis(), est_ms, "{slowest:?}");
@@ -441,8 +539,8 @@ mod tests {
              checkpoint; margin 30 s)"
         );
         assert!(!s.due(now + 59_999));
-        s.committed(1.5, 1);
-        s.committed(0.5, 2);
+        s.measured(ck(1.5, 1));
+        s.measured(ck(0.5, 2));
         assert_eq!(s.fire_at_ms(), now + 67_000, "2 x the slowest, 1.5 s");
         assert!(!s.due(now + 66_999) && s.due(now + 67_000));
         assert_eq!(
@@ -450,14 +548,20 @@ mod tests {
             "end time 2026-11-26 15:48:20Z (squeue) in 33 s (estimate 3.00 s: 2 x 1.50 s of \
              epoch 1; margin 30 s)"
         );
-        s.committed(f64::NAN, 4);
+        s.measured(ck(f64::NAN, 4));
         assert_eq!(
             s.fire_at_ms(),
             now + 67_000,
             "a time that is no number is ignored"
         );
-        s.committed(40.0, 3);
-        assert!(s.due(now + 1), "a slow checkpoint makes it due at once");
+        s.measured(stop(40.0, 3));
+        assert!(
+            s.firing(now)
+                .contains("(estimate 80.00 s: 2 x 40.00 s, the stop after epoch 3;"),
+            "{}",
+            s.firing(now)
+        );
+        assert!(s.due(now + 1), "a slow stop makes it due at once");
         s.done();
         assert!(!s.due(now + 100_000), "once");
     }
@@ -466,7 +570,7 @@ mod tests {
     fn too_close_at_start_schedules_nothing() {
         let m = Duration::from_secs(30);
         let now = 1_795_708_000_000;
-        let (s, line) = Schedule::start(1_795_708_031, "--end-time", m, Some((1.0, 3)), now);
+        let (s, line) = Schedule::start(1_795_708_031, "--end-time", m, Some(ck(1.0, 3)), now);
         assert_eq!(
             line,
             "end time 2026-11-26 15:47:11Z (--end-time) in 31 s: too close for a last \

@@ -333,6 +333,9 @@ pub fn event(e: &Event) -> String {
             level(*l),
             human_bytes(*bytes)
         ),
+        Event::StopTook { epoch, secs } => format!(
+            "the stop after epoch {epoch} took {secs:.2} s from the request to the ranks' exit"
+        ),
     }
 }
 

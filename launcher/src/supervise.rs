@@ -62,8 +62,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         job.events_offset,
         plan.quiet_after,
     )));
-    // Who asked the job to checkpoint and stop (the exit signal, the end time), if anyone.
-    let mut exit_requested: Option<String> = None;
+    let mut exit_requested: Option<ExitRequest> = None;
     let backend = Mpirun {
         as_root: mpirun::running_as_root(),
     };
@@ -158,6 +157,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                     }
                 }
                 if let Some(epoch) = tail_now.stopped {
+                    if let Some(req) = &exit_requested {
+                        record_stop(&plan.job_dir, &tail, epoch, secs(req.at));
+                    }
                     say(report::stopped(epoch, secs(start)));
                     say(report::resume_hint(plan));
                     return Ok(Outcome::Stopped);
@@ -198,8 +200,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
-        if let Some(who) = &exit_requested {
-            say(report::failed_after_exit_request(who));
+        if let Some(req) = &exit_requested {
+            say(report::failed_after_exit_request(&req.who));
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
@@ -277,17 +279,9 @@ fn end_schedule(plan: &RunPlan) -> Option<Schedule> {
             }
         },
     };
-    let mut slowest = None;
-    if let Ok((all, _)) = events::read_from(&plan.job_dir, 0) {
-        for e in all {
-            if let Event::Committed {
-                epoch, total_secs, ..
-            } = e
-            {
-                slowest = deadline::slower(slowest, total_secs, epoch);
-            }
-        }
-    }
+    let slowest = events::read_from(&plan.job_dir, 0)
+        .ok()
+        .and_then(|(all, _)| deadline::slowest_of(&all));
     let now = ckpt::util::unix_ms();
     let (schedule, line) = Schedule::start(end, source, plan.end_margin, slowest, now);
     say(line);
@@ -352,7 +346,7 @@ fn run_once(
     plan: &RunPlan,
     watch: &mut signals::Watch,
     tail: &Arc<Mutex<Tail>>,
-    exit_requested: &mut Option<String>,
+    exit_requested: &mut Option<ExitRequest>,
     mut schedule: Option<&mut Schedule>,
 ) -> anyhow::Result<Ended> {
     let mut cmd = launch.command();
@@ -407,12 +401,12 @@ fn run_once(
                     &plan.job_dir,
                     &format!("received {name}{times}"),
                 ));
-                *exit_requested = Some(name);
+                *exit_requested = Some(ExitRequest::now(name));
             }
         }
         if let Some(s) = schedule.as_deref_mut() {
-            if let Some((secs, epoch)) = with(tail, |t| t.slowest) {
-                s.committed(secs, epoch);
+            if let Some(sample) = with(tail, |t| t.slowest) {
+                s.measured(sample);
             }
             let now = ckpt::util::unix_ms();
             if exit_requested.is_some() {
@@ -420,7 +414,7 @@ fn run_once(
             } else if s.due(now) {
                 s.done();
                 say(request_exit(&plan.job_dir, &s.firing(now)));
-                *exit_requested = Some("the end time".into());
+                *exit_requested = Some(ExitRequest::now("the end time".into()));
             }
         }
         if watch.take_hup() > 0 {
@@ -471,6 +465,34 @@ fn run_once(
         Some((sig, _)) => Ended::Interrupted(sig),
         None => Ended::Exited(status, failure, banner, lost),
     })
+}
+
+/// A request to checkpoint and stop this launcher made: who asked (the exit signal's name,
+/// the end time), and when.
+struct ExitRequest {
+    who: String,
+    at: Instant,
+}
+
+impl ExitRequest {
+    fn now(who: String) -> Self {
+        ExitRequest {
+            who,
+            at: Instant::now(),
+        }
+    }
+}
+
+/// Logs, and reports, how long the stop after `epoch` took from this launcher's request to the
+/// ranks' exit: a later run's estimate of its last checkpoint (see [`deadline`]).
+fn record_stop(job_dir: &Path, tail: &Mutex<Tail>, epoch: u64, secs: f64) {
+    match events::append(job_dir, &Event::StopTook { epoch, secs }) {
+        Ok(()) => with(tail, Tail::drain),
+        Err(e) => say(format!(
+            "warning: cannot log the stop's time ({secs:.2} s) in {}: {e}",
+            events::path(job_dir).display()
+        )),
+    }
 }
 
 /// Asks the job in `job_dir` to checkpoint and stop (`why`: the exit signal arrived, the end
@@ -574,7 +596,7 @@ struct Tail {
     committed: Vec<u64>,
     /// Epoch after which the ranks stopped on request, if they did.
     stopped: Option<u64>,
-    /// The slowest checkpoint committed since the launcher started (`total_secs`, epoch).
+    /// The slowest checkpoint committed, or stop, since the launcher started.
     slowest: deadline::Slowest,
     /// What the ranks of the current launch reported when no epoch was usable.
     no_usable: Option<NoUsable>,
@@ -646,6 +668,9 @@ impl Tail {
                 self.offset = offset;
                 for e in new {
                     self.quiet.event(Instant::now(), report::event(&e));
+                    if let Some(sample) = deadline::sample(&e) {
+                        self.slowest = deadline::slower(self.slowest, sample);
+                    }
                     match &e {
                         Event::Started { .. } => self.started = true,
                         Event::Stalled { missing, .. } => {
@@ -660,12 +685,7 @@ impl Tail {
                             say(report::restored(&e, expected.filter(|x| x != epoch)));
                             continue;
                         }
-                        Event::Committed {
-                            epoch, total_secs, ..
-                        } => {
-                            self.committed.push(*epoch);
-                            self.slowest = deadline::slower(self.slowest, *total_secs, *epoch);
-                        }
+                        Event::Committed { epoch, .. } => self.committed.push(*epoch),
                         Event::Stopping { epoch } => self.stopped = Some(*epoch),
                         // Rank 0 prints this itself, with the fallback it takes; repeating it
                         // here would only double the line.
