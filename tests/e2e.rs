@@ -5068,8 +5068,8 @@ fn the_launcher_stops_the_job_with_a_checkpoint_before_its_end_time() {
 /// Slurm's own pre-timeout signal off, `--signal=B:USR1@0`) runs a heat2d that needs longer;
 /// its `ckpt run` reads the end time from Slurm (`--end-time auto`), asks the job to
 /// checkpoint and stop before the limit (the job is never cancelled for its time), exits 75,
-/// and the script requeues it; the next run resumes from that epoch and ends with the
-/// uninterrupted run's result.
+/// and the script requeues it; the next run, its estimate taken from that stop, resumes from
+/// that epoch and ends with the uninterrupted run's result.
 #[test]
 fn the_end_time_from_slurm_checkpoints_before_the_limit_and_requeues() {
     let Some(_slurm) = slurm() else { return };
@@ -5149,6 +5149,10 @@ fn the_end_time_from_slurm_checkpoints_before_the_limit_and_requeues() {
     assert!(
         text.contains(&format!("[ckpt] restored epoch {stopped} ")),
         "the next run did not resume from epoch {stopped}\n{text}"
+    );
+    assert!(
+        text.contains(&format!("s, the stop after epoch {stopped}; margin 30 s)")),
+        "the next run's estimate is not the measured stop\n{text}"
     );
     let checksum = text
         .lines()

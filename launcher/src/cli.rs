@@ -384,7 +384,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIG", default_value = "USR1")]
     pub exit_signal: Option<String>,
     /// When the job must end, to checkpoint and stop before it (as the exit signal does) at
-    /// END - --end-margin - 2 x the slowest checkpoint so far (10 s before the first): auto
+    /// END - --end-margin - 2 x the slowest checkpoint or stop so far (10 s before any): auto
     /// (inside a Slurm allocation, SLURM_JOB_END_TIME, else squeue's end time; elsewhere
     /// none), whole seconds since 1970, or off.
     #[arg(long, value_name = "auto|UNIX_SECONDS|off", default_value = "auto")]
