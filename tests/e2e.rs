@@ -5417,3 +5417,187 @@ fn sub_communicators_created_on_different_parents_are_named_at_the_deadline() {
         out.dump()
     );
 }
+
+/// `--end-time` outside Slurm: a heat2d run that needs about 24 s, given an end 24 s away and a
+/// 4 s margin, is asked by the launcher to checkpoint and stop before that time (once its
+/// first checkpoint measured the estimate), exits with `CKPT_STOPPED_EXIT`, and a resumed run
+/// restores that epoch and ends with the uninterrupted run's result. The stop's time (request
+/// to the ranks' exit) is logged, and the resumed run's estimate is taken from it. (With the
+/// schedule never due, the first run finishes instead: exit 0, no stop.)
+#[test]
+fn the_launcher_stops_the_job_with_a_checkpoint_before_its_end_time() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let args: Vec<&str> = HEAT.iter().copied().chain(["--step-ms", "100"]).collect();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let end = now() + 24;
+    let end_flag = end.to_string();
+    let flags = [
+        "--every",
+        "40",
+        "--end-time",
+        &end_flag,
+        "--end-margin",
+        "4",
+    ];
+    let out = Run::new(&job, RANKS, &flags, &heat2d(), &args)
+        .env("CKPT_STOPPED_EXIT", "75")
+        .output();
+    let stopped_at = now();
+    assert_eq!(out.status.code(), Some(75), "not stopped\n{}", out.dump());
+    assert!(
+        stopped_at <= end,
+        "stopped at {stopped_at}, after the end time {end}\n{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("last checkpoint at ")
+            && out.stderr.contains(") in ")
+            && out
+                .stderr
+                .contains("asking the job to checkpoint and stop (request 1)"),
+        "the schedule and its firing are not reported\n{}",
+        out.dump()
+    );
+    let epoch = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("[ckpt] job stopped on request after epoch "))
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("no stop on request\n{}", out.dump()))
+        .to_owned();
+    let took = events(&job).into_iter().find_map(|e| match e {
+        Event::StopTook { epoch: e, secs } if e.to_string() == epoch => Some(secs),
+        _ => None,
+    });
+    assert!(
+        took.is_some_and(|s| s > 0.0 && s < 20.0)
+            && out
+                .stderr
+                .contains(&format!("[ckpt] the stop after epoch {epoch} took ")),
+        "the stop's time is not logged ({took:?})\n{}",
+        out.dump()
+    );
+    // The resumed run, with an end an hour away, estimates from that stop.
+    let far = (now() + 3600).to_string();
+    let flags = ["--every", "40", "--end-time", &far];
+    let resumed = Run::new(&job, RANKS, &flags, &heat2d(), &args).output();
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("s, the stop after epoch {epoch}; margin 30 s)")),
+        "the estimate is not the measured stop\n{}",
+        resumed.dump()
+    );
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("[ckpt] restored epoch {epoch} ")),
+        "the resumed run did not restore epoch {epoch}\n{}",
+        resumed.dump()
+    );
+    assert_same_result(&resumed);
+}
+
+/// Under the real cluster: `slurm/requeue.sbatch` submitted with a one-minute limit (and
+/// Slurm's own pre-timeout signal off, `--signal=B:USR1@0`) runs a heat2d that needs longer;
+/// its `ckpt run` reads the end time from Slurm (`--end-time auto`), asks the job to
+/// checkpoint and stop before the limit (the job is never cancelled for its time), exits 75,
+/// and the script requeues it; the next run, its estimate taken from that stop, resumes from
+/// that epoch and ends with the uninterrupted run's result.
+#[test]
+fn the_end_time_from_slurm_checkpoints_before_the_limit_and_requeues() {
+    let Some(_slurm) = slurm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("slurm")
+        .join("requeue.sbatch");
+    let export = format!(
+        "--export=ALL,CKPT={},HEAT={},JOB_DIR={},STEP_MS=150",
+        bin("ckpt").display(),
+        heat2d().display(),
+        job.display()
+    );
+    let submitted = std::process::Command::new("sbatch")
+        .args([
+            "--parsable",
+            "--job-name=ckpt-e2e-endtime",
+            "--output=job.out",
+            "--time=1",
+            "--signal=B:USR1@0",
+        ])
+        .arg(export)
+        .arg(&script)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(submitted.status.success(), "{submitted:?}");
+    let id = String::from_utf8_lossy(&submitted.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let log = || std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
+    let cancel = || {
+        let _ = std::process::Command::new("scancel").arg(&id).output();
+    };
+    if !wait_for(Duration::from_secs(75), || log().contains("requeueing job")) {
+        cancel();
+        panic!("no stop and requeue within the limit\n{}", log());
+    }
+    // A requeued job waits for its begin time (Slurm delays a requeue): start it now, once a
+    // second, until the job finished (a run that reaches its end time again is requeued again).
+    let t0 = std::time::Instant::now();
+    while !log().contains("job finished after") {
+        if t0.elapsed() > Duration::from_secs(90) {
+            cancel();
+            panic!("the requeued job did not finish\n{}", log());
+        }
+        let _ = std::process::Command::new("scontrol")
+            .args(["update", &format!("jobid={id}"), "starttime=now"])
+            .output();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let text = log();
+    assert!(
+        !text.contains("DUE TO TIME LIMIT"),
+        "Slurm ended a run at its limit\n{text}"
+    );
+    assert!(
+        text.contains("(squeue) in ") || text.contains("(SLURM_JOB_END_TIME) in "),
+        "the end time was not read from Slurm\n{text}"
+    );
+    assert!(
+        text.contains("asking the job to checkpoint and stop")
+            && !text.contains("received SIGUSR1"),
+        "the stop did not come from the end time\n{text}"
+    );
+    let stopped = text
+        .lines()
+        .find_map(|l| l.strip_prefix("[ckpt] job stopped on request after epoch "))
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("no stop on request\n{text}"))
+        .to_owned();
+    assert!(
+        text.contains(&format!("[ckpt] restored epoch {stopped} ")),
+        "the next run did not resume from epoch {stopped}\n{text}"
+    );
+    assert!(
+        text.contains(&format!("s, the stop after epoch {stopped}; margin 30 s)")),
+        "the next run's estimate is not the measured stop\n{text}"
+    );
+    let checksum = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("checksum: "));
+    assert_eq!(checksum, Some(reference()), "{text}");
+}

@@ -389,6 +389,16 @@ pub struct RunArgs {
     /// --then-exit` does (for Slurm's `--signal=B:USR1@T`); a name, a number, or off.
     #[arg(long, value_name = "SIG", default_value = "USR1")]
     pub exit_signal: Option<String>,
+    /// When the job must end, to checkpoint and stop before it (as the exit signal does) at
+    /// END - --end-margin - 2 x the slowest checkpoint or stop so far (10 s before any): auto
+    /// (inside a Slurm allocation, SLURM_JOB_END_TIME, else squeue's end time; elsewhere
+    /// none), whole seconds since 1970, or off.
+    #[arg(long, value_name = "auto|UNIX_SECONDS|off", default_value = "auto")]
+    pub end_time: String,
+    /// Seconds kept free before the end time for the request to reach the ranks and for the
+    /// stop (see --end-time).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub end_margin: u64,
     /// mpirun to use.
     #[arg(long, value_name = "PATH", default_value = "mpirun")]
     pub mpirun: PathBuf,

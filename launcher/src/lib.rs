@@ -16,6 +16,8 @@
 //! - [`hostlist`]: Slurm hostlists expanded and compressed. [`placement`]: ranks on real
 //!   nodes (ranks per node, spares, excluded nodes, the previous placement). Both pure.
 //! - [`supervise`]: the launch / watch / restart loop; all process handling lives here.
+//! - [`deadline`]: `--end-time`, the last checkpoint scheduled from the job's end time
+//!   (Slurm's, or given); parsing and the firing time are pure.
 //! - [`signals`]: handlers that only record the signal: SIGINT/SIGTERM, the exit signal
 //!   (checkpoint-and-exit), SIGHUP (ignored) and the checkpoint signal.
 //! - [`report`]: the `[ckpt] ...` lines people read, and the only printing: stderr and
@@ -50,6 +52,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod deadline;
 pub mod drill;
 pub mod exec_rank;
 pub mod hostlist;

@@ -21,6 +21,7 @@ use crate::backend::mpirun;
 use crate::backend::srun::{self, Allocation, SlurmEnv};
 use crate::cli::{LevelArgs, RunArgs};
 use crate::clock;
+use crate::deadline::{self, EndSource};
 use crate::placement::{self, PlaceError, Placement};
 use crate::UsageError;
 
@@ -50,6 +51,9 @@ pub struct Context {
     pub resolves: fn(&str) -> bool,
     /// Slurm's allocation, if the launcher runs inside one (the srun backend).
     pub slurm: SlurmEnv,
+    /// Slurm's variables that tell the job's end time ([`deadline::SLURM_END_VAR`],
+    /// [`deadline::SLURM_JOB_VAR`]) that are set, with their values.
+    pub end_vars: Vec<(&'static str, String)>,
 }
 
 /// The addresses `host` resolves to here (none when it does not).
@@ -93,6 +97,10 @@ impl Context {
                 srun: find_in_path("srun", std::env::var_os("PATH").as_deref()),
                 mpi_list: srun::plugins,
             },
+            end_vars: [deadline::SLURM_END_VAR, deadline::SLURM_JOB_VAR]
+                .into_iter()
+                .filter_map(|name| std::env::var(name).ok().map(|v| (name, v)))
+                .collect(),
         })
     }
 }
@@ -164,6 +172,10 @@ pub struct RunPlan {
     /// The signal that makes the launcher ask the job to checkpoint and stop
     /// (`--exit-signal`, default SIGUSR1; `None` when off).
     pub exit_signal: Option<i32>,
+    /// Where the end time comes from (`--end-time`), for the last checkpoint before it.
+    pub end_time: EndSource,
+    /// `--end-margin`: kept free before the end time for the request and the stop.
+    pub end_margin: Duration,
     /// The `ckpt` executable that starts each rank with [`RunPlan::signal`] blocked
     /// (`ckpt exec-rank`); `None` starts the program directly.
     pub exec_rank: Option<PathBuf>,
@@ -519,6 +531,7 @@ impl RunPlan {
         let shared_dir = shared_dir(args.shared_dir.as_deref(), &job_dir, ctx)?;
 
         let exit_signal = exit_signal(args.exit_signal.as_deref())?;
+        let end_time = end_time(&args.end_time, ctx)?;
         let signal = match ctx.signal.as_deref() {
             None => Some(libc::SIGUSR1),
             Some(v) => ckpt::trigger::parse_signal(v)
@@ -569,6 +582,8 @@ impl RunPlan {
                 .filter(|_| signal.is_some() || args.emulate_nodes.is_some() || nodes.is_some()),
             signal,
             exit_signal,
+            end_time,
+            end_margin: Duration::from_secs(args.end_margin),
             access,
         };
         let ours: Vec<&str> = plan.rank_env(0).iter().map(|(k, _)| *k).collect();
@@ -727,6 +742,16 @@ fn exit_signal(s: Option<&str>) -> Result<Option<i32>, UsageError> {
     }
 }
 
+/// Parses `--end-time` and resolves `auto` with the Slurm variables of `ctx`.
+fn end_time(s: &str, ctx: &Context) -> Result<EndSource, UsageError> {
+    let flag = deadline::parse_flag(s).map_err(|e| UsageError(format!("--end-time {s}: {e}")))?;
+    let var = |name: &str| {
+        let found = ctx.end_vars.iter().find(|(k, _)| *k == name);
+        found.map(|(_, v)| v.clone())
+    };
+    deadline::source(flag, var).map_err(|e| UsageError(format!("--end-time {s}: {e}")))
+}
+
 /// Parses `--quiet-after`: a duration with a unit, or `off` (`None`).
 fn quiet_after(s: &str) -> Result<Option<Duration>, UsageError> {
     match Interval::parse(s) {
@@ -831,6 +856,7 @@ mod tests {
             group_access: None,
             resolves: |_| true,
             slurm: SlurmEnv::none(),
+            end_vars: vec![],
         };
         (dir, ctx)
     }
@@ -1056,6 +1082,41 @@ mod tests {
         assert_eq!(exit("--exit-signal USR2"), Some(libc::SIGUSR2));
         assert_eq!(exit("--exit-signal SIGXCPU"), Some(libc::SIGXCPU));
         assert_eq!(exit("--exit-signal off"), None);
+    }
+
+    /// `--end-time`: auto reads Slurm's variables (none outside an allocation), a value or
+    /// variable that is no time fails naming it.
+    #[test]
+    fn end_time() {
+        let (_dir, mut ctx) = fixture();
+        let end = |ctx: &Context, flags: &str| {
+            let argv = format!("ckpt run -n 2 {flags} -- prog");
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, ctx)
+                .map(|p| (p.end_time, p.end_margin.as_secs()))
+                .map_err(|e| e.0)
+        };
+        assert_eq!(end(&ctx, ""), Ok((EndSource::None, 30)));
+        assert_eq!(
+            end(&ctx, "--end-time 1795708943 --end-margin 5"),
+            Ok((EndSource::At(1_795_708_943, "--end-time"), 5))
+        );
+        let e = end(&ctx, "--end-time soon").unwrap_err();
+        assert!(e.starts_with("--end-time soon: expected auto, off"), "{e}");
+        ctx.end_vars = vec![(deadline::SLURM_JOB_VAR, "42".into())];
+        assert_eq!(end(&ctx, ""), Ok((EndSource::Squeue("42".into()), 30)));
+        assert_eq!(end(&ctx, "--end-time off"), Ok((EndSource::None, 30)));
+        ctx.end_vars.push((deadline::SLURM_END_VAR, "x".into()));
+        let e = end(&ctx, "").unwrap_err();
+        assert!(
+            e.starts_with("--end-time auto: SLURM_JOB_END_TIME=x: not whole"),
+            "{e}"
+        );
     }
 
     /// An inherited `CKPT_*` value every rank would refuse fails the plan, naming it; one the

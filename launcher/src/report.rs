@@ -333,6 +333,9 @@ pub fn event(e: &Event) -> String {
             level(*l),
             human_bytes(*bytes)
         ),
+        Event::StopTook { epoch, secs } => format!(
+            "the stop after epoch {epoch} took {secs:.2} s from the request to the ranks' exit"
+        ),
     }
 }
 
@@ -503,9 +506,8 @@ pub fn failed_before_start() -> String {
 }
 
 /// A launch that failed after the exit signal asked it to checkpoint and stop.
-pub fn failed_after_exit_request(sig: Option<i32>) -> String {
-    let name = sig.map_or_else(|| "the exit signal".to_owned(), crate::signals::name);
-    format!("not relaunching: {name} asked the job to stop")
+pub fn failed_after_exit_request(who: &str) -> String {
+    format!("not relaunching: {who} asked the job to stop")
 }
 
 /// SIGHUP to the launcher (a closed terminal): ignored, as mpirun ignores it.

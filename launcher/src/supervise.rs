@@ -25,6 +25,7 @@ use ckpt::storage::durable;
 use crate::backend::mpirun::{self, Mpirun};
 use crate::backend::srun::{self, Srun};
 use crate::backend::{Backend, Failure, Launch};
+use crate::deadline::{self, EndSource, Schedule};
 use crate::placement::Placement;
 use crate::plan::RunPlan;
 use crate::report::{self, say};
@@ -62,7 +63,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         job.events_offset,
         plan.quiet_after,
     )));
-    let mut exit_requested = false;
+    let mut exit_requested: Option<ExitRequest> = None;
     let backend: Box<dyn Backend> = match &plan.srun {
         Some(alloc) => Box::new(Srun {
             alloc: alloc.clone(),
@@ -94,6 +95,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             &job.committed,
         ));
     }
+    let mut schedule = end_schedule(plan);
     spares::Watch::prepare(plan)?;
     let mut nodes_watch = spares::Watch::default();
     let rank_exit_wait = ranks::wait_from_env()?;
@@ -129,6 +131,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             &mut watch,
             &tail,
             &mut exit_requested,
+            schedule.as_mut(),
         )?;
         // Events written just before mpirun exited are reported before its outcome.
         let tail_now = with(&tail, |t| {
@@ -161,6 +164,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                     }
                 }
                 if let Some(epoch) = tail_now.stopped {
+                    if let Some(req) = &exit_requested {
+                        record_stop(&plan.job_dir, &tail, epoch, secs(req.at));
+                    }
                     say(report::stopped(epoch, secs(start)));
                     say(report::resume_hint(plan));
                     return Ok(Outcome::Stopped);
@@ -209,8 +215,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
-        if exit_requested {
-            say(report::failed_after_exit_request(plan.exit_signal));
+        if let Some(req) = &exit_requested {
+            say(report::failed_after_exit_request(&req.who));
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
@@ -254,6 +260,14 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
+        if let Some(s) = schedule.as_ref().filter(|s| s.due(ckpt::util::unix_ms())) {
+            say(format!(
+                "{}: no time left for a relaunch; stopping, to resume from the newest epoch",
+                s.firing(ckpt::util::unix_ms())
+            ));
+            say(report::resume_hint(plan));
+            return Ok(Outcome::Stopped);
+        }
         thread::sleep(PAUSE);
         if let Some(sig) = watch.take() {
             say(report::interrupted(&signals::name(sig)));
@@ -270,6 +284,34 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         ));
         n += 1;
     }
+}
+
+/// The schedule of the last checkpoint before the job's end time (`--end-time`), said; `None`
+/// when there is no end time (one too close already never fires). The estimate starts from the
+/// slowest checkpoint in the job's whole event log (earlier runs of a requeued job included).
+fn end_schedule(plan: &RunPlan) -> Option<Schedule> {
+    let (end, source) = match &plan.end_time {
+        EndSource::None => return None,
+        EndSource::At(end, source) => (*end, *source),
+        EndSource::Squeue(id) => match deadline::query_squeue(id) {
+            Ok(Some(end)) => (end, "squeue"),
+            Ok(None) => return None,
+            Err(e) => {
+                say(format!(
+                    "warning: cannot read Slurm job {id}'s end time: {e}; no last checkpoint \
+                     is scheduled (--end-time UNIX_SECONDS gives it)"
+                ));
+                return None;
+            }
+        },
+    };
+    let slowest = events::read_from(&plan.job_dir, 0)
+        .ok()
+        .and_then(|(all, _)| deadline::slowest_of(&all));
+    let now = ckpt::util::unix_ms();
+    let (schedule, line) = Schedule::start(end, source, plan.end_margin, slowest, now);
+    say(line);
+    Some(schedule)
 }
 
 /// The placement of a launch on real nodes or under srun (`None` on this machine), put in
@@ -342,7 +384,8 @@ fn run_once(
     plan: &RunPlan,
     watch: &mut signals::Watch,
     tail: &Arc<Mutex<Tail>>,
-    exit_requested: &mut bool,
+    exit_requested: &mut Option<ExitRequest>,
+    mut schedule: Option<&mut Schedule>,
 ) -> anyhow::Result<Ended> {
     let mut cmd = launch.command();
     die_with_parent(&mut cmd);
@@ -398,9 +441,31 @@ fn run_once(
             signalled.get_or_insert((sig, Instant::now()));
         }
         if let (n @ 1.., Some(sig)) = (watch.take_exit(), plan.exit_signal) {
-            if !*exit_requested {
-                *exit_requested = true;
-                say(request_exit(&plan.job_dir, &signals::name(sig), n));
+            if exit_requested.is_none() {
+                let name = signals::name(sig);
+                let times = if n == 1 {
+                    String::new()
+                } else {
+                    format!(" ({n} times)")
+                };
+                say(request_exit(
+                    &plan.job_dir,
+                    &format!("received {name}{times}"),
+                ));
+                *exit_requested = Some(ExitRequest::now(name));
+            }
+        }
+        if let Some(s) = schedule.as_deref_mut() {
+            if let Some(sample) = with(tail, |t| t.slowest) {
+                s.measured(sample);
+            }
+            let now = ckpt::util::unix_ms();
+            if exit_requested.is_some() {
+                s.done();
+            } else if s.due(now) {
+                s.done();
+                say(request_exit(&plan.job_dir, &s.firing(now)));
+                *exit_requested = Some(ExitRequest::now("the end time".into()));
             }
         }
         if watch.take_hup() > 0 {
@@ -453,28 +518,49 @@ fn run_once(
     })
 }
 
-/// Asks the job in `job_dir` to checkpoint and stop (the exit signal `name` arrived `n`
-/// times), through its control file as `ckpt checkpoint --then-exit` does. Returns the line
-/// to report.
-fn request_exit(job_dir: &Path, name: &str, n: usize) -> String {
-    let times = if n == 1 {
-        String::new()
-    } else {
-        format!(" ({n} times)")
-    };
+/// A request to checkpoint and stop this launcher made: who asked (the exit signal's name,
+/// the end time), and when.
+struct ExitRequest {
+    who: String,
+    at: Instant,
+}
+
+impl ExitRequest {
+    fn now(who: String) -> Self {
+        ExitRequest {
+            who,
+            at: Instant::now(),
+        }
+    }
+}
+
+/// Logs, and reports, how long the stop after `epoch` took from this launcher's request to the
+/// ranks' exit: a later run's estimate of its last checkpoint (see [`deadline`]).
+fn record_stop(job_dir: &Path, tail: &Mutex<Tail>, epoch: u64, secs: f64) {
+    match events::append(job_dir, &Event::StopTook { epoch, secs }) {
+        Ok(()) => with(tail, Tail::drain),
+        Err(e) => say(format!(
+            "warning: cannot log the stop's time ({secs:.2} s) in {}: {e}",
+            events::path(job_dir).display()
+        )),
+    }
+}
+
+/// Asks the job in `job_dir` to checkpoint and stop (`why`: the exit signal arrived, the end
+/// time is near), through its control file as `ckpt checkpoint --then-exit` does. Returns the
+/// line to report.
+fn request_exit(job_dir: &Path, why: &str) -> String {
     let written = lock::take_requests(job_dir).and_then(|_requests| {
         ckpt::trigger::write_control(job_dir, true, ckpt::util::unix_ms()).map_err(Into::into)
     });
     match written {
         Ok(req) => format!(
-            "received {name}{times}: asking the job to checkpoint and stop (request {}); \
-             no restart will follow",
+            "{why}: asking the job to checkpoint and stop (request {}); no restart will follow",
             req.seq
         ),
-        Err(e) => format!(
-            "received {name}{times}, but cannot ask the job to checkpoint and stop: {e:#}; \
-             the job goes on"
-        ),
+        Err(e) => {
+            format!("{why}, but cannot ask the job to checkpoint and stop: {e:#}; the job goes on")
+        }
     }
 }
 
@@ -561,6 +647,8 @@ struct Tail {
     committed: Vec<u64>,
     /// Epoch after which the ranks stopped on request, if they did.
     stopped: Option<u64>,
+    /// The slowest checkpoint committed, or stop, since the launcher started.
+    slowest: deadline::Slowest,
     /// What the ranks of the current launch reported when no epoch was usable.
     no_usable: Option<NoUsable>,
     /// Each rank's node, from its `rank_started` event of the current launch.
@@ -592,6 +680,7 @@ impl Tail {
             expected: None,
             committed: Vec::new(),
             stopped: None,
+            slowest: None,
             no_usable: None,
             rank_nodes: BTreeMap::new(),
             warned: false,
@@ -630,6 +719,9 @@ impl Tail {
                 self.offset = offset;
                 for e in new {
                     self.quiet.event(Instant::now(), report::event(&e));
+                    if let Some(sample) = deadline::sample(&e) {
+                        self.slowest = deadline::slower(self.slowest, sample);
+                    }
                     match &e {
                         Event::Started { .. } => self.started = true,
                         Event::Stalled { missing, .. } => {

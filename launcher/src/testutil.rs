@@ -82,6 +82,8 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         inherited: vec![],
         signal: Some(libc::SIGUSR1),
         exit_signal: Some(libc::SIGUSR1),
+        end_time: crate::deadline::EndSource::None,
+        end_margin: crate::deadline::DEFAULT_MARGIN,
         exec_rank: None,
         access: ckpt::storage::durable::Access::Private,
     }

@@ -1,5 +1,5 @@
 //! The job's event log: one JSON object per line in `<job_dir>/events.jsonl`, appended by rank 0
-//! (and by the rank that reports a stall or is stuck in IO).
+//! (and by the rank that reports a stall or is stuck in IO, and by the launcher: `stop_took`).
 //!
 //! This is how the launcher learns what happened inside the job (epochs committed, restores,
 //! fallbacks) and prints it with timings; `ckpt list` and drills read it too. Appends are
@@ -184,6 +184,15 @@ pub enum Event {
         /// Bytes recovered.
         bytes: u64,
         /// Seconds the recovery took (transfer and write-back).
+        secs: f64,
+    },
+    /// The launcher asked the ranks to checkpoint and stop (exit signal, end time) and they had
+    /// all exited after `epoch` this long after the request (logged by the launcher: a later
+    /// run's estimate of its last checkpoint before the end time).
+    StopTook {
+        /// The epoch the ranks stopped after.
+        epoch: u64,
+        /// Seconds from the request to mpirun's exit.
         secs: f64,
     },
 }

@@ -490,6 +490,7 @@ the job did. This can cause a job to hang indefinitely while it waits
             group_access: None,
             resolves: |_| true,
             slurm: crate::backend::srun::SlurmEnv::none(),
+            end_vars: vec![],
         };
         let check = |ctx: &Context, argv: &str, count: u32, root: bool, expected: &str| {
             assert_eq!(launch(argv, ctx, count, root), expected, "{argv}");
@@ -578,6 +579,7 @@ the job did. This can cause a job to hang indefinitely while it waits
             group_access: None,
             resolves: |_| true,
             slurm: crate::backend::srun::SlurmEnv::none(),
+            end_vars: vec![],
         };
         let argv = "ckpt run -n 5 --job-dir j --nodes n[1-2],login --ranks-per-node 2 -- /bin/echo";
         let Cmd::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))

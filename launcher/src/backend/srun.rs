@@ -994,6 +994,7 @@ srun: error: n1: tasks 0-1: Killed
             group_access: None,
             resolves: |_| false,
             slurm: env(),
+            end_vars: vec![],
         };
         let full = format!("ckpt run {argv}");
         let Cmd::Run(args) = cli::parse(full.split_whitespace().map(OsString::from))
