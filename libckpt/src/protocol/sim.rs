@@ -834,25 +834,26 @@ impl<'p> World<'p> {
     /// `rank`'s snapshot of every communicator (message log version 3), as `Comm`'s family
     /// encodes it.
     fn encode(&self, rank: usize) -> Vec<u8> {
-        let states: Vec<_> = self.ranks[rank].eps.iter().map(|ep| ep.state()).collect();
+        let states: Vec<StateParts<'_>> =
+            self.ranks[rank].eps.iter().map(|ep| ep.state()).collect();
         let merged = self.faults.merged_log.then(|| {
             let mut all = MessageLog::default();
-            for e in states.iter().flat_map(|s| s.2.iter()) {
+            for e in states.iter().flat_map(|s| s.log.iter()) {
                 all.insert(e.clone());
             }
             all
         });
         let empty = MessageLog::default();
         let parts: Vec<StateParts<'_>> = states
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(c, (send, below, log))| {
+            .map(|(c, s)| {
                 let log = match (&merged, c) {
                     (Some(all), 0) => all,
                     (Some(_), _) => &empty,
-                    (None, _) => *log,
+                    (None, _) => s.log,
                 };
-                (*send, &below[..], log)
+                StateParts { log, ..s }
             })
             .collect();
         LogSet::encode_parts(&parts)
