@@ -5410,13 +5410,30 @@ fn halo_receives_pending_at_poll_survive_restarts_bit_identically() {
     let job = dir.path().join("plain");
     let out = Run::new(&job, RANKS, &["--every", "40"], &heat2d(), &args).output();
     assert!(out.status.success(), "{}", out.dump());
-    assert_eq!(out.checksum().as_deref(), Some(reference()), "{}", out.dump());
+    assert_eq!(
+        out.checksum().as_deref(),
+        Some(reference()),
+        "{}",
+        out.dump()
+    );
     // Poll 130 is after epoch 3 (poll 120): its pending receives are re-posted.
     let job = dir.path().join("fault");
-    let flags = ["--every", "40", "--max-restarts", "2", "--fault", "2:poll:130"];
+    let flags = [
+        "--every",
+        "40",
+        "--max-restarts",
+        "2",
+        "--fault",
+        "2:poll:130",
+    ];
     let out = Run::new(&job, RANKS, &flags, &heat2d(), &args).output();
     assert!(out.status.success(), "{}", out.dump());
-    assert_eq!(out.checksum().as_deref(), Some(reference()), "{}", out.dump());
+    assert_eq!(
+        out.checksum().as_deref(),
+        Some(reference()),
+        "{}",
+        out.dump()
+    );
     assert_eq!(restored_epochs(&job), [3], "{}", out.dump());
     for seed in seeds(&[31, 32, 33]) {
         let job = dir.path().join(format!("seed-{seed}"));

@@ -295,7 +295,9 @@ impl Posted {
             src: p.src,
             tag: p.tag,
             fit: Fit {
-                max_bytes: p.max_bytes.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+                max_bytes: p
+                    .max_bytes
+                    .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
                 elem: usize::try_from(p.elem).unwrap_or(usize::MAX),
             },
             state: match p.state {
@@ -1371,8 +1373,14 @@ mod tests {
         assert!(next > b);
         rx.progress(&mut wire).unwrap();
         assert_eq!(payload_of(rx.complete(next)).len(), 40);
-        assert_eq!(recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY), Ok(3));
-        assert_eq!(recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY), Ok(9));
+        assert_eq!(
+            recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY),
+            Ok(3)
+        );
+        assert_eq!(
+            recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY),
+            Ok(9)
+        );
         assert_eq!(rx.logged(), 0);
     }
 
@@ -1402,7 +1410,10 @@ mod tests {
         send_all(&mut tx, &mut wire, 7, &[9]);
         rx.progress(&mut wire).unwrap();
         assert_eq!(payload_of(rx.complete(b)).len(), 9);
-        assert_eq!(recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY), Ok(40));
+        assert_eq!(
+            recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY),
+            Ok(40)
+        );
     }
 
     #[test]

@@ -227,7 +227,11 @@ fn generate(rng: &mut Rng, n: usize) -> Program {
     let mut msgs = Vec::new();
     let by_round: Vec<Vec<usize>> = (0..rounds + lag)
         .map(|round| {
-            let count = if round < rounds { rng.below(3 * n as u64 + 1) } else { 0 };
+            let count = if round < rounds {
+                rng.below(3 * n as u64 + 1)
+            } else {
+                0
+            };
             (0..count)
                 .map(|_| {
                     let tag = rng.below(3) as i32;
@@ -253,8 +257,8 @@ fn generate(rng: &mut Rng, n: usize) -> Program {
             .filter(|&id| msgs[id].dst == dst)
             .collect()
     };
-    for round in 0..rounds + lag {
-        for &id in &by_round[round] {
+    for (round, sent) in by_round.iter().enumerate() {
+        for &id in sent {
             ops[msgs[id].src].push(Op::Send(id));
         }
         for (o, c) in ops.iter_mut().zip(carried.iter_mut()) {
@@ -805,7 +809,10 @@ impl<'p> World<'p> {
         }
         for r in &mut self.ranks {
             if then == After::Restore && r.eps.iter().any(|ep| ep.has_posted()) {
-                return Err(format!("rank {}: receives pending at restore", r.eps[0].rank()));
+                return Err(format!(
+                    "rank {}: receives pending at restore",
+                    r.eps[0].rank()
+                ));
             }
             self.stats.pending_at_cut += r.slots.len();
             r.phase = Phase::Draining(then);
