@@ -106,6 +106,32 @@ impl Status {
 /// the message it would have got without the restart. A restored handle is checked by its
 /// communicator's index only. A handle dropped while pending leaves its receive posted: it
 /// takes its message, which no one ever receives (as a leaked MPI request).
+///
+/// ```no_run
+/// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+/// use ckpt::{RecvRequest, Regions, Source, TagSel};
+/// struct Halo {
+///     next: Option<RecvRequest<f64>>,
+/// }
+/// impl ckpt::Protect for Halo {
+///     fn protect(&mut self, r: &mut Regions<'_>) {
+///         r.value("next", &mut self.next);
+///     }
+/// }
+/// let mut ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+/// let mut h = Halo { next: None };
+/// if ck.restarting() {
+///     ck.restore(&mut h)?; // h.next is posted again
+/// } else {
+///     h.next = Some(ck.comm().irecv(Source::Rank(0), TagSel::Tag(1), 64)?);
+/// }
+/// ck.poll(&mut h)?; // may checkpoint with the receive pending
+/// if let Some(req) = h.next.take() {
+///     let (row, _status) = ck.comm().wait(req)?;
+/// #   drop(row);
+/// }
+/// # Ok(()) }
+/// ```
 #[must_use = "a posted receive takes a message: complete it with Comm::wait or Comm::test"]
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(bound = "")]
