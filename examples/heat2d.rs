@@ -18,12 +18,19 @@
 //!
 //! Each rank sends its boundary rows for the next step *before* `poll`, so checkpoints happen
 //! with halo messages in flight; the library drains them into the snapshot.
+//!
+//! `--early-recv` turns it around: each rank posts the receives of the next step's halos
+//! (`irecv`) *before* `poll` and keeps their handles in its checkpointed state, and sends its
+//! own rows after `poll`. So at every checkpoint receives are pending for messages not sent
+//! yet: the snapshot records them, a restart posts them again, and the restored handles
+//! complete with the rows sent after the restart. The result is the same bits as without the
+//! option.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ckpt::mpi;
-use ckpt::{Checkpointer, Comm, Config, Protect, Regions, Source, TagSel};
+use ckpt::{Checkpointer, Comm, Config, Protect, RecvRequest, Regions, Source, TagSel};
 
 /// Diffusion coefficient times dt/dx^2; below 0.25 for stability.
 const ALPHA: f64 = 0.2;
@@ -43,6 +50,8 @@ struct Opts {
     stall: Option<(u64, u64)>,
     /// Keep part of the state outside the registered regions (a broken application).
     forget_state: bool,
+    /// Post the next step's halo receives before `poll`, send after it.
+    early_recv: bool,
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -55,11 +64,16 @@ fn parse_opts() -> Result<Opts, String> {
         slow_ms: 0,
         stall: None,
         forget_state: false,
+        early_recv: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--forget-state" {
             o.forget_state = true;
+            continue;
+        }
+        if flag == "--early-recv" {
+            o.early_recv = true;
             continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -84,7 +98,7 @@ fn parse_opts() -> Result<Opts, String> {
             _ => {
                 return Err(format!(
                     "unknown option {flag} (use --nx --ny --steps --step-ms --slow-after \
-                     --slow-ms --stall --forget-state)"
+                     --slow-ms --stall --forget-state --early-recv)"
                 ))
             }
         }
@@ -108,12 +122,18 @@ struct Heat {
     /// Steps run by this process: state the broken `--forget-state` mode uses but does not
     /// register, so a restart resets it.
     forgotten: u64,
+    /// `--early-recv`: the next step's halo receives, posted before `poll` (from the rank
+    /// below, from the rank above). State: a restart completes them.
+    early: Option<[Option<RecvRequest<f64>>; 2]>,
 }
 
 impl Protect for Heat {
     fn protect(&mut self, r: &mut Regions<'_>) {
         r.vec("u", &mut self.u);
         r.value("step", &mut self.step);
+        if let Some(early) = &mut self.early {
+            r.value("halo_requests", early);
+        }
     }
 }
 
@@ -130,6 +150,7 @@ impl Heat {
             next: vec![0.0; (rows + 2) * o.nx],
             step: 0,
             forgotten: 0,
+            early: o.early_recv.then_some([None, None]),
         };
         // Initial field: a hot top edge (fixed boundary) and a warm off-centre disc.
         for i in 0..rows {
@@ -174,11 +195,38 @@ impl Heat {
         Ok(())
     }
 
-    /// Receives the halo rows sent by the neighbours at the end of their previous step.
+    /// `--early-recv`: posts the receives of the next step's halo rows (before `poll`).
+    fn post_halos(&mut self, comm: &Comm) -> Result<(), ckpt::Error> {
+        let (up, down) = Self::neighbours(comm);
+        let nx = self.nx;
+        let below = down
+            .map(|d| comm.irecv(Source::Rank(d), TagSel::Tag(TAG_UP), nx))
+            .transpose()?;
+        let above = up
+            .map(|u| comm.irecv(Source::Rank(u), TagSel::Tag(TAG_DOWN), nx))
+            .transpose()?;
+        self.early = Some([below, above]);
+        Ok(())
+    }
+
+    /// Receives the halo rows sent by the neighbours at the end of their previous step (or,
+    /// with `--early-recv`, completes the receives posted before `poll`).
     fn recv_halos(&mut self, comm: &Comm) -> Result<(), ckpt::Error> {
         let (up, down) = Self::neighbours(comm);
         let nx = self.nx;
         let rows = self.rows;
+        if let Some([below, above]) = &mut self.early {
+            let (below, above) = (below.take(), above.take());
+            if let Some(req) = below {
+                let (row, _) = comm.wait(req)?;
+                self.u[(rows + 1) * nx..(rows + 2) * nx].copy_from_slice(&row);
+            }
+            if let Some(req) = above {
+                let (row, _) = comm.wait(req)?;
+                self.u[..nx].copy_from_slice(&row);
+            }
+            return Ok(());
+        }
         if let Some(down) = down {
             let halo = &mut self.u[(rows + 1) * nx..(rows + 2) * nx];
             comm.recv_into(Source::Rank(down), TagSel::Tag(TAG_UP), halo)?;
@@ -235,9 +283,17 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
             println!("heat2d: restored epoch {} at step {}", r.epoch, heat.step);
         }
     } else if heat.step < o.steps {
-        heat.send_halos(ck.comm())?;
+        if o.early_recv {
+            heat.post_halos(ck.comm())?;
+        } else {
+            heat.send_halos(ck.comm())?;
+        }
     }
     while heat.step < o.steps {
+        if o.early_recv {
+            // The receives were posted before the last poll (or restored with the state).
+            heat.send_halos(ck.comm())?;
+        }
         heat.step(ck.comm())?;
         if o.forget_state {
             // Broken on purpose: a source term from a counter no checkpoint holds.
@@ -245,7 +301,11 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::E
             heat.u[heat.nx + 1] += 1e-6 * heat.forgotten as f64;
         }
         if heat.step < o.steps {
-            heat.send_halos(ck.comm())?;
+            if o.early_recv {
+                heat.post_halos(ck.comm())?;
+            } else {
+                heat.send_halos(ck.comm())?;
+            }
         }
         let slow = if heat.step > o.slow_after {
             o.slow_ms

@@ -14,9 +14,7 @@
 //! iterations' worth of messages are always on the wire when `poll` runs. Every 7th message
 //! is 64 KiB (past Open MPI's eager limit), the rest are small.
 //!
-//! Options: `--iters N` (200), `--lag L` (3), `--step-ms MS` (0),
-//! `--leak-irecv RANK:ITER` (that rank leaves a receive pending at that iteration's poll: a
-//! misuse drill).
+//! Options: `--iters N` (200), `--lag L` (3), `--step-ms MS` (0).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,7 +26,6 @@ struct Opts {
     iters: u64,
     lag: u64,
     step_ms: u64,
-    leak: Option<(i32, u64)>,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -36,19 +33,10 @@ fn parse() -> Result<Opts, String> {
         iters: 200,
         lag: 3,
         step_ms: 0,
-        leak: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let v = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        if flag == "--leak-irecv" {
-            let (r, i) = v
-                .split_once(':')
-                .and_then(|(r, i)| Some((r.parse().ok()?, i.parse().ok()?)))
-                .ok_or_else(|| format!("--leak-irecv {v}: expected RANK:ITER"))?;
-            o.leak = Some((r, i));
-            continue;
-        }
         let n: u64 = v.parse().map_err(|_| format!("{flag} {v}: not a number"))?;
         match flag.as_str() {
             "--iters" => o.iters = n,
@@ -104,7 +92,7 @@ impl Ring {
     }
 
     /// Receives what the neighbours sent at iteration `i`.
-    fn receive(&mut self, comm: &Comm, i: u64, leak: bool) -> Result<(), ckpt::Error> {
+    fn receive(&mut self, comm: &Comm, i: u64) -> Result<(), ckpt::Error> {
         let (r, n) = (comm.rank(), comm.size());
         let (right, left) = ((r + 1) % n, (r + n - 1) % n);
         let from_left = comm.irecv::<u64>(Source::Any, TagSel::Tag((i % 3) as i32), 8192)?;
@@ -120,11 +108,6 @@ impl Ring {
             "rank {r}: payload from the right, iteration {i}"
         );
         self.absorb(right, &data);
-        if leak {
-            // Misuse on purpose: the receive stays pending across poll.
-            drop(from_left);
-            return Ok(());
-        }
         let (data, st) = comm.wait(from_left)?;
         assert_eq!(
             st.source, left,
@@ -162,8 +145,7 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> Result<(), ckpt::
         let i = ring.iter;
         ring.send(ck.comm(), i)?;
         if i >= o.lag {
-            let leak = o.leak == Some((rank, i));
-            ring.receive(ck.comm(), i - o.lag, leak)?;
+            ring.receive(ck.comm(), i - o.lag)?;
         }
         ring.iter += 1;
         if o.step_ms > 0 {
@@ -182,7 +164,7 @@ fn run(world: &mpi::topology::SimpleCommunicator, o: &Opts) -> Result<(), ckpt::
     }
     // The last `lag` iterations' messages are still on the wire.
     for i in o.iters.saturating_sub(o.lag)..o.iters {
-        ring.receive(ck.comm(), i, false)?;
+        ring.receive(ck.comm(), i)?;
     }
     let mine = crc32c::crc32c(ckpt::bytemuck::cast_slice(&ring.digests));
     let all = ck.comm().gather(0, &[mine])?;

@@ -401,7 +401,9 @@ impl Checkpointer {
     /// Call it at most once, before the first `poll` or `checkpoint`. Messages sent on
     /// [`Checkpointer::comm`] before it are fine: `restore` first makes a cut (as a checkpoint
     /// does), and those not yet received are delivered after it, before any message restored
-    /// from the snapshot. Every `irecv` must be completed before it.
+    /// from the snapshot. Every `irecv` must be completed before it; the receives that were
+    /// pending at the restored checkpoint are posted again, under the handles the application
+    /// kept in its state (see [`crate::comm::RecvRequest`]).
     pub fn restore<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<Restored> {
         let rank = self.ctx.rank;
         if self.committed_at_start.is_empty() {
@@ -450,17 +452,6 @@ impl Checkpointer {
         maybe_die(fault, self.ctx.rank, Phase::Poll, self.agree.polls() + 1);
         self.bg.progress(&self.ctx);
         self.family.reap_sends();
-        if self.family.has_pending() {
-            return Err(Error::Usage {
-                rank: self.ctx.rank,
-                what: format!(
-                    "receives still pending at poll {}: {}; complete every irecv with \
-                     Comm::wait or Comm::test before poll()",
-                    self.agree.polls() + 1,
-                    self.family.pending_requests().join(", ")
-                ),
-            });
-        }
         let triggers = &mut self.triggers;
         let decision = self
             .agree
@@ -622,7 +613,13 @@ impl Checkpointer {
         epoch: Option<u64>,
     ) -> Result<(DrainReport, Option<u64>)> {
         let ctx = &self.ctx;
-        let pending = self.family.pending_requests();
+        // Receives may be pending at a checkpoint (they go into the snapshot), not at the
+        // restore cut (the snapshot's own pending receives take their place).
+        let pending = if epoch.is_none() {
+            self.family.pending_requests()
+        } else {
+            Vec::new()
+        };
         // Bit 0: a receive pending; bit 1: background levels running; above: their epoch.
         let flag = u64::from(!pending.is_empty()) | self.bg.epoch().map_or(0, |e| 2 | (e << 2));
         let ncomms = self.family.len() as u64;
@@ -663,7 +660,7 @@ impl Checkpointer {
                 rank: ctx.rank,
                 what: format!(
                     "receives still pending at {what} on ranks {offenders:?}{mine}; complete \
-                     every irecv with Comm::wait or Comm::test before poll() and restore()"
+                     every irecv with Comm::wait or Comm::test before restore()"
                 ),
             });
         }

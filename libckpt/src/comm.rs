@@ -17,7 +17,12 @@
 //! - A receive too small for its message, or whose element size does not divide it, fails;
 //!   the message stays first in line for the next matching receive.
 //! - Tags are 0 or more; `TagSel::Any` is the wildcard.
-//! - Every `irecv` is completed (`wait`, or `test` until `Done`) before `poll`.
+//! - A receive request may stay pending over `poll` and over a checkpoint (see
+//!   [`RecvRequest`]): the library owns the buffer, the request is a plain handle. At the cut,
+//!   a pending receive that a drained message satisfies gets it then; the others are recorded
+//!   in the snapshot and posted again by `restore()`, so a handle kept in the application's
+//!   state completes after a restart with the message it would have got without one. Only
+//!   `restore()` refuses receives pending (posted before it in this run).
 //!   [`Comm::wait_any`], [`Comm::test_any`] and [`Comm::wait_all`] take a list of requests
 //!   and remove each one they complete (so none is completed twice); a request refused for its
 //!   size is removed alone, the others stay usable; a request of another `Comm` refuses the
@@ -90,13 +95,54 @@ impl Status {
 }
 
 /// A non-blocking receive posted with [`Comm::irecv`]; complete it with [`Comm::wait`] or
-/// [`Comm::test`] before the next `poll`. Both take it by value, so a completed request
-/// cannot be completed again.
-#[must_use = "a posted receive must be completed with Comm::wait or Comm::test before poll"]
-#[derive(Debug)]
+/// [`Comm::test`] (or the list calls). Both take it by value, so a completed request cannot
+/// be completed again.
+///
+/// Ownership: the library owns the receive's buffer, so the request is only a handle (the
+/// communicator's index and the request's number) that borrows nothing: it may be kept over
+/// `poll` and over checkpoints. It is serializable: keep it in the state given to
+/// [`crate::Regions::value`] (`Vec<RecvRequest<T>>` or `Option<RecvRequest<T>>`), and after a
+/// restart `restore()` posts the receive again under the same handle, which completes with
+/// the message it would have got without the restart. A restored handle is checked by its
+/// communicator's index only. A handle dropped while pending leaves its receive posted: it
+/// takes its message, which no one ever receives (as a leaked MPI request).
+///
+/// ```no_run
+/// # fn f(world: &ckpt::mpi::topology::SimpleCommunicator) -> ckpt::Result<()> {
+/// use ckpt::{RecvRequest, Regions, Source, TagSel};
+/// struct Halo {
+///     next: Option<RecvRequest<f64>>,
+/// }
+/// impl ckpt::Protect for Halo {
+///     fn protect(&mut self, r: &mut Regions<'_>) {
+///         r.value("next", &mut self.next);
+///     }
+/// }
+/// let mut ck = ckpt::Checkpointer::new(world, ckpt::Config::new("/tmp/job"))?;
+/// let mut h = Halo { next: None };
+/// if ck.restarting() {
+///     ck.restore(&mut h)?; // h.next is posted again
+/// } else {
+///     h.next = Some(ck.comm().irecv(Source::Rank(0), TagSel::Tag(1), 64)?);
+/// }
+/// ck.poll(&mut h)?; // may checkpoint with the receive pending
+/// if let Some(req) = h.next.take() {
+///     let (row, _status) = ck.comm().wait(req)?;
+/// #   drop(row);
+/// }
+/// # Ok(()) }
+/// ```
+#[must_use = "a posted receive takes a message: complete it with Comm::wait or Comm::test"]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound = "")]
 pub struct RecvRequest<T> {
     id: u64,
+    /// The communicator's index in creation order.
+    index: usize,
+    /// The communicator's process-wide number (0 in a handle restored from a snapshot).
+    #[serde(skip)]
     comm: u64,
+    #[serde(skip)]
     _t: PhantomData<T>,
 }
 
@@ -812,6 +858,7 @@ impl Comm {
         };
         Ok(RecvRequest {
             id: self.post(src, tag, fit)?,
+            index: self.index,
             comm: self.id,
             _t: PhantomData,
         })
@@ -819,14 +866,14 @@ impl Comm {
 
     /// Completes a non-blocking receive.
     pub fn wait<T: Pod>(&self, req: RecvRequest<T>) -> Result<(Vec<T>, Status)> {
-        self.check_mine(req.comm, req.id)?;
+        self.check_mine(&req)?;
         self.reap_sends();
         Ok(to_vec(&self.wait_for(req.id)?))
     }
 
     /// Completes a non-blocking receive if its message is there.
     pub fn test<T: Pod>(&self, req: RecvRequest<T>) -> Result<Test<T>> {
-        self.check_mine(req.comm, req.id)?;
+        self.check_mine(&req)?;
         let mut b = self.books.borrow_mut();
         b.sends.reap();
         if let Err(f) = b.ep.progress(&mut Mpi(&self.raw)) {
@@ -937,7 +984,7 @@ impl Comm {
     }
 
     fn check_all<T>(&self, reqs: &[RecvRequest<T>]) -> Result<()> {
-        reqs.iter().try_for_each(|r| self.check_mine(r.comm, r.id))
+        reqs.iter().try_for_each(|r| self.check_mine(r))
     }
 
     /// Advances the posted receives until `done` holds: blocks in MPI while a single receive
@@ -1019,12 +1066,15 @@ impl Comm {
         }
     }
 
-    fn check_mine(&self, comm: u64, id: u64) -> Result<()> {
-        if comm == self.id {
+    /// Refuses a request of another communicator (a restored one by its index).
+    fn check_mine<T>(&self, req: &RecvRequest<T>) -> Result<()> {
+        let restored = req.comm == 0 && req.index == self.index;
+        if req.comm == self.id || restored {
             Ok(())
         } else {
             Err(self.usage(Misuse(format!(
-                "receive request #{id} belongs to another communicator"
+                "receive request #{} belongs to another communicator (#{})",
+                req.id, req.index
             ))))
         }
     }
@@ -1044,11 +1094,6 @@ impl Comm {
             Completion::Failed(m) => Err(self.usage(m)),
             Completion::Pending => Err(self.lost("a receive")),
         }
-    }
-
-    /// Whether the application has a receive posted and not completed.
-    pub(crate) fn has_pending(&self) -> bool {
-        self.books.borrow().ep.has_posted()
     }
 
     /// Descriptions of the application's receives still pending (for the misuse report).
@@ -1104,7 +1149,7 @@ impl Comm {
                 }
             }
         }
-        if let Err(f) = b.ep.end_cut(sent_to_me) {
+        if let Err(f) = b.ep.end_cut(sent_to_me).and_then(|()| b.ep.settle()) {
             self.fatal(f)
         }
         report.messages = (b.ep.logged() - before.0) as u64;

@@ -171,13 +171,6 @@ impl Family {
         }
     }
 
-    /// Whether any communicator has a receive posted and not completed.
-    pub(crate) fn has_pending(&self) -> bool {
-        let mut any = false;
-        self.for_each(|c| any |= c.has_pending());
-        any
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.comms.borrow().len()
     }
@@ -224,15 +217,11 @@ impl Family {
         self.all().iter().map(|c| c.logged()).sum()
     }
 
-    /// Every communicator's state, encoded for the snapshot (message log version 3).
+    /// Every communicator's state, encoded for the snapshot (message log version 4).
     pub(crate) fn encode_state(&self) -> Vec<u8> {
         let comms = self.all();
         let books: Vec<_> = comms.iter().map(|c| c.books.borrow()).collect();
-        let states: Vec<_> = books.iter().map(|b| b.ep.state()).collect();
-        let parts: Vec<StateParts<'_>> = states
-            .iter()
-            .map(|(send, below, log)| (*send, &below[..], *log))
-            .collect();
+        let parts: Vec<StateParts<'_>> = books.iter().map(|b| b.ep.state()).collect();
         LogSet::encode_parts(&parts)
     }
 

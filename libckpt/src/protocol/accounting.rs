@@ -35,7 +35,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::envelope::{Envelope, EnvelopeError, ENVELOPE_LEN};
-use super::msglog::{matches, At, CommState, Entry, MessageLog, Source, TagSel};
+use super::msglog::{
+    matches, At, CommState, Entry, MessageLog, PendingRecv, RecvState, Source, StateParts, TagSel,
+};
 
 /// A message as the network hands it over: sender, tag, and its frame (envelope, payload).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,11 +259,54 @@ struct Posted {
     tag: TagSel,
     fit: Fit,
     state: State,
+    /// Re-posted from a snapshot: it does not take messages left from before `restore()`.
+    restored: bool,
 }
 
 impl Posted {
     fn waiting(&self) -> bool {
         matches!(self.state, State::Waiting)
+    }
+
+    /// Whether it is waiting and would take `e`.
+    fn wants(&self, e: &Entry) -> bool {
+        self.waiting() && !(self.restored && e.early) && matches(self.src, self.tag, e.src, e.tag)
+    }
+
+    /// As the snapshot keeps it.
+    fn snapshot(&self, id: u64) -> PendingRecv {
+        PendingRecv {
+            id,
+            src: self.src,
+            tag: self.tag,
+            max_bytes: self.fit.max_bytes.map(|m| m as u64),
+            elem: self.fit.elem as u64,
+            state: match &self.state {
+                State::Waiting => RecvState::Waiting,
+                State::Matched(e) => RecvState::Matched(e.clone()),
+                State::Failed(m) => RecvState::Refused(m.0.clone()),
+            },
+        }
+    }
+
+    /// Re-posted from the snapshot.
+    fn restored(p: PendingRecv) -> Posted {
+        Posted {
+            src: p.src,
+            tag: p.tag,
+            fit: Fit {
+                max_bytes: p
+                    .max_bytes
+                    .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+                elem: usize::try_from(p.elem).unwrap_or(usize::MAX),
+            },
+            state: match p.state {
+                RecvState::Waiting => State::Waiting,
+                RecvState::Matched(e) => State::Matched(e),
+                RecvState::Refused(why) => State::Failed(Misuse(why)),
+            },
+            restored: true,
+        }
     }
 }
 
@@ -380,6 +425,7 @@ impl Endpoint {
                 tag,
                 fit,
                 state: State::Waiting,
+                restored: false,
             },
         );
         Ok(id)
@@ -431,7 +477,8 @@ impl Endpoint {
     pub fn sole_waiting(&self) -> Option<(u64, Source, TagSel)> {
         let mut waiting = self.posted.iter().filter(|(_, p)| p.waiting());
         let (&id, p) = waiting.next()?;
-        if waiting.next().is_some() || !self.log.candidates(p.src, p.tag).is_empty() {
+        if waiting.next().is_some() || !self.log.candidates_for(p.src, p.tag, p.restored).is_empty()
+        {
             return None;
         }
         Some((id, p.src, p.tag))
@@ -527,10 +574,16 @@ impl Endpoint {
     }
 
     /// The first logged candidate for (`src`, `tag`) with nothing of its sender still in the
-    /// network below it, or else the sender of the first one blocked by such a gap.
-    fn ready_candidate(&self, src: Source, tag: TagSel) -> (Option<At>, Option<i32>) {
+    /// network below it, or else the sender of the first one blocked by such a gap. A receive
+    /// restored from the snapshot (`restored`) skips messages left from before `restore()`.
+    fn ready_candidate(
+        &self,
+        src: Source,
+        tag: TagSel,
+        restored: bool,
+    ) -> (Option<At>, Option<i32>) {
         let mut blocked = None;
-        for (at, e) in self.log.candidates(src, tag) {
+        for (at, e) in self.log.candidates_for(src, tag, restored) {
             match e.seq {
                 Some(s) if self.windows[e.src as usize].missing_below(s) > 0 => {
                     blocked.get_or_insert(e.src);
@@ -550,7 +603,7 @@ impl Endpoint {
         self.posted
             .iter()
             .take_while(|(&q, _)| id.is_none_or(|id| q < id))
-            .any(|(_, p)| p.waiting() && matches(p.src, p.tag, e.src, e.tag))
+            .any(|(_, p)| p.wants(e))
     }
 
     /// Advances receive `id`: from the log, then (given `net`) from the network.
@@ -558,7 +611,7 @@ impl Endpoint {
         let mut took = false;
         while let Some(p) = self.posted.get(&id).filter(|p| p.waiting()) {
             let (src, tag) = (p.src, p.tag);
-            let (ready, blocked) = self.ready_candidate(src, tag);
+            let (ready, blocked) = self.ready_candidate(src, tag, p.restored);
             if let Some(at) = ready {
                 if self.earlier_wants(Some(id), at) {
                     return Ok(Advance::Yield);
@@ -622,7 +675,7 @@ impl Endpoint {
         let gap = self.windows[e.src as usize].missing_below(seq) > 0;
         let len = e.payload().len();
         for p in self.posted.values_mut() {
-            if !p.waiting() || !matches(p.src, p.tag, e.src, e.tag) {
+            if !p.wants(&e) {
                 continue;
             }
             // An earlier message of the same sender may match this receive: it must go first.
@@ -729,15 +782,31 @@ impl Endpoint {
         CommState::encode_parts(&self.next_send, &below, &self.log)
     }
 
+    /// Hands logged messages to the waiting receives that take them, in post order, without
+    /// the network (after a cut's drain: a pending receive that a drained or logged message
+    /// satisfies gets it now, once, and the snapshot records it with its message).
+    pub fn settle(&mut self) -> Result<(), Fatal> {
+        while self.pass(None::<&mut N0>)? == Advance::Yield {}
+        Ok(())
+    }
+
     /// What a snapshot holds of this endpoint (after a cut): the next sequence number to send
-    /// to each rank, the next expected from each, and the log.
-    pub fn state(&self) -> (&[u64], Vec<u64>, &MessageLog) {
-        let below = self.windows.iter().map(|w| w.below).collect();
-        (&self.next_send, below, &self.log)
+    /// to each rank, the next expected from each, the log, the receives pending (waiting, or
+    /// with their outcome not yet taken) and the next request id.
+    pub fn state(&self) -> StateParts<'_> {
+        StateParts {
+            next_send: &self.next_send,
+            recv_below: self.windows.iter().map(|w| w.below).collect(),
+            log: &self.log,
+            pending: self.posted.iter().map(|(&id, p)| p.snapshot(id)).collect(),
+            next_id: self.next_id,
+        }
     }
 
     /// Takes over a restored state after the restore cut: what is left in the log from before
-    /// comes first, then the restored messages; a new era starts.
+    /// comes first, then the restored messages; the receives pending in the snapshot are
+    /// re-posted under their ids (they take none of the messages left from before); a new era
+    /// starts. No receive of this run may be posted (the restore cut refuses them).
     pub fn restore(&mut self, state: CommState) {
         self.log.forget_seqs();
         for e in state.log.iter() {
@@ -745,6 +814,10 @@ impl Endpoint {
         }
         self.next_send = state.next_send;
         self.windows = state.recv_below.into_iter().map(Window::at).collect();
+        self.next_id = self.next_id.max(state.next_id);
+        for p in state.pending {
+            self.posted.insert(p.id, Posted::restored(p));
+        }
         self.era += 1;
     }
 
@@ -1016,7 +1089,7 @@ mod tests {
         tx.restore(CommState {
             next_send: tx_snap,
             recv_below: vec![0, 0],
-            log: MessageLog::default(),
+            ..CommState::default()
         });
         // After restore, rank 0's sends continue the restored numbering, in a new era.
         send_all(&mut tx, &mut wire, 2, &[9]);
@@ -1173,7 +1246,7 @@ mod tests {
         tx.restore(CommState {
             next_send: tx.bookmark().to_vec(),
             recv_below: vec![0, 0],
-            log: MessageLog::default(),
+            ..CommState::default()
         });
         send_all(&mut tx, &mut wire, 5, &[3]);
         let sel = (Source::Rank(0), TagSel::Tag(5));
@@ -1232,6 +1305,114 @@ mod tests {
         assert_eq!(
             rx.check_probe(Source::Any, TagSel::Any).unwrap_err().0,
             "stopping"
+        );
+    }
+
+    /// Rank 1's snapshot after a cut against rank 0, through the version 4 encoding.
+    fn snapshot_of(tx: &Endpoint, rx: &mut Endpoint, wire: &mut Wire) -> CommState {
+        let b = tx.bookmark()[1];
+        while rx.missing(0, b).unwrap() > 0 {
+            let raw = wire.take(Source::Rank(0), TagSel::Any).unwrap();
+            rx.drained(raw, b).unwrap();
+        }
+        rx.end_cut(&[b, 0]).unwrap();
+        rx.settle().unwrap();
+        let bytes = super::super::msglog::LogSet::encode_parts(&[rx.state()]);
+        let mut set = super::super::msglog::LogSet::decode(&bytes, 2).unwrap();
+        set.comms.remove(0)
+    }
+
+    fn payload_of(c: Completion) -> Vec<u8> {
+        match c {
+            Completion::Done(e) => e.payload().to_vec(),
+            other => panic!("not done: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn receives_pending_at_a_cut_complete_after_a_restart_as_without_it() {
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 5, &[1, 2, 3]);
+        // Posted before the cut, never advanced: each is settled from the drained messages
+        // at the cut (the refused message stays first in line for the wildcard).
+        let a = rx.post(Source::Rank(0), TagSel::Tag(5), ANY).unwrap();
+        let none = Fit {
+            max_bytes: Some(0),
+            elem: 1,
+        };
+        let c = rx.post(Source::Rank(0), TagSel::Tag(5), none).unwrap();
+        let b = rx.post(Source::Any, TagSel::Any, ANY).unwrap();
+        let snap = snapshot_of(&tx, &mut rx, &mut wire);
+        assert_eq!(snap.pending.len(), 3);
+        assert_eq!(snap.log.len(), 1, "each message went to one receive, once");
+        let tx_next = tx.bookmark().to_vec();
+        // The restarted job: rank 0 sends set-up traffic (tag 7) before restore().
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 7, &[40]);
+        let b0 = tx.bookmark()[1];
+        while rx.missing(0, b0).unwrap() > 0 {
+            let raw = wire.take(Source::Rank(0), TagSel::Any).unwrap();
+            rx.drained(raw, b0).unwrap();
+        }
+        rx.end_cut(&[b0, 0]).unwrap();
+        rx.restore(snap);
+        tx.restore(CommState {
+            next_send: tx_next,
+            recv_below: vec![0, 0],
+            ..CommState::default()
+        });
+        send_all(&mut tx, &mut wire, 7, &[9]);
+        rx.progress(&mut wire).unwrap();
+        // The handles complete as they would have without the restart.
+        assert_eq!(payload_of(rx.complete(a)), vec![0]);
+        assert!(matches!(rx.complete(c), Completion::Failed(m) if m.0.contains("2 bytes")));
+        let got_b = payload_of(rx.complete(b));
+        assert_eq!(got_b.len(), 2, "the wildcard gets the refused message");
+        // New receives come after the restored ones: the set-up message, the rest.
+        let next = rx.post(Source::Rank(0), TagSel::Tag(7), ANY).unwrap();
+        assert!(next > b);
+        rx.progress(&mut wire).unwrap();
+        assert_eq!(payload_of(rx.complete(next)).len(), 40);
+        assert_eq!(
+            recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY),
+            Ok(3)
+        );
+        assert_eq!(
+            recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY),
+            Ok(9)
+        );
+        assert_eq!(rx.logged(), 0);
+    }
+
+    #[test]
+    fn a_restored_receive_does_not_take_set_up_traffic_from_before_restore() {
+        let (tx, mut rx, mut wire) = pair();
+        let b = rx.post(Source::Any, TagSel::Tag(7), ANY).unwrap();
+        let snap = snapshot_of(&tx, &mut rx, &mut wire);
+        let tx_next = tx.bookmark().to_vec();
+        let (mut tx, mut rx, mut wire) = pair();
+        send_all(&mut tx, &mut wire, 7, &[40]);
+        let b0 = tx.bookmark()[1];
+        while rx.missing(0, b0).unwrap() > 0 {
+            let raw = wire.take(Source::Rank(0), TagSel::Any).unwrap();
+            rx.drained(raw, b0).unwrap();
+        }
+        rx.end_cut(&[b0, 0]).unwrap();
+        rx.restore(snap);
+        tx.restore(CommState {
+            next_send: tx_next,
+            recv_below: vec![0, 0],
+            ..CommState::default()
+        });
+        rx.progress(&mut wire).unwrap();
+        assert!(rx.is_waiting(b), "it took the set-up message");
+        assert!(rx.blocking_selector(b).is_some());
+        send_all(&mut tx, &mut wire, 7, &[9]);
+        rx.progress(&mut wire).unwrap();
+        assert_eq!(payload_of(rx.complete(b)).len(), 9);
+        assert_eq!(
+            recv(&mut rx, &mut wire, (Source::Any, TagSel::Any), ANY),
+            Ok(40)
         );
     }
 

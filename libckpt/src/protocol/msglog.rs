@@ -46,6 +46,26 @@
 //!     ..  payload
 //! ```
 //! Versions 1 and 2 read as the root communicator alone.
+//!
+//! # Version 4: receives pending at the cut
+//!
+//! As version 3, with each communicator's receives still pending at the cut after its
+//! sequence numbers (the application keeps their handles in its own state and completes them
+//! after a restart):
+//!
+//! ```text
+//! then per communicator: 4 ranks n, 8n next to send, 8n next expected,
+//!     8  next request id (every pending id is below it)
+//!     4  pending receives p
+//!     per receive, in post order (ids ascending):
+//!         8  request id
+//!         4  source (-1: any)        4  tag (-1: any)
+//!         8  most payload bytes accepted (u64::MAX: any)    8  element size
+//!         1  state: 0 waiting, 1 matched (then 4 source, 4 tag, 8 length, payload),
+//!            2 refused for its size (then 8 length, the refusal's text in UTF-8)
+//! ..  8  number of messages, then the messages as in version 3
+//! ```
+//! Version 3 reads with no pending receive.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -95,6 +115,9 @@ pub struct Entry {
     off: usize,
     /// Arrival order, for wildcard receives across senders.
     stamp: u64,
+    /// Left from before `restore()` (set-up traffic): receives restored from the snapshot
+    /// do not take it.
+    pub early: bool,
 }
 
 impl Entry {
@@ -107,6 +130,7 @@ impl Entry {
             frame,
             off: ENVELOPE_LEN,
             stamp: 0,
+            early: false,
         }
     }
 
@@ -119,6 +143,7 @@ impl Entry {
             frame: payload,
             off: 0,
             stamp: 0,
+            early: false,
         }
     }
 
@@ -164,22 +189,28 @@ impl MessageLog {
     /// for `Source::Rank(p)` at most one; for `Source::Any` one per sender, oldest arrival
     /// first.
     pub fn candidates(&self, src: Source, tag: TagSel) -> Vec<(At, &Entry)> {
-        fn first(tag: TagSel, s: i32, q: &VecDeque<Entry>) -> Option<(At, &Entry)> {
+        self.candidates_for(src, tag, false)
+    }
+
+    /// [`MessageLog::candidates`], skipping entries left from before `restore()` if
+    /// `skip_early` (for a receive restored from the snapshot).
+    pub fn candidates_for(&self, src: Source, tag: TagSel, skip_early: bool) -> Vec<(At, &Entry)> {
+        let first = |tag: TagSel, s: i32, q: &VecDeque<Entry>| {
             q.iter()
-                .position(|e| matches(Source::Any, tag, e.src, e.tag))
-                .map(|index| (At { src: s, index }, &q[index]))
-        }
+                .position(|e| !(skip_early && e.early) && matches(Source::Any, tag, e.src, e.tag))
+                .map(|index| At { src: s, index })
+        };
         let mut out: Vec<(At, &Entry)> = match src {
             Source::Rank(p) => self
                 .by_src
                 .get(&p)
-                .and_then(|q| first(tag, p, q))
+                .and_then(|q| first(tag, p, q).map(|at| (at, &q[at.index])))
                 .into_iter()
                 .collect(),
             Source::Any => self
                 .by_src
                 .iter()
-                .filter_map(|(&s, q)| first(tag, s, q))
+                .filter_map(|(&s, q)| first(tag, s, q).map(|at| (at, &q[at.index])))
                 .collect(),
         };
         out.sort_by_key(|(_, e)| e.stamp);
@@ -212,11 +243,13 @@ impl MessageLog {
         })
     }
 
-    /// Forgets sequence numbers (at a restore: they belonged to the previous era).
+    /// Forgets sequence numbers (at a restore: they belonged to the previous era) and marks
+    /// every entry as left from before the restore.
     pub fn forget_seqs(&mut self) {
         for q in self.by_src.values_mut() {
             for e in q.iter_mut() {
                 e.seq = None;
+                e.early = true;
             }
         }
     }
@@ -252,8 +285,36 @@ impl MessageLog {
     }
 }
 
-/// What the snapshot holds of one rank's communication: the sequence numbers on every pair
-/// and the message log.
+/// How a receive pending at a cut stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecvState {
+    /// No message yet: re-posted at a restart.
+    Waiting,
+    /// Its message arrived; the application has not completed the request yet.
+    Matched(Entry),
+    /// Refused for its size (the text says why); not completed yet.
+    Refused(String),
+}
+
+/// A receive posted and not completed at a cut, as the snapshot keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRecv {
+    /// Its request id (the application's handle names it).
+    pub id: u64,
+    /// Senders it accepts.
+    pub src: Source,
+    /// Tags it accepts.
+    pub tag: TagSel,
+    /// Most payload bytes it accepts (`None`: any).
+    pub max_bytes: Option<u64>,
+    /// Element size the payload must be a whole number of.
+    pub elem: u64,
+    /// Where it stands.
+    pub state: RecvState,
+}
+
+/// What the snapshot holds of one rank's communication: the sequence numbers on every pair,
+/// the message log, and the receives still pending.
 #[derive(Debug, Clone, Default)]
 pub struct CommState {
     /// Next sequence number to send to each rank.
@@ -262,13 +323,17 @@ pub struct CommState {
     pub recv_below: Vec<u64>,
     /// Messages not yet received by the application, in matching order.
     pub log: MessageLog,
+    /// Receives posted and not completed, in post order.
+    pub pending: Vec<PendingRecv>,
+    /// The next request id (above every pending one).
+    pub next_id: u64,
 }
 
 /// Why an encoded message log cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LogError {
     /// Wrong magic or version.
-    #[error("not a message log of version 1 to 3 (found magic {magic:02x?}, version {version})")]
+    #[error("not a message log of version 1 to 4 (found magic {magic:02x?}, version {version})")]
     Header {
         /// Magic found.
         magic: Vec<u8>,
@@ -289,15 +354,138 @@ pub enum LogError {
     /// Bytes after the last message.
     #[error("{0} bytes after the last message")]
     Trailing(usize),
+    /// A pending receive (version 4) is cut short or impossible.
+    #[error("pending receives: {0}")]
+    Pending(String),
 }
 
 const LOG_MAGIC: [u8; 4] = *b"CKML";
 const LOG_VERSION: u32 = 2;
 const LOG_VERSION_SET: u32 = 3;
+const LOG_VERSION_PENDING: u32 = 4;
 
-/// One communicator's part of a [`LogSet`] to encode: next sequence numbers to send, next
-/// expected, and the log.
-pub type StateParts<'a> = (&'a [u64], &'a [u64], &'a MessageLog);
+/// One communicator's part of a [`LogSet`] to encode.
+#[derive(Debug, Clone)]
+pub struct StateParts<'a> {
+    /// Next sequence number to send to each rank.
+    pub next_send: &'a [u64],
+    /// Next expected from each rank (as long as `next_send`).
+    pub recv_below: Vec<u64>,
+    /// The log.
+    pub log: &'a MessageLog,
+    /// Receives pending, in post order.
+    pub pending: Vec<PendingRecv>,
+    /// The next request id.
+    pub next_id: u64,
+}
+
+fn sel_code(x: Option<i32>) -> i32 {
+    x.unwrap_or(-1)
+}
+
+fn put_u32(out: &mut Vec<u8>, x: u32) {
+    out.extend_from_slice(&x.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, x: u64) {
+    out.extend_from_slice(&x.to_le_bytes());
+}
+
+fn encode_pending(out: &mut Vec<u8>, p: &PendingRecv) {
+    put_u64(out, p.id);
+    let src = sel_code(match p.src {
+        Source::Rank(r) => Some(r),
+        Source::Any => None,
+    });
+    let tag = sel_code(match p.tag {
+        TagSel::Tag(t) => Some(t),
+        TagSel::Any => None,
+    });
+    put_u32(out, src as u32);
+    put_u32(out, tag as u32);
+    put_u64(out, p.max_bytes.unwrap_or(u64::MAX));
+    put_u64(out, p.elem);
+    match &p.state {
+        RecvState::Waiting => out.push(0),
+        RecvState::Matched(e) => {
+            out.push(1);
+            put_u32(out, e.src as u32);
+            put_u32(out, e.tag as u32);
+            put_u64(out, e.payload().len() as u64);
+            out.extend_from_slice(e.payload());
+        }
+        RecvState::Refused(why) => {
+            out.push(2);
+            put_u64(out, why.len() as u64);
+            out.extend_from_slice(why.as_bytes());
+        }
+    }
+}
+
+/// Decodes the pending receives of communicator `c` of `n` ranks, whose next id is `next_id`.
+fn decode_pending(
+    r: &mut Reader<'_>,
+    c: usize,
+    n: usize,
+    next_id: u64,
+) -> Result<Vec<PendingRecv>, LogError> {
+    let bad = |what: String| LogError::Pending(format!("communicator {c}: {what}"));
+    let count = r.u32().ok_or_else(|| bad("no count".into()))?;
+    let mut out: Vec<PendingRecv> = Vec::new();
+    for i in 0..count {
+        let short = || bad(format!("receive {i}: input ends in it"));
+        let id = r.u64().ok_or_else(short)?;
+        let src = r.u32().ok_or_else(short)? as i32;
+        let tag = r.u32().ok_or_else(short)? as i32;
+        let max = r.u64().ok_or_else(short)?;
+        let elem = r.u64().ok_or_else(short)?;
+        let kind = r.take(1).ok_or_else(short)?[0];
+        if id >= next_id || out.last().is_some_and(|p| p.id >= id) {
+            return Err(bad(format!(
+                "receive {i}: id {id} out of order or not below the next id {next_id}"
+            )));
+        }
+        let src = match src {
+            -1 => Source::Any,
+            s if (0..n as i64).contains(&i64::from(s)) => Source::Rank(s),
+            s => return Err(bad(format!("receive {i}: source {s} of {n} ranks"))),
+        };
+        let tag = match tag {
+            -1 => TagSel::Any,
+            t if t >= 0 => TagSel::Tag(t),
+            t => return Err(bad(format!("receive {i}: tag {t}"))),
+        };
+        let bytes = |r: &mut Reader<'_>| -> Result<Vec<u8>, LogError> {
+            let len = r.u64().ok_or_else(short)?;
+            let len = usize::try_from(len).map_err(|_| short())?;
+            Ok(r.take(len).ok_or_else(short)?.to_vec())
+        };
+        let state = match kind {
+            0 => RecvState::Waiting,
+            1 => {
+                let s = r.u32().ok_or_else(short)? as i32;
+                let t = r.u32().ok_or_else(short)? as i32;
+                if s < 0 || t < 0 || s as usize >= n {
+                    return Err(bad(format!("receive {i}: message from {s} with tag {t}")));
+                }
+                RecvState::Matched(Entry::restored(s, t, bytes(r)?))
+            }
+            2 => RecvState::Refused(
+                String::from_utf8(bytes(r)?).map_err(|_| bad(format!("receive {i}: text")))?,
+            ),
+            k => return Err(bad(format!("receive {i}: state {k}"))),
+        };
+        out.push(PendingRecv {
+            id,
+            src,
+            tag,
+            max_bytes: (max != u64::MAX).then_some(max),
+            elem,
+            state,
+        });
+    }
+    Ok(out)
+}
 
 /// The state of every communicator of a rank, in creation order (0: the root one): the
 /// snapshot section in version 3.
@@ -308,32 +496,43 @@ pub struct LogSet {
 }
 
 impl LogSet {
-    /// Encodes the states (version 3).
+    /// Encodes the states (version 4).
     pub fn encode(&self) -> Vec<u8> {
         let parts: Vec<StateParts<'_>> = self
             .comms
             .iter()
-            .map(|c| (&c.next_send[..], &c.recv_below[..], &c.log))
+            .map(|c| StateParts {
+                next_send: &c.next_send,
+                recv_below: c.recv_below.clone(),
+                log: &c.log,
+                pending: c.pending.clone(),
+                next_id: c.next_id,
+            })
             .collect();
         Self::encode_parts(&parts)
     }
 
-    /// Encodes states from their parts (`next_send` and `recv_below` of equal length).
+    /// Encodes states from their parts (version 4).
     pub fn encode_parts(parts: &[StateParts<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&LOG_MAGIC);
-        out.extend_from_slice(&LOG_VERSION_SET.to_le_bytes());
-        out.extend_from_slice(&(parts.len() as u32).to_le_bytes());
-        for (next_send, recv_below, _) in parts {
-            out.extend_from_slice(&(next_send.len() as u32).to_le_bytes());
-            for x in next_send.iter().chain(recv_below.iter()) {
-                out.extend_from_slice(&x.to_le_bytes());
+        put_u32(&mut out, LOG_VERSION_PENDING);
+        put_u32(&mut out, parts.len() as u32);
+        for p in parts {
+            put_u32(&mut out, p.next_send.len() as u32);
+            for x in p.next_send.iter().chain(p.recv_below.iter()) {
+                put_u64(&mut out, *x);
+            }
+            put_u64(&mut out, p.next_id);
+            put_u32(&mut out, p.pending.len() as u32);
+            for r in &p.pending {
+                encode_pending(&mut out, r);
             }
         }
-        let count: usize = parts.iter().map(|p| p.2.len()).sum();
+        let count: usize = parts.iter().map(|p| p.log.len()).sum();
         out.extend_from_slice(&(count as u64).to_le_bytes());
-        for (c, (_, _, log)) in parts.iter().enumerate() {
-            for e in log.iter() {
+        for (c, p) in parts.iter().enumerate() {
+            for e in p.log.iter() {
                 out.extend_from_slice(&(c as u32).to_le_bytes());
                 out.extend_from_slice(&e.src.to_le_bytes());
                 out.extend_from_slice(&e.tag.to_le_bytes());
@@ -345,14 +544,14 @@ impl LogSet {
     }
 
     /// Decodes the section of a job of `nranks` ranks (the root communicator's size): version
-    /// 3, or versions 1 and 2 as the root communicator alone; empty input is one empty root
-    /// state. Never allocates more than the input's length.
+    /// 4 or 3, or versions 1 and 2 as the root communicator alone; empty input is one empty
+    /// root state. Never allocates more than the input's length.
     pub fn decode(bytes: &[u8], nranks: usize) -> Result<LogSet, LogError> {
         let version = match bytes.get(4..8) {
             Some(v) if bytes[..4] == LOG_MAGIC => u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
             _ => 0,
         };
-        if version != LOG_VERSION_SET {
+        if version != LOG_VERSION_SET && version != LOG_VERSION_PENDING {
             return Ok(LogSet {
                 comms: vec![CommState::decode(bytes, nranks)?],
             });
@@ -382,10 +581,20 @@ impl LogSet {
             let mut next = || r.u64().unwrap_or_default();
             let next_send: Vec<u64> = (0..n).map(|_| next()).collect();
             let recv_below: Vec<u64> = (0..n).map(|_| next()).collect();
+            let (pending, next_id) = if version == LOG_VERSION_PENDING {
+                let next_id = r
+                    .u64()
+                    .ok_or_else(|| seqs(format!("communicator {c}: no next request id")))?;
+                (decode_pending(&mut r, c, n, next_id)?, next_id)
+            } else {
+                (Vec::new(), 0)
+            };
             comms.push(CommState {
                 next_send,
                 recv_below,
                 log: MessageLog::default(),
+                pending,
+                next_id,
             });
         }
         let count = r.u64().ok_or(LogError::Truncated {
@@ -469,7 +678,7 @@ impl CommState {
         let zeros = CommState {
             next_send: vec![0; nranks],
             recv_below: vec![0; nranks],
-            log: MessageLog::default(),
+            ..CommState::default()
         };
         if bytes.is_empty() {
             return Ok(zeros);
@@ -649,6 +858,7 @@ mod tests {
             next_send: vec![1, 2, 3, u64::MAX],
             recv_below: vec![5, 6, 7, 8],
             log: l,
+            ..CommState::default()
         };
         let bytes = s.encode();
         let back = CommState::decode(&bytes, 4).unwrap();
@@ -716,6 +926,7 @@ mod tests {
                 next_send: vec![0, 0],
                 recv_below: vec![0, 0],
                 log: log_of(&[restored(src, tag, 1)]),
+                ..CommState::default()
             };
             let err = CommState::decode(&s.encode(), 2).unwrap_err();
             assert!(err.to_string().contains("message 0: source"), "{err}");
@@ -733,28 +944,56 @@ mod tests {
             next_send: (0..n as u64).collect(),
             recv_below: (10..10 + n as u64).collect(),
             log: log_of(entries),
+            ..CommState::default()
         };
-        LogSet {
+        let mut set = LogSet {
             comms: vec![
                 state(4, &[restored(1, 5, 1), restored(0, 5, 2)]),
                 state(2, &[]),
                 // Same source and tag as the root's messages: told apart by communicator.
                 state(2, &[restored(1, 5, 3), Entry::restored(0, 7, vec![4; 100])]),
             ],
-        }
+        };
+        let pending = |id: u64, src: Source, tag: TagSel, state: RecvState| PendingRecv {
+            id,
+            src,
+            tag,
+            max_bytes: (id % 2 == 0).then_some(64),
+            elem: 8,
+            state,
+        };
+        set.comms[1].next_id = 9;
+        set.comms[1].pending = vec![
+            pending(2, Source::Any, TagSel::Any, RecvState::Waiting),
+            pending(
+                5,
+                Source::Rank(1),
+                TagSel::Tag(3),
+                RecvState::Matched(Entry::restored(1, 3, vec![7; 16])),
+            ),
+            pending(
+                8,
+                Source::Rank(0),
+                TagSel::Any,
+                RecvState::Refused("too big".into()),
+            ),
+        ];
+        set
     }
 
     #[test]
-    fn version_3_keeps_each_communicators_numbers_and_messages() {
+    fn version_4_keeps_each_communicators_numbers_messages_and_pending_receives() {
         let set = three_comms();
         let bytes = set.encode();
-        assert_eq!(&bytes[4..8], &3u32.to_le_bytes());
+        assert_eq!(&bytes[4..8], &4u32.to_le_bytes());
         let back = LogSet::decode(&bytes, 4).unwrap();
         assert_eq!(back.comms.len(), 3);
         for (a, b) in back.comms.iter().zip(&set.comms) {
             assert_eq!(a.next_send, b.next_send);
             assert_eq!(a.recv_below, b.recv_below);
             assert_eq!(order(&a.log), order(&b.log));
+            assert_eq!(a.pending, b.pending);
+            assert_eq!(a.next_id, b.next_id);
         }
         assert_eq!(back.encode(), bytes);
         for cut in 1..bytes.len() {
@@ -768,6 +1007,24 @@ mod tests {
         ));
         // The root communicator's size is the job's.
         assert!(matches!(LogSet::decode(&bytes, 3), Err(LogError::Seqs(_))));
+    }
+
+    #[test]
+    fn version_4_refuses_impossible_pending_receives() {
+        let bad = |f: fn(&mut PendingRecv, &mut u64)| {
+            let mut set = three_comms();
+            let c = &mut set.comms[1];
+            f(&mut c.pending[1], &mut c.next_id);
+            LogSet::decode(&set.encode(), 4).unwrap_err().to_string()
+        };
+        let e = bad(|_, next| *next = 5);
+        assert!(e.contains("communicator 1: receive 1: id 5"), "{e}");
+        let e = bad(|p, _| p.id = 1);
+        assert!(e.contains("out of order"), "{e}");
+        let e = bad(|p, _| p.src = Source::Rank(2));
+        assert!(e.contains("source 2 of 2 ranks"), "{e}");
+        let e = bad(|p, _| p.state = RecvState::Matched(Entry::restored(5, 0, vec![])));
+        assert!(e.contains("message from 5"), "{e}");
     }
 
     #[test]
@@ -809,6 +1066,7 @@ mod tests {
             next_send: vec![3, 4],
             recv_below: vec![5, 6],
             log: log_of(&[restored(1, 2, 7)]),
+            ..CommState::default()
         }
         .encode();
         assert_eq!(&v2[4..8], &2u32.to_le_bytes());
