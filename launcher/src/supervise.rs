@@ -71,8 +71,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             as_root: mpirun::running_as_root(),
         }),
     };
-    // Under srun: the nodes lost so far inside the allocation.
+    // Under srun: the nodes lost so far inside the allocation, recorded for `ckpt migrate`.
     let mut srun_nodes = srun::Nodes::default();
+    record_allocation(plan, &srun_nodes)?;
     // The epoch the next launch restores: on real nodes, its ranks stay where its files are.
     let mut from = job.resume_from.clone();
     let total = plan.max_restarts + 1;
@@ -105,7 +106,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         // gone before new ones write.
         ranks::ensure_gone(&plan.job_dir, rank_exit_wait)?;
         let restart_count = job.first_restart_count + n - 1;
-        let placement = place(plan, from.as_ref(), &srun_nodes)?;
+        let placement = place(plan, from.as_ref(), &mut srun_nodes)?;
         if let Some(p) = &placement {
             say(report_placement(p));
         }
@@ -143,7 +144,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             }
             Ended::Exited(status, ..) if status.success() => {
                 // A migration stopped the ranks: relaunch them with its placement.
-                let on_nodes = plan.emulate_nodes.is_some() || plan.nodes.is_some();
+                let on_nodes =
+                    plan.emulate_nodes.is_some() || plan.nodes.is_some() || plan.srun.is_some();
                 if let (Some(epoch), true) = (tail_now.stopped, on_nodes) {
                     let current = migrate::in_force(&plan.job_dir, plan.ranks, plan.emulate_nodes);
                     match migrate::take_pending(&plan.job_dir, &current) {
@@ -238,6 +240,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                         "{line}; the node is excluded for the rest of the job"
                     ));
                 }
+                record_allocation(plan, &srun_nodes)?;
             }
             Verdict::Stop(why) => {
                 say(spares::stop_message(&why, &plan.job_dir));
@@ -279,28 +282,55 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
 fn place(
     plan: &RunPlan,
     from: Option<&Manifest>,
-    srun_nodes: &srun::Nodes,
+    srun_nodes: &mut srun::Nodes,
 ) -> anyhow::Result<Option<Placement>> {
     let restored = || -> Option<std::collections::BTreeMap<u32, String>> {
         from.map(|m| (0..).zip(m.ranks.iter().map(|r| r.node.clone())).collect())
     };
+    let dir = &plan.job_dir;
+    let previous = || {
+        migrate::placement_file(dir)
+            .filter(|p| !p.is_empty())
+            .or_else(restored)
+    };
     if let Some(alloc) = &plan.srun {
-        let p = srun_nodes.place(plan, alloc, restored().as_ref());
-        return p.map(Some).map_err(anyhow::Error::msg);
+        // Drained nodes (`ckpt drain`) are excluded like lost ones.
+        srun_nodes.exclude(&migrate::excluded(dir));
+        let p = srun_nodes
+            .place(plan, alloc, previous().as_ref())
+            .map_err(anyhow::Error::msg)?;
+        durable::create_dir_all(&dir.join("control"))?;
+        migrate::set_placement(dir, &p.to_map())?;
+        return Ok(Some(p));
     }
     let Some(nodes) = &plan.nodes else {
         return Ok(None);
     };
-    let dir = &plan.job_dir;
-    let previous = migrate::placement_file(dir)
-        .filter(|p| !p.is_empty())
-        .or_else(restored);
+    let previous = previous();
     let placement = nodes
         .place(plan.ranks, previous.as_ref(), &migrate::excluded(dir))
         .map_err(|e| anyhow::anyhow!("--nodes {}: {e}", nodes.list))?;
     durable::create_dir_all(&dir.join("control"))?;
     migrate::set_placement(dir, &placement.to_map())?;
     Ok(Some(placement))
+}
+
+/// Under srun, records the allocation and the nodes lost in it (`control/allocation`, read by
+/// `ckpt migrate` and `ckpt drain`); otherwise removes a record an earlier run left.
+fn record_allocation(plan: &RunPlan, nodes: &srun::Nodes) -> anyhow::Result<()> {
+    let dir = &plan.job_dir;
+    match &plan.srun {
+        Some(alloc) => {
+            durable::create_dir_all(&dir.join("control"))?;
+            srun::Recorded::of(alloc, nodes.excluded()).write(dir)
+        }
+        None => match std::fs::remove_file(dir.join(srun::ALLOCATION)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(anyhow::Error::from(e).context(
+                format!("cannot remove {}", dir.join(srun::ALLOCATION).display()),
+            )),
+            _ => Ok(()),
+        },
+    }
 }
 
 /// `ranks on nodes: n1 (0, 1), n2 (2, 3)` (nodes without a rank left out).
