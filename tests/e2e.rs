@@ -5551,3 +5551,79 @@ fn drain_under_srun_empties_a_node_of_the_allocation() {
         out.dump()
     );
 }
+
+/// A launch whose rank 3 never starts (its program sleeps instead, on the first launch only)
+/// is stopped at the start deadline (`--start-timeout 5`): the launcher names the ranks that
+/// never logged `rank_started`, stops mpirun, counts the launch as failed and relaunches; the
+/// job ends with the uninterrupted run's result. Without the deadline the launcher waited for
+/// the sleeping rank.
+#[test]
+fn a_launch_whose_rank_never_starts_is_stopped_at_the_start_deadline_and_relaunched() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let late = late_rank_wrapper(dir.path(), 3, 600);
+    let heat = heat2d().display().to_string();
+    let mut args = vec![heat.as_str()];
+    args.extend_from_slice(HEAT);
+    let flags = ["--every", "40", "--start-timeout", "5"];
+    let out = Run::new(&job, RANKS, &flags, &late, &args).output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum().as_deref(),
+        Some(reference()),
+        "{}",
+        out.dump()
+    );
+    // MPI's start-up holds the other ranks back: none of them logged either.
+    for line in [
+        "ranks 0, 1, 2, 3 never started: no rank_started within 5 s of the launch \
+         (--start-timeout;",
+        "stopping mpirun and counting the launch as failed",
+        "launch 1 failed after",
+        "ranks 0, 1, 2, 3 never started within 5 s (--start-timeout) (mpirun exited",
+        "launch 2/4 (CKPT_RESTART_COUNT=1)",
+        "job finished after 2 launches, 1 restart",
+    ] {
+        assert!(out.stderr.contains(line), "{line}\n{}", out.dump());
+    }
+}
+
+/// Under srun (2 nodes x 2 CPUs), a step whose rank 3 never starts is stopped at the start
+/// deadline; the launcher names the ranks with the nodes the hostfile put them on, and the
+/// relaunch ends with the uninterrupted run's result.
+#[test]
+fn a_step_whose_rank_never_starts_under_srun_is_stopped_and_named_with_its_nodes() {
+    let Some(_slurm) = slurm() else { return };
+    let reference = heat4_reference(HEAT_NODES);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let late = late_rank_wrapper(dir.path(), 3, 600);
+    let heat = heat2d().display().to_string();
+    let mut args = vec![heat.as_str()];
+    args.extend_from_slice(HEAT_NODES);
+    let alloc = ["-N2", "--ntasks-per-node=2"];
+    let flags = ["--every", "40", "--start-timeout", "8"];
+    let t = Duration::from_secs(80);
+    let out = salloc_run(&alloc, &job, RANKS, &flags, &late, &args, t).wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(out.checksum(), Some(reference), "{}", out.dump());
+    let (a, b) = (
+        hostfile_node(&job, 0).unwrap(),
+        hostfile_node(&job, 3).unwrap(),
+    );
+    let named =
+        format!("ranks 0, 1 on {a}; ranks 2, 3 on {b} never started: no rank_started within 8 s");
+    assert!(out.stderr.contains(&named), "{named}\n{}", out.dump());
+    assert!(
+        out.stderr
+            .contains("stopping srun and counting the launch as failed"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("launch 2/4 (CKPT_RESTART_COUNT=1)"),
+        "{}",
+        out.dump()
+    );
+}

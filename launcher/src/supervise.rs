@@ -29,7 +29,7 @@ use crate::placement::Placement;
 use crate::plan::RunPlan;
 use crate::report::{self, say};
 use crate::spares::{self, Reported, Verdict};
-use crate::{jobdir, lock, migrate, ranks, signals, Outcome};
+use crate::{jobdir, lock, migrate, ranks, signals, start, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
 const POLL: Duration = Duration::from_millis(200);
@@ -126,6 +126,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         let ended = run_once(
             &launch,
             backend.as_ref(),
+            placement.as_ref(),
             plan,
             &mut watch,
             &tail,
@@ -136,7 +137,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             t.drain();
             t.summary()
         });
-        let (status, failure, banner, lost_nodes) = match ended {
+        let (status, failure, banner, lost_nodes, not_started) = match ended {
             Ended::Interrupted(sig) => {
                 say(report::interrupted(&signals::name(sig)));
                 say(report::resume_hint(plan));
@@ -176,10 +177,17 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 }
                 return Ok(Outcome::Success);
             }
-            Ended::Exited(status, failure, banner, lost) => (status, failure, banner, lost),
+            Ended::Exited(status, failure, banner, lost) => (status, failure, banner, lost, None),
+            // What srun or mpirun says of the ranks it was told to stop is no failure of theirs.
+            Ended::NotStarted(status, why, lost) => (status, None, false, lost, Some(why)),
         };
-        let blame = (plan.srun.as_ref())
-            .and_then(|_| srun::blame(&lost_nodes, failure.as_ref()))
+        let blame = not_started
+            .clone()
+            .or_else(|| {
+                plan.srun
+                    .as_ref()
+                    .and_then(|_| srun::blame(&lost_nodes, failure.as_ref()))
+            })
             .or_else(|| failure.as_ref().map(|f| f.to_string()))
             .or(tail_now.blame);
         let blame = blame.or_else(|| (!tail_now.started).then(|| "no rank started".to_owned()));
@@ -206,7 +214,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
-        if !tail_now.started {
+        // A launch stopped by its start deadline is relaunched: its step never ran the ranks.
+        if !tail_now.started && not_started.is_none() {
             say(report::failed_before_start());
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
@@ -333,6 +342,16 @@ fn record_allocation(plan: &RunPlan, nodes: &srun::Nodes) -> anyhow::Result<()> 
     }
 }
 
+/// The node a launch put `rank` on: the placement's, else its emulated node; `None` on this
+/// machine alone.
+fn rank_node(plan: &RunPlan, placement: Option<&Placement>, rank: u32) -> Option<String> {
+    if let Some(p) = placement {
+        return p.node_of(rank).map(str::to_owned);
+    }
+    let nodes = plan.emulate_nodes?;
+    Some(migrate::node_for(&plan.job_dir, rank, plan.ranks, nodes))
+}
+
 /// `ranks on nodes: n1 (0, 1), n2 (2, 3)` (nodes without a rank left out).
 fn report_placement(p: &Placement) -> String {
     let nodes: Vec<String> = p
@@ -358,6 +377,9 @@ enum Ended {
     Exited(ExitStatus, Option<Failure>, bool, Vec<String>),
     /// The launcher received this signal and forwarded it; mpirun has exited since.
     Interrupted(i32),
+    /// Stopped by the start deadline (`--start-timeout`): the exit status, which ranks never
+    /// started (for the report), and the nodes the backend reported lost.
+    NotStarted(ExitStatus, String, Vec<String>),
 }
 
 /// Runs `f` on the shared tail (a poisoned lock still holds a usable tail).
@@ -369,6 +391,7 @@ fn with<T>(tail: &Mutex<Tail>, f: impl FnOnce(&mut Tail) -> T) -> T {
 fn run_once(
     launch: &Launch,
     backend: &dyn Backend,
+    placement: Option<&Placement>,
     plan: &RunPlan,
     watch: &mut signals::Watch,
     tail: &Arc<Mutex<Tail>>,
@@ -402,6 +425,9 @@ fn run_once(
         }));
     }
     let mut signalled: Option<(i32, Instant)> = None;
+    // Set when the start deadline stopped the launch: which ranks never started, and when.
+    let mut not_started: Option<(String, Instant)> = None;
+    let launched = Instant::now();
     let mut killed = false;
     let status = loop {
         if let Some(status) = child
@@ -443,7 +469,36 @@ fn run_once(
                 child.id(),
             ));
         }
-        if let Some((_, at)) = signalled {
+        if not_started.is_none() && signalled.is_none() {
+            // Without a readable event log nothing tells that ranks started: no deadline.
+            let missing = with(tail, |t| {
+                let elapsed = if t.warned {
+                    Duration::ZERO
+                } else {
+                    launched.elapsed()
+                };
+                start::overdue(plan.ranks, &t.rank_nodes, elapsed, plan.start_timeout)
+            });
+            if let (Some(missing), Some(timeout)) = (missing, plan.start_timeout) {
+                let node_of = |r| rank_node(plan, placement, r);
+                say(start::message(&missing, node_of, timeout, &prog));
+                if let Err(e) = signals::send(child.id(), backend.forwarded(libc::SIGTERM)) {
+                    say(format!("warning: cannot signal {prog}: {e}"));
+                }
+                let ranks: Vec<String> = missing.iter().map(u32::to_string).collect();
+                let why = format!(
+                    "rank{} {} never started within {} s (--start-timeout)",
+                    if missing.len() == 1 { "" } else { "s" },
+                    ranks.join(", "),
+                    timeout.as_secs()
+                );
+                not_started = Some((why, Instant::now()));
+            }
+        }
+        let stopped_at = signalled
+            .map(|(_, at)| at)
+            .or(not_started.as_ref().map(|n| n.1));
+        if let Some(at) = stopped_at {
             if !killed && at.elapsed() > GRACE {
                 say(format!(
                     "{prog} still running {} s after the signal: killing it",
@@ -477,9 +532,10 @@ fn run_once(
             )
         })
         .unwrap_or_default();
-    Ok(match signalled {
-        Some((sig, _)) => Ended::Interrupted(sig),
-        None => Ended::Exited(status, failure, banner, lost),
+    Ok(match (signalled, not_started) {
+        (Some((sig, _)), _) => Ended::Interrupted(sig),
+        (None, Some((why, _))) => Ended::NotStarted(status, why, lost),
+        (None, None) => Ended::Exited(status, failure, banner, lost),
     })
 }
 
