@@ -5643,3 +5643,215 @@ fn halo_receives_pending_at_poll_survive_restarts_bit_identically() {
         );
     }
 }
+
+/// heat2d for the srun migration tests: long enough (about 10 s) for refusals and a
+/// migration mid-run.
+const HEAT_SRUN_MOVE: &[&str] = &[
+    "--nx",
+    "64",
+    "--ny",
+    "64",
+    "--steps",
+    "240",
+    "--step-ms",
+    "40",
+];
+
+/// The allocation `ckpt run` under srun records for `ckpt migrate` (`control/allocation`),
+/// once it is written: its nodes.
+fn recorded_allocation(job: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(job.join("control/allocation")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let list = v["list"].as_str()?.to_owned();
+    let out = std::process::Command::new("scontrol")
+        .args(["show", "hostnames", &list])
+        .output()
+        .ok()?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// `ckpt migrate` on a job started by the srun backend in an allocation of 3 nodes x 2 CPUs
+/// (ranks 0, 1 on A, 2 on B, 3 on C): a move onto A (2 ranks on its 2 CPUs) and to the node
+/// outside the allocation are refused (exit 2) with the reason; rank 1 moves to C mid-run,
+/// gets its file from A through rank 0 (its old node, L1), reports C, and the job ends with
+/// the uninterrupted run's result.
+#[test]
+fn migrate_under_srun_moves_a_rank_inside_the_allocation() {
+    let Some(_slurm) = slurm() else { return };
+    let reference = heat4_reference(HEAT_SRUN_MOVE);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let alloc = ["-N3", "--ntasks-per-node=2"];
+    let flags = ["--every", "40"];
+    let t = Duration::from_secs(80);
+    let running = salloc_run(&alloc, &job, RANKS, &flags, &heat2d(), HEAT_SRUN_MOVE, t);
+    assert!(
+        wait_for(Duration::from_secs(40), || committed_epochs(&job)
+            .contains(&1)),
+        "epoch 1 never committed"
+    );
+    let nodes = recorded_allocation(&job).expect("control/allocation");
+    let [a, b, c] = [0, 2, 3].map(|r| hostfile_node(&job, r).unwrap());
+    assert_eq!(hostfile_node(&job, 1).as_ref(), Some(&a));
+    let jd = job.to_str().unwrap();
+    let full = ckpt(&["migrate", jd, "--rank", "2", "--to", &a]);
+    assert_eq!(full.status.code(), Some(2), "{}", full.dump());
+    let why = format!("cannot move rank(s) 2: {a} would hold 3 ranks but has 2 CPUs allocated");
+    assert!(full.stderr.contains(&why), "{why}\n{}", full.dump());
+    let outside = ["n1", "n2", "n3", "n4"]
+        .into_iter()
+        .find(|n| !nodes.iter().any(|m| m == n))
+        .unwrap();
+    let out_of = ckpt(&["migrate", jd, "--rank", "2", "--to", outside]);
+    assert_eq!(out_of.status.code(), Some(2), "{}", out_of.dump());
+    let why = format!("{outside} is outside the allocation of Slurm job");
+    assert!(out_of.stderr.contains(&why), "{why}\n{}", out_of.dump());
+    let moved = ckpt(&["migrate", jd, "--rank", "1", "--to", &c]);
+    assert!(moved.status.success(), "{}", moved.dump());
+    let line = format!("migrating rank 1 {a} -> {c}");
+    assert!(moved.stdout.contains(&line), "{}", moved.dump());
+    assert!(
+        moved
+            .stdout
+            .contains("rank 1 from its old node (L1), written to its new node"),
+        "{}",
+        moved.dump()
+    );
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(out.checksum(), Some(reference), "{}", out.dump());
+    let want = vec![(0, a.clone()), (1, c.clone()), (2, b), (3, c.clone())];
+    assert_eq!(
+        last_started_nodes(&job).into_iter().collect::<Vec<_>>(),
+        want,
+        "{}",
+        out.dump()
+    );
+    assert_eq!(hostfile_node(&job, 1), Some(c), "{}", out.dump());
+}
+
+/// `ckpt drain` on a job started by the srun backend (3 nodes x 2 CPUs; ranks 0, 1 on A, 2 on
+/// B, 3 on C): B's rank moves to C (the node with the fewest ranks and a free CPU), B is
+/// excluded (a later migration onto it is refused), no rank runs on B after the relaunch, and
+/// the job ends with the uninterrupted run's result.
+#[test]
+fn drain_under_srun_empties_a_node_of_the_allocation() {
+    let Some(_slurm) = slurm() else { return };
+    let reference = heat4_reference(HEAT_SRUN_MOVE);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let alloc = ["-N3", "--ntasks-per-node=2"];
+    let flags = ["--every", "40"];
+    let t = Duration::from_secs(80);
+    let running = salloc_run(&alloc, &job, RANKS, &flags, &heat2d(), HEAT_SRUN_MOVE, t);
+    assert!(
+        wait_for(Duration::from_secs(40), || committed_epochs(&job)
+            .contains(&1)
+            && job.join("control/allocation").exists()),
+        "epoch 1 never committed"
+    );
+    let [a, b, c] = [0, 2, 3].map(|r| hostfile_node(&job, r).unwrap());
+    let jd = job.to_str().unwrap();
+    let drained = ckpt(&["drain", jd, "--node", &b]);
+    assert!(drained.status.success(), "{}", drained.dump());
+    let line = format!("draining {b}: rank 2 {b} -> {c}");
+    assert!(drained.stdout.contains(&line), "{}", drained.dump());
+    let back = ckpt(&["migrate", jd, "--rank", "0", "--to", &b]);
+    assert_eq!(back.status.code(), Some(2), "{}", back.dump());
+    let why = format!("{b} is excluded for the rest of the job");
+    assert!(back.stderr.contains(&why), "{}", back.dump());
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(out.checksum(), Some(reference), "{}", out.dump());
+    let last = last_started_nodes(&job);
+    let want: Vec<(u32, String)> = vec![(0, a.clone()), (1, a), (2, c.clone()), (3, c)];
+    assert_eq!(last.into_iter().collect::<Vec<_>>(), want, "{}", out.dump());
+    let hostfile = std::fs::read_to_string(job.join("control/hostfile")).unwrap();
+    assert!(!hostfile.lines().any(|l| l == b), "{hostfile}");
+    assert!(
+        out.stderr.contains("rank 2 recovered epoch"),
+        "{}",
+        out.dump()
+    );
+}
+
+/// A launch whose rank 3 never starts (its program sleeps instead, on the first launch only)
+/// is stopped at the start deadline (`--start-timeout 5`): the launcher names the ranks that
+/// never logged `rank_started`, stops mpirun, counts the launch as failed and relaunches; the
+/// job ends with the uninterrupted run's result. Without the deadline the launcher waited for
+/// the sleeping rank.
+#[test]
+fn a_launch_whose_rank_never_starts_is_stopped_at_the_start_deadline_and_relaunched() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let late = late_rank_wrapper(dir.path(), 3, 600);
+    let heat = heat2d().display().to_string();
+    let mut args = vec![heat.as_str()];
+    args.extend_from_slice(HEAT);
+    let flags = ["--every", "40", "--start-timeout", "5"];
+    let out = Run::new(&job, RANKS, &flags, &late, &args).output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum().as_deref(),
+        Some(reference()),
+        "{}",
+        out.dump()
+    );
+    // MPI's start-up holds the other ranks back: none of them logged either.
+    for line in [
+        "ranks 0, 1, 2, 3 never started: no rank_started within 5 s of the launch \
+         (--start-timeout;",
+        "stopping mpirun and counting the launch as failed",
+        "launch 1 failed after",
+        "ranks 0, 1, 2, 3 never started within 5 s (--start-timeout) (mpirun exited",
+        "launch 2/4 (CKPT_RESTART_COUNT=1)",
+        "job finished after 2 launches, 1 restart",
+    ] {
+        assert!(out.stderr.contains(line), "{line}\n{}", out.dump());
+    }
+}
+
+/// Under srun (2 nodes x 2 CPUs), a step whose rank 3 never starts is stopped at the start
+/// deadline; the launcher names the ranks with the nodes the hostfile put them on, and the
+/// relaunch ends with the uninterrupted run's result.
+#[test]
+fn a_step_whose_rank_never_starts_under_srun_is_stopped_and_named_with_its_nodes() {
+    let Some(_slurm) = slurm() else { return };
+    let reference = heat4_reference(HEAT_NODES);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let late = late_rank_wrapper(dir.path(), 3, 600);
+    let heat = heat2d().display().to_string();
+    let mut args = vec![heat.as_str()];
+    args.extend_from_slice(HEAT_NODES);
+    let alloc = ["-N2", "--ntasks-per-node=2"];
+    let flags = ["--every", "40", "--start-timeout", "8"];
+    let t = Duration::from_secs(80);
+    let out = salloc_run(&alloc, &job, RANKS, &flags, &late, &args, t).wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(out.checksum(), Some(reference), "{}", out.dump());
+    let (a, b) = (
+        hostfile_node(&job, 0).unwrap(),
+        hostfile_node(&job, 3).unwrap(),
+    );
+    let named =
+        format!("ranks 0, 1 on {a}; ranks 2, 3 on {b} never started: no rank_started within 8 s");
+    assert!(out.stderr.contains(&named), "{named}\n{}", out.dump());
+    assert!(
+        out.stderr
+            .contains("stopping srun and counting the launch as failed"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("launch 2/4 (CKPT_RESTART_COUNT=1)"),
+        "{}",
+        out.dump()
+    );
+}

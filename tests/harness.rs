@@ -779,3 +779,21 @@ impl Drop for CancelJobs {
             .output();
     }
 }
+
+/// A program (a shell script in `dir`) that runs `prog ARGS...` on every rank except rank
+/// `rank` of the first launch (`CKPT_RESTART_COUNT=0`), which sleeps for `secs` instead of
+/// starting: a rank that never starts. The rank is read from Open MPI's or Slurm's variable.
+pub fn late_rank_wrapper(dir: &Path, rank: u32, secs: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("late-rank.sh");
+    let script = format!(
+        "#!/bin/sh\n\
+         r=${{OMPI_COMM_WORLD_RANK:-$SLURM_PROCID}}\n\
+         if [ \"$r\" = {rank} ] && [ \"$CKPT_RESTART_COUNT\" = 0 ]; then exec sleep {secs}; fi\n\
+         exec \"$@\"\n"
+    );
+    std::fs::write(&path, script).expect("write the late-rank wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("make the late-rank wrapper executable");
+    path
+}

@@ -385,6 +385,11 @@ pub struct RunArgs {
     /// long, e.g. 90s, 10m, 1h [default: off].
     #[arg(long, value_name = "DURATION")]
     pub quiet_after: Option<String>,
+    /// Stop a launch whose ranks have not all logged `rank_started` (in `Checkpointer::new`)
+    /// within this many seconds, name them and their nodes, and count it as a failed launch
+    /// (relaunched within --max-restarts); 0: wait for ever.
+    #[arg(long, value_name = "SECS", default_value_t = crate::start::DEFAULT_SECS)]
+    pub start_timeout: u64,
     /// Signal to the launcher that asks the job to checkpoint and stop, as `ckpt checkpoint
     /// --then-exit` does (for Slurm's `--signal=B:USR1@T`); a name, a number, or off.
     #[arg(long, value_name = "SIG", default_value = "USR1")]

@@ -69,6 +69,7 @@ pub mod report;
 pub mod request;
 pub mod signals;
 pub mod spares;
+pub mod start;
 pub mod supervise;
 pub mod verify;
 mod verify_l3;

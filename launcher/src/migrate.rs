@@ -1,5 +1,7 @@
 //! Rank migration: `ckpt migrate JOB --rank R[,R2..] --to NODE` and `ckpt drain JOB --node
-//! NODE`, on emulated nodes (`--emulate-nodes`) and on real nodes (`--nodes`).
+//! NODE`, on emulated nodes (`--emulate-nodes`), on real nodes (`--nodes`), and under srun
+//! inside a Slurm allocation (the allocation the run records in `control/allocation`: a node
+//! outside it, lost in it, or without a free CPU is refused).
 //!
 //! The placement in force is `control/placement`: one line `RANK NODE` per rank. On real nodes
 //! the launcher writes it before every launch (the placement the backend starts the ranks
@@ -26,6 +28,7 @@ use anyhow::{bail, Context as _};
 use ckpt::events::{self, Event};
 use ckpt::storage::durable;
 
+use crate::backend::srun::{self, Allocation};
 use crate::cli::{CheckpointArgs, DrainArgs, MigrateArgs};
 use crate::exec_rank::{node_name, node_of};
 use crate::placement;
@@ -145,6 +148,8 @@ struct Job {
     per_node: Option<u32>,
     /// The placement in force, every rank named.
     current: BTreeMap<u32, String>,
+    /// Under srun: the allocation the running `ckpt run` records, and the nodes lost in it.
+    srun: Option<(Allocation, Vec<String>)>,
 }
 
 impl Job {
@@ -161,13 +166,24 @@ impl Job {
             .into());
         };
         let emulated = jobdir::recorded_emulation(&dir);
-        let (known, per_node) = match (emulated, jobdir::recorded_nodes(&dir)) {
-            (Some(n), _) => ((0..n).map(node_name).collect(), None),
-            (None, Some(real)) => (real.names, real.ranks_per_node),
-            (None, None) => {
+        let srun = match (emulated, srun::Recorded::read(&dir)) {
+            (None, Some(r)) => {
+                let alloc = r.allocation().map_err(|e| {
+                    anyhow::anyhow!("{}: {e}", dir.join(srun::ALLOCATION).display())
+                })?;
+                Some((alloc, r.lost))
+            }
+            _ => None,
+        };
+        let (known, per_node) = match (emulated, jobdir::recorded_nodes(&dir), &srun) {
+            (Some(n), _, _) => ((0..n).map(node_name).collect(), None),
+            (None, Some(real), _) => (real.names, real.ranks_per_node),
+            (None, None, Some((alloc, _))) => (alloc.nodes.clone(), None),
+            (None, None, None) => {
                 return Err(UsageError(format!(
-                    "{}: {what} needs a job run on nodes (`ckpt run --nodes HOSTLIST` or \
-                     `--emulate-nodes N`); this one runs on this machine only",
+                    "{}: {what} needs a job run on nodes (`ckpt run --nodes HOSTLIST`, \
+                     `--emulate-nodes N`, or srun inside a Slurm allocation); this one runs on \
+                     this machine only",
                     dir.display()
                 ))
                 .into())
@@ -188,7 +204,42 @@ impl Job {
             known,
             per_node,
             current,
+            srun,
         })
+    }
+
+    /// Nodes no placement may use: drained ones (`control/excluded`) and, under srun, those
+    /// lost in the allocation.
+    fn excluded(&self) -> Vec<String> {
+        let mut all = excluded(&self.dir);
+        for n in self.srun.iter().flat_map(|(_, lost)| lost) {
+            if !all.contains(n) {
+                all.push(n.clone());
+            }
+        }
+        all
+    }
+
+    /// Under srun, refuses a placement that does not fit the allocation (a node outside it,
+    /// or more ranks on a node than its CPUs).
+    fn check_allocation(&self, next: &BTreeMap<u32, String>) -> Result<(), String> {
+        match &self.srun {
+            Some((alloc, _)) => alloc.check_map(next),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a node that is not one of the job's: under srun, one outside the allocation.
+    fn check_node(&self, node: &str) -> Result<(), UsageError> {
+        if let Some((alloc, _)) = &self.srun {
+            if !alloc.nodes.iter().any(|n| n == node) {
+                return Err(UsageError(format!(
+                    "{node} is outside the allocation of Slurm job {} ({}) the job runs in",
+                    alloc.job_id, alloc.list
+                )));
+            }
+        }
+        self.check_known(node)
     }
 
     /// Refuses a node that is not one of the job's.
@@ -206,8 +257,8 @@ impl Job {
 /// `ckpt migrate`.
 pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
     let job = Job::open(&args.job_dir, "migration")?;
-    job.check_known(&args.to)?;
-    if excluded(&job.dir).contains(&args.to) {
+    job.check_node(&args.to)?;
+    if job.excluded().contains(&args.to) {
         return Err(UsageError(format!(
             "{} is excluded for the rest of the job (drained or lost)",
             args.to
@@ -227,6 +278,8 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
     let moving: BTreeMap<u32, String> = ranks.iter().map(|&r| (r, args.to.clone())).collect();
     placement::check_room(&job.current, &moving, job.per_node)
         .map_err(|full| UsageError(format!("cannot move rank(s) {}: {full}", args.ranks)))?;
+    job.check_allocation(&next)
+        .map_err(|e| UsageError(format!("cannot move rank(s) {}: {e}", args.ranks)))?;
     check_reachable(&job.dir, &job.current, &next)?;
     outln!("migrating {}", moved.join(", "));
     change(&job, &next, &ranks, args.wait, None)
@@ -235,16 +288,18 @@ pub fn run(args: &MigrateArgs) -> anyhow::Result<Outcome> {
 /// `ckpt drain`: every rank of the node moves, then the node is excluded.
 pub fn drain(args: &DrainArgs) -> anyhow::Result<Outcome> {
     let job = Job::open(&args.job_dir, "draining")?;
-    job.check_known(&args.node)?;
+    job.check_node(&args.node)?;
     let current = &job.current;
     let next = plan_drain(
         current,
         &job.known,
-        &excluded(&job.dir),
+        &job.excluded(),
         &args.node,
         job.per_node,
     )
     .map_err(UsageError)?;
+    job.check_allocation(&next)
+        .map_err(|e| UsageError(format!("cannot drain {}: {e}", args.node)))?;
     let ranks: Vec<u32> = current
         .iter()
         .filter(|(_, n)| **n == args.node)

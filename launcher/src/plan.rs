@@ -154,6 +154,9 @@ pub struct RunPlan {
     pub fault: Option<String>,
     /// Say so when the job logs no event for this long (`--quiet-after`); `None`: never.
     pub quiet_after: Option<Duration>,
+    /// Stop a launch whose ranks have not all started after this long (`--start-timeout`);
+    /// `None`: never.
+    pub start_timeout: Option<Duration>,
     /// mpirun, resolved to an executable file.
     pub mpirun: PathBuf,
     /// Extra mpirun arguments from [`mpirun::ARGS_VAR`], split on whitespace.
@@ -570,6 +573,8 @@ impl RunPlan {
             levels: LevelPolicy::default(),
             fault: args.fault,
             quiet_after,
+            start_timeout: (args.start_timeout > 0)
+                .then(|| Duration::from_secs(args.start_timeout)),
             mpirun,
             mpirun_env_args,
             mpirun_args: args.mpirun_args,
@@ -1213,6 +1218,24 @@ mod tests {
             Err("--quiet-after 100: give a duration with a unit (e.g. 90s, 10m, 1h)".into())
         );
         assert!(quiet("--quiet-after 5x").is_err());
+    }
+
+    #[test]
+    fn start_timeout_defaults_to_five_minutes_and_zero_turns_it_off() {
+        let (_dir, ctx) = fixture();
+        let start = |flags: &str| {
+            let argv = format!("ckpt run -n 2 {flags} -- prog");
+            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+                .unwrap()
+                .command
+            else {
+                panic!("not a run command")
+            };
+            RunPlan::new(args, &ctx).map(|p| p.start_timeout).unwrap()
+        };
+        assert_eq!(start(""), Some(Duration::from_secs(300)));
+        assert_eq!(start("--start-timeout 20"), Some(Duration::from_secs(20)));
+        assert_eq!(start("--start-timeout 0"), None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::placement::Placement;
 use crate::plan::RunPlan;
 use crate::report::{self, say};
 use crate::spares::{self, Reported, Verdict};
-use crate::{jobdir, lock, migrate, ranks, signals, Outcome};
+use crate::{jobdir, lock, migrate, ranks, signals, start, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
 const POLL: Duration = Duration::from_millis(50);
@@ -72,8 +72,9 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             as_root: mpirun::running_as_root(),
         }),
     };
-    // Under srun: the nodes lost so far inside the allocation.
+    // Under srun: the nodes lost so far inside the allocation, recorded for `ckpt migrate`.
     let mut srun_nodes = srun::Nodes::default();
+    record_allocation(plan, &srun_nodes)?;
     // The epoch the next launch restores: on real nodes, its ranks stay where its files are.
     let mut from = job.resume_from.clone();
     let total = plan.max_restarts + 1;
@@ -107,7 +108,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         // gone before new ones write.
         ranks::ensure_gone(&plan.job_dir, rank_exit_wait)?;
         let restart_count = job.first_restart_count + n - 1;
-        let placement = place(plan, from.as_ref(), &srun_nodes)?;
+        let placement = place(plan, from.as_ref(), &mut srun_nodes)?;
         if let Some(p) = &placement {
             say(report_placement(p));
         }
@@ -127,18 +128,21 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         let ended = run_once(
             &launch,
             backend.as_ref(),
+            placement.as_ref(),
             plan,
             &mut watch,
             &tail,
-            &mut exit_requested,
-            schedule.as_mut(),
+            Stops {
+                requested: &mut exit_requested,
+                schedule: schedule.as_mut(),
+            },
         )?;
         // Events written just before mpirun exited are reported before its outcome.
         let tail_now = with(&tail, |t| {
             t.drain();
             t.summary()
         });
-        let (status, failure, banner, lost_nodes) = match ended {
+        let (status, failure, banner, lost_nodes, not_started) = match ended {
             Ended::Interrupted(sig) => {
                 say(report::interrupted(&signals::name(sig)));
                 say(report::resume_hint(plan));
@@ -146,7 +150,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             }
             Ended::Exited(status, ..) if status.success() => {
                 // A migration stopped the ranks: relaunch them with its placement.
-                let on_nodes = plan.emulate_nodes.is_some() || plan.nodes.is_some();
+                let on_nodes =
+                    plan.emulate_nodes.is_some() || plan.nodes.is_some() || plan.srun.is_some();
                 if let (Some(epoch), true) = (tail_now.stopped, on_nodes) {
                     let current = migrate::in_force(&plan.job_dir, plan.ranks, plan.emulate_nodes);
                     match migrate::take_pending(&plan.job_dir, &current) {
@@ -180,10 +185,17 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 }
                 return Ok(Outcome::Success);
             }
-            Ended::Exited(status, failure, banner, lost) => (status, failure, banner, lost),
+            Ended::Exited(status, failure, banner, lost) => (status, failure, banner, lost, None),
+            // What srun or mpirun says of the ranks it was told to stop is no failure of theirs.
+            Ended::NotStarted(status, why, lost) => (status, None, false, lost, Some(why)),
         };
-        let blame = (plan.srun.as_ref())
-            .and_then(|_| srun::blame(&lost_nodes, failure.as_ref()))
+        let blame = not_started
+            .clone()
+            .or_else(|| {
+                plan.srun
+                    .as_ref()
+                    .and_then(|_| srun::blame(&lost_nodes, failure.as_ref()))
+            })
             .or_else(|| failure.as_ref().map(|f| f.to_string()))
             .or(tail_now.blame);
         let blame = blame.or_else(|| (!tail_now.started).then(|| "no rank started".to_owned()));
@@ -210,7 +222,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
         }
-        if !tail_now.started {
+        // A launch stopped by its start deadline is relaunched: its step never ran the ranks.
+        if !tail_now.started && not_started.is_none() {
             say(report::failed_before_start());
             say(report::resume_hint(plan));
             return Ok(Outcome::JobFailed);
@@ -244,6 +257,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                         "{line}; the node is excluded for the rest of the job"
                     ));
                 }
+                record_allocation(plan, &srun_nodes)?;
             }
             Verdict::Stop(why) => {
                 say(spares::stop_message(&why, &plan.job_dir));
@@ -321,28 +335,65 @@ fn end_schedule(plan: &RunPlan) -> Option<Schedule> {
 fn place(
     plan: &RunPlan,
     from: Option<&Manifest>,
-    srun_nodes: &srun::Nodes,
+    srun_nodes: &mut srun::Nodes,
 ) -> anyhow::Result<Option<Placement>> {
     let restored = || -> Option<std::collections::BTreeMap<u32, String>> {
         from.map(|m| (0..).zip(m.ranks.iter().map(|r| r.node.clone())).collect())
     };
+    let dir = &plan.job_dir;
+    let previous = || {
+        migrate::placement_file(dir)
+            .filter(|p| !p.is_empty())
+            .or_else(restored)
+    };
     if let Some(alloc) = &plan.srun {
-        let p = srun_nodes.place(plan, alloc, restored().as_ref());
-        return p.map(Some).map_err(anyhow::Error::msg);
+        // Drained nodes (`ckpt drain`) are excluded like lost ones.
+        srun_nodes.exclude(&migrate::excluded(dir));
+        let p = srun_nodes
+            .place(plan, alloc, previous().as_ref())
+            .map_err(anyhow::Error::msg)?;
+        durable::create_dir_all(&dir.join("control"))?;
+        migrate::set_placement(dir, &p.to_map())?;
+        return Ok(Some(p));
     }
     let Some(nodes) = &plan.nodes else {
         return Ok(None);
     };
-    let dir = &plan.job_dir;
-    let previous = migrate::placement_file(dir)
-        .filter(|p| !p.is_empty())
-        .or_else(restored);
+    let previous = previous();
     let placement = nodes
         .place(plan.ranks, previous.as_ref(), &migrate::excluded(dir))
         .map_err(|e| anyhow::anyhow!("--nodes {}: {e}", nodes.list))?;
     durable::create_dir_all(&dir.join("control"))?;
     migrate::set_placement(dir, &placement.to_map())?;
     Ok(Some(placement))
+}
+
+/// Under srun, records the allocation and the nodes lost in it (`control/allocation`, read by
+/// `ckpt migrate` and `ckpt drain`); otherwise removes a record an earlier run left.
+fn record_allocation(plan: &RunPlan, nodes: &srun::Nodes) -> anyhow::Result<()> {
+    let dir = &plan.job_dir;
+    match &plan.srun {
+        Some(alloc) => {
+            durable::create_dir_all(&dir.join("control"))?;
+            srun::Recorded::of(alloc, nodes.excluded()).write(dir)
+        }
+        None => match std::fs::remove_file(dir.join(srun::ALLOCATION)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(anyhow::Error::from(e).context(
+                format!("cannot remove {}", dir.join(srun::ALLOCATION).display()),
+            )),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// The node a launch put `rank` on: the placement's, else its emulated node; `None` on this
+/// machine alone.
+fn rank_node(plan: &RunPlan, placement: Option<&Placement>, rank: u32) -> Option<String> {
+    if let Some(p) = placement {
+        return p.node_of(rank).map(str::to_owned);
+    }
+    let nodes = plan.emulate_nodes?;
+    Some(migrate::node_for(&plan.job_dir, rank, plan.ranks, nodes))
 }
 
 /// `ranks on nodes: n1 (0, 1), n2 (2, 3)` (nodes without a rank left out).
@@ -370,6 +421,9 @@ enum Ended {
     Exited(ExitStatus, Option<Failure>, bool, Vec<String>),
     /// The launcher received this signal and forwarded it; mpirun has exited since.
     Interrupted(i32),
+    /// Stopped by the start deadline (`--start-timeout`): the exit status, which ranks never
+    /// started (for the report), and the nodes the backend reported lost.
+    NotStarted(ExitStatus, String, Vec<String>),
 }
 
 /// Runs `f` on the shared tail (a poisoned lock still holds a usable tail).
@@ -377,16 +431,27 @@ fn with<T>(tail: &Mutex<Tail>, f: impl FnOnce(&mut Tail) -> T) -> T {
     f(&mut tail.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
+/// What may stop a launch on request: the checkpoint-and-exit asked so far (by the exit
+/// signal or the end time), and the end-time schedule.
+struct Stops<'a> {
+    requested: &'a mut Option<ExitRequest>,
+    schedule: Option<&'a mut Schedule>,
+}
+
 /// Spawns mpirun for `launch` and watches it until it exits.
 fn run_once(
     launch: &Launch,
     backend: &dyn Backend,
+    placement: Option<&Placement>,
     plan: &RunPlan,
     watch: &mut signals::Watch,
     tail: &Arc<Mutex<Tail>>,
-    exit_requested: &mut Option<ExitRequest>,
-    mut schedule: Option<&mut Schedule>,
+    stops: Stops<'_>,
 ) -> anyhow::Result<Ended> {
+    let Stops {
+        requested: exit_requested,
+        mut schedule,
+    } = stops;
     let mut cmd = launch.command();
     die_with_parent(&mut cmd);
     let mut child = cmd
@@ -415,6 +480,9 @@ fn run_once(
         }));
     }
     let mut signalled: Option<(i32, Instant)> = None;
+    // Set when the start deadline stopped the launch: which ranks never started, and when.
+    let mut not_started: Option<(String, Instant)> = None;
+    let launched = Instant::now();
     let mut killed = false;
     let status = loop {
         if let Some(status) = child
@@ -478,7 +546,36 @@ fn run_once(
                 child.id(),
             ));
         }
-        if let Some((_, at)) = signalled {
+        if not_started.is_none() && signalled.is_none() {
+            // Without a readable event log nothing tells that ranks started: no deadline.
+            let missing = with(tail, |t| {
+                let elapsed = if t.warned {
+                    Duration::ZERO
+                } else {
+                    launched.elapsed()
+                };
+                start::overdue(plan.ranks, &t.rank_nodes, elapsed, plan.start_timeout)
+            });
+            if let (Some(missing), Some(timeout)) = (missing, plan.start_timeout) {
+                let node_of = |r| rank_node(plan, placement, r);
+                say(start::message(&missing, node_of, timeout, &prog));
+                if let Err(e) = signals::send(child.id(), backend.forwarded(libc::SIGTERM)) {
+                    say(format!("warning: cannot signal {prog}: {e}"));
+                }
+                let ranks: Vec<String> = missing.iter().map(u32::to_string).collect();
+                let why = format!(
+                    "rank{} {} never started within {} s (--start-timeout)",
+                    if missing.len() == 1 { "" } else { "s" },
+                    ranks.join(", "),
+                    timeout.as_secs()
+                );
+                not_started = Some((why, Instant::now()));
+            }
+        }
+        let stopped_at = signalled
+            .map(|(_, at)| at)
+            .or(not_started.as_ref().map(|n| n.1));
+        if let Some(at) = stopped_at {
             if !killed && at.elapsed() > GRACE {
                 say(format!(
                     "{prog} still running {} s after the signal: killing it",
@@ -512,9 +609,10 @@ fn run_once(
             )
         })
         .unwrap_or_default();
-    Ok(match signalled {
-        Some((sig, _)) => Ended::Interrupted(sig),
-        None => Ended::Exited(status, failure, banner, lost),
+    Ok(match (signalled, not_started) {
+        (Some((sig, _)), _) => Ended::Interrupted(sig),
+        (None, Some((why, _))) => Ended::NotStarted(status, why, lost),
+        (None, None) => Ended::Exited(status, failure, banner, lost),
     })
 }
 

@@ -74,6 +74,7 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         levels: Default::default(),
         fault: None,
         quiet_after: None,
+        start_timeout: None,
         mpirun: "/usr/bin/mpirun".into(),
         mpirun_env_args: vec!["--mca".into(), "btl".into(), "self".into()],
         mpirun_args: vec!["--bind-to".into(), "none".into()],

@@ -282,6 +282,114 @@ impl Allocation {
     }
 }
 
+impl Allocation {
+    /// Checks that the placement `map` (rank → node) fits the allocation: its nodes are the
+    /// allocation's, each holding no more ranks than its CPUs.
+    pub fn check_map(&self, map: &BTreeMap<u32, String>) -> Result<(), String> {
+        let outside: Vec<&str> = unique(map.values())
+            .into_iter()
+            .filter(|n| !self.nodes.contains(n))
+            .map(String::as_str)
+            .collect();
+        if !outside.is_empty() {
+            return Err(format!(
+                "{} outside the allocation of Slurm job {} ({})",
+                outside.join(", "),
+                self.job_id,
+                self.list
+            ));
+        }
+        for (node, &cpus) in self.nodes.iter().zip(&self.cpus) {
+            let ranks = map.values().filter(|n| *n == node).count();
+            if ranks > cpus as usize {
+                return Err(format!(
+                    "{node} would hold {ranks} ranks but has {cpus} CPU{} allocated in Slurm \
+                     job {} ({CPUS_VAR})",
+                    if cpus == 1 { "" } else { "s" },
+                    self.job_id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unique<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut out: Vec<&String> = Vec::new();
+    for n in names {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// The allocation of the running `ckpt run` under srun, relative to the job directory: what
+/// `ckpt migrate` and `ckpt drain` check a request against.
+pub const ALLOCATION: &str = "control/allocation";
+
+/// What [`ALLOCATION`] holds: the allocation's Slurm job, nodes and CPUs, and the nodes lost
+/// in it so far.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Recorded {
+    /// Slurm's job id.
+    pub job_id: String,
+    /// The allocation's hostlist.
+    pub list: String,
+    /// CPUs on each node, in the hostlist's order (empty: unknown).
+    pub cpus: Vec<u32>,
+    /// Nodes excluded after a failure (they left the allocation, failed, or failed twice).
+    pub lost: Vec<String>,
+}
+
+impl Recorded {
+    /// The record of `alloc` with `lost` nodes.
+    pub fn of(alloc: &Allocation, lost: &[String]) -> Recorded {
+        Recorded {
+            job_id: alloc.job_id.clone(),
+            list: alloc.list.clone(),
+            cpus: alloc.cpus.clone(),
+            lost: lost.to_vec(),
+        }
+    }
+
+    /// Writes it into `job_dir` (privately, atomically).
+    pub fn write(&self, job_dir: &Path) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let path = job_dir.join(ALLOCATION);
+        let text = serde_json::to_string(self)?;
+        ckpt::storage::durable::write_atomic(&path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The record in `job_dir`, if a run under srun wrote one that reads.
+    pub fn read(job_dir: &Path) -> Option<Recorded> {
+        let bytes = ckpt::storage::durable::read_capped(&job_dir.join(ALLOCATION), 1 << 20).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The allocation it records (`srun` is not needed to check placements).
+    pub fn allocation(&self) -> Result<Allocation, String> {
+        let nodes =
+            crate::hostlist::parse(&self.list).map_err(|e| format!("{}: {e}", self.list))?;
+        if !self.cpus.is_empty() && self.cpus.len() != nodes.len() {
+            return Err(format!(
+                "{} CPU counts for the {} nodes of {}",
+                self.cpus.len(),
+                nodes.len(),
+                self.list
+            ));
+        }
+        Ok(Allocation {
+            job_id: self.job_id.clone(),
+            list: self.list.clone(),
+            nodes,
+            cpus: self.cpus.clone(),
+            srun: PathBuf::new(),
+        })
+    }
+}
+
 /// The hostfile of a placement: each rank's node on its own line, in rank order.
 pub fn hostfile_text(p: &Placement) -> String {
     (0..p.ranks())
@@ -482,6 +590,20 @@ pub struct Nodes {
 }
 
 impl Nodes {
+    /// The nodes excluded so far in this allocation.
+    pub fn excluded(&self) -> &[String] {
+        &self.excluded
+    }
+
+    /// Excludes `nodes` (drained by `ckpt drain`) from the next placements.
+    pub fn exclude(&mut self, nodes: &[String]) {
+        for n in nodes {
+            if !self.excluded.contains(n) {
+                self.excluded.push(n.clone());
+            }
+        }
+    }
+
     /// The placement of the next launch: the allocation's nodes (or `--nodes`, a subset),
     /// the last `--spares` of them spare, excluded nodes replaced by spares, ranks kept on the
     /// nodes of `previous` (the epoch they will restore) where they fit; checked against the
@@ -849,6 +971,48 @@ srun: error: n1: tasks 0-1: Killed
 
     fn alloc() -> Allocation {
         choose(Choice::Srun, &env(), false).unwrap().unwrap()
+    }
+
+    /// What `ckpt migrate` checks a new placement against: the recorded allocation (read
+    /// back as written), its nodes and its CPUs.
+    #[test]
+    fn migrations_are_checked_against_the_recorded_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("control")).unwrap();
+        assert_eq!(Recorded::read(dir.path()), None);
+        let rec = Recorded::of(&alloc(), &["n2".into()]);
+        rec.write(dir.path()).unwrap();
+        let back = Recorded::read(dir.path()).unwrap();
+        assert_eq!(back, rec);
+        let a = back.allocation().unwrap();
+        assert_eq!(a.nodes, ["n1", "n2", "n3"]);
+        let map = |pairs: &[(u32, &str)]| -> BTreeMap<u32, String> {
+            pairs.iter().map(|&(r, n)| (r, n.to_owned())).collect()
+        };
+        assert_eq!(
+            a.check_map(&map(&[(0, "n1"), (1, "n1"), (2, "n3")])),
+            Ok(())
+        );
+        assert_eq!(
+            a.check_map(&map(&[(0, "n1"), (1, "n1"), (2, "n1")])),
+            Err(
+                "n1 would hold 3 ranks but has 2 CPUs allocated in Slurm job 12 \
+                 (SLURM_JOB_CPUS_PER_NODE)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            a.check_map(&map(&[(0, "n4"), (1, "n1"), (2, "n4")])),
+            Err("n4 outside the allocation of Slurm job 12 (n[1-3])".into())
+        );
+        let bad = Recorded {
+            cpus: vec![2],
+            ..rec
+        };
+        assert!(bad
+            .allocation()
+            .unwrap_err()
+            .contains("1 CPU counts for the 3 nodes"));
     }
 
     fn shown(p: &Placement) -> String {
