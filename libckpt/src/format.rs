@@ -38,7 +38,6 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Corruption;
-use crate::storage::hints::ReadAhead;
 
 /// Magic bytes at the start of every rank file.
 pub const MAGIC: [u8; 8] = *b"CKPTRANK";
@@ -461,10 +460,7 @@ impl RankFileReader {
         debug_assert_eq!(entry.len, dest.len() as u64);
         let mut crc = 0u32;
         let mut off = entry.offset;
-        // The device reads ahead while each piece is checksummed.
-        let mut ahead = ReadAhead::default();
         for chunk in dest.chunks_mut(CHUNK) {
-            ahead.at(&self.file, off, entry.offset + entry.len);
             self.file.read_exact_at(chunk, off)?;
             crc = crc32c::crc32c_append(crc, chunk);
             off += chunk.len() as u64;
@@ -479,9 +475,7 @@ impl RankFileReader {
         let mut crc = 0u32;
         let mut off = entry.offset;
         let end = entry.offset + entry.len;
-        let mut ahead = ReadAhead::default();
         while off < end {
-            ahead.at(&self.file, off, end);
             let n = (end - off).min(buf.len().max(1) as u64) as usize;
             let piece = &mut buf[..n];
             self.file.read_exact_at(piece, off)?;

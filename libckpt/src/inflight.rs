@@ -15,7 +15,6 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use crate::storage::durable;
-use crate::storage::hints::ReadAhead;
 
 /// Requests completed by this process so far (see [`completions`]).
 static COMPLETIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -221,14 +220,13 @@ pub(crate) struct SendStream {
     /// The receiver.
     pub dest: i32,
     tag: i32,
-    map: Result<(Arc<Mmap>, std::fs::File), String>,
+    map: Result<Arc<Mmap>, String>,
     start: u64,
     len: u64,
     sent: u64,
     chunk: usize,
     window: usize,
     sends: std::collections::VecDeque<InFlight>,
-    ahead: ReadAhead,
 }
 
 impl SendStream {
@@ -241,8 +239,8 @@ impl SendStream {
         chunk: usize,
         window: usize,
     ) -> SendStream {
-        let map = map_file(path).and_then(|(m, f)| match m.len() as u64 >= range.end {
-            true => Ok((Arc::new(m), f)),
+        let map = map_file(path).and_then(|m| match m.len() as u64 >= range.end {
+            true => Ok(Arc::new(m)),
             false => Err(format!(
                 "{} ended {} bytes early",
                 path.display(),
@@ -259,7 +257,6 @@ impl SendStream {
             chunk: chunk.max(1),
             window: window.max(1),
             sends: Default::default(),
-            ahead: ReadAhead::default(),
         }
     }
 
@@ -282,9 +279,7 @@ impl SendStream {
             let n = (self.len - self.sent).min(self.chunk as u64);
             let from = self.start + self.sent;
             let send = match &self.map {
-                Ok((map, file)) => {
-                    // A cold file: the device reads ahead of what MPI copies.
-                    self.ahead.at(file, from, self.start + self.len);
+                Ok(map) => {
                     let from = from as usize;
                     InFlight::send_mapped(comm, self.dest, self.tag, map, from..from + n as usize)
                 }
@@ -303,9 +298,8 @@ impl SendStream {
     }
 }
 
-/// Maps `path` (opened without following links) read-only, for sending its bytes; the file
-/// is kept for read-ahead advice.
-fn map_file(path: &Path) -> Result<(Mmap, std::fs::File), String> {
+/// Maps `path` (opened without following links) read-only, for sending its bytes.
+fn map_file(path: &Path) -> Result<Mmap, String> {
     let file =
         durable::open_regular(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // SAFETY: the file is one of this job's own committed files (a rank file, a partner copy
@@ -313,7 +307,5 @@ fn map_file(path: &Path) -> Result<(Mmap, std::fs::File), String> {
     // renamed into place, only removed, which leaves the mapping valid; and L1 files are not
     // recycled while a background level reads them (see `commit::checkpoint`). So the bytes
     // under the mapping neither change nor shrink.
-    let map =
-        unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map {}: {e}", path.display()))?;
-    Ok((map, file))
+    unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map {}: {e}", path.display()))
 }

@@ -220,12 +220,9 @@ impl Drop for CopyWriter {
 pub fn copy_file(src: &Path, dest: &Path, chunk: usize) -> io::Result<u64> {
     use std::io::Read;
     let mut from = durable::open_regular(src)?;
-    let len = from.metadata()?.len();
-    let mut ahead = super::hints::ReadAhead::default();
     let mut to = CopyWriter::create(dest)?;
     let mut buf = vec![0u8; chunk.max(4096)];
     loop {
-        ahead.at(&from, to.written(), len);
         let n = from.read(&mut buf)?;
         if n == 0 {
             break;
