@@ -5855,3 +5855,43 @@ fn a_step_whose_rank_never_starts_under_srun_is_stopped_and_named_with_its_nodes
         out.dump()
     );
 }
+
+/// `slurm/drain-drill.sbatch` through `sbatch` (3 nodes x 2 CPUs): a reference run, then a run
+/// whose rank 1 the script migrates to the third node and whose second node it drains, each
+/// through srun with the new placement; the script compares the two results and says so.
+#[test]
+fn the_drain_and_migrate_drill_script_runs_under_sbatch_identical() {
+    let Some(_slurm) = slurm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("slurm")
+        .join("drain-drill.sbatch");
+    let drill = dir.path().join("drill");
+    let export = format!(
+        "--export=ALL,CKPT={},HEAT={},DRILL_DIR={}",
+        bin("ckpt").display(),
+        heat2d().display(),
+        drill.display()
+    );
+    let _cancel = CancelJobs("ckpt-e2e-drain-drill");
+    let mut cmd = std::process::Command::new("sbatch");
+    cmd.args(["--wait", "--job-name=ckpt-e2e-drain-drill", "--output=job.out"])
+        .arg(export)
+        .arg(&script)
+        .current_dir(dir.path());
+    let out = Running::spawn(cmd, Duration::from_secs(120)).wait();
+    let log = std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{log}", out.dump());
+    assert!(log.contains("drain-drill: identical (checksum: "), "{log}");
+    assert!(log.contains("migrating rank 1 "), "{log}");
+    // After the drain no rank runs on the drained node: the last hostfile avoids it.
+    let hostfile = std::fs::read_to_string(drill.join("job/control/hostfile")).unwrap();
+    let excluded = std::fs::read_to_string(drill.join("job/control/excluded")).unwrap();
+    let drained = excluded.lines().next().unwrap_or_default().to_owned();
+    assert!(!drained.is_empty(), "{log}");
+    assert!(
+        hostfile.lines().all(|l| l.trim() != drained),
+        "{hostfile}\n{log}"
+    );
+}
