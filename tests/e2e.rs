@@ -5876,10 +5876,14 @@ fn the_drain_and_migrate_drill_script_runs_under_sbatch_identical() {
     );
     let _cancel = CancelJobs("ckpt-e2e-drain-drill");
     let mut cmd = std::process::Command::new("sbatch");
-    cmd.args(["--wait", "--job-name=ckpt-e2e-drain-drill", "--output=job.out"])
-        .arg(export)
-        .arg(&script)
-        .current_dir(dir.path());
+    cmd.args([
+        "--wait",
+        "--job-name=ckpt-e2e-drain-drill",
+        "--output=job.out",
+    ])
+    .arg(export)
+    .arg(&script)
+    .current_dir(dir.path());
     let out = Running::spawn(cmd, Duration::from_secs(120)).wait();
     let log = std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
     assert!(out.status.success(), "{}\n{log}", out.dump());
