@@ -624,18 +624,7 @@ impl LogSet {
                     ),
                 });
             }
-            let len = r.u64().ok_or_else(|| short("length"))?;
-            let remaining = (bytes.len() - r.pos) as u64;
-            if len > remaining {
-                return Err(LogError::Truncated {
-                    index,
-                    detail: format!("payload of {len} bytes, only {remaining} left"),
-                });
-            }
-            let data = r
-                .take(len as usize)
-                .ok_or_else(|| short("payload"))?
-                .to_vec();
+            let data = r.payload(index)?;
             state.log.insert(Entry::restored(src, tag, data));
         }
         if r.pos != bytes.len() {
@@ -731,18 +720,7 @@ impl CommState {
                     ),
                 });
             }
-            let len = r.u64().ok_or_else(|| short("length"))?;
-            let remaining = (bytes.len() - r.pos) as u64;
-            if len > remaining {
-                return Err(LogError::Truncated {
-                    index,
-                    detail: format!("payload of {len} bytes, only {remaining} left"),
-                });
-            }
-            let data = r
-                .take(len as usize)
-                .ok_or_else(|| short("payload"))?
-                .to_vec();
+            let data = r.payload(index)?;
             state.log.insert(Entry::restored(src, tag, data));
         }
         if r.pos != bytes.len() {
@@ -758,6 +736,26 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// The length-prefixed payload of logged message `index`, checked against what is left.
+    fn payload(&mut self, index: u64) -> Result<Vec<u8>, LogError> {
+        let short = |what: &str| LogError::Truncated {
+            index,
+            detail: format!("input ends in its {what}"),
+        };
+        let len = self.u64().ok_or_else(|| short("length"))?;
+        let remaining = (self.bytes.len() - self.pos) as u64;
+        if len > remaining {
+            return Err(LogError::Truncated {
+                index,
+                detail: format!("payload of {len} bytes, only {remaining} left"),
+            });
+        }
+        Ok(self
+            .take(len as usize)
+            .ok_or_else(|| short("payload"))?
+            .to_vec())
+    }
+
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let s = self.bytes.get(self.pos..end)?;
