@@ -842,6 +842,17 @@ mod tests {
 
     /// A directory holding executables `prog` and `mpirun` and a non-executable `data`, used
     /// as both the working directory and `$PATH`.
+    /// The plan of `ckpt run ARGS` in `ctx`; a parse or plan error as its message.
+    fn run_plan(ctx: &Context, args: &str) -> Result<RunPlan, String> {
+        let argv = format!("ckpt run {args}");
+        let cli =
+            cli::parse(argv.split_whitespace().map(OsString::from)).map_err(|e| e.to_string())?;
+        let Command::Run(args) = cli.command else {
+            panic!("not a run command")
+        };
+        RunPlan::new(args, ctx).map_err(|e| e.to_string())
+    }
+
     fn fixture() -> (tempfile::TempDir, Context) {
         let dir = tempfile::tempdir().unwrap();
         for (name, mode) in [("prog", 0o755), ("mpirun", 0o755), ("data", 0o644)] {
@@ -1074,14 +1085,9 @@ mod tests {
     fn exit_signal() {
         let (_dir, ctx) = fixture();
         let exit = |flags: &str| {
-            let argv = format!("ckpt run -n 2 {flags} -- prog");
-            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+            run_plan(&ctx, &format!("-n 2 {flags} -- prog"))
+                .map(|p| p.exit_signal)
                 .unwrap()
-                .command
-            else {
-                panic!("not a run command")
-            };
-            RunPlan::new(args, &ctx).map(|p| p.exit_signal).unwrap()
         };
         assert_eq!(exit(""), Some(libc::SIGUSR1));
         assert_eq!(exit("--exit-signal USR2"), Some(libc::SIGUSR2));
@@ -1095,16 +1101,8 @@ mod tests {
     fn end_time() {
         let (_dir, mut ctx) = fixture();
         let end = |ctx: &Context, flags: &str| {
-            let argv = format!("ckpt run -n 2 {flags} -- prog");
-            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
-                .unwrap()
-                .command
-            else {
-                panic!("not a run command")
-            };
-            RunPlan::new(args, ctx)
+            run_plan(ctx, &format!("-n 2 {flags} -- prog"))
                 .map(|p| (p.end_time, p.end_margin.as_secs()))
-                .map_err(|e| e.0)
         };
         assert_eq!(end(&ctx, ""), Ok((EndSource::None, 30)));
         assert_eq!(
@@ -1129,16 +1127,8 @@ mod tests {
     #[test]
     fn inherited_rank_config_is_checked_before_launch() {
         let (_dir, mut ctx) = fixture();
-        let plan = |ctx: &Context, flags: &str| {
-            let argv = format!("ckpt run -n 2 {flags} -- prog");
-            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
-                .unwrap()
-                .command
-            else {
-                panic!("not a run command")
-            };
-            RunPlan::new(args, ctx).map(drop).map_err(|e| e.to_string())
-        };
+        let plan =
+            |ctx: &Context, flags: &str| run_plan(ctx, &format!("-n 2 {flags} -- prog")).map(drop);
         ctx.inherited = vec![(env::TIMEOUT, "soon".into()), (env::KEEP, "x".into())];
         assert_eq!(
             plan(&ctx, ""),
@@ -1195,18 +1185,8 @@ mod tests {
     #[test]
     fn quiet_after_takes_a_duration() {
         let (_dir, ctx) = fixture();
-        let quiet = |flags: &str| {
-            let argv = format!("ckpt run -n 2 {flags} -- prog");
-            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
-                .unwrap()
-                .command
-            else {
-                panic!("not a run command")
-            };
-            RunPlan::new(args, &ctx)
-                .map(|p| p.quiet_after)
-                .map_err(|e| e.to_string())
-        };
+        let quiet =
+            |flags: &str| run_plan(&ctx, &format!("-n 2 {flags} -- prog")).map(|p| p.quiet_after);
         assert_eq!(quiet(""), Ok(None));
         assert_eq!(quiet("--quiet-after off"), Ok(None));
         assert_eq!(
@@ -1224,14 +1204,9 @@ mod tests {
     fn start_timeout_defaults_to_five_minutes_and_zero_turns_it_off() {
         let (_dir, ctx) = fixture();
         let start = |flags: &str| {
-            let argv = format!("ckpt run -n 2 {flags} -- prog");
-            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
+            run_plan(&ctx, &format!("-n 2 {flags} -- prog"))
+                .map(|p| p.start_timeout)
                 .unwrap()
-                .command
-            else {
-                panic!("not a run command")
-            };
-            RunPlan::new(args, &ctx).map(|p| p.start_timeout).unwrap()
         };
         assert_eq!(start(""), Some(Duration::from_secs(300)));
         assert_eq!(start("--start-timeout 20"), Some(Duration::from_secs(20)));
@@ -1274,14 +1249,7 @@ mod tests {
     fn levels_reach_the_ranks() {
         let (dir, mut ctx) = fixture();
         let plan = |ctx: &Context, flags: &str| {
-            let argv = format!("ckpt run -n 2 --job-dir job {flags} -- prog");
-            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
-                .unwrap()
-                .command
-            else {
-                panic!("not a run command")
-            };
-            RunPlan::new(args, ctx).map_err(|e| e.to_string())
+            run_plan(ctx, &format!("-n 2 --job-dir job {flags} -- prog"))
         };
         let vars = |p: &RunPlan| {
             let d = dir.path().display().to_string();
@@ -1351,14 +1319,7 @@ mod tests {
     fn l3_and_keeps_reach_the_ranks() {
         let (_dir, mut ctx) = fixture();
         let plan = |ctx: &Context, flags: &str| {
-            let argv = format!("ckpt run -n 8 --job-dir /j/x {flags} -- prog");
-            let Command::Run(args) = cli::parse(argv.split_whitespace().map(OsString::from))
-                .unwrap()
-                .command
-            else {
-                panic!("not a run command")
-            };
-            RunPlan::new(args, ctx).map_err(|e| e.to_string())
+            run_plan(ctx, &format!("-n 8 --job-dir /j/x {flags} -- prog"))
         };
         let p = plan(&ctx, "").unwrap();
         assert_eq!(p.level_flags, LevelFlags::default());
@@ -1477,15 +1438,7 @@ mod tests {
     #[test]
     fn nodes_are_checked_before_launch() {
         let (_dir, mut ctx) = fixture();
-        let plan = |ctx: &Context, flags: &str| {
-            let argv = format!("ckpt run -n 4 {flags} -- prog");
-            let cli = cli::parse(argv.split_whitespace().map(OsString::from))
-                .map_err(|e| e.to_string())?;
-            let Command::Run(args) = cli.command else {
-                panic!("not a run command")
-            };
-            RunPlan::new(args, ctx).map_err(|e| e.to_string())
-        };
+        let plan = |ctx: &Context, flags: &str| run_plan(ctx, &format!("-n 4 {flags} -- prog"));
         let e = plan(&ctx, "--nodes n[1-2] --spares 2").unwrap_err();
         assert_eq!(
             e,

@@ -534,10 +534,7 @@ impl LogSet {
         for (c, p) in parts.iter().enumerate() {
             for e in p.log.iter() {
                 out.extend_from_slice(&(c as u32).to_le_bytes());
-                out.extend_from_slice(&e.src.to_le_bytes());
-                out.extend_from_slice(&e.tag.to_le_bytes());
-                out.extend_from_slice(&(e.payload().len() as u64).to_le_bytes());
-                out.extend_from_slice(e.payload());
+                encode_entry(&mut out, e);
             }
         }
         out
@@ -652,10 +649,7 @@ impl CommState {
         }
         out.extend_from_slice(&(log.len() as u64).to_le_bytes());
         for e in log.iter() {
-            out.extend_from_slice(&e.src.to_le_bytes());
-            out.extend_from_slice(&e.tag.to_le_bytes());
-            out.extend_from_slice(&(e.payload().len() as u64).to_le_bytes());
-            out.extend_from_slice(e.payload());
+            encode_entry(&mut out, e);
         }
         out
     }
@@ -728,6 +722,14 @@ impl CommState {
         }
         Ok(state)
     }
+}
+
+/// One logged message: source, tag, length, payload (after its communicator, from v3 on).
+fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
+    out.extend_from_slice(&e.src.to_le_bytes());
+    out.extend_from_slice(&e.tag.to_le_bytes());
+    out.extend_from_slice(&(e.payload().len() as u64).to_le_bytes());
+    out.extend_from_slice(e.payload());
 }
 
 struct Reader<'a> {
