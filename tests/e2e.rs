@@ -3815,6 +3815,7 @@ fn bench_levels_runs_every_phase() {
         "L2 of L1+L2+L3+L4",
         "L3 of L1+L2+L3+L4",
         "L4 of L1+L2+L3+L4",
+        "a stricter view, no target",
         "restart from L1 (own files)",
         "restart from L2 (node1 wiped)",
         "restart from L4 (L2 off, node1 wiped)",
