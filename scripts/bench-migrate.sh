@@ -42,7 +42,7 @@ for i in $(seq "$REPS"); do
     to=$([ $((i % 2)) -eq 1 ] && echo node0 || echo node1)
     out=$("$CKPT" migrate "$JOB" --rank 3 --to "$to")
     echo "$out"
-    freezes+=("$(echo "$out" | sed -n 's/^total freeze *\([0-9.]*\) s/\1/p')")
+    freezes+=("$(echo "$out" | sed -n 's/^total freeze *\([0-9.]*\) s.*/\1/p')")
 done
 "$CKPT" checkpoint --then-exit "$JOB" >/dev/null
 wait "$launcher" || true

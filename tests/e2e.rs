@@ -5719,7 +5719,7 @@ fn migrate_under_srun_moves_a_rank_inside_the_allocation() {
     assert!(
         moved
             .stdout
-            .contains("rank 1 from its old node (L1), written to its new node"),
+            .contains("rank 1 from its old node (L1), received on its new node"),
         "{}",
         moved.dump()
     );

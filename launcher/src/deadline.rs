@@ -485,6 +485,7 @@ mod tests {
             logged: 0,
             write_secs: 0.0,
             total_secs,
+            cut_secs: 0.0,
         };
         let restored = Event::Restored {
             epoch: 2,

@@ -393,6 +393,7 @@ fn change(
     durable::write_atomic(&pending, render(next).as_bytes())
         .with_context(|| format!("cannot write {}", pending.display()))?;
     let t0 = Instant::now();
+    let asked_at = ckpt::util::unix_ms();
     // The checkpoint and the stop: `ckpt checkpoint --then-exit` (refused without a run).
     let asked = request::run(&CheckpointArgs {
         job_dir: dir.clone(),
@@ -410,15 +411,7 @@ fn change(
         exclude(dir, node)?;
         outln!("{node} is excluded for the rest of the job");
     }
-    let checkpointed = t0.elapsed();
-    follow(
-        dir,
-        offset,
-        ranks,
-        t0,
-        checkpointed,
-        Duration::from_secs(wait),
-    )
+    follow(dir, offset, ranks, t0, asked_at, Duration::from_secs(wait))
 }
 
 /// Refuses a placement that empties a node when the newest committed epoch has no level
@@ -484,17 +477,22 @@ pub fn parse_ranks(s: &str, nranks: u32) -> Result<Vec<u32>, String> {
     Ok(out)
 }
 
-/// Follows the events of the relaunch and prints the phases: checkpoint, stop (until the new
-/// launch started), transfer (the moved ranks' recoveries), restore, and the total freeze.
+/// Follows the events of the relaunch and prints the phases: the wait for the ranks' next
+/// poll (the application runs), the checkpoint (the cut and the commit), the stop (until the
+/// new launch started), the restore (with the moved ranks' transfers), and the total freeze:
+/// from the moment rank 0 stopped for the checkpoint (the commit time its manifest records,
+/// less the checkpoint's own time) until the launcher saw the restore done (read every 20 ms,
+/// so it may count up to 20 ms too many). `asked_at` is when the request was made (Unix ms).
 fn follow(
     dir: &Path,
     mut offset: u64,
     ranks: &[u32],
     t0: Instant,
-    checkpointed: Duration,
+    asked_at: u64,
     limit: Duration,
 ) -> anyhow::Result<Outcome> {
-    let mut started = None;
+    let mut commit = None;
+    let mut started = false;
     let mut transfer: Vec<(u32, String, f64)> = Vec::new();
     let mut restored = None;
     while restored.is_none() {
@@ -510,24 +508,40 @@ fn follow(
         offset = off;
         for e in new {
             match e {
-                Event::Started { .. } if started.is_none() => started = Some(t0.elapsed()),
+                Event::Committed {
+                    epoch,
+                    total_secs,
+                    cut_secs,
+                    ..
+                } if !started => commit = Some((epoch, total_secs + cut_secs)),
+                Event::Started { .. } => started = true,
                 Event::Recovered {
                     rank, level, secs, ..
-                } if started.is_some() => transfer.push((rank, format!("{level:?}"), secs)),
+                } if started => transfer.push((rank, format!("{level:?}"), secs)),
                 Event::Restored {
                     epoch, read_secs, ..
-                } if started.is_some() => restored = Some((epoch, read_secs, t0.elapsed())),
+                } if started => restored = Some((epoch, read_secs, ckpt::util::unix_ms())),
                 Event::NoUsableEpoch { .. } => bail!("the relaunch found no usable epoch"),
                 _ => {}
             }
         }
     }
-    let (epoch, restore_secs, total) = restored.unwrap_or_default();
-    let started = started.unwrap_or_default();
-    outln!("checkpoint   {:>8.2} s", checkpointed.as_secs_f64());
+    let (epoch, restore_secs, done_at) = restored.unwrap_or_default();
+    let (committed, checkpoint_secs) = commit.unwrap_or((epoch, 0.0));
+    // Only if the manifest went (pruned or damaged) before this read: phases from the restore.
+    let committed_at = ckpt::manifest::load(dir, committed)
+        .map(|m| m.created_unix_ms)
+        .unwrap_or(done_at);
+    let secs = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e3;
+    let stopped_at = committed_at.saturating_sub((checkpoint_secs * 1e3) as u64);
+    outln!(
+        "waiting      {:>8.2} s  (until the ranks' next poll; the application runs)",
+        secs(asked_at, stopped_at)
+    );
+    outln!("checkpoint   {checkpoint_secs:>8.2} s  (epoch {committed}: the cut and the commit)");
     outln!(
         "stop         {:>8.2} s  (until the relaunch's ranks started)",
-        (started.saturating_sub(checkpointed)).as_secs_f64()
+        (secs(committed_at, done_at) - restore_secs).max(0.0)
     );
     outln!("restore      {restore_secs:>8.2} s  (epoch {epoch}, slowest rank, of which:)");
     for (rank, level, secs) in &transfer {
@@ -537,9 +551,13 @@ fn follow(
             "Pfs" => "shared storage (L4)",
             _ => "its old node (L1)",
         };
-        outln!("  transfer   {secs:>8.2} s  rank {rank} from {level}, written to its new node");
+        outln!("  transfer   {secs:>8.2} s  rank {rank} from {level}, received on its new node");
     }
-    outln!("total freeze {:>8.2} s", total.as_secs_f64());
+    outln!(
+        "total freeze {:>8.2} s  (from the checkpoint's start to the restore's end; {:.2} s since the request)",
+        secs(stopped_at, done_at),
+        secs(asked_at, done_at)
+    );
     let missing: Vec<&u32> = ranks
         .iter()
         .filter(|r| !transfer.iter().any(|t| t.0 == **r))

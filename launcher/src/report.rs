@@ -229,6 +229,7 @@ pub fn event(e: &Event) -> String {
             logged,
             write_secs,
             total_secs,
+            ..
         } => format!(
             "epoch {epoch} committed at poll {poll}: {}, {} drained, write {write_secs:.2} s, \
              total {total_secs:.2} s",
@@ -683,6 +684,7 @@ mod tests {
                 logged: 6,
                 write_secs: 0.181,
                 total_secs: 0.2149,
+                cut_secs: 0.0,
             }),
             "epoch 3 committed at poll 120: 64.0 MiB, 6 messages drained, write 0.18 s, total \
              0.21 s",

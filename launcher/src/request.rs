@@ -180,6 +180,7 @@ mod tests {
             logged: 0,
             write_secs: 0.0,
             total_secs: 0.0,
+            cut_secs: 0.0,
         }
     }
 

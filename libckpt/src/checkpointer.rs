@@ -30,6 +30,7 @@ use crate::subcomm::{Family, SubComm};
 use crate::transport::{self, MpiFlagReduce};
 use crate::trigger::Triggers;
 use crate::watchdog::IoWatchdog;
+use crate::writeback::WriteBack;
 use crate::Ctx;
 
 /// A checkpoint that waited at least this long for the previous epoch's levels is reported.
@@ -81,6 +82,8 @@ pub struct Checkpointer {
     checkpoints: u64,
     /// The background levels (L2, L4) of the newest epoch.
     bg: Background,
+    /// This rank's recovered file of the restored epoch, being made durable.
+    write_back: Option<WriteBack>,
 }
 
 /// Every rank's node, gathered at start-up (same key as the other start-up collectives), and
@@ -299,6 +302,7 @@ impl Checkpointer {
             triggers,
             restored: None,
             bg,
+            write_back: None,
             _presence: presence,
             stopped: None,
             checkpoints: 0,
@@ -424,7 +428,8 @@ impl Checkpointer {
         }
         self.cut("restore", "the cut before restore()", None)?;
         // (Nothing runs in the background before the restore.)
-        let mut r = restore::restore(&self.ctx, &self.committed_at_start, state)?;
+        let (mut r, unsynced) = restore::restore(&self.ctx, &self.committed_at_start, state)?;
+        self.write_back = unsynced.map(|file| WriteBack::start(r.epoch, file));
         self.family.restore(std::mem::take(&mut r.log), r.epoch)?;
         self.agree.resume_at(r.lib.polls);
         self.agree.checkpointed(Instant::now());
@@ -517,6 +522,10 @@ impl Checkpointer {
                 what: why.clone(),
             });
         }
+        // A file recovered at the restore is durable before any later epoch commits.
+        if let Some(w) = self.write_back.take() {
+            w.wait(&self.ctx);
+        }
         self.agree.begin_checkpoint();
         // One epoch's levels are in flight at a time: with the policy `wait` the previous
         // epoch's complete first; with `skip`, if they still run on any rank (agreed at the
@@ -561,9 +570,10 @@ impl Checkpointer {
         }
         // With `skip`, the previous epoch's levels may still read its L1 files.
         let reading = self.bg.epoch();
-        let levels = commit::LevelPlan {
+        let levels = commit::Plan {
             planned: &planned,
             reading,
+            cut_secs: quiesce_secs,
         };
         let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, levels, state);
         let result = result.map(|(stats, lens)| {
@@ -690,6 +700,9 @@ impl Drop for Checkpointer {
         // its checkpointer at the same point of a job that ends normally).
         if !std::thread::panicking() {
             self.bg.finish(&self.ctx);
+        }
+        if let Some(w) = self.write_back.take() {
+            w.wait(&self.ctx);
         }
     }
 }

@@ -82,13 +82,15 @@ pub struct EpochStats {
     pub total_secs: f64,
 }
 
-/// The background levels of an epoch being committed.
-pub(crate) struct LevelPlan<'a> {
+/// What the checkpointer knows of an epoch being committed besides its state.
+pub(crate) struct Plan<'a> {
     /// The levels the epoch plans beyond L1.
     pub planned: &'a [Level],
     /// An earlier epoch whose background levels still run (policy `skip`): its L1 files and
     /// manifest, and those of later epochs, are not pruned.
     pub reading: Option<u64>,
+    /// This rank's time in the cut before the commit (rank 0's goes into `committed`).
+    pub cut_secs: f64,
 }
 
 /// Writes epoch `epoch` on every rank and commits it. Collective.
@@ -97,7 +99,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     epoch: u64,
     lib: &LibState,
     msglog: &LogSection,
-    levels: LevelPlan<'_>,
+    levels: Plan<'_>,
     state: &mut P,
 ) -> Result<(EpochStats, Vec<u64>)> {
     let t0 = Instant::now();
@@ -306,7 +308,7 @@ fn decide_and_publish(
     ctx: &Ctx,
     epoch: u64,
     lib: &LibState,
-    levels: &LevelPlan<'_>,
+    levels: &Plan<'_>,
     votes: Vec<Vec<u8>>,
     t0: Instant,
     fault: Option<&crate::fault::Fault>,
@@ -380,6 +382,7 @@ fn decide_and_publish(
                         logged: m.ranks.iter().map(|r| r.logged).sum(),
                         write_secs,
                         total_secs: t0.elapsed().as_secs_f64(),
+                        cut_secs: levels.cut_secs,
                     },
                 );
                 match not_durable {

@@ -50,8 +50,13 @@ pub enum Event {
         logged: u64,
         /// Slowest rank's write + fsync time.
         write_secs: f64,
-        /// Whole checkpoint time on rank 0, including the commit.
+        /// Whole checkpoint time on rank 0 from the write on, including the commit.
         total_secs: f64,
+        /// Rank 0's time in the cut before the write (waiting for the other ranks, draining
+        /// messages in flight): the application stopped at `total_secs + cut_secs` before the
+        /// commit.
+        #[serde(default)]
+        cut_secs: f64,
     },
     /// An epoch could not be committed.
     CommitFailed {
@@ -171,7 +176,8 @@ pub enum Event {
         skipped: bool,
     },
     /// A rank's file of the epoch being restored was missing or damaged on its node and was
-    /// recovered from another level, then written back to the rank's node-local storage.
+    /// recovered from another level into the rank's node-local storage (made durable there
+    /// after the restore, when it was received or rebuilt).
     Recovered {
         /// Epoch.
         epoch: u64,

@@ -60,6 +60,8 @@ mod subcomm;
 mod transport;
 #[cfg(feature = "mpi")]
 mod watchdog;
+#[cfg(feature = "mpi")]
+mod writeback;
 
 #[cfg(feature = "mpi")]
 pub use checkpointer::{Checkpointer, Poll};

@@ -3,9 +3,10 @@
 //! replaced, or the rank now runs elsewhere) gets it from the cheapest copy that exists: its
 //! L1 file on the node that wrote it (a migrated rank: sent by a rank running there now), the
 //! partner copy (L2, sent over MPI by its holder), a rebuild from its group (L3), else the
-//! shared copy (L4). The file is
-//! written back to the rank's node-local storage (durably, like an L1 write), so the restore
-//! then reads it as usual, with all its checks, and the next failure finds it there.
+//! shared copy (L4). The file is written to the rank's node-local storage; the restore reads
+//! it with all its checks, from its temporary file when it was received or rebuilt, and it is
+//! made durable under its L1 name after the restore, while the application runs
+//! (`writeback.rs`), so the next failure finds it there.
 //!
 //! Which copies exist is decided from what every rank found (gathered by rank 0 and
 //! broadcast), so every rank takes the same plan ([`plan`], pure and table-tested). A rank
@@ -24,7 +25,7 @@ use crate::format::{FileIdentity, RankFileReader};
 use crate::inflight::{InFlight, RecvStream, SendStream};
 use crate::manifest::{Level, Manifest};
 use crate::stall::{self, Watch};
-use crate::storage::copies::{self, CopyWriter, Places};
+use crate::storage::copies::{self, CopyWriter, Places, Unsynced};
 use crate::storage::durable;
 use crate::storage::parity::{GroupLayout, ParityHeader, Rebuilder};
 use crate::storage::parity_sets::ParitySets;
@@ -238,17 +239,22 @@ fn parity_intact(
     ok.then_some((path, hlen as u64, layout))
 }
 
+/// What the recovery did for this rank.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    /// Why no level holds this rank's file (for its restore error).
+    pub lost: Option<String>,
+    /// This rank's file, received or rebuilt but not yet durable: the restore reads it from
+    /// its temporary file, and it is made durable under its L1 name after the restore, while
+    /// the application runs (its sources stay intact until then).
+    pub unsynced: Option<Unsynced>,
+}
+
 /// Recovers, on every rank that lacks it, its file of epoch `epoch` (collective; `m` is the
-/// epoch's manifest, if this rank could read it). Returns, when this rank's file is lost at
-/// every level, why (for its restore error); `None` otherwise, and when every rank had its
-/// own file (the common case costs one gather and one broadcast of a few bytes) or a rank
-/// could not read the manifest (the restore then fails and falls back as before).
-pub(crate) fn recover(
-    ctx: &Ctx,
-    epoch: u64,
-    m: Option<&Manifest>,
-    watch: &Watch,
-) -> Option<String> {
+/// epoch's manifest, if this rank could read it). Nothing happens when every rank has its own
+/// file (the common case costs one gather and one broadcast of a few bytes) or a rank could
+/// not read the manifest (the restore then fails and falls back as before).
+pub(crate) fn recover(ctx: &Ctx, epoch: u64, m: Option<&Manifest>, watch: &Watch) -> Recovery {
     let places = Places::of(&ctx.cfg);
     let armed = ctx.io.arm(
         "checking copies in",
@@ -271,17 +277,22 @@ pub(crate) fn recover(
         .unwrap_or_default();
     let all = transport::bcast_bytes(&ctx.lib, watch, &label, 0, all);
     let found: Vec<Found> = postcard::from_bytes(&all).unwrap_or_default();
-    let m = m?;
+    let Some(m) = m else {
+        return Recovery::default();
+    };
     if found.len() != ctx.nranks as usize
         || found.iter().any(|f| !f.manifest)
         || found.iter().all(|f| f.local)
     {
-        return None;
+        return Recovery::default();
     }
     let sources = plan(m, &found);
-    transfer(ctx, &places, m, &sources, &found, watch);
+    let unsynced = transfer(ctx, &places, m, &sources, &found, watch);
     let me = ctx.rank as u32;
-    (sources.get(me as usize) == Some(&Source::Lost)).then(|| why_lost(m, &found, me))
+    Recovery {
+        lost: (sources.get(me as usize) == Some(&Source::Lost)).then(|| why_lost(m, &found, me)),
+        unsynced,
+    }
 }
 
 /// Why no level holds `rank`'s file of the epoch: what each level lacks.
@@ -345,8 +356,9 @@ enum Transfer {
     },
 }
 
-/// Runs this rank's part of the plan: sends the partner copies it holds to their ranks,
-/// receives or copies its own file, and writes it back to node-local storage.
+/// Runs this rank's part of the plan: sends the partner copies it holds to their ranks, and
+/// receives, rebuilds or copies its own file. A file copied from L4 is durable on return; one
+/// received or rebuilt is returned before its fsync (see [`Recovery::unsynced`]).
 fn transfer(
     ctx: &Ctx,
     places: &Places,
@@ -354,7 +366,7 @@ fn transfer(
     sources: &[Source],
     found: &[Found],
     watch: &Watch,
-) {
+) -> Option<Unsynced> {
     let me = ctx.rank as u32;
     let epoch = m.epoch;
     let t0 = Instant::now();
@@ -427,6 +439,7 @@ fn transfer(
         Source::Local | Source::Lost => None,
     };
     run(ctx, &mut work, watch, epoch, &mut errors);
+    let mut unsynced = None;
     for t in work {
         let out = match t {
             Transfer::Recv { out, .. } => out,
@@ -439,9 +452,9 @@ fn transfer(
             },
             Transfer::Send(_) => continue,
         };
-        let _armed = ctx.io.arm("writing back", out.dest(), epoch);
-        if let Err(e) = out.finish() {
-            errors.push(format!("cannot write back {}: {e}", dest.display()));
+        match out.unsynced() {
+            Ok(u) => unsynced = Some(u),
+            Err(e) => errors.push(format!("cannot write back {}: {e}", dest.display())),
         }
     }
     for e in &errors {
@@ -461,6 +474,7 @@ fn transfer(
             },
         );
     }
+    unsynced
 }
 
 /// Bytes `range` of `path` sent to `to` with `tag`; a file that cannot be read is reported in

@@ -23,6 +23,7 @@ use crate::protocol::msglog::LogSet;
 use crate::recover;
 use crate::region::{file_error, Protect, Regions, Site};
 use crate::stall::Watch;
+use crate::storage::copies::Unsynced;
 use crate::transport;
 use crate::Ctx;
 
@@ -41,12 +42,14 @@ pub struct Restored {
     pub(crate) log: LogSet,
 }
 
-/// Restores the newest usable epoch among `candidates` (newest first). Collective.
+/// Restores the newest usable epoch among `candidates` (newest first). Collective. With it
+/// comes this rank's file as recovered for the restore, when it was, to be made durable (see
+/// [`recover::Recovery::unsynced`]).
 pub(crate) fn restore<P: Protect + ?Sized>(
     ctx: &Ctx,
     candidates: &[u64],
     state: &mut P,
-) -> Result<Restored> {
+) -> Result<(Restored, Option<Unsynced>)> {
     let mut skipped = Vec::new();
     for &epoch in candidates {
         let t0 = Instant::now();
@@ -60,9 +63,11 @@ pub(crate) fn restore<P: Protect + ?Sized>(
             })
         };
         let census = Watch::of(&ctx.cfg).after_io(t0);
-        let lost = recover::recover(ctx, epoch, m.as_ref(), &census);
+        let recovery = recover::recover(ctx, epoch, m.as_ref(), &census);
+        let (lost, unsynced) = (recovery.lost, recovery.unsynced);
+        let from = unsynced.as_ref().map(Unsynced::path);
         // A failing rank's error reaches rank 0, which reports every reason in one line.
-        let local = restore_epoch(ctx, epoch, state).map_err(|e| match (e, &lost) {
+        let local = restore_epoch(ctx, epoch, state, from).map_err(|e| match (e, &lost) {
             (
                 Error::Io {
                     rank,
@@ -102,14 +107,15 @@ pub(crate) fn restore<P: Protect + ?Sized>(
                     },
                 );
             }
-            return Ok(Restored {
+            let restored = Restored {
                 epoch,
                 skipped,
                 bytes,
                 read_secs,
                 lib,
                 log,
-            });
+            };
+            return Ok((restored, unsynced));
         }
         let reason = failure_vote(ctx, epoch, local.err());
         // The fallback follows more IO (a rank checking where its missing file was written,
@@ -280,11 +286,13 @@ fn report_no_usable(ctx: &Ctx, tried: &[(u64, String)]) {
     );
 }
 
-/// This rank's part of restoring `epoch`: manifest, file checks, regions.
+/// This rank's part of restoring `epoch`: manifest, file checks, regions; its file read from
+/// its L1 name, or from `from` (a recovered file not yet durable under that name).
 fn restore_epoch<P: Protect + ?Sized>(
     ctx: &Ctx,
     epoch: u64,
     state: &mut P,
+    from: Option<&std::path::Path>,
 ) -> Result<(LibState, LogSet, u64, Manifest)> {
     let armed = ctx
         .io
@@ -305,7 +313,7 @@ fn restore_epoch<P: Protect + ?Sized>(
         });
     }
     let rec = &m.ranks[ctx.rank as usize];
-    let path = ctx.cfg.local_dir.join(&rec.file);
+    let path = from.map_or_else(|| ctx.cfg.local_dir.join(&rec.file), ToOwned::to_owned);
     let site = Site {
         rank: ctx.rank,
         epoch,

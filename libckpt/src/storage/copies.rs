@@ -192,6 +192,56 @@ impl CopyWriter {
 
     /// Fsyncs the file, renames it to its final name and fsyncs the directory and its parent
     /// (the epoch directory may be new).
+    pub fn finish(self) -> io::Result<PathBuf> {
+        self.unsynced()?.finish()
+    }
+
+    /// Ends the writing without making the copy durable yet: its bytes are readable in the
+    /// temporary file ([`Unsynced::path`]) until [`Unsynced::finish`] makes them durable under
+    /// the final name (and dropping it removes them).
+    pub fn unsynced(mut self) -> io::Result<Unsynced> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("copy finished"))?;
+        Ok(Unsynced {
+            file: Some(file),
+            tmp: std::mem::take(&mut self.tmp),
+            dest: std::mem::take(&mut self.dest),
+        })
+    }
+}
+
+impl Drop for CopyWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A copy written but not yet durable (see [`CopyWriter::unsynced`]). It never carries its
+/// final name before it is durable: a crash leaves a temporary file, never a torn copy.
+#[derive(Debug)]
+pub struct Unsynced {
+    file: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl Unsynced {
+    /// Where its bytes can be read now (the temporary file).
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The final name.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Fsyncs the file, renames it to its final name and fsyncs the directory and its parent
+    /// (the epoch directory may be new).
     pub fn finish(mut self) -> io::Result<PathBuf> {
         let file = self
             .file
@@ -207,7 +257,7 @@ impl CopyWriter {
     }
 }
 
-impl Drop for CopyWriter {
+impl Drop for Unsynced {
     fn drop(&mut self) {
         if self.file.is_some() {
             let _ = fs::remove_file(&self.tmp);
@@ -314,5 +364,28 @@ mod tests {
             p.locate(Level::Local, 1, 0).unwrap().exists(),
             "L1 is not touched"
         );
+    }
+
+    #[test]
+    fn an_unsynced_copy_is_read_from_its_temporary_file_and_named_only_when_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = places(dir.path());
+        let dest = p.locate(Level::Local, 4, 2).unwrap();
+        let mut w = CopyWriter::create(&dest).unwrap();
+        w.write(b"the rank's bytes").unwrap();
+        let u = w.unsynced().unwrap();
+        assert_eq!(fs::read(u.path()).unwrap(), b"the rank's bytes");
+        assert_ne!(u.path(), dest.as_path());
+        assert!(!dest.exists(), "named before it is durable");
+        assert_eq!(u.finish().unwrap(), dest);
+        assert_eq!(fs::read(&dest).unwrap(), b"the rank's bytes");
+        // Dropped before it is durable: nothing is left, temporary or final.
+        let other = p.locate(Level::Local, 4, 3).unwrap();
+        let mut w = CopyWriter::create(&other).unwrap();
+        w.write(b"x").unwrap();
+        let u = w.unsynced().unwrap();
+        let tmp = u.path().to_owned();
+        drop(u);
+        assert!(!tmp.exists() && !other.exists());
     }
 }
