@@ -21,10 +21,11 @@
 //!   rank 0 between polls), while every rank polls with `--step-us` of compute (or sleep,
 //!   `--compute sleep`) between polls; next to plain write+fsync of the bytes each level
 //!   writes (the state once for L2 or L4, one rank's parity for L3, all of them together).
-//! - `--mode restart --from L1|L2|L4`: a cold restore of the newest epoch (page cache dropped)
-//!   next to a cold plain read of the same bytes, checking the `recovered` events name the
-//!   level and the state is the one written.
-//! - `--mode write`: one checkpoint under `--l2-every`/`--l4-every`, for the L4 restart.
+//! - `--mode restart --from L1|L2|L3|L4`: a cold restore of the newest epoch (page cache
+//!   dropped) next to a cold plain read of the same bytes, checking the `recovered` events
+//!   name the level and the state is the one written.
+//! - `--mode write`: one checkpoint under `--l2-every`/`--l3-every`/`--l4-every` (L3 over one
+//!   XOR group of all ranks), for the restarts from L3 and L4.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -65,6 +66,7 @@ struct Opts {
     sample: usize,
     /// `--mode write`: the level policy of the one epoch written.
     l2_every: u64,
+    l3_every: u64,
     l4_every: u64,
 }
 
@@ -75,7 +77,8 @@ enum Mode {
     Classic,
     /// Blocking time per level policy and the time until each background level is complete.
     Levels,
-    /// One checkpoint with the policy of `--l2-every`/`--l4-every`, its levels completed.
+    /// One checkpoint with the policy of `--l2-every`/`--l3-every`/`--l4-every`, its levels
+    /// completed.
     Write,
     /// A cold restart of the job, from the level given (checked against the `recovered`
     /// events), next to a cold plain read.
@@ -96,8 +99,9 @@ fn parse_level(v: &str) -> Result<Level, String> {
     Ok(match v {
         "L1" => Level::Local,
         "L2" => Level::Partner,
+        "L3" => Level::Parity,
         "L4" => Level::Pfs,
-        _ => return Err(format!("--from {v}: use L1, L2 or L4")),
+        _ => return Err(format!("--from {v}: use L1, L2, L3 or L4")),
     })
 }
 
@@ -116,6 +120,7 @@ fn parse() -> Result<Opts, String> {
         idle: false,
         sample: 1,
         l2_every: 1,
+        l3_every: 1,
         l4_every: 1,
     };
     let (mut mode, mut from) = ("classic".to_string(), None);
@@ -132,6 +137,7 @@ fn parse() -> Result<Opts, String> {
             "--step-us" => o.step_us = num()?,
             "--sample" => o.sample = num()? as usize,
             "--l2-every" => o.l2_every = num()?,
+            "--l3-every" => o.l3_every = num()?,
             "--l4-every" => o.l4_every = num()?,
             "--mode" => mode = v,
             "--from" => from = Some(parse_level(&v)?),
@@ -145,7 +151,7 @@ fn parse() -> Result<Opts, String> {
             _ => {
                 return Err(format!(
                     "unknown option {flag} (use --mib, --polls, --reps, --mode, --from, \
-                     --step-us, --compute, --sample, --l2-every, --l4-every)"
+                     --step-us, --compute, --sample, --l2-every, --l3-every, --l4-every)"
                 ))
             }
         }
@@ -830,7 +836,7 @@ fn levels(world: &SimpleCommunicator, o: &Opts) -> BenchResult<()> {
         }
     }
     // The newest epoch gets L2 for the restarts from L1 and L2 (dropping the checkpointer
-    // completes it); the restart from L4 uses a job of its own.
+    // completes it); the restarts from L3 and L4 use jobs of their own.
     let levels = policy(&cfg, world.size(), (1, 0, 0));
     let mut ck = Checkpointer::new(world, cfg.clone().levels(levels))?;
     let last = ck.checkpoint(&mut state)?.epoch;
@@ -1133,7 +1139,8 @@ fn report_restart(job_dir: &Path, o: &Opts, from: Level, t_read: f64, t: f64) ->
     let (name, short, target) = match from {
         Level::Local => ("L1 (own files)", "l1", "target <= 1.10x"),
         Level::Partner => ("L2 (node1 wiped)", "l2", "target <= 2x"),
-        _ => ("L4 (L2 off, node1 wiped)", "l4", "no target set"),
+        Level::Parity => ("L3 (rebuild, node1 wiped)", "l3", "target <= 2x"),
+        Level::Pfs => ("L4 (L2 off, node1 wiped)", "l4", "no target set"),
     };
     let path = job_dir.join(format!("bench-restart-{short}.samples"));
     if o.sample <= 1 {
@@ -1168,20 +1175,32 @@ fn report_restart(job_dir: &Path, o: &Opts, from: Level, t_read: f64, t: f64) ->
     Ok(())
 }
 
-/// `--mode write`: one checkpoint under `--l2-every`/`--l4-every`, its levels completed.
+/// `--mode write`: one checkpoint under `--l2-every`/`--l3-every`/`--l4-every`, its levels
+/// completed.
 fn write_epoch(world: &SimpleCommunicator, o: &Opts) -> BenchResult<()> {
     let cfg = Config::from_env()?.every(Interval::Off);
     let rank = world.rank();
     let mut state = State {
         data: pattern(o.mib << 20, rank),
     };
-    let levels = policy(&cfg, world.size(), (o.l2_every, 0, o.l4_every));
+    let levels = policy(&cfg, world.size(), (o.l2_every, o.l3_every, o.l4_every));
     let mut ck = Checkpointer::new(world, cfg.clone().levels(levels))?;
     let epoch = ck.checkpoint(&mut state)?.epoch;
     drop(ck);
     if rank == 0 {
-        let levels = ckpt::manifest::load(&cfg.job_dir, epoch)?.levels;
-        println!("ckpt-bench: epoch {epoch} written, complete at {levels:?}");
+        let m = ckpt::manifest::load(&cfg.job_dir, epoch)?;
+        if let Some(missing) = m.copies.planned.iter().find(|l| !m.levels.contains(l)) {
+            return Err(format!(
+                "{}: epoch {epoch}: {missing:?} planned but not complete (complete at {:?})",
+                cfg.job_dir.display(),
+                m.levels
+            )
+            .into());
+        }
+        println!(
+            "ckpt-bench: epoch {epoch} written, complete at {:?}",
+            m.levels
+        );
     }
     Ok(())
 }

@@ -3785,7 +3785,8 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
 }
 
 /// `ckpt bench --levels` with tiny sizes, as a smoke test of the benchmark (its figures mean
-/// nothing here): all five launches run, the table has its rows, and each restart comes from
+/// nothing here): every launch runs (the levels table, the `-l3` and `-l4` jobs' epochs, one
+/// restart from each of L1 to L4), the table has its rows, and each restart comes from
 /// the level it names (the rank program checks the `recovered` events and the restored state,
 /// and fails otherwise).
 #[test]
@@ -3818,11 +3819,13 @@ fn bench_levels_runs_every_phase() {
         "a stricter view, no target",
         "restart from L1 (own files)",
         "restart from L2 (node1 wiped)",
+        "restart from L3 (rebuild, node1 wiped)",
         "restart from L4 (L2 off, node1 wiped)",
     ] {
         assert!(out.stdout.contains(row), "no row {row:?}\n{}", out.dump());
     }
-    for level in ["L2", "L4"] {
+    // With 2 ranks the L3 group is both of them: XOR of one segment, a mirror of each file.
+    for level in ["L2", "L3", "L4"] {
         let from = format!("from {level} onto node1");
         assert!(
             out.stderr

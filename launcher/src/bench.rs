@@ -2,12 +2,14 @@
 //! as ordinary `ckpt run` jobs with checkpoints off and no restarts. The figures and what
 //! they are compared with are described in `examples/bench.rs` and `BENCHMARKS.md`.
 //!
-//! `--levels` runs the levels benchmark on one emulated node per rank, as separate launches: the blocking
-//! and completion times of each level policy (one launch, which leaves an epoch at L1 and L2),
-//! a second job (L2 off, L4 every epoch) that writes one epoch, then `--reps` cold restarts of
-//! each kind: the first job from its own L1 files, the first job from L2 after `node1` was
-//! wiped, the second job from L4 after `node1` was wiped. Each restart checks which level its
-//! ranks recovered from; the last of each kind prints the medians.
+//! `--levels` runs the levels benchmark on one emulated node per rank, as separate launches:
+//! the blocking and completion times of each level policy (one launch, which leaves an epoch
+//! at L1 and L2); a job `<job>-l3` (L2 off, L3 over one XOR group of all ranks) and a job
+//! `<job>-l4` (L2 off, L4) that write one epoch each; then `--reps` cold restarts of each
+//! kind (see [`RESTARTS`]): the first job from its own L1 files, then, each after `node1` was
+//! wiped, the first job from L2, the `-l3` job from a rebuild (L3) and the `-l4` job from L4.
+//! Each restart checks which level its ranks recovered from; the last of each kind prints the
+//! medians.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -19,8 +21,18 @@ use crate::{kill_node, supervise, Outcome, UsageError};
 /// Name of the rank program.
 pub const PROGRAM: &str = "ckpt-bench";
 
-/// The node `--levels` wipes before the restarts from L2 and L4.
+/// The node `--levels` wipes before the restarts from L2, L3 and L4.
 const WIPED: &str = "node1";
+
+/// The restarts of `--levels`, in the order run: the level restarted from and, for a level
+/// the levels launch's last epoch lacks, the L2, L3 and L4 periods of the one epoch a job of
+/// its own (`<job>-<level>`) writes first.
+const RESTARTS: [(&str, Option<[&str; 3]>); 4] = [
+    ("L1", None),
+    ("L2", None),
+    ("L3", Some(["0", "1", "0"])),
+    ("L4", Some(["0", "0", "1"])),
+];
 
 /// Runs `ckpt bench`.
 pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
@@ -54,40 +66,46 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
     ];
     let plan = RunPlan::new(levels_args(b, &prog, b.job_dir.as_deref(), &measure)?, &ctx)?;
     let job = plan.job_dir.clone();
-    let l4_job = PathBuf::from(format!("{}-l4", job.display()));
     let outcome = supervise::run(&plan)?;
     if outcome != Outcome::Success {
         return Ok(outcome);
     }
-    let write = [
-        "--mode",
-        "write",
-        "--l2-every",
-        "0",
-        "--l4-every",
-        "1",
-        "--mib",
-        &mib,
-    ];
-    let outcome = supervise::run(&RunPlan::new(
-        levels_args(b, &prog, Some(&l4_job), &write)?,
-        &ctx,
-    )?)?;
-    if outcome != Outcome::Success {
-        return Ok(outcome);
+    for (from, every) in RESTARTS {
+        let Some([l2, l3, l4]) = every else { continue };
+        let write = [
+            "--mode",
+            "write",
+            "--l2-every",
+            l2,
+            "--l3-every",
+            l3,
+            "--l4-every",
+            l4,
+            "--mib",
+            &mib,
+        ];
+        let dir = restart_job(&job, from, every);
+        let outcome = supervise::run(&RunPlan::new(
+            levels_args(b, &prog, Some(&dir), &write)?,
+            &ctx,
+        )?)?;
+        if outcome != Outcome::Success {
+            return Ok(outcome);
+        }
     }
-    // Each restart `--reps` times, one launch each, the node lost before each from L2 or L4.
-    for (dir, from) in [(&job, "L1"), (&job, "L2"), (&l4_job, "L4")] {
+    // Each restart `--reps` times, one launch each, the node lost before each but from L1.
+    for (from, every) in RESTARTS {
+        let dir = restart_job(&job, from, every);
         for sample in 1..=b.reps.max(1) {
             if from != "L1" {
-                kill_node::run(dir, WIPED)?;
+                kill_node::run(&dir, WIPED)?;
             }
             let sample = sample.to_string();
             let args = [
                 "--mode", "restart", "--from", from, "--mib", &mib, "--sample", &sample, "--reps",
                 &reps,
             ];
-            let plan = RunPlan::new(levels_args(b, &prog, Some(dir), &args)?, &ctx)?;
+            let plan = RunPlan::new(levels_args(b, &prog, Some(&dir), &args)?, &ctx)?;
             let outcome = supervise::run(&plan)?;
             if outcome != Outcome::Success {
                 return Ok(outcome);
@@ -95,6 +113,15 @@ pub fn run(b: &BenchArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Success)
+}
+
+/// The job a restart from `from` of [`RESTARTS`] restarts: the levels launch's `job`, or the
+/// job of its own that wrote an epoch under the periods `every`.
+fn restart_job(job: &Path, from: &str, every: Option<[&str; 3]>) -> PathBuf {
+    match every {
+        None => job.to_path_buf(),
+        Some(_) => PathBuf::from(format!("{}-{}", job.display(), from.to_lowercase())),
+    }
 }
 
 /// Locates the rank program next to the running `ckpt`.
@@ -209,6 +236,27 @@ mod tests {
         let mut command = vec!["/bin/ckpt-bench"];
         command.extend(args);
         assert_eq!(run.command, command);
+    }
+
+    #[test]
+    fn each_level_is_restarted_once_from_a_job_that_wrote_it_with_l2_off() {
+        let froms: Vec<&str> = RESTARTS.iter().map(|r| r.0).collect();
+        assert_eq!(froms, ["L1", "L2", "L3", "L4"]);
+        let job = Path::new("/j/bench");
+        for (i, (from, every)) in RESTARTS.into_iter().enumerate() {
+            let dir = restart_job(job, from, every);
+            match every {
+                None => assert_eq!(dir, job, "{from}"),
+                Some(periods) => {
+                    // Only this level is on (periods of L2, L3, L4; RESTARTS[i] is L(i+1)),
+                    // so the restart can come from nothing else.
+                    let on: Vec<usize> = (0..3).filter(|&l| periods[l] != "0").collect();
+                    assert_eq!(on, [i - 1], "{from}: {periods:?}");
+                    let own = format!("/j/bench-{}", from.to_lowercase());
+                    assert_eq!(dir, Path::new(&own));
+                }
+            }
+        }
     }
 
     #[test]

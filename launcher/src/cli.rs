@@ -218,8 +218,9 @@ pub struct BenchArgs {
         default_value_t = 2
     )]
     pub ranks: u32,
-    /// The levels benchmark instead: blocking time per level policy, time until L2 and L4
-    /// are complete, restarts from L1, L2 and L4, on 2 emulated nodes (see BENCHMARKS.md).
+    /// The levels benchmark instead: blocking time per level policy, time until L2, L3 and
+    /// L4 are complete, restarts from L1, L2, L3 and L4, on one emulated node per rank (see
+    /// BENCHMARKS.md).
     #[arg(long)]
     pub levels: bool,
     /// With --levels: microseconds of compute between two polls while the levels run.
@@ -241,7 +242,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub local_dir: Option<PathBuf>,
     /// Job directory for the benchmark run [default: ./ckpt-jobs/ckpt-bench-<time>-<pid>];
-    /// --levels also uses <job dir>-l4 for the restart from L4.
+    /// --levels also uses <job dir>-l3 and <job dir>-l4 for the restarts from L3 and L4.
     #[arg(long, value_name = "DIR")]
     pub job_dir: Option<PathBuf>,
 }
