@@ -82,7 +82,13 @@ impl InFlight {
 
     /// Posts a receive of at most `len` bytes from `src` with `tag`.
     pub fn recv(comm: &SimpleCommunicator, src: i32, tag: i32, len: usize) -> InFlight {
-        let buf = Box::into_raw(vec![0u8; len].into_boxed_slice());
+        InFlight::recv_into(comm, src, tag, vec![0u8; len])
+    }
+
+    /// Posts a receive of at most `buf.len()` bytes from `src` with `tag` into `buf` (a buffer
+    /// reused from an earlier receive: its pages are already in memory).
+    pub fn recv_into(comm: &SimpleCommunicator, src: i32, tag: i32, buf: Vec<u8>) -> InFlight {
+        let buf = Box::into_raw(buf.into_boxed_slice());
         // SAFETY: as in `send`; MPI is the only user of the buffer until the request completed.
         let data: &'static mut [u8] = unsafe { &mut *buf };
         let req = comm

@@ -353,6 +353,8 @@ enum Transfer {
         left: u64,
         posted: u64,
         recvs: VecDeque<InFlight>,
+        /// Buffers of chunks already written, for the next receives.
+        spare: Vec<Vec<u8>>,
     },
 }
 
@@ -400,6 +402,7 @@ fn transfer(
                     left: m.ranks[me as usize].len,
                     posted: 0,
                     recvs: VecDeque::new(),
+                    spare: Vec::new(),
                 });
                 Some(match sources[me as usize] {
                     Source::Moved(_) => Level::Local,
@@ -527,10 +530,13 @@ fn run(ctx: &Ctx, work: &mut [Transfer], watch: &Watch, epoch: u64, errors: &mut
                     left,
                     posted,
                     recvs,
+                    spare,
                 } => {
                     while *posted < *left && recvs.len() < WINDOW {
                         let n = (*left - *posted).min(CHUNK as u64) as usize;
-                        recvs.push_back(InFlight::recv(&ctx.lib, *from, TAG_RECOVER, n));
+                        let mut buf = spare.pop().unwrap_or_default();
+                        buf.resize(n, 0);
+                        recvs.push_back(InFlight::recv_into(&ctx.lib, *from, TAG_RECOVER, buf));
                         *posted += n as u64;
                     }
                     while let Some(chunk) = recvs.front_mut().and_then(InFlight::test) {
@@ -538,6 +544,7 @@ fn run(ctx: &Ctx, work: &mut [Transfer], watch: &Watch, epoch: u64, errors: &mut
                         if let Err(e) = out.write(&chunk) {
                             errors.push(format!("cannot write {}: {e}", out.dest().display()));
                         }
+                        spare.push(chunk);
                     }
                     if *posted < *left || !recvs.is_empty() {
                         waiting.get_or_insert((
