@@ -491,6 +491,7 @@ mod tests {
             epoch: 2,
             bytes: 1,
             read_secs: 99.0,
+            unix_ms: 0,
         };
         let log = [
             committed(1, 0.4),

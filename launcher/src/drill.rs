@@ -806,10 +806,12 @@ mod tests {
             Event::Started {
                 nranks: 8,
                 launch: 0,
+                unix_ms: 0,
             },
             Event::Started {
                 nranks: 8,
                 launch: 1,
+                unix_ms: 0,
             },
             rec(3, Level::Partner),
             rec(2, Level::Partner),

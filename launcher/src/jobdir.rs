@@ -389,7 +389,15 @@ mod tests {
         // Launches 0 and 1 ran; epoch 2 (written by launch 1) is committed, epoch 3's
         // manifest is damaged: the resume restarts from 2 with restart count 2.
         for launch in [0, 1] {
-            events::append(&dir, &Event::Started { nranks: 4, launch }).unwrap();
+            events::append(
+                &dir,
+                &Event::Started {
+                    nranks: 4,
+                    launch,
+                    unix_ms: 0,
+                },
+            )
+            .unwrap();
         }
         manifest::publish(&dir, &testutil::manifest(2, 4)).unwrap();
         manifest::publish(&dir, &testutil::manifest(3, 4)).unwrap();

@@ -477,22 +477,60 @@ pub fn parse_ranks(s: &str, nranks: u32) -> Result<Vec<u32>, String> {
     Ok(out)
 }
 
-/// Follows the events of the relaunch and prints the phases: the wait for the ranks' next
-/// poll (the application runs), the checkpoint (the cut and the commit), the stop (until the
-/// new launch started), the restore (with the moved ranks' transfers), and the total freeze:
-/// from the moment rank 0 stopped for the checkpoint (the commit time its manifest records,
-/// less the checkpoint's own time) until the launcher saw the restore done (read every 20 ms,
-/// so it may count up to 20 ms too many). `asked_at` is when the request was made (Unix ms).
+/// The moments of a migration, in Unix ms, from the job's events and the epoch's manifest.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Moments {
+    /// `ckpt migrate` asked for the checkpoint.
+    pub asked: u64,
+    /// Rank 0 stopped for the checkpoint: the commit time its manifest records, less the
+    /// checkpoint's own time (the cut and the commit).
+    pub stopped: u64,
+    /// The manifest was published.
+    pub committed: u64,
+    /// The launcher started the new launch (the old one's ranks all gone).
+    pub relaunched: u64,
+    /// Rank 0 of the new launch logged `started` (MPI and the library initialised).
+    pub started: u64,
+    /// Rank 0 logged `restored`: every rank's state is back.
+    pub restored: u64,
+}
+
+impl Moments {
+    /// The phases printed by `ckpt migrate`, in seconds: waiting for the next poll,
+    /// checkpoint, stop, relaunch, restore, and the total freeze (from `stopped` to
+    /// `restored`).
+    pub fn phases(&self) -> [f64; 6] {
+        let secs = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e3;
+        [
+            secs(self.asked, self.stopped),
+            secs(self.stopped, self.committed),
+            secs(self.committed, self.relaunched),
+            secs(self.relaunched, self.started),
+            secs(self.started, self.restored),
+            secs(self.stopped, self.restored),
+        ]
+    }
+}
+
+/// Follows the events of the relaunch and prints the phases: the wait for the ranks' next poll
+/// (the application runs), the checkpoint (the cut and the commit), the stop (until the
+/// launcher starts the new launch), the relaunch (until its ranks started), the restore (with
+/// the moved ranks' transfers), and the total freeze, from the moment rank 0 stopped for the
+/// checkpoint until every rank's state is back. The moments come from rank 0's and the
+/// launcher's clocks (one machine for emulated nodes). `asked` is when the request was made.
 fn follow(
     dir: &Path,
     mut offset: u64,
     ranks: &[u32],
     t0: Instant,
-    asked_at: u64,
+    asked: u64,
     limit: Duration,
 ) -> anyhow::Result<Outcome> {
+    let mut at = Moments {
+        asked,
+        ..Moments::default()
+    };
     let mut commit = None;
-    let mut started = false;
     let mut transfer: Vec<(u32, String, f64)> = Vec::new();
     let mut restored = None;
     while restored.is_none() {
@@ -507,43 +545,49 @@ fn follow(
         let (new, off) = events::read_from(dir, offset)?;
         offset = off;
         for e in new {
+            let relaunched = at.relaunched > 0;
             match e {
                 Event::Committed {
                     epoch,
                     total_secs,
                     cut_secs,
                     ..
-                } if !started => commit = Some((epoch, total_secs + cut_secs)),
-                Event::Started { .. } => started = true,
+                } if !relaunched => commit = Some((epoch, total_secs + cut_secs)),
+                Event::Relaunching { unix_ms, .. } => at.relaunched = unix_ms,
+                Event::Started { unix_ms, .. } if relaunched => at.started = unix_ms,
                 Event::Recovered {
                     rank, level, secs, ..
-                } if started => transfer.push((rank, format!("{level:?}"), secs)),
+                } if relaunched => transfer.push((rank, format!("{level:?}"), secs)),
                 Event::Restored {
-                    epoch, read_secs, ..
-                } if started => restored = Some((epoch, read_secs, ckpt::util::unix_ms())),
+                    epoch,
+                    read_secs,
+                    unix_ms,
+                    ..
+                } if relaunched => {
+                    at.restored = unix_ms;
+                    restored = Some((epoch, read_secs));
+                }
                 Event::NoUsableEpoch { .. } => bail!("the relaunch found no usable epoch"),
                 _ => {}
             }
         }
     }
-    let (epoch, restore_secs, done_at) = restored.unwrap_or_default();
+    let (epoch, read_secs) = restored.unwrap_or_default();
     let (committed, checkpoint_secs) = commit.unwrap_or((epoch, 0.0));
-    // Only if the manifest went (pruned or damaged) before this read: phases from the restore.
-    let committed_at = ckpt::manifest::load(dir, committed)
+    // Only if the manifest went (pruned or damaged) before this read: no checkpoint phase.
+    at.committed = ckpt::manifest::load(dir, committed)
         .map(|m| m.created_unix_ms)
-        .unwrap_or(done_at);
-    let secs = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e3;
-    let stopped_at = committed_at.saturating_sub((checkpoint_secs * 1e3) as u64);
+        .unwrap_or(at.relaunched);
+    at.stopped = at.committed.saturating_sub((checkpoint_secs * 1e3) as u64);
+    let [waiting, checkpoint, stop, relaunch, restore, freeze] = at.phases();
+    outln!("waiting      {waiting:>8.2} s  (until the ranks' next poll; the application runs)");
+    outln!("checkpoint   {checkpoint:>8.2} s  (epoch {committed}: the cut and the commit)");
+    outln!("stop         {stop:>8.2} s  (until the ranks exited and the launcher relaunched)");
+    outln!("relaunch     {relaunch:>8.2} s  (until the new ranks started: MPI and ckpt ready)");
     outln!(
-        "waiting      {:>8.2} s  (until the ranks' next poll; the application runs)",
-        secs(asked_at, stopped_at)
+        "restore      {restore:>8.2} s  (until every rank's state is back; reading epoch {epoch} \
+         took {read_secs:.2} s on the slowest rank, of which:)"
     );
-    outln!("checkpoint   {checkpoint_secs:>8.2} s  (epoch {committed}: the cut and the commit)");
-    outln!(
-        "stop         {:>8.2} s  (until the relaunch's ranks started)",
-        (secs(committed_at, done_at) - restore_secs).max(0.0)
-    );
-    outln!("restore      {restore_secs:>8.2} s  (epoch {epoch}, slowest rank, of which:)");
     for (rank, level, secs) in &transfer {
         let level = match level.as_str() {
             "Partner" => "its partner (L2)",
@@ -554,9 +598,9 @@ fn follow(
         outln!("  transfer   {secs:>8.2} s  rank {rank} from {level}, received on its new node");
     }
     outln!(
-        "total freeze {:>8.2} s  (from the checkpoint's start to the restore's end; {:.2} s since the request)",
-        secs(stopped_at, done_at),
-        secs(asked_at, done_at)
+        "total freeze {freeze:>8.2} s  (from the checkpoint's start to the restore's end; {:.2} s \
+         since the request)",
+        waiting + freeze
     );
     let missing: Vec<&u32> = ranks
         .iter()
@@ -583,6 +627,28 @@ pub fn placement_path(job_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_phases_of_a_migration_add_up_to_its_freeze() {
+        let at = Moments {
+            asked: 1_000,
+            stopped: 1_300,
+            committed: 1_900,
+            relaunched: 2_050,
+            started: 2_400,
+            restored: 2_900,
+        };
+        let [waiting, checkpoint, stop, relaunch, restore, freeze] = at.phases();
+        assert_eq!(
+            [waiting, checkpoint, stop, relaunch, restore],
+            [0.3, 0.6, 0.15, 0.35, 0.5]
+        );
+        assert!((checkpoint + stop + relaunch + restore - freeze).abs() < 1e-9);
+        assert_eq!(freeze, 1.6);
+        // A moment missing from an older log never makes a phase negative.
+        let old = Moments { started: 0, ..at };
+        assert_eq!(old.phases()[3], 0.0);
+    }
 
     #[test]
     fn placement_files_parse_strictly() {

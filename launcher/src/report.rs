@@ -219,7 +219,7 @@ pub fn event(e: &Event) -> String {
             node,
             launch,
         } => format!("rank {rank} started on {node} (pid {pid}, launch {launch})"),
-        Event::Started { nranks, launch } => {
+        Event::Started { nranks, launch, .. } => {
             format!("{nranks} ranks started (restart count {launch})")
         }
         Event::Committed {
@@ -284,6 +284,7 @@ pub fn event(e: &Event) -> String {
             epoch,
             bytes,
             read_secs,
+            ..
         } => format!(
             "restored epoch {epoch} ({} in {read_secs:.2} s)",
             human_bytes(*bytes)
@@ -337,6 +338,9 @@ pub fn event(e: &Event) -> String {
         Event::StopTook { epoch, secs } => format!(
             "the stop after epoch {epoch} took {secs:.2} s from the request to the ranks' exit"
         ),
+        Event::Relaunching { launch, .. } => {
+            format!("relaunching (restart count {launch}) with a migration's placement")
+        }
     }
 }
 
@@ -728,6 +732,7 @@ mod tests {
                 epoch: 4,
                 bytes: 64 << 20,
                 read_secs: 0.05,
+                unix_ms: 0,
             }),
             "restored epoch 4 (64.0 MiB in 0.05 s)",
         );
@@ -735,6 +740,7 @@ mod tests {
             event(&Event::Started {
                 nranks: 4,
                 launch: 1,
+                unix_ms: 0,
             }),
             "4 ranks started (restart count 1)",
         );

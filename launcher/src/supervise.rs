@@ -103,6 +103,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     let mut n = 1;
     // Relaunches for migrations, which do not count against --max-restarts.
     let mut migrations = 0;
+    // Whether the next launch puts a migration's placement in force (`ckpt migrate` times it).
+    let mut relaunching = false;
     loop {
         // Ranks of an earlier launch (of this run, or of a run whose launcher died) must be
         // gone before new ones write.
@@ -125,6 +127,15 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         ));
         let t0 = Instant::now();
         with(&tail, |t| t.launched(t0, n));
+        if std::mem::take(&mut relaunching) {
+            let at = Event::Relaunching {
+                launch: restart_count,
+                unix_ms: ckpt::util::unix_ms(),
+            };
+            if let Err(e) = events::append(&plan.job_dir, &at) {
+                say(format!("warning: cannot log the relaunch: {e}"));
+            }
+        }
         let ended = run_once(
             &launch,
             backend.as_ref(),
@@ -160,6 +171,7 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                                 "migrating after epoch {epoch}: {moves}; relaunching with the \
                                  new placement"
                             ));
+                            relaunching = true;
                             migrations += 1;
                             n += 1;
                             continue;
@@ -845,6 +857,8 @@ impl Tail {
                             self.rank_nodes.insert(*rank, node.clone());
                             continue;
                         }
+                        // The launcher's own, said when it relaunches.
+                        Event::Relaunching { .. } => continue,
                         // Reported once the launch has failed, with what the launcher does.
                         Event::NoUsableEpoch { tried, quarantined } => {
                             self.no_usable = Some((tried.clone(), quarantined.clone()));
@@ -930,6 +944,7 @@ mod tests {
         let started = Event::Started {
             nranks: 4,
             launch: 0,
+            unix_ms: 0,
         };
         let stalled = Event::Stalled {
             what: "checkpoint epoch 4".into(),

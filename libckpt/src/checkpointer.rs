@@ -280,6 +280,7 @@ impl Checkpointer {
                 &Event::Started {
                     nranks: nranks as u32,
                     launch: cfg.restart_count,
+                    unix_ms: crate::util::unix_ms(),
                 },
             );
         }

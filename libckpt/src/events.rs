@@ -24,6 +24,9 @@ pub enum Event {
         nranks: u32,
         /// Launch number (restart count).
         launch: u32,
+        /// When rank 0 logged it (Unix ms; 0 in logs of older versions).
+        #[serde(default)]
+        unix_ms: u64,
     },
     /// One rank started (every rank logs it, before rank 0's `started`): where it runs, so
     /// tools and drills find ranks and nodes without scanning `/proc`.
@@ -140,6 +143,10 @@ pub enum Event {
         bytes: u64,
         /// Slowest rank's read time.
         read_secs: f64,
+        /// When rank 0 logged it, the restore done on every rank (Unix ms; 0 in logs of older
+        /// versions).
+        #[serde(default)]
+        unix_ms: u64,
     },
     /// A background level of an epoch is complete on every rank; its manifest now records it.
     LevelComplete {
@@ -201,6 +208,14 @@ pub enum Event {
         /// Seconds from the request to mpirun's exit.
         secs: f64,
     },
+    /// The launcher starts launch `launch` to put a migration's placement in force, the
+    /// previous launch's ranks having stopped (logged by the launcher as it starts it).
+    Relaunching {
+        /// Launch number (restart count) of the new launch.
+        launch: u32,
+        /// When (Unix ms).
+        unix_ms: u64,
+    },
 }
 
 /// Path of a job's event log.
@@ -254,11 +269,13 @@ mod tests {
         let a = Event::Started {
             nranks: 4,
             launch: 0,
+            unix_ms: 0,
         };
         let b = Event::Restored {
             epoch: 3,
             bytes: 10,
             read_secs: 0.5,
+            unix_ms: 0,
         };
         append(dir.path(), &a).unwrap();
         let (ev, off) = read_from(dir.path(), 0).unwrap();

@@ -104,6 +104,7 @@ pub(crate) fn restore<P: Protect + ?Sized>(
                         epoch,
                         bytes: m.payload_bytes(),
                         read_secs: slowest,
+                        unix_ms: crate::util::unix_ms(),
                     },
                 );
             }

@@ -344,7 +344,11 @@ mod tests {
     use super::*;
 
     fn started(launch: u32) -> Event {
-        Event::Started { nranks: 2, launch }
+        Event::Started {
+            nranks: 2,
+            launch,
+            unix_ms: 0,
+        }
     }
 
     fn committed(epoch: u64) -> Event {
