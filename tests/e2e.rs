@@ -3715,6 +3715,8 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
     for needle in [
         "migrating rank 2 node1 -> node3",
         "checkpoint ",
+        "stop ",
+        "relaunch ",
         "restore ",
         "  transfer ",
         "rank 2 from its old node (L1)",
@@ -3752,6 +3754,13 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
     );
     assert!(
         out.stderr.contains("migrating after epoch") && out.stderr.contains("job finished after"),
+        "{}",
+        out.dump()
+    );
+    // Both relaunches were started ahead, while the ranks before them checkpointed.
+    assert_eq!(
+        out.stderr.matches("(started ahead; released now)").count(),
+        2,
         "{}",
         out.dump()
     );
@@ -5902,4 +5911,96 @@ fn the_drain_and_migrate_drill_script_runs_under_sbatch_identical() {
         hostfile.lines().all(|l| l.trim() != drained),
         "{hostfile}\n{log}"
     );
+}
+
+/// A launch started ahead for a pending migration is stopped when the migration is withdrawn
+/// (here its pending placement is removed by hand, as `ckpt migrate` removes it when its
+/// checkpoint fails): its held ranks never touch the job, none is left running, and the job
+/// ends with the uninterrupted run's result on its old placement.
+#[test]
+fn a_launch_started_ahead_for_a_withdrawn_migration_is_stopped() {
+    let Some(_mpi) = mpi() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job");
+    let args = [
+        "--nx",
+        "64",
+        "--ny",
+        "64",
+        "--steps",
+        "300",
+        "--step-ms",
+        "15",
+    ];
+    let flags = [
+        "--emulate-nodes",
+        "2",
+        "--every",
+        "40",
+        "--max-restarts",
+        "0",
+    ];
+    let running = Run::new(&job, 4, &flags, &heat2d(), &args).spawn();
+    assert!(
+        wait_for(Duration::from_secs(60), || committed_epochs(&job)
+            .contains(&1)),
+        "epoch 1 never committed"
+    );
+    let log = job.join("launcher.log");
+    let logged = |needle: &str| std::fs::read_to_string(&log).is_ok_and(|t| t.contains(needle));
+    let pending = job.join("control/placement.next");
+    std::fs::write(&pending, "0 node0\n1 node1\n2 node1\n3 node1\n").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || logged(
+            "started the next launch ahead"
+        )),
+        "no launch started ahead"
+    );
+    // The held launch's ranks (heat2d processes with its release file in their environment).
+    let held_ranks = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.ok()?.path();
+                let comm = std::fs::read_to_string(p.join("comm")).ok()?;
+                (comm.trim() == "heat2d").then(|| std::fs::read(p.join("environ")).ok())?
+            })
+            .filter(|env| {
+                let text = String::from_utf8_lossy(env);
+                text.contains("CKPT_HOLD_UNTIL=") && text.contains(job.to_str().unwrap())
+            })
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || held_ranks() == 4),
+        "the held launch's 4 ranks never ran: {} found",
+        held_ranks()
+    );
+    std::fs::remove_file(&pending).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || logged(
+            "stopped the launch started ahead"
+        )),
+        "the launch started ahead was not stopped"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || held_ranks() == 0),
+        "held ranks left running: {}",
+        held_ranks()
+    );
+    let out = running.wait();
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(
+        out.checksum(),
+        Some(heat4_reference(&args)),
+        "{}",
+        out.dump()
+    );
+    assert!(!out.stderr.contains("released now"), "{}", out.dump());
+    // The held ranks logged nothing: one launch started, on the blocks' nodes.
+    let started = events(&job)
+        .iter()
+        .filter(|e| matches!(e, Event::Started { .. }))
+        .count();
+    assert_eq!(started, 1, "{}", out.dump());
 }

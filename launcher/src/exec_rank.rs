@@ -109,10 +109,15 @@ fn emulated(nodes: u32, base: &Path) -> anyhow::Result<(String, std::path::PathB
             "exec-rank: rank {rank} of {size} cannot be placed on {nodes} emulated nodes"
         );
     }
-    // A migration's placement (`control/placement` in the job directory) overrides the blocks.
-    let node = match ckpt::env::get(ckpt::env::JOB_DIR) {
-        Some(job_dir) => crate::migrate::node_for(Path::new(&job_dir), rank, size, nodes),
-        None => node_name(node_of(rank, size, nodes)),
+    // A migration's placement (`control/placement` in the job directory, or the file a launch
+    // started ahead of its placement names) overrides the blocks.
+    let node = match (
+        ckpt::env::get(ckpt::env::PLACEMENT_FILE),
+        ckpt::env::get(ckpt::env::JOB_DIR),
+    ) {
+        (Some(file), _) => crate::migrate::node_in(Path::new(&file), rank, size, nodes),
+        (None, Some(job_dir)) => crate::migrate::node_for(Path::new(&job_dir), rank, size, nodes),
+        (None, None) => node_name(node_of(rank, size, nodes)),
     };
     let local = base.join(&node);
     Ok((node, local))

@@ -48,6 +48,7 @@ macro_rules! outln {
     };
 }
 
+pub mod ahead;
 pub mod backend;
 pub mod bench;
 pub mod cli;

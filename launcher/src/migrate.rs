@@ -46,7 +46,12 @@ const MAX_BYTES: u64 = 16 << 20;
 /// The emulated node of `rank` among `nranks` ranks on `nodes` nodes: the job's placement
 /// file if it names the rank, else blocks ([`node_of`]).
 pub fn node_for(job_dir: &Path, rank: u32, nranks: u32, nodes: u32) -> String {
-    read(&job_dir.join(PLACEMENT))
+    node_in(&job_dir.join(PLACEMENT), rank, nranks, nodes)
+}
+
+/// The emulated node of `rank` by the placement file `file` if it names the rank, else blocks.
+pub fn node_in(file: &Path, rank: u32, nranks: u32, nodes: u32) -> String {
+    read(file)
         .ok()
         .and_then(|p| p.get(&rank).cloned())
         .unwrap_or_else(|| node_name(node_of(rank, nranks, nodes)))
@@ -108,6 +113,11 @@ pub fn in_force(job_dir: &Path, nranks: u32, emulated: Option<u32>) -> BTreeMap<
             .collect(),
         None => read(&job_dir.join(PLACEMENT)).unwrap_or_default(),
     }
+}
+
+/// The placement a pending migration waits to put in force, if one does.
+pub fn pending(job_dir: &Path) -> Option<BTreeMap<u32, String>> {
+    read(&job_dir.join(PENDING)).ok()
 }
 
 /// The placement file as written, if there is one that parses.

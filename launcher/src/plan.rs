@@ -184,6 +184,18 @@ pub struct RunPlan {
     pub exec_rank: Option<PathBuf>,
     /// Who may read the job's files (`CKPT_GROUP_ACCESS`; private by default).
     pub access: Access,
+    /// Set on the plan of a launch started ahead of time (see `supervise::Held`).
+    pub hold: Option<Hold>,
+}
+
+/// What a launch started ahead of a migration's relaunch waits for, and where its emulated
+/// ranks find their placement (`CKPT_HOLD_UNTIL`, `CKPT_PLACEMENT_FILE`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    /// The file whose appearance releases the ranks.
+    pub go: PathBuf,
+    /// The placement the launch will have.
+    pub placement: PathBuf,
 }
 
 /// `--nodes` and `--ranks-per-node`, validated: distinct names that resolve, and room for
@@ -590,6 +602,7 @@ impl RunPlan {
             end_time,
             end_margin: Duration::from_secs(args.end_margin),
             access,
+            hold: None,
         };
         let ours: Vec<&str> = plan.rank_env(0).iter().map(|(k, _)| *k).collect();
         plan.inherited = ctx
@@ -678,6 +691,13 @@ impl RunPlan {
         }
         if self.access == Access::Group {
             vars.push((env::GROUP_ACCESS, "1".into()));
+        }
+        if let Some(h) = &self.hold {
+            vars.push((env::HOLD_UNTIL, h.go.to_string_lossy().into_owned()));
+            vars.push((
+                env::PLACEMENT_FILE,
+                h.placement.to_string_lossy().into_owned(),
+            ));
         }
         vars
     }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use ckpt::events::{self, Event};
 use ckpt::manifest::{self, Manifest};
 use ckpt::storage::durable;
 
+use crate::ahead::{self, Held};
 use crate::backend::mpirun::{self, Mpirun};
 use crate::backend::srun::{self, Srun};
 use crate::backend::{Backend, Failure, Launch};
@@ -105,6 +106,8 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
     let mut migrations = 0;
     // Whether the next launch puts a migration's placement in force (`ckpt migrate` times it).
     let mut relaunching = false;
+    // The next launch, started ahead for a pending migration (see `ahead`).
+    let mut held: Option<Held> = None;
     loop {
         // Ranks of an earlier launch (of this run, or of a run whose launcher died) must be
         // gone before new ones write.
@@ -114,17 +117,13 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         if let Some(p) = &placement {
             say(report_placement(p));
         }
-        let launch = backend.launch(plan, restart_count, placement.as_ref());
-        for (path, text) in launch.files() {
-            durable::write_atomic(path, text.as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
-        say(report::launch(
-            n,
-            total + migrations,
-            restart_count,
-            launch.argv(),
-        ));
+        // A launch started ahead for this placement is used if it still runs; any other is
+        // stopped (dropped).
+        let in_force = migrate::in_force(&plan.job_dir, plan.ranks, plan.emulate_nodes);
+        let ready = match held.take() {
+            Some(mut h) if placement.is_none() => h.fits(&in_force, restart_count).then_some(h),
+            _ => None,
+        };
         let t0 = Instant::now();
         with(&tail, |t| t.launched(t0, n));
         if std::mem::take(&mut relaunching) {
@@ -136,8 +135,36 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 say(format!("warning: cannot log the relaunch: {e}"));
             }
         }
+        let (launch, child) = match ready {
+            Some(h) => {
+                let (launch, child) = h.release()?;
+                say(format!(
+                    "{} (started ahead; released now)",
+                    report::launch(n, total + migrations, restart_count, launch.argv())
+                ));
+                (launch, child)
+            }
+            None => {
+                let launch = backend.launch(plan, restart_count, placement.as_ref());
+                for (path, text) in launch.files() {
+                    durable::write_atomic(path, text.as_bytes())
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                }
+                say(report::launch(
+                    n,
+                    total + migrations,
+                    restart_count,
+                    launch.argv(),
+                ));
+                let child = spawn(&launch)?;
+                (launch, child)
+            }
+        };
         let ended = run_once(
-            &launch,
+            Running {
+                launch: &launch,
+                child,
+            },
             backend.as_ref(),
             placement.as_ref(),
             plan,
@@ -146,8 +173,18 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
             Stops {
                 requested: &mut exit_requested,
                 schedule: schedule.as_mut(),
+                ahead: Ahead {
+                    held: &mut held,
+                    restart_count: restart_count + 1,
+                    failed: false,
+                },
             },
         )?;
+        ahead::released(&plan.job_dir, restart_count);
+        // Only a migration's stop uses a launch started ahead.
+        if !matches!(&ended, Ended::Exited(status, ..) if status.success()) {
+            held = None;
+        }
         // Events written just before mpirun exited are reported before its outcome.
         let tail_now = with(&tail, |t| {
             t.drain();
@@ -443,16 +480,77 @@ fn with<T>(tail: &Mutex<Tail>, f: impl FnOnce(&mut Tail) -> T) -> T {
     f(&mut tail.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-/// What may stop a launch on request: the checkpoint-and-exit asked so far (by the exit
-/// signal or the end time), and the end-time schedule.
+/// What `run_once` tends besides the launch: what may stop it on request (the
+/// checkpoint-and-exit asked so far, by the exit signal or the end time, and the end-time
+/// schedule), and the next launch started ahead for a pending migration.
 struct Stops<'a> {
     requested: &'a mut Option<ExitRequest>,
     schedule: Option<&'a mut Schedule>,
+    ahead: Ahead<'a>,
 }
 
-/// Spawns mpirun for `launch` and watches it until it exits.
+/// The next launch started ahead (see `ahead`), with the restart count it would have.
+struct Ahead<'a> {
+    held: &'a mut Option<Held>,
+    restart_count: u32,
+    /// Starting it failed once in this launch: not tried again.
+    failed: bool,
+}
+
+impl Ahead<'_> {
+    /// Starts the next launch ahead when a migration is pending, and stops it when the
+    /// migration is withdrawn or changed.
+    fn tend(&mut self, plan: &RunPlan, backend: &dyn Backend) {
+        if !ahead::possible(plan) {
+            return;
+        }
+        let pending = migrate::pending(&plan.job_dir);
+        if let (Some(h), pending) = (self.held.as_ref(), &pending) {
+            if pending.as_ref().is_some_and(|m| h.is_for(m)) {
+                return;
+            }
+            // Withdrawn (its migration failed) or replaced: stopped as it is dropped.
+            *self.held = None;
+        }
+        let (Some(map), false) = (pending, self.failed) else {
+            return;
+        };
+        match Held::start(plan, backend, self.restart_count, map, spawn) {
+            Ok(h) => {
+                say(
+                    "a migration is pending: started the next launch ahead (its ranks wait \
+                     until these have stopped)",
+                );
+                *self.held = Some(h);
+            }
+            Err(e) => {
+                self.failed = true;
+                say(format!(
+                    "warning: cannot start the next launch ahead ({e:#}); it starts after the \
+                     stop"
+                ));
+            }
+        }
+    }
+}
+
+/// A launch's command and its process.
+struct Running<'a> {
+    launch: &'a Launch,
+    child: Child,
+}
+
+/// Spawns the launch's command, tied to the launcher's life.
+fn spawn(launch: &Launch) -> anyhow::Result<Child> {
+    let mut cmd = launch.command();
+    die_with_parent(&mut cmd);
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", launch.argv()[0].to_string_lossy()))
+}
+
+/// Watches a launch until it exits.
 fn run_once(
-    launch: &Launch,
+    running: Running<'_>,
     backend: &dyn Backend,
     placement: Option<&Placement>,
     plan: &RunPlan,
@@ -463,12 +561,9 @@ fn run_once(
     let Stops {
         requested: exit_requested,
         mut schedule,
+        mut ahead,
     } = stops;
-    let mut cmd = launch.command();
-    die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", launch.argv()[0].to_string_lossy()))?;
+    let Running { launch, mut child } = running;
     let scanner = Arc::new(Mutex::new(backend.failure_reader()));
     // mpirun or srun, as reports name it.
     let prog = Path::new(&launch.argv()[0])
@@ -602,6 +697,9 @@ fn run_once(
             t.quiet.check(Instant::now())
         }) {
             say(msg);
+        }
+        if signalled.is_none() && not_started.is_none() {
+            ahead.tend(plan, backend);
         }
         thread::sleep(POLL);
     };

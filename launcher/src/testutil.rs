@@ -87,6 +87,7 @@ pub fn plan(job_dir: &std::path::Path, ranks: u32) -> crate::plan::RunPlan {
         end_margin: crate::deadline::DEFAULT_MARGIN,
         exec_rank: None,
         access: ckpt::storage::durable::Access::Private,
+        hold: None,
     }
 }
 

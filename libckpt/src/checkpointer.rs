@@ -179,6 +179,9 @@ impl Checkpointer {
     /// if needed and looks for committed epochs to restart from.
     pub fn new<C: Communicator>(comm: &C, cfg: Config) -> Result<Self> {
         durable::set_access(cfg.access);
+        if let Some(go) = &cfg.hold_until {
+            crate::hold::wait(go, cfg.timeout + cfg.io_timeout, comm.rank())?;
+        }
         let lib: SimpleCommunicator = comm.duplicate();
         let family = Family::new(comm.duplicate(), Watch::of(&cfg));
         let rank = lib.rank();

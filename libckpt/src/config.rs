@@ -116,6 +116,8 @@ pub struct Config {
     pub access: Access,
     /// Which levels beyond L1 the epochs get.
     pub levels: LevelPolicy,
+    /// A file to wait for before the checkpointer starts (`CKPT_HOLD_UNTIL`).
+    pub hold_until: Option<PathBuf>,
 }
 
 impl Config {
@@ -147,6 +149,7 @@ impl Config {
             io_timeout: DEFAULT_IO_TIMEOUT,
             access: Access::Private,
             levels: LevelPolicy::default(),
+            hold_until: None,
         }
     }
 
@@ -195,6 +198,9 @@ impl Config {
         if let Some(secs) = parse_num(&get, env::IO_TIMEOUT, 1)? {
             cfg.io_timeout = Duration::from_secs(secs);
         }
+        cfg.hold_until = get(env::HOLD_UNTIL)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
         if let Some(v) = get(env::SIGNAL) {
             cfg.signal = crate::trigger::parse_signal(&v).map_err(|reason| Error::Config {
                 var: env::SIGNAL,

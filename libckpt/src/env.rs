@@ -42,6 +42,14 @@ pub const IO_TIMEOUT: &str = "CKPT_IO_TIMEOUT";
 /// existing job and node-local directories may be group-writable; `0` or unset: private
 /// (`0600`/`0700`).
 pub const GROUP_ACCESS: &str = "CKPT_GROUP_ACCESS";
+/// A file whose appearance releases this launch: the launcher starts a migration's relaunch
+/// while the previous launch still checkpoints and stops, and writes the file once that launch's
+/// ranks are gone. `Checkpointer::new` waits for it before anything else (see
+/// [`crate::hold`]). Unset: no wait.
+pub const HOLD_UNTIL: &str = "CKPT_HOLD_UNTIL";
+/// The placement file `ckpt exec-rank` places emulated ranks by (lines `RANK NODE`), for a
+/// launch started before its placement is put in force. Unset: `<job dir>/control/placement`.
+pub const PLACEMENT_FILE: &str = "CKPT_PLACEMENT_FILE";
 /// L2 partner copies every this many epochs (`0` = off). Default 1.
 pub const L2_EVERY: &str = "CKPT_L2_EVERY";
 /// L3 parity every this many epochs (`0` = off). Default 4.

@@ -186,6 +186,22 @@ pub enum Error {
         /// What differs.
         what: String,
     },
+    /// This launch was started ahead of a migration's relaunch and the launcher did not
+    /// release it in time.
+    #[error(
+        "rank {rank}: this launch was started ahead of a migration's relaunch and waited \
+         {waited_secs} s for the launcher to release it ({} did not appear): the previous \
+         launch did not stop in time",
+        path.display()
+    )]
+    NotReleased {
+        /// Rank.
+        rank: i32,
+        /// The file that releases the launch.
+        path: PathBuf,
+        /// Seconds waited.
+        waited_secs: u64,
+    },
     /// The API was used out of order (e.g. `restore` without a checkpoint to restore).
     #[error("rank {rank}: {what}")]
     Usage {
@@ -224,6 +240,7 @@ impl Error {
     /// - [`Error::Communicator`]: no. Every rank of the communicator refused the same
     ///   creation (nothing was created), but the ranks' programs have diverged; at a
     ///   checkpoint or restore, the ranks hold communicators that do not correspond.
+    /// - [`Error::NotReleased`]: no. The launch was never released.
     /// - [`Error::Usage`]: no. A call out of order or against a rule. A refused communicator
     ///   call ([`crate::Comm`] send, receive, probe or wait) changed nothing (no message is
     ///   lost; a refused message stays queued), so a program that expects the refusal may
@@ -242,6 +259,7 @@ impl Error {
             | Error::NoUsableEpoch { .. }
             | Error::JobDirGone { .. }
             | Error::Communicator { .. }
+            | Error::NotReleased { .. }
             | Error::Usage { .. } => false,
         }
     }

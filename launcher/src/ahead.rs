@@ -1,0 +1,152 @@
+//! A migration's relaunch started ahead of time. On emulated nodes under mpirun, as soon as a
+//! migration is pending (`control/placement.next`, written by `ckpt migrate` before its
+//! checkpoint request), the supervisor starts the next launch with that placement: its ranks
+//! start and initialise MPI while the running launch checkpoints and stops, then wait at the
+//! start of `Checkpointer::new` for a release file (`CKPT_HOLD_UNTIL`, see `ckpt::hold`).
+//! The supervisor writes that file only once the previous launch's ranks are gone and the
+//! placement is in force, so no two launches ever write at once; until then the held ranks
+//! have read and written nothing of the job. A held launch whose migration is withdrawn, or
+//! that is not used for any other reason, is stopped (SIGTERM, then SIGKILL).
+//!
+//! Not under srun (a second step would need the allocation's CPUs) nor on `--nodes` (the
+//! placement of real nodes is computed at launch from what is in force).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ckpt::storage::durable;
+
+use crate::backend::{Backend, Launch};
+use crate::migrate;
+use crate::plan::{Hold, RunPlan};
+use crate::report::say;
+
+/// The placement a held launch's emulated ranks are placed by, relative to the job directory.
+const HELD_PLACEMENT: &str = "control/placement.held";
+/// How long a stopped held launch gets to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether `plan`'s relaunches may be started ahead.
+pub fn possible(plan: &RunPlan) -> bool {
+    plan.emulate_nodes.is_some() && plan.nodes.is_none() && plan.srun.is_none()
+}
+
+/// The release file of the launch with restart count `restart_count`.
+fn go_path(job_dir: &Path, restart_count: u32) -> PathBuf {
+    job_dir.join(format!("control/release.{restart_count}"))
+}
+
+/// A launch started ahead, its ranks held.
+pub struct Held {
+    launch: Launch,
+    child: Stopped,
+    /// The placement it was started with.
+    map: BTreeMap<u32, String>,
+    restart_count: u32,
+    go: PathBuf,
+}
+
+/// The held launch's process, stopped when dropped unless taken.
+struct Stopped {
+    child: Option<Child>,
+    restart_count: u32,
+}
+
+impl Held {
+    /// Starts launch `restart_count` of `plan` held, for the pending placement `map`.
+    pub fn start(
+        plan: &RunPlan,
+        backend: &dyn Backend,
+        restart_count: u32,
+        map: BTreeMap<u32, String>,
+        spawn: impl FnOnce(&Launch) -> anyhow::Result<Child>,
+    ) -> anyhow::Result<Held> {
+        let go = go_path(&plan.job_dir, restart_count);
+        // A release file left by a crash of an earlier run must not release this launch early.
+        match std::fs::remove_file(&go) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", go.display()))
+            }
+            _ => {}
+        }
+        let placement = plan.job_dir.join(HELD_PLACEMENT);
+        durable::write_atomic(&placement, migrate::render(&map).as_bytes())
+            .with_context(|| format!("cannot write {}", placement.display()))?;
+        let held_plan = RunPlan {
+            hold: Some(Hold {
+                go: go.clone(),
+                placement,
+            }),
+            ..plan.clone()
+        };
+        let launch = backend.launch(&held_plan, restart_count, None);
+        let child = spawn(&launch)?;
+        Ok(Held {
+            launch,
+            child: Stopped {
+                child: Some(child),
+                restart_count,
+            },
+            map,
+            restart_count,
+            go,
+        })
+    }
+
+    /// Whether it was started for `map` as launch `restart_count` and still runs.
+    pub fn fits(&mut self, map: &BTreeMap<u32, String>, restart_count: u32) -> bool {
+        let running = self
+            .child
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        running && self.map == *map && self.restart_count == restart_count
+    }
+
+    /// Whether it was started for the placement `map`.
+    pub fn is_for(&self, map: &BTreeMap<u32, String>) -> bool {
+        self.map == *map
+    }
+
+    /// Releases its ranks (the previous launch's are gone and its placement is in force).
+    pub fn release(mut self) -> anyhow::Result<(Launch, Child)> {
+        durable::write_atomic(&self.go, b"")
+            .with_context(|| format!("cannot write {}", self.go.display()))?;
+        let child = self
+            .child
+            .child
+            .take()
+            .context("the launch started ahead is gone")?;
+        Ok((self.launch, child))
+    }
+}
+
+impl Drop for Stopped {
+    /// Stops a held launch that was not released.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            let _ = crate::signals::send(child.id(), libc::SIGTERM);
+            let t0 = Instant::now();
+            while matches!(child.try_wait(), Ok(None)) && t0.elapsed() < STOP_GRACE {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        say(format!(
+            "stopped the launch started ahead for a migration (restart count {}), unused",
+            self.restart_count
+        ));
+    }
+}
+
+/// Removes the release file of launch `restart_count` once it is no longer needed.
+pub fn released(job_dir: &Path, restart_count: u32) {
+    let _ = std::fs::remove_file(go_path(job_dir, restart_count));
+}
