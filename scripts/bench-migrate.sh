@@ -27,7 +27,10 @@ export CKPT_L2_EVERY=0 CKPT_L3_EVERY=0 CKPT_L4_EVERY=0
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || echo "(page cache not dropped: not root)" >&2; }
 commits() { local n; n=$(grep -c '"event":"committed"' "$JOB/events.jsonl" 2>/dev/null || true); echo "${n:-0}"; }
 
-"$CKPT" run -n "$RANKS" --emulate-nodes 2 --every 3 --job-dir "$JOB" -- \
+# A checkpoint every 15 polls (about 3 s here): each migration is asked for right after an
+# epoch, so its checkpoint is its own. With one every few polls, an interval checkpoint often
+# came while the request was being agreed on, and the ranks stopped a step after it.
+"$CKPT" run -n "$RANKS" --emulate-nodes 2 --every 15 --job-dir "$JOB" -- \
     "$HEAT" --nx "$NX" --ny $((NX * 2)) --steps 100000 > "$ROOT/job.out" 2>&1 &
 launcher=$!
 wait_commits() {

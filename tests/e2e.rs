@@ -3714,6 +3714,7 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
     assert!(first.status.success(), "{}", first.dump());
     for needle in [
         "migrating rank 2 node1 -> node3",
+        "prepared ",
         "checkpoint ",
         "stop ",
         "relaunch ",
@@ -3757,13 +3758,29 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
         "{}",
         out.dump()
     );
-    // Both relaunches were started ahead, while the ranks before them checkpointed.
+    // Both relaunches were started ahead, while the ranks before them checkpointed, and each
+    // migration waited for its own (a readiness left from the first would let the second ask
+    // at once).
     assert_eq!(
         out.stderr.matches("(started ahead; released now)").count(),
         2,
         "{}",
         out.dump()
     );
+    let prepared = |o: &Output| {
+        o.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("prepared"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+    };
+    for (which, o) in [("first", &first), ("second", &second)] {
+        let secs = prepared(o).unwrap_or_default();
+        assert!(
+            secs > 0.0,
+            "the {which} migration did not wait: {}",
+            o.dump()
+        );
+    }
     let ev = events(&job);
     let node_of = |rank: u32, launch: u32| {
         ev.iter().find_map(|e| match e {
@@ -5988,6 +6005,13 @@ fn a_launch_started_ahead_for_a_withdrawn_migration_is_stopped() {
         "held ranks left running: {}",
         held_ranks()
     );
+    // Nor is its readiness left to mislead the next `ckpt migrate`.
+    let left: Vec<String> = std::fs::read_dir(job.join("control"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("release."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let out = running.wait();
     assert!(out.status.success(), "{}", out.dump());
     assert_eq!(

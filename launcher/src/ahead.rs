@@ -49,10 +49,12 @@ pub struct Held {
     go: PathBuf,
 }
 
-/// The held launch's process, stopped when dropped unless taken.
+/// The held launch's process, stopped when dropped unless taken (its readiness file goes
+/// with it).
 struct Stopped {
     child: Option<Child>,
     restart_count: u32,
+    ready: PathBuf,
 }
 
 impl Held {
@@ -65,12 +67,15 @@ impl Held {
         spawn: impl FnOnce(&Launch) -> anyhow::Result<Child>,
     ) -> anyhow::Result<Held> {
         let go = go_path(&plan.job_dir, restart_count);
-        // A release file left by a crash of an earlier run must not release this launch early.
-        match std::fs::remove_file(&go) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("cannot remove {}", go.display()))
+        // Files left by a crash of an earlier run must not release this launch early, nor
+        // say it is ready.
+        for stale in [go.clone(), ckpt::hold::ready_path(&go)] {
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", stale.display()))
+                }
+                _ => {}
             }
-            _ => {}
         }
         let placement = plan.job_dir.join(HELD_PLACEMENT);
         durable::write_atomic(&placement, migrate::render(&map).as_bytes())
@@ -89,6 +94,7 @@ impl Held {
             child: Stopped {
                 child: Some(child),
                 restart_count,
+                ready: ckpt::hold::ready_path(&go),
             },
             map,
             restart_count,
@@ -115,6 +121,8 @@ impl Held {
     pub fn release(mut self) -> anyhow::Result<(Launch, Child)> {
         durable::write_atomic(&self.go, b"")
             .with_context(|| format!("cannot write {}", self.go.display()))?;
+        // Its readiness told `ckpt migrate` to go on; the next migration waits for its own.
+        let _ = std::fs::remove_file(ckpt::hold::ready_path(&self.go));
         let child = self
             .child
             .child
@@ -139,6 +147,7 @@ impl Drop for Stopped {
             let _ = child.kill();
         }
         let _ = child.wait();
+        let _ = std::fs::remove_file(&self.ready);
         say(format!(
             "stopped the launch started ahead for a migration (restart count {}), unused",
             self.restart_count
@@ -146,7 +155,29 @@ impl Drop for Stopped {
     }
 }
 
-/// Removes the release file of launch `restart_count` once it is no longer needed.
+/// Removes the release and readiness files of launch `restart_count` once they are no longer
+/// needed.
 pub fn released(job_dir: &Path, restart_count: u32) {
-    let _ = std::fs::remove_file(go_path(job_dir, restart_count));
+    let go = go_path(job_dir, restart_count);
+    let _ = std::fs::remove_file(ckpt::hold::ready_path(&go));
+    let _ = std::fs::remove_file(go);
+}
+
+/// Waits, for at most `limit`, until a launch started ahead for a pending migration of the job
+/// in `job_dir` is ready (its ranks initialised MPI); returns how long it took, or `None`.
+pub fn wait_ready(job_dir: &Path, limit: Duration) -> Option<Duration> {
+    let control = job_dir.join("control");
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let ready = std::fs::read_dir(&control).ok()?.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("release.") && name.ends_with(".ready")
+        });
+        if ready {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }

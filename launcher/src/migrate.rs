@@ -40,6 +40,9 @@ const PLACEMENT: &str = "control/placement";
 const PENDING: &str = "control/placement.next";
 /// Nodes excluded for the rest of the job (drained or lost), one name a line.
 const EXCLUDED: &str = "control/excluded";
+/// How long `ckpt migrate` waits for the relaunch started ahead before it asks for the
+/// checkpoint anyway.
+const READY_WAIT: Duration = Duration::from_secs(10);
 /// Largest placement file read.
 const MAX_BYTES: u64 = 16 << 20;
 
@@ -160,6 +163,8 @@ struct Job {
     current: BTreeMap<u32, String>,
     /// Under srun: the allocation the running `ckpt run` records, and the nodes lost in it.
     srun: Option<(Allocation, Vec<String>)>,
+    /// Whether it runs on emulated nodes (where its relaunch is started ahead).
+    emulated: bool,
 }
 
 impl Job {
@@ -215,6 +220,7 @@ impl Job {
             per_node,
             current,
             srun,
+            emulated: emulated.is_some(),
         })
     }
 
@@ -402,6 +408,20 @@ fn change(
     let (_, offset) = events::read_from(dir, 0).unwrap_or_default();
     durable::write_atomic(&pending, render(next).as_bytes())
         .with_context(|| format!("cannot write {}", pending.display()))?;
+    // On emulated nodes the running `ckpt run` starts the relaunch now: the checkpoint is
+    // asked for once its ranks have initialised MPI, so that stays out of the freeze.
+    if job.emulated {
+        match crate::ahead::wait_ready(dir, READY_WAIT) {
+            Some(took) => outln!(
+                "prepared     {:>8.2} s  (the relaunch started ahead; the application runs)",
+                took.as_secs_f64()
+            ),
+            None => outln!(
+                "(the relaunch started ahead was not ready after {} s: checkpointing anyway)",
+                READY_WAIT.as_secs()
+            ),
+        }
+    }
     let t0 = Instant::now();
     let asked_at = ckpt::util::unix_ms();
     // The checkpoint and the stop: `ckpt checkpoint --then-exit` (refused without a run).

@@ -179,10 +179,25 @@ impl Checkpointer {
     /// if needed and looks for committed epochs to restart from.
     pub fn new<C: Communicator>(comm: &C, cfg: Config) -> Result<Self> {
         durable::set_access(cfg.access);
+        let lib: SimpleCommunicator = comm.duplicate();
         if let Some(go) = &cfg.hold_until {
+            // Every rank of a launch started ahead has initialised MPI: rank 0 says so (`ckpt
+            // migrate` asks for the checkpoint then), and all wait for the release.
+            let label = || {
+                (
+                    "startup".into(),
+                    "the readiness of a launch started ahead".into(),
+                )
+            };
+            transport::all_ok(&lib, &Watch::of(&cfg), &label, true);
+            if lib.rank() == 0 {
+                let ready = crate::hold::ready_path(go);
+                if let Err(e) = durable::write_atomic(&ready, b"") {
+                    eprintln!("[ckpt rank 0] cannot write {}: {e}", ready.display());
+                }
+            }
             crate::hold::wait(go, cfg.timeout + cfg.io_timeout, comm.rank())?;
         }
-        let lib: SimpleCommunicator = comm.duplicate();
         let family = Family::new(comm.duplicate(), Watch::of(&cfg));
         let rank = lib.rank();
         let nranks = lib.size();

@@ -2,14 +2,25 @@
 //! freeze, `ckpt run` starts the relaunch while the previous launch still checkpoints and
 //! stops; its ranks initialise MPI, then wait here, at the start of `Checkpointer::new` and
 //! before they read or write anything of the job, until the launcher writes the file named by
-//! `CKPT_HOLD_UNTIL` (it does once the previous launch's ranks are gone). The wait has a
+//! `CKPT_HOLD_UNTIL` (it does once the previous launch's ranks are gone). Before they wait,
+//! rank 0 writes [`ready_path`] (their only write), once every rank has initialised MPI: `ckpt
+//! migrate` asks for the checkpoint only then, so MPI's start-up is out of the freeze even
+//! when the checkpoint is short. The wait has a
 //! deadline (`CKPT_TIMEOUT + CKPT_IO_TIMEOUT`: the previous launch's checkpoint and exit) and
 //! sleeps between looks, so held ranks leave the cores to the ranks still checkpointing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+
+/// The file rank 0 of a held launch writes once all its ranks have initialised MPI: the
+/// release file's name with `.ready` appended.
+pub fn ready_path(go: &Path) -> PathBuf {
+    let mut name = go.file_name().map(|n| n.to_owned()).unwrap_or_default();
+    name.push(".ready");
+    go.with_file_name(name)
+}
 
 /// How often a held rank looks for the file.
 const LOOK_EVERY: Duration = Duration::from_millis(2);
@@ -58,5 +69,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("go-4 did not appear"), "{text}");
+        assert_eq!(
+            ready_path(Path::new("/j/control/release.3")),
+            Path::new("/j/control/release.3.ready")
+        );
     }
 }
