@@ -271,9 +271,11 @@ impl Heat {
 fn run(world: &mpi::topology::SimpleCommunicator, o: Opts) -> Result<(), ckpt::Error> {
     use ckpt::mpi::traits::Communicator;
     let cfg = Config::from_env()?;
-    let mut ck = Checkpointer::new(world, cfg)?;
     let (rank, size) = (world.rank(), world.size());
+    // The state is set up before the checkpointer: a migration's relaunch, started ahead and
+    // held in `Checkpointer::new`, then does this while the job still runs.
     let mut heat = Heat::new(&o, rank as usize, size as usize);
+    let mut ck = Checkpointer::new(world, cfg)?;
     let t0 = Instant::now();
     if ck.restarting() {
         // The halos for the next step were in flight at the checkpoint; they come back from
