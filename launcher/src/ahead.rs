@@ -5,7 +5,7 @@
 //! start of `Checkpointer::new` for a release file (`CKPT_HOLD_UNTIL`, see `ckpt::hold`).
 //! The supervisor writes that file only once the previous launch's ranks are gone and the
 //! placement is in force, so no two launches ever write at once; until then the held ranks
-//! have read and written nothing of the job. A held launch whose migration is withdrawn, or
+//! have read nothing of the job and written only rank 0's readiness file (see `ckpt::hold`). A held launch whose migration is withdrawn, or
 //! that is not used for any other reason, is stopped (SIGTERM, then SIGKILL).
 //!
 //! Not under srun (a second step would need the allocation's CPUs) nor on `--nodes` (the
@@ -45,7 +45,6 @@ pub struct Held {
     child: Stopped,
     /// The placement it was started with.
     map: BTreeMap<u32, String>,
-    restart_count: u32,
     go: PathBuf,
 }
 
@@ -97,7 +96,6 @@ impl Held {
                 ready: ckpt::hold::ready_path(&go),
             },
             map,
-            restart_count,
             go,
         })
     }
@@ -109,7 +107,7 @@ impl Held {
             .child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-        running && self.map == *map && self.restart_count == restart_count
+        running && self.map == *map && self.child.restart_count == restart_count
     }
 
     /// Whether it was started for the placement `map`.

@@ -119,9 +119,11 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
         }
         // A launch started ahead for this placement is used if it still runs; any other is
         // stopped (dropped).
-        let in_force = migrate::in_force(&plan.job_dir, plan.ranks, plan.emulate_nodes);
         let ready = match held.take() {
-            Some(mut h) if placement.is_none() => h.fits(&in_force, restart_count).then_some(h),
+            Some(mut h) if placement.is_none() => {
+                let in_force = migrate::in_force(&plan.job_dir, plan.ranks, plan.emulate_nodes);
+                h.fits(&in_force, restart_count).then_some(h)
+            }
             _ => None,
         };
         let t0 = Instant::now();
@@ -135,14 +137,10 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                 say(format!("warning: cannot log the relaunch: {e}"));
             }
         }
-        let (launch, child) = match ready {
+        let (launch, child, how) = match ready {
             Some(h) => {
                 let (launch, child) = h.release()?;
-                say(format!(
-                    "{} (started ahead; released now)",
-                    report::launch(n, total + migrations, restart_count, launch.argv())
-                ));
-                (launch, child)
+                (launch, child, " (started ahead; released now)")
             }
             None => {
                 let launch = backend.launch(plan, restart_count, placement.as_ref());
@@ -150,16 +148,12 @@ pub fn run(plan: &RunPlan) -> anyhow::Result<Outcome> {
                     durable::write_atomic(path, text.as_bytes())
                         .with_context(|| format!("cannot write {}", path.display()))?;
                 }
-                say(report::launch(
-                    n,
-                    total + migrations,
-                    restart_count,
-                    launch.argv(),
-                ));
                 let child = spawn(&launch)?;
-                (launch, child)
+                (launch, child, "")
             }
         };
+        let line = report::launch(n, total + migrations, restart_count, launch.argv());
+        say(format!("{line}{how}"));
         let ended = run_once(
             Running {
                 launch: &launch,

@@ -5,9 +5,9 @@
 //! `CKPT_HOLD_UNTIL` (it does once the previous launch's ranks are gone). Before they wait,
 //! rank 0 writes [`ready_path`] (their only write), once every rank has initialised MPI: `ckpt
 //! migrate` asks for the checkpoint only then, so MPI's start-up is out of the freeze even
-//! when the checkpoint is short. The wait has a
-//! deadline (`CKPT_TIMEOUT + CKPT_IO_TIMEOUT`: the previous launch's checkpoint and exit) and
-//! sleeps between looks, so held ranks leave the cores to the ranks still checkpointing.
+//! when the checkpoint is short. The wait has a deadline (`CKPT_TIMEOUT + CKPT_IO_TIMEOUT`:
+//! the previous launch's checkpoint and exit) and sleeps between looks, so held ranks leave
+//! the cores to the ranks still checkpointing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
