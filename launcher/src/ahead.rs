@@ -36,7 +36,7 @@ pub fn possible(plan: &RunPlan) -> bool {
 
 /// The release file of the launch with restart count `restart_count`.
 fn go_path(job_dir: &Path, restart_count: u32) -> PathBuf {
-    job_dir.join(format!("control/release.{restart_count}"))
+    ckpt::hold::release_path(job_dir, restart_count)
 }
 
 /// A launch started ahead, its ranks held.
@@ -45,15 +45,15 @@ pub struct Held {
     child: Stopped,
     /// The placement it was started with.
     map: BTreeMap<u32, String>,
-    go: PathBuf,
 }
 
-/// The held launch's process, stopped when dropped unless taken (its readiness file goes
-/// with it).
+/// The held launch's process, stopped when dropped unless taken (its readiness file and
+/// handoff offers go with it).
 struct Stopped {
     child: Option<Child>,
     restart_count: u32,
-    ready: PathBuf,
+    /// Its release file (its readiness file and offers are named after it).
+    go: PathBuf,
 }
 
 impl Held {
@@ -66,8 +66,9 @@ impl Held {
         spawn: impl FnOnce(&Launch) -> anyhow::Result<Child>,
     ) -> anyhow::Result<Held> {
         let go = go_path(&plan.job_dir, restart_count);
-        // Files left by a crash of an earlier run must not release this launch early, nor
-        // say it is ready.
+        // Files left by a crash of an earlier run must not release this launch early, say it
+        // is ready, or take a rank's file.
+        remove_offers(&go);
         for stale in [go.clone(), ckpt::hold::ready_path(&go)] {
             match std::fs::remove_file(&stale) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -79,10 +80,18 @@ impl Held {
         let placement = plan.job_dir.join(HELD_PLACEMENT);
         durable::write_atomic(&placement, migrate::render(&map).as_bytes())
             .with_context(|| format!("cannot write {}", placement.display()))?;
+        // The ranks that change node take their files from the ranks they replace.
+        let now = migrate::in_force(&plan.job_dir, plan.ranks, plan.emulate_nodes);
+        let moving = map
+            .iter()
+            .filter(|(r, node)| now.get(r) != Some(node))
+            .map(|(r, _)| *r)
+            .collect();
         let held_plan = RunPlan {
             hold: Some(Hold {
                 go: go.clone(),
                 placement,
+                moving,
             }),
             ..plan.clone()
         };
@@ -93,10 +102,9 @@ impl Held {
             child: Stopped {
                 child: Some(child),
                 restart_count,
-                ready: ckpt::hold::ready_path(&go),
+                go: go.clone(),
             },
             map,
-            go,
         })
     }
 
@@ -117,10 +125,10 @@ impl Held {
 
     /// Releases its ranks (the previous launch's are gone and its placement is in force).
     pub fn release(mut self) -> anyhow::Result<(Launch, Child)> {
-        durable::write_atomic(&self.go, b"")
-            .with_context(|| format!("cannot write {}", self.go.display()))?;
+        let go = &self.child.go;
+        durable::write_atomic(go, b"").with_context(|| format!("cannot write {}", go.display()))?;
         // Its readiness told `ckpt migrate` to go on; the next migration waits for its own.
-        let _ = std::fs::remove_file(ckpt::hold::ready_path(&self.go));
+        let _ = std::fs::remove_file(ckpt::hold::ready_path(go));
         let child = self
             .child
             .child
@@ -145,7 +153,8 @@ impl Drop for Stopped {
             let _ = child.kill();
         }
         let _ = child.wait();
-        let _ = std::fs::remove_file(&self.ready);
+        let _ = std::fs::remove_file(ckpt::hold::ready_path(&self.go));
+        remove_offers(&self.go);
         say(format!(
             "stopped the launch started ahead for a migration (restart count {}), unused",
             self.restart_count
@@ -158,7 +167,26 @@ impl Drop for Stopped {
 pub fn released(job_dir: &Path, restart_count: u32) {
     let go = go_path(job_dir, restart_count);
     let _ = std::fs::remove_file(ckpt::hold::ready_path(&go));
+    remove_offers(&go);
     let _ = std::fs::remove_file(go);
+}
+
+/// Removes the handoff offers of the launch released by `go` (`ckpt::handoff::offer_path`):
+/// left by a held launch that was stopped or crashed, one would send a rank's file to a port
+/// nobody holds.
+fn remove_offers(go: &Path) {
+    let (Some(dir), Some(name)) = (go.parent(), go.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.offer-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Waits, for at most `limit`, until a launch started ahead for a pending migration of the job

@@ -562,6 +562,8 @@ fn follow(
     };
     let mut commit = None;
     let mut transfer: Vec<(u32, String, f64)> = Vec::new();
+    // Files handed off during the checkpoint: rank, from, to, seconds.
+    let mut handed: Vec<(u32, String, String, f64)> = Vec::new();
     let mut restored = None;
     while restored.is_none() {
         if t0.elapsed() > limit {
@@ -588,6 +590,13 @@ fn follow(
                 Event::Recovered {
                     rank, level, secs, ..
                 } if relaunched => transfer.push((rank, format!("{level:?}"), secs)),
+                Event::HandedOff {
+                    rank,
+                    from,
+                    node,
+                    secs,
+                    ..
+                } if relaunched => handed.push((rank, from, node, secs)),
                 Event::Restored {
                     epoch,
                     read_secs,
@@ -614,9 +623,16 @@ fn follow(
     outln!("checkpoint   {checkpoint:>8.2} s  (epoch {committed}: the cut and the commit)");
     outln!("stop         {stop:>8.2} s  (until the ranks exited and the launcher relaunched)");
     outln!("relaunch     {relaunch:>8.2} s  (until the new ranks started: MPI and ckpt ready)");
+    for (rank, from, to, secs) in &handed {
+        outln!(
+            "  handoff    {secs:>8.2} s  rank {rank}'s file streamed from {from} to {to} during \
+             the checkpoint and stop"
+        );
+    }
     outln!(
         "restore      {restore:>8.2} s  (until every rank's state is back; reading epoch {epoch} \
-         took {read_secs:.2} s on the slowest rank, of which:)"
+         took {read_secs:.2} s on the slowest rank{})",
+        if transfer.is_empty() { "" } else { ", of which:" }
     );
     for (rank, level, secs) in &transfer {
         let level = match level.as_str() {
@@ -634,7 +650,7 @@ fn follow(
     );
     let missing: Vec<&u32> = ranks
         .iter()
-        .filter(|r| !transfer.iter().any(|t| t.0 == **r))
+        .filter(|r| !transfer.iter().any(|t| t.0 == **r) && !handed.iter().any(|h| h.0 == **r))
         .collect();
     if !missing.is_empty() {
         outln!("(ranks {missing:?} found their files on their new node already)");

@@ -196,6 +196,9 @@ pub struct Hold {
     pub go: PathBuf,
     /// The placement the launch will have.
     pub placement: PathBuf,
+    /// Ranks it moves to another node: each takes its file from the rank it replaces
+    /// (`CKPT_HANDOFF_RANKS`, see `ckpt::handoff`).
+    pub moving: Vec<u32>,
 }
 
 /// `--nodes` and `--ranks-per-node`, validated: distinct names that resolve, and room for
@@ -698,6 +701,10 @@ impl RunPlan {
                 env::PLACEMENT_FILE,
                 h.placement.to_string_lossy().into_owned(),
             ));
+            if !h.moving.is_empty() {
+                let ranks: Vec<String> = h.moving.iter().map(u32::to_string).collect();
+                vars.push((env::HANDOFF_RANKS, ranks.join(",")));
+            }
         }
         vars
     }

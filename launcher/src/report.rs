@@ -335,6 +335,18 @@ pub fn event(e: &Event) -> String {
             level(*l),
             human_bytes(*bytes)
         ),
+        Event::HandedOff {
+            epoch,
+            rank,
+            node,
+            from,
+            bytes,
+            secs,
+        } => format!(
+            "rank {rank}'s file of epoch {epoch} was handed off from {from} to {node} during \
+             the checkpoint ({} in {secs:.2} s)",
+            human_bytes(*bytes)
+        ),
         Event::StopTook { epoch, secs } => format!(
             "the stop after epoch {epoch} took {secs:.2} s from the request to the ranks' exit"
         ),

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
+use crate::handoff::{self, Handed, Receiver, Sending};
 use crate::identity;
 use crate::levels::Busy;
 use crate::manifest;
@@ -84,6 +85,15 @@ pub struct Checkpointer {
     bg: Background,
     /// This rank's recovered file of the restored epoch, being made durable.
     write_back: Option<WriteBack>,
+    /// This rank's file handed off to it before its launch was released (see `handoff`),
+    /// until the restore uses it.
+    handed: Option<Handed>,
+    /// Set while the checkpoint that ends the launch runs: its file is handed off to the
+    /// rank's next node if that node's held rank offers to take it.
+    exiting: bool,
+    /// The handoff of this rank's file of the launch's last epoch, waited for before the rank
+    /// goes.
+    sending: Option<Sending>,
 }
 
 /// Every rank's node, gathered at start-up (same key as the other start-up collectives), and
@@ -180,7 +190,24 @@ impl Checkpointer {
     pub fn new<C: Communicator>(comm: &C, cfg: Config) -> Result<Self> {
         durable::set_access(cfg.access);
         let lib: SimpleCommunicator = comm.duplicate();
+        let mut receiver = None;
         if let Some(go) = &cfg.hold_until {
+            // A rank that moves listens for its file from the rank it replaces, and offers the
+            // port before the launch says it is ready (see `handoff`).
+            let me = lib.rank() as u32;
+            if cfg.handoff_ranks.contains(&me) {
+                let offer = handoff::offer_path(go, me);
+                let host = crate::config::hostname();
+                let io = cfg.io_timeout;
+                match Receiver::start(&offer, &host, Places::of(&cfg), me, io) {
+                    Ok(r) => receiver = Some(r),
+                    Err(e) => eprintln!(
+                        "[ckpt rank {me}] cannot offer a handoff in {} ({e}); the file comes \
+                         from the old node at the restore",
+                        offer.display()
+                    ),
+                }
+            }
             // Every rank of a launch started ahead has initialised MPI: rank 0 says so (`ckpt
             // migrate` asks for the checkpoint then), and all wait for the release.
             let label = || {
@@ -198,6 +225,14 @@ impl Checkpointer {
             }
             crate::hold::wait(go, cfg.timeout + cfg.io_timeout, comm.rank())?;
         }
+        // The senders have exited: what was handed off is complete or never comes.
+        let handed = receiver.and_then(|r| match r.finish(cfg.io_timeout) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("[ckpt rank {}] {e}; the file comes from the old node", lib.rank());
+                None
+            }
+        });
         let family = Family::new(comm.duplicate(), Watch::of(&cfg));
         let rank = lib.rank();
         let nranks = lib.size();
@@ -287,6 +322,19 @@ impl Checkpointer {
                 launch: cfg.restart_count,
             },
         );
+        if let Some(h) = &handed {
+            let _ = events::append(
+                &cfg.job_dir,
+                &Event::HandedOff {
+                    epoch: h.epoch,
+                    rank: rank as u32,
+                    node: cfg.node.clone(),
+                    from: h.from.clone(),
+                    bytes: h.bytes,
+                    secs: h.secs,
+                },
+            );
+        }
         // The placement (every rank's node, gathered once per launch) decides which background
         // levels this launch can have and who holds whose L2 copy.
         let (partners, grouping) = startup_levels(&lib, &watch, &cfg, rank)?;
@@ -322,6 +370,9 @@ impl Checkpointer {
             restored: None,
             bg,
             write_back: None,
+            handed,
+            exiting: false,
+            sending: None,
             _presence: presence,
             stopped: None,
             checkpoints: 0,
@@ -447,7 +498,9 @@ impl Checkpointer {
         }
         self.cut("restore", "the cut before restore()", None)?;
         // (Nothing runs in the background before the restore.)
-        let (mut r, unsynced) = restore::restore(&self.ctx, &self.committed_at_start, state)?;
+        let handed = self.handed.take();
+        let (mut r, unsynced) =
+            restore::restore(&self.ctx, &self.committed_at_start, handed, state)?;
         self.write_back = unsynced.map(|file| WriteBack::start(r.epoch, file));
         self.family.restore(std::mem::take(&mut r.log), r.epoch)?;
         self.agree.resume_at(r.lib.polls);
@@ -494,7 +547,10 @@ impl Checkpointer {
                 exit: decision.exit,
             });
         }
-        let stats = match self.checkpoint(state) {
+        self.exiting = decision.exit;
+        let stats = self.checkpoint(state);
+        self.exiting = false;
+        let stats = match stats {
             Ok(s) => s,
             Err(e) => {
                 // A failed checkpoint of an agreed exit: the job goes on (if the application
@@ -593,6 +649,7 @@ impl Checkpointer {
             planned: &planned,
             reading,
             cut_secs: quiesce_secs,
+            hand_off: self.exiting.then_some(&mut self.sending),
         };
         let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, levels, state);
         let result = result.map(|(stats, lens)| {
@@ -722,6 +779,16 @@ impl Drop for Checkpointer {
         }
         if let Some(w) = self.write_back.take() {
             w.wait(&self.ctx);
+        }
+        // The rank's file reaches its next node before the rank goes (the release of the
+        // next launch waits for this rank's exit).
+        if let Some(s) = self.sending.take() {
+            if let Err(e) = s.wait(self.ctx.cfg.io_timeout) {
+                eprintln!(
+                    "[ckpt rank {}] {e}; its new node gets the file at the restore instead",
+                    self.ctx.rank
+                );
+            }
         }
     }
 }

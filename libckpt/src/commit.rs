@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
+use crate::handoff::{self, Sending};
 use crate::format::{FileIdentity, RankFileWriter, RegionKind};
 use crate::identity;
 use crate::manifest::{self, Level, Manifest, RankRecord};
@@ -91,6 +92,9 @@ pub(crate) struct Plan<'a> {
     pub reading: Option<u64>,
     /// This rank's time in the cut before the commit (rank 0's goes into `committed`).
     pub cut_secs: f64,
+    /// Set for the checkpoint that ends the launch: where the handoff of this rank's file to
+    /// its next node goes, if a held rank there offers to take it (see `handoff`).
+    pub hand_off: Option<&'a mut Option<Sending>>,
 }
 
 /// Writes epoch `epoch` on every rank and commits it. Collective.
@@ -99,7 +103,7 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     epoch: u64,
     lib: &LibState,
     msglog: &LogSection,
-    levels: Plan<'_>,
+    mut levels: Plan<'_>,
     state: &mut P,
 ) -> Result<(EpochStats, Vec<u64>)> {
     let t0 = Instant::now();
@@ -108,6 +112,23 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     let local = write_rank_file(ctx, epoch, lib, msglog, state, t0);
     if local.is_ok() {
         maybe_die(fault, ctx.rank, Phase::AfterWrite, epoch);
+    }
+    if let (Ok(_), Some(sending)) = (&local, levels.hand_off.take()) {
+        // While the other ranks write and vote.
+        let me = ctx.rank as u32;
+        let go = crate::hold::release_path(&ctx.cfg.job_dir, ctx.cfg.restart_count.saturating_add(1));
+        let file = Places::of(&ctx.cfg).locate(Level::Local, epoch, me);
+        *sending = file.and_then(|file| {
+            Sending::start(
+                &handoff::offer_path(&go, me),
+                &crate::config::hostname(),
+                &file,
+                epoch,
+                me,
+                &ctx.cfg.node,
+                ctx.cfg.io_timeout,
+            )
+        });
     }
     let vote = Vote {
         result: local.as_ref().map(|r| r.clone()).map_err(|e| e.to_string()),

@@ -118,6 +118,9 @@ pub struct Config {
     pub levels: LevelPolicy,
     /// A file to wait for before the checkpointer starts (`CKPT_HOLD_UNTIL`).
     pub hold_until: Option<PathBuf>,
+    /// Ranks of a held launch that move to another node and listen for their file
+    /// (`CKPT_HANDOFF_RANKS`, see [`crate::handoff`]).
+    pub handoff_ranks: Vec<u32>,
 }
 
 impl Config {
@@ -150,6 +153,7 @@ impl Config {
             access: Access::Private,
             levels: LevelPolicy::default(),
             hold_until: None,
+            handoff_ranks: Vec::new(),
         }
     }
 
@@ -201,6 +205,17 @@ impl Config {
         cfg.hold_until = get(env::HOLD_UNTIL)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
+        if let Some(v) = get(env::HANDOFF_RANKS) {
+            cfg.handoff_ranks = v
+                .split(',')
+                .map(|r| r.trim().parse::<u32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| Error::Config {
+                    var: env::HANDOFF_RANKS,
+                    value: v.clone(),
+                    reason: "expected ranks separated by commas".into(),
+                })?;
+        }
         if let Some(v) = get(env::SIGNAL) {
             cfg.signal = crate::trigger::parse_signal(&v).map_err(|reason| Error::Config {
                 var: env::SIGNAL,
@@ -345,7 +360,8 @@ fn check_node(var: &'static str, node: &str) -> Result<()> {
     Ok(())
 }
 
-fn hostname() -> String {
+/// This machine's host name (`localhost` if it cannot be read).
+pub(crate) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: `buf` is a valid writable buffer of the length we pass; gethostname writes at most
     // that many bytes and we only read up to the first NUL (or the whole buffer).

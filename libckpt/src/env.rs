@@ -47,6 +47,10 @@ pub const GROUP_ACCESS: &str = "CKPT_GROUP_ACCESS";
 /// ranks are gone. `Checkpointer::new` waits for it before anything else (see
 /// [`crate::hold`]). Unset: no wait.
 pub const HOLD_UNTIL: &str = "CKPT_HOLD_UNTIL";
+/// Ranks of a launch started ahead that move to another node (`3,5`): each listens for the
+/// file its predecessor writes in the last checkpoint before the release (see
+/// [`crate::handoff`]). Unset: none.
+pub const HANDOFF_RANKS: &str = "CKPT_HANDOFF_RANKS";
 /// The placement file `ckpt exec-rank` places emulated ranks by (lines `RANK NODE`), for a
 /// launch started before its placement is put in force. Unset: `<job dir>/control/placement`.
 pub const PLACEMENT_FILE: &str = "CKPT_PLACEMENT_FILE";

@@ -199,6 +199,23 @@ pub enum Event {
         /// Seconds the recovery took (transfer and write-back).
         secs: f64,
     },
+    /// A migrating rank's file of `epoch` reached its new node during the checkpoint that
+    /// ended the previous launch, streamed by the rank it replaces (see `handoff`): logged by
+    /// the receiving rank after its release; the restore reads it there.
+    HandedOff {
+        /// Epoch of the file.
+        epoch: u64,
+        /// The rank.
+        rank: u32,
+        /// The node it runs on now.
+        node: String,
+        /// The node it came from.
+        from: String,
+        /// Bytes received.
+        bytes: u64,
+        /// Seconds from the connection to the receipt.
+        secs: f64,
+    },
     /// The launcher asked the ranks to checkpoint and stop (exit signal, end time) and they had
     /// all exited after `epoch` this long after the request (logged by the launcher: a later
     /// run's estimate of its last checkpoint before the end time).

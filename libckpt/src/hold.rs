@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+/// The release file of the launch with restart count `launch` in the job directory
+/// `job_dir` (the launcher writes it; the ranks of the launch before it find the handoff
+/// offers next to it, see [`crate::handoff`]).
+pub fn release_path(job_dir: &Path, launch: u32) -> PathBuf {
+    job_dir.join(format!("control/release.{launch}"))
+}
+
 /// The file rank 0 of a held launch writes once all its ranks have initialised MPI: the
 /// release file's name with `.ready` appended.
 pub fn ready_path(go: &Path) -> PathBuf {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod fault;
 pub mod format;
+pub mod handoff;
 pub mod hold;
 pub mod identity;
 pub mod levels;

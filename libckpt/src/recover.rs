@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::background::{parity_header_group, TAG_SET};
 use crate::events::{self, Event};
 use crate::format::{FileIdentity, RankFileReader};
+use crate::handoff::Handed;
 use crate::inflight::{InFlight, RecvStream, SendStream};
 use crate::manifest::{Level, Manifest};
 use crate::stall::{self, Watch};
@@ -254,14 +255,31 @@ pub(crate) struct Recovery {
 /// epoch's manifest, if this rank could read it). Nothing happens when every rank has its own
 /// file (the common case costs one gather and one broadcast of a few bytes) or a rank could
 /// not read the manifest (the restore then fails and falls back as before).
-pub(crate) fn recover(ctx: &Ctx, epoch: u64, m: Option<&Manifest>, watch: &Watch) -> Recovery {
+pub(crate) fn recover(
+    ctx: &Ctx,
+    epoch: u64,
+    m: Option<&Manifest>,
+    handed: &mut Option<Handed>,
+    watch: &Watch,
+) -> Recovery {
     let places = Places::of(&ctx.cfg);
     let armed = ctx.io.arm(
         "checking copies in",
         &places.local_dir.join(&places.job_id),
         epoch,
     );
-    let mine = m.map(|m| look(ctx, &places, m)).unwrap_or_default();
+    let mut mine = m.map(|m| look(ctx, &places, m)).unwrap_or_default();
+    // A file handed off to this rank counts as its own once it passes the same checks.
+    let handed = match (m, handed.take()) {
+        (Some(m), Some(h)) if !mine.local && h.epoch == epoch => {
+            mine.local = intact(h.file.path(), m, ctx.rank as u32);
+            mine.local.then_some(h.file)
+        }
+        (_, h) => {
+            *handed = h.filter(|h| h.epoch != epoch);
+            None
+        }
+    };
     drop(armed);
     let key = || format!("restore-epoch-{epoch}");
     let label = || (key(), format!("the copy census of epoch {epoch}"));
@@ -284,10 +302,13 @@ pub(crate) fn recover(ctx: &Ctx, epoch: u64, m: Option<&Manifest>, watch: &Watch
         || found.iter().any(|f| !f.manifest)
         || found.iter().all(|f| f.local)
     {
-        return Recovery::default();
+        return Recovery {
+            lost: None,
+            unsynced: handed,
+        };
     }
     let sources = plan(m, &found);
-    let unsynced = transfer(ctx, &places, m, &sources, &found, watch);
+    let unsynced = transfer(ctx, &places, m, &sources, &found, watch).or(handed);
     let me = ctx.rank as u32;
     Recovery {
         lost: (sources.get(me as usize) == Some(&Source::Lost)).then(|| why_lost(m, &found, me)),

@@ -17,6 +17,7 @@ use crate::commit::{LibState, LIB_REGION, LOG_REGION};
 use crate::error::{Corruption, Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
+use crate::handoff::Handed;
 use crate::format::{FileIdentity, RankFileReader, RegionKind};
 use crate::manifest::{self, Manifest};
 use crate::protocol::msglog::LogSet;
@@ -44,10 +45,12 @@ pub struct Restored {
 
 /// Restores the newest usable epoch among `candidates` (newest first). Collective. With it
 /// comes this rank's file as recovered for the restore, when it was, to be made durable (see
-/// [`recover::Recovery::unsynced`]).
+/// [`recover::Recovery::unsynced`]). `handed` is this rank's file handed off to it before the
+/// launch was released, if any: used if it is of the epoch restored.
 pub(crate) fn restore<P: Protect + ?Sized>(
     ctx: &Ctx,
     candidates: &[u64],
+    mut handed: Option<Handed>,
     state: &mut P,
 ) -> Result<(Restored, Option<Unsynced>)> {
     let mut skipped = Vec::new();
@@ -63,7 +66,7 @@ pub(crate) fn restore<P: Protect + ?Sized>(
             })
         };
         let census = Watch::of(&ctx.cfg).after_io(t0);
-        let recovery = recover::recover(ctx, epoch, m.as_ref(), &census);
+        let recovery = recover::recover(ctx, epoch, m.as_ref(), &mut handed, &census);
         let (lost, unsynced) = (recovery.lost, recovery.unsynced);
         let from = unsynced.as_ref().map(Unsynced::path);
         // A failing rank's error reaches rank 0, which reports every reason in one line.

@@ -148,7 +148,8 @@ pub struct CopyWriter {
     tmp: PathBuf,
     dest: PathBuf,
     written: u64,
-    writeback: Writeback,
+    /// `None`: no writeback started while writing ([`CopyWriter::create_lazy`]).
+    writeback: Option<Writeback>,
 }
 
 impl CopyWriter {
@@ -163,8 +164,17 @@ impl CopyWriter {
             tmp,
             dest: dest.to_owned(),
             written: 0,
-            writeback: Writeback::default(),
+            writeback: Some(Writeback::default()),
         })
+    }
+
+    /// [`CopyWriter::create`] without writeback started as it grows: the bytes stay in the
+    /// page cache until the copy is made durable (a file received while other files are being
+    /// synced, to be read back soon).
+    pub fn create_lazy(dest: &Path) -> io::Result<CopyWriter> {
+        let mut w = CopyWriter::create(dest)?;
+        w.writeback = None;
+        Ok(w)
     }
 
     /// Appends `bytes`.
@@ -176,7 +186,9 @@ impl CopyWriter {
         f.write_all(bytes)?;
         self.written += bytes.len() as u64;
         // The fsync in `finish` then waits only for the last few MiB.
-        self.writeback.wrote(f, self.written);
+        if let Some(wb) = &mut self.writeback {
+            wb.wrote(f, self.written);
+        }
         Ok(())
     }
 

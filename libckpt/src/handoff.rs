@@ -1,0 +1,584 @@
+//! The handoff of a migrating rank's file to its new node during the migration's checkpoint.
+//!
+//! A migration's relaunch is started ahead (see [`crate::hold`]); each held rank that moves to
+//! another node (`CKPT_HANDOFF_RANKS`) listens on a TCP port before its launch says it is
+//! ready, and offers it in `control/release.N.offer-R` (owner-only, like the whole control
+//! directory): host, port and two random tokens. When the running launch's rank R writes its
+//! file in the checkpoint that ends the launch, it finds the offer and streams the file it just
+//! wrote to that port from a thread, while the other ranks still write and vote, and waits for
+//! the receipt before it exits. The held rank writes the bytes into a temporary file in its new
+//! node's storage (page cache only: nothing is synced while the checkpoint writes), and its
+//! restore, after the release, reads them from there with every check, as it reads a file
+//! received over MPI at a restart, then makes it durable under its L1 name while the
+//! application runs (`writeback.rs`). So the moved rank's transfer leaves the freeze.
+//!
+//! Nothing depends on it: a missing or stale offer, a refused or broken connection, a file
+//! that fails its checks, or a handoff still unfinished at the release only means the file is
+//! sent at the restart as before (`recover.rs`), by a rank on its old node.
+//!
+//! The exchange, after the sender connects: `MAGIC`, version, the sender's token (so the
+//! receiver knows its peer read the offer); the receiver's token (so the sender never sends a
+//! rank's state to a process that merely took over a stale offer's port); epoch, rank, length
+//! and the sending node's name; the file's bytes; their CRC-32C; one byte of receipt (1: kept).
+//! Integers are little-endian. Each read and write has a deadline (`CKPT_IO_TIMEOUT`; 2 s for
+//! a peer to introduce itself).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::manifest::Level;
+use crate::storage::copies::{CopyWriter, Places, Unsynced};
+use crate::storage::durable;
+
+/// First bytes a sender writes.
+const MAGIC: &[u8; 8] = b"CKPTHAND";
+/// Version of the exchange.
+const VERSION: u32 = 1;
+/// Bytes per read and write of the file.
+const CHUNK: usize = 4 << 20;
+/// How long a peer has to introduce itself (magic, version, token), so one that says nothing
+/// does not keep the real sender waiting.
+const HELLO_WAIT: Duration = Duration::from_secs(2);
+/// How long the sender tries to connect.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How often the receiver looks for a connection.
+const LOOK_EVERY: Duration = Duration::from_millis(2);
+/// Longest node name carried.
+const MAX_NODE: usize = 255;
+
+/// The offer of held rank `rank` whose release file is `go`: `go` with `.offer-RANK` appended.
+pub fn offer_path(go: &Path, rank: u32) -> PathBuf {
+    let mut name = go.file_name().map(|n| n.to_owned()).unwrap_or_default();
+    name.push(format!(".offer-{rank}"));
+    go.with_file_name(name)
+}
+
+/// What an offer says: where to connect and the two tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Offer {
+    host: String,
+    port: u16,
+    /// The sender shows this one.
+    from_sender: [u8; 16],
+    /// The receiver shows this one.
+    from_receiver: [u8; 16],
+}
+
+impl Offer {
+    fn render(&self) -> String {
+        format!(
+            "ckpt-handoff v{VERSION}\n{} {} {} {}\n",
+            self.host,
+            self.port,
+            hex(&self.from_sender),
+            hex(&self.from_receiver)
+        )
+    }
+
+    fn parse(text: &str) -> Option<Offer> {
+        let mut lines = text.lines();
+        if lines.next()? != format!("ckpt-handoff v{VERSION}") {
+            return None;
+        }
+        let mut f = lines.next()?.split(' ');
+        let offer = Offer {
+            host: f.next().filter(|h| !h.is_empty())?.to_owned(),
+            port: f.next()?.parse().ok()?,
+            from_sender: unhex(f.next()?)?,
+            from_receiver: unhex(f.next()?)?,
+        };
+        f.next().is_none().then_some(offer)
+    }
+}
+
+fn hex(b: &[u8; 16]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn token() -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&durable::random_u64().to_le_bytes());
+    t[8..].copy_from_slice(&durable::random_u64().to_le_bytes());
+    t
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A rank's file of one epoch, received before the release and not yet durable.
+#[derive(Debug)]
+pub(crate) struct Handed {
+    /// The epoch of the file.
+    pub epoch: u64,
+    /// Its bytes, in a temporary file under its L1 name's directory.
+    pub file: Unsynced,
+    /// Its length.
+    pub bytes: u64,
+    /// From the connection to the receipt.
+    pub secs: f64,
+    /// The node it came from.
+    pub from: String,
+}
+
+/// A held rank listening for its file.
+pub(crate) struct Receiver {
+    offer: PathBuf,
+    stop: Arc<AtomicBool>,
+    done: mpsc::Receiver<Handed>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Listens for rank `rank`'s file and offers the port in `offer` (written atomically,
+    /// private). Files go under `places` (this node's storage); `io_timeout` bounds each read
+    /// and write of a transfer.
+    pub(crate) fn start(
+        offer: &Path,
+        host: &str,
+        places: Places,
+        rank: u32,
+        io_timeout: Duration,
+    ) -> io::Result<Receiver> {
+        let listener = TcpListener::bind(("0.0.0.0", 0))?;
+        listener.set_nonblocking(true)?;
+        let o = Offer {
+            host: host.to_owned(),
+            port: listener.local_addr()?.port(),
+            from_sender: token(),
+            from_receiver: token(),
+        };
+        durable::write_atomic(offer, o.render().as_bytes())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, done) = mpsc::channel();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("ckpt-handoff-recv".into())
+                .spawn(move || listen(listener, &o, &places, rank, io_timeout, &stop, &tx))?
+        };
+        Ok(Receiver {
+            offer: offer.to_owned(),
+            stop,
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops listening and returns the newest file received intact, waiting at most `limit`
+    /// for a transfer under way (none should be: the release comes after the senders exited).
+    /// `Err` says the transfer did not end in time.
+    pub(crate) fn finish(mut self, limit: Duration) -> Result<Option<Handed>, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let finished = loop {
+            match self.thread.as_ref() {
+                Some(t) if !t.is_finished() => {}
+                _ => break true,
+            }
+            if t0.elapsed() >= limit {
+                break false;
+            }
+            std::thread::sleep(LOOK_EVERY);
+        };
+        if !finished {
+            // Left to end with the process; its temporary file goes with its writer.
+            self.thread = None;
+            return Err(format!(
+                "the handoff of this rank's file did not end within {} s",
+                limit.as_secs()
+            ));
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        Ok(self.done.try_iter().last())
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&self.offer);
+    }
+}
+
+/// Accepts connections until told to stop; each good transfer is sent on `tx` (a later one
+/// replaces an earlier: a retried exit checkpoint sends a newer epoch).
+fn listen(
+    listener: TcpListener,
+    offer: &Offer,
+    places: &Places,
+    rank: u32,
+    io_timeout: Duration,
+    stop: &AtomicBool,
+    tx: &mpsc::Sender<Handed>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((conn, _)) => match receive(conn, offer, places, rank, io_timeout) {
+                Ok(h) => {
+                    let _ = tx.send(h);
+                }
+                Err(e) => eprintln!("[ckpt rank {rank}] handoff refused or broken: {e}"),
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(LOOK_EVERY),
+            Err(_) => std::thread::sleep(LOOK_EVERY),
+        }
+    }
+}
+
+fn read_u32(r: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn read_u64(r: &mut impl Read) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn refused(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// One connection on the receiving side.
+fn receive(
+    mut conn: TcpStream,
+    offer: &Offer,
+    places: &Places,
+    rank: u32,
+    io_timeout: Duration,
+) -> io::Result<Handed> {
+    let t0 = Instant::now();
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(HELLO_WAIT))?;
+    conn.set_write_timeout(Some(io_timeout))?;
+    let mut magic = [0u8; 8];
+    conn.read_exact(&mut magic)?;
+    let version = read_u32(&mut conn)?;
+    let mut shown = [0u8; 16];
+    conn.read_exact(&mut shown)?;
+    if &magic != MAGIC || version != VERSION || !same(&shown, &offer.from_sender) {
+        return Err(refused("a peer without this offer's token".into()));
+    }
+    conn.write_all(&offer.from_receiver)?;
+    conn.set_read_timeout(Some(io_timeout))?;
+    let epoch = read_u64(&mut conn)?;
+    let for_rank = read_u32(&mut conn)?;
+    let len = read_u64(&mut conn)?;
+    let mut n = [0u8; 1];
+    conn.read_exact(&mut n)?;
+    let mut from = vec![0u8; usize::from(n[0])];
+    conn.read_exact(&mut from)?;
+    let from = String::from_utf8_lossy(&from).into_owned();
+    if for_rank != rank {
+        return Err(refused(format!("rank {for_rank}'s file offered to rank {rank}")));
+    }
+    let dest = places
+        .locate(Level::Local, epoch, rank)
+        .ok_or_else(|| refused("no L1 place".into()))?;
+    let mut out = CopyWriter::create_lazy(&dest)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut crc = 0u32;
+    let mut left = len;
+    while left > 0 {
+        let n = (left.min(CHUNK as u64)) as usize;
+        conn.read_exact(&mut buf[..n])?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        out.write(&buf[..n])?;
+        left -= n as u64;
+    }
+    let sent_crc = read_u32(&mut conn)?;
+    let ok = sent_crc == crc;
+    conn.write_all(&[u8::from(ok)])?;
+    if !ok {
+        return Err(refused(format!(
+            "epoch {epoch}'s file from {from}: CRC-32C {crc:08x}, sender's {sent_crc:08x}"
+        )));
+    }
+    Ok(Handed {
+        epoch,
+        file: out.unsynced()?,
+        bytes: len,
+        secs: t0.elapsed().as_secs_f64(),
+        from,
+    })
+}
+
+/// A file being handed off by the rank that wrote it.
+pub(crate) struct Sending {
+    to: String,
+    result: mpsc::Receiver<io::Result<u64>>,
+}
+
+impl Sending {
+    /// Starts streaming `file` (this rank's file of `epoch`, complete) to the held rank whose
+    /// offer is `offer`, if there is one. `node` is this rank's node, `this_host` its host
+    /// (an offer from the same host is reached over the loopback).
+    pub(crate) fn start(
+        offer: &Path,
+        this_host: &str,
+        file: &Path,
+        epoch: u64,
+        rank: u32,
+        node: &str,
+        io_timeout: Duration,
+    ) -> Option<Sending> {
+        let text = durable::read_capped(offer, 4096).ok()?;
+        let o = Offer::parse(&String::from_utf8_lossy(&text))?;
+        let host = if o.host == this_host {
+            "127.0.0.1".to_owned()
+        } else {
+            o.host.clone()
+        };
+        let to = format!("{}:{}", o.host, o.port);
+        let (tx, result) = mpsc::channel();
+        let (file, node) = (file.to_owned(), node.to_owned());
+        let spawned = std::thread::Builder::new()
+            .name("ckpt-handoff-send".into())
+            .spawn(move || {
+                let r = send(&host, &o, &file, epoch, rank, &node, io_timeout);
+                let _ = tx.send(r);
+            });
+        spawned.ok().map(|_| Sending { to, result })
+    }
+
+    /// Waits, at most `limit`, until the receiver kept the file; returns the bytes sent, or
+    /// why not (naming the receiver).
+    pub(crate) fn wait(self, limit: Duration) -> Result<u64, String> {
+        match self.result.recv_timeout(limit) {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(format!("handing the file off to {}: {e}", self.to)),
+            Err(_) => Err(format!(
+                "handing the file off to {}: not done within {} s",
+                self.to,
+                limit.as_secs()
+            )),
+        }
+    }
+}
+
+/// The sending side of one transfer.
+fn send(
+    host: &str,
+    o: &Offer,
+    file: &Path,
+    epoch: u64,
+    rank: u32,
+    node: &str,
+    io_timeout: Duration,
+) -> io::Result<u64> {
+    let addr = (host, o.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| refused(format!("{host} has no address")))?;
+    let mut conn = TcpStream::connect_timeout(&addr, CONNECT_WAIT)?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(io_timeout))?;
+    conn.set_write_timeout(Some(io_timeout))?;
+    let mut hello = Vec::with_capacity(28);
+    hello.extend_from_slice(MAGIC);
+    hello.extend_from_slice(&VERSION.to_le_bytes());
+    hello.extend_from_slice(&o.from_sender);
+    conn.write_all(&hello)?;
+    let mut shown = [0u8; 16];
+    conn.read_exact(&mut shown)?;
+    if !same(&shown, &o.from_receiver) {
+        return Err(refused("the listener does not hold the offer's token".into()));
+    }
+    let mut src = durable::open_regular(file)?;
+    let len = src.metadata()?.len();
+    let name = &node.as_bytes()[..node.len().min(MAX_NODE)];
+    let mut head = Vec::with_capacity(21 + name.len());
+    head.extend_from_slice(&epoch.to_le_bytes());
+    head.extend_from_slice(&rank.to_le_bytes());
+    head.extend_from_slice(&len.to_le_bytes());
+    head.push(name.len() as u8);
+    head.extend_from_slice(name);
+    conn.write_all(&head)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut crc = 0u32;
+    let mut left = len;
+    while left > 0 {
+        let n = (left.min(CHUNK as u64)) as usize;
+        src.read_exact(&mut buf[..n])?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        conn.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    conn.write_all(&crc.to_le_bytes())?;
+    let mut kept = [0u8; 1];
+    conn.read_exact(&mut kept)?;
+    let _ = conn.shutdown(Shutdown::Both);
+    if kept[0] != 1 {
+        return Err(refused("the receiver found the bytes damaged".into()));
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn places(dir: &Path) -> Places {
+        Places {
+            local_dir: dir.join("node0"),
+            shared_dir: dir.join("shared"),
+            job_id: "j".into(),
+        }
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn offers_round_trip_and_refuse_anything_else() {
+        let o = Offer {
+            host: "n3".into(),
+            port: 4711,
+            from_sender: [7; 16],
+            from_receiver: [0xa5; 16],
+        };
+        assert_eq!(Offer::parse(&o.render()), Some(o.clone()));
+        let text = o.render();
+        for bad in [
+            text.replace("v1", "v2"),
+            text.replace("4711", "x"),
+            text.replace(&hex(&[7; 16]), "07"),
+            text.replace("\n", " extra\n"),
+            String::new(),
+        ] {
+            assert_eq!(Offer::parse(&bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            offer_path(Path::new("/j/control/release.3"), 5),
+            Path::new("/j/control/release.3.offer-5")
+        );
+    }
+
+    /// A file streamed to a listening rank arrives byte for byte in a temporary file of its
+    /// new node's epoch directory, never under its L1 name until made durable.
+    #[test]
+    fn a_handed_off_file_arrives_whole_and_unnamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let offer = dir.path().join("release.2.offer-3");
+        let rx = Receiver::start(&offer, "here", places(dir.path()), 3, T).unwrap();
+        let src = dir.path().join("src.ckpt");
+        let data: Vec<u8> = (0..(CHUNK * 2 + 1234)).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let s = Sending::start(&offer, "here", &src, 9, 3, "node1", T).unwrap();
+        assert_eq!(s.wait(T), Ok(data.len() as u64));
+        let h = rx.finish(T).unwrap().unwrap();
+        assert_eq!((h.epoch, h.bytes, h.from.as_str()), (9, data.len() as u64, "node1"));
+        assert_eq!(std::fs::read(h.file.path()).unwrap(), data);
+        let l1 = places(dir.path()).locate(Level::Local, 9, 3).unwrap();
+        assert_eq!(h.file.dest(), l1);
+        assert!(!l1.exists());
+        // The offer goes with the receiver.
+        assert!(!offer.exists());
+        drop(h);
+    }
+
+    /// A peer without the sender's token is turned away and the real sender still gets
+    /// through; a sender facing a listener without the receiver's token sends nothing; a file
+    /// for another rank is refused.
+    #[test]
+    fn only_holders_of_the_offer_exchange_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let offer = dir.path().join("release.2.offer-1");
+        let rx = Receiver::start(&offer, "here", places(dir.path()), 1, T).unwrap();
+        let o = Offer::parse(&std::fs::read_to_string(&offer).unwrap()).unwrap();
+        let mut intruder = TcpStream::connect(("127.0.0.1", o.port)).unwrap();
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&VERSION.to_le_bytes());
+        hello.extend_from_slice(&[0u8; 16]);
+        intruder.write_all(&hello).unwrap();
+        let mut reply = [0u8; 16];
+        assert!(intruder.read_exact(&mut reply).is_err(), "the token leaked");
+        let src = dir.path().join("src.ckpt");
+        std::fs::write(&src, b"state").unwrap();
+        // Rank 2's file offered to rank 1.
+        let wrong = Sending::start(&offer, "here", &src, 4, 2, "node1", T).unwrap();
+        assert!(wrong.wait(T).is_err());
+        let s = Sending::start(&offer, "here", &src, 4, 1, "node1", T).unwrap();
+        assert_eq!(s.wait(T), Ok(5));
+        let h = rx.finish(T).unwrap().unwrap();
+        assert_eq!(std::fs::read(h.file.path()).unwrap(), b"state");
+
+        // A listener that took the port of a stale offer cannot show the receiver's token.
+        let squatter = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let stale = Offer {
+            port: squatter.local_addr().unwrap().port(),
+            ..o
+        };
+        let stale_path = dir.path().join("release.5.offer-1");
+        std::fs::write(&stale_path, stale.render()).unwrap();
+        let got = std::thread::spawn(move || {
+            let (mut c, _) = squatter.accept().unwrap();
+            let mut hello = [0u8; 28];
+            c.read_exact(&mut hello).unwrap();
+            c.write_all(&[9u8; 16]).unwrap();
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest);
+            rest
+        });
+        let s = Sending::start(&stale_path, "here", &src, 4, 1, "node1", T).unwrap();
+        let e = s.wait(T).unwrap_err();
+        assert!(e.contains("does not hold the offer's token"), "{e}");
+        assert!(got.join().unwrap().is_empty(), "state sent to a squatter");
+    }
+
+    /// No offer: nothing to do. An offer nobody listens on: an error soon, naming where.
+    /// A receiver nobody sent to returns nothing.
+    #[test]
+    fn without_a_live_offer_nothing_is_handed() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.ckpt");
+        std::fs::write(&src, b"state").unwrap();
+        let none = dir.path().join("release.1.offer-0");
+        assert!(Sending::start(&none, "here", &src, 1, 0, "n", T).is_none());
+        let closed = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let o = Offer {
+            host: "here".into(),
+            port,
+            from_sender: [1; 16],
+            from_receiver: [2; 16],
+        };
+        std::fs::write(&none, o.render()).unwrap();
+        let e = Sending::start(&none, "here", &src, 1, 0, "n", T)
+            .unwrap()
+            .wait(T)
+            .unwrap_err();
+        assert!(e.contains(&format!("here:{port}")), "{e}");
+        let rx = Receiver::start(
+            &dir.path().join("release.1.offer-2"),
+            "here",
+            places(dir.path()),
+            2,
+            T,
+        )
+        .unwrap();
+        assert!(rx.finish(T).unwrap().is_none());
+    }
+}
