@@ -109,26 +109,10 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     let t0 = Instant::now();
     let fault = ctx.cfg.active_fault();
     maybe_die(fault, ctx.rank, Phase::BeforeWrite, epoch);
-    let local = write_rank_file(ctx, epoch, lib, msglog, state, t0);
+    let sending = levels.hand_off.take();
+    let local = write_rank_file(ctx, epoch, lib, msglog, state, sending, t0);
     if local.is_ok() {
         maybe_die(fault, ctx.rank, Phase::AfterWrite, epoch);
-    }
-    if let (Ok(_), Some(sending)) = (&local, levels.hand_off.take()) {
-        // While the other ranks write and vote.
-        let me = ctx.rank as u32;
-        let go = crate::hold::release_path(&ctx.cfg.job_dir, ctx.cfg.restart_count.saturating_add(1));
-        let file = Places::of(&ctx.cfg).locate(Level::Local, epoch, me);
-        *sending = file.and_then(|file| {
-            Sending::start(
-                &handoff::offer_path(&go, me),
-                &crate::config::hostname(),
-                &file,
-                epoch,
-                me,
-                &ctx.cfg.node,
-                ctx.cfg.io_timeout,
-            )
-        });
     }
     let vote = Vote {
         result: local.as_ref().map(|r| r.clone()).map_err(|e| e.to_string()),
@@ -207,6 +191,26 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     Ok((stats, decision.lens))
 }
 
+/// Starts streaming this rank's file being written by `out` to its next node, if a held rank
+/// there offers to take it (see `handoff`).
+fn hand_off(ctx: &Ctx, epoch: u64, out: &mut RankFileWriter) -> Option<Sending> {
+    let me = ctx.rank as u32;
+    let go = crate::hold::release_path(&ctx.cfg.job_dir, ctx.cfg.restart_count.saturating_add(1));
+    let offer = handoff::offer_path(&go, me);
+    if std::fs::symlink_metadata(&offer).is_err() {
+        return None;
+    }
+    let (file, progress) = out.follow().ok()?;
+    let src = handoff::Source {
+        file,
+        progress,
+        epoch,
+        rank: me,
+        node: ctx.cfg.node.clone(),
+    };
+    Sending::start(&offer, &crate::config::hostname(), src, ctx.cfg.io_timeout)
+}
+
 /// Writes this rank's file: temp name, regions, table, header, fsync, rename, fsync dirs.
 fn write_rank_file<P: Protect + ?Sized>(
     ctx: &Ctx,
@@ -214,6 +218,7 @@ fn write_rank_file<P: Protect + ?Sized>(
     lib: &LibState,
     msglog: &LogSection,
     state: &mut P,
+    sending: Option<&mut Option<Sending>>,
     t0: Instant,
 ) -> Result<RankRecord> {
     if ctx.cfg.local_dir.starts_with(&ctx.cfg.job_dir) {
@@ -258,6 +263,9 @@ fn write_rank_file<P: Protect + ?Sized>(
         let _ = fs::remove_file(&tmp);
         io("write", &tmp)(e)
     })?;
+    if let Some(sending) = sending {
+        *sending = hand_off(ctx, epoch, &mut out);
+    }
     let fault = ctx.cfg.active_fault().copied();
     let rank = ctx.rank;
     let mut mid_write = |w: &mut RankFileWriter| {

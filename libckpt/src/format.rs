@@ -34,6 +34,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -215,9 +217,33 @@ pub enum FileError {
     Corrupt(#[from] Corruption),
 }
 
+/// How far a [`RankFileWriter`] got, for a reader that follows the file as it is written (the
+/// handoff of a migrating rank's file): the bytes from the start of the file that are in it
+/// (the header's excepted: it is written last), and the file's length once it is complete.
+#[derive(Debug, Default)]
+pub struct WriteProgress {
+    written: AtomicU64,
+    /// 0 until complete (a complete file is never empty: it has a header).
+    complete: AtomicU64,
+}
+
+impl WriteProgress {
+    /// Bytes from the start of the file that were handed to the OS.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// The file's length once it is complete (its header written too).
+    pub fn complete(&self) -> Option<u64> {
+        Some(self.complete.load(Ordering::Acquire)).filter(|&n| n > 0)
+    }
+}
+
 /// Streams regions into a new rank file. Call [`RankFileWriter::finish`] to make it complete.
 pub struct RankFileWriter {
     out: BufWriter<File>,
+    /// Reported to a follower, if any ([`RankFileWriter::follow`]).
+    progress: Option<Arc<WriteProgress>>,
     /// The file was recycled: bytes past the new end must be cut off.
     reused: bool,
     pos: u64,
@@ -251,6 +277,7 @@ impl RankFileWriter {
         out.write_all(&[0u8; HEADER_LEN as usize])?;
         Ok(RankFileWriter {
             out,
+            progress: None,
             reused,
             pos: HEADER_LEN,
             id,
@@ -268,9 +295,15 @@ impl RankFileWriter {
         self.pad_to(align)?;
         let offset = self.pos;
         let mut crc = 0u32;
+        let mut at = self.pos;
         for chunk in bytes.chunks(CHUNK) {
             crc = crc32c::crc32c_append(crc, chunk);
             self.out.write_all(chunk)?;
+            at += chunk.len() as u64;
+            if let Some(p) = &self.progress {
+                p.written
+                    .store(at - self.out.buffer().len() as u64, Ordering::Release);
+            }
         }
         self.pos += bytes.len() as u64;
         self.regions.push(RegionEntry {
@@ -281,6 +314,13 @@ impl RankFileWriter {
             crc,
         });
         Ok(())
+    }
+
+    /// A second handle on the file and the writer's progress, for a thread that reads the
+    /// file as it is written (with positioned reads: the handle shares the file offset).
+    pub fn follow(&mut self) -> io::Result<(File, Arc<WriteProgress>)> {
+        let p = self.progress.get_or_insert_with(Default::default).clone();
+        Ok((self.out.get_ref().try_clone()?, p))
     }
 
     /// Number of regions written so far.
@@ -331,6 +371,10 @@ impl RankFileWriter {
             file.set_len(self.pos)?;
         }
         file.write_all_at(&header.encode(), 0)?;
+        if let Some(p) = &self.progress {
+            p.written.store(header.file_len, Ordering::Release);
+            p.complete.store(header.file_len, Ordering::Release);
+        }
         file.sync_all()?;
         Ok(FileSummary {
             len: header.file_len,

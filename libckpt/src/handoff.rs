@@ -4,13 +4,15 @@
 //! another node (`CKPT_HANDOFF_RANKS`) listens on a TCP port before its launch says it is
 //! ready, and offers it in `control/release.N.offer-R` (owner-only, like the whole control
 //! directory): host, port and two random tokens. When the running launch's rank R writes its
-//! file in the checkpoint that ends the launch, it finds the offer and streams the file it just
-//! wrote to that port from a thread, while the other ranks still write and vote, and waits for
-//! the receipt before it exits. The held rank writes the bytes into a temporary file in its new
-//! node's storage (page cache only: nothing is synced while the checkpoint writes), and its
-//! restore, after the release, reads them from there with every check, as it reads a file
-//! received over MPI at a restart, then makes it durable under its L1 name while the
-//! application runs (`writeback.rs`). So the moved rank's transfer leaves the freeze.
+//! file in the checkpoint that ends the launch, it finds the offer, and a thread streams the
+//! file to that port as it is written (following the writer's progress and reading what is
+//! already in the page cache), then the header, written last; so the transfer runs while the
+//! ranks write, sync and vote. The rank waits for the receipt before it exits. The held rank
+//! writes the bytes into a temporary file in its new node's storage (page cache only: nothing
+//! is synced while the checkpoint writes), and its restore, after the release, reads them from
+//! there with every check, as it reads a file received over MPI at a restart, then makes it
+//! durable under its L1 name while the application runs (`writeback.rs`). So the moved rank's
+//! transfer leaves the freeze.
 //!
 //! Nothing depends on it: a missing or stale offer, a refused or broken connection, a file
 //! that fails its checks, or a handoff still unfinished at the release only means the file is
@@ -18,12 +20,15 @@
 //!
 //! The exchange, after the sender connects: `MAGIC`, version, the sender's token (so the
 //! receiver knows its peer read the offer); the receiver's token (so the sender never sends a
-//! rank's state to a process that merely took over a stale offer's port); epoch, rank, length
-//! and the sending node's name; the file's bytes; their CRC-32C; one byte of receipt (1: kept).
-//! Integers are little-endian. Each read and write has a deadline (`CKPT_IO_TIMEOUT`; 2 s for
-//! a peer to introduce itself).
+//! rank's state to a process that merely took over a stale offer's port); epoch, rank and the
+//! sending node's name; the file after its header as records (length, bytes) in order, ended
+//! by an empty one; the file's length and its header; the CRC-32C of all bytes in the order
+//! sent; one byte of receipt (1: kept). Integers are little-endian. Each read and write has a
+//! deadline (`CKPT_IO_TIMEOUT`; 2 s for a peer to introduce itself).
 
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +36,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::format::{WriteProgress, HEADER_LEN};
 use crate::manifest::Level;
 use crate::storage::copies::{CopyWriter, Places, Unsynced};
 use crate::storage::durable;
@@ -48,6 +54,8 @@ const HELLO_WAIT: Duration = Duration::from_secs(2);
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// How often the receiver looks for a connection.
 const LOOK_EVERY: Duration = Duration::from_millis(2);
+/// How often the sender looks for more of the file.
+const FOLLOW_EVERY: Duration = Duration::from_millis(1);
 /// Longest node name carried.
 const MAX_NODE: usize = 255;
 
@@ -285,7 +293,6 @@ fn receive(
     conn.set_read_timeout(Some(io_timeout))?;
     let epoch = read_u64(&mut conn)?;
     let for_rank = read_u32(&mut conn)?;
-    let len = read_u64(&mut conn)?;
     let mut n = [0u8; 1];
     conn.read_exact(&mut n)?;
     let mut from = vec![0u8; usize::from(n[0])];
@@ -298,22 +305,36 @@ fn receive(
         .locate(Level::Local, epoch, rank)
         .ok_or_else(|| refused("no L1 place".into()))?;
     let mut out = CopyWriter::create_lazy(&dest)?;
+    out.write(&[0u8; HEADER_LEN as usize])?;
     let mut buf = vec![0u8; CHUNK];
     let mut crc = 0u32;
-    let mut left = len;
-    while left > 0 {
-        let n = (left.min(CHUNK as u64)) as usize;
+    loop {
+        let n = read_u32(&mut conn)? as usize;
+        if n == 0 {
+            break;
+        }
+        if n > CHUNK {
+            return Err(refused(format!("a record of {n} bytes")));
+        }
         conn.read_exact(&mut buf[..n])?;
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         out.write(&buf[..n])?;
-        left -= n as u64;
     }
+    let len = read_u64(&mut conn)?;
+    let head = &mut buf[..HEADER_LEN as usize];
+    conn.read_exact(head)?;
+    crc = crc32c::crc32c_append(crc, head);
     let sent_crc = read_u32(&mut conn)?;
-    let ok = sent_crc == crc;
+    let ok = sent_crc == crc && len == out.written();
+    if ok {
+        out.write_at_start(head)?;
+    }
     conn.write_all(&[u8::from(ok)])?;
     if !ok {
         return Err(refused(format!(
-            "epoch {epoch}'s file from {from}: CRC-32C {crc:08x}, sender's {sent_crc:08x}"
+            "epoch {epoch}'s file from {from}: {} bytes of {len}, CRC-32C {crc:08x} of the \
+             sender's {sent_crc:08x}",
+            out.written()
         )));
     }
     Ok(Handed {
@@ -325,23 +346,34 @@ fn receive(
     })
 }
 
-/// A file being handed off by the rank that wrote it.
+/// A file being handed off by the rank writing it.
 pub(crate) struct Sending {
     to: String,
     result: mpsc::Receiver<io::Result<u64>>,
 }
 
+/// What is handed off: this rank's file of an epoch, being written.
+pub(crate) struct Source {
+    /// A handle on the file (read with positioned reads only).
+    pub file: File,
+    /// How far its writer got.
+    pub progress: Arc<WriteProgress>,
+    /// The file's epoch.
+    pub epoch: u64,
+    /// This rank.
+    pub rank: u32,
+    /// This rank's node.
+    pub node: String,
+}
+
 impl Sending {
-    /// Starts streaming `file` (this rank's file of `epoch`, complete) to the held rank whose
-    /// offer is `offer`, if there is one. `node` is this rank's node, `this_host` its host
-    /// (an offer from the same host is reached over the loopback).
+    /// Starts streaming `src` as it is written to the held rank whose offer is `offer`, if
+    /// there is one. `this_host` is this rank's host (an offer from the same host is reached
+    /// over the loopback).
     pub(crate) fn start(
         offer: &Path,
         this_host: &str,
-        file: &Path,
-        epoch: u64,
-        rank: u32,
-        node: &str,
+        src: Source,
         io_timeout: Duration,
     ) -> Option<Sending> {
         let text = durable::read_capped(offer, 4096).ok()?;
@@ -353,11 +385,10 @@ impl Sending {
         };
         let to = format!("{}:{}", o.host, o.port);
         let (tx, result) = mpsc::channel();
-        let (file, node) = (file.to_owned(), node.to_owned());
         let spawned = std::thread::Builder::new()
             .name("ckpt-handoff-send".into())
             .spawn(move || {
-                let r = send(&host, &o, &file, epoch, rank, &node, io_timeout);
+                let r = send(&host, &o, &src, io_timeout);
                 let _ = tx.send(r);
             });
         spawned.ok().map(|_| Sending { to, result })
@@ -379,21 +410,12 @@ impl Sending {
 }
 
 /// The sending side of one transfer.
-fn send(
-    host: &str,
-    o: &Offer,
-    file: &Path,
-    epoch: u64,
-    rank: u32,
-    node: &str,
-    io_timeout: Duration,
-) -> io::Result<u64> {
+fn send(host: &str, o: &Offer, src: &Source, io_timeout: Duration) -> io::Result<u64> {
     let addr = (host, o.port)
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| refused(format!("{host} has no address")))?;
     let mut conn = TcpStream::connect_timeout(&addr, CONNECT_WAIT)?;
-    conn.set_nodelay(true)?;
     conn.set_read_timeout(Some(io_timeout))?;
     conn.set_write_timeout(Some(io_timeout))?;
     let mut hello = Vec::with_capacity(28);
@@ -406,26 +428,47 @@ fn send(
     if !same(&shown, &o.from_receiver) {
         return Err(refused("the listener does not hold the offer's token".into()));
     }
-    let mut src = durable::open_regular(file)?;
-    let len = src.metadata()?.len();
-    let name = &node.as_bytes()[..node.len().min(MAX_NODE)];
-    let mut head = Vec::with_capacity(21 + name.len());
-    head.extend_from_slice(&epoch.to_le_bytes());
-    head.extend_from_slice(&rank.to_le_bytes());
-    head.extend_from_slice(&len.to_le_bytes());
+    let name = &src.node.as_bytes()[..src.node.len().min(MAX_NODE)];
+    let mut head = Vec::with_capacity(13 + name.len());
+    head.extend_from_slice(&src.epoch.to_le_bytes());
+    head.extend_from_slice(&src.rank.to_le_bytes());
     head.push(name.len() as u8);
     head.extend_from_slice(name);
     conn.write_all(&head)?;
+    // The file after its header, as the writer hands it to the OS.
     let mut buf = vec![0u8; CHUNK];
     let mut crc = 0u32;
-    let mut left = len;
-    while left > 0 {
-        let n = (left.min(CHUNK as u64)) as usize;
-        src.read_exact(&mut buf[..n])?;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        conn.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
+    let mut sent = HEADER_LEN;
+    let t0 = Instant::now();
+    let len = loop {
+        let complete = src.progress.complete();
+        let upto = complete.unwrap_or_else(|| src.progress.written());
+        while sent < upto {
+            let n = (upto - sent).min(CHUNK as u64) as usize;
+            src.file.read_exact_at(&mut buf[..n], sent)?;
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            conn.write_all(&(n as u32).to_le_bytes())?;
+            conn.write_all(&buf[..n])?;
+            sent += n as u64;
+        }
+        if let Some(len) = complete {
+            break len;
+        }
+        // The writer gave up (its handle on the progress is gone), or stalled.
+        if Arc::strong_count(&src.progress) == 1 {
+            return Err(refused("the file was not completed".into()));
+        }
+        if t0.elapsed() > io_timeout {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the writer stalled"));
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    };
+    let head = &mut buf[..HEADER_LEN as usize];
+    src.file.read_exact_at(head, 0)?;
+    crc = crc32c::crc32c_append(crc, head);
+    conn.write_all(&0u32.to_le_bytes())?;
+    conn.write_all(&len.to_le_bytes())?;
+    conn.write_all(head)?;
     conn.write_all(&crc.to_le_bytes())?;
     let mut kept = [0u8; 1];
     conn.read_exact(&mut kept)?;
@@ -439,6 +482,7 @@ fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{FileIdentity, RankFileReader, RankFileWriter, RegionKind};
 
     fn places(dir: &Path) -> Places {
         Places {
@@ -449,6 +493,29 @@ mod tests {
     }
 
     const T: Duration = Duration::from_secs(10);
+
+    fn id(rank: u32) -> FileIdentity {
+        FileIdentity {
+            job: "j".into(),
+            epoch: 9,
+            rank,
+            nranks: 4,
+        }
+    }
+
+    /// A rank file being written at `path` for `rank`, with what a handoff follows.
+    fn writing(path: &Path, rank: u32) -> (RankFileWriter, Source) {
+        let mut w = RankFileWriter::create(path, id(rank), "node1").unwrap();
+        let (file, progress) = w.follow().unwrap();
+        let src = Source {
+            file,
+            progress,
+            epoch: 9,
+            rank,
+            node: "node1".into(),
+        };
+        (w, src)
+    }
 
     #[test]
     fn offers_round_trip_and_refuse_anything_else() {
@@ -464,7 +531,7 @@ mod tests {
             text.replace("v1", "v2"),
             text.replace("4711", "x"),
             text.replace(&hex(&[7; 16]), "07"),
-            text.replace("\n", " extra\n"),
+            text.replace('\n', " extra\n"),
             String::new(),
         ] {
             assert_eq!(Offer::parse(&bad), None, "{bad:?}");
@@ -475,27 +542,53 @@ mod tests {
         );
     }
 
-    /// A file streamed to a listening rank arrives byte for byte in a temporary file of its
-    /// new node's epoch directory, never under its L1 name until made durable.
+    /// A file streamed while it is written (several records, the header last) arrives byte
+    /// for byte in a temporary file of the new node's epoch directory, reads as the rank's
+    /// file, and carries its L1 name only once made durable.
     #[test]
-    fn a_handed_off_file_arrives_whole_and_unnamed() {
+    fn a_file_handed_off_as_it_is_written_arrives_whole_and_unnamed() {
         let dir = tempfile::tempdir().unwrap();
         let offer = dir.path().join("release.2.offer-3");
         let rx = Receiver::start(&offer, "here", places(dir.path()), 3, T).unwrap();
-        let src = dir.path().join("src.ckpt");
-        let data: Vec<u8> = (0..(CHUNK * 2 + 1234)).map(|i| (i * 31 % 251) as u8).collect();
-        std::fs::write(&src, &data).unwrap();
-        let s = Sending::start(&offer, "here", &src, 9, 3, "node1", T).unwrap();
-        assert_eq!(s.wait(T), Ok(data.len() as u64));
+        let src_path = dir.path().join("src.ckpt");
+        let (mut w, src) = writing(&src_path, 3);
+        let s = Sending::start(&offer, "here", src, T).unwrap();
+        let grid: Vec<u8> = (0..(CHUNK * 3 + 1234)).map(|i| (i * 31 % 251) as u8).collect();
+        for part in grid.chunks(CHUNK / 2 + 7) {
+            w.region("grid", RegionKind::Bulk { elem_size: 1 }, part)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        w.region("step", RegionKind::Value, &[42]).unwrap();
+        let len = w.finish().unwrap().len;
+        assert_eq!(s.wait(T), Ok(len));
         let h = rx.finish(T).unwrap().unwrap();
-        assert_eq!((h.epoch, h.bytes, h.from.as_str()), (9, data.len() as u64, "node1"));
-        assert_eq!(std::fs::read(h.file.path()).unwrap(), data);
+        assert_eq!((h.epoch, h.bytes, h.from.as_str()), (9, len, "node1"));
+        let written = std::fs::read(&src_path).unwrap();
+        assert_eq!(std::fs::read(h.file.path()).unwrap(), written);
+        let r = RankFileReader::open(h.file.path(), &id(3)).unwrap();
+        assert_eq!(r.verify_all().unwrap(), grid.len() as u64 + 1);
         let l1 = places(dir.path()).locate(Level::Local, 9, 3).unwrap();
         assert_eq!(h.file.dest(), l1);
         assert!(!l1.exists());
         // The offer goes with the receiver.
         assert!(!offer.exists());
-        drop(h);
+    }
+
+    /// A writer that gives up: the sender stops, the receiver keeps nothing.
+    #[test]
+    fn a_file_never_completed_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let offer = dir.path().join("release.2.offer-0");
+        let rx = Receiver::start(&offer, "here", places(dir.path()), 0, T).unwrap();
+        let (mut w, src) = writing(&dir.path().join("src.ckpt"), 0);
+        let s = Sending::start(&offer, "here", src, T).unwrap();
+        w.region("grid", RegionKind::Bulk { elem_size: 1 }, &[1; 5000])
+            .unwrap();
+        drop(w);
+        let e = s.wait(T).unwrap_err();
+        assert!(e.contains("not completed"), "{e}");
+        assert!(rx.finish(T).unwrap().is_none());
     }
 
     /// A peer without the sender's token is turned away and the real sender still gets
@@ -514,15 +607,19 @@ mod tests {
         intruder.write_all(&hello).unwrap();
         let mut reply = [0u8; 16];
         assert!(intruder.read_exact(&mut reply).is_err(), "the token leaked");
-        let src = dir.path().join("src.ckpt");
-        std::fs::write(&src, b"state").unwrap();
         // Rank 2's file offered to rank 1.
-        let wrong = Sending::start(&offer, "here", &src, 4, 2, "node1", T).unwrap();
+        let (w, src) = writing(&dir.path().join("two.ckpt"), 2);
+        let wrong = Sending::start(&offer, "here", src, T).unwrap();
+        w.finish().unwrap();
         assert!(wrong.wait(T).is_err());
-        let s = Sending::start(&offer, "here", &src, 4, 1, "node1", T).unwrap();
-        assert_eq!(s.wait(T), Ok(5));
+        let (mut w, src) = writing(&dir.path().join("one.ckpt"), 1);
+        let s = Sending::start(&offer, "here", src, T).unwrap();
+        w.region("state", RegionKind::Value, b"state").unwrap();
+        let len = w.finish().unwrap().len;
+        assert_eq!(s.wait(T), Ok(len));
         let h = rx.finish(T).unwrap().unwrap();
-        assert_eq!(std::fs::read(h.file.path()).unwrap(), b"state");
+        let r = RankFileReader::open(h.file.path(), &id(1)).unwrap();
+        assert_eq!(r.read_vec(0).unwrap(), b"state");
 
         // A listener that took the port of a stale offer cannot show the receiver's token.
         let squatter = TcpListener::bind(("127.0.0.1", 0)).unwrap();
@@ -541,7 +638,9 @@ mod tests {
             let _ = c.read_to_end(&mut rest);
             rest
         });
-        let s = Sending::start(&stale_path, "here", &src, 4, 1, "node1", T).unwrap();
+        let (w, src) = writing(&dir.path().join("again.ckpt"), 1);
+        let s = Sending::start(&stale_path, "here", src, T).unwrap();
+        w.finish().unwrap();
         let e = s.wait(T).unwrap_err();
         assert!(e.contains("does not hold the offer's token"), "{e}");
         assert!(got.join().unwrap().is_empty(), "state sent to a squatter");
@@ -552,10 +651,9 @@ mod tests {
     #[test]
     fn without_a_live_offer_nothing_is_handed() {
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src.ckpt");
-        std::fs::write(&src, b"state").unwrap();
         let none = dir.path().join("release.1.offer-0");
-        assert!(Sending::start(&none, "here", &src, 1, 0, "n", T).is_none());
+        let (_w, src) = writing(&dir.path().join("a.ckpt"), 0);
+        assert!(Sending::start(&none, "here", src, T).is_none());
         let closed = TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
@@ -566,7 +664,8 @@ mod tests {
             from_receiver: [2; 16],
         };
         std::fs::write(&none, o.render()).unwrap();
-        let e = Sending::start(&none, "here", &src, 1, 0, "n", T)
+        let (_w, src) = writing(&dir.path().join("b.ckpt"), 0);
+        let e = Sending::start(&none, "here", src, T)
             .unwrap()
             .wait(T)
             .unwrap_err();

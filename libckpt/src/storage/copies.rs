@@ -192,6 +192,16 @@ impl CopyWriter {
         Ok(())
     }
 
+    /// Writes `bytes` at the start of the copy, over what was appended there (a header
+    /// written last).
+    pub fn write_at_start(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("copy finished"))?
+            .write_all_at(bytes, 0)
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.written
