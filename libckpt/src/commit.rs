@@ -10,6 +10,7 @@
 //! file) and every rank returns [`Error::JobDirGone`], which is not recoverable.
 
 use std::fs;
+use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -193,17 +194,18 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
 
 /// Starts streaming this rank's file being written by `out` to its next node, if a held rank
 /// there offers to take it (see `handoff`).
-fn hand_off(ctx: &Ctx, epoch: u64, out: &mut RankFileWriter) -> Option<Sending> {
+fn hand_off(ctx: &Ctx, epoch: u64, tmp: &Path, out: &mut RankFileWriter) -> Option<Sending> {
     let me = ctx.rank as u32;
     let go = crate::hold::release_path(&ctx.cfg.job_dir, ctx.cfg.restart_count.saturating_add(1));
     let offer = handoff::offer_path(&go, me);
     if std::fs::symlink_metadata(&offer).is_err() {
         return None;
     }
-    let (file, progress) = out.follow().ok()?;
+    // Its own handle for reading (the writer's is write-only).
+    let file = durable::open_regular(tmp).ok()?;
     let src = handoff::Source {
         file,
-        progress,
+        progress: out.follow(),
         epoch,
         rank: me,
         node: ctx.cfg.node.clone(),
@@ -264,7 +266,7 @@ fn write_rank_file<P: Protect + ?Sized>(
         io("write", &tmp)(e)
     })?;
     if let Some(sending) = sending {
-        *sending = hand_off(ctx, epoch, &mut out);
+        *sending = hand_off(ctx, epoch, &tmp, &mut out);
     }
     let fault = ctx.cfg.active_fault().copied();
     let rank = ctx.rank;

@@ -316,11 +316,9 @@ impl RankFileWriter {
         Ok(())
     }
 
-    /// A second handle on the file and the writer's progress, for a thread that reads the
-    /// file as it is written (with positioned reads: the handle shares the file offset).
-    pub fn follow(&mut self) -> io::Result<(File, Arc<WriteProgress>)> {
-        let p = self.progress.get_or_insert_with(Default::default).clone();
-        Ok((self.out.get_ref().try_clone()?, p))
+    /// The writer's progress, for a thread that reads the file as it is written.
+    pub fn follow(&mut self) -> Arc<WriteProgress> {
+        self.progress.get_or_insert_with(Default::default).clone()
     }
 
     /// Number of regions written so far.

@@ -506,10 +506,9 @@ mod tests {
     /// A rank file being written at `path` for `rank`, with what a handoff follows.
     fn writing(path: &Path, rank: u32) -> (RankFileWriter, Source) {
         let mut w = RankFileWriter::create(path, id(rank), "node1").unwrap();
-        let (file, progress) = w.follow().unwrap();
         let src = Source {
-            file,
-            progress,
+            file: durable::open_regular(path).unwrap(),
+            progress: w.follow(),
             epoch: 9,
             rank,
             node: "node1".into(),
