@@ -35,6 +35,8 @@ use crate::{jobdir, lock, migrate, ranks, signals, start, Outcome};
 
 /// How often the supervisor checks mpirun, signals and the event log.
 const POLL: Duration = Duration::from_millis(50);
+/// The same while a launch started ahead waits for this one to end.
+const POLL_HELD: Duration = Duration::from_millis(5);
 /// Pause between a failed launch and the next one.
 const PAUSE: Duration = Duration::from_millis(200);
 /// How long mpirun may take to exit after a forwarded signal before it is killed.
@@ -695,13 +697,14 @@ fn run_once(
         if signalled.is_none() && not_started.is_none() {
             ahead.tend(plan, backend);
         }
-        thread::sleep(POLL);
+        // A launch held for a migration is released as soon as this one is gone.
+        thread::sleep(if ahead.held.is_some() { POLL_HELD } else { POLL });
     };
     // Ranks orphaned by a dying mpirun may hold the pipes open: wait for the readers only so
     // long.
     let t0 = Instant::now();
     while readers.iter().any(|r| !r.is_finished()) && t0.elapsed() < STDERR_DRAIN {
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(Duration::from_millis(2));
     }
     let (failure, banner, lost) = scanner
         .lock()
