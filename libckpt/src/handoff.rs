@@ -15,16 +15,19 @@
 //! transfer leaves the freeze.
 //!
 //! Nothing depends on it: a missing or stale offer, a refused or broken connection, a file
-//! that fails its checks, or a handoff still unfinished at the release only means the file is
-//! sent at the restart as before (`recover.rs`), by a rank on its old node.
+//! whose header, length or table does not match the epoch's manifest, or a handoff still
+//! unfinished at the release only means the file is sent at the restart as before
+//! (`recover.rs`), by a rank on its old node.
 //!
 //! The exchange, after the sender connects: `MAGIC`, version, the sender's token (so the
 //! receiver knows its peer read the offer); the receiver's token (so the sender never sends a
 //! rank's state to a process that merely took over a stale offer's port); epoch, rank and the
-//! sending node's name; the file after its header as records (length, bytes) in order, ended
-//! by an empty one; the file's length and its header; the CRC-32C of all bytes in the order
-//! sent; one byte of receipt (1: kept). Integers are little-endian. Each read and write has a
-//! deadline (`CKPT_IO_TIMEOUT`; 2 s for a peer to introduce itself).
+//! sending node's name; the file after its header as records (length, bytes) in order, sent
+//! from the page cache (`sendfile`), ended by an empty one; the file's length and its header;
+//! one byte of receipt (1: kept). Integers are little-endian. The bytes carry no checksum of
+//! their own (TCP's aside): the restore checks the file against the manifest and every
+//! region's CRC-32C, as it checks a file received over MPI. Each read and write has a deadline
+//! (`CKPT_IO_TIMEOUT`; 2 s for a peer to introduce itself).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -307,7 +310,6 @@ fn receive(
     let mut out = CopyWriter::create_lazy(&dest)?;
     out.write(&[0u8; HEADER_LEN as usize])?;
     let mut buf = vec![0u8; CHUNK];
-    let mut crc = 0u32;
     loop {
         let n = read_u32(&mut conn)? as usize;
         if n == 0 {
@@ -317,23 +319,19 @@ fn receive(
             return Err(refused(format!("a record of {n} bytes")));
         }
         conn.read_exact(&mut buf[..n])?;
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
         out.write(&buf[..n])?;
     }
     let len = read_u64(&mut conn)?;
     let head = &mut buf[..HEADER_LEN as usize];
     conn.read_exact(head)?;
-    crc = crc32c::crc32c_append(crc, head);
-    let sent_crc = read_u32(&mut conn)?;
-    let ok = sent_crc == crc && len == out.written();
+    let ok = len == out.written();
     if ok {
         out.write_at_start(head)?;
     }
     conn.write_all(&[u8::from(ok)])?;
     if !ok {
         return Err(refused(format!(
-            "epoch {epoch}'s file from {from}: {} bytes of {len}, CRC-32C {crc:08x} of the \
-             sender's {sent_crc:08x}",
+            "epoch {epoch}'s file from {from}: {} bytes received of {len}",
             out.written()
         )));
     }
@@ -409,6 +407,31 @@ impl Sending {
     }
 }
 
+/// Sends bytes `at..at + n` of `file` on `conn` from the page cache (`sendfile`: no copy
+/// through this process).
+fn send_range(conn: &TcpStream, file: &File, at: u64, n: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut off = at as libc::off_t;
+    let end = at + n as u64;
+    while (off as u64) < end {
+        let left = (end - off as u64) as usize;
+        // SAFETY: both descriptors are open for the call (borrowed), and `off` is a valid
+        // offset variable the kernel advances by the bytes sent.
+        let r = unsafe { libc::sendfile(conn.as_raw_fd(), file.as_raw_fd(), &mut off, left) };
+        match r {
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The sending side of one transfer.
 fn send(host: &str, o: &Offer, src: &Source, io_timeout: Duration) -> io::Result<u64> {
     let addr = (host, o.port)
@@ -436,8 +459,6 @@ fn send(host: &str, o: &Offer, src: &Source, io_timeout: Duration) -> io::Result
     head.extend_from_slice(name);
     conn.write_all(&head)?;
     // The file after its header, as the writer hands it to the OS.
-    let mut buf = vec![0u8; CHUNK];
-    let mut crc = 0u32;
     let mut sent = HEADER_LEN;
     let t0 = Instant::now();
     let len = loop {
@@ -445,10 +466,8 @@ fn send(host: &str, o: &Offer, src: &Source, io_timeout: Duration) -> io::Result
         let upto = complete.unwrap_or_else(|| src.progress.written());
         while sent < upto {
             let n = (upto - sent).min(CHUNK as u64) as usize;
-            src.file.read_exact_at(&mut buf[..n], sent)?;
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
             conn.write_all(&(n as u32).to_le_bytes())?;
-            conn.write_all(&buf[..n])?;
+            send_range(&conn, &src.file, sent, n)?;
             sent += n as u64;
         }
         if let Some(len) = complete {
@@ -463,18 +482,16 @@ fn send(host: &str, o: &Offer, src: &Source, io_timeout: Duration) -> io::Result
         }
         std::thread::sleep(FOLLOW_EVERY);
     };
-    let head = &mut buf[..HEADER_LEN as usize];
-    src.file.read_exact_at(head, 0)?;
-    crc = crc32c::crc32c_append(crc, head);
+    let mut head = [0u8; HEADER_LEN as usize];
+    src.file.read_exact_at(&mut head, 0)?;
     conn.write_all(&0u32.to_le_bytes())?;
     conn.write_all(&len.to_le_bytes())?;
-    conn.write_all(head)?;
-    conn.write_all(&crc.to_le_bytes())?;
+    conn.write_all(&head)?;
     let mut kept = [0u8; 1];
     conn.read_exact(&mut kept)?;
     let _ = conn.shutdown(Shutdown::Both);
     if kept[0] != 1 {
-        return Err(refused("the receiver found the bytes damaged".into()));
+        return Err(refused("the receiver did not get every byte".into()));
     }
     Ok(len)
 }
