@@ -15,10 +15,11 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
+use crate::format::WriteProgress;
 use crate::handoff::{self, Handed, Receiver, Sending};
 use crate::identity;
 use crate::levels::Busy;
-use crate::manifest;
+use crate::manifest::{self, Level};
 use crate::placement::{self, Partners, Placement};
 use crate::protocol::agree::Agreement;
 use crate::region::Protect;
@@ -539,6 +540,10 @@ impl Checkpointer {
                 // committed, at or after the poll that read the request: that epoch is the
                 // newest one this run numbered, and it satisfies the request.
                 let epoch = self.next_epoch.saturating_sub(1);
+                // Its file goes to this rank's next node now, if it moves.
+                if self.checkpoints > 0 && self.sending.is_none() {
+                    self.sending = self.hand_off_written(epoch);
+                }
                 self.stop_after(epoch);
                 self.triggers.committed(epoch, true);
             }
@@ -567,6 +572,16 @@ impl Checkpointer {
         Ok(Poll {
             checkpoint: Some(stats),
             exit: decision.exit,
+        })
+    }
+
+    /// Starts the handoff of this rank's file of `epoch`, written and committed already (see
+    /// `handoff`).
+    fn hand_off_written(&self, epoch: u64) -> Option<Sending> {
+        let path = Places::of(&self.ctx.cfg).locate(Level::Local, epoch, self.ctx.rank as u32)?;
+        commit::hand_off(&self.ctx, epoch, &path, |f| {
+            let len = f.metadata().ok()?.len();
+            Some(std::sync::Arc::new(WriteProgress::finished(len)))
         })
     }
 

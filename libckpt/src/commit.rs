@@ -9,7 +9,8 @@
 //! directory before it writes: then nothing is written into it (no manifest, no event, no rank
 //! file) and every rank returns [`Error::JobDirGone`], which is not recoverable.
 
-use std::fs;
+use std::fs::{self, File};
+use std::sync::Arc;
 use std::path::Path;
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::handoff::{self, Sending};
-use crate::format::{FileIdentity, RankFileWriter, RegionKind};
+use crate::format::{FileIdentity, RankFileWriter, RegionKind, WriteProgress};
 use crate::identity;
 use crate::manifest::{self, Level, Manifest, RankRecord};
 use crate::region::{Protect, Regions, Site};
@@ -192,20 +193,25 @@ pub(crate) fn checkpoint<P: Protect + ?Sized>(
     Ok((stats, decision.lens))
 }
 
-/// Starts streaming this rank's file being written by `out` to its next node, if a held rank
-/// there offers to take it (see `handoff`).
-fn hand_off(ctx: &Ctx, epoch: u64, tmp: &Path, out: &mut RankFileWriter) -> Option<Sending> {
+/// Starts streaming this rank's file of `epoch` at `path` to its next node, as `progress` says
+/// it is written, if a held rank there offers to take it (see `handoff`).
+pub(crate) fn hand_off(
+    ctx: &Ctx,
+    epoch: u64,
+    path: &Path,
+    progress: impl FnOnce(&File) -> Option<Arc<WriteProgress>>,
+) -> Option<Sending> {
     let me = ctx.rank as u32;
     let go = crate::hold::release_path(&ctx.cfg.job_dir, ctx.cfg.restart_count.saturating_add(1));
     let offer = handoff::offer_path(&go, me);
     if std::fs::symlink_metadata(&offer).is_err() {
         return None;
     }
-    // Its own handle for reading (the writer's is write-only).
-    let file = durable::open_regular(tmp).ok()?;
+    // Its own handle for reading (a writer's is write-only).
+    let file = durable::open_regular(path).ok()?;
     let src = handoff::Source {
+        progress: progress(&file)?,
         file,
-        progress: out.follow(),
         epoch,
         rank: me,
         node: ctx.cfg.node.clone(),
@@ -266,7 +272,7 @@ fn write_rank_file<P: Protect + ?Sized>(
         io("write", &tmp)(e)
     })?;
     if let Some(sending) = sending {
-        *sending = hand_off(ctx, epoch, &tmp, &mut out);
+        *sending = hand_off(ctx, epoch, &tmp, |_| Some(out.follow()));
     }
     let fault = ctx.cfg.active_fault().copied();
     let rank = ctx.rank;

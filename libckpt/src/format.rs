@@ -40,6 +40,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Corruption;
+use crate::storage::hints::Writeback;
 
 /// Magic bytes at the start of every rank file.
 pub const MAGIC: [u8; 8] = *b"CKPTRANK";
@@ -228,6 +229,14 @@ pub struct WriteProgress {
 }
 
 impl WriteProgress {
+    /// The progress of a file written completely already, `len` bytes long.
+    pub fn finished(len: u64) -> WriteProgress {
+        WriteProgress {
+            written: AtomicU64::new(len),
+            complete: AtomicU64::new(len),
+        }
+    }
+
     /// Bytes from the start of the file that were handed to the OS.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
@@ -244,6 +253,8 @@ pub struct RankFileWriter {
     out: BufWriter<File>,
     /// Reported to a follower, if any ([`RankFileWriter::follow`]).
     progress: Option<Arc<WriteProgress>>,
+    /// Writeback started as the file grows, so `finish`'s fsync waits for the tail only.
+    writeback: Writeback,
     /// The file was recycled: bytes past the new end must be cut off.
     reused: bool,
     pos: u64,
@@ -278,6 +289,7 @@ impl RankFileWriter {
         Ok(RankFileWriter {
             out,
             progress: None,
+            writeback: Writeback::default(),
             reused,
             pos: HEADER_LEN,
             id,
@@ -300,9 +312,10 @@ impl RankFileWriter {
             crc = crc32c::crc32c_append(crc, chunk);
             self.out.write_all(chunk)?;
             at += chunk.len() as u64;
+            let handed = at - self.out.buffer().len() as u64;
+            self.writeback.wrote(self.out.get_ref(), handed);
             if let Some(p) = &self.progress {
-                p.written
-                    .store(at - self.out.buffer().len() as u64, Ordering::Release);
+                p.written.store(handed, Ordering::Release);
             }
         }
         self.pos += bytes.len() as u64;

@@ -591,6 +591,30 @@ mod tests {
         assert!(!offer.exists());
     }
 
+    /// A file written completely before the handoff starts (the launch's last epoch came from
+    /// an interval checkpoint) goes whole too.
+    #[test]
+    fn a_file_written_already_is_handed_off_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let offer = dir.path().join("release.4.offer-2");
+        let rx = Receiver::start(&offer, "here", places(dir.path()), 2, T).unwrap();
+        let path = dir.path().join("done.ckpt");
+        let mut w = RankFileWriter::create(&path, id(2), "node1").unwrap();
+        w.region("grid", RegionKind::Bulk { elem_size: 1 }, &[7; 100_000])
+            .unwrap();
+        let len = w.finish().unwrap().len;
+        let src = Source {
+            file: durable::open_regular(&path).unwrap(),
+            progress: Arc::new(WriteProgress::finished(len)),
+            epoch: 9,
+            rank: 2,
+            node: "node1".into(),
+        };
+        assert_eq!(Sending::start(&offer, "here", src, T).unwrap().wait(T), Ok(len));
+        let h = rx.finish(T).unwrap().unwrap();
+        assert_eq!(std::fs::read(h.file.path()).unwrap(), std::fs::read(&path).unwrap());
+    }
+
     /// A writer that gives up: the sender stops, the receiver keeps nothing.
     #[test]
     fn a_file_never_completed_is_not_kept() {
