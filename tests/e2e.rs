@@ -3719,8 +3719,8 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
         "stop ",
         "relaunch ",
         "restore ",
-        "  transfer ",
-        "rank 2 from its old node (L1)",
+        "  handoff ",
+        "rank 2's file streamed from node1 to node3 during the checkpoint",
         "total freeze",
     ] {
         assert!(
@@ -3808,6 +3808,32 @@ fn ranks_migrate_to_other_nodes_mid_run_with_an_identical_result() {
     assert_eq!(m.ranks[3].node, "node0");
     assert_eq!(m.ranks[1].node, "node0");
     assert_eq!(m.ranks[5].node, "node2");
+    // Every moved rank's file reached its new node during the checkpoint, from the rank it
+    // replaced: no transfer at the restore.
+    let mut handed: Vec<(u32, String, String)> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::HandedOff {
+                rank, from, node, ..
+            } => Some((*rank, from.clone(), node.clone())),
+            _ => None,
+        })
+        .collect();
+    handed.sort();
+    let moves = [
+        (2, "node1", "node3"),
+        (2, "node3", "node0"),
+        (3, "node1", "node0"),
+    ];
+    let want: Vec<(u32, String, String)> = moves
+        .iter()
+        .map(|&(r, a, b)| (r, a.to_owned(), b.to_owned()))
+        .collect();
+    assert_eq!(handed, want, "{}", out.dump());
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::Recovered { .. })),
+        "{ev:?}"
+    );
 }
 
 /// `ckpt bench --levels` with tiny sizes, as a smoke test of the benchmark (its figures mean
@@ -4422,7 +4448,7 @@ fn draining_a_node_moves_all_its_ranks_and_excludes_it() {
         "draining node1: rank 2 node1 -> node0, rank 3 node1 -> node2",
         "node1 is excluded for the rest of the job",
         "checkpoint ",
-        "transfer ",
+        "handoff ",
         "total freeze",
     ] {
         assert!(

@@ -171,19 +171,17 @@ pub fn released(job_dir: &Path, restart_count: u32) {
     let _ = std::fs::remove_file(go);
 }
 
-/// Removes the handoff offers of the launch released by `go` (`ckpt::handoff::offer_path`):
+/// Removes the handoff offers of the launch released by `go` (`ckpt::hold::offer_path`):
 /// left by a held launch that was stopped or crashed, one would send a rank's file to a port
 /// nobody holds.
 fn remove_offers(go: &Path) {
-    let (Some(dir), Some(name)) = (go.parent(), go.file_name()) else {
-        return;
-    };
-    let prefix = format!("{}.offer-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let prefix = ckpt::hold::offer_prefix(go);
+    let prefix = prefix.to_string_lossy();
+    let Some(Ok(entries)) = go.parent().map(std::fs::read_dir) else {
         return;
     };
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
+        if e.file_name().to_string_lossy().starts_with(&*prefix) {
             let _ = std::fs::remove_file(e.path());
         }
     }

@@ -632,7 +632,11 @@ fn follow(
     outln!(
         "restore      {restore:>8.2} s  (until every rank's state is back; reading epoch {epoch} \
          took {read_secs:.2} s on the slowest rank{})",
-        if transfer.is_empty() { "" } else { ", of which:" }
+        if transfer.is_empty() {
+            ""
+        } else {
+            ", of which:"
+        }
     );
     for (rank, level, secs) in &transfer {
         let level = match level.as_str() {

@@ -698,7 +698,11 @@ fn run_once(
             ahead.tend(plan, backend);
         }
         // A launch held for a migration is released as soon as this one is gone.
-        thread::sleep(if ahead.held.is_some() { POLL_HELD } else { POLL });
+        thread::sleep(if ahead.held.is_some() {
+            POLL_HELD
+        } else {
+            POLL
+        });
     };
     // Ranks orphaned by a dying mpirun may hold the pipes open: wait for the readers only so
     // long.

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
 use crate::format::WriteProgress;
-use crate::handoff::{self, Handed, Receiver, Sending};
+use crate::handoff::{Handed, Receiver, Sending};
 use crate::identity;
 use crate::levels::Busy;
 use crate::manifest::{self, Level};
@@ -197,7 +197,7 @@ impl Checkpointer {
             // port before the launch says it is ready (see `handoff`).
             let me = lib.rank() as u32;
             if cfg.handoff_ranks.contains(&me) {
-                let offer = handoff::offer_path(go, me);
+                let offer = crate::hold::offer_path(go, me);
                 let host = crate::config::hostname();
                 let io = cfg.io_timeout;
                 match Receiver::start(&offer, &host, Places::of(&cfg), me, io) {
@@ -230,7 +230,10 @@ impl Checkpointer {
         let handed = receiver.and_then(|r| match r.finish(cfg.io_timeout) {
             Ok(h) => h,
             Err(e) => {
-                eprintln!("[ckpt rank {}] {e}; the file comes from the old node", lib.rank());
+                eprintln!(
+                    "[ckpt rank {}] {e}; the file comes from the old node",
+                    lib.rank()
+                );
                 None
             }
         });

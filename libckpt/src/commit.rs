@@ -10,8 +10,8 @@
 //! file) and every rank returns [`Error::JobDirGone`], which is not recoverable.
 
 use std::fs::{self, File};
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::events::{self, Event};
 use crate::fault::{maybe_die, Phase};
-use crate::handoff::{self, Sending};
 use crate::format::{FileIdentity, RankFileWriter, RegionKind, WriteProgress};
+use crate::handoff::{self, Sending};
 use crate::identity;
 use crate::manifest::{self, Level, Manifest, RankRecord};
 use crate::region::{Protect, Regions, Site};
@@ -203,7 +203,7 @@ pub(crate) fn hand_off(
 ) -> Option<Sending> {
     let me = ctx.rank as u32;
     let go = crate::hold::release_path(&ctx.cfg.job_dir, ctx.cfg.restart_count.saturating_add(1));
-    let offer = handoff::offer_path(&go, me);
+    let offer = crate::hold::offer_path(&go, me);
     if std::fs::symlink_metadata(&offer).is_err() {
         return None;
     }

@@ -119,7 +119,7 @@ pub struct Config {
     /// A file to wait for before the checkpointer starts (`CKPT_HOLD_UNTIL`).
     pub hold_until: Option<PathBuf>,
     /// Ranks of a held launch that move to another node and listen for their file
-    /// (`CKPT_HANDOFF_RANKS`, see [`crate::handoff`]).
+    /// (`CKPT_HANDOFF_RANKS`, see `handoff.rs`).
     pub handoff_ranks: Vec<u32>,
 }
 

@@ -49,7 +49,7 @@ pub const GROUP_ACCESS: &str = "CKPT_GROUP_ACCESS";
 pub const HOLD_UNTIL: &str = "CKPT_HOLD_UNTIL";
 /// Ranks of a launch started ahead that move to another node (`3,5`): each listens for the
 /// file its predecessor writes in the last checkpoint before the release (see
-/// [`crate::handoff`]). Unset: none.
+/// `handoff.rs`). Unset: none.
 pub const HANDOFF_RANKS: &str = "CKPT_HANDOFF_RANKS";
 /// The placement file `ckpt exec-rank` places emulated ranks by (lines `RANK NODE`), for a
 /// launch started before its placement is put in force. Unset: `<job dir>/control/placement`.

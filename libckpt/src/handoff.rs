@@ -31,8 +31,8 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -61,13 +61,6 @@ const LOOK_EVERY: Duration = Duration::from_millis(2);
 const FOLLOW_EVERY: Duration = Duration::from_millis(1);
 /// Longest node name carried.
 const MAX_NODE: usize = 255;
-
-/// The offer of held rank `rank` whose release file is `go`: `go` with `.offer-RANK` appended.
-pub fn offer_path(go: &Path, rank: u32) -> PathBuf {
-    let mut name = go.file_name().map(|n| n.to_owned()).unwrap_or_default();
-    name.push(format!(".offer-{rank}"));
-    go.with_file_name(name)
-}
 
 /// What an offer says: where to connect and the two tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,7 +295,9 @@ fn receive(
     conn.read_exact(&mut from)?;
     let from = String::from_utf8_lossy(&from).into_owned();
     if for_rank != rank {
-        return Err(refused(format!("rank {for_rank}'s file offered to rank {rank}")));
+        return Err(refused(format!(
+            "rank {for_rank}'s file offered to rank {rank}"
+        )));
     }
     let dest = places
         .locate(Level::Local, epoch, rank)
@@ -449,7 +444,9 @@ fn send(host: &str, o: &Offer, src: &Source, io_timeout: Duration) -> io::Result
     let mut shown = [0u8; 16];
     conn.read_exact(&mut shown)?;
     if !same(&shown, &o.from_receiver) {
-        return Err(refused("the listener does not hold the offer's token".into()));
+        return Err(refused(
+            "the listener does not hold the offer's token".into(),
+        ));
     }
     let name = &src.node.as_bytes()[..src.node.len().min(MAX_NODE)];
     let mut head = Vec::with_capacity(13 + name.len());
@@ -478,7 +475,10 @@ fn send(host: &str, o: &Offer, src: &Source, io_timeout: Duration) -> io::Result
             return Err(refused("the file was not completed".into()));
         }
         if t0.elapsed() > io_timeout {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "the writer stalled"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the writer stalled",
+            ));
         }
         std::thread::sleep(FOLLOW_EVERY);
     };
@@ -552,10 +552,6 @@ mod tests {
         ] {
             assert_eq!(Offer::parse(&bad), None, "{bad:?}");
         }
-        assert_eq!(
-            offer_path(Path::new("/j/control/release.3"), 5),
-            Path::new("/j/control/release.3.offer-5")
-        );
     }
 
     /// A file streamed while it is written (several records, the header last) arrives byte
@@ -569,7 +565,9 @@ mod tests {
         let src_path = dir.path().join("src.ckpt");
         let (mut w, src) = writing(&src_path, 3);
         let s = Sending::start(&offer, "here", src, T).unwrap();
-        let grid: Vec<u8> = (0..(CHUNK * 3 + 1234)).map(|i| (i * 31 % 251) as u8).collect();
+        let grid: Vec<u8> = (0..(CHUNK * 3 + 1234))
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
         for part in grid.chunks(CHUNK / 2 + 7) {
             w.region("grid", RegionKind::Bulk { elem_size: 1 }, part)
                 .unwrap();
@@ -610,9 +608,15 @@ mod tests {
             rank: 2,
             node: "node1".into(),
         };
-        assert_eq!(Sending::start(&offer, "here", src, T).unwrap().wait(T), Ok(len));
+        assert_eq!(
+            Sending::start(&offer, "here", src, T).unwrap().wait(T),
+            Ok(len)
+        );
         let h = rx.finish(T).unwrap().unwrap();
-        assert_eq!(std::fs::read(h.file.path()).unwrap(), std::fs::read(&path).unwrap());
+        assert_eq!(
+            std::fs::read(h.file.path()).unwrap(),
+            std::fs::read(&path).unwrap()
+        );
     }
 
     /// A writer that gives up: the sender stops, the receiver keeps nothing.

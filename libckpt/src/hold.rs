@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 
 /// The release file of the launch with restart count `launch` in the job directory
 /// `job_dir` (the launcher writes it; the ranks of the launch before it find the handoff
-/// offers next to it, see [`crate::handoff`]).
+/// offers next to it, see `handoff.rs`).
 pub fn release_path(job_dir: &Path, launch: u32) -> PathBuf {
     job_dir.join(format!("control/release.{launch}"))
 }
@@ -27,6 +27,21 @@ pub fn ready_path(go: &Path) -> PathBuf {
     let mut name = go.file_name().map(|n| n.to_owned()).unwrap_or_default();
     name.push(".ready");
     go.with_file_name(name)
+}
+
+/// Where held rank `rank` of the launch released by `go` offers to take its file (see
+/// `handoff`): `go` with `.offer-RANK` appended.
+pub fn offer_path(go: &Path, rank: u32) -> PathBuf {
+    let mut name = offer_prefix(go);
+    name.push(rank.to_string());
+    go.with_file_name(name)
+}
+
+/// The start of the names of the offers of the launch released by `go`.
+pub fn offer_prefix(go: &Path) -> std::ffi::OsString {
+    let mut name = go.file_name().map(|n| n.to_owned()).unwrap_or_default();
+    name.push(".offer-");
+    name
 }
 
 /// How often a held rank looks for the file.
@@ -79,6 +94,14 @@ mod tests {
         assert_eq!(
             ready_path(Path::new("/j/control/release.3")),
             Path::new("/j/control/release.3.ready")
+        );
+        assert_eq!(
+            offer_path(Path::new("/j/control/release.3"), 5),
+            Path::new("/j/control/release.3.offer-5")
+        );
+        assert_eq!(
+            release_path(Path::new("/j"), 3),
+            Path::new("/j/control/release.3")
         );
     }
 }

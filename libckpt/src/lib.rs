@@ -24,7 +24,6 @@ pub mod error;
 pub mod events;
 pub mod fault;
 pub mod format;
-pub mod handoff;
 pub mod hold;
 pub mod identity;
 pub mod levels;
@@ -46,6 +45,8 @@ pub mod collective;
 mod comm;
 #[cfg(feature = "mpi")]
 mod commit;
+#[cfg(feature = "mpi")]
+mod handoff;
 #[cfg(feature = "mpi")]
 mod inflight;
 #[cfg(feature = "mpi")]
