@@ -50,6 +50,10 @@ done
 "$CKPT" checkpoint --then-exit "$JOB" >/dev/null
 wait "$launcher" || true
 
+# A handoff that failed falls back to a transfer at the restore; say why.
+grep -h "handing the file off\|handoff refused\|cannot offer a handoff\|handoff of this rank" \
+    "$ROOT/job.out" >&2 || true
+
 # The raw operations on the same storage: the size of one rank's file of the last epoch.
 bytes=$(find "$JOB/local" -name 'rank-000003.ckpt' -path '*epoch-*' -printf '%s\n' | head -n1)
 python3 - "$ROOT" "$bytes" "${freezes[@]}" <<'EOF'

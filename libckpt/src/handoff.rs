@@ -470,9 +470,14 @@ fn send(host: &str, o: &Offer, src: &Source, io_timeout: Duration) -> io::Result
         if let Some(len) = complete {
             break len;
         }
-        // The writer gave up (its handle on the progress is gone), or stalled.
+        // The writer gave up (its handle on the progress is gone without completing it; it
+        // may also have completed it since `complete` was read), or stalled.
         if Arc::strong_count(&src.progress) == 1 {
-            return Err(refused("the file was not completed".into()));
+            std::sync::atomic::fence(Ordering::Acquire);
+            if src.progress.complete().is_none() {
+                return Err(refused("the file was not completed".into()));
+            }
+            continue;
         }
         if t0.elapsed() > io_timeout {
             return Err(io::Error::new(
