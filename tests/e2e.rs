@@ -4136,14 +4136,17 @@ fn drill_of_ring_with_two_faults_per_run_compares_every_ranks_digest() {
     args.extend([
         "--",
         ring.to_str().unwrap(),
+        // Long enough that the second fault, drawn up to half the reference run's time after
+        // the first restart's commit, comes before the end (with 150 iterations it once came
+        // after: one restart).
         "--iters",
-        "150",
+        "300",
         "--lag",
         "3",
         "--step-ms",
         "20",
     ]);
-    let out = drill(&args, &[], Duration::from_secs(120));
+    let out = drill(&args, &[], Duration::from_secs(180));
     assert!(out.status.success(), "{}", out.dump());
     let report: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON report");
     let reference = report["reference"].as_array().expect("reference values");
