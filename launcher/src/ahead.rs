@@ -5,7 +5,9 @@
 //! start of `Checkpointer::new` for a release file (`CKPT_HOLD_UNTIL`, see `ckpt::hold`).
 //! The supervisor writes that file only once the previous launch's ranks are gone and the
 //! placement is in force, so no two launches ever write at once; until then the held ranks
-//! have read nothing of the job and written only rank 0's readiness file (see `ckpt::hold`). A held launch whose migration is withdrawn, or
+//! have read nothing of the job and written only rank 0's readiness file and, for the ranks
+//! that move (`CKPT_HANDOFF_RANKS`), their handoff offers and the files handed to them (see
+//! `ckpt::hold`). A held launch whose migration is withdrawn, or
 //! that is not used for any other reason, is stopped (SIGTERM, then SIGKILL).
 //!
 //! Not under srun (a second step would need the allocation's CPUs) nor on `--nodes` (the

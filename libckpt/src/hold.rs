@@ -3,9 +3,11 @@
 //! stops; its ranks initialise MPI, then wait here, at the start of `Checkpointer::new` and
 //! before they read or write anything of the job, until the launcher writes the file named by
 //! `CKPT_HOLD_UNTIL` (it does once the previous launch's ranks are gone). Before they wait,
-//! rank 0 writes [`ready_path`] (their only write), once every rank has initialised MPI: `ckpt
-//! migrate` asks for the checkpoint only then, so MPI's start-up is out of the freeze even
-//! when the checkpoint is short. The wait has a deadline (`CKPT_TIMEOUT + CKPT_IO_TIMEOUT`:
+//! rank 0 writes [`ready_path`], once every rank has initialised MPI: `ckpt migrate` asks for
+//! the checkpoint only then, so MPI's start-up is out of the freeze even when the checkpoint
+//! is short. Their only other writes are those of a handoff (`handoff.rs`): the offer of each
+//! rank that moves ([`offer_path`]) and the temporary file of what it receives, a file no rank
+//! of the running launch writes. The wait has a deadline (`CKPT_TIMEOUT + CKPT_IO_TIMEOUT`:
 //! the previous launch's checkpoint and exit) and sleeps between looks, so held ranks leave
 //! the cores to the ranks still checkpointing.
 
