@@ -89,9 +89,6 @@ pub struct Checkpointer {
     /// This rank's file handed off to it before its launch was released (see `handoff`),
     /// until the restore uses it.
     handed: Option<Handed>,
-    /// Set while the checkpoint that ends the launch runs: its file is handed off to the
-    /// rank's next node if that node's held rank offers to take it.
-    exiting: bool,
     /// The handoff of this rank's file of the launch's last epoch, waited for before the rank
     /// goes.
     sending: Option<Sending>,
@@ -375,7 +372,6 @@ impl Checkpointer {
             bg,
             write_back: None,
             handed,
-            exiting: false,
             sending: None,
             _presence: presence,
             stopped: None,
@@ -555,10 +551,7 @@ impl Checkpointer {
                 exit: decision.exit,
             });
         }
-        self.exiting = decision.exit;
-        let stats = self.checkpoint(state);
-        self.exiting = false;
-        let stats = match stats {
+        let stats = match self.checkpoint_then(state, decision.exit) {
             Ok(s) => s,
             Err(e) => {
                 // A failed checkpoint of an agreed exit: the job goes on (if the application
@@ -607,6 +600,16 @@ impl Checkpointer {
     /// Checkpoints `state` now (collective: every rank must call it at the same point).
     /// Messages in flight on [`Checkpointer::comm`] are drained into the snapshot first.
     pub fn checkpoint<P: Protect + ?Sized>(&mut self, state: &mut P) -> Result<EpochStats> {
+        self.checkpoint_then(state, false)
+    }
+
+    /// [`Checkpointer::checkpoint`]; `last` when the launch ends after it (its file is then
+    /// handed off to the rank's next node if a held rank there offers to take it).
+    fn checkpoint_then<P: Protect + ?Sized>(
+        &mut self,
+        state: &mut P,
+        last: bool,
+    ) -> Result<EpochStats> {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         if let Some(why) = &self.stopped {
@@ -667,7 +670,7 @@ impl Checkpointer {
             planned: &planned,
             reading,
             cut_secs: quiesce_secs,
-            hand_off: self.exiting.then_some(&mut self.sending),
+            hand_off: last.then_some(&mut self.sending),
         };
         let result = commit::checkpoint(&self.ctx, epoch, &lib, &log, levels, state);
         let result = result.map(|(stats, lens)| {

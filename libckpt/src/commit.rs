@@ -203,10 +203,7 @@ pub(crate) fn hand_off(
 ) -> Option<Sending> {
     let me = ctx.rank as u32;
     let go = crate::hold::release_path(&ctx.cfg.job_dir, ctx.cfg.restart_count.saturating_add(1));
-    let offer = crate::hold::offer_path(&go, me);
-    if std::fs::symlink_metadata(&offer).is_err() {
-        return None;
-    }
+    let offer = handoff::Offer::read(&crate::hold::offer_path(&go, me))?;
     // Its own handle for reading (a writer's is write-only).
     let file = durable::open_regular(path).ok()?;
     let src = handoff::Source {
@@ -216,7 +213,7 @@ pub(crate) fn hand_off(
         rank: me,
         node: ctx.cfg.node.clone(),
     };
-    Sending::start(&offer, &crate::config::hostname(), src, ctx.cfg.io_timeout)
+    Sending::start(offer, &crate::config::hostname(), src, ctx.cfg.io_timeout)
 }
 
 /// Writes this rank's file: temp name, regions, table, header, fsync, rename, fsync dirs.

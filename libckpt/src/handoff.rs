@@ -64,23 +64,29 @@ const MAX_NODE: usize = 255;
 
 /// What an offer says: where to connect and the two tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Offer {
+pub(crate) struct Offer {
     host: String,
     port: u16,
-    /// The sender shows this one.
-    from_sender: [u8; 16],
+    /// The sender shows this one: 32 hex digits (`identity::new_id`).
+    from_sender: String,
     /// The receiver shows this one.
-    from_receiver: [u8; 16],
+    from_receiver: String,
 }
 
+/// Bytes of a token on the wire (its hex digits).
+const TOKEN_LEN: usize = 32;
+
 impl Offer {
+    /// The offer at `path`, if there is one that parses (a regular file, read capped).
+    pub(crate) fn read(path: &Path) -> Option<Offer> {
+        let text = durable::read_capped(path, 4096).ok()?;
+        Offer::parse(&String::from_utf8_lossy(&text))
+    }
+
     fn render(&self) -> String {
         format!(
             "ckpt-handoff v{VERSION}\n{} {} {} {}\n",
-            self.host,
-            self.port,
-            hex(&self.from_sender),
-            hex(&self.from_receiver)
+            self.host, self.port, self.from_sender, self.from_receiver
         )
     }
 
@@ -89,42 +95,28 @@ impl Offer {
         if lines.next()? != format!("ckpt-handoff v{VERSION}") {
             return None;
         }
+        let token = |t: &str| {
+            (t.len() == TOKEN_LEN && t.bytes().all(|b| b.is_ascii_hexdigit())).then(|| t.to_owned())
+        };
         let mut f = lines.next()?.split(' ');
         let offer = Offer {
             host: f.next().filter(|h| !h.is_empty())?.to_owned(),
             port: f.next()?.parse().ok()?,
-            from_sender: unhex(f.next()?)?,
-            from_receiver: unhex(f.next()?)?,
+            from_sender: token(f.next()?)?,
+            from_receiver: token(f.next()?)?,
         };
         f.next().is_none().then_some(offer)
     }
 }
 
-fn hex(b: &[u8; 16]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-fn token() -> [u8; 16] {
-    let mut t = [0u8; 16];
-    t[..8].copy_from_slice(&durable::random_u64().to_le_bytes());
-    t[8..].copy_from_slice(&durable::random_u64().to_le_bytes());
-    t
-}
-
-/// Compares without stopping at the first difference.
-fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares a token shown with the one expected, without stopping at the first difference.
+fn same(shown: &[u8], token: &str) -> bool {
+    shown.len() == token.len()
+        && shown
+            .iter()
+            .zip(token.as_bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// A rank's file of one epoch, received before the release and not yet durable.
@@ -166,8 +158,8 @@ impl Receiver {
         let o = Offer {
             host: host.to_owned(),
             port: listener.local_addr()?.port(),
-            from_sender: token(),
-            from_receiver: token(),
+            from_sender: crate::identity::new_id()?,
+            from_receiver: crate::identity::new_id()?,
         };
         durable::write_atomic(offer, o.render().as_bytes())?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +235,7 @@ fn listen(
                 }
                 Err(e) => eprintln!("[ckpt rank {rank}] handoff refused or broken: {e}"),
             },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(LOOK_EVERY),
+            // Nothing yet (or a failed accept): look again.
             Err(_) => std::thread::sleep(LOOK_EVERY),
         }
     }
@@ -280,12 +272,12 @@ fn receive(
     let mut magic = [0u8; 8];
     conn.read_exact(&mut magic)?;
     let version = read_u32(&mut conn)?;
-    let mut shown = [0u8; 16];
+    let mut shown = [0u8; TOKEN_LEN];
     conn.read_exact(&mut shown)?;
     if &magic != MAGIC || version != VERSION || !same(&shown, &offer.from_sender) {
         return Err(refused("a peer without this offer's token".into()));
     }
-    conn.write_all(&offer.from_receiver)?;
+    conn.write_all(offer.from_receiver.as_bytes())?;
     conn.set_read_timeout(Some(io_timeout))?;
     let epoch = read_u64(&mut conn)?;
     let for_rank = read_u32(&mut conn)?;
@@ -360,17 +352,15 @@ pub(crate) struct Source {
 }
 
 impl Sending {
-    /// Starts streaming `src` as it is written to the held rank whose offer is `offer`, if
-    /// there is one. `this_host` is this rank's host (an offer from the same host is reached
-    /// over the loopback).
+    /// Starts streaming `src` as it is written to the held rank that made offer `o`.
+    /// `this_host` is this rank's host (an offer from the same host is reached over the
+    /// loopback).
     pub(crate) fn start(
-        offer: &Path,
+        o: Offer,
         this_host: &str,
         src: Source,
         io_timeout: Duration,
     ) -> Option<Sending> {
-        let text = durable::read_capped(offer, 4096).ok()?;
-        let o = Offer::parse(&String::from_utf8_lossy(&text))?;
         let host = if o.host == this_host {
             "127.0.0.1".to_owned()
         } else {
@@ -436,12 +426,12 @@ fn send(host: &str, o: &Offer, src: &Source, io_timeout: Duration) -> io::Result
     let mut conn = TcpStream::connect_timeout(&addr, CONNECT_WAIT)?;
     conn.set_read_timeout(Some(io_timeout))?;
     conn.set_write_timeout(Some(io_timeout))?;
-    let mut hello = Vec::with_capacity(28);
+    let mut hello = Vec::with_capacity(12 + TOKEN_LEN);
     hello.extend_from_slice(MAGIC);
     hello.extend_from_slice(&VERSION.to_le_bytes());
-    hello.extend_from_slice(&o.from_sender);
+    hello.extend_from_slice(o.from_sender.as_bytes());
     conn.write_all(&hello)?;
-    let mut shown = [0u8; 16];
+    let mut shown = [0u8; TOKEN_LEN];
     conn.read_exact(&mut shown)?;
     if !same(&shown, &o.from_receiver) {
         return Err(refused(
@@ -516,6 +506,11 @@ mod tests {
 
     const T: Duration = Duration::from_secs(10);
 
+    /// The handoff of `src` to the offer at `offer`, if there is one.
+    fn start(offer: &Path, src: Source) -> Option<Sending> {
+        Offer::read(offer).and_then(|o| Sending::start(o, "here", src, T))
+    }
+
     fn id(rank: u32) -> FileIdentity {
         FileIdentity {
             job: "j".into(),
@@ -543,15 +538,16 @@ mod tests {
         let o = Offer {
             host: "n3".into(),
             port: 4711,
-            from_sender: [7; 16],
-            from_receiver: [0xa5; 16],
+            from_sender: "07".repeat(16),
+            from_receiver: "a5".repeat(16),
         };
         assert_eq!(Offer::parse(&o.render()), Some(o.clone()));
         let text = o.render();
         for bad in [
             text.replace("v1", "v2"),
             text.replace("4711", "x"),
-            text.replace(&hex(&[7; 16]), "07"),
+            text.replace(&"07".repeat(16), "07"),
+            text.replace(&"a5".repeat(16), &"x5".repeat(16)),
             text.replace('\n', " extra\n"),
             String::new(),
         ] {
@@ -569,7 +565,7 @@ mod tests {
         let rx = Receiver::start(&offer, "here", places(dir.path()), 3, T).unwrap();
         let src_path = dir.path().join("src.ckpt");
         let (mut w, src) = writing(&src_path, 3);
-        let s = Sending::start(&offer, "here", src, T).unwrap();
+        let s = start(&offer, src).unwrap();
         let grid: Vec<u8> = (0..(CHUNK * 3 + 1234))
             .map(|i| (i * 31 % 251) as u8)
             .collect();
@@ -613,10 +609,7 @@ mod tests {
             rank: 2,
             node: "node1".into(),
         };
-        assert_eq!(
-            Sending::start(&offer, "here", src, T).unwrap().wait(T),
-            Ok(len)
-        );
+        assert_eq!(start(&offer, src).unwrap().wait(T), Ok(len));
         let h = rx.finish(T).unwrap().unwrap();
         assert_eq!(
             std::fs::read(h.file.path()).unwrap(),
@@ -631,7 +624,7 @@ mod tests {
         let offer = dir.path().join("release.2.offer-0");
         let rx = Receiver::start(&offer, "here", places(dir.path()), 0, T).unwrap();
         let (mut w, src) = writing(&dir.path().join("src.ckpt"), 0);
-        let s = Sending::start(&offer, "here", src, T).unwrap();
+        let s = start(&offer, src).unwrap();
         w.region("grid", RegionKind::Bulk { elem_size: 1 }, &[1; 5000])
             .unwrap();
         drop(w);
@@ -652,17 +645,17 @@ mod tests {
         let mut intruder = TcpStream::connect(("127.0.0.1", o.port)).unwrap();
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&VERSION.to_le_bytes());
-        hello.extend_from_slice(&[0u8; 16]);
+        hello.extend_from_slice(&[b'0'; TOKEN_LEN]);
         intruder.write_all(&hello).unwrap();
-        let mut reply = [0u8; 16];
+        let mut reply = [0u8; TOKEN_LEN];
         assert!(intruder.read_exact(&mut reply).is_err(), "the token leaked");
         // Rank 2's file offered to rank 1.
         let (w, src) = writing(&dir.path().join("two.ckpt"), 2);
-        let wrong = Sending::start(&offer, "here", src, T).unwrap();
+        let wrong = start(&offer, src).unwrap();
         w.finish().unwrap();
         assert!(wrong.wait(T).is_err());
         let (mut w, src) = writing(&dir.path().join("one.ckpt"), 1);
-        let s = Sending::start(&offer, "here", src, T).unwrap();
+        let s = start(&offer, src).unwrap();
         w.region("state", RegionKind::Value, b"state").unwrap();
         let len = w.finish().unwrap().len;
         assert_eq!(s.wait(T), Ok(len));
@@ -680,15 +673,15 @@ mod tests {
         std::fs::write(&stale_path, stale.render()).unwrap();
         let got = std::thread::spawn(move || {
             let (mut c, _) = squatter.accept().unwrap();
-            let mut hello = [0u8; 28];
+            let mut hello = [0u8; 12 + TOKEN_LEN];
             c.read_exact(&mut hello).unwrap();
-            c.write_all(&[9u8; 16]).unwrap();
+            c.write_all(&[b'9'; TOKEN_LEN]).unwrap();
             let mut rest = Vec::new();
             let _ = c.read_to_end(&mut rest);
             rest
         });
         let (w, src) = writing(&dir.path().join("again.ckpt"), 1);
-        let s = Sending::start(&stale_path, "here", src, T).unwrap();
+        let s = start(&stale_path, src).unwrap();
         w.finish().unwrap();
         let e = s.wait(T).unwrap_err();
         assert!(e.contains("does not hold the offer's token"), "{e}");
@@ -702,22 +695,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let none = dir.path().join("release.1.offer-0");
         let (_w, src) = writing(&dir.path().join("a.ckpt"), 0);
-        assert!(Sending::start(&none, "here", src, T).is_none());
+        assert!(start(&none, src).is_none());
         let closed = TcpListener::bind(("127.0.0.1", 0)).unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
         let o = Offer {
             host: "here".into(),
             port,
-            from_sender: [1; 16],
-            from_receiver: [2; 16],
+            from_sender: "01".repeat(16),
+            from_receiver: "02".repeat(16),
         };
         std::fs::write(&none, o.render()).unwrap();
         let (_w, src) = writing(&dir.path().join("b.ckpt"), 0);
-        let e = Sending::start(&none, "here", src, T)
-            .unwrap()
-            .wait(T)
-            .unwrap_err();
+        let e = start(&none, src).unwrap().wait(T).unwrap_err();
         assert!(e.contains(&format!("here:{port}")), "{e}");
         let rx = Receiver::start(
             &dir.path().join("release.1.offer-2"),

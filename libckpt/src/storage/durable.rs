@@ -107,7 +107,7 @@ pub fn is_tmp_of(name: &OsStr, final_name: &OsStr) -> bool {
 
 /// 64 bits from the kernel's random source; if that fails, a mix of time, pid and a counter
 /// (still unique in this process, and O_EXCL refuses anything already there).
-pub(crate) fn random_u64() -> u64 {
+fn random_u64() -> u64 {
     let mut buf = [0u8; 8];
     // SAFETY: getrandom(2) writes at most `buf.len()` bytes into `buf`, which we own.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
